@@ -1,0 +1,190 @@
+//! The CPU backend: host vectors, rayon threads, the `gemm` crate.
+//!
+//! This file only routes each primitive of [`BackendStorage`] to its kernel, which lives
+//! beside its op (`ops/<family>/cpu.rs`), and matches on the dtype.
+
+mod parallel;
+
+pub(crate) use parallel::{par_map, par_zip_map, PAR_MIN_LEN};
+
+use crate::backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
+use crate::ops::{elementwise, layout, matmul, reduce, softmax};
+use crate::{DType, Error, Result, Shape};
+
+/// A contiguous host buffer of one dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuStorage {
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// f64 elements.
+    F64(Vec<f64>),
+    /// i64 elements.
+    I64(Vec<i64>),
+}
+
+/// Applies a generic expression to the vector inside, keeping the dtype.
+macro_rules! map_any {
+    ($s:expr, $v:ident => $e:expr) => {
+        match $s {
+            CpuStorage::F32($v) => CpuStorage::F32($e),
+            CpuStorage::F64($v) => CpuStorage::F64($e),
+            CpuStorage::I64($v) => CpuStorage::I64($e),
+        }
+    };
+}
+
+/// Like `map_any`, for ops defined on float dtypes only.
+macro_rules! map_float {
+    ($s:expr, $op:expr, $v:ident => $e:expr) => {
+        match $s {
+            CpuStorage::F32($v) => CpuStorage::F32($e),
+            CpuStorage::F64($v) => CpuStorage::F64($e),
+            CpuStorage::I64(_) => {
+                return Err(Error::UnsupportedDType { op: $op, dtype: DType::I64, expected: "f32 or f64" })
+            }
+        }
+    };
+}
+
+impl CpuStorage {
+    /// A buffer of `len` zeros.
+    pub fn zeros(len: usize, dtype: DType) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(vec![0.0; len]),
+            DType::F64 => CpuStorage::F64(vec![0.0; len]),
+            DType::I64 => CpuStorage::I64(vec![0; len]),
+        }
+    }
+
+    /// A buffer of `len` copies of `value` (converted to the dtype).
+    pub fn full(len: usize, value: f64, dtype: DType) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(vec![value as f32; len]),
+            DType::F64 => CpuStorage::F64(vec![value; len]),
+            DType::I64 => CpuStorage::I64(vec![value as i64; len]),
+        }
+    }
+
+    /// The elements converted to f64.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            CpuStorage::F64(v) => v.clone(),
+            CpuStorage::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+}
+
+impl BackendStorage for CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::I64(_) => DType::I64,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            CpuStorage::I64(v) => v.len(),
+        }
+    }
+
+    fn unary(&self, op: UnaryOp) -> Result<Self> {
+        Ok(match self {
+            CpuStorage::F32(v) => CpuStorage::F32(elementwise::cpu::unary_float(v, op)),
+            CpuStorage::F64(v) => CpuStorage::F64(elementwise::cpu::unary_float(v, op)),
+            CpuStorage::I64(v) => CpuStorage::I64(elementwise::cpu::unary_int(v, op)?),
+        })
+    }
+
+    fn binary(&self, rhs: &Self, op: BinaryOp, ls: &Shape, rs: &Shape, out: &Shape) -> Result<Self> {
+        Ok(match (self, rhs) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(elementwise::cpu::binary(a, b, op, ls, rs, out))
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                CpuStorage::F64(elementwise::cpu::binary(a, b, op, ls, rs, out))
+            }
+            (CpuStorage::I64(a), CpuStorage::I64(b)) => {
+                CpuStorage::I64(elementwise::cpu::binary(a, b, op, ls, rs, out))
+            }
+            _ => return Err(Error::DTypeMismatch { op: "binary", lhs: self.dtype(), rhs: rhs.dtype() }),
+        })
+    }
+
+    fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Self> {
+        Ok(map_any!(self, v => reduce::cpu::reduce(v, op, shape, axes)))
+    }
+
+    fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Self> {
+        Ok(CpuStorage::I64(match self {
+            CpuStorage::F32(v) => reduce::cpu::arg_reduce(v, op, shape, axis),
+            CpuStorage::F64(v) => reduce::cpu::arg_reduce(v, op, shape, axis),
+            CpuStorage::I64(v) => reduce::cpu::arg_reduce(v, op, shape, axis),
+        }))
+    }
+
+    fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
+        Ok(match (self, rhs) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(matmul::cpu::matmul(a, b, spec)),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(matmul::cpu::matmul(a, b, spec)),
+            (a, b) if a.dtype() != b.dtype() => {
+                return Err(Error::DTypeMismatch { op: "matmul", lhs: a.dtype(), rhs: b.dtype() })
+            }
+            (a, _) => return Err(Error::UnsupportedDType { op: "matmul", dtype: a.dtype(), expected: "f32 or f64" }),
+        })
+    }
+
+    fn strided_copy(&self, l: &StridedLayout) -> Result<Self> {
+        Ok(map_any!(self, v => layout::cpu::strided_copy(v, l)))
+    }
+
+    fn concat(parts: &[&Self], outer: usize, inners: &[usize]) -> Result<Self> {
+        let dtype = parts.first().map(|p| p.dtype()).ok_or_else(|| Error::invalid("concat", "no tensors given"))?;
+        macro_rules! cat {
+            ($variant:ident) => {{
+                let slices = parts
+                    .iter()
+                    .map(|p| match p {
+                        CpuStorage::$variant(v) => Ok(v.as_slice()),
+                        other => Err(Error::DTypeMismatch { op: "concat", lhs: dtype, rhs: other.dtype() }),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                CpuStorage::$variant(layout::cpu::concat(&slices, outer, inners))
+            }};
+        }
+        Ok(match dtype {
+            DType::F32 => cat!(F32),
+            DType::F64 => cat!(F64),
+            DType::I64 => cat!(I64),
+        })
+    }
+
+    fn cast(&self, dtype: DType) -> Result<Self> {
+        use num_traits::AsPrimitive;
+        fn conv<A: AsPrimitive<B>, B: Copy + 'static + Send + Sync>(v: &[A]) -> Vec<B>
+        where
+            A: Send + Sync,
+        {
+            par_map(v, |x| x.as_())
+        }
+        Ok(match (self, dtype) {
+            (CpuStorage::F32(v), DType::F32) => CpuStorage::F32(v.clone()),
+            (CpuStorage::F32(v), DType::F64) => CpuStorage::F64(conv(v)),
+            (CpuStorage::F32(v), DType::I64) => CpuStorage::I64(conv(v)),
+            (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(conv(v)),
+            (CpuStorage::F64(v), DType::F64) => CpuStorage::F64(v.clone()),
+            (CpuStorage::F64(v), DType::I64) => CpuStorage::I64(conv(v)),
+            (CpuStorage::I64(v), DType::F32) => CpuStorage::F32(conv(v)),
+            (CpuStorage::I64(v), DType::F64) => CpuStorage::F64(conv(v)),
+            (CpuStorage::I64(v), DType::I64) => CpuStorage::I64(v.clone()),
+        })
+    }
+
+    fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
+        Ok(map_float!(self, "log_softmax", v => softmax::cpu::log_softmax(v, rows, cols)))
+    }
+}

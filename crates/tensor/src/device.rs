@@ -1,0 +1,28 @@
+//! Where a tensor's storage lives.
+
+/// A compute device. `Cuda` exists in every build so that code naming it compiles
+/// everywhere; without the `cuda` feature, using it is an [`Error`](crate::Error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    /// The host CPU (rayon threads, the `gemm` crate).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU, by ordinal.
+    Cuda(usize),
+}
+
+impl Device {
+    /// Whether this is the CPU.
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Device::Cpu)
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}

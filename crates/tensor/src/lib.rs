@@ -1,0 +1,41 @@
+//! The tensor crate of tapegrad: [`Tensor`], [`Shape`], [`DType`], [`Device`], [`Variable`],
+//! the [`GradientTape`] autograd and the backends.
+//!
+//! Every op returns [`Result`]: bad shapes, axes, dtypes or devices are reported as an
+//! [`Error`] that names the values involved, never as a panic.
+//!
+//! ```
+//! use tapegrad_tensor::{Device, GradientTape, Tensor};
+//! # fn main() -> tapegrad_tensor::Result<()> {
+//! let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3], &Device::Cpu)?;
+//! let tape = GradientTape::new();
+//! tape.watch(&x);
+//! let y = tape.record(|| x.square()?.sum_all())?;
+//! let grads = tape.gradient(&y, &[&x])?;
+//! assert_eq!(grads[0].as_ref().unwrap().to_vec::<f32>()?, vec![2.0, 4.0, 6.0]);
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod cpu_backend;
+mod device;
+mod dtype;
+mod error;
+pub mod ops;
+mod shape;
+mod storage;
+mod tape;
+mod tensor;
+mod variable;
+
+pub use backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
+pub use cpu_backend::CpuStorage;
+pub use device::Device;
+pub use dtype::{DType, Element, FloatElement};
+pub use error::{Error, Result};
+pub use shape::Shape;
+pub use storage::Storage;
+pub use tape::{GradientSource, GradientTape};
+pub use tensor::{Tensor, TensorId};
+pub use variable::Variable;

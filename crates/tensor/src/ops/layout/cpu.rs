@@ -1,0 +1,55 @@
+//! CPU kernels of the layout ops.
+
+use crate::backend::StridedLayout;
+use crate::cpu_backend::PAR_MIN_LEN;
+use crate::ops::elementwise::cpu::coalesce;
+use rayon::prelude::*;
+
+/// Copies a strided view into a new contiguous buffer, row by row over the coalesced
+/// innermost dimension.
+pub(crate) fn strided_copy<T: Copy + Send + Sync + Default>(x: &[T], l: &StridedLayout) -> Vec<T> {
+    let n = l.shape.elem_count();
+    if n == 0 {
+        return Vec::new();
+    }
+    let (dims, strides, _) = coalesce(l.shape.dims(), &[l.strides.clone()]);
+    let rank = dims.len();
+    let inner = dims[rank - 1];
+    let step = strides[rank - 1];
+    let mut out = vec![T::default(); n];
+    let row = |(r, chunk): (usize, &mut [T])| {
+        let (mut off, mut rem) = (l.offset, r);
+        for d in (0..rank - 1).rev() {
+            off += (rem % dims[d]) * strides[d];
+            rem /= dims[d];
+        }
+        match step {
+            1 => chunk.copy_from_slice(&x[off..off + inner]),
+            0 => chunk.fill(x[off]),
+            s => {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = x[off + j * s];
+                }
+            }
+        }
+    };
+    if n < PAR_MIN_LEN {
+        out.chunks_mut(inner).enumerate().for_each(row);
+    } else {
+        let rows_per_task = (PAR_MIN_LEN / 8 / inner).max(1);
+        out.par_chunks_mut(inner).enumerate().with_min_len(rows_per_task).for_each(row);
+    }
+    out
+}
+
+/// Concatenates `[outer, inner_i]` buffers along the second dimension.
+pub(crate) fn concat<T: Copy>(parts: &[&[T]], outer: usize, inners: &[usize]) -> Vec<T> {
+    let total: usize = inners.iter().sum();
+    let mut out = Vec::with_capacity(outer * total);
+    for o in 0..outer {
+        for (p, &inner) in parts.iter().zip(inners) {
+            out.extend_from_slice(&p[o * inner..(o + 1) * inner]);
+        }
+    }
+    out
+}

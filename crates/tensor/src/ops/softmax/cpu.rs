@@ -1,0 +1,26 @@
+//! CPU kernel of log_softmax over the last axis.
+
+use crate::cpu_backend::PAR_MIN_LEN;
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// `x - max - ln(sum(exp(x - max)))` per row of `cols` elements.
+pub(crate) fn log_softmax<T: Float + Send + Sync>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); rows * cols];
+    let row = |(src, dst): (&[T], &mut [T])| {
+        let max = src.iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
+        // A row of -inf (or all NaN) has no finite max; shifting by 0 keeps NaN/-inf honest.
+        let shift = if max.is_finite() { max } else { T::zero() };
+        let sum = src.iter().fold(T::zero(), |s, &v| s + (v - shift).exp());
+        let log_sum = sum.ln() + shift;
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v - log_sum;
+        }
+    };
+    if x.len() < PAR_MIN_LEN {
+        x.chunks(cols).zip(out.chunks_mut(cols)).for_each(row);
+    } else {
+        x.par_chunks(cols).zip(out.par_chunks_mut(cols)).for_each(row);
+    }
+    out
+}

@@ -1,0 +1,131 @@
+//! [`Storage`]: a tensor's buffer on whichever backend holds it, and the dispatch of
+//! each primitive kernel to that backend.
+
+use crate::backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
+use crate::cpu_backend::CpuStorage;
+use crate::{DType, Device, Error, Result, Shape};
+
+/// A contiguous buffer on one device. Immutable once made: ops return new storage.
+#[derive(Debug)]
+pub enum Storage {
+    /// Host memory.
+    Cpu(CpuStorage),
+}
+
+/// Pairs two storages of one backend, or reports the devices.
+macro_rules! same_device {
+    ($op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            (Storage::Cpu($x), Storage::Cpu($y)) => Ok(Storage::Cpu($body?)),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(Error::DeviceMismatch { op: $op, lhs: a.device(), rhs: b.device() }),
+        }
+    };
+}
+
+impl Storage {
+    /// The device holding the buffer.
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+        }
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A host copy of the buffer (synchronises with the device).
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
+        match self {
+            Storage::Cpu(s) => Ok(s.clone()),
+        }
+    }
+
+    /// Uploads a host buffer to `device`.
+    pub fn from_cpu(cpu: CpuStorage, device: &Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(cpu)),
+            Device::Cuda(_) => Err(Error::DeviceUnavailable {
+                device: *device,
+                msg: "tapegrad was built without the `cuda` feature; rebuild with `--features cuda`".into(),
+            }),
+        }
+    }
+
+    pub(crate) fn unary(&self, op: UnaryOp) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.unary(op)?)),
+        }
+    }
+
+    pub(crate) fn binary(&self, rhs: &Storage, op: BinaryOp, ls: &Shape, rs: &Shape, out: &Shape) -> Result<Storage> {
+        same_device!("binary op", self, rhs, |a, b| a.binary(b, op, ls, rs, out))
+    }
+
+    pub(crate) fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.reduce(op, shape, axes)?)),
+        }
+    }
+
+    pub(crate) fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.arg_reduce(op, shape, axis)?)),
+        }
+    }
+
+    pub(crate) fn matmul(&self, rhs: &Storage, spec: &MatmulSpec) -> Result<Storage> {
+        same_device!("matmul", self, rhs, |a, b| a.matmul(b, spec))
+    }
+
+    pub(crate) fn strided_copy(&self, layout: &StridedLayout) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.strided_copy(layout)?)),
+        }
+    }
+
+    pub(crate) fn concat(parts: &[&Storage], outer: usize, inners: &[usize]) -> Result<Storage> {
+        let first = parts.first().ok_or_else(|| Error::invalid("concat", "no tensors given"))?;
+        match first {
+            Storage::Cpu(_) => {
+                let cpu = parts
+                    .iter()
+                    .map(|p| match p {
+                        Storage::Cpu(c) => Ok(c),
+                        #[allow(unreachable_patterns)]
+                        other => Err(Error::DeviceMismatch { op: "concat", lhs: first.device(), rhs: other.device() }),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Storage::Cpu(CpuStorage::concat(&cpu, outer, inners)?))
+            }
+        }
+    }
+
+    pub(crate) fn cast(&self, dtype: DType) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.cast(dtype)?)),
+        }
+    }
+
+    pub(crate) fn log_softmax(&self, rows: usize, cols: usize) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.log_softmax(rows, cols)?)),
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! [`GradientTape`]: reverse-mode automatic differentiation, as TensorFlow's
+//! `tf.GradientTape`.
+//!
+//! While a tape records (inside [`GradientTape::record`]), every op whose input the tape
+//! tracks appends a [`Node`]: the ids of its inputs and output and its gradient rule (a
+//! closure that holds the tensors the rule needs). A tape tracks what it watches (trainable
+//! [`Variable`](crate::Variable)s read while it records, and tensors passed to
+//! [`GradientTape::watch`]) and every output of a recorded op. Ops on untracked inputs
+//! record nothing, so inference holds no graph. [`GradientTape::gradient`] walks the nodes
+//! backwards, summing gradients by tensor id. Gradient rules are ordinary tensor ops, so
+//! an outer tape that records while an inner tape computes gradients records them too
+//! (higher-order gradients).
+
+use crate::{DType, Error, Result, Shape, Tensor, TensorId, Variable};
+use smallvec::SmallVec;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+/// A gradient rule: given the gradient of the op's output, the gradients of its inputs
+/// (`None` where an input gets none), in input order.
+pub(crate) type GradFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>>;
+
+/// One recorded op.
+struct Node {
+    op: &'static str,
+    inputs: SmallVec<[(TensorId, Shape); 2]>,
+    output: TensorId,
+    backward: Rc<GradFn>,
+}
+
+struct TapeState {
+    nodes: Vec<Node>,
+    tracked: HashSet<TensorId>,
+    persistent: bool,
+    watch_accessed_variables: bool,
+    used: bool,
+    paused: bool,
+}
+
+thread_local! {
+    /// The tapes recording on this thread, outermost first.
+    static ACTIVE: RefCell<Vec<Rc<RefCell<TapeState>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records ops and computes gradients of a scalar target with respect to sources.
+///
+/// ```
+/// use tapegrad_tensor::{Device, DType, GradientTape, Tensor, Variable};
+/// # fn main() -> tapegrad_tensor::Result<()> {
+/// let w = Variable::new("w", Tensor::from_vec(vec![3.0f32], [1], &Device::Cpu)?, true);
+/// let tape = GradientTape::new();
+/// let loss = tape.record(|| w.value().square()?.sum_all())?; // w is watched automatically
+/// let grads = tape.gradient(&loss, &[&w])?;
+/// assert_eq!(grads[0].as_ref().unwrap().to_vec::<f32>()?, vec![6.0]);
+/// # Ok(())
+/// # }
+/// ```
+pub struct GradientTape {
+    state: Rc<RefCell<TapeState>>,
+}
+
+impl Default for GradientTape {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GradientTape {
+    /// A non-persistent tape that watches trainable variables read while it records
+    /// (TF's defaults). `gradient` may be called once.
+    pub fn new() -> Self {
+        Self::with_options(false, true)
+    }
+
+    /// A persistent tape: `gradient` may be called any number of times; what it saved is
+    /// freed when the tape is dropped.
+    pub fn persistent() -> Self {
+        Self::with_options(true, true)
+    }
+
+    /// A tape with TF's two options.
+    pub fn with_options(persistent: bool, watch_accessed_variables: bool) -> Self {
+        GradientTape {
+            state: Rc::new(RefCell::new(TapeState {
+                nodes: Vec::new(),
+                tracked: HashSet::new(),
+                persistent,
+                watch_accessed_variables,
+                used: false,
+                paused: false,
+            })),
+        }
+    }
+
+    /// Runs `f` with this tape recording, and returns what `f` returns. May be called
+    /// several times; the recordings add up. Tapes nest.
+    pub fn record<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.state.borrow().used {
+            return Err(Error::Tape(
+                "this non-persistent tape has already computed its gradient; make a new tape".into(),
+            ));
+        }
+        ACTIVE.with(|a| a.borrow_mut().push(self.state.clone()));
+        struct Pop;
+        impl Drop for Pop {
+            fn drop(&mut self) {
+                ACTIVE.with(|a| a.borrow_mut().pop());
+            }
+        }
+        let _pop = Pop;
+        f()
+    }
+
+    /// Runs `f` with this tape not recording (TF's `tape.stop_recording()`).
+    pub fn stop_recording<T>(&self, f: impl FnOnce() -> T) -> T {
+        let was = std::mem::replace(&mut self.state.borrow_mut().paused, true);
+        struct Restore<'a>(&'a RefCell<TapeState>, bool);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.borrow_mut().paused = self.1;
+            }
+        }
+        let _restore = Restore(&self.state, was);
+        f()
+    }
+
+    /// Watches a tensor, so that gradients with respect to it can be asked for.
+    pub fn watch(&self, tensor: &Tensor) {
+        self.state.borrow_mut().tracked.insert(tensor.id());
+    }
+
+    /// Watches a variable's current value (needed only for non-trainable variables, or
+    /// on a tape made with `watch_accessed_variables = false`).
+    pub fn watch_variable(&self, variable: &Variable) {
+        self.watch(&variable.value_untracked());
+    }
+
+    /// The number of ops recorded and not yet freed.
+    pub fn num_recorded_ops(&self) -> usize {
+        self.state.borrow().nodes.len()
+    }
+
+    /// Gradients of a scalar `target` with respect to each source, `None` for a source the
+    /// target does not depend on (as TF). A non-persistent tape frees its recording here
+    /// and refuses a second call.
+    pub fn gradient<S: GradientSource>(&self, target: &Tensor, sources: &[S]) -> Result<Vec<Option<Tensor>>> {
+        if target.elem_count() != 1 {
+            return Err(Error::Tape(format!(
+                "the target has shape {} but must be a single value; reduce it (sum/mean) or call \
+                 gradient_with_output_gradient with a gradient of that shape",
+                target.shape()
+            )));
+        }
+        let seed = target.ones_like()?;
+        self.gradient_with_output_gradient(target, sources, &seed)
+    }
+
+    /// Gradients of any `target` given the gradient of some scalar with respect to it
+    /// (`output_gradient`, of the target's shape, dtype and device).
+    pub fn gradient_with_output_gradient<S: GradientSource>(
+        &self,
+        target: &Tensor,
+        sources: &[S],
+        output_gradient: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        if output_gradient.shape() != target.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "GradientTape.gradient (output gradient vs target)",
+                lhs: output_gradient.shape().clone(),
+                rhs: target.shape().clone(),
+            });
+        }
+        target.check_same(output_gradient, "GradientTape.gradient (output gradient vs target)")?;
+        if !target.dtype().is_float() {
+            return Err(Error::Tape(format!("the target has dtype {}, which is not differentiable", target.dtype())));
+        }
+        let source_ids: Vec<TensorId> = sources.iter().map(|s| s.source_id()).collect();
+        // Take what the walk needs out of the RefCell: gradient rules run ops, which may
+        // record on tapes (this one included, if it is recording).
+        let nodes: Vec<(TensorId, &'static str, SmallVec<[(TensorId, Shape); 2]>, Rc<GradFn>)> = {
+            let mut st = self.state.borrow_mut();
+            if st.used {
+                return Err(Error::Tape(
+                    "gradient() was already called on this non-persistent tape; use GradientTape::persistent() \
+                     to ask for gradients more than once"
+                        .into(),
+                ));
+            }
+            if st.persistent {
+                st.nodes.iter().map(|n| (n.output, n.op, n.inputs.clone(), n.backward.clone())).collect()
+            } else {
+                st.used = true;
+                st.tracked.clear();
+                std::mem::take(&mut st.nodes).into_iter().map(|n| (n.output, n.op, n.inputs, n.backward)).collect()
+            }
+        };
+        let keep: HashSet<TensorId> = source_ids.iter().copied().collect();
+        let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+        grads.insert(target.id(), output_gradient.clone());
+        let mut nodes = nodes;
+        while let Some((output, op, inputs, backward)) = nodes.pop() {
+            let g = if keep.contains(&output) { grads.get(&output).cloned() } else { grads.remove(&output) };
+            let Some(g) = g else { continue };
+            let input_grads = backward(&g)?;
+            drop(backward);
+            if input_grads.len() != inputs.len() {
+                return Err(Error::Tape(format!(
+                    "internal: the gradient rule of {op} returned {} gradients for {} inputs",
+                    input_grads.len(),
+                    inputs.len()
+                )));
+            }
+            for ((id, shape), gi) in inputs.into_iter().zip(input_grads) {
+                let Some(gi) = gi else { continue };
+                if gi.shape() != &shape {
+                    return Err(Error::Tape(format!(
+                        "internal: the gradient rule of {op} gave shape {} for an input of shape {shape}",
+                        gi.shape()
+                    )));
+                }
+                let total = match grads.remove(&id) {
+                    Some(prev) => prev.add(&gi)?,
+                    None => gi,
+                };
+                grads.insert(id, total);
+            }
+        }
+        Ok(source_ids.iter().map(|id| grads.get(id).cloned()).collect())
+    }
+}
+
+/// Something gradients can be asked for: a [`Tensor`] or a [`Variable`] (its current value).
+pub trait GradientSource {
+    /// The id of the tensor whose gradient is wanted.
+    fn source_id(&self) -> TensorId;
+}
+
+impl GradientSource for Tensor {
+    fn source_id(&self) -> TensorId {
+        self.id()
+    }
+}
+
+impl GradientSource for Variable {
+    fn source_id(&self) -> TensorId {
+        self.value_untracked().id()
+    }
+}
+
+impl<T: GradientSource + ?Sized> GradientSource for &T {
+    fn source_id(&self) -> TensorId {
+        (**self).source_id()
+    }
+}
+
+/// Records an op on every recording tape that tracks one of its inputs. Only float
+/// outputs are differentiable; integer results are never recorded.
+pub(crate) fn record_op(
+    op: &'static str,
+    inputs: &[&Tensor],
+    output: &Tensor,
+    backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+) {
+    if output.dtype() == DType::I64 {
+        return;
+    }
+    ACTIVE.with(|active| {
+        let active = active.borrow();
+        if active.is_empty() {
+            return;
+        }
+        let mut shared: Option<Rc<GradFn>> = None;
+        let mut backward = Some(backward);
+        for tape in active.iter() {
+            let mut st = tape.borrow_mut();
+            if st.paused || !inputs.iter().any(|x| st.tracked.contains(&x.id())) {
+                continue;
+            }
+            let f = shared
+                .get_or_insert_with(|| {
+                    let b = backward.take().expect("taken once");
+                    Rc::new(b)
+                })
+                .clone();
+            st.nodes.push(Node {
+                op,
+                inputs: inputs.iter().map(|x| (x.id(), x.shape().clone())).collect(),
+                output: output.id(),
+                backward: f,
+            });
+            st.tracked.insert(output.id());
+        }
+    });
+}
+
+/// Called when a variable is read: recording tapes that watch accessed variables start
+/// tracking its value if it is trainable.
+pub(crate) fn variable_read(value: &Tensor, trainable: bool) {
+    if !trainable {
+        return;
+    }
+    ACTIVE.with(|active| {
+        for tape in active.borrow().iter() {
+            let mut st = tape.borrow_mut();
+            if !st.paused && st.watch_accessed_variables {
+                st.tracked.insert(value.id());
+            }
+        }
+    });
+}

@@ -1,0 +1,83 @@
+//! [`Variable`]: a named, shared, mutable parameter (TF's `tf.Variable`).
+
+use crate::{tape, Error, Result, Tensor};
+use std::sync::{Arc, RwLock};
+
+struct VariableInner {
+    name: String,
+    trainable: bool,
+    value: RwLock<Tensor>,
+}
+
+/// A named parameter whose value can be replaced: layer weights, BN moving statistics,
+/// optimizer slots. Clones share the same variable. Reading a trainable variable while a
+/// [`GradientTape`](crate::GradientTape) records makes the tape watch it.
+#[derive(Clone)]
+pub struct Variable(Arc<VariableInner>);
+
+impl std::fmt::Debug for Variable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.value_untracked();
+        write!(f, "Variable({:?}, {}, {}, trainable={})", self.name(), v.shape(), v.dtype(), self.trainable())
+    }
+}
+
+impl Variable {
+    /// A variable holding `value`.
+    pub fn new(name: impl Into<String>, value: Tensor, trainable: bool) -> Self {
+        Variable(Arc::new(VariableInner { name: name.into(), trainable, value: RwLock::new(value) }))
+    }
+
+    /// The name ("layer1.0.conv1.kernel" in a model).
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Whether optimizers train it and tapes watch it on read.
+    pub fn trainable(&self) -> bool {
+        self.0.trainable
+    }
+
+    /// The current value; recording tapes watch it if the variable is trainable.
+    pub fn value(&self) -> Tensor {
+        let v = self.value_untracked();
+        tape::variable_read(&v, self.trainable());
+        v
+    }
+
+    /// The current value, without telling any tape.
+    pub fn value_untracked(&self) -> Tensor {
+        self.0.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether two handles name the same variable.
+    pub fn same_as(&self, other: &Variable) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Replaces the value; shape, dtype and device must stay the same.
+    pub fn assign(&self, value: Tensor) -> Result<()> {
+        let mut slot = self.0.value.write().unwrap_or_else(|e| e.into_inner());
+        if slot.shape() != value.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "Variable.assign",
+                lhs: slot.shape().clone(),
+                rhs: value.shape().clone(),
+            });
+        }
+        slot.check_same(&value, "Variable.assign")?;
+        // The new value is a fresh tensor: a tape never sees it as the old value.
+        *slot = value.detach();
+        Ok(())
+    }
+
+    /// `self = self + delta`.
+    pub fn assign_add(&self, delta: &Tensor) -> Result<()> {
+        self.assign(self.value_untracked().add(delta)?)
+    }
+
+    /// `self = self - delta`.
+    pub fn assign_sub(&self, delta: &Tensor) -> Result<()> {
+        self.assign(self.value_untracked().sub(delta)?)
+    }
+}

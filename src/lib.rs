@@ -1,0 +1,7 @@
+//! tapegrad: a deep-learning framework with a TensorFlow-style `GradientTape`, Keras-style
+//! layers, and CPU and CUDA backends.
+//!
+//! This crate re-exports the workspace's crates: [`tensor`] (tensors, ops, autograd).
+
+pub use tapegrad_tensor as tensor;
+pub use tapegrad_tensor::{DType, Device, Error, GradientTape, Result, Shape, Tensor, Variable};
