@@ -27,6 +27,7 @@ mod shape;
 mod storage;
 mod tape;
 mod tensor;
+pub mod testing;
 mod variable;
 
 pub use backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
