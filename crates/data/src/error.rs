@@ -110,11 +110,17 @@ pub enum DataError {
     InvalidArgument(String),
     /// A conversion to tensors failed.
     #[error("converting a batch to tensors: {0}")]
-    Tensor(#[from] tapegrad_tensor::Error),
+    Tensor(#[source] Box<tapegrad_tensor::Error>),
 }
 
 /// The result type of the data crate.
 pub type Result<T> = std::result::Result<T, DataError>;
+
+impl From<tapegrad_tensor::Error> for DataError {
+    fn from(e: tapegrad_tensor::Error) -> Self {
+        DataError::Tensor(Box::new(e))
+    }
+}
 
 impl DataError {
     /// An [`DataError::Io`] error for `path`.

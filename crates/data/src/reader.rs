@@ -24,7 +24,7 @@ pub fn find_cifar_dir(dir: &Path, kind: CifarKind, split: Split) -> Result<PathB
         looked: candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(" and "),
         hint: format!(
             "Point the data directory at the folder holding them, or at its parent holding {}/ \
-             (download with tapegrad_data::ensure_cifar, or by hand from {})",
+             (the archive, to extract there: {})",
             kind.folder(),
             crate::download::Archive::official(kind).url
         ),
