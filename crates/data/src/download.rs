@@ -43,7 +43,12 @@ impl Archive {
 
 /// The default cache directory: `$TAPEGRAD_DATA` when set and not empty, else `./data`.
 pub fn default_cache_dir() -> PathBuf {
-    match std::env::var_os(DATA_DIR_ENV) {
+    cache_dir_from(std::env::var_os(DATA_DIR_ENV))
+}
+
+/// The cache directory for a value of `$TAPEGRAD_DATA`.
+fn cache_dir_from(value: Option<std::ffi::OsString>) -> PathBuf {
+    match value {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => PathBuf::from("data"),
     }
@@ -220,4 +225,17 @@ fn progress_bar(total: Option<u64>, visible: bool, name: &str) -> ProgressBar {
     }
     bar.set_message(format!("downloading {name}"));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dir_is_the_variable_or_data() {
+        // Tested without touching the process environment, which other tests read.
+        assert_eq!(cache_dir_from(Some("/tmp/somewhere".into())), Path::new("/tmp/somewhere"));
+        assert_eq!(cache_dir_from(Some("".into())), Path::new("data"));
+        assert_eq!(cache_dir_from(None), Path::new("data"));
+    }
 }

@@ -8,8 +8,7 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tapegrad_data::{
-    default_cache_dir, fetch_archive, load_cifar, write_synthetic_cifar, Archive, CifarKind, DataError, LabelKind,
-    Split, DATA_DIR_ENV,
+    fetch_archive, load_cifar, write_synthetic_cifar, Archive, CifarKind, DataError, LabelKind, Split,
 };
 
 /// A .tar.gz of a synthetic dataset in the official layout (`per_file` records per
@@ -200,15 +199,6 @@ fn incomplete_existing_folder_is_reported() {
     let err = fetch_archive(&archive, cache.path(), false).unwrap_err();
     assert!(matches!(err, DataError::IncompleteDir { .. }), "{err:?}");
     assert!(err.to_string().contains("test.bin"), "{err}");
-}
-
-#[test]
-fn cache_dir_defaults_to_data_or_the_environment() {
-    // The only test that touches the variable.
-    std::env::set_var(DATA_DIR_ENV, "/tmp/somewhere");
-    assert_eq!(default_cache_dir(), Path::new("/tmp/somewhere"));
-    std::env::remove_var(DATA_DIR_ENV);
-    assert_eq!(default_cache_dir(), Path::new("data"));
 }
 
 #[test]
