@@ -74,6 +74,14 @@ impl Transform {
                 out.len()
             )));
         }
+        self.write(image, shape, out);
+        Ok(())
+    }
+
+    /// [`Transform::apply`] without the size check: `image` and `out` must hold
+    /// `height * width * channels` bytes.
+    pub(crate) fn write(&self, image: &[u8], shape: [usize; 3], out: &mut [u8]) {
+        let [h, w, c] = shape;
         let row = w * c;
         for (y, out_row) in out.chunks_exact_mut(row).enumerate() {
             let sy = y as isize + self.dy;
@@ -92,6 +100,5 @@ impl Transform {
                 }
             }
         }
-        Ok(())
     }
 }

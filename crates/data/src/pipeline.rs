@@ -185,11 +185,9 @@ impl EpochBatches {
             if config.augment.is_identity() {
                 map_pixels(pixels, tables, &mut images);
             } else {
-                // The shapes were checked when the dataset was made: this cannot fail.
-                let transform = config.augment.draw(&mut rng);
-                if transform.apply(pixels, shape, &mut scratch).is_ok() {
-                    map_pixels(&scratch, tables, &mut images);
-                }
+                // Dataset::new checked that every image holds image_len bytes.
+                config.augment.draw(&mut rng).write(pixels, shape, &mut scratch);
+                map_pixels(&scratch, tables, &mut images);
             }
             labels.push(data.labels()[i]);
         }
