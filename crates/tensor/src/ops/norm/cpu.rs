@@ -123,9 +123,9 @@ pub(crate) fn batch_norm_backward<T: FloatElement>(
     let sums = column_sums::<T>(rows, 2 * c, |r, acc| {
         let (sum_dy, sum_dy_xc) = acc.split_at_mut(c);
         let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for ch in 0..c {
-            sum_dy[ch] = sum_dy[ch] + dyr[ch];
-            sum_dy_xc[ch] = sum_dy_xc[ch] + dyr[ch] * (xr[ch] - mean[ch]);
+        for ((((a, b), &d), &v), &m) in sum_dy.iter_mut().zip(sum_dy_xc.iter_mut()).zip(dyr).zip(xr).zip(mean) {
+            *a = *a + d;
+            *b = *b + d * (v - m);
         }
     });
     let inv_std: Vec<f64> = var.iter().map(|&v| 1.0 / (f(v) + s.epsilon).sqrt()).collect();
@@ -145,8 +145,9 @@ pub(crate) fn batch_norm_backward<T: FloatElement>(
     }
     let dx = map_rows(rows, c, |r, out| {
         let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for ch in 0..c {
-            out[ch] = k_dy[ch] * dyr[ch] + k_x[ch] * (xr[ch] - mean[ch]) + k_0[ch];
+        let per_channel = k_dy.iter().zip(&k_x).zip(&k_0).zip(mean);
+        for (((o, &d), &v), (((&kd, &kx), &k0), &m)) in out.iter_mut().zip(dyr).zip(xr).zip(per_channel) {
+            *o = kd * d + kx * (v - m) + k0;
         }
     });
     (dx, d_gamma.into_iter().map(to_t).collect(), d_beta.into_iter().map(to_t).collect())
