@@ -262,14 +262,20 @@ pub(crate) fn conv2d<T: FloatElement>(x: &[T], kernel: &[T], bias: Option<&[T]>,
 /// swapped. Its im2col GEMM has the forward pass's shape (inner dimension `kh*kw*c_out`),
 /// which runs much faster than the GEMM-then-col2im route, whose inner dimension is only
 /// `c_out` and whose output is `kh*kw` times larger. `None` where the padding exceeds the
-/// kernel's extent (the flipped convolution would need negative padding) or where `c_in`
-/// is too small for the flipped GEMM to be efficient.
+/// kernel's extent (the flipped convolution would need negative padding), where `c_in`
+/// is too small for the flipped GEMM to be efficient, or where the kernel is large
+/// against the column matrix.
 fn backward_input_as_conv(s: &Conv2dSpec) -> Option<Conv2dSpec> {
     let (reach_h, reach_w) = ((s.kernel_h - 1) * s.dilation_h, (s.kernel_w - 1) * s.dilation_w);
     let fits = s.pad_top.max(s.pad_bottom) <= reach_h && s.pad_left.max(s.pad_right) <= reach_w;
     // Its GEMM has c_in output columns: below a SIMD width (the 3-channel stem) it is slower.
     let wide = s.in_channels >= 16;
-    (s.stride_h == 1 && s.stride_w == 1 && fits && wide).then_some(Conv2dSpec {
+    // Flipping costs a pass over the kernel; col2im one over the column matrix. Deep layers
+    // (large kernels, few pixels: 512 channels at 2x2) are cheaper the col2im way.
+    let kernel_len = s.out_channels * s.kernel_h * s.kernel_w * s.in_channels;
+    let columns_len = s.batch * s.out_h * s.out_w * s.kernel_h * s.kernel_w * s.in_channels;
+    let small_kernel = 4 * kernel_len < columns_len;
+    (s.stride_h == 1 && s.stride_w == 1 && fits && wide && small_kernel).then_some(Conv2dSpec {
         in_h: s.out_h,
         in_w: s.out_w,
         in_channels: s.out_channels,
