@@ -2,10 +2,13 @@
 CPU, channels_last, the same thread count), timed the same way (minimum over repetitions
 of the forward pass with autograd recording, and of the backward pass).
 
-Run after `cargo bench --bench conv_ops` (which writes target/conv_ops_ours.tsv):
-    /opt/torch-venv/bin/python benches/conv_ops_torch.py --threads 2 --ours target/conv_ops_ours.tsv
-It prints a markdown table with both and the ratio torch_ms / ours_ms (above 1: ours is
-faster), the format of docs/performance.md.
+Run from the repository root:
+    /opt/torch-venv/bin/python benches/conv_ops_torch.py --threads 2 --interleave
+which, case by case, runs `cargo bench --bench conv_ops -- <case>` with RAYON_NUM_THREADS
+set to the same thread count and then times PyTorch, so that both sides of a row see the
+same load on a shared machine. `--ours target/conv_ops_ours.tsv` instead reads a whole
+earlier run of `cargo bench --bench conv_ops`. It prints a markdown table with both and
+the ratio torch_ms / ours_ms (above 1: ours is faster), the format of docs/performance.md.
 
 PyTorch gets symmetric padding 1 for the 3x3 'same' convolutions (the same output sizes
 and work as TF's asymmetric padding, without a separate pad op), and the stem's 2x2
@@ -13,6 +16,7 @@ stride-1 'same' max pooling is run on the unpadded input (29x29 outputs instead 
 both choices favour PyTorch slightly.
 """
 import argparse
+import os
 import subprocess
 import time
 
@@ -87,10 +91,23 @@ def read_ours(path):
     return ours
 
 
+def run_ours(name, threads):
+    """Runs the Rust bench for one case; returns (forward ms, backward ms)."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run(["cargo", "bench", "-q", "--bench", "conv_ops", "--", name], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == name:
+            return float(cells[1]), float(cells[2])
+    raise RuntimeError("no row for %r in:\n%s" % (name, out))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, required=True, help="torch.set_num_threads; use ours")
     ap.add_argument("--ours", help="target/conv_ops_ours.tsv written by cargo bench --bench conv_ops")
+    ap.add_argument("--interleave", action="store_true", help="run the Rust bench case by case, beside PyTorch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -103,6 +120,8 @@ def main():
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     sums = [0.0, 0.0]
     for name, inputs, forward in cases():
+        if args.interleave:
+            ours[name] = run_ours(name, args.threads)
         tf, tb = time_case(inputs, forward)
         of, ob = ours.get(name, (float("nan"), float("nan")))
         sums[0] += of + ob
