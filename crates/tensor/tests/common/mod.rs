@@ -7,6 +7,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tapegrad_tensor::testing::{check_gradients, GradCheck};
