@@ -102,6 +102,11 @@ impl GradientTape {
                 "this non-persistent tape has already computed its gradient; make a new tape".into(),
             ));
         }
+        // Recording on a tape that already records (a helper calling `record` inside the
+        // caller's `record`) must not push it twice: every op would be recorded twice.
+        if ACTIVE.with(|a| a.borrow().iter().any(|t| Rc::ptr_eq(t, &self.state))) {
+            return f();
+        }
         ACTIVE.with(|a| a.borrow_mut().push(self.state.clone()));
         struct Pop;
         impl Drop for Pop {

@@ -327,3 +327,27 @@ fn f32_gradients_have_f32_dtype() {
     assert_eq!(g.dtype(), DType::F32);
     assert_eq!(g.to_vec::<f32>().unwrap(), [1.0, 2.0]);
 }
+
+#[test]
+fn recording_on_a_tape_that_already_records_records_once() {
+    let x = t64(vec![3.0], &[1]);
+    let single = GradientTape::new();
+    single.watch(&x);
+    single.record(|| x.square()?.sum_all()).unwrap();
+
+    let tape = GradientTape::new();
+    tape.watch(&x);
+    let (h, y) = tape
+        .record(|| {
+            tape.record(|| {
+                let h = x.square()?;
+                let y = h.sum_all()?;
+                Ok((h, y))
+            })
+        })
+        .unwrap();
+    assert_eq!(tape.num_recorded_ops(), single.num_recorded_ops());
+    // With an intermediate among the sources, a doubly recorded op would double x's gradient.
+    let g = tape.gradient(&y, &[&h, &x]).unwrap();
+    assert_eq!((grad_values(&g[0]), grad_values(&g[1])), (vec![1.0], vec![6.0]));
+}
