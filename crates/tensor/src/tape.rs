@@ -148,8 +148,8 @@ impl GradientTape {
     }
 
     /// Gradients of a scalar `target` with respect to each source, `None` for a source the
-    /// target does not depend on or that the tape does not track (as TF). A non-persistent tape frees its recording here
-    /// and refuses a second call.
+    /// target does not depend on or that the tape does not track (as TF). A non-persistent
+    /// tape frees its recording here and refuses a second call.
     pub fn gradient<S: GradientSource>(&self, target: &Tensor, sources: &[S]) -> Result<Vec<Option<Tensor>>> {
         if target.elem_count() != 1 {
             return Err(Error::Tape(format!(
