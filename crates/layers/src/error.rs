@@ -14,8 +14,8 @@ pub enum Error {
     InLayer {
         /// The layer's name.
         layer: String,
-        /// What failed.
-        source: tapegrad_tensor::Error,
+        /// What failed (boxed to keep `Result`s small).
+        source: Box<tapegrad_tensor::Error>,
     },
     /// A layer was configured or called wrongly.
     #[error("layer {layer}: {msg}")]
@@ -69,7 +69,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Wraps a tensor error raised inside the layer `layer`.
     pub fn in_layer(layer: &str, source: tapegrad_tensor::Error) -> Self {
-        Error::InLayer { layer: layer.to_string(), source }
+        Error::InLayer { layer: layer.to_string(), source: Box::new(source) }
     }
 
     /// A configuration or call error of the layer `layer`.

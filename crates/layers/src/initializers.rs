@@ -128,7 +128,7 @@ impl Initializer {
                 with_rng(|r| (0..n).map(|_| mean + std * Distribution::<f64>::sample(&StandardNormal, r)).collect())
             }
             Initializer::RandomUniform { low, high } => {
-                if !(low < high) {
+                if low.partial_cmp(&high) != Some(std::cmp::Ordering::Less) {
                     return Err(crate::Error::Invalid(format!("RandomUniform: empty range [{low}, {high})")));
                 }
                 with_rng(|r| (0..n).map(|_| r.random_range(low..high)).collect())
@@ -198,7 +198,7 @@ mod tests {
     fn variance_scaling_initializers_have_keras_variances() {
         let fans = Fans::conv2d(64, 3, 3, 32); // fan_in 288, fan_out 576
         let cases = [
-            (Initializer::GlorotUniform, 2.0 / (288.0 + 576.0), (6.0f64 / 864.0).sqrt()),
+            (Initializer::GlorotUniform, 2.0f64 / (288.0 + 576.0), (6.0f64 / 864.0).sqrt()),
             (Initializer::HeUniform, 2.0 / 288.0, (6.0f64 / 288.0).sqrt()),
             (Initializer::GlorotNormal, 2.0 / 864.0, 2.0 * (2.0f64 / 864.0).sqrt() / TRUNCATED_NORMAL_STD),
             (Initializer::HeNormal, 2.0 / 288.0, 2.0 * (2.0f64 / 288.0).sqrt() / TRUNCATED_NORMAL_STD),

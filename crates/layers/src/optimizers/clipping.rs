@@ -9,7 +9,7 @@ use tapegrad_tensor::{DType, Tensor};
 /// clipping (an f64 scalar tensor). Computed with tensor ops, so the device is not waited
 /// for.
 pub fn clip_by_global_norm(grads: &[Option<Tensor>], clip_norm: f64) -> Result<(Vec<Option<Tensor>>, Tensor)> {
-    if !(clip_norm > 0.0) {
+    if clip_norm.is_nan() || clip_norm <= 0.0 {
         return Err(crate::Error::Invalid(format!("clip_by_global_norm: clip_norm must be positive, got {clip_norm}")));
     }
     let mut sum_sq: Option<Tensor> = None;
