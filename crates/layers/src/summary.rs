@@ -110,16 +110,20 @@ pub(crate) fn thousands(n: usize) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const W: [usize; 3] = [40, 26, 14];
-        let width = W.iter().sum::<usize>();
+        let labels: Vec<String> =
+            self.rows.iter().map(|r| format!("{}{} ({})", "  ".repeat(r.depth), r.name, r.type_name)).collect();
+        let shapes: Vec<&str> = self.rows.iter().map(|r| r.output_shape.as_deref().unwrap_or("?")).collect();
+        // Columns grow to fit their longest entry (Keras wraps instead).
+        let w0 = labels.iter().map(String::len).max().unwrap_or(0).max(28) + 2;
+        let w1 = shapes.iter().map(|s| s.len()).max().unwrap_or(0).max(20) + 2;
+        let w2 = 12;
+        let width = 1 + w0 + w1 + w2;
         writeln!(f, "Model: \"{}\"", self.name)?;
         writeln!(f, "{}", "_".repeat(width))?;
-        writeln!(f, " {:<a$}{:<b$}{:<c$}", "Layer (type)", "Output Shape", "Param #", a = W[0], b = W[1], c = W[2])?;
+        writeln!(f, " {:<w0$}{:<w1$}{:>w2$}", "Layer (type)", "Output Shape", "Param #")?;
         writeln!(f, "{}", "=".repeat(width))?;
         for (i, row) in self.rows.iter().enumerate() {
-            let label = format!("{}{} ({})", "  ".repeat(row.depth), row.name, row.type_name);
-            let shape = row.output_shape.as_deref().unwrap_or("?");
-            writeln!(f, " {:<a$}{:<b$}{:<c$}", label, shape, thousands(row.params), a = W[0] - 1, b = W[1], c = W[2])?;
+            writeln!(f, " {:<w0$}{:<w1$}{:>w2$}", labels[i], shapes[i], thousands(row.params))?;
             if i + 1 < self.rows.len() && self.rows[i + 1].depth == 0 {
                 writeln!(f)?;
             }
