@@ -177,17 +177,25 @@ pub trait Layer: Send + Sync {
 
     /// Every variable, trainable or not (BN moving statistics included).
     fn variables(&self) -> Vec<Variable> {
-        self.named_variables().into_iter().map(|(_, v)| v).collect()
+        let mut out = Vec::new();
+        self.visit_variables(&mut |_, v| out.push(v.clone()));
+        self.visit_sublayers(&mut |_, sub| collect_variables(sub, &mut out));
+        out
     }
 
-    /// The variables an optimizer trains.
+    /// The variables an optimizer trains, in the order of [`Layer::named_variables`] (the
+    /// same at every call, which optimizers rely on for a fast slot lookup).
     fn trainable_variables(&self) -> Vec<Variable> {
-        self.named_variables().into_iter().map(|(_, v)| v).filter(Variable::trainable).collect()
+        let mut all = self.variables();
+        all.retain(Variable::trainable);
+        all
     }
 
     /// The variables an optimizer does not train (BN moving statistics).
     fn non_trainable_variables(&self) -> Vec<Variable> {
-        self.named_variables().into_iter().map(|(_, v)| v).filter(|v| !v.trainable()).collect()
+        let mut all = self.variables();
+        all.retain(|v| !v.trainable());
+        all
     }
 
     /// The number of trainable and non-trainable parameters (0 before the layer is built).
@@ -218,6 +226,12 @@ pub trait Layer: Send + Sync {
 fn collect_named_variables(layer: &dyn Layer, prefix: &str, out: &mut Vec<(String, Variable)>) {
     layer.visit_variables(&mut |name, v| out.push((join_path(prefix, name), v.clone())));
     layer.visit_sublayers(&mut |name, sub| collect_named_variables(sub, &join_path(prefix, name), out));
+}
+
+/// Variables without their paths (no string building: models ask for them every step).
+fn collect_variables(layer: &dyn Layer, out: &mut Vec<Variable>) {
+    layer.visit_variables(&mut |_, v| out.push(v.clone()));
+    layer.visit_sublayers(&mut |_, sub| collect_variables(sub, out));
 }
 
 /// `prefix.name`, or `name` at the root.

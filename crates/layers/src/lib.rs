@@ -27,6 +27,8 @@
 //! # }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 mod error;
 pub mod initializers;

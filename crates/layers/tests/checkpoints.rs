@@ -136,6 +136,15 @@ fn mismatches_are_all_reported_and_nothing_changes() -> Result<()> {
     let err = checkpoint::load(&good, &model, Some(&mut Sgd::new(0.1))).unwrap_err().to_string();
     assert!(err.contains("Adam optimizer state, but a SGD optimizer"), "{err}");
 
+    // Dtypes are checked too: an f64 model's file does not load into an f32 model.
+    let f64_model = Sequential::new().add(Dense::new(6)).add(Activation::relu()).add(Dense::new(3));
+    f64_model.build(&InputSpec::new([1, 4]).with_dtype(tapegrad_tensor::DType::F64))?;
+    checkpoint::save(&good, &f64_model, None, 0)?;
+    let err = checkpoint::load(&good, &model, None).unwrap_err();
+    let Error::Mismatch { problems, .. } = &err else { panic!("expected a mismatch, got {err}") };
+    assert_eq!(problems.len(), 4, "{err}");
+    assert!(problems[0].contains("0.kernel: dtype F64 in the file, f32 in the model"), "{err}");
+
     // An unbuilt model says so.
     let unbuilt = Sequential::new().add(Dense::new(6));
     let err = checkpoint::load(&good, &unbuilt, None).unwrap_err().to_string();

@@ -2,6 +2,7 @@
 //! (shared/seed/params.md), output shapes, variable paths.
 
 use tapegrad_layers::models::{resnet18, resnet18_cifar, resnet34};
+use tapegrad_layers::random::set_seed;
 use tapegrad_layers::{InputSpec, Layer, Result};
 
 #[test]
@@ -63,5 +64,23 @@ fn cifar_resnet18_matches_the_pytorch_cifar_count() -> Result<()> {
         shapes[..5],
         ["(None, 32, 32, 64)", "(None, 32, 32, 64)", "(None, 16, 16, 128)", "(None, 8, 8, 256)", "(None, 4, 4, 512)"]
     );
+    Ok(())
+}
+
+#[test]
+fn one_seed_builds_the_same_resnet() -> Result<()> {
+    let build = |seed| -> Result<Vec<Vec<u32>>> {
+        set_seed(seed);
+        let model = resnet18_cifar(10);
+        model.build(&InputSpec::new([1, 8, 8, 3]))?;
+        let vars = model.variables();
+        Ok(vars
+            .iter()
+            .map(|v| v.value_untracked().to_vec::<f32>().unwrap().iter().map(|f| f.to_bits()).collect())
+            .collect())
+    };
+    let a = build(11)?;
+    assert_eq!(a, build(11)?);
+    assert_ne!(a, build(12)?);
     Ok(())
 }
