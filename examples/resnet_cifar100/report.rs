@@ -62,6 +62,9 @@ pub fn write_epoch(metrics: &Path, record: &EpochRecord, history: &[EpochRecord]
     Ok(svg_path)
 }
 
+/// One curve: its label, colour and values per epoch.
+type Series<'a> = (&'a str, &'a str, Vec<f64>);
+
 /// Two panels, loss and accuracy per epoch, train and test.
 pub fn curves_svg(history: &[EpochRecord]) -> String {
     let (w, h, pad) = (480.0, 300.0, 40.0);
@@ -73,7 +76,7 @@ pub fn curves_svg(history: &[EpochRecord]) -> String {
         2.0 * w
     );
     let epochs: Vec<f64> = history.iter().map(|r| r.epoch as f64 + 1.0).collect();
-    let panels: [(&str, [(&str, &str, Vec<f64>); 2]); 2] = [
+    let panels: [(&str, [Series; 2]); 2] = [
         (
             "loss",
             [
