@@ -5,11 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The example binary that `cargo test` builds beside the test binaries.
+/// The flagship binary that `cargo test` builds beside the test binaries.
 fn example() -> PathBuf {
+    example_named("resnet_cifar100")
+}
+
+fn example_named(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
-    let bin = dir.join("examples").join(format!("resnet_cifar100{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(bin.exists(), "{} not built (cargo test builds examples)", bin.display());
     bin
 }
@@ -156,4 +160,17 @@ fn seed_resnet18_lowers_its_loss_on_synthetic_data() {
         .collect();
     assert_eq!(losses.len(), 3);
     assert!(losses[2] < 0.7 * losses[0], "training loss should fall clearly: {losses:?}");
+}
+
+#[test]
+fn small_cnn_example_learns_synthetic_data() {
+    let out = Command::new(example_named("small_cnn"))
+        .args(["--synthetic", "256", "--epochs", "2", "--batch-size", "32"])
+        .output()
+        .expect("run small_cnn");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().unwrap();
+    let acc: f64 = last.split("test accuracy ").nth(1).unwrap().trim().parse().unwrap();
+    assert!(acc > 0.5, "a 10-class synthetic task, chance is 0.1: {last}");
 }
