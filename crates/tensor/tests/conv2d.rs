@@ -203,3 +203,58 @@ fn bad_operands_are_reported_with_their_shapes() {
         Err(Error::DTypeMismatch { .. })
     ));
 }
+
+#[test]
+fn gradients_with_many_input_channels_match_finite_differences() {
+    // 16+ input channels take the stride-1 route that runs the input gradient as a
+    // convolution with the flipped kernel; cover 'same', 'valid', asymmetric and dilated.
+    for (i, (padding, dilation)) in [
+        (Padding::Same, (1, 1)),
+        (Padding::Valid, (1, 1)),
+        (Padding::Explicit { top: 0, bottom: 2, left: 1, right: 0 }, (1, 1)),
+        (Padding::Same, (2, 1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = Conv2dParams { padding, dilation, ..Default::default() };
+        let (x, k) = (random(&[1, 8, 7, 16], 10 + i as u64), random(&[2, 3, 3, 16], 20 + i as u64));
+        check_gradients(|t| t[0].conv2d(&t[1], None, &p), &[x, k]).unwrap();
+    }
+}
+
+#[test]
+fn a_large_batch_in_chunks_equals_image_by_image() {
+    // Large enough (over 2M column elements) that the batch is cut into several chunks of
+    // images; each image alone is one chunk. Outputs and all gradients must agree. Stride 2
+    // takes the GEMM + col2im route for the input gradient, stride 1 the flipped kernel.
+    for (batch, stride) in [(8, 1), (32, 2)] {
+        let p = Conv2dParams { strides: (stride, stride), padding: Padding::Same, ..Default::default() };
+        let (x, k, b) = (random(&[batch, 24, 24, 64], 1), random(&[8, 3, 3, 64], 2), random(&[8], 3));
+        let out = 24 / stride;
+        let dy = random(&[batch, out, out, 8], 4);
+        let run = |x: &Tensor, dy: &Tensor| {
+            let tape = GradientTape::new();
+            for t in [x, &k, &b] {
+                tape.watch(t);
+            }
+            let y = tape.record(|| x.conv2d(&k, Some(&b), &p)).unwrap();
+            let g = tape.gradient_with_output_gradient(&y, &[x, &k, &b], dy).unwrap();
+            (y, g.into_iter().map(Option::unwrap).collect::<Vec<_>>())
+        };
+        let (y, g) = run(&x, &dy);
+        let per_image: Vec<_> =
+            (0..batch).map(|i| run(&x.narrow(0, i, 1).unwrap(), &dy.narrow(0, i, 1).unwrap())).collect();
+        let ys: Vec<&Tensor> = per_image.iter().map(|r| &r.0).collect();
+        assert_close(&y, &Tensor::concat(&ys, 0).unwrap());
+        let dxs: Vec<&Tensor> = per_image.iter().map(|r| &r.1[0]).collect();
+        assert_close(&g[0], &Tensor::concat(&dxs, 0).unwrap());
+        for (j, total) in g.iter().enumerate().skip(1) {
+            let mut sum = per_image[0].1[j].clone();
+            for r in &per_image[1..] {
+                sum = sum.add(&r.1[j]).unwrap();
+            }
+            assert_close(total, &sum);
+        }
+    }
+}

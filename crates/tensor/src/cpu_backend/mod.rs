@@ -273,12 +273,12 @@ impl BackendStorage for CpuStorage {
 
     fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
         const OP: &str = "max_pool2d_backward";
-        // The CPU kernel recomputes each window's argmax from the input; `output` is
-        // checked for its dtype only.
-        Ok(float_kernel!(self, OP, T => {
-            output.typed::<T>(OP)?;
-            pool::cpu::max_pool2d_backward::<T>(self.typed(OP)?, grad_out.typed(OP)?, spec)
-        }))
+        Ok(float_kernel!(self, OP, T => pool::cpu::max_pool2d_backward::<T>(
+            self.typed(OP)?,
+            output.typed(OP)?,
+            grad_out.typed(OP)?,
+            spec
+        )))
     }
 
     fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {

@@ -11,8 +11,11 @@
 //! The batch is cut into chunks of whole images, so that each chunk's column buffer is
 //! bounded (no batch-sized temporaries) and each chunk writes a disjoint slice of the
 //! output (no locking); rayon runs the chunks on its threads, each GEMM single-threaded,
-//! and each thread reuses one column buffer for all its chunks. A 1x1 convolution with
-//! stride 1 and no padding needs no im2col: the input already is the column matrix.
+//! and each thread reuses one column buffer for all its chunks. When the whole batch has
+//! few output pixels (the deep layers), it is one chunk and the GEMM is split instead. A
+//! 1x1 convolution with stride 1 and no padding needs no im2col: the input already is the
+//! column matrix. At stride 1 the input gradient runs as a convolution with the flipped
+//! kernel (see `backward_input_as_conv`).
 
 use crate::backend::Conv2dSpec;
 use crate::FloatElement;
@@ -110,10 +113,15 @@ impl Geometry {
         let out_pixels = s.out_h * s.out_w;
         let patch = s.kernel_h * s.kernel_w * s.in_channels;
         let threads = rayon::current_num_threads().max(1);
-        let by_budget = (COL_BUDGET / (out_pixels * patch).max(1)).max(1);
-        // At least one chunk per thread, so that every thread has work.
-        let by_threads = s.batch.div_ceil(threads).max(1);
-        let chunk_images = by_budget.min(by_threads);
+        let per_image = (out_pixels * patch).max(1);
+        let chunk_images = if s.batch * per_image <= 2 * COL_BUDGET {
+            // Few rows (the deep layers): one chunk, and the GEMM itself is split across
+            // threads; chunks of a few rows each would repeat the packing of a large kernel.
+            s.batch.max(1)
+        } else {
+            // At least one chunk per thread, so that every thread has work.
+            (COL_BUDGET / per_image).max(1).min(s.batch.div_ceil(threads).max(1))
+        };
         let chunks = s.batch.div_ceil(chunk_images);
         let pointwise = s.kernel_h == 1
             && s.kernel_w == 1
@@ -249,8 +257,61 @@ pub(crate) fn conv2d<T: FloatElement>(x: &[T], kernel: &[T], bias: Option<&[T]>,
     out
 }
 
+/// At stride 1 the input gradient is itself a convolution: of `dy`, padded by
+/// `extent - 1 - pad` on each side, with the kernel flipped in space and its channel axes
+/// swapped. Its im2col GEMM has the forward pass's shape (inner dimension `kh*kw*c_out`),
+/// which runs much faster than the GEMM-then-col2im route, whose inner dimension is only
+/// `c_out` and whose output is `kh*kw` times larger. `None` where the padding exceeds the
+/// kernel's extent (the flipped convolution would need negative padding), where `c_in`
+/// is too small for the flipped GEMM to be efficient, or where the kernel is large
+/// against the column matrix.
+fn backward_input_as_conv(s: &Conv2dSpec) -> Option<Conv2dSpec> {
+    let (reach_h, reach_w) = ((s.kernel_h - 1) * s.dilation_h, (s.kernel_w - 1) * s.dilation_w);
+    let fits = s.pad_top.max(s.pad_bottom) <= reach_h && s.pad_left.max(s.pad_right) <= reach_w;
+    // Its GEMM has c_in output columns: below a SIMD width (the 3-channel stem) it is slower.
+    let wide = s.in_channels >= 16;
+    // Flipping costs a pass over the kernel; col2im one over the column matrix. Deep layers
+    // (large kernels, few pixels: 512 channels at 2x2) are cheaper the col2im way.
+    let kernel_len = s.out_channels * s.kernel_h * s.kernel_w * s.in_channels;
+    let columns_len = s.batch * s.out_h * s.out_w * s.kernel_h * s.kernel_w * s.in_channels;
+    let small_kernel = 4 * kernel_len < columns_len;
+    (s.stride_h == 1 && s.stride_w == 1 && fits && wide && small_kernel).then_some(Conv2dSpec {
+        in_h: s.out_h,
+        in_w: s.out_w,
+        in_channels: s.out_channels,
+        out_channels: s.in_channels,
+        pad_top: reach_h - s.pad_top,
+        pad_bottom: reach_h - s.pad_bottom,
+        pad_left: reach_w - s.pad_left,
+        pad_right: reach_w - s.pad_right,
+        out_h: s.in_h,
+        out_w: s.in_w,
+        ..*s
+    })
+}
+
+/// `[c_out, kh, kw, c_in]` -> `[c_in, kh, kw, c_out]`, flipped along kh and kw.
+fn flip_kernel<T: FloatElement>(kernel: &[T], s: &Conv2dSpec) -> Vec<T> {
+    let (kh, kw, ci, co) = (s.kernel_h, s.kernel_w, s.in_channels, s.out_channels);
+    let mut out = vec![T::zero(); kernel.len()];
+    for o in 0..co {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let src = &kernel[((o * kh + ky) * kw + kx) * ci..][..ci];
+                for (c, &v) in src.iter().enumerate() {
+                    out[((c * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)) * co + o] = v;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The input gradient: `[batch, in_h, in_w, c_in]`.
 pub(crate) fn conv2d_backward_input<T: FloatElement>(dy: &[T], kernel: &[T], s: &Conv2dSpec) -> Vec<T> {
+    if let Some(transposed) = backward_input_as_conv(s) {
+        return conv2d(dy, &flip_kernel(kernel, s), None, &transposed);
+    }
     let g = Geometry::new(s);
     let co = s.out_channels;
     let mut dx = vec![T::zero(); s.batch * g.in_image];

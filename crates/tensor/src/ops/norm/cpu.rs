@@ -1,10 +1,12 @@
 //! CPU kernels of batch normalization over a `[rows, channels]` view (NHWC flattened).
 //!
 //! Per-channel statistics are column reductions: blocks of rows are reduced in parallel
-//! into per-block partial sums (in the element type, over at most `BLOCK_ROWS` rows, so
-//! f32 rounding stays small), which are added up in f64. The forward pass is two-pass
-//! (mean, then the mean of squared deviations) for accuracy; the backward pass is one
-//! reduction pass for `d_beta` and `d_gamma` and one elementwise pass for `d_x`.
+//! into per-block partial results (in the element type, over at most `BLOCK_ROWS` rows,
+//! so f32 rounding stays small), which are combined in f64. The forward statistics are
+//! two-pass within each cache-resident block (its mean, then squared deviations from it),
+//! merged across blocks by Chan's formula: accurate, and `x` is read from memory once for
+//! them and once for the output. The backward pass is one reduction pass for `d_beta` and
+//! `d_gamma` and one elementwise pass for `d_x`.
 
 use crate::backend::BatchNormSpec;
 use crate::FloatElement;
@@ -65,6 +67,78 @@ fn map_rows<T: FloatElement>(rows: usize, width: usize, fill_row: impl Fn(usize,
     out
 }
 
+/// Per-block statistics of one channel: rows, mean, and sum of squared deviations.
+#[derive(Clone, Copy, Default)]
+struct Moments {
+    count: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    /// Chan et al.'s pairwise combination: exact, and stable for any block sizes.
+    fn merge(self, o: Moments) -> Moments {
+        let count = self.count + o.count;
+        if count == 0.0 {
+            return self;
+        }
+        let delta = o.mean - self.mean;
+        Moments {
+            count,
+            mean: self.mean + delta * o.count / count,
+            m2: self.m2 + o.m2 + delta * delta * self.count * o.count / count,
+        }
+    }
+}
+
+/// Per-channel mean and biased variance of `x` (`[rows, c]`), reading `x` from memory
+/// once: each block of rows is reduced two-pass (its mean, then squared deviations from
+/// it) while it sits in cache, and the blocks are merged in f64.
+fn column_mean_var<T: FloatElement>(x: &[T], rows: usize, c: usize) -> (Vec<f64>, Vec<f64>) {
+    let blocks = rows.div_ceil(BLOCK_ROWS);
+    let min_blocks = (1usize << 15).div_ceil(BLOCK_ROWS * c.max(1));
+    let merge_all = |mut a: Vec<Moments>, b: Vec<Moments>| {
+        for (m, o) in a.iter_mut().zip(b) {
+            *m = m.merge(o);
+        }
+        a
+    };
+    let total = (0..blocks)
+        .into_par_iter()
+        .with_min_len(min_blocks)
+        .fold(
+            || (vec![Moments::default(); c], vec![T::zero(); c], vec![T::zero(); c]),
+            |(mut acc, mut sum, mut block_mean), block| {
+                let (lo, hi) = (block * BLOCK_ROWS, ((block + 1) * BLOCK_ROWS).min(rows));
+                let rows_of_block = &x[lo * c..hi * c];
+                sum.fill(T::zero());
+                for row in rows_of_block.chunks_exact(c) {
+                    for (a, &v) in sum.iter_mut().zip(row) {
+                        *a = *a + v;
+                    }
+                }
+                let n = to_t::<T>((hi - lo) as f64);
+                for (m, &v) in block_mean.iter_mut().zip(&sum) {
+                    *m = v / n;
+                }
+                sum.fill(T::zero());
+                for row in rows_of_block.chunks_exact(c) {
+                    for ((a, &v), &m) in sum.iter_mut().zip(row).zip(&block_mean) {
+                        let d = v - m;
+                        *a = *a + d * d;
+                    }
+                }
+                for ((total, &m), &m2) in acc.iter_mut().zip(&block_mean).zip(&sum) {
+                    *total = total.merge(Moments { count: (hi - lo) as f64, mean: m.to_f64(), m2: m2.to_f64() });
+                }
+                (acc, sum, block_mean)
+            },
+        )
+        .map(|(acc, _, _)| acc)
+        .reduce(|| vec![Moments::default(); c], merge_all);
+    total.iter().map(|m| (m.mean, m.m2 / m.count)).unzip()
+}
+
 /// The training forward pass: `(y, mean, biased var)`.
 pub(crate) fn batch_norm_train<T: FloatElement>(
     x: &[T],
@@ -74,25 +148,8 @@ pub(crate) fn batch_norm_train<T: FloatElement>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (rows, c) = (s.rows, s.channels);
     let row = |r: usize| &x[r * c..(r + 1) * c];
-    let inv_rows = 1.0 / rows as f64;
-    let mean: Vec<f64> = column_sums::<T>(rows, c, |r, acc| {
-        for (a, &v) in acc.iter_mut().zip(row(r)) {
-            *a = *a + v;
-        }
-    })
-    .into_iter()
-    .map(|v| v * inv_rows)
-    .collect();
+    let (mean, var) = column_mean_var(x, rows, c);
     let mean_t: Vec<T> = mean.iter().map(|&m| to_t(m)).collect();
-    let var: Vec<f64> = column_sums::<T>(rows, c, |r, acc| {
-        for ((a, &v), &m) in acc.iter_mut().zip(row(r)).zip(&mean_t) {
-            let d = v - m;
-            *a = *a + d * d;
-        }
-    })
-    .into_iter()
-    .map(|v| v * inv_rows)
-    .collect();
     // y = (x - mean) * scale + beta, with scale = gamma / sqrt(var + eps); subtracting the
     // mean first avoids cancellation when |mean| is large against the spread.
     let scale: Vec<T> =
@@ -123,9 +180,9 @@ pub(crate) fn batch_norm_backward<T: FloatElement>(
     let sums = column_sums::<T>(rows, 2 * c, |r, acc| {
         let (sum_dy, sum_dy_xc) = acc.split_at_mut(c);
         let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for ch in 0..c {
-            sum_dy[ch] = sum_dy[ch] + dyr[ch];
-            sum_dy_xc[ch] = sum_dy_xc[ch] + dyr[ch] * (xr[ch] - mean[ch]);
+        for ((((a, b), &d), &v), &m) in sum_dy.iter_mut().zip(sum_dy_xc.iter_mut()).zip(dyr).zip(xr).zip(mean) {
+            *a = *a + d;
+            *b = *b + d * (v - m);
         }
     });
     let inv_std: Vec<f64> = var.iter().map(|&v| 1.0 / (f(v) + s.epsilon).sqrt()).collect();
@@ -145,8 +202,9 @@ pub(crate) fn batch_norm_backward<T: FloatElement>(
     }
     let dx = map_rows(rows, c, |r, out| {
         let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for ch in 0..c {
-            out[ch] = k_dy[ch] * dyr[ch] + k_x[ch] * (xr[ch] - mean[ch]) + k_0[ch];
+        let per_channel = k_dy.iter().zip(&k_x).zip(&k_0).zip(mean);
+        for (((o, &d), &v), (((&kd, &kx), &k0), &m)) in out.iter_mut().zip(dyr).zip(xr).zip(per_channel) {
+            *o = kd * d + kx * (v - m) + k0;
         }
     });
     (dx, d_gamma.into_iter().map(to_t).collect(), d_beta.into_iter().map(to_t).collect())

@@ -56,10 +56,9 @@ pub(crate) fn max_pool2d<T: FloatElement>(x: &[T], s: &Pool2dSpec) -> Vec<T> {
             for ix in x0..x1 {
                 let px = &img[(iy * s.in_w + ix) * c..][..c];
                 for (m, &v) in best.iter_mut().zip(px) {
-                    // Strictly greater: the first maximum wins ties (the backward pass agrees).
-                    if v > *m {
-                        *m = v;
-                    }
+                    // Strictly greater: the first maximum wins ties (the backward pass
+                    // agrees). A select, not a branch, so that the loop vectorises.
+                    *m = if v > *m { v } else { *m };
                 }
             }
         }
@@ -88,9 +87,9 @@ pub(crate) fn avg_pool2d<T: FloatElement>(x: &[T], s: &Pool2dSpec) -> Vec<T> {
     })
 }
 
-/// Runs `f(image, dx_image, scratch)` for every image in parallel; `scratch` is a
-/// per-thread buffer of `channels` indices reused across images.
-fn for_each_image_grad<T: FloatElement>(s: &Pool2dSpec, f: impl Fn(usize, &mut [T], &mut Vec<usize>) + Sync) -> Vec<T> {
+/// Runs `f(image, dx_image, scratch)` for every image in parallel, with one scratch of
+/// `channels` flags per thread reused across images.
+fn for_each_image_grad<T: FloatElement>(s: &Pool2dSpec, f: impl Fn(usize, &mut [T], &mut [bool]) + Sync) -> Vec<T> {
     let in_image = s.in_h * s.in_w * s.channels;
     let mut dx = vec![T::zero(); s.batch * in_image];
     if dx.is_empty() {
@@ -101,41 +100,39 @@ fn for_each_image_grad<T: FloatElement>(s: &Pool2dSpec, f: impl Fn(usize, &mut [
     dx.par_chunks_mut(in_image)
         .with_min_len(images_per_task)
         .enumerate()
-        .for_each_init(|| vec![0usize; s.channels], |scratch, (b, dst)| f(b, dst, scratch));
+        .for_each_init(|| vec![false; s.channels], |scratch, (b, dst)| f(b, dst, scratch));
     dx
 }
 
-/// The max-pooling gradient: each output gradient goes to the first position of its
-/// window's maximum (recomputed from `x`, comparing as the forward pass does).
-pub(crate) fn max_pool2d_backward<T: FloatElement>(x: &[T], dy: &[T], s: &Pool2dSpec) -> Vec<T> {
+/// The max-pooling gradient: each output gradient goes to the first position (in
+/// row-major window order) that holds the window's maximum, i.e. the forward output `y`.
+/// Walking the window in order with a per-channel "not yet given" flag keeps every step a
+/// branch-free pass over contiguous channel vectors (no per-channel argmax, no scatter).
+pub(crate) fn max_pool2d_backward<T: FloatElement>(x: &[T], y: &[T], dy: &[T], s: &Pool2dSpec) -> Vec<T> {
     let c = s.channels;
     let in_image = s.in_h * s.in_w * c;
     let out_image = s.out_h * s.out_w * c;
-    for_each_image_grad(s, |b, dx, argmax| {
+    for_each_image_grad(s, |b, dx, pending| {
         let img = &x[b * in_image..(b + 1) * in_image];
-        let dyi = &dy[b * out_image..(b + 1) * out_image];
+        let (yi, dyi) = (&y[b * out_image..(b + 1) * out_image], &dy[b * out_image..(b + 1) * out_image]);
         for oy in 0..s.out_h {
             let (y0, y1) = window(oy, s.stride_h, s.pad_top, s.window_h, s.in_h);
             for ox in 0..s.out_w {
                 let (x0, x1) = window(ox, s.stride_w, s.pad_left, s.window_w, s.in_w);
-                // argmax[ch] is the flat index (pixel * c + ch) of the channel's maximum.
-                let first = (y0 * s.in_w + x0) * c;
-                for (ch, a) in argmax.iter_mut().enumerate() {
-                    *a = first + ch;
-                }
+                let o = (oy * s.out_w + ox) * c;
+                let (maxima, grads) = (&yi[o..o + c], &dyi[o..o + c]);
+                pending.fill(true);
                 for iy in y0..y1 {
                     for ix in x0..x1 {
-                        let base = (iy * s.in_w + ix) * c;
-                        for (ch, a) in argmax.iter_mut().enumerate() {
-                            if img[base + ch] > img[*a] {
-                                *a = base + ch;
-                            }
+                        let p = (iy * s.in_w + ix) * c;
+                        let lanes =
+                            dx[p..p + c].iter_mut().zip(&img[p..p + c]).zip(maxima).zip(grads).zip(pending.iter_mut());
+                        for ((((d, &v), &m), &g), wait) in lanes {
+                            let hit = *wait & (v == m);
+                            *d = *d + if hit { g } else { T::zero() };
+                            *wait &= !hit;
                         }
                     }
-                }
-                let g = &dyi[(oy * s.out_w + ox) * c..][..c];
-                for (&a, &gv) in argmax.iter().zip(g) {
-                    dx[a] = dx[a] + gv;
                 }
             }
         }
