@@ -174,3 +174,47 @@ fn small_cnn_example_learns_synthetic_data() {
     let acc: f64 = last.split("test accuracy ").nth(1).unwrap().trim().parse().unwrap();
     assert!(acc > 0.5, "a 10-class synthetic task, chance is 0.1: {last}");
 }
+
+#[test]
+#[cfg(unix)]
+fn ctrl_c_finishes_the_step_and_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("interrupt");
+    let base = smoke_args(&dir);
+    let mut child = Command::new(example())
+        .args(refs(&with(&base, &["--epochs", "1000"])))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    // A watchdog, so that a run which never prints the expected line fails the test instead
+    // of training for 1000 epochs.
+    let pid = child.id().to_string();
+    let (done, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(std::time::Duration::from_secs(300)).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    });
+    // Interrupt once training runs (the seed's "epoch step loss:" line of step 0 is printed
+    // after the handler is installed), then read the rest of the output.
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = String::new();
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        stdout.push_str(&line);
+        if line.starts_with("0 0 loss:") {
+            break;
+        }
+        line.clear();
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill -INT");
+    assert!(status.success());
+    reader.read_to_string(&mut stdout).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    assert!(out.status.success(), "exits cleanly:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("interrupted: checkpoint written"), "{stdout}");
+    assert!(dir.join("last.safetensors").exists());
+}

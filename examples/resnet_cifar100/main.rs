@@ -76,8 +76,13 @@ fn run(args: Args) -> AnyResult<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
 
     let metrics_path = args.metrics_path();
-    let mut history = Vec::new();
-    let (mut best_acc, mut total_images, run_start) = (f64::NEG_INFINITY, 0u64, Instant::now());
+    // A resumed run continues the file (and the best accuracy so far); a new run starts it anew.
+    let mut history = if args.resume { report::read_history(&metrics_path) } else { Vec::new() };
+    if !args.resume && metrics_path.exists() {
+        std::fs::remove_file(&metrics_path)?;
+    }
+    let mut best_acc = history.iter().map(|r| r.test_acc).fold(f64::NEG_INFINITY, f64::max);
+    let (mut total_images, run_start) = (0u64, Instant::now());
     let mut train_seconds = 0.0;
     let max_steps = args.max_steps.unwrap_or(u64::MAX);
     for epoch in step / steps_per_epoch.max(1)..args.epochs {
@@ -107,8 +112,14 @@ fn run(args: Args) -> AnyResult<()> {
             seen += n;
             step += 1;
             if i % 100 == 0 {
-                // The seed prints this line every 100 steps; keep it visible beside the bar.
-                bar.suspend(|| println!("{epoch} {i} loss: {batch_loss:.6}"));
+                // The seed prints this line every 100 steps: above the bar on a terminal,
+                // plainly when the output is piped (a hidden bar prints nothing).
+                let line = format!("{epoch} {i} loss: {batch_loss:.6}");
+                if bar.is_hidden() {
+                    println!("{line}");
+                } else {
+                    bar.println(line);
+                }
             }
             let ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
             bar.set_message(format!(

@@ -39,6 +39,38 @@ impl EpochRecord {
     }
 }
 
+/// Reads back the records a previous run wrote (for `--resume`); lines it cannot read are
+/// skipped, since the file only feeds the curves and the best accuracy so far.
+pub fn read_history(metrics: &Path) -> Vec<EpochRecord> {
+    let Ok(text) = std::fs::read_to_string(metrics) else { return Vec::new() };
+    text.lines().filter_map(parse_record).collect()
+}
+
+fn parse_record(line: &str) -> Option<EpochRecord> {
+    let field = |key: &str| -> Option<f64> {
+        let rest = line.split(&format!("\"{key}\": ")).nth(1)?;
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        let v = rest[..end].trim();
+        if v == "null" {
+            Some(f64::NAN)
+        } else {
+            v.parse().ok()
+        }
+    };
+    Some(EpochRecord {
+        epoch: field("epoch")? as u64,
+        steps: field("steps")? as u64,
+        train_loss: field("train_loss")?,
+        train_acc: field("train_acc")?,
+        test_loss: field("test_loss")?,
+        test_acc: field("test_acc")?,
+        test_top5: field("test_top5")?,
+        images_per_sec: field("images_per_sec")?,
+        seconds: field("seconds")?,
+        learning_rate: field("learning_rate").unwrap_or(f64::NAN),
+    })
+}
+
 /// JSON has no NaN or infinity: write them as null.
 fn json_number(v: f64) -> String {
     if v.is_finite() {
