@@ -3,6 +3,8 @@
 
 use crate::backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
 use crate::cpu_backend::CpuStorage;
+#[cfg(feature = "cuda")]
+use crate::cuda_backend::CudaStorage;
 use crate::{DType, Device, Error, Result, Shape};
 
 /// A contiguous buffer on one device. Immutable once made: ops return new storage.
@@ -10,6 +12,21 @@ use crate::{DType, Device, Error, Result, Shape};
 pub enum Storage {
     /// Host memory.
     Cpu(CpuStorage),
+    /// Memory of a CUDA device (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda(CudaStorage),
+}
+
+/// Applies the same expression to the backend storage inside, whichever it is, and wraps
+/// a storage result back into its variant.
+macro_rules! each_backend {
+    ($s:expr, |$x:ident| $body:expr) => {
+        match $s {
+            Storage::Cpu($x) => Storage::Cpu($body?),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda($x) => Storage::Cuda($body?),
+        }
+    };
 }
 
 /// Pairs two storages of one backend, or reports the devices.
@@ -17,6 +34,8 @@ macro_rules! same_device {
     ($op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
         match ($a, $b) {
             (Storage::Cpu($x), Storage::Cpu($y)) => Ok(Storage::Cpu($body?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda($x), Storage::Cuda($y)) => Ok(Storage::Cuda($body?)),
             #[allow(unreachable_patterns)]
             (a, b) => Err(Error::DeviceMismatch { op: $op, lhs: a.device(), rhs: b.device() }),
         }
@@ -28,6 +47,8 @@ impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.device(),
         }
     }
 
@@ -35,6 +56,8 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
@@ -42,6 +65,8 @@ impl Storage {
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(s) => s.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len(),
         }
     }
 
@@ -54,6 +79,8 @@ impl Storage {
     pub fn to_cpu(&self) -> Result<CpuStorage> {
         match self {
             Storage::Cpu(s) => Ok(s.clone()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.to_cpu(),
         }
     }
 
@@ -61,6 +88,9 @@ impl Storage {
     pub fn from_cpu(cpu: CpuStorage, device: &Device) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(cpu)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => Ok(Storage::Cuda(CudaStorage::from_cpu(&cpu, *ordinal)?)),
+            #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => Err(Error::DeviceUnavailable {
                 device: *device,
                 msg: "tapegrad was built without the `cuda` feature; rebuild with `--features cuda`".into(),
@@ -69,9 +99,7 @@ impl Storage {
     }
 
     pub(crate) fn unary(&self, op: UnaryOp) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.unary(op)?)),
-        }
+        Ok(each_backend!(self, |s| s.unary(op)))
     }
 
     pub(crate) fn binary(&self, rhs: &Storage, op: BinaryOp, ls: &Shape, rs: &Shape, out: &Shape) -> Result<Storage> {
@@ -79,15 +107,11 @@ impl Storage {
     }
 
     pub(crate) fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.reduce(op, shape, axes)?)),
-        }
+        Ok(each_backend!(self, |s| s.reduce(op, shape, axes)))
     }
 
     pub(crate) fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.arg_reduce(op, shape, axis)?)),
-        }
+        Ok(each_backend!(self, |s| s.arg_reduce(op, shape, axis)))
     }
 
     pub(crate) fn matmul(&self, rhs: &Storage, spec: &MatmulSpec) -> Result<Storage> {
@@ -95,13 +119,13 @@ impl Storage {
     }
 
     pub(crate) fn strided_copy(&self, layout: &StridedLayout) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.strided_copy(layout)?)),
-        }
+        Ok(each_backend!(self, |s| s.strided_copy(layout)))
     }
 
     pub(crate) fn concat(parts: &[&Storage], outer: usize, inners: &[usize]) -> Result<Storage> {
         let first = parts.first().ok_or_else(|| Error::invalid("concat", "no tensors given"))?;
+        let mismatch =
+            |other: &Storage| Error::DeviceMismatch { op: "concat", lhs: first.device(), rhs: other.device() };
         match first {
             Storage::Cpu(_) => {
                 let cpu = parts
@@ -109,23 +133,30 @@ impl Storage {
                     .map(|p| match p {
                         Storage::Cpu(c) => Ok(c),
                         #[allow(unreachable_patterns)]
-                        other => Err(Error::DeviceMismatch { op: "concat", lhs: first.device(), rhs: other.device() }),
+                        other => Err(mismatch(other)),
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Storage::Cpu(CpuStorage::concat(&cpu, outer, inners)?))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => {
+                let cuda = parts
+                    .iter()
+                    .map(|p| match p {
+                        Storage::Cuda(c) => Ok(c),
+                        other => Err(mismatch(other)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Storage::Cuda(CudaStorage::concat(&cuda, outer, inners)?))
             }
         }
     }
 
     pub(crate) fn cast(&self, dtype: DType) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.cast(dtype)?)),
-        }
+        Ok(each_backend!(self, |s| s.cast(dtype)))
     }
 
     pub(crate) fn log_softmax(&self, rows: usize, cols: usize) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.log_softmax(rows, cols)?)),
-        }
+        Ok(each_backend!(self, |s| s.log_softmax(rows, cols)))
     }
 }
