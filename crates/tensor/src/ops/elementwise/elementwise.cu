@@ -118,8 +118,9 @@ __device__ __forceinline__ T binary_fn(T x, T y) {
 
 // Both operands contiguous with the output's shape, or one of them a single value:
 // `a_step` / `b_step` are 1 for a full operand and 0 for a scalar.
-// The broadcast form reads operands through strides; `dims` and strides are listed
-// innermost dimension first, so the index decomposes with fixed (unrolled) array indices.
+// The broadcast form reads operands through strides, `dims` and strides listed innermost
+// dimension first. Its loop over the dimensions is deliberately not unrolled: unrolled,
+// the 36 broadcast kernels take NVRTC twice as long to compile (seconds at first use).
 struct BroadcastMeta {
     u64 rank;
     u64 dims[MAX_DIMS];
@@ -136,13 +137,11 @@ struct BroadcastMeta {
                                                            const BroadcastMeta m) {                      \
         GRID_STRIDE_LOOP(i, n) {                                                                          \
             u64 rem = i, ia = 0, ib = 0;                                                                  \
-            _Pragma("unroll") for (int d = 0; d < MAX_DIMS; ++d) {                                        \
-                if (d < m.rank) {                                                                         \
-                    const u64 idx = rem % m.dims[d];                                                      \
-                    rem /= m.dims[d];                                                                     \
-                    ia += idx * m.lhs_strides[d];                                                         \
-                    ib += idx * m.rhs_strides[d];                                                         \
-                }                                                                                         \
+            _Pragma("unroll 1") for (u64 d = 0; d < m.rank; ++d) {                                        \
+                const u64 idx = rem % m.dims[d];                                                          \
+                rem /= m.dims[d];                                                                         \
+                ia += idx * m.lhs_strides[d];                                                             \
+                ib += idx * m.rhs_strides[d];                                                             \
             }                                                                                             \
             out[i] = binary_fn<CODE, T>(a[ia], b[ib]);                                                    \
         }                                                                                                 \
