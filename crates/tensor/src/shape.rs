@@ -4,7 +4,7 @@ use crate::{Error, Result};
 use smallvec::SmallVec;
 
 /// Dimension lists are short; keep them inline.
-pub(crate) type Dims = SmallVec<[usize; 6]>;
+pub(crate) type Dims = SmallVec<[usize; 4]>;
 
 /// The dimensions of a tensor, outermost first (row-major). A rank-0 shape is a scalar.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]

@@ -21,6 +21,9 @@ use std::rc::Rc;
 /// (`None` where an input gets none), in input order.
 pub(crate) type GradFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>>;
 
+/// A node as the backward walk takes it: output id, op name, inputs, rule.
+type WalkNode = (TensorId, &'static str, SmallVec<[(TensorId, Shape); 2]>, Rc<GradFn>);
+
 /// One recorded op.
 struct Node {
     op: &'static str,
@@ -178,7 +181,7 @@ impl GradientTape {
         let source_ids: Vec<TensorId> = sources.iter().map(|s| s.source_id()).collect();
         // Take what the walk needs out of the RefCell: gradient rules run ops, which may
         // record on tapes (this one included, if it is recording).
-        let nodes: Vec<(TensorId, &'static str, SmallVec<[(TensorId, Shape); 2]>, Rc<GradFn>)> = {
+        let nodes: Vec<WalkNode> = {
             let mut st = self.state.borrow_mut();
             if st.used {
                 return Err(Error::Tape(

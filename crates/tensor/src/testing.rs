@@ -77,7 +77,8 @@ impl GradCheck {
                 };
                 let numeric = (eval(self.step)? - eval(-self.step)?) / (2.0 * self.step);
                 let a = analytic[e];
-                if !((a - numeric).abs() <= self.atol + self.rtol * numeric.abs()) {
+                let close = (a - numeric).abs() <= self.atol + self.rtol * numeric.abs();
+                if !close {
                     return Err(Error::invalid(
                         "check_gradients",
                         format!(

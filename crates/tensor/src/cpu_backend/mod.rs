@@ -7,6 +7,12 @@ mod parallel;
 
 pub(crate) use parallel::{par_map, par_zip_map, PAR_MIN_LEN};
 
+/// Whether a value is NaN, for generic element types (integers never are).
+#[inline(always)]
+pub(crate) fn is_nan<T: PartialOrd>(v: T) -> bool {
+    v.partial_cmp(&v).is_none()
+}
+
 use crate::backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
 use crate::ops::{elementwise, layout, matmul, reduce, softmax};
 use crate::{DType, Error, Result, Shape};
@@ -165,10 +171,7 @@ impl BackendStorage for CpuStorage {
 
     fn cast(&self, dtype: DType) -> Result<Self> {
         use num_traits::AsPrimitive;
-        fn conv<A: AsPrimitive<B>, B: Copy + 'static + Send + Sync>(v: &[A]) -> Vec<B>
-        where
-            A: Send + Sync,
-        {
+        fn conv<A: AsPrimitive<B> + Send + Sync, B: Copy + 'static + Send + Sync>(v: &[A]) -> Vec<B> {
             par_map(v, |x| x.as_())
         }
         Ok(match (self, dtype) {

@@ -1,7 +1,7 @@
 //! CPU kernels of the elementwise ops.
 
 use crate::backend::{BinaryOp, UnaryOp};
-use crate::cpu_backend::{par_map, par_zip_map, PAR_MIN_LEN};
+use crate::cpu_backend::{is_nan, par_map, par_zip_map, PAR_MIN_LEN};
 use crate::shape::Dims;
 use crate::{DType, Error, Result, Shape};
 use num_traits::{Float, NumCast};
@@ -128,8 +128,8 @@ pub(crate) fn binary<T: BinaryElem>(a: &[T], b: &[T], op: BinaryOp, ls: &Shape, 
         BinaryOp::Sub => broadcast_map(a, b, ls, rs, out, |x, y| x - y),
         BinaryOp::Mul => broadcast_map(a, b, ls, rs, out, |x, y| x * y),
         BinaryOp::Div => broadcast_map(a, b, ls, rs, out, |x, y| x.div_elem(y)),
-        BinaryOp::Maximum => broadcast_map(a, b, ls, rs, out, |x, y| if x >= y || x != x { x } else { y }),
-        BinaryOp::Minimum => broadcast_map(a, b, ls, rs, out, |x, y| if x <= y || x != x { x } else { y }),
+        BinaryOp::Maximum => broadcast_map(a, b, ls, rs, out, |x, y| if x >= y || is_nan(x) { x } else { y }),
+        BinaryOp::Minimum => broadcast_map(a, b, ls, rs, out, |x, y| if x <= y || is_nan(x) { x } else { y }),
         BinaryOp::Eq => broadcast_map(a, b, ls, rs, out, move |x, y| bool_to(x == y)),
         BinaryOp::Ne => broadcast_map(a, b, ls, rs, out, move |x, y| bool_to(x != y)),
         BinaryOp::Lt => broadcast_map(a, b, ls, rs, out, move |x, y| bool_to(x < y)),

@@ -12,7 +12,7 @@ pub(crate) fn strided_copy<T: Copy + Send + Sync + Default>(x: &[T], l: &Strided
     if n == 0 {
         return Vec::new();
     }
-    let (dims, strides, _) = coalesce(l.shape.dims(), &[l.strides.clone()]);
+    let (dims, strides, _) = coalesce(l.shape.dims(), std::slice::from_ref(&l.strides));
     let rank = dims.len();
     let inner = dims[rank - 1];
     let step = strides[rank - 1];

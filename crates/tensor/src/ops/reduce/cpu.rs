@@ -6,7 +6,7 @@
 //! bias gradient) and everything between.
 
 use crate::backend::{ArgReduceOp, ReduceOp};
-use crate::cpu_backend::PAR_MIN_LEN;
+use crate::cpu_backend::{is_nan, PAR_MIN_LEN};
 use crate::Shape;
 use rayon::prelude::*;
 
@@ -25,16 +25,16 @@ impl Combine {
     fn apply<T: ReduceElem>(self, acc: T, v: T) -> T {
         match self.0 {
             ReduceOp::Sum => acc + v,
-            // `v != v` keeps NaN: a reduction over a NaN is NaN (as NumPy and PyTorch).
+            // `is_nan` keeps NaN: a reduction over a NaN is NaN (as NumPy and PyTorch).
             ReduceOp::Max => {
-                if v > acc || v != v {
+                if v > acc || is_nan(v) {
                     v
                 } else {
                     acc
                 }
             }
             ReduceOp::Min => {
-                if v < acc || v != v {
+                if v < acc || is_nan(v) {
                     v
                 } else {
                     acc
@@ -181,8 +181,8 @@ pub(crate) fn arg_reduce<T: Copy + PartialOrd + Send + Sync>(
     let r = dims[axis];
     let inner: usize = dims[axis + 1..].iter().product();
     let better = |v: T, best: T| match op {
-        ArgReduceOp::ArgMax => v > best || (v != v && best == best),
-        ArgReduceOp::ArgMin => v < best || (v != v && best == best),
+        ArgReduceOp::ArgMax => v > best || (is_nan(v) && !is_nan(best)),
+        ArgReduceOp::ArgMin => v < best || (is_nan(v) && !is_nan(best)),
     };
     let one = |idx: usize| -> i64 {
         let (o, i) = (idx / inner, idx % inner);

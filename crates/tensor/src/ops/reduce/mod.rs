@@ -147,9 +147,7 @@ impl Tensor {
         })?;
         let mut axes = Vec::new();
         for (i, &d) in self.dims().iter().enumerate() {
-            if i < extra {
-                axes.push(i as isize);
-            } else if shape.dims()[i - extra] == 1 && d != 1 {
+            if i < extra || (shape.dims()[i - extra] == 1 && d != 1) {
                 axes.push(i as isize);
             } else if shape.dims()[i - extra] != d {
                 return Err(Error::ShapeMismatch { op: "sum_to_shape", lhs: self.shape().clone(), rhs: shape.clone() });
