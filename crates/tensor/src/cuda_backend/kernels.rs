@@ -178,9 +178,12 @@ pub fn compile(source: &KernelSource, arch: &str) -> Result<Vec<u8>> {
     }
 }
 
+/// Compiled images by (source name, architecture).
+type ImageCache = HashMap<(&'static str, String), Arc<Vec<u8>>>;
+
 /// [`compile`], once per process for each (source, architecture).
 pub(crate) fn compiled(source: &KernelSource, arch: &str) -> Result<Arc<Vec<u8>>> {
-    static CACHE: LazyLock<Mutex<HashMap<(&'static str, String), Arc<Vec<u8>>>>> = LazyLock::new(Default::default);
+    static CACHE: LazyLock<Mutex<ImageCache>> = LazyLock::new(Default::default);
     // Holding the lock while compiling makes concurrent first uses wait for one compile.
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(image) = cache.get(&(source.name, arch.to_string())) {

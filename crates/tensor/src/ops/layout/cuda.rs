@@ -43,7 +43,7 @@ pub(crate) fn strided_copy(x: &CudaStorage, l: &StridedLayout) -> Result<CudaSto
     if n == 0 {
         return Ok(out);
     }
-    let (dims, strides, _) = coalesce(l.shape.dims(), &[l.strides.clone()]);
+    let (dims, strides, _) = coalesce(l.shape.dims(), std::slice::from_ref(&l.strides));
     if dims.len() > MAX_DIMS {
         return Err(Error::invalid(
             "strided_copy",
