@@ -169,7 +169,8 @@ mod tests {
         assert_eq!(round_size(1 << 20), 1 << 20);
         // Above 1 MiB: steps of 1/16 of the next power of two.
         assert_eq!(round_size((1 << 20) + 1), (1 << 20) + (1 << 17));
-        assert_eq!(round_size(100 << 20), 100 << 20);
+        assert_eq!(round_size(96 << 20), 96 << 20);
+        assert_eq!(round_size(100 << 20), 104 << 20);
         for bytes in [3usize << 20, (7 << 20) + 5, 1 << 30] {
             let r = round_size(bytes);
             assert!(r >= bytes && r - bytes <= bytes / 8, "{bytes} -> {r}");
