@@ -16,7 +16,6 @@ mkdir -p "$out"
 
 # Small binaries: no debug info in our code or the dependencies (the bundle travels).
 export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo
-export CARGO_PROFILE_BENCH_DEBUG=false CARGO_PROFILE_BENCH_STRIP=debuginfo
 
 copy_executables() {
   python3 -c '
@@ -35,7 +34,9 @@ if wanted:
 
 cargo test --release --features cuda -p tapegrad-tensor --test cuda_ops --test nvrtc_kernels --no-run \
   --message-format=json-render-diagnostics | copy_executables cuda_ops nvrtc_kernels
-cargo bench --features cuda --bench cuda_micro --no-run --message-format=json-render-diagnostics \
+# `build --release` rather than `bench --no-run`: the same profile as the tests, so the
+# dependencies are built once.
+cargo build --release --features cuda --bench cuda_micro --message-format=json-render-diagnostics \
   | copy_executables cuda_micro
 
 size=$(du -sb "$out" | cut -f1)
