@@ -31,9 +31,29 @@ impl Shape {
         self.0.len()
     }
 
-    /// The number of elements (1 for a scalar).
+    /// The number of elements (1 for a scalar). Saturates at `usize::MAX` for a shape too
+    /// large to exist (no tensor can have it: constructors check
+    /// [`Shape::checked_elem_count`]).
     pub fn elem_count(&self) -> usize {
-        self.0.iter().product()
+        if self.0.contains(&0) {
+            return 0;
+        }
+        self.0.iter().fold(1usize, |n, &d| n.saturating_mul(d))
+    }
+
+    /// The number of elements, or an error naming `op` if a buffer of that many elements
+    /// (of up to 8 bytes each) could not be allocated at all: the product overflows or
+    /// exceeds `isize::MAX` bytes, where `Vec` would panic.
+    pub fn checked_elem_count(&self, op: &'static str) -> Result<usize> {
+        let too_large = || Error::invalid(op, format!("shape {self} has too many elements to allocate"));
+        if self.0.contains(&0) {
+            return Ok(0);
+        }
+        let n = self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(too_large)?;
+        if n > isize::MAX as usize / 8 {
+            return Err(too_large());
+        }
+        Ok(n)
     }
 
     /// Row-major strides of a contiguous tensor of this shape, in elements.

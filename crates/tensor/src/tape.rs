@@ -21,10 +21,8 @@ use std::rc::Rc;
 /// (`None` where an input gets none), in input order.
 pub(crate) type GradFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>>;
 
-/// A node as the backward walk takes it: output id, op name, inputs, rule.
-type WalkNode = (TensorId, &'static str, SmallVec<[(TensorId, Shape); 2]>, Rc<GradFn>);
-
-/// One recorded op.
+/// One recorded op. Clones share the gradient rule.
+#[derive(Clone)]
 struct Node {
     op: &'static str,
     inputs: SmallVec<[(TensorId, Shape); 2]>,
@@ -104,6 +102,11 @@ impl GradientTape {
                 "this non-persistent tape has already computed its gradient; make a new tape".into(),
             ));
         }
+        // Recording on a tape that already records (a helper calling `record` inside the
+        // caller's `record`) must not push it twice: every op would be recorded twice.
+        if ACTIVE.with(|a| a.borrow().iter().any(|t| Rc::ptr_eq(t, &self.state))) {
+            return f();
+        }
         ACTIVE.with(|a| a.borrow_mut().push(self.state.clone()));
         struct Pop;
         impl Drop for Pop {
@@ -145,8 +148,8 @@ impl GradientTape {
     }
 
     /// Gradients of a scalar `target` with respect to each source, `None` for a source the
-    /// target does not depend on (as TF). A non-persistent tape frees its recording here
-    /// and refuses a second call.
+    /// target does not depend on or that the tape does not track (as TF). A non-persistent
+    /// tape frees its recording here and refuses a second call.
     pub fn gradient<S: GradientSource>(&self, target: &Tensor, sources: &[S]) -> Result<Vec<Option<Tensor>>> {
         if target.elem_count() != 1 {
             return Err(Error::Tape(format!(
@@ -181,7 +184,9 @@ impl GradientTape {
         let source_ids: Vec<TensorId> = sources.iter().map(|s| s.source_id()).collect();
         // Take what the walk needs out of the RefCell: gradient rules run ops, which may
         // record on tapes (this one included, if it is recording).
-        let nodes: Vec<WalkNode> = {
+        // `tracked` is taken too: an op can mix tracked and untracked inputs (a watched
+        // weight times a constant), and only tracked ones get gradients, as in TF.
+        let (nodes, tracked): (Vec<Node>, HashSet<TensorId>) = {
             let mut st = self.state.borrow_mut();
             if st.used {
                 return Err(Error::Tape(
@@ -191,18 +196,17 @@ impl GradientTape {
                 ));
             }
             if st.persistent {
-                st.nodes.iter().map(|n| (n.output, n.op, n.inputs.clone(), n.backward.clone())).collect()
+                (st.nodes.clone(), st.tracked.clone())
             } else {
                 st.used = true;
-                st.tracked.clear();
-                std::mem::take(&mut st.nodes).into_iter().map(|n| (n.output, n.op, n.inputs, n.backward)).collect()
+                (std::mem::take(&mut st.nodes), std::mem::take(&mut st.tracked))
             }
         };
         let keep: HashSet<TensorId> = source_ids.iter().copied().collect();
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         grads.insert(target.id(), output_gradient.clone());
         let mut nodes = nodes;
-        while let Some((output, op, inputs, backward)) = nodes.pop() {
+        while let Some(Node { op, inputs, output, backward }) = nodes.pop() {
             let g = if keep.contains(&output) { grads.get(&output).cloned() } else { grads.remove(&output) };
             let Some(g) = g else { continue };
             let input_grads = backward(&g)?;
@@ -216,6 +220,9 @@ impl GradientTape {
             }
             for ((id, shape), gi) in inputs.into_iter().zip(input_grads) {
                 let Some(gi) = gi else { continue };
+                if !tracked.contains(&id) {
+                    continue;
+                }
                 if gi.shape() != &shape {
                     return Err(Error::Tape(format!(
                         "internal: the gradient rule of {op} gave shape {} for an input of shape {shape}",
@@ -229,7 +236,7 @@ impl GradientTape {
                 grads.insert(id, total);
             }
         }
-        Ok(source_ids.iter().map(|id| grads.get(id).cloned()).collect())
+        Ok(source_ids.iter().map(|id| if tracked.contains(id) { grads.get(id).cloned() } else { None }).collect())
     }
 }
 

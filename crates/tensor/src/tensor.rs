@@ -53,7 +53,7 @@ impl Tensor {
     /// shape's element count.
     pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
-        if data.len() != shape.elem_count() {
+        if data.len() != shape.checked_elem_count("from_vec")? {
             return Err(Error::ElementCount { op: "from_vec", len: data.len(), shape });
         }
         Ok(Self::from_storage(Storage::from_cpu(T::into_storage(data), device)?, shape))
@@ -72,7 +72,7 @@ impl Tensor {
     /// A tensor of `value` converted to `dtype`.
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
-        let cpu = CpuStorage::full(shape.elem_count(), value, dtype);
+        let cpu = CpuStorage::full(shape.checked_elem_count("full")?, value, dtype);
         Ok(Self::from_storage(Storage::from_cpu(cpu, device)?, shape))
     }
 
@@ -101,7 +101,10 @@ impl Tensor {
         if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
             return Err(Error::invalid("arange", format!("bad range {start}..{end} step {step}")));
         }
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let n = ((end - start) / step).ceil().max(0.0);
+        // The float count may exceed any buffer (or usize); check before allocating.
+        let n = if n < usize::MAX as f64 { n as usize } else { usize::MAX };
+        Shape::new(&[n]).checked_elem_count("arange")?;
         let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
         let cpu = match dtype {
             DType::F32 => CpuStorage::F32(values.iter().map(|&v| v as f32).collect()),
@@ -121,6 +124,7 @@ impl Tensor {
         rng: &mut R,
     ) -> Result<Tensor> {
         let shape = shape.into();
+        shape.checked_elem_count("rand_uniform")?;
         let dist = Uniform::new(low, high)
             .map_err(|e| Error::invalid("rand_uniform", format!("bad range [{low}, {high}): {e}")))?;
         let values: Vec<f64> = (0..shape.elem_count()).map(|_| dist.sample(rng)).collect();
@@ -137,6 +141,15 @@ impl Tensor {
         rng: &mut R,
     ) -> Result<Tensor> {
         let shape = shape.into();
+        shape.checked_elem_count("rand_normal")?;
+        // rand_distr accepts a negative std (it mirrors the samples); a negative std is a
+        // mistake in the caller's code, as PyTorch's `normal_` holds.
+        if std.is_nan() || std < 0.0 || !mean.is_finite() {
+            return Err(Error::invalid(
+                "rand_normal",
+                format!("bad mean {mean} / std {std}: need a finite mean and std >= 0"),
+            ));
+        }
         let dist = Normal::new(mean, std)
             .map_err(|e| Error::invalid("rand_normal", format!("bad mean {mean} / std {std}: {e}")))?;
         let values: Vec<f64> = (0..shape.elem_count()).map(|_| dist.sample(rng)).collect();

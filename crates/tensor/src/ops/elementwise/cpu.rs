@@ -17,7 +17,9 @@ pub(crate) fn unary_float<T: Float + Send + Sync>(x: &[T], op: UnaryOp) -> Vec<T
         UnaryOp::Log => par_map(x, |v| v.ln()),
         UnaryOp::Sqrt => par_map(x, |v| v.sqrt()),
         UnaryOp::Square => par_map(x, |v| v * v),
-        UnaryOp::Relu => par_map(x, |v| if v > zero { v } else { zero }),
+        // `v < 0`, not `v > 0`: NaN passes through (as PyTorch and TF) instead of
+        // silently becoming 0 and hiding a diverged computation.
+        UnaryOp::Relu => par_map(x, |v| if v < zero { zero } else { v }),
         UnaryOp::Sigmoid => par_map(x, |v| {
             // Stable for large |v|: never exponentiates a large positive number.
             if v >= zero {
@@ -72,6 +74,12 @@ pub(crate) fn unary_int(x: &[i64], op: UnaryOp) -> Result<Vec<i64>> {
         UnaryOp::Relu => par_map(x, |v| v.max(0)),
         UnaryOp::Clamp { min, max } => {
             let (lo, hi) = (min.ceil() as i64, max.floor() as i64);
+            if lo > hi {
+                return Err(Error::invalid(
+                    "clamp",
+                    format!("bounds [{min}, {max}] contain no integer, so i64 values cannot be clamped to them"),
+                ));
+            }
             par_map(x, move |v| v.clamp(lo, hi))
         }
         other => {
@@ -151,6 +159,10 @@ pub(crate) fn broadcast_map<T: Copy + Send + Sync, U: Copy + Send + Sync + Defau
     f: impl Fn(T, T) -> U + Sync + Send + Copy,
 ) -> Vec<U> {
     let n = out.elem_count();
+    if n == 0 {
+        // Nothing to compute; the row loop below would split into rows of length 0.
+        return Vec::new();
+    }
     if ls == rs {
         return par_zip_map(a, b, f);
     }

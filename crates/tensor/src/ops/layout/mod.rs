@@ -112,6 +112,7 @@ impl Tensor {
         if &shape == self.shape() {
             return Ok(self.clone());
         }
+        shape.checked_elem_count("broadcast_to")?;
         let layout = StridedLayout { strides: self.shape().broadcast_strides(&shape), shape, offset: 0 };
         let out = self.strided(layout)?;
         let from = self.shape().clone();

@@ -69,6 +69,8 @@ impl Tensor {
         };
         let mut out_dims = batch_dims.to_vec();
         out_dims.extend([m, n]);
+        // Empty operands can name an output too large to allocate ([m, 0] @ [0, n]).
+        Shape::new(&out_dims).checked_elem_count("matmul")?;
         let out = Tensor::from_storage(self.storage().matmul(rhs.storage(), &spec)?, Shape::new(&out_dims));
         let (a, b) = (self.clone(), rhs.clone());
         record_op("matmul", &[self, rhs], &out, move |g| {

@@ -4,7 +4,7 @@ use crate::cpu_backend::PAR_MIN_LEN;
 use num_traits::Float;
 use rayon::prelude::*;
 
-/// `x - max - ln(sum(exp(x - max)))` per row of `cols` elements.
+/// `(x - max) - ln(sum(exp(x - max)))` per row of `cols` elements.
 pub(crate) fn log_softmax<T: Float + Send + Sync>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
     let mut out = vec![T::zero(); rows * cols];
     let row = |(src, dst): (&[T], &mut [T])| {
@@ -12,9 +12,12 @@ pub(crate) fn log_softmax<T: Float + Send + Sync>(x: &[T], rows: usize, cols: us
         // A row of -inf (or all NaN) has no finite max; shifting by 0 keeps NaN/-inf honest.
         let shift = if max.is_finite() { max } else { T::zero() };
         let sum = src.iter().fold(T::zero(), |s, &v| s + (v - shift).exp());
-        let log_sum = sum.ln() + shift;
+        let log_sum = sum.ln();
+        // `(v - shift) - log_sum`, not `v - (shift + log_sum)`: the shifted value is exact
+        // for the largest logits, whereas adding `log_sum` to a large `shift` first would
+        // round it to the precision of `shift` (1e-3 at 1e4 in f32).
         for (d, &v) in dst.iter_mut().zip(src) {
-            *d = v - log_sum;
+            *d = (v - shift) - log_sum;
         }
     };
     if x.len() < PAR_MIN_LEN {
