@@ -6,7 +6,8 @@
 //! Output: one `RESULT <name> <value> <unit>` line per measurement. Without a usable GPU
 //! it prints `SKIPPED cuda_micro: <reason>` and exits 0 (1 under `REQUIRE_GPU=1`).
 //!
-//! Run: `cargo bench --features cuda --bench cuda_micro`.
+//! Run: `cargo bench --features cuda --bench cuda_micro`. With `--quick`, tiny sizes and
+//! few iterations: a smoke test of the binary (the figures mean nothing).
 
 use std::time::Instant;
 use tapegrad::tensor::{cuda, DType, Device, Result, Tensor};
@@ -43,36 +44,45 @@ fn report(name: &str, value: f64, unit: &str) {
     println!("RESULT {name} {value:.1} {unit}");
 }
 
-fn run() -> Result<()> {
-    for n in [1024usize, 4096] {
+/// Problem sizes: full, or tiny for `--quick`.
+struct Sizes {
+    matmul: [usize; 2],
+    vector: usize,
+    matrix: usize,
+    softmax_rows: usize,
+    budget: f64,
+}
+
+fn run(s: &Sizes) -> Result<()> {
+    for n in s.matmul {
         let (a, b) = (random(&[n, n])?, random(&[n, n])?);
         for tf32 in [false, true] {
             cuda::set_tf32(tf32);
-            let t = seconds_per_call(|| a.matmul(&b), 0.5)?;
+            let t = seconds_per_call(|| a.matmul(&b), s.budget)?;
             let name = format!("matmul_{n}_{}", if tf32 { "tf32" } else { "f32" });
             report(&name, 2.0 * (n * n * n) as f64 / t / 1e9, "GFLOP/s");
         }
     }
     cuda::set_tf32(false);
 
-    let n = 1usize << 26; // 64 Mi f32 values: 256 MiB per tensor
+    let n = s.vector;
     let (x, y) = (random(&[n])?, random(&[n])?);
     let gb = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
-    let t = seconds_per_call(|| x.add(&y), 0.5)?;
-    report("add_64M_f32", gb(3 * 4 * n, t), "GB/s");
-    let t = seconds_per_call(|| x.exp(), 0.5)?;
-    report("exp_64M_f32", gb(2 * 4 * n, t), "GB/s");
-    let t = seconds_per_call(|| x.sum_all(), 0.5)?;
-    report("sum_64M_f32", gb(4 * n, t), "GB/s");
-    let (rows, cols) = (1usize << 13, 1usize << 13);
+    let t = seconds_per_call(|| x.add(&y), s.budget)?;
+    report(&format!("add_{}M_f32", n >> 20), gb(3 * 4 * n, t), "GB/s");
+    let t = seconds_per_call(|| x.exp(), s.budget)?;
+    report(&format!("exp_{}M_f32", n >> 20), gb(2 * 4 * n, t), "GB/s");
+    let t = seconds_per_call(|| x.sum_all(), s.budget)?;
+    report(&format!("sum_{}M_f32", n >> 20), gb(4 * n, t), "GB/s");
+    let (rows, cols) = (s.matrix, s.matrix);
     let (m, bias) = (random(&[rows, cols])?, random(&[cols])?);
-    let t = seconds_per_call(|| m.add(&bias), 0.5)?;
-    report("bias_add_8192x8192_f32", gb(2 * 4 * rows * cols, t), "GB/s");
-    let t = seconds_per_call(|| m.sum(&[0], false), 0.5)?;
-    report("column_sum_8192x8192_f32", gb(4 * rows * cols, t), "GB/s");
-    let logits = random(&[1 << 16, 1000])?;
-    let t = seconds_per_call(|| logits.log_softmax(-1), 0.5)?;
-    report("log_softmax_65536x1000_f32", gb(2 * 4 * (1 << 16) * 1000, t), "GB/s");
+    let t = seconds_per_call(|| m.add(&bias), s.budget)?;
+    report(&format!("bias_add_{rows}x{cols}_f32"), gb(2 * 4 * rows * cols, t), "GB/s");
+    let t = seconds_per_call(|| m.sum(&[0], false), s.budget)?;
+    report(&format!("column_sum_{rows}x{cols}_f32"), gb(4 * rows * cols, t), "GB/s");
+    let logits = random(&[s.softmax_rows, 1000])?;
+    let t = seconds_per_call(|| logits.log_softmax(-1), s.budget)?;
+    report(&format!("log_softmax_{}x1000_f32", s.softmax_rows), gb(2 * 4 * s.softmax_rows * 1000, t), "GB/s");
     let stats = cuda::memory_stats(0)?;
     println!(
         "# allocator: {} device allocations, {} cache hits, {} MiB reserved, peak {} MiB in use",
@@ -89,7 +99,13 @@ fn main() {
         eprintln!("SKIPPED cuda_micro: {e}");
         std::process::exit(if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") { 1 } else { 0 });
     }
-    if let Err(e) = run() {
+    let sizes = if std::env::args().any(|a| a == "--quick") {
+        Sizes { matmul: [64, 128], vector: 1 << 20, matrix: 256, softmax_rows: 64, budget: 0.0 }
+    } else {
+        // 64 Mi f32 values (256 MiB) per vector; 8192 x 8192 matrices.
+        Sizes { matmul: [1024, 4096], vector: 1 << 26, matrix: 1 << 13, softmax_rows: 1 << 16, budget: 0.5 }
+    };
+    if let Err(e) = run(&sizes) {
         eprintln!("cuda_micro failed: {e}");
         std::process::exit(1);
     }
