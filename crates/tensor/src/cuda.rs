@@ -6,7 +6,7 @@
 //! [cudarc](https://docs.rs/cudarc) with dynamic loading: nothing CUDA is needed to build,
 //! and the driver, NVRTC and cuBLAS libraries are looked up when first used (through
 //! `LD_LIBRARY_PATH` and the system's library paths). A missing library or GPU is an
-//! [`Error::DeviceUnavailable`] naming what is missing and how to get it, never a panic.
+//! [`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable) naming what is missing and how to get it, never a panic.
 //! Use [`Device::cuda_if_available`](crate::Device::cuda_if_available) to fall back to the
 //! CPU.
 //!
@@ -38,11 +38,24 @@ use crate::{Device, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "cuda")]
-pub use crate::cuda_backend::allocator::MemoryStats;
-#[cfg(feature = "cuda")]
 pub use crate::cuda_backend::kernels::{
     all_kernel_names, compile as compile_kernel, nvrtc_version, KernelSource, ALL_SOURCES,
 };
+
+/// Memory statistics of one device's allocator, in bytes of (rounded) blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Held by live buffers (tensors).
+    pub in_use: usize,
+    /// Obtained from the driver: in use plus cached for reuse.
+    pub reserved: usize,
+    /// The largest `in_use` seen since the device was opened (or the last reset).
+    pub peak_in_use: usize,
+    /// Number of `cuMemAlloc` calls made (a reused block does not count).
+    pub device_allocations: u64,
+    /// Number of allocations served from the cache.
+    pub cache_hits: u64,
+}
 
 static TF32: AtomicBool = AtomicBool::new(false);
 
@@ -102,16 +115,24 @@ pub fn synchronize(ordinal: usize) -> Result<()> {
 }
 
 /// The caching allocator's statistics for CUDA device `ordinal`.
-#[cfg(feature = "cuda")]
 pub fn memory_stats(ordinal: usize) -> Result<MemoryStats> {
-    Ok(crate::cuda_backend::device::CudaDevice::get(ordinal)?.memory_stats())
+    #[cfg(feature = "cuda")]
+    {
+        Ok(crate::cuda_backend::device::CudaDevice::get(ordinal)?.memory_stats())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(ordinal))
 }
 
 /// Restarts the peak statistic of CUDA device `ordinal` at the memory in use now.
-#[cfg(feature = "cuda")]
 pub fn reset_peak_memory(ordinal: usize) -> Result<()> {
-    crate::cuda_backend::device::CudaDevice::get(ordinal)?.reset_peak_memory();
-    Ok(())
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda_backend::device::CudaDevice::get(ordinal)?.reset_peak_memory();
+        Ok(())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(ordinal))
 }
 
 /// Returns the cached (free) blocks of CUDA device `ordinal` to the driver, after waiting

@@ -7,25 +7,11 @@
 //! reuses it is queued after them on the same stream. Only returning memory to the driver
 //! (`empty_cache`, or the retry after an out-of-memory error) waits for the stream first.
 
+use crate::cuda::MemoryStats;
 use crate::{Device, Error, Result};
 use cudarc::driver::{result as driver, sys, CudaContext, CudaStream};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
-
-/// Memory statistics of one device's allocator, in bytes of (rounded) blocks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoryStats {
-    /// Held by live buffers (tensors).
-    pub in_use: usize,
-    /// Obtained from the driver: in use plus cached for reuse.
-    pub reserved: usize,
-    /// The largest `in_use` seen since the device was opened (or the last reset).
-    pub peak_in_use: usize,
-    /// Number of `cuMemAlloc` calls made (a reused block does not count).
-    pub device_allocations: u64,
-    /// Number of allocations served from the cache.
-    pub cache_hits: u64,
-}
 
 /// A block of device memory owned by one buffer.
 #[derive(Debug)]

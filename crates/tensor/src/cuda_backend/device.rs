@@ -5,9 +5,10 @@
 //! `is_culib_present()` for the library it needs (driver here, NVRTC in `kernels`, cuBLAS
 //! in `blas`) and turns a missing library into [`Error::DeviceUnavailable`].
 
-use super::allocator::{Block, CachingAllocator, MemoryStats};
+use super::allocator::{Block, CachingAllocator};
 use super::blas::BlasHandle;
 use super::kernels::{self, KernelSource};
+use crate::cuda::MemoryStats;
 use crate::{Device, Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
