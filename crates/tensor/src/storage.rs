@@ -98,6 +98,16 @@ impl Storage {
         }
     }
 
+    /// `len` copies of `value` (converted to `dtype`) on `device`; a GPU fills its buffer
+    /// itself rather than copying one from the host.
+    pub fn full(len: usize, value: f64, dtype: DType, device: &Device) -> Result<Storage> {
+        match device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => Ok(Storage::Cuda(CudaStorage::full(len, value, dtype, *ordinal)?)),
+            _ => Storage::from_cpu(CpuStorage::full(len, value, dtype), device),
+        }
+    }
+
     pub(crate) fn unary(&self, op: UnaryOp) -> Result<Storage> {
         Ok(each_backend!(self, |s| s.unary(op)))
     }

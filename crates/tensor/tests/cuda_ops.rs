@@ -419,6 +419,17 @@ fn out_of_memory_is_an_error_naming_the_sizes() {
 }
 
 #[test]
+fn constants_are_filled_on_the_device() {
+    let Some((_lock, device)) = gpu_or_skip("constants_are_filled_on_the_device") else { return };
+    for (value, dtype) in [(2.5, F32), (-1.25, F64), (-3.0, I64), (0.0, F32), (7.9, I64)] {
+        let got = Tensor::full(value, [3, 70_001], dtype, &device).unwrap();
+        let want = Tensor::full(value, [3, 70_001], dtype, &Device::Cpu).unwrap();
+        assert_close(&format!("full({value}, {dtype})"), &got, &want, 0.0);
+    }
+    assert_eq!(Tensor::zeros([0], F32, &device).unwrap().to_vec::<f32>().unwrap(), Vec::<f32>::new());
+}
+
+#[test]
 fn devices_do_not_mix() {
     let Some((_lock, device)) = gpu_or_skip("devices_do_not_mix") else { return };
     assert_eq!(Device::cuda_if_available(), Device::Cuda(0));

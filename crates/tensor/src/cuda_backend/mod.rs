@@ -92,6 +92,11 @@ impl CudaStorage {
         Ok(out)
     }
 
+    /// `len` copies of `value` converted to `dtype`, filled on CUDA device `ordinal` (queued).
+    pub fn full(len: usize, value: f64, dtype: DType, ordinal: usize) -> Result<CudaStorage> {
+        layout::cuda::fill(&CudaDevice::get(ordinal)?, len, value, dtype)
+    }
+
     /// Uploads a host buffer to CUDA device `ordinal` (queued; does not wait).
     pub fn from_cpu(cpu: &CpuStorage, ordinal: usize) -> Result<CudaStorage> {
         let device = CudaDevice::get(ordinal)?;

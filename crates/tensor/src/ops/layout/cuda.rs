@@ -1,11 +1,13 @@
 //! CUDA launch code of the layout ops; the kernels are in `layout.cu`.
 
 use crate::backend::StridedLayout;
+use crate::cuda_backend::device::CudaDevice;
 use crate::cuda_backend::kernels::{elementwise_config, KernelSource};
 use crate::cuda_backend::{launch, CudaStorage, MAX_DIMS};
 use crate::ops::elementwise::cpu::coalesce;
 use crate::{BackendStorage, DType, Error, Result};
 use cudarc::driver::DeviceRepr;
+use std::sync::Arc;
 
 /// The layout kernels' source.
 pub(crate) const KERNELS: KernelSource = KernelSource { name: "layout", source: include_str!("layout.cu") };
@@ -20,7 +22,10 @@ fn width(dtype: DType) -> &'static str {
 
 /// Every kernel name this file can launch.
 pub(crate) fn kernel_names() -> Vec<String> {
-    ["b32", "b64"].iter().flat_map(|w| [format!("strided_copy_{w}"), format!("concat_part_{w}")]).collect()
+    ["b32", "b64"]
+        .iter()
+        .flat_map(|w| [format!("strided_copy_{w}"), format!("concat_part_{w}"), format!("fill_{w}")])
+        .collect()
 }
 
 /// The strided view: dims and strides innermost first.
@@ -95,6 +100,29 @@ pub(crate) fn concat(parts: &[&CudaStorage], outer: usize, inners: &[usize]) -> 
             launch!(device, KERNELS, name, elementwise_config(outer * inner); src, dst, outer64, inner64, total64, col64);
         }
         col += inner;
+    }
+    Ok(out)
+}
+
+/// A buffer of `len` copies of `value` converted to `dtype` (as `CpuStorage::full` converts).
+pub(crate) fn fill(device: &Arc<CudaDevice>, len: usize, value: f64, dtype: DType) -> Result<CudaStorage> {
+    let bits: u64 = match dtype {
+        DType::F32 => (value as f32).to_bits() as u64,
+        DType::F64 => value.to_bits(),
+        DType::I64 => (value as i64) as u64,
+    };
+    if bits == 0 || len == 0 {
+        return CudaStorage::zeros(device, len, dtype);
+    }
+    let out = CudaStorage::alloc(device, len, dtype)?;
+    let (dst, n) = (out.ptr(), len as u64);
+    let cfg = elementwise_config(len);
+    // Kernel signature: (T* y, u64 n, T bits) with T = u32 or u64.
+    if dtype.size_in_bytes() == 4 {
+        let bits = bits as u32;
+        launch!(device, KERNELS, "fill_b32", cfg; dst, n, bits);
+    } else {
+        launch!(device, KERNELS, "fill_b64", cfg; dst, n, bits);
     }
     Ok(out)
 }

@@ -1,6 +1,6 @@
 #line 1 "layout.cu"
 // Layout kernels: copying a strided view into a contiguous buffer (permute, broadcast_to,
-// narrow) and concatenation. They only move bits, so they exist per element size:
+// narrow), concatenation, and filling a buffer with one value (Tensor::full). They only move bits, so they exist per element size:
 // `_b32` (f32) and `_b64` (f64, i64). ops/layout/cuda.rs launches them.
 
 // The view: element i of the output, decomposed over `dims` (innermost first), is read
@@ -44,3 +44,7 @@ extern "C" __global__ void concat_part_b32(const u32* src, u32* dst, u64 outer, 
 extern "C" __global__ void concat_part_b64(const u64* src, u64* dst, u64 outer, u64 inner, u64 total, u64 col) {
     concat_part(src, dst, outer, inner, total, col);
 }
+
+// Every element set to the same bit pattern.
+extern "C" __global__ void fill_b32(u32* y, u64 n, u32 bits) { GRID_STRIDE_LOOP(i, n) { y[i] = bits; } }
+extern "C" __global__ void fill_b64(u64* y, u64 n, u64 bits) { GRID_STRIDE_LOOP(i, n) { y[i] = bits; } }
