@@ -139,6 +139,102 @@ pub struct StridedLayout {
     pub offset: usize,
 }
 
+/// The geometry of a 2-D convolution (cross-correlation, as in TF and PyTorch) over an
+/// NHWC input `[batch, in_h, in_w, in_channels]` with a kernel stored
+/// `[out_channels, kernel_h, kernel_w, in_channels]` (cuDNN's NHWC filter layout). The
+/// output is `[batch, out_h, out_w, out_channels]`. Padding is explicit and may be
+/// asymmetric (TF's 'same' at stride 2 on an odd size pads one more at the bottom/right);
+/// padded positions read as zero. Output pixel `(oy, ox)` reads input rows
+/// `oy * stride_h - pad_top + ky * dilation_h` (and likewise for columns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dSpec {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels (filters).
+    pub out_channels: usize,
+    /// Kernel height.
+    pub kernel_h: usize,
+    /// Kernel width.
+    pub kernel_w: usize,
+    /// Vertical stride (at least 1).
+    pub stride_h: usize,
+    /// Horizontal stride (at least 1).
+    pub stride_w: usize,
+    /// Vertical dilation (1 = dense kernel).
+    pub dilation_h: usize,
+    /// Horizontal dilation.
+    pub dilation_w: usize,
+    /// Zero rows above the input.
+    pub pad_top: usize,
+    /// Zero rows below the input.
+    pub pad_bottom: usize,
+    /// Zero columns left of the input.
+    pub pad_left: usize,
+    /// Zero columns right of the input.
+    pub pad_right: usize,
+    /// Output height.
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+}
+
+/// The geometry of a 2-D pooling over an NHWC input `[batch, in_h, in_w, channels]`;
+/// the output is `[batch, out_h, out_w, channels]`. Window `(oy, ox)` covers input rows
+/// `oy * stride_h - pad_top ..` (`window_h` of them) and likewise for columns; padded
+/// positions never take part (max pooling never picks them, average pooling divides by
+/// the number of real elements in the window, as TF). Every window holds at least one
+/// real element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pool2dSpec {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Channels (pooled independently).
+    pub channels: usize,
+    /// Window height.
+    pub window_h: usize,
+    /// Window width.
+    pub window_w: usize,
+    /// Vertical stride.
+    pub stride_h: usize,
+    /// Horizontal stride.
+    pub stride_w: usize,
+    /// Padding rows above the input.
+    pub pad_top: usize,
+    /// Padding rows below the input.
+    pub pad_bottom: usize,
+    /// Padding columns left of the input.
+    pub pad_left: usize,
+    /// Padding columns right of the input.
+    pub pad_right: usize,
+    /// Output height.
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+}
+
+/// Batch normalization of a buffer viewed as `[rows, channels]`: channels are the last
+/// (fastest) axis, and the statistics of each channel are taken over all rows (N*H*W for
+/// NHWC input, N for `[N, C]`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormSpec {
+    /// Number of rows (at least 1).
+    pub rows: usize,
+    /// Number of channels.
+    pub channels: usize,
+    /// Added to the variance before the square root.
+    pub epsilon: f64,
+}
+
 /// The primitive kernels of a backend. Inputs are contiguous row-major buffers; outputs
 /// are new contiguous buffers.
 pub trait BackendStorage: Sized + Send + Sync {
@@ -170,4 +266,53 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn cast(&self, dtype: DType) -> Result<Self>;
     /// `log(softmax(x))` over the last axis of a `[rows, cols]` view, computed stably.
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self>;
+
+    /// 2-D convolution of an NHWC input (`self`) with `kernel`
+    /// `[out_channels, kernel_h, kernel_w, in_channels]`, plus `bias` `[out_channels]`
+    /// when given. Float dtypes; all operands share one.
+    fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self>;
+    /// The gradient of [`conv2d`](Self::conv2d) with respect to its input, given the
+    /// output gradient (`self`, `[batch, out_h, out_w, out_channels]`): a buffer
+    /// `[batch, in_h, in_w, in_channels]` (a transposed convolution).
+    fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self>;
+    /// The gradient of [`conv2d`](Self::conv2d) with respect to its kernel, given the
+    /// input (`self`) and the output gradient: a buffer of the kernel's layout
+    /// `[out_channels, kernel_h, kernel_w, in_channels]`.
+    fn conv2d_backward_filter(&self, grad_out: &Self, spec: &Conv2dSpec) -> Result<Self>;
+    /// Max pooling of an NHWC input (`self`). Padding is never picked.
+    fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self>;
+    /// The gradient of [`max_pool2d`](Self::max_pool2d) with respect to its input
+    /// (`self`), given its `output` and the output gradient: each window's gradient goes to
+    /// the position of its maximum, the first in row-major window order on ties; windows
+    /// that share a maximum add up.
+    fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self>;
+    /// Average pooling of an NHWC input (`self`), dividing each window's sum by the number
+    /// of real (unpadded) elements in it.
+    fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self>;
+    /// The gradient of [`avg_pool2d`](Self::avg_pool2d) with respect to its input, given
+    /// the output gradient (`self`): `[batch, in_h, in_w, channels]`.
+    fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self>;
+    /// Training-mode batch normalization of `self` (`[rows, channels]`): returns
+    /// `(y, mean, var)` where `mean` and `var` (`[channels]`, the variance biased: divided
+    /// by `rows`) are the batch statistics and
+    /// `y = (x - mean) / sqrt(var + epsilon) * gamma + beta`. A missing `gamma` is 1, a
+    /// missing `beta` 0.
+    fn batch_norm_train(
+        &self,
+        gamma: Option<&Self>,
+        beta: Option<&Self>,
+        spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)>;
+    /// The gradient of [`batch_norm_train`](Self::batch_norm_train), fused: given the input
+    /// (`self`), the output gradient, `gamma` and the batch `mean` and `var` the forward
+    /// pass returned, returns `(d_x, d_gamma, d_beta)` (`d_gamma` and `d_beta` are
+    /// computed even where the forward pass had no gamma or beta).
+    fn batch_norm_backward(
+        &self,
+        grad_out: &Self,
+        gamma: Option<&Self>,
+        mean: &Self,
+        var: &Self,
+        spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)>;
 }

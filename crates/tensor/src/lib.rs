@@ -33,13 +33,17 @@ mod tensor;
 pub mod testing;
 mod variable;
 
-pub use backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
+pub use backend::{
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
+    UnaryOp,
+};
 pub use cpu_backend::CpuStorage;
 #[cfg(feature = "cuda")]
 pub use cuda_backend::CudaStorage;
 pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
+pub use ops::conv::{Conv2dParams, Padding};
 pub use shape::Shape;
 pub use storage::Storage;
 pub use tape::{GradientSource, GradientTape};

@@ -1,7 +1,10 @@
 //! [`Storage`]: a tensor's buffer on whichever backend holds it, and the dispatch of
 //! each primitive kernel to that backend.
 
-use crate::backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
+use crate::backend::{
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
+    UnaryOp,
+};
 use crate::cpu_backend::CpuStorage;
 #[cfg(feature = "cuda")]
 use crate::cuda_backend::CudaStorage;
@@ -168,5 +171,132 @@ impl Storage {
 
     pub(crate) fn log_softmax(&self, rows: usize, cols: usize) -> Result<Storage> {
         Ok(each_backend!(self, |s| s.log_softmax(rows, cols)))
+    }
+
+    pub(crate) fn conv2d(&self, kernel: &Storage, bias: Option<&Storage>, spec: &Conv2dSpec) -> Result<Storage> {
+        match (self, kernel, bias) {
+            (Storage::Cpu(x), Storage::Cpu(k), None) => Ok(Storage::Cpu(x.conv2d(k, None, spec)?)),
+            (Storage::Cpu(x), Storage::Cpu(k), Some(Storage::Cpu(b))) => {
+                Ok(Storage::Cpu(x.conv2d(k, Some(b), spec)?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(k), b) => {
+                Ok(Storage::Cuda(x.conv2d(k, cuda_operand("conv2d", x, b)?, spec)?))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(self.mismatch("conv2d", [Some(kernel), bias])),
+        }
+    }
+
+    pub(crate) fn conv2d_backward_input(&self, kernel: &Storage, spec: &Conv2dSpec) -> Result<Storage> {
+        same_device!("conv2d_backward_input", self, kernel, |dy, k| dy.conv2d_backward_input(k, spec))
+    }
+
+    pub(crate) fn conv2d_backward_filter(&self, grad_out: &Storage, spec: &Conv2dSpec) -> Result<Storage> {
+        same_device!("conv2d_backward_filter", self, grad_out, |x, dy| x.conv2d_backward_filter(dy, spec))
+    }
+
+    pub(crate) fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Storage> {
+        Ok(each_backend!(self, |s| s.max_pool2d(spec)))
+    }
+
+    pub(crate) fn max_pool2d_backward(
+        &self,
+        output: &Storage,
+        grad_out: &Storage,
+        spec: &Pool2dSpec,
+    ) -> Result<Storage> {
+        match (self, output, grad_out) {
+            (Storage::Cpu(x), Storage::Cpu(y), Storage::Cpu(dy)) => {
+                Ok(Storage::Cpu(x.max_pool2d_backward(y, dy, spec)?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(y), Storage::Cuda(dy)) => {
+                Ok(Storage::Cuda(x.max_pool2d_backward(y, dy, spec)?))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(self.mismatch("max_pool2d_backward", [Some(output), Some(grad_out)])),
+        }
+    }
+
+    pub(crate) fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Storage> {
+        Ok(each_backend!(self, |s| s.avg_pool2d(spec)))
+    }
+
+    pub(crate) fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Storage> {
+        Ok(each_backend!(self, |s| s.avg_pool2d_backward(spec)))
+    }
+
+    pub(crate) fn batch_norm_train(
+        &self,
+        gamma: Option<&Storage>,
+        beta: Option<&Storage>,
+        spec: &BatchNormSpec,
+    ) -> Result<(Storage, Storage, Storage)> {
+        match self {
+            Storage::Cpu(x) => {
+                let (gamma, beta) = (cpu_operand("batch_norm_train", gamma)?, cpu_operand("batch_norm_train", beta)?);
+                let (y, mean, var) = x.batch_norm_train(gamma, beta, spec)?;
+                Ok((Storage::Cpu(y), Storage::Cpu(mean), Storage::Cpu(var)))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(x) => {
+                const OP: &str = "batch_norm_train";
+                let (gamma, beta) = (cuda_operand(OP, x, gamma)?, cuda_operand(OP, x, beta)?);
+                let (y, mean, var) = x.batch_norm_train(gamma, beta, spec)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(mean), Storage::Cuda(var)))
+            }
+        }
+    }
+
+    pub(crate) fn batch_norm_backward(
+        &self,
+        grad_out: &Storage,
+        gamma: Option<&Storage>,
+        mean: &Storage,
+        var: &Storage,
+        spec: &BatchNormSpec,
+    ) -> Result<(Storage, Storage, Storage)> {
+        const OP: &str = "batch_norm_backward";
+        match (self, grad_out, mean, var) {
+            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(mean), Storage::Cpu(var)) => {
+                let (dx, d_gamma, d_beta) = x.batch_norm_backward(dy, cpu_operand(OP, gamma)?, mean, var, spec)?;
+                Ok((Storage::Cpu(dx), Storage::Cpu(d_gamma), Storage::Cpu(d_beta)))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(mean), Storage::Cuda(var)) => {
+                let (dx, d_gamma, d_beta) = x.batch_norm_backward(dy, cuda_operand(OP, x, gamma)?, mean, var, spec)?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(d_gamma), Storage::Cuda(d_beta)))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(self.mismatch(OP, [Some(grad_out), Some(mean), Some(var)])),
+        }
+    }
+
+    /// The device error for an op whose operands are not all on this storage's device.
+    #[allow(dead_code)] // only reachable once a second backend exists
+    fn mismatch<const N: usize>(&self, op: &'static str, others: [Option<&Storage>; N]) -> Error {
+        let other = others.into_iter().flatten().find(|o| o.device() != self.device());
+        Error::DeviceMismatch { op, lhs: self.device(), rhs: other.map_or(self.device(), |o| o.device()) }
+    }
+}
+
+/// Borrows an optional operand as CPU storage, or reports its device.
+fn cpu_operand<'a>(op: &'static str, s: Option<&'a Storage>) -> Result<Option<&'a CpuStorage>> {
+    match s {
+        None => Ok(None),
+        Some(Storage::Cpu(c)) => Ok(Some(c)),
+        #[allow(unreachable_patterns)]
+        Some(other) => Err(Error::DeviceMismatch { op, lhs: Device::Cpu, rhs: other.device() }),
+    }
+}
+
+/// Borrows an optional operand as CUDA storage, or reports its device.
+#[cfg(feature = "cuda")]
+fn cuda_operand<'a>(op: &'static str, first: &CudaStorage, s: Option<&'a Storage>) -> Result<Option<&'a CudaStorage>> {
+    match s {
+        None => Ok(None),
+        Some(Storage::Cuda(c)) => Ok(Some(c)),
+        Some(other) => Err(Error::DeviceMismatch { op, lhs: first.device(), rhs: other.device() }),
     }
 }

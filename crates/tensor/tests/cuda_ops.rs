@@ -11,7 +11,7 @@
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::{Mutex, MutexGuard};
-use tapegrad_tensor::{cuda, DType, Device, Error, GradientTape, Result, Tensor};
+use tapegrad_tensor::{cuda, Conv2dParams, DType, Device, Error, GradientTape, Padding, Result, Tensor};
 
 static GPU_LOCK: Mutex<()> = Mutex::new(());
 
@@ -334,6 +334,44 @@ fn softmax_losses_and_casts_match_cpu() {
                 x[0].mul_scalar(7.0)?.cast(I64)?.cast(F64)
             }),
             case("cast i64 to f32", &[(&[5, 5], I64, Ints)], false, |x| x[0].cast(F32)),
+        ],
+    );
+}
+
+#[test]
+fn conv_pool_and_batch_norm_match_cpu() {
+    // These run through the CPU kernels for now (cuda_backend/cpu_fallback.rs); the test
+    // stays when cuDNN takes over.
+    run_cases(
+        "conv_pool_and_batch_norm_match_cpu",
+        &[
+            case(
+                "conv2d same stride 2",
+                &[(&[2, 7, 7, 3], F32, Normal), (&[4, 3, 3, 3], F32, Normal), (&[4], F32, Normal)],
+                true,
+                |x| {
+                    x[0].conv2d(
+                        &x[1],
+                        Some(&x[2]),
+                        &Conv2dParams { strides: (2, 2), padding: Padding::Same, ..Default::default() },
+                    )
+                },
+            ),
+            case("conv2d valid", &[(&[1, 6, 5, 2], F64, Normal), (&[3, 2, 2, 2], F64, Normal)], true, |x| {
+                x[0].conv2d(&x[1], None, &Conv2dParams::default())
+            }),
+            case("max_pool2d", &[(&[2, 6, 6, 3], F32, Normal)], true, |x| {
+                x[0].max_pool2d((2, 2), (1, 1), Padding::Same)
+            }),
+            case("avg_pool2d", &[(&[2, 5, 5, 2], F32, Normal)], true, |x| {
+                x[0].avg_pool2d((2, 2), (2, 2), Padding::Same)
+            }),
+            case(
+                "batch_norm_train",
+                &[(&[4, 3, 3, 5], F32, Normal), (&[5], F32, Positive), (&[5], F32, Normal)],
+                true,
+                |x| Ok(x[0].batch_norm_train(Some(&x[1]), Some(&x[2]), 1e-3)?.0),
+            ),
         ],
     );
 }

@@ -13,9 +13,12 @@ pub(crate) fn is_nan<T: PartialOrd>(v: T) -> bool {
     v.partial_cmp(&v).is_none()
 }
 
-use crate::backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
-use crate::ops::{elementwise, layout, matmul, reduce, softmax};
-use crate::{DType, Error, Result, Shape};
+use crate::backend::{
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
+    UnaryOp,
+};
+use crate::ops::{conv, elementwise, layout, matmul, norm, pool, reduce, softmax};
+use crate::{DType, Element, Error, Result, Shape};
 
 /// A contiguous host buffer of one dtype.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +38,43 @@ macro_rules! map_any {
             CpuStorage::F32($v) => CpuStorage::F32($e),
             CpuStorage::F64($v) => CpuStorage::F64($e),
             CpuStorage::I64($v) => CpuStorage::I64($e),
+        }
+    };
+}
+
+/// Runs a float kernel generic over `$t` at the dtype of `$s`, wrapping the `Vec<$t>`
+/// it returns; i64 is reported as unsupported.
+macro_rules! float_kernel {
+    ($s:expr, $op:expr, $t:ident => $e:expr) => {
+        match $s.dtype() {
+            DType::F32 => {
+                type $t = f32;
+                CpuStorage::F32($e)
+            }
+            DType::F64 => {
+                type $t = f64;
+                CpuStorage::F64($e)
+            }
+            DType::I64 => return Err(Error::UnsupportedDType { op: $op, dtype: DType::I64, expected: "f32 or f64" }),
+        }
+    };
+}
+
+/// Like `float_kernel`, for kernels returning three vectors.
+macro_rules! float_kernel3 {
+    ($s:expr, $op:expr, $t:ident => $e:expr) => {
+        match $s.dtype() {
+            DType::F32 => {
+                type $t = f32;
+                let (a, b, c) = $e;
+                (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c))
+            }
+            DType::F64 => {
+                type $t = f64;
+                let (a, b, c) = $e;
+                (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c))
+            }
+            DType::I64 => return Err(Error::UnsupportedDType { op: $op, dtype: DType::I64, expected: "f32 or f64" }),
         }
     };
 }
@@ -69,6 +109,16 @@ impl CpuStorage {
             DType::F64 => CpuStorage::F64(vec![value; len]),
             DType::I64 => CpuStorage::I64(vec![value as i64; len]),
         }
+    }
+
+    /// Borrows the buffer as `&[T]`, or reports the dtype mismatch against `T`.
+    fn typed<T: Element>(&self, op: &'static str) -> Result<&[T]> {
+        T::slice(self).ok_or(Error::DTypeMismatch { op, lhs: T::DTYPE, rhs: self.dtype() })
+    }
+
+    /// Like [`typed`](Self::typed), for an optional operand.
+    fn typed_opt<'a, T: Element>(s: Option<&'a Self>, op: &'static str) -> Result<Option<&'a [T]>> {
+        s.map(|s| s.typed::<T>(op)).transpose()
     }
 
     /// The elements converted to f64.
@@ -189,5 +239,88 @@ impl BackendStorage for CpuStorage {
 
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
         Ok(map_float!(self, "log_softmax", v => softmax::cpu::log_softmax(v, rows, cols)))
+    }
+
+    fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
+        const OP: &str = "conv2d";
+        Ok(float_kernel!(self, OP, T => conv::cpu::conv2d::<T>(
+            self.typed(OP)?,
+            kernel.typed(OP)?,
+            Self::typed_opt(bias, OP)?,
+            spec
+        )))
+    }
+
+    fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {
+        const OP: &str = "conv2d_backward_input";
+        Ok(
+            float_kernel!(self, OP, T => conv::cpu::conv2d_backward_input::<T>(self.typed(OP)?, kernel.typed(OP)?, spec)),
+        )
+    }
+
+    fn conv2d_backward_filter(&self, grad_out: &Self, spec: &Conv2dSpec) -> Result<Self> {
+        const OP: &str = "conv2d_backward_filter";
+        Ok(float_kernel!(self, OP, T => conv::cpu::conv2d_backward_filter::<T>(
+            self.typed(OP)?,
+            grad_out.typed(OP)?,
+            spec
+        )))
+    }
+
+    fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        Ok(float_kernel!(self, "max_pool2d", T => pool::cpu::max_pool2d::<T>(self.typed("max_pool2d")?, spec)))
+    }
+
+    fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
+        const OP: &str = "max_pool2d_backward";
+        Ok(float_kernel!(self, OP, T => pool::cpu::max_pool2d_backward::<T>(
+            self.typed(OP)?,
+            output.typed(OP)?,
+            grad_out.typed(OP)?,
+            spec
+        )))
+    }
+
+    fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        Ok(float_kernel!(self, "avg_pool2d", T => pool::cpu::avg_pool2d::<T>(self.typed("avg_pool2d")?, spec)))
+    }
+
+    fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self> {
+        const OP: &str = "avg_pool2d_backward";
+        Ok(float_kernel!(self, OP, T => pool::cpu::avg_pool2d_backward::<T>(self.typed(OP)?, spec)))
+    }
+
+    fn batch_norm_train(
+        &self,
+        gamma: Option<&Self>,
+        beta: Option<&Self>,
+        spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "batch_norm_train";
+        Ok(float_kernel3!(self, OP, T => norm::cpu::batch_norm_train::<T>(
+            self.typed(OP)?,
+            Self::typed_opt(gamma, OP)?,
+            Self::typed_opt(beta, OP)?,
+            spec
+        )))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        grad_out: &Self,
+        gamma: Option<&Self>,
+        mean: &Self,
+        var: &Self,
+        spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "batch_norm_backward";
+        Ok(float_kernel3!(self, OP, T => norm::cpu::batch_norm_backward::<T>(
+            self.typed(OP)?,
+            grad_out.typed(OP)?,
+            Self::typed_opt(gamma, OP)?,
+            mean.typed(OP)?,
+            var.typed(OP)?,
+            spec
+        )))
     }
 }

@@ -8,10 +8,14 @@
 
 pub(crate) mod allocator;
 pub(crate) mod blas;
+mod cpu_fallback;
 pub(crate) mod device;
 pub(crate) mod kernels;
 
-use crate::backend::{ArgReduceOp, BackendStorage, BinaryOp, MatmulSpec, ReduceOp, StridedLayout, UnaryOp};
+use crate::backend::{
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
+    UnaryOp,
+};
 use crate::cpu_backend::CpuStorage;
 use crate::ops::{elementwise, layout, matmul, reduce, softmax};
 use crate::{DType, Device, Error, Result, Shape};
@@ -237,5 +241,55 @@ impl BackendStorage for CudaStorage {
 
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
         softmax::cuda::log_softmax(self, rows, cols)
+    }
+
+    // Convolution, pooling and batch norm run on the CPU for now (see `cpu_fallback`).
+
+    fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
+        cpu_fallback::conv2d(self, kernel, bias, spec)
+    }
+
+    fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {
+        cpu_fallback::conv2d_backward_input(self, kernel, spec)
+    }
+
+    fn conv2d_backward_filter(&self, grad_out: &Self, spec: &Conv2dSpec) -> Result<Self> {
+        cpu_fallback::conv2d_backward_filter(self, grad_out, spec)
+    }
+
+    fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        cpu_fallback::max_pool2d(self, spec)
+    }
+
+    fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
+        cpu_fallback::max_pool2d_backward(self, output, grad_out, spec)
+    }
+
+    fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        cpu_fallback::avg_pool2d(self, spec)
+    }
+
+    fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self> {
+        cpu_fallback::avg_pool2d_backward(self, spec)
+    }
+
+    fn batch_norm_train(
+        &self,
+        gamma: Option<&Self>,
+        beta: Option<&Self>,
+        spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        cpu_fallback::batch_norm_train(self, gamma, beta, spec)
+    }
+
+    fn batch_norm_backward(
+        &self,
+        grad_out: &Self,
+        gamma: Option<&Self>,
+        mean: &Self,
+        var: &Self,
+        spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        cpu_fallback::batch_norm_backward(self, grad_out, gamma, mean, var, spec)
     }
 }

@@ -9,9 +9,15 @@
 //! | [`matmul`] | 2-D and batched matrix products |
 //! | [`layout`] | reshape, permute, transpose, broadcast_to, narrow, concat, stack, squeeze |
 //! | [`softmax`] | softmax, log_softmax, softmax cross-entropy, one_hot |
+//! | [`conv`] | conv2d over NHWC (strides, Valid/Same/explicit padding, dilation, bias) |
+//! | [`pool`] | max_pool2d, avg_pool2d, global_avg_pool2d |
+//! | [`norm`] | batch_norm_train (fused backward), batch_norm_infer |
 
+pub mod conv;
 pub mod elementwise;
 pub mod layout;
 pub mod matmul;
+pub mod norm;
+pub mod pool;
 pub mod reduce;
 pub mod softmax;

@@ -1,0 +1,155 @@
+//! Conversions between tensors and the little-endian bytes of safetensors files, and the
+//! crash-safe file write.
+
+use crate::{Error, Result};
+use safetensors::{Dtype, View};
+use std::borrow::Cow;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tapegrad_tensor::{DType, Device, Tensor};
+
+/// A tensor's bytes ready for `safetensors::serialize`.
+pub(crate) struct TensorBytes {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl TensorBytes {
+    /// Copies a tensor (from any device) into little-endian bytes.
+    pub(crate) fn from_tensor(t: &Tensor) -> Result<Self> {
+        let (dtype, data) = match t.dtype() {
+            DType::F32 => (Dtype::F32, t.to_vec::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::F64 => (Dtype::F64, t.to_vec::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::I64 => (Dtype::I64, t.to_vec::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        };
+        Ok(TensorBytes { dtype, shape: t.dims().to_vec(), data })
+    }
+}
+
+impl View for &TensorBytes {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Our dtype for a safetensors dtype we store, if any.
+pub(crate) fn dtype_of(dtype: Dtype) -> Option<DType> {
+    match dtype {
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F64 => Some(DType::F64),
+        Dtype::I64 => Some(DType::I64),
+        _ => None,
+    }
+}
+
+/// A tensor of `shape` from the bytes of a safetensors entry, converted to `dtype` and put
+/// on `device`. Float entries of any float type (f16, bf16, f32, f64) convert to a float
+/// dtype; `None` if the entry's dtype cannot be read.
+pub(crate) fn tensor_from_bytes(
+    stored: Dtype,
+    bytes: &[u8],
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let as_f64: Vec<f64> = match stored {
+        Dtype::F32 => {
+            bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect()
+        }
+        Dtype::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
+            .collect(),
+        Dtype::I64 if dtype == DType::I64 => {
+            let v: Vec<i64> =
+                bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+            return Ok(Some(Tensor::from_vec(v, shape, device)?));
+        }
+        _ => return Ok(None),
+    };
+    if !dtype.is_float() {
+        return Ok(None);
+    }
+    // f32 stays exact: keep its bits rather than round-tripping through a cast op.
+    let t = match dtype {
+        DType::F32 => Tensor::from_vec(as_f64.into_iter().map(|v| v as f32).collect::<Vec<_>>(), shape, device)?,
+        _ => Tensor::from_vec(as_f64, shape, device)?,
+    };
+    Ok(Some(t))
+}
+
+/// IEEE half precision to f64.
+fn f16_to_f64(bits: u16) -> f64 {
+    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((bits >> 10) & 0x1f) as i32;
+    let frac = (bits & 0x3ff) as f64;
+    sign * match exp {
+        0 => frac * 2f64.powi(-24),
+        31 if frac == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        e => (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
+/// write a temporary file beside it, fsync it, rename it over `path`, fsync the directory.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |p: &Path| {
+        let p: PathBuf = p.to_path_buf();
+        move |source| Error::Io { path: p, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::Checkpoint { path: path.to_path_buf(), msg: "the path names no file".into() })?;
+    let mut tmp_name = file_name.to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    // Persist the rename itself; not every platform can open a directory, so this is best effort.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_decodes() {
+        assert_eq!(f16_to_f64(0x3c00), 1.0);
+        assert_eq!(f16_to_f64(0xc000), -2.0);
+        assert_eq!(f16_to_f64(0x3555), 0.333251953125);
+        assert_eq!(f16_to_f64(0x0001), 2f64.powi(-24));
+        assert!(f16_to_f64(0x7c00).is_infinite());
+    }
+}

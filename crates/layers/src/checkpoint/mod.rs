@@ -1,0 +1,271 @@
+//! Checkpoints: every variable of a model, the optimizer's state and the step counter in
+//! one [safetensors](https://github.com/huggingface/safetensors) file.
+//!
+//! Layout of a file:
+//! - each model variable under its path ("layer1.0.conv1.kernel", from
+//!   [`Layer::named_variables`]);
+//! - each optimizer slot under "optimizer/{slot}/{variable path}" ("optimizer/m/fc.bias");
+//! - metadata: `format` ("tapegrad-checkpoint"), `format_version` ("1"), `step`, and,
+//!   with an optimizer, `optimizer` (its name) and `optimizer_iterations`.
+//!
+//! Saving writes a temporary file, fsyncs it and renames it over the target, so a crash
+//! never leaves a half-written checkpoint. Loading checks every name, shape and dtype
+//! first and reports all mismatches in one error; nothing is changed unless everything
+//! matches. A truncated or corrupt file is an error, never a panic.
+//!
+//! [`import`] reads weights saved by PyTorch (a state dict in a safetensors file) and
+//! converts Keras and PyTorch layouts.
+
+mod bytes;
+pub mod import;
+
+use crate::optimizers::Optimizer;
+use crate::{Error, Layer, Result};
+use bytes::{dtype_of, tensor_from_bytes, write_atomically, TensorBytes};
+use safetensors::tensor::TensorView;
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tapegrad_tensor::Variable;
+
+/// The `format` metadata value of tapegrad checkpoints.
+pub const FORMAT: &str = "tapegrad-checkpoint";
+/// The `format_version` written by this version.
+pub const FORMAT_VERSION: &str = "1";
+/// The name prefix of optimizer state tensors.
+pub const OPTIMIZER_PREFIX: &str = "optimizer/";
+
+/// What a checkpoint's metadata says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The training step saved with it.
+    pub step: u64,
+    /// The optimizer's name, if its state was saved.
+    pub optimizer: Option<String>,
+    /// The optimizer's iteration count, if its state was saved.
+    pub optimizer_iterations: Option<u64>,
+}
+
+/// Saves `model`'s variables, `optimizer`'s state (if given) and `step` to `path`.
+pub fn save(path: impl AsRef<Path>, model: &dyn Layer, optimizer: Option<&dyn Optimizer>, step: u64) -> Result<()> {
+    let path = path.as_ref();
+    let named = model.named_variables();
+    let mut tensors: BTreeMap<String, TensorBytes> = BTreeMap::new();
+    for (name, var) in &named {
+        if tensors.insert(name.clone(), TensorBytes::from_tensor(&var.value_untracked())?).is_some() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("two variables of the model have the path {name:?}"),
+            });
+        }
+    }
+    let mut metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("step".to_string(), step.to_string()),
+    ]);
+    if let Some(opt) = optimizer {
+        metadata.insert("optimizer".into(), opt.name().to_string());
+        metadata.insert("optimizer_iterations".into(), opt.iterations().to_string());
+        for (var, slots) in opt.slots().iter() {
+            // State of variables outside this model (another model's) is not saved.
+            let Some((path_name, _)) = named.iter().find(|(_, v)| v.same_as(var)) else { continue };
+            for (slot_name, slot) in opt.slot_names().iter().zip(slots) {
+                if let Some(t) = slot {
+                    tensors.insert(format!("{OPTIMIZER_PREFIX}{slot_name}/{path_name}"), TensorBytes::from_tensor(t)?);
+                }
+            }
+        }
+    }
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
+        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: format!("cannot serialize: {e}") })?;
+    write_atomically(path, &bytes)
+}
+
+/// Reads a checkpoint's metadata without loading it.
+pub fn info(path: impl AsRef<Path>) -> Result<CheckpointInfo> {
+    let path = path.as_ref();
+    let bytes = read(path)?;
+    let file = parse(path, &bytes)?;
+    parse_info(path, &file)
+}
+
+/// Loads `path` into `model` (which must be built) and, if given, `optimizer`. Every
+/// model variable must be in the file with its shape and dtype, and the file must hold no
+/// other model tensor; the optimizer (if given) must be of the type saved, and its state
+/// must name model variables of matching shapes. All mismatches are reported together
+/// and nothing is changed unless there are none. The optimizer's state is replaced by the
+/// file's. Returns the metadata (the step to resume from).
+pub fn load(
+    path: impl AsRef<Path>,
+    model: &dyn Layer,
+    optimizer: Option<&mut dyn Optimizer>,
+) -> Result<CheckpointInfo> {
+    let path = path.as_ref();
+    let bytes = read(path)?;
+    let file = parse(path, &bytes)?;
+    let info = parse_info(path, &file)?;
+    let named = model.named_variables();
+    let by_path: HashMap<&str, &Variable> = named.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    let mut problems = Vec::new();
+    if named.is_empty() {
+        problems.push("the model has no variables: build it (call it once or call build) before loading".to_string());
+    }
+
+    // Model variables.
+    let mut values = Vec::with_capacity(named.len());
+    for (name, var) in &named {
+        match file.tensor(name) {
+            Ok(view) => {
+                if let Some(t) = read_tensor(name, &view, var, &mut problems)? {
+                    values.push((var, t));
+                }
+            }
+            Err(_) => problems.push(format!("{name}: missing from the file")),
+        }
+    }
+    for name in file.names() {
+        if !name.starts_with(OPTIMIZER_PREFIX) && !by_path.contains_key(name) {
+            problems.push(format!("{name}: in the file but not in the model"));
+        }
+    }
+
+    // Optimizer state.
+    let mut slot_values = Vec::new();
+    if let Some(opt) = optimizer.as_deref() {
+        match &info.optimizer {
+            None => {
+                problems.push(format!("the file holds no optimizer state, but a {} optimizer was given", opt.name()))
+            }
+            Some(saved) if saved != opt.name() => problems
+                .push(format!("the file holds {saved} optimizer state, but a {} optimizer was given", opt.name())),
+            Some(_) => {
+                for name in file.names() {
+                    let Some(rest) = name.strip_prefix(OPTIMIZER_PREFIX) else { continue };
+                    let Some((slot, var_path)) = rest.split_once('/') else {
+                        problems.push(format!("{name}: not an optimizer slot name (expected optimizer/<slot>/<path>)"));
+                        continue;
+                    };
+                    let Some(index) = opt.slot_names().iter().position(|s| *s == slot) else {
+                        problems.push(format!(
+                            "{name}: {} has no slot {slot:?} (its slots: {:?})",
+                            opt.name(),
+                            opt.slot_names()
+                        ));
+                        continue;
+                    };
+                    let Some(var) = by_path.get(var_path) else {
+                        problems.push(format!("{name}: optimizer state for {var_path}, which is not in the model"));
+                        continue;
+                    };
+                    let view = file.tensor(name).map_err(|e| corrupt(path, e))?;
+                    if let Some(t) = read_tensor(name, &view, var, &mut problems)? {
+                        slot_values.push(((*var).clone(), index, t));
+                    }
+                }
+            }
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(Error::Mismatch { path: path.to_path_buf(), problems });
+    }
+    for (var, value) in values {
+        var.assign(value)?;
+    }
+    if let Some(opt) = optimizer {
+        let count = opt.slot_names().len();
+        opt.set_iterations(info.optimizer_iterations.unwrap_or(0));
+        let slots = opt.slots_mut();
+        slots.clear();
+        for (var, index, value) in slot_values {
+            slots.set(&var, count, index, value);
+        }
+    }
+    Ok(info)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
+
+fn corrupt(path: &Path, e: safetensors::SafeTensorError) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+    }
+}
+
+/// A parsed safetensors file: its tensors and its metadata.
+pub(crate) struct Parsed<'a> {
+    tensors: SafeTensors<'a>,
+    metadata: HashMap<String, String>,
+}
+
+impl<'a> Parsed<'a> {
+    /// The tensor names, sorted (so that messages list them in a stable order).
+    pub(crate) fn names(&self) -> Vec<&str> {
+        let mut names = self.tensors.names();
+        names.sort_unstable();
+        names
+    }
+
+    /// The entry named `name`.
+    pub(crate) fn tensor(&self, name: &str) -> std::result::Result<TensorView<'a>, safetensors::SafeTensorError> {
+        self.tensors.tensor(name)
+    }
+}
+
+/// Parses the header and checks that every tensor's bytes lie within the file.
+pub(crate) fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Parsed<'a>> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| corrupt(path, e))?;
+    Ok(Parsed { tensors, metadata })
+}
+
+fn parse_info(path: &Path, file: &Parsed<'_>) -> Result<CheckpointInfo> {
+    let get = |key: &str| file.metadata.get(key).map(String::as_str);
+    let number = |key: &str| -> Result<Option<u64>> {
+        get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("metadata {key} = {v:?} is not a step count"),
+                })
+            })
+            .transpose()
+    };
+    if let Some(v) = get("format_version").filter(|_| get("format") == Some(FORMAT)) {
+        if v != FORMAT_VERSION {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("format version {v} is not supported (this build reads {FORMAT_VERSION})"),
+            });
+        }
+    }
+    Ok(CheckpointInfo {
+        step: number("step")?.unwrap_or(0),
+        optimizer: get("optimizer").map(str::to_string),
+        optimizer_iterations: number("optimizer_iterations")?,
+    })
+}
+
+/// Converts one stored tensor for `var`, or notes why it does not fit.
+fn read_tensor(
+    name: &str,
+    view: &TensorView<'_>,
+    var: &Variable,
+    problems: &mut Vec<String>,
+) -> Result<Option<tapegrad_tensor::Tensor>> {
+    let current = var.value_untracked();
+    if view.shape() != current.dims() {
+        problems.push(format!("{name}: shape {:?} in the file, {} in the model", view.shape(), current.shape()));
+        return Ok(None);
+    }
+    if dtype_of(view.dtype()) != Some(current.dtype()) {
+        problems.push(format!("{name}: dtype {:?} in the file, {} in the model", view.dtype(), current.dtype()));
+        return Ok(None);
+    }
+    tensor_from_bytes(view.dtype(), view.data(), view.shape(), current.dtype(), &current.device())
+}

@@ -1,0 +1,228 @@
+//! Weight initializers, as Keras defines them, drawn from the seeded generator of
+//! [`random`](crate::random).
+//!
+//! Fans are given by the layer, because they depend on the layout: a Dense kernel
+//! `[in, out]` has `fan_in = in`, `fan_out = out`; a convolution kernel, stored here as
+//! `[out, kh, kw, in]`, has `fan_in = kh * kw * in` and `fan_out = kh * kw * out`, as Keras
+//! computes them for its `(kh, kw, in, out)` layout.
+
+use crate::random::with_rng;
+use crate::Result;
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use tapegrad_tensor::{DType, Device, Shape, Tensor};
+
+/// The fan-in and fan-out of a weight, which variance-scaling initializers scale by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fans {
+    /// Inputs that feed one output unit.
+    pub fan_in: usize,
+    /// Outputs that one input unit feeds.
+    pub fan_out: usize,
+}
+
+impl Fans {
+    /// The fans of a Dense kernel `[in, out]`.
+    pub fn dense(inputs: usize, outputs: usize) -> Self {
+        Fans { fan_in: inputs, fan_out: outputs }
+    }
+
+    /// The fans of a convolution kernel `[out, kh, kw, in]`.
+    pub fn conv2d(out_channels: usize, kh: usize, kw: usize, in_channels: usize) -> Self {
+        Fans { fan_in: kh * kw * in_channels, fan_out: kh * kw * out_channels }
+    }
+
+    /// Fans for a vector or other shape with no fan structure (Keras: both the length).
+    pub fn vector(len: usize) -> Self {
+        Fans { fan_in: len, fan_out: len }
+    }
+}
+
+/// Which fan a variance-scaling initializer divides by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanMode {
+    /// `fan_in`.
+    FanIn,
+    /// `fan_out`.
+    FanOut,
+    /// `(fan_in + fan_out) / 2`.
+    FanAvg,
+}
+
+/// The distribution of a variance-scaling initializer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScalingDistribution {
+    /// Uniform on `[-limit, limit]`, `limit = sqrt(3 * scale / fan)`.
+    Uniform,
+    /// Normal truncated at two standard deviations, its std corrected to
+    /// `sqrt(scale / fan)` (Keras' `truncated_normal`).
+    TruncatedNormal,
+    /// Plain normal with std `sqrt(scale / fan)`.
+    UntruncatedNormal,
+}
+
+/// How a variable's initial value is drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Initializer {
+    /// All zeros (Keras' default for biases and BN's beta and moving mean).
+    Zeros,
+    /// All ones (BN's gamma and moving variance).
+    Ones,
+    /// Every element `value`.
+    Constant(f64),
+    /// Uniform on `[-limit, limit]` with `limit = sqrt(6 / (fan_in + fan_out))`: Keras'
+    /// default for kernels.
+    GlorotUniform,
+    /// Truncated normal with std `sqrt(2 / (fan_in + fan_out))`.
+    GlorotNormal,
+    /// Truncated normal with std `sqrt(2 / fan_in)`.
+    HeNormal,
+    /// Uniform on `[-limit, limit]` with `limit = sqrt(6 / fan_in)`.
+    HeUniform,
+    /// Normal with the given mean and std.
+    RandomNormal {
+        /// The mean.
+        mean: f64,
+        /// The standard deviation.
+        std: f64,
+    },
+    /// Uniform on `[low, high)`.
+    RandomUniform {
+        /// The lower bound.
+        low: f64,
+        /// The upper bound.
+        high: f64,
+    },
+    /// Keras' `VarianceScaling`, of which the Glorot and He initializers are cases.
+    VarianceScaling {
+        /// The variance scale.
+        scale: f64,
+        /// Which fan to divide by.
+        mode: FanMode,
+        /// The distribution.
+        distribution: ScalingDistribution,
+    },
+}
+
+/// The std of a standard normal truncated to `[-2, 2]` (what Keras divides by so that the
+/// truncated draw has the intended variance).
+const TRUNCATED_NORMAL_STD: f64 = 0.879_625_661_034_239_8;
+
+impl Initializer {
+    /// A tensor of `shape` drawn from this initializer with the thread's seeded generator.
+    pub fn initialize(&self, shape: &Shape, fans: Fans, dtype: DType, device: &Device) -> Result<Tensor> {
+        let n = shape.elem_count();
+        let values: Vec<f64> = match *self {
+            Initializer::Zeros => return Ok(Tensor::zeros(shape.clone(), dtype, device)?),
+            Initializer::Ones => return Ok(Tensor::ones(shape.clone(), dtype, device)?),
+            Initializer::Constant(v) => return Ok(Tensor::full(v, shape.clone(), dtype, device)?),
+            Initializer::GlorotUniform => variance_scaling(n, fans, 1.0, FanMode::FanAvg, ScalingDistribution::Uniform),
+            Initializer::GlorotNormal => {
+                variance_scaling(n, fans, 1.0, FanMode::FanAvg, ScalingDistribution::TruncatedNormal)
+            }
+            Initializer::HeNormal => {
+                variance_scaling(n, fans, 2.0, FanMode::FanIn, ScalingDistribution::TruncatedNormal)
+            }
+            Initializer::HeUniform => variance_scaling(n, fans, 2.0, FanMode::FanIn, ScalingDistribution::Uniform),
+            Initializer::RandomNormal { mean, std } => {
+                with_rng(|r| (0..n).map(|_| mean + std * Distribution::<f64>::sample(&StandardNormal, r)).collect())
+            }
+            Initializer::RandomUniform { low, high } => {
+                if low.partial_cmp(&high) != Some(std::cmp::Ordering::Less) {
+                    return Err(crate::Error::Invalid(format!("RandomUniform: empty range [{low}, {high})")));
+                }
+                with_rng(|r| (0..n).map(|_| r.random_range(low..high)).collect())
+            }
+            Initializer::VarianceScaling { scale, mode, distribution } => {
+                variance_scaling(n, fans, scale, mode, distribution)
+            }
+        };
+        let t = match dtype {
+            DType::F64 => Tensor::from_vec(values, shape.clone(), device)?,
+            _ => Tensor::from_vec(values, shape.clone(), &Device::Cpu)?.cast(dtype)?.to_device(device)?,
+        };
+        Ok(t)
+    }
+}
+
+fn variance_scaling(n: usize, fans: Fans, scale: f64, mode: FanMode, dist: ScalingDistribution) -> Vec<f64> {
+    let fan = match mode {
+        FanMode::FanIn => fans.fan_in as f64,
+        FanMode::FanOut => fans.fan_out as f64,
+        FanMode::FanAvg => (fans.fan_in + fans.fan_out) as f64 / 2.0,
+    }
+    .max(1.0);
+    let variance = scale / fan;
+    with_rng(|r| match dist {
+        ScalingDistribution::Uniform => {
+            let limit = (3.0 * variance).sqrt();
+            (0..n).map(|_| r.random_range(-limit..=limit)).collect()
+        }
+        ScalingDistribution::UntruncatedNormal => {
+            let std = variance.sqrt();
+            (0..n).map(|_| std * Distribution::<f64>::sample(&StandardNormal, r)).collect()
+        }
+        ScalingDistribution::TruncatedNormal => {
+            let std = variance.sqrt() / TRUNCATED_NORMAL_STD;
+            (0..n).map(|_| std * truncated_standard_normal(r)).collect()
+        }
+    })
+}
+
+/// A standard normal draw redrawn until it lies within two standard deviations.
+fn truncated_standard_normal<R: Rng + ?Sized>(r: &mut R) -> f64 {
+    loop {
+        let z: f64 = StandardNormal.sample(r);
+        if z.abs() <= 2.0 {
+            return z;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::set_seed;
+
+    fn stats(init: Initializer, fans: Fans) -> (f64, f64, f64) {
+        set_seed(7);
+        let t = init.initialize(&Shape::new(&[200, 100]), fans, DType::F64, &Device::Cpu).unwrap();
+        let v = t.to_vec::<f64>().unwrap();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        let max = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        (mean, var, max)
+    }
+
+    #[test]
+    fn variance_scaling_initializers_have_keras_variances() {
+        let fans = Fans::conv2d(64, 3, 3, 32); // fan_in 288, fan_out 576
+        let cases = [
+            (Initializer::GlorotUniform, 2.0f64 / (288.0 + 576.0), (6.0f64 / 864.0).sqrt()),
+            (Initializer::HeUniform, 2.0 / 288.0, (6.0f64 / 288.0).sqrt()),
+            (Initializer::GlorotNormal, 2.0 / 864.0, 2.0 * (2.0f64 / 864.0).sqrt() / TRUNCATED_NORMAL_STD),
+            (Initializer::HeNormal, 2.0 / 288.0, 2.0 * (2.0f64 / 288.0).sqrt() / TRUNCATED_NORMAL_STD),
+        ];
+        for (init, variance, bound) in cases {
+            let (mean, var, max) = stats(init, fans);
+            assert!(mean.abs() < 0.05 * variance.sqrt() * 3.0, "{init:?}: mean {mean}");
+            assert!((var / variance - 1.0).abs() < 0.03, "{init:?}: variance {var} vs {variance}");
+            assert!(max <= bound * (1.0 + 1e-12), "{init:?}: {max} exceeds {bound}");
+        }
+    }
+
+    #[test]
+    fn constants_and_seeding() {
+        let s = Shape::new(&[3]);
+        let f = Fans::vector(3);
+        let c = Initializer::Constant(2.5).initialize(&s, f, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(c.to_vec::<f32>().unwrap(), vec![2.5; 3]);
+        let o = Initializer::Ones.initialize(&s, f, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(o.to_vec::<f32>().unwrap(), vec![1.0; 3]);
+        set_seed(3);
+        let a = Initializer::GlorotUniform.initialize(&s, f, DType::F32, &Device::Cpu).unwrap();
+        set_seed(3);
+        let b = Initializer::GlorotUniform.initialize(&s, f, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+    }
+}

@@ -1,0 +1,259 @@
+//! The [`Layer`] trait, the [`Mode`] a layer runs in and the [`InputSpec`] it is built for.
+
+use crate::{trace, Result};
+use tapegrad_tensor::{DType, Device, Shape, Tensor, Variable};
+
+/// Whether a layer runs for training or for inference (Keras' `training=True/False`).
+/// Batch normalization uses batch statistics and updates its moving statistics only in
+/// `Train`; dropout drops only in `Train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Training: batch statistics, dropout active, moving statistics updated.
+    Train,
+    /// Inference: moving statistics, dropout is the identity, no state changes.
+    Infer,
+}
+
+impl Mode {
+    /// Whether this is [`Mode::Train`].
+    pub fn is_train(self) -> bool {
+        self == Mode::Train
+    }
+}
+
+/// What a layer is built for: the shape of an input batch (batch axis included), its
+/// dtype and its device. Variables are created with that dtype on that device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputSpec {
+    /// The input's shape, batch axis first.
+    pub shape: Shape,
+    /// The input's dtype (f32 unless set).
+    pub dtype: DType,
+    /// The input's device (the CPU unless set).
+    pub device: Device,
+}
+
+impl InputSpec {
+    /// An f32 input on the CPU of the given shape (batch axis included).
+    pub fn new(shape: impl Into<Shape>) -> Self {
+        InputSpec { shape: shape.into(), dtype: DType::F32, device: Device::Cpu }
+    }
+
+    /// The same spec with another dtype.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// The same spec on another device.
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// A tensor of zeros matching the spec (what a default [`Layer::build`] runs).
+    pub fn zeros(&self) -> tapegrad_tensor::Result<Tensor> {
+        Tensor::zeros(self.shape.clone(), self.dtype, &self.device)
+    }
+}
+
+impl From<&Tensor> for InputSpec {
+    fn from(t: &Tensor) -> Self {
+        InputSpec { shape: t.shape().clone(), dtype: t.dtype(), device: t.device() }
+    }
+}
+
+impl From<Shape> for InputSpec {
+    fn from(shape: Shape) -> Self {
+        InputSpec::new(shape)
+    }
+}
+
+impl<const N: usize> From<[usize; N]> for InputSpec {
+    fn from(dims: [usize; N]) -> Self {
+        InputSpec::new(dims)
+    }
+}
+
+/// Parameter counts as Keras' `model.summary()` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParamCount {
+    /// Elements of trainable variables.
+    pub trainable: usize,
+    /// Elements of non-trainable variables (BN moving statistics).
+    pub non_trainable: usize,
+}
+
+impl ParamCount {
+    /// Trainable plus non-trainable.
+    pub fn total(&self) -> usize {
+        self.trainable + self.non_trainable
+    }
+}
+
+/// A layer: a callable piece of a model that may own variables and contain other layers,
+/// as in Keras.
+///
+/// A layer creates its variables lazily, from the shape of the first input it is called
+/// on (or explicitly, with [`Layer::build`]); layers therefore use interior mutability and
+/// every method takes `&self`. A composite layer is an ordinary struct whose fields are
+/// layers: it implements [`Layer::call`] by calling them, and [`Layer::visit_sublayers`] by
+/// naming them. Variable paths ("layer1.0.conv1.kernel") follow from those names:
+///
+/// ```
+/// use tapegrad_layers::{Dense, Layer, Mode, Result};
+/// use tapegrad_tensor::{DType, Device, Tensor};
+///
+/// /// Two dense layers with a residual connection.
+/// struct Residual {
+///     fc1: Dense,
+///     fc2: Dense,
+/// }
+///
+/// impl Layer for Residual {
+///     fn call(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+///         let h = self.fc1.call(x, mode)?.relu()?;
+///         Ok(self.fc2.call(&h, mode)?.add(x)?)
+///     }
+///     fn visit_sublayers(&self, visit: &mut dyn FnMut(&str, &dyn Layer)) {
+///         visit("fc1", &self.fc1);
+///         visit("fc2", &self.fc2);
+///     }
+/// }
+///
+/// # fn main() -> Result<()> {
+/// let block = Residual { fc1: Dense::new(8), fc2: Dense::new(4) };
+/// let y = block.call(&Tensor::ones([2, 4], DType::F32, &Device::Cpu)?, Mode::Infer)?;
+/// assert_eq!(y.dims(), &[2, 4]);
+/// let names: Vec<String> = block.named_variables().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["fc1.kernel", "fc1.bias", "fc2.kernel", "fc2.bias"]);
+/// # Ok(())
+/// # }
+/// ```
+pub trait Layer: Send + Sync {
+    /// Runs the layer. The first call builds the layer for the input's shape, dtype and
+    /// device.
+    fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor>;
+
+    /// The layer's name ("conv2d_3"); by default the short name of its Rust type.
+    fn name(&self) -> &str {
+        short_type_name(std::any::type_name::<Self>())
+    }
+
+    /// The short name of the layer's Rust type ("Conv2D"), shown by summaries.
+    fn type_name(&self) -> &str {
+        short_type_name(std::any::type_name::<Self>())
+    }
+
+    /// Creates the layer's variables (and its sublayers') for inputs like `input`. A layer
+    /// already built is left as it is. The default runs [`Layer::call`] once in
+    /// [`Mode::Infer`] on zeros, which builds every sublayer it calls (Keras builds
+    /// subclassed models the same way).
+    fn build(&self, input: &InputSpec) -> Result<()> {
+        self.call(&input.zeros()?, Mode::Infer).map(|_| ())
+    }
+
+    /// Visits the variables this layer owns directly (not those of its sublayers), with
+    /// their local names ("kernel", "moving_mean"). Layers without variables keep the
+    /// default, which visits nothing.
+    fn visit_variables(&self, visit: &mut dyn FnMut(&str, &Variable)) {
+        let _ = visit;
+    }
+
+    /// Visits the direct sublayers with their attribute names ("conv1", or "0", "1", ... in
+    /// a [`Sequential`](crate::Sequential)). Layers without sublayers keep the default.
+    fn visit_sublayers(&self, visit: &mut dyn FnMut(&str, &dyn Layer)) {
+        let _ = visit;
+    }
+
+    /// Every variable of the layer and its sublayers, by path ("layer1.0.conv1.kernel"):
+    /// own variables first, then each sublayer's, in visiting order.
+    fn named_variables(&self) -> Vec<(String, Variable)> {
+        let mut out = Vec::new();
+        self.visit_variables(&mut |name, v| out.push((name.to_string(), v.clone())));
+        self.visit_sublayers(&mut |name, sub| collect_named_variables(sub, name, &mut out));
+        out
+    }
+
+    /// Every variable, trainable or not (BN moving statistics included).
+    fn variables(&self) -> Vec<Variable> {
+        let mut out = Vec::new();
+        self.visit_variables(&mut |_, v| out.push(v.clone()));
+        self.visit_sublayers(&mut |_, sub| collect_variables(sub, &mut out));
+        out
+    }
+
+    /// The variables an optimizer trains, in the order of [`Layer::named_variables`] (the
+    /// same at every call, which optimizers rely on for a fast slot lookup).
+    fn trainable_variables(&self) -> Vec<Variable> {
+        let mut all = self.variables();
+        all.retain(Variable::trainable);
+        all
+    }
+
+    /// The variables an optimizer does not train (BN moving statistics).
+    fn non_trainable_variables(&self) -> Vec<Variable> {
+        let mut all = self.variables();
+        all.retain(|v| !v.trainable());
+        all
+    }
+
+    /// The number of trainable and non-trainable parameters (0 before the layer is built).
+    fn count_params(&self) -> ParamCount {
+        let mut count = ParamCount::default();
+        for v in self.variables() {
+            let n = v.value_untracked().elem_count();
+            if v.trainable() {
+                count.trainable += n;
+            } else {
+                count.non_trainable += n;
+            }
+        }
+        count
+    }
+
+    /// Builds the layer for `input` and returns its Keras-like summary (print it with
+    /// `{}`); see [`Summary`](crate::Summary). For a `&dyn Layer`, call
+    /// [`summary`](crate::summary()) instead.
+    fn summary(&self, input: &InputSpec) -> Result<crate::Summary>
+    where
+        Self: Sized,
+    {
+        crate::summary(self, input)
+    }
+}
+
+fn collect_named_variables(layer: &dyn Layer, prefix: &str, out: &mut Vec<(String, Variable)>) {
+    layer.visit_variables(&mut |name, v| out.push((join_path(prefix, name), v.clone())));
+    layer.visit_sublayers(&mut |name, sub| collect_named_variables(sub, &join_path(prefix, name), out));
+}
+
+/// Variables without their paths (no string building: models ask for them every step).
+fn collect_variables(layer: &dyn Layer, out: &mut Vec<Variable>) {
+    layer.visit_variables(&mut |_, v| out.push(v.clone()));
+    layer.visit_sublayers(&mut |_, sub| collect_variables(sub, out));
+}
+
+/// `prefix.name`, or `name` at the root.
+pub(crate) fn join_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// "tapegrad_layers::layers::conv2d::Conv2D" -> "Conv2D" (generic arguments dropped).
+fn short_type_name(full: &str) -> &str {
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+/// Records the output shape of a layer's call for [`Layer::summary`] (a no-op unless a
+/// summary is being traced).
+pub(crate) fn traced(layer: &dyn Layer, output: Result<Tensor>) -> Result<Tensor> {
+    if let Ok(y) = &output {
+        trace::record(layer, y.shape());
+    }
+    output
+}

@@ -1,0 +1,257 @@
+//! [`BatchNormalization`] over the last axis, with moving statistics.
+
+use super::get_or_build;
+use crate::error::InLayer;
+use crate::initializers::{Fans, Initializer};
+use crate::layer::traced;
+use crate::naming::unique_name;
+use crate::{Error, InputSpec, Layer, Mode, Result};
+use std::sync::OnceLock;
+use tapegrad_tensor::{Shape, Tensor, Variable};
+
+/// Batch normalization over the last (channel) axis (Keras' `layers.BatchNormalization`):
+/// `y = (x - mean) / sqrt(var + epsilon) * gamma + beta`.
+///
+/// - [`Mode::Train`]: `mean` and `var` are the batch's (biased) statistics over every axis
+///   but the last, and the moving statistics move toward them:
+///   `moving -= (moving - batch) * (1 - momentum)`.
+/// - [`Mode::Infer`]: the moving statistics are used and nothing changes.
+///
+/// Keras' defaults: momentum 0.99, epsilon 1e-3, `center` (a `beta`) and `scale` (a
+/// `gamma`), gamma and moving variance start at 1, beta and moving mean at 0. The moving
+/// variance is updated with the unbiased batch variance (`var * n / (n - 1)`, n the
+/// number of values per channel), as TensorFlow's fused batch norm (which the seed's
+/// Keras uses for NHWC inputs) and PyTorch do; `unbiased_moving_variance(false)` gives
+/// Keras 3's biased update. For PyTorch's defaults use `.momentum(0.9).epsilon(1e-5)`.
+/// `gamma` and `beta` are trainable; the moving statistics are not.
+#[derive(Debug)]
+pub struct BatchNormalization {
+    name: String,
+    momentum: f64,
+    epsilon: f64,
+    center: bool,
+    scale: bool,
+    unbiased_moving_variance: bool,
+    gamma_initializer: Initializer,
+    beta_initializer: Initializer,
+    weights: OnceLock<BnWeights>,
+}
+
+#[derive(Debug)]
+struct BnWeights {
+    gamma: Option<Variable>,
+    beta: Option<Variable>,
+    moving_mean: Variable,
+    moving_variance: Variable,
+}
+
+impl BatchNormalization {
+    /// Batch normalization with Keras' defaults.
+    pub fn new() -> Self {
+        BatchNormalization {
+            name: unique_name("batch_normalization"),
+            momentum: 0.99,
+            epsilon: 1e-3,
+            center: true,
+            scale: true,
+            unbiased_moving_variance: true,
+            gamma_initializer: Initializer::Ones,
+            beta_initializer: Initializer::Zeros,
+            weights: OnceLock::new(),
+        }
+    }
+
+    /// The moving-average momentum (0.99).
+    pub fn momentum(mut self, momentum: f64) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// The epsilon added to the variance (1e-3).
+    pub fn epsilon(mut self, epsilon: f64) -> Self {
+        self.epsilon = epsilon;
+        self
+    }
+
+    /// Whether to add a learned offset `beta`.
+    pub fn center(mut self, center: bool) -> Self {
+        self.center = center;
+        self
+    }
+
+    /// Whether to multiply by a learned scale `gamma`.
+    pub fn scale(mut self, scale: bool) -> Self {
+        self.scale = scale;
+        self
+    }
+
+    /// Whether the moving variance is updated with the unbiased batch variance (true,
+    /// TF's fused kernel and PyTorch) or the biased one (Keras 3).
+    pub fn unbiased_moving_variance(mut self, unbiased: bool) -> Self {
+        self.unbiased_moving_variance = unbiased;
+        self
+    }
+
+    /// The initializer of `gamma` (ones).
+    pub fn gamma_initializer(mut self, init: Initializer) -> Self {
+        self.gamma_initializer = init;
+        self
+    }
+
+    /// The initializer of `beta` (zeros).
+    pub fn beta_initializer(mut self, init: Initializer) -> Self {
+        self.beta_initializer = init;
+        self
+    }
+
+    /// The same layer under another name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// `gamma`, once built, if the layer scales.
+    pub fn gamma(&self) -> Option<&Variable> {
+        self.weights.get().and_then(|w| w.gamma.as_ref())
+    }
+
+    /// `beta`, once built, if the layer centers.
+    pub fn beta(&self) -> Option<&Variable> {
+        self.weights.get().and_then(|w| w.beta.as_ref())
+    }
+
+    /// The moving mean, once built.
+    pub fn moving_mean(&self) -> Option<&Variable> {
+        self.weights.get().map(|w| &w.moving_mean)
+    }
+
+    /// The moving variance, once built.
+    pub fn moving_variance(&self) -> Option<&Variable> {
+        self.weights.get().map(|w| &w.moving_variance)
+    }
+
+    fn built(&self, input: &InputSpec) -> Result<&BnWeights> {
+        get_or_build(&self.weights, || {
+            let Some(&channels) = input.shape.dims().last().filter(|_| input.shape.rank() >= 2) else {
+                return Err(Error::layer(
+                    &self.name,
+                    format!("expects inputs with a batch axis and a channel axis last, got shape {}", input.shape),
+                ));
+            };
+            let shape = Shape::new(&[channels]);
+            let fans = Fans::vector(channels);
+            let make = |init: Initializer, what: &str, trainable: bool| -> Result<Variable> {
+                let value = init.initialize(&shape, fans, input.dtype, &input.device)?;
+                Ok(Variable::new(format!("{}/{what}", self.name), value, trainable))
+            };
+            Ok(BnWeights {
+                gamma: self.scale.then(|| make(self.gamma_initializer, "gamma", true)).transpose()?,
+                beta: self.center.then(|| make(self.beta_initializer, "beta", true)).transpose()?,
+                moving_mean: make(Initializer::Zeros, "moving_mean", false)?,
+                moving_variance: make(Initializer::Ones, "moving_variance", false)?,
+            })
+        })
+    }
+
+    fn forward(&self, x: &Tensor, w: &BnWeights, mode: Mode) -> Result<Tensor> {
+        let name = &self.name;
+        let channels = w.moving_mean.value_untracked().elem_count();
+        if x.rank() < 2 || x.dims()[x.rank() - 1] != channels {
+            return Err(Error::layer(
+                name,
+                format!("was built for {channels} channels (last axis) but got an input of shape {}", x.shape()),
+            ));
+        }
+        // The ops take [N, C] or NHWC; other ranks are normalised as [rows, C].
+        let flat = if x.rank() == 2 || x.rank() == 4 {
+            x.clone()
+        } else {
+            x.reshape([x.elem_count() / channels, channels]).in_layer(name)?
+        };
+        let gamma = w.gamma.as_ref().map(Variable::value);
+        let beta = w.beta.as_ref().map(Variable::value);
+        let y = match mode {
+            Mode::Train => {
+                let (y, mean, var) =
+                    flat.batch_norm_train(gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(name)?;
+                let rows = x.elem_count() / channels;
+                self.update_moving_statistics(w, &mean, &var, rows).in_layer(name)?;
+                y
+            }
+            Mode::Infer => flat
+                .batch_norm_infer(
+                    gamma.as_ref(),
+                    beta.as_ref(),
+                    &w.moving_mean.value_untracked(),
+                    &w.moving_variance.value_untracked(),
+                    self.epsilon,
+                )
+                .in_layer(name)?,
+        };
+        if y.shape() == x.shape() {
+            Ok(y)
+        } else {
+            y.reshape(x.shape().clone()).in_layer(name)
+        }
+    }
+
+    /// `moving -= (moving - batch) * (1 - momentum)`, on detached values so that no tape
+    /// records it.
+    fn update_moving_statistics(
+        &self,
+        w: &BnWeights,
+        mean: &Tensor,
+        var: &Tensor,
+        rows: usize,
+    ) -> tapegrad_tensor::Result<()> {
+        let var = if self.unbiased_moving_variance && rows > 1 {
+            var.detach().mul_scalar(rows as f64 / (rows - 1) as f64)?
+        } else {
+            var.detach()
+        };
+        let rate = 1.0 - self.momentum;
+        for (moving, batch) in [(&w.moving_mean, mean.detach()), (&w.moving_variance, var)] {
+            let current = moving.value_untracked();
+            moving.assign(current.sub(&current.sub(&batch)?.mul_scalar(rate)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for BatchNormalization {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Layer for BatchNormalization {
+    fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
+        let w = self.built(&InputSpec::from(input))?;
+        traced(self, self.forward(input, w, mode))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn type_name(&self) -> &str {
+        "BatchNormalization"
+    }
+
+    fn build(&self, input: &InputSpec) -> Result<()> {
+        self.built(input).map(|_| ())
+    }
+
+    fn visit_variables(&self, visit: &mut dyn FnMut(&str, &Variable)) {
+        if let Some(w) = self.weights.get() {
+            if let Some(g) = &w.gamma {
+                visit("gamma", g);
+            }
+            if let Some(b) = &w.beta {
+                visit("beta", b);
+            }
+            visit("moving_mean", &w.moving_mean);
+            visit("moving_variance", &w.moving_variance);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! [`Conv2D`]: 2-D convolution over NHWC images.
+
+use super::get_or_build;
+use super::pair::IntoPair;
+use crate::error::InLayer;
+use crate::initializers::{Fans, Initializer};
+use crate::layer::traced;
+use crate::naming::unique_name;
+use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
+use std::sync::OnceLock;
+use tapegrad_tensor::{Conv2dParams, Padding, Shape, Tensor, Variable};
+
+/// A 2-D convolution layer (Keras' `layers.Conv2D`) over NHWC inputs. The kernel is stored
+/// `[filters, kh, kw, in_channels]` (cuDNN's NHWC filter layout; see
+/// [`checkpoint::import`](crate::checkpoint::import) for Keras' and PyTorch's layouts).
+/// Keras' defaults: stride 1, `Padding::Valid`, a bias, glorot-uniform kernel, zero bias.
+///
+/// ```
+/// use tapegrad_layers::{Conv2D, Layer, Mode, Padding};
+/// use tapegrad_tensor::{DType, Device, Tensor};
+/// # fn main() -> tapegrad_layers::Result<()> {
+/// let conv = Conv2D::new(64, 3).strides(2).padding(Padding::Same);
+/// let y = conv.call(&Tensor::zeros([8, 15, 15, 3], DType::F32, &Device::Cpu)?, Mode::Train)?;
+/// assert_eq!(y.dims(), &[8, 8, 8, 64]);
+/// assert_eq!(conv.count_params().trainable, 64 * 3 * 3 * 3 + 64);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Conv2D {
+    name: String,
+    filters: usize,
+    kernel_size: (usize, usize),
+    params: Conv2dParams,
+    use_bias: bool,
+    activation: ActivationFn,
+    kernel_initializer: Initializer,
+    bias_initializer: Initializer,
+    weights: OnceLock<ConvWeights>,
+}
+
+#[derive(Debug)]
+struct ConvWeights {
+    kernel: Variable,
+    bias: Option<Variable>,
+}
+
+impl Conv2D {
+    /// A convolution with `filters` output channels and windows of `kernel_size` (one
+    /// number or `(rows, columns)`).
+    pub fn new(filters: usize, kernel_size: impl IntoPair) -> Self {
+        Conv2D {
+            name: unique_name("conv2d"),
+            filters,
+            kernel_size: kernel_size.into_pair(),
+            params: Conv2dParams::default(),
+            use_bias: true,
+            activation: ActivationFn::Linear,
+            kernel_initializer: Initializer::GlorotUniform,
+            bias_initializer: Initializer::Zeros,
+            weights: OnceLock::new(),
+        }
+    }
+
+    /// The strides (one number or `(rows, columns)`).
+    pub fn strides(mut self, strides: impl IntoPair) -> Self {
+        self.params.strides = strides.into_pair();
+        self
+    }
+
+    /// The padding: `Padding::Valid` (default), `Padding::Same` (TF's, extra at the
+    /// bottom/right) or explicit.
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.params.padding = padding;
+        self
+    }
+
+    /// The dilation rate (one number or `(rows, columns)`).
+    pub fn dilation(mut self, dilation: impl IntoPair) -> Self {
+        self.params.dilation = dilation.into_pair();
+        self
+    }
+
+    /// Whether to add a bias.
+    pub fn use_bias(mut self, use_bias: bool) -> Self {
+        self.use_bias = use_bias;
+        self
+    }
+
+    /// The activation applied to the output.
+    pub fn activation(mut self, activation: ActivationFn) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// The kernel's initializer.
+    pub fn kernel_initializer(mut self, init: Initializer) -> Self {
+        self.kernel_initializer = init;
+        self
+    }
+
+    /// The bias's initializer.
+    pub fn bias_initializer(mut self, init: Initializer) -> Self {
+        self.bias_initializer = init;
+        self
+    }
+
+    /// The same layer under another name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The number of output channels.
+    pub fn filters(&self) -> usize {
+        self.filters
+    }
+
+    /// Strides, padding and dilation.
+    pub fn conv_params(&self) -> &Conv2dParams {
+        &self.params
+    }
+
+    /// The kernel `[filters, kh, kw, in_channels]`, once built.
+    pub fn kernel(&self) -> Option<&Variable> {
+        self.weights.get().map(|w| &w.kernel)
+    }
+
+    /// The bias `[filters]`, once built, if the layer has one.
+    pub fn bias(&self) -> Option<&Variable> {
+        self.weights.get().and_then(|w| w.bias.as_ref())
+    }
+
+    fn built(&self, input: &InputSpec) -> Result<&ConvWeights> {
+        get_or_build(&self.weights, || {
+            if input.shape.rank() != 4 {
+                return Err(Error::layer(
+                    &self.name,
+                    format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape),
+                ));
+            }
+            let in_channels = input.shape.dims()[3];
+            let (kh, kw) = self.kernel_size;
+            let shape = Shape::new(&[self.filters, kh, kw, in_channels]);
+            let fans = Fans::conv2d(self.filters, kh, kw, in_channels);
+            let kernel = self.kernel_initializer.initialize(&shape, fans, input.dtype, &input.device)?;
+            let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
+            let bias = if self.use_bias {
+                let shape = Shape::new(&[self.filters]);
+                let b =
+                    self.bias_initializer.initialize(&shape, Fans::vector(self.filters), input.dtype, &input.device)?;
+                Some(Variable::new(format!("{}/bias", self.name), b, true))
+            } else {
+                None
+            };
+            Ok(ConvWeights { kernel, bias })
+        })
+    }
+
+    fn forward(&self, x: &Tensor, w: &ConvWeights) -> Result<Tensor> {
+        let kernel = w.kernel.value();
+        let in_channels = kernel.dims()[3];
+        if x.rank() != 4 || x.dims()[3] != in_channels {
+            return Err(Error::layer(
+                &self.name,
+                format!(
+                    "was built for NHWC inputs with {in_channels} channels but got an input of shape {}",
+                    x.shape()
+                ),
+            ));
+        }
+        let bias = w.bias.as_ref().map(Variable::value);
+        let y = x.conv2d(&kernel, bias.as_ref(), &self.params).in_layer(&self.name)?;
+        self.activation.apply(&y).in_layer(&self.name)
+    }
+}
+
+impl Layer for Conv2D {
+    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let w = self.built(&InputSpec::from(input))?;
+        traced(self, self.forward(input, w))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn type_name(&self) -> &str {
+        "Conv2D"
+    }
+
+    fn build(&self, input: &InputSpec) -> Result<()> {
+        self.built(input).map(|_| ())
+    }
+
+    fn visit_variables(&self, visit: &mut dyn FnMut(&str, &Variable)) {
+        if let Some(w) = self.weights.get() {
+            visit("kernel", &w.kernel);
+            if let Some(b) = &w.bias {
+                visit("bias", b);
+            }
+        }
+    }
+}

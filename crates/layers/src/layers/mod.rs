@@ -1,0 +1,25 @@
+//! The built-in layers.
+
+pub(crate) mod activation;
+pub(crate) mod add;
+pub(crate) mod batch_norm;
+pub(crate) mod conv2d;
+pub(crate) mod dense;
+pub(crate) mod dropout;
+pub(crate) mod flatten;
+pub(crate) mod pair;
+pub(crate) mod pooling;
+pub(crate) mod sequential;
+
+use crate::Result;
+use std::sync::OnceLock;
+
+/// The value in `cell`, creating it with `init` the first time. If two threads build at
+/// once, the first value stored wins and the other is dropped.
+pub(crate) fn get_or_build<T>(cell: &OnceLock<T>, init: impl FnOnce() -> Result<T>) -> Result<&T> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = init()?;
+    Ok(cell.get_or_init(|| v))
+}

@@ -1,0 +1,112 @@
+//! [`Sequential`]: layers applied one after another.
+
+use crate::layer::traced;
+use crate::naming::unique_name;
+use crate::{trace, Layer, Mode, Result};
+use tapegrad_tensor::Tensor;
+
+/// A stack of layers, each fed the previous one's output (Keras' `Sequential`). Its
+/// layers are named "0", "1", ... in variable paths, as in PyTorch's `nn.Sequential`.
+///
+/// ```
+/// use tapegrad_layers::{Activation, Dense, Layer, Mode, Sequential};
+/// # fn main() -> tapegrad_layers::Result<()> {
+/// let mlp = Sequential::new().add(Dense::new(16)).add(Activation::relu()).add(Dense::new(3));
+/// let y = mlp.call(&tapegrad_tensor::Tensor::ones([4, 8], tapegrad_tensor::DType::F32, &Default::default())?, Mode::Infer)?;
+/// assert_eq!(y.dims(), &[4, 3]);
+/// assert_eq!(mlp.named_variables()[2].0, "2.kernel");
+/// # Ok(())
+/// # }
+/// ```
+pub struct Sequential {
+    name: String,
+    layers: Vec<Box<dyn Layer>>,
+}
+
+impl std::fmt::Debug for Sequential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.layers.iter().map(|l| l.name()).collect();
+        f.debug_struct("Sequential").field("name", &self.name).field("layers", &names).finish()
+    }
+}
+
+impl Sequential {
+    /// An empty stack.
+    pub fn new() -> Self {
+        Sequential { name: unique_name("sequential"), layers: Vec::new() }
+    }
+
+    /// A stack of the given layers.
+    pub fn from_layers(layers: Vec<Box<dyn Layer>>) -> Self {
+        Sequential { layers, ..Self::new() }
+    }
+
+    /// The stack with `layer` appended (builder style).
+    #[allow(clippy::should_implement_trait)]
+    pub fn add(mut self, layer: impl Layer + 'static) -> Self {
+        self.push(layer);
+        self
+    }
+
+    /// Appends `layer` (Keras' `model.add`).
+    pub fn push(&mut self, layer: impl Layer + 'static) {
+        self.layers.push(Box::new(layer));
+    }
+
+    /// Appends an already boxed layer.
+    pub fn push_boxed(&mut self, layer: Box<dyn Layer>) {
+        self.layers.push(layer);
+    }
+
+    /// The same stack under another name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The layers, in order.
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    /// The number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether the stack is empty.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Default for Sequential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Layer for Sequential {
+    fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut x = input.clone();
+        for layer in &self.layers {
+            x = layer.call(&x, mode)?;
+            trace::record(layer.as_ref(), x.shape());
+        }
+        traced(self, Ok(x))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn type_name(&self) -> &str {
+        "Sequential"
+    }
+
+    fn visit_sublayers(&self, visit: &mut dyn FnMut(&str, &dyn Layer)) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            visit(&i.to_string(), layer.as_ref());
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! 2-D convolution over NHWC images, and its gradients.
+//!
+//! Three primitives do the work: the forward convolution, its gradient with respect to
+//! the input (a transposed convolution) and with respect to the kernel. Each is linear in
+//! each of its two arguments, and the gradients of each are again these three, so the
+//! gradient rules below record themselves on the tape: convolution gradients can be
+//! differentiated again to any order. The bias gradient is a sum over N, H and W.
+
+pub(crate) mod cpu;
+mod padding;
+
+pub use padding::Padding;
+pub(crate) use padding::SpatialAxis;
+
+use crate::backend::Conv2dSpec;
+use crate::tape::record_op;
+use crate::{Error, Result, Shape, Tensor};
+
+/// The options of [`Tensor::conv2d`]: strides, padding and dilation, each (vertical,
+/// horizontal). The default is stride 1, [`Padding::Valid`], no dilation (Keras' defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Step between windows, (rows, columns); each at least 1.
+    pub strides: (usize, usize),
+    /// Border handling.
+    pub padding: Padding,
+    /// Spacing between kernel taps, (rows, columns); 1 is a dense kernel.
+    pub dilation: (usize, usize),
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams { strides: (1, 1), padding: Padding::Valid, dilation: (1, 1) }
+    }
+}
+
+/// Fails unless `x` is a 4-D NHWC float tensor; names the op and the shape.
+pub(crate) fn check_nhwc(x: &Tensor, op: &'static str) -> Result<()> {
+    x.check_float(op)?;
+    if x.rank() != 4 {
+        return Err(Error::invalid(
+            op,
+            format!("the input must be 4-D NHWC [batch, height, width, channels], got shape {}", x.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// Fails if a stride-like pair has a zero.
+pub(crate) fn check_positive(op: &'static str, what: &str, pair: (usize, usize)) -> Result<()> {
+    if pair.0 == 0 || pair.1 == 0 {
+        return Err(Error::invalid(op, format!("{what} must be at least 1, got {pair:?}")));
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// 2-D convolution (cross-correlation, as TF's `Conv2D`) of an NHWC input
+    /// `[n, h, w, c_in]` with a kernel `[c_out, kh, kw, c_in]` and an optional bias
+    /// `[c_out]`; the result is `[n, out_h, out_w, c_out]`.
+    ///
+    /// Differentiable with respect to input, kernel and bias, to any order (the gradient
+    /// kernels are themselves recorded with their own gradient rules).
+    ///
+    /// ```
+    /// use tapegrad_tensor::{Conv2dParams, DType, Device, Padding, Tensor};
+    /// # fn main() -> tapegrad_tensor::Result<()> {
+    /// let x = Tensor::ones([1, 5, 5, 3], DType::F32, &Device::Cpu)?;
+    /// let k = Tensor::ones([8, 3, 3, 3], DType::F32, &Device::Cpu)?;
+    /// let params = Conv2dParams { strides: (2, 2), padding: Padding::Same, ..Default::default() };
+    /// assert_eq!(x.conv2d(&k, None, &params)?.dims(), &[1, 3, 3, 8]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn conv2d(&self, kernel: &Tensor, bias: Option<&Tensor>, params: &Conv2dParams) -> Result<Tensor> {
+        let spec = conv2d_spec(self, kernel, bias, params)?;
+        conv2d_with_spec(self, kernel, bias, spec)
+    }
+}
+
+/// Checks the operands of a convolution and resolves its geometry.
+fn conv2d_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, params: &Conv2dParams) -> Result<Conv2dSpec> {
+    const OP: &str = "conv2d";
+    check_nhwc(x, OP)?;
+    x.check_same(kernel, OP)?;
+    if kernel.rank() != 4 {
+        return Err(Error::invalid(
+            OP,
+            format!("the kernel must be 4-D [out_channels, height, width, in_channels], got shape {}", kernel.shape()),
+        ));
+    }
+    let &[batch, in_h, in_w, in_channels] = x.dims() else { unreachable!("rank checked") };
+    let &[out_channels, kernel_h, kernel_w, kernel_in] = kernel.dims() else { unreachable!("rank checked") };
+    if in_channels != kernel_in {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the input of shape {} has {in_channels} channels but the kernel of shape {} expects {kernel_in}",
+                x.shape(),
+                kernel.shape()
+            ),
+        ));
+    }
+    if kernel.elem_count() == 0 {
+        return Err(Error::invalid(OP, format!("the kernel of shape {} is empty", kernel.shape())));
+    }
+    if let Some(b) = bias {
+        x.check_same(b, OP)?;
+        if b.dims() != [out_channels] {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the bias has shape {} but the kernel of shape {} has {out_channels} output channels (expected \
+                     [{out_channels}])",
+                    b.shape(),
+                    kernel.shape()
+                ),
+            ));
+        }
+    }
+    check_positive(OP, "strides", params.strides)?;
+    check_positive(OP, "dilation", params.dilation)?;
+    let (stride_h, stride_w) = params.strides;
+    let (dilation_h, dilation_w) = params.dilation;
+    let extent = |k: usize, d: usize| (k - 1) * d + 1;
+    let what = format!("kernel of shape {} (dilation {:?})", kernel.shape(), params.dilation);
+    let rows = params.padding.resolve(OP, SpatialAxis::Height, in_h, extent(kernel_h, dilation_h), stride_h, &what)?;
+    let cols = params.padding.resolve(OP, SpatialAxis::Width, in_w, extent(kernel_w, dilation_w), stride_w, &what)?;
+    Ok(Conv2dSpec {
+        batch,
+        in_h,
+        in_w,
+        in_channels,
+        out_channels,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        dilation_h,
+        dilation_w,
+        pad_top: rows.pad_before,
+        pad_bottom: rows.pad_after,
+        pad_left: cols.pad_before,
+        pad_right: cols.pad_after,
+        out_h: rows.out,
+        out_w: cols.out,
+    })
+}
+
+fn input_shape(s: &Conv2dSpec) -> Shape {
+    Shape::new(&[s.batch, s.in_h, s.in_w, s.in_channels])
+}
+
+fn output_shape(s: &Conv2dSpec) -> Shape {
+    Shape::new(&[s.batch, s.out_h, s.out_w, s.out_channels])
+}
+
+fn kernel_shape(s: &Conv2dSpec) -> Shape {
+    Shape::new(&[s.out_channels, s.kernel_h, s.kernel_w, s.in_channels])
+}
+
+/// The forward convolution with a resolved geometry, recorded with its gradient rule.
+fn conv2d_with_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, spec: Conv2dSpec) -> Result<Tensor> {
+    let storage = x.storage().conv2d(kernel.storage(), bias.map(|b| b.storage()), &spec)?;
+    let out = Tensor::from_storage(storage, output_shape(&spec));
+    let mut inputs = vec![x, kernel];
+    inputs.extend(bias);
+    let has_bias = bias.is_some();
+    let (x, k) = (x.clone(), kernel.clone());
+    record_op("conv2d", &inputs, &out, move |g| {
+        let mut grads = vec![Some(conv2d_backward_input(g, &k, spec)?), Some(conv2d_backward_filter(&x, g, spec)?)];
+        if has_bias {
+            grads.push(Some(g.sum(&[0, 1, 2], false)?));
+        }
+        Ok(grads)
+    });
+    Ok(out)
+}
+
+/// The input gradient `B(dy, K)` of a convolution. It is linear in `dy` and in `K`: for
+/// an upstream gradient `G` (input-shaped), `d/d dy = conv2d(G, K)` and
+/// `d/dK = conv2d_backward_filter(G, dy)`.
+fn conv2d_backward_input(grad_out: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
+    let storage = grad_out.storage().conv2d_backward_input(kernel.storage(), &spec)?;
+    let dx = Tensor::from_storage(storage, input_shape(&spec));
+    let (dy, k) = (grad_out.clone(), kernel.clone());
+    record_op("conv2d_backward_input", &[grad_out, kernel], &dx, move |g| {
+        Ok(vec![Some(conv2d_with_spec(g, &k, None, spec)?), Some(conv2d_backward_filter(g, &dy, spec)?)])
+    });
+    Ok(dx)
+}
+
+/// The kernel gradient `F(x, dy)` of a convolution. Linear in both: for an upstream
+/// gradient `G` (kernel-shaped), `d/dx = conv2d_backward_input(dy, G)` and
+/// `d/d dy = conv2d(x, G)`.
+fn conv2d_backward_filter(input: &Tensor, grad_out: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
+    let storage = input.storage().conv2d_backward_filter(grad_out.storage(), &spec)?;
+    let dk = Tensor::from_storage(storage, kernel_shape(&spec));
+    let (x, dy) = (input.clone(), grad_out.clone());
+    record_op("conv2d_backward_filter", &[input, grad_out], &dk, move |g| {
+        Ok(vec![Some(conv2d_backward_input(&dy, g, spec)?), Some(conv2d_with_spec(&x, g, None, spec)?)])
+    });
+    Ok(dk)
+}

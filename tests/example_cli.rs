@@ -1,0 +1,176 @@
+//! The flagship example's command line, end to end on synthetic data on the CPU: it
+//! trains, writes metrics, curves and checkpoints, resumes exactly, evaluates, and fails
+//! cleanly without data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The flagship binary that `cargo test` builds beside the test binaries.
+fn example() -> PathBuf {
+    example_named("resnet_cifar100")
+}
+
+fn example_named(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} not built (cargo test builds examples)", bin.display());
+    bin
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(example()).args(args).env("RAYON_NUM_THREADS", "2").output().expect("run the example");
+    if !out.status.success() {
+        eprintln!(
+            "stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Small, fast settings: 10 classes, 64 images, batches of 16 (4 steps per epoch).
+fn smoke_args(dir: &Path) -> Vec<String> {
+    [
+        "--dataset",
+        "cifar10",
+        "--synthetic",
+        "64",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--seed",
+        "7",
+        "--checkpoint-dir",
+        dir.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn with(base: &[String], extra: &[&str]) -> Vec<String> {
+    base.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn model_tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).expect("checkpoint");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let mut out: Vec<(String, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("optimizer/"))
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn trains_writes_artifacts_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = tmp.path().join("straight");
+    let base = smoke_args(&straight);
+    let out = run(&refs(&with(&base, &["--epochs", "2", "--max-steps", "6"])));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Total params"), "summary printed first:\n{stdout}");
+    assert!(stdout.contains("done: best test accuracy"), "{stdout}");
+    let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    let lines: Vec<&str> = metrics.lines().collect();
+    assert_eq!(lines.len(), 2, "one JSON object per epoch:\n{metrics}");
+    for key in
+        ["epoch", "steps", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5", "images_per_sec", "seconds"]
+    {
+        assert!(lines[1].contains(&format!("\"{key}\":")), "{key} missing in {}", lines[1]);
+    }
+    assert!(lines[1].contains("\"steps\": 6"), "{}", lines[1]);
+    let svg = std::fs::read_to_string(straight.join("metrics.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    assert!(straight.join("last.safetensors").exists() && straight.join("best.safetensors").exists());
+
+    // The same 6 steps as 3, then a resume for the other 3, give identical weights.
+    let split = tmp.path().join("split");
+    let base = smoke_args(&split);
+    assert!(run(&refs(&with(&base, &["--epochs", "2", "--max-steps", "3"]))).status.success());
+    let out = run(&refs(&with(&base, &["--epochs", "2", "--max-steps", "6", "--resume"])));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
+    let a = model_tensors(&straight.join("last.safetensors"));
+    let b = model_tensors(&split.join("last.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(da == db, "{na} differs between the uninterrupted and the resumed run");
+    }
+
+    // --eval-only reads the best checkpoint.
+    let out = run(&refs(&with(&smoke_args(&straight), &["--eval-only"])));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("test loss"));
+}
+
+#[test]
+fn without_data_fails_with_advice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(example())
+        .args(["--data-dir", tmp.path().join("nothing-here").to_str().unwrap(), "--device", "cpu"])
+        .args(["--checkpoint-dir", tmp.path().join("ck").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--synthetic") && stderr.contains("--data-dir"), "{stderr}");
+}
+
+#[test]
+fn seed_resnet18_lowers_its_loss_on_synthetic_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("learn");
+    let args = [
+        "--dataset",
+        "cifar10",
+        "--synthetic",
+        "256",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        dir.to_str().unwrap(),
+    ];
+    assert!(run(&args).status.success());
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .map(|l| {
+            let v = l.split("\"train_loss\": ").nth(1).unwrap();
+            v[..v.find(',').unwrap()].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 3);
+    assert!(losses[2] < 0.7 * losses[0], "training loss should fall clearly: {losses:?}");
+}
+
+#[test]
+fn small_cnn_example_learns_synthetic_data() {
+    let out = Command::new(example_named("small_cnn"))
+        .args(["--synthetic", "256", "--epochs", "2", "--batch-size", "32"])
+        .output()
+        .expect("run small_cnn");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().unwrap();
+    let acc: f64 = last.split("test accuracy ").nth(1).unwrap().trim().parse().unwrap();
+    assert!(acc > 0.5, "a 10-class synthetic task, chance is 0.1: {last}");
+}
