@@ -16,6 +16,17 @@ impl Device {
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)
     }
+
+    /// The first CUDA device if one is usable (built with the `cuda` feature, a driver and
+    /// a GPU present, NVRTC and cuBLAS loadable), else the CPU. The reason a GPU is not
+    /// usable is available from [`cuda::ensure_available`](crate::cuda::ensure_available).
+    pub fn cuda_if_available() -> Device {
+        if crate::cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }
+    }
 }
 
 impl std::fmt::Display for Device {

@@ -95,6 +95,32 @@ pub enum Error {
         /// Why it cannot be used, and what to do.
         msg: String,
     },
+    /// A device has too little free memory for an allocation (after tapegrad's cache of
+    /// freed blocks was returned to the driver and the allocation retried).
+    #[error(
+        "device {device}: out of memory allocating {requested} bytes ({free} bytes free on the device, \
+         {in_use} bytes held by live tensors)"
+    )]
+    OutOfMemory {
+        /// The device.
+        device: Device,
+        /// The bytes asked for.
+        requested: usize,
+        /// The bytes the driver reported free.
+        free: usize,
+        /// The bytes held by live buffers on that device.
+        in_use: usize,
+    },
+    /// A call into a device library (driver, NVRTC, cuBLAS) failed.
+    #[error("device {device}: {op} failed: {msg}")]
+    Cuda {
+        /// The device.
+        device: Device,
+        /// The library call or step that failed.
+        op: &'static str,
+        /// The library's error.
+        msg: String,
+    },
 }
 
 /// The result type of every fallible tensor function.
@@ -104,5 +130,10 @@ impl Error {
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Invalid { op, msg: msg.into() }
+    }
+
+    /// Shorthand for [`Error::Cuda`] from a library error.
+    pub fn cuda(device: Device, op: &'static str, err: impl std::fmt::Display) -> Self {
+        Error::Cuda { device, op, msg: err.to_string() }
     }
 }

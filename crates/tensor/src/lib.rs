@@ -19,6 +19,9 @@
 
 mod backend;
 mod cpu_backend;
+pub mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_backend;
 mod device;
 mod dtype;
 mod error;
@@ -35,6 +38,8 @@ pub use backend::{
     UnaryOp,
 };
 pub use cpu_backend::CpuStorage;
+#[cfg(feature = "cuda")]
+pub use cuda_backend::CudaStorage;
 pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};

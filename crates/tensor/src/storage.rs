@@ -6,6 +6,8 @@ use crate::backend::{
     UnaryOp,
 };
 use crate::cpu_backend::CpuStorage;
+#[cfg(feature = "cuda")]
+use crate::cuda_backend::CudaStorage;
 use crate::{DType, Device, Error, Result, Shape};
 
 /// A contiguous buffer on one device. Immutable once made: ops return new storage.
@@ -13,6 +15,21 @@ use crate::{DType, Device, Error, Result, Shape};
 pub enum Storage {
     /// Host memory.
     Cpu(CpuStorage),
+    /// Memory of a CUDA device (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda(CudaStorage),
+}
+
+/// Applies the same expression to the backend storage inside, whichever it is, and wraps
+/// a storage result back into its variant.
+macro_rules! each_backend {
+    ($s:expr, |$x:ident| $body:expr) => {
+        match $s {
+            Storage::Cpu($x) => Storage::Cpu($body?),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda($x) => Storage::Cuda($body?),
+        }
+    };
 }
 
 /// Pairs two storages of one backend, or reports the devices.
@@ -20,6 +37,8 @@ macro_rules! same_device {
     ($op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
         match ($a, $b) {
             (Storage::Cpu($x), Storage::Cpu($y)) => Ok(Storage::Cpu($body?)),
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda($x), Storage::Cuda($y)) => Ok(Storage::Cuda($body?)),
             #[allow(unreachable_patterns)]
             (a, b) => Err(Error::DeviceMismatch { op: $op, lhs: a.device(), rhs: b.device() }),
         }
@@ -31,6 +50,8 @@ impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.device(),
         }
     }
 
@@ -38,6 +59,8 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
@@ -45,6 +68,8 @@ impl Storage {
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(s) => s.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len(),
         }
     }
 
@@ -57,6 +82,8 @@ impl Storage {
     pub fn to_cpu(&self) -> Result<CpuStorage> {
         match self {
             Storage::Cpu(s) => Ok(s.clone()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.to_cpu(),
         }
     }
 
@@ -64,6 +91,9 @@ impl Storage {
     pub fn from_cpu(cpu: CpuStorage, device: &Device) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(cpu)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => Ok(Storage::Cuda(CudaStorage::from_cpu(&cpu, *ordinal)?)),
+            #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => Err(Error::DeviceUnavailable {
                 device: *device,
                 msg: "tapegrad was built without the `cuda` feature; rebuild with `--features cuda`".into(),
@@ -71,10 +101,18 @@ impl Storage {
         }
     }
 
-    pub(crate) fn unary(&self, op: UnaryOp) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.unary(op)?)),
+    /// `len` copies of `value` (converted to `dtype`) on `device`; a GPU fills its buffer
+    /// itself rather than copying one from the host.
+    pub fn full(len: usize, value: f64, dtype: DType, device: &Device) -> Result<Storage> {
+        match device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => Ok(Storage::Cuda(CudaStorage::full(len, value, dtype, *ordinal)?)),
+            _ => Storage::from_cpu(CpuStorage::full(len, value, dtype), device),
         }
+    }
+
+    pub(crate) fn unary(&self, op: UnaryOp) -> Result<Storage> {
+        Ok(each_backend!(self, |s| s.unary(op)))
     }
 
     pub(crate) fn binary(&self, rhs: &Storage, op: BinaryOp, ls: &Shape, rs: &Shape, out: &Shape) -> Result<Storage> {
@@ -82,15 +120,11 @@ impl Storage {
     }
 
     pub(crate) fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.reduce(op, shape, axes)?)),
-        }
+        Ok(each_backend!(self, |s| s.reduce(op, shape, axes)))
     }
 
     pub(crate) fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.arg_reduce(op, shape, axis)?)),
-        }
+        Ok(each_backend!(self, |s| s.arg_reduce(op, shape, axis)))
     }
 
     pub(crate) fn matmul(&self, rhs: &Storage, spec: &MatmulSpec) -> Result<Storage> {
@@ -98,13 +132,13 @@ impl Storage {
     }
 
     pub(crate) fn strided_copy(&self, layout: &StridedLayout) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.strided_copy(layout)?)),
-        }
+        Ok(each_backend!(self, |s| s.strided_copy(layout)))
     }
 
     pub(crate) fn concat(parts: &[&Storage], outer: usize, inners: &[usize]) -> Result<Storage> {
         let first = parts.first().ok_or_else(|| Error::invalid("concat", "no tensors given"))?;
+        let mismatch =
+            |other: &Storage| Error::DeviceMismatch { op: "concat", lhs: first.device(), rhs: other.device() };
         match first {
             Storage::Cpu(_) => {
                 let cpu = parts
@@ -112,24 +146,31 @@ impl Storage {
                     .map(|p| match p {
                         Storage::Cpu(c) => Ok(c),
                         #[allow(unreachable_patterns)]
-                        other => Err(Error::DeviceMismatch { op: "concat", lhs: first.device(), rhs: other.device() }),
+                        other => Err(mismatch(other)),
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Storage::Cpu(CpuStorage::concat(&cpu, outer, inners)?))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => {
+                let cuda = parts
+                    .iter()
+                    .map(|p| match p {
+                        Storage::Cuda(c) => Ok(c),
+                        other => Err(mismatch(other)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Storage::Cuda(CudaStorage::concat(&cuda, outer, inners)?))
             }
         }
     }
 
     pub(crate) fn cast(&self, dtype: DType) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.cast(dtype)?)),
-        }
+        Ok(each_backend!(self, |s| s.cast(dtype)))
     }
 
     pub(crate) fn log_softmax(&self, rows: usize, cols: usize) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.log_softmax(rows, cols)?)),
-        }
+        Ok(each_backend!(self, |s| s.log_softmax(rows, cols)))
     }
 
     pub(crate) fn conv2d(&self, kernel: &Storage, bias: Option<&Storage>, spec: &Conv2dSpec) -> Result<Storage> {
@@ -137,6 +178,10 @@ impl Storage {
             (Storage::Cpu(x), Storage::Cpu(k), None) => Ok(Storage::Cpu(x.conv2d(k, None, spec)?)),
             (Storage::Cpu(x), Storage::Cpu(k), Some(Storage::Cpu(b))) => {
                 Ok(Storage::Cpu(x.conv2d(k, Some(b), spec)?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(k), b) => {
+                Ok(Storage::Cuda(x.conv2d(k, cuda_operand("conv2d", x, b)?, spec)?))
             }
             #[allow(unreachable_patterns)]
             _ => Err(self.mismatch("conv2d", [Some(kernel), bias])),
@@ -152,9 +197,7 @@ impl Storage {
     }
 
     pub(crate) fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.max_pool2d(spec)?)),
-        }
+        Ok(each_backend!(self, |s| s.max_pool2d(spec)))
     }
 
     pub(crate) fn max_pool2d_backward(
@@ -167,21 +210,21 @@ impl Storage {
             (Storage::Cpu(x), Storage::Cpu(y), Storage::Cpu(dy)) => {
                 Ok(Storage::Cpu(x.max_pool2d_backward(y, dy, spec)?))
             }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(y), Storage::Cuda(dy)) => {
+                Ok(Storage::Cuda(x.max_pool2d_backward(y, dy, spec)?))
+            }
             #[allow(unreachable_patterns)]
             _ => Err(self.mismatch("max_pool2d_backward", [Some(output), Some(grad_out)])),
         }
     }
 
     pub(crate) fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.avg_pool2d(spec)?)),
-        }
+        Ok(each_backend!(self, |s| s.avg_pool2d(spec)))
     }
 
     pub(crate) fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Storage> {
-        match self {
-            Storage::Cpu(s) => Ok(Storage::Cpu(s.avg_pool2d_backward(spec)?)),
-        }
+        Ok(each_backend!(self, |s| s.avg_pool2d_backward(spec)))
     }
 
     pub(crate) fn batch_norm_train(
@@ -195,6 +238,13 @@ impl Storage {
                 let (gamma, beta) = (cpu_operand("batch_norm_train", gamma)?, cpu_operand("batch_norm_train", beta)?);
                 let (y, mean, var) = x.batch_norm_train(gamma, beta, spec)?;
                 Ok((Storage::Cpu(y), Storage::Cpu(mean), Storage::Cpu(var)))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(x) => {
+                const OP: &str = "batch_norm_train";
+                let (gamma, beta) = (cuda_operand(OP, x, gamma)?, cuda_operand(OP, x, beta)?);
+                let (y, mean, var) = x.batch_norm_train(gamma, beta, spec)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(mean), Storage::Cuda(var)))
             }
         }
     }
@@ -212,6 +262,11 @@ impl Storage {
             (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(mean), Storage::Cpu(var)) => {
                 let (dx, d_gamma, d_beta) = x.batch_norm_backward(dy, cpu_operand(OP, gamma)?, mean, var, spec)?;
                 Ok((Storage::Cpu(dx), Storage::Cpu(d_gamma), Storage::Cpu(d_beta)))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(mean), Storage::Cuda(var)) => {
+                let (dx, d_gamma, d_beta) = x.batch_norm_backward(dy, cuda_operand(OP, x, gamma)?, mean, var, spec)?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(d_gamma), Storage::Cuda(d_beta)))
             }
             #[allow(unreachable_patterns)]
             _ => Err(self.mismatch(OP, [Some(grad_out), Some(mean), Some(var)])),
@@ -233,5 +288,15 @@ fn cpu_operand<'a>(op: &'static str, s: Option<&'a Storage>) -> Result<Option<&'
         Some(Storage::Cpu(c)) => Ok(Some(c)),
         #[allow(unreachable_patterns)]
         Some(other) => Err(Error::DeviceMismatch { op, lhs: Device::Cpu, rhs: other.device() }),
+    }
+}
+
+/// Borrows an optional operand as CUDA storage, or reports its device.
+#[cfg(feature = "cuda")]
+fn cuda_operand<'a>(op: &'static str, first: &CudaStorage, s: Option<&'a Storage>) -> Result<Option<&'a CudaStorage>> {
+    match s {
+        None => Ok(None),
+        Some(Storage::Cuda(c)) => Ok(Some(c)),
+        Some(other) => Err(Error::DeviceMismatch { op, lhs: first.device(), rhs: other.device() }),
     }
 }

@@ -72,8 +72,8 @@ impl Tensor {
     /// A tensor of `value` converted to `dtype`.
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
-        let cpu = CpuStorage::full(shape.checked_elem_count("full")?, value, dtype);
-        Ok(Self::from_storage(Storage::from_cpu(cpu, device)?, shape))
+        let len = shape.checked_elem_count("full")?;
+        Ok(Self::from_storage(Storage::full(len, value, dtype, device)?, shape))
     }
 
     /// A tensor of zeros.

@@ -1,6 +1,8 @@
 //! Elementwise ops with NumPy broadcasting, and their gradient rules.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::tape::record_op;

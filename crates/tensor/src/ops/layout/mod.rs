@@ -2,6 +2,8 @@
 //! broadcast_to, narrow (slicing), concat, stack, squeeze/unsqueeze; and their gradients.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use crate::backend::StridedLayout;
 use crate::shape::Dims;

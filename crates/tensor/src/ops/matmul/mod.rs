@@ -1,6 +1,8 @@
 //! Matrix products (2-D and batched) and their gradient rules.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use crate::backend::MatmulSpec;
 use crate::tape::record_op;

@@ -47,27 +47,10 @@ impl Combine {
 /// Reduces the sorted `axes` of `x` (of `shape`); the result is laid out like the
 /// keepdims shape.
 pub(crate) fn reduce<T: ReduceElem>(x: &[T], op: ReduceOp, shape: &Shape, axes: &[usize]) -> Vec<T> {
-    // Runs of (size, reduced) with size-1 axes dropped and equal neighbours merged.
-    let mut groups: Vec<(usize, bool)> = Vec::new();
-    for (d, &size) in shape.dims().iter().enumerate() {
-        if size == 1 {
-            continue;
-        }
-        let red = axes.contains(&d);
-        match groups.last_mut() {
-            Some((s, r)) if *r == red => *s *= size,
-            _ => groups.push((size, red)),
-        }
-    }
     let mut data: Option<Vec<T>> = None;
-    // Reduce from the innermost run outwards; each pass removes one run.
-    while let Some(pos) = groups.iter().rposition(|g| g.1) {
-        let outer: usize = groups[..pos].iter().map(|g| g.0).product();
-        let inner: usize = groups[pos + 1..].iter().map(|g| g.0).product();
-        let r = groups[pos].0;
+    for pass in super::reduce_passes(shape, axes) {
         let src = data.as_deref().unwrap_or(x);
-        data = Some(reduce_middle(src, op, outer, r, inner));
-        groups.remove(pos);
+        data = Some(reduce_middle(src, op, pass.outer, pass.r, pass.inner));
     }
     match data {
         Some(d) => d,

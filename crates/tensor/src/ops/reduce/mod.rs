@@ -1,10 +1,47 @@
 //! Reductions over axes (sum, mean, max, min), argmax/argmin, and their gradient rules.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use crate::backend::{ArgReduceOp, ReduceOp};
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
+
+/// One pass of a reduction: `[outer, r, inner] -> [outer, inner]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ReducePass {
+    pub(crate) outer: usize,
+    pub(crate) r: usize,
+    pub(crate) inner: usize,
+}
+
+/// Plans a reduction of the sorted `axes` of `shape` as passes over `[outer, r, inner]`
+/// views, one per run of adjacent reduced axes (size-1 axes dropped), innermost run first;
+/// each pass reads the previous pass's output. No passes: nothing to reduce (a copy, or
+/// zeros for an empty input).
+pub(crate) fn reduce_passes(shape: &Shape, axes: &[usize]) -> Vec<ReducePass> {
+    // Runs of (size, reduced) with size-1 axes dropped and equal neighbours merged.
+    let mut groups: Vec<(usize, bool)> = Vec::new();
+    for (d, &size) in shape.dims().iter().enumerate() {
+        if size == 1 {
+            continue;
+        }
+        let red = axes.contains(&d);
+        match groups.last_mut() {
+            Some((s, r)) if *r == red => *s *= size,
+            _ => groups.push((size, red)),
+        }
+    }
+    let mut passes = Vec::new();
+    while let Some(pos) = groups.iter().rposition(|g| g.1) {
+        let outer = groups[..pos].iter().map(|g| g.0).product();
+        let inner = groups[pos + 1..].iter().map(|g| g.0).product();
+        passes.push(ReducePass { outer, r: groups[pos].0, inner });
+        groups.remove(pos);
+    }
+    passes
+}
 
 impl Tensor {
     /// Reduces `axes` (resolved, sorted) and returns the keepdims-shaped result.

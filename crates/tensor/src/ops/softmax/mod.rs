@@ -5,6 +5,8 @@
 //! wherever its parts are.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use crate::tape::record_op;
 use crate::{DType, Error, Result, Tensor};

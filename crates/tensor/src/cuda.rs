@@ -1,0 +1,155 @@
+//! The CUDA backend's controls: availability, TF32, memory statistics.
+//!
+//! # Building
+//!
+//! The backend is behind the `cuda` feature (`cargo build --features cuda`). It uses
+//! [cudarc](https://docs.rs/cudarc) with dynamic loading: nothing CUDA is needed to build,
+//! and the driver, NVRTC and cuBLAS libraries are looked up when first used (through
+//! `LD_LIBRARY_PATH` and the system's library paths). A missing library or GPU is an
+//! [`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable) naming what is missing and how to get it, never a panic.
+//! Use [`Device::cuda_if_available`](crate::Device::cuda_if_available) to fall back to the
+//! CPU.
+//!
+//! cudarc's bindings follow one CUDA version. By default it is CUDA 13.0 (the crate's
+//! default feature `cuda-13000`), which runs on drivers R580 and newer and loads
+//! `libnvrtc.so.13` / `libcublas.so.13` (falling back to the `.12` libraries). To build
+//! against another CUDA version, turn tapegrad-tensor's default features off and choose
+//! the version through cudarc's own feature, which Cargo merges into the same cudarc:
+//!
+//! ```toml
+//! [dependencies]
+//! tapegrad-tensor = { version = "0.1", default-features = false, features = ["cuda"] }
+//! cudarc = { version = "0.19", default-features = false, features = ["cuda-12080"] }
+//! ```
+//!
+//! (cudarc's features `cuda-11040` ... `cuda-13040` name the versions; exactly one must
+//! be on, so `cuda-13000` must be off, which is what `default-features = false` does.)
+//! Within this workspace, change the `cuda-13000` default in crates/tensor/Cargo.toml.
+//!
+//! # Running
+//!
+//! Each device gets one stream: ops are queued without waiting for the GPU, and only
+//! reading values back (`to_vec`, `to_scalar`, `to_device(&Device::Cpu)`) waits. Kernels
+//! are compiled by NVRTC the first time a family of ops runs in a process (about a
+//! second) and cached. Device memory comes from a caching allocator: freed buffers are
+//! kept for reuse ([`memory_stats`], [`empty_cache`]).
+
+use crate::{Device, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[cfg(feature = "cuda")]
+pub use crate::cuda_backend::kernels::{
+    all_kernel_names, compile as compile_kernel, nvrtc_version, KernelSource, ALL_SOURCES,
+};
+
+/// Memory statistics of one device's allocator, in bytes of (rounded) blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Held by live buffers (tensors).
+    pub in_use: usize,
+    /// Obtained from the driver: in use plus cached for reuse.
+    pub reserved: usize,
+    /// The largest `in_use` seen since the device was opened (or the last reset).
+    pub peak_in_use: usize,
+    /// Number of `cuMemAlloc` calls made (a reused block does not count).
+    pub device_allocations: u64,
+    /// Number of allocations served from the cache.
+    pub cache_hits: u64,
+}
+
+static TF32: AtomicBool = AtomicBool::new(false);
+
+/// Lets f32 matrix products on CUDA use TF32 tensor cores (10-bit mantissas in the
+/// products, f32 accumulation): several times faster on Ampere and newer GPUs, with
+/// relative errors around 1e-3 instead of 1e-6. Off by default; it applies to every
+/// device and to products queued after the call (PyTorch's `allow_tf32`).
+pub fn set_tf32(enabled: bool) {
+    TF32.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether TF32 math is enabled for f32 matrix products (see [`set_tf32`]).
+pub fn tf32_enabled() -> bool {
+    TF32.load(Ordering::Relaxed)
+}
+
+/// Succeeds if CUDA device `ordinal` can run tapegrad's ops: the crate was built with the
+/// `cuda` feature, the driver finds the device, and NVRTC and cuBLAS load. Otherwise the
+/// error says what is missing and how to get it. Opens the device (its context and
+/// stream) if it is not open yet.
+pub fn ensure_available(ordinal: usize) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        let device = crate::cuda_backend::device::CudaDevice::get(ordinal)?;
+        crate::cuda_backend::kernels::check_nvrtc(Device::Cuda(ordinal))?;
+        device.with_blas(|_| Ok(()))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(ordinal))
+}
+
+/// Whether CUDA device 0 can run tapegrad's ops (see [`ensure_available`]).
+pub fn is_available() -> bool {
+    ensure_available(0).is_ok()
+}
+
+/// The number of CUDA devices the driver reports (0 without a driver, or without the
+/// `cuda` feature).
+pub fn device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda_backend::device::device_count().unwrap_or(0)
+    }
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
+/// Waits until all work queued on CUDA device `ordinal` has finished (for timing; reading
+/// values back waits by itself).
+pub fn synchronize(ordinal: usize) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda_backend::device::CudaDevice::get(ordinal)?.synchronize()
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(ordinal))
+}
+
+/// The caching allocator's statistics for CUDA device `ordinal`.
+pub fn memory_stats(ordinal: usize) -> Result<MemoryStats> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(crate::cuda_backend::device::CudaDevice::get(ordinal)?.memory_stats())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(ordinal))
+}
+
+/// Restarts the peak statistic of CUDA device `ordinal` at the memory in use now.
+pub fn reset_peak_memory(ordinal: usize) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda_backend::device::CudaDevice::get(ordinal)?.reset_peak_memory();
+        Ok(())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(ordinal))
+}
+
+/// Returns the cached (free) blocks of CUDA device `ordinal` to the driver, after waiting
+/// for queued work. Memory held by live tensors stays.
+pub fn empty_cache(ordinal: usize) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda_backend::device::CudaDevice::get(ordinal)?.empty_cache()
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(ordinal))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn not_built(ordinal: usize) -> crate::Error {
+    crate::Error::DeviceUnavailable {
+        device: Device::Cuda(ordinal),
+        msg: "tapegrad was built without the `cuda` feature; rebuild with `--features cuda`".into(),
+    }
+}

@@ -1,0 +1,295 @@
+//! The CUDA backend (feature `cuda`): device buffers from a caching allocator, our
+//! kernels compiled by NVRTC, cuBLAS for matrix products.
+//!
+//! This file holds [`CudaStorage`] and routes each primitive of [`BackendStorage`] to its
+//! launch code, which lives beside its op (`ops/<family>/cuda.rs`, with the `.cu` source
+//! next to it). Everything is queued on the device's one stream without waiting; only
+//! reading a buffer back to the host ([`CudaStorage::to_cpu`]) synchronises.
+
+pub(crate) mod allocator;
+pub(crate) mod blas;
+mod cpu_fallback;
+pub(crate) mod device;
+pub(crate) mod kernels;
+
+use crate::backend::{
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
+    UnaryOp,
+};
+use crate::cpu_backend::CpuStorage;
+use crate::ops::{elementwise, layout, matmul, reduce, softmax};
+use crate::{DType, Device, Error, Result, Shape};
+use allocator::Block;
+use cudarc::driver::result as driver;
+use device::CudaDevice;
+use std::sync::Arc;
+
+/// Most dimensions a strided kernel takes after merging contiguous ones (`MAX_DIMS` in
+/// `prelude.cuh`).
+pub(crate) const MAX_DIMS: usize = 12;
+
+/// Queues a kernel launch on a device's stream. The arguments must be local variables
+/// (they are passed by address and must outlive the call) whose types match the kernel's
+/// parameters in order: `u64` for pointers and sizes, the element type for scalars,
+/// `#[repr(C)]` structs for the structs of the `.cu` source.
+macro_rules! launch {
+    ($device:expr, $source:expr, $name:expr, $cfg:expr; $($arg:ident),+ $(,)?) => {{
+        let device: &$crate::cuda_backend::device::CudaDevice = $device;
+        let name: &str = &$name;
+        let function = device.function(&$source, name)?;
+        let mut builder = device.stream().launch_builder(&function);
+        $( cudarc::driver::PushKernelArg::arg(&mut builder, &$arg); )+
+        // SAFETY: the macro's callers pass arguments that match the kernel's signature (the
+        // launch code sits next to the .cu source it calls), pointers to live buffers of
+        // this device with room for every element the kernel indexes, and sizes that
+        // describe those buffers. Buffers stay allocated until the kernel has run because
+        // a freed block is only reused by work queued later on the same stream.
+        unsafe { builder.launch($cfg) }
+            .map_err(|e| $crate::Error::Cuda { device: device.device(), op: "cuLaunchKernel", msg: format!("{name}: {e}") })?;
+    }};
+}
+pub(crate) use launch;
+
+/// A contiguous buffer of one dtype on one CUDA device.
+pub struct CudaStorage {
+    /// None for an empty buffer (no device memory).
+    block: Option<Block>,
+    len: usize,
+    dtype: DType,
+    device: Arc<CudaDevice>,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({} x {}, cuda:{})", self.len, self.dtype, self.device.ordinal())
+    }
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        if let Some(block) = &self.block {
+            self.device.release(block);
+        }
+    }
+}
+
+impl CudaStorage {
+    /// An uninitialised buffer of `len` elements; kernels fill it.
+    pub(crate) fn alloc(device: &Arc<CudaDevice>, len: usize, dtype: DType) -> Result<CudaStorage> {
+        let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
+            Error::invalid("cuda alloc", format!("{len} elements of {dtype} overflow the address space"))
+        })?;
+        let block = if bytes == 0 { None } else { Some(device.allocate(bytes)?) };
+        Ok(CudaStorage { block, len, dtype, device: device.clone() })
+    }
+
+    /// A buffer of `len` zeros (all-zero bits are 0 for every dtype).
+    pub(crate) fn zeros(device: &Arc<CudaDevice>, len: usize, dtype: DType) -> Result<CudaStorage> {
+        let out = Self::alloc(device, len, dtype)?;
+        if let Some(block) = &out.block {
+            device.bind()?;
+            // SAFETY: the block is live and at least len * size bytes long; the memset is
+            // queued on the device's stream like every use of the buffer.
+            unsafe { driver::memset_d8_async(block.ptr, 0, out.bytes(), device.stream().cu_stream()) }
+                .map_err(|e| Error::cuda(device.device(), "cuMemsetD8Async", e))?;
+        }
+        Ok(out)
+    }
+
+    /// `len` copies of `value` converted to `dtype`, filled on CUDA device `ordinal` (queued).
+    pub fn full(len: usize, value: f64, dtype: DType, ordinal: usize) -> Result<CudaStorage> {
+        layout::cuda::fill(&CudaDevice::get(ordinal)?, len, value, dtype)
+    }
+
+    /// Uploads a host buffer to CUDA device `ordinal` (queued; does not wait).
+    pub fn from_cpu(cpu: &CpuStorage, ordinal: usize) -> Result<CudaStorage> {
+        let device = CudaDevice::get(ordinal)?;
+        let out = Self::alloc(&device, cpu.len(), cpu.dtype())?;
+        if let Some(block) = &out.block {
+            device.bind()?;
+            let stream = device.stream().cu_stream();
+            // SAFETY: the block holds len elements of the same dtype as the host slice. The
+            // copy is queued on the device's stream; from pageable host memory, the driver
+            // has copied the source into its staging memory when the call returns, so the
+            // host vector may be dropped afterwards.
+            let copied = unsafe {
+                match cpu {
+                    CpuStorage::F32(v) => driver::memcpy_htod_async(block.ptr, v, stream),
+                    CpuStorage::F64(v) => driver::memcpy_htod_async(block.ptr, v, stream),
+                    CpuStorage::I64(v) => driver::memcpy_htod_async(block.ptr, v, stream),
+                }
+            };
+            copied.map_err(|e| Error::cuda(device.device(), "cuMemcpyHtoDAsync", e))?;
+        }
+        Ok(out)
+    }
+
+    /// Copies the buffer to the host, waiting for all work queued before.
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
+        let mut cpu = CpuStorage::zeros(self.len, self.dtype);
+        if let Some(block) = &self.block {
+            self.device.bind()?;
+            let stream = self.device.stream().cu_stream();
+            // SAFETY: the host vector has len elements of the buffer's dtype; the copy is
+            // queued after every kernel that writes the buffer, and the stream is
+            // synchronised below before the vector is read or dropped.
+            let copied = unsafe {
+                match &mut cpu {
+                    CpuStorage::F32(v) => driver::memcpy_dtoh_async(v, block.ptr, stream),
+                    CpuStorage::F64(v) => driver::memcpy_dtoh_async(v, block.ptr, stream),
+                    CpuStorage::I64(v) => driver::memcpy_dtoh_async(v, block.ptr, stream),
+                }
+            };
+            copied.map_err(|e| Error::cuda(self.device.device(), "cuMemcpyDtoHAsync", e))?;
+            self.device.synchronize()?;
+        }
+        Ok(cpu)
+    }
+
+    /// A copy of the buffer on the same device (queued).
+    pub(crate) fn copy(&self) -> Result<CudaStorage> {
+        let out = Self::alloc(&self.device, self.len, self.dtype)?;
+        if let (Some(src), Some(dst)) = (&self.block, &out.block) {
+            self.device.bind()?;
+            // SAFETY: both blocks are live and hold `bytes()` bytes; queued on the stream.
+            unsafe { driver::memcpy_dtod_async(dst.ptr, src.ptr, self.bytes(), self.device.stream().cu_stream()) }
+                .map_err(|e| Error::cuda(self.device.device(), "cuMemcpyDtoDAsync", e))?;
+        }
+        Ok(out)
+    }
+
+    /// The device address of the first element (0 for an empty buffer, which no kernel
+    /// is launched on).
+    pub(crate) fn ptr(&self) -> u64 {
+        self.block.as_ref().map_or(0, |b| b.ptr)
+    }
+
+    /// Bytes of data (not of the rounded block).
+    pub(crate) fn bytes(&self) -> usize {
+        self.len * self.dtype.size_in_bytes()
+    }
+
+    /// The device holding the buffer.
+    pub(crate) fn cuda_device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+
+    /// The public name of the device.
+    pub fn device(&self) -> Device {
+        self.device.device()
+    }
+
+    /// Fails unless `other` lives on the same device.
+    pub(crate) fn check_device(&self, other: &CudaStorage, op: &'static str) -> Result<()> {
+        if self.device.ordinal() == other.device.ordinal() {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch { op, lhs: self.device(), rhs: other.device() })
+        }
+    }
+
+    /// Fails unless `other` has the same dtype.
+    pub(crate) fn check_dtype(&self, other: &CudaStorage, op: &'static str) -> Result<()> {
+        if self.dtype == other.dtype {
+            Ok(())
+        } else {
+            Err(Error::DTypeMismatch { op, lhs: self.dtype, rhs: other.dtype })
+        }
+    }
+}
+
+impl BackendStorage for CudaStorage {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn unary(&self, op: UnaryOp) -> Result<Self> {
+        elementwise::cuda::unary(self, op)
+    }
+
+    fn binary(&self, rhs: &Self, op: BinaryOp, lhs: &Shape, rhs_shape: &Shape, out: &Shape) -> Result<Self> {
+        elementwise::cuda::binary(self, rhs, op, lhs, rhs_shape, out)
+    }
+
+    fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Self> {
+        reduce::cuda::reduce(self, op, shape, axes)
+    }
+
+    fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Self> {
+        reduce::cuda::arg_reduce(self, op, shape, axis)
+    }
+
+    fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
+        matmul::cuda::matmul(self, rhs, spec)
+    }
+
+    fn strided_copy(&self, layout: &StridedLayout) -> Result<Self> {
+        layout::cuda::strided_copy(self, layout)
+    }
+
+    fn concat(parts: &[&Self], outer: usize, inners: &[usize]) -> Result<Self> {
+        layout::cuda::concat(parts, outer, inners)
+    }
+
+    fn cast(&self, dtype: DType) -> Result<Self> {
+        elementwise::cuda::cast(self, dtype)
+    }
+
+    fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
+        softmax::cuda::log_softmax(self, rows, cols)
+    }
+
+    // Convolution, pooling and batch norm run on the CPU for now (see `cpu_fallback`).
+
+    fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
+        cpu_fallback::conv2d(self, kernel, bias, spec)
+    }
+
+    fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {
+        cpu_fallback::conv2d_backward_input(self, kernel, spec)
+    }
+
+    fn conv2d_backward_filter(&self, grad_out: &Self, spec: &Conv2dSpec) -> Result<Self> {
+        cpu_fallback::conv2d_backward_filter(self, grad_out, spec)
+    }
+
+    fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        cpu_fallback::max_pool2d(self, spec)
+    }
+
+    fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
+        cpu_fallback::max_pool2d_backward(self, output, grad_out, spec)
+    }
+
+    fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        cpu_fallback::avg_pool2d(self, spec)
+    }
+
+    fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self> {
+        cpu_fallback::avg_pool2d_backward(self, spec)
+    }
+
+    fn batch_norm_train(
+        &self,
+        gamma: Option<&Self>,
+        beta: Option<&Self>,
+        spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        cpu_fallback::batch_norm_train(self, gamma, beta, spec)
+    }
+
+    fn batch_norm_backward(
+        &self,
+        grad_out: &Self,
+        gamma: Option<&Self>,
+        mean: &Self,
+        var: &Self,
+        spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        cpu_fallback::batch_norm_backward(self, grad_out, gamma, mean, var, spec)
+    }
+}

@@ -1,0 +1,176 @@
+#line 1 "elementwise.cu"
+// Elementwise kernels: unary ops, binary ops (contiguous, scalar and broadcast operands)
+// and dtype casts. Entry points are named `unary_<op>_<dtype>`, `binary_<op>_<dtype>`,
+// `binary_<op>_<dtype>_bcast` and `cast_<from>_<to>`; ops/elementwise/cuda.rs launches them.
+// The semantics follow the CPU kernels in ops/elementwise/cpu.rs exactly (NaN handling,
+// integer division by zero giving 0, wrapping integer arithmetic).
+
+// ---- unary ----------------------------------------------------------------------------
+
+enum UnaryCode { U_NEG, U_EXP, U_LOG, U_SQRT, U_SQUARE, U_RELU, U_SIGMOID, U_TANH, U_ABS, U_SIGN, U_RECIP, U_POWF, U_CLAMP, U_AFFINE };
+
+__device__ __forceinline__ f32 mul_rn(f32 a, f32 b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ f64 mul_rn(f64 a, f64 b) { return __dmul_rn(a, b); }
+
+// p0, p1: the exponent (powf), bounds (clamp) or factor and offset (affine).
+template <int OP, typename T>
+__device__ __forceinline__ T unary_float(T v, T p0, T p1) {
+    const T zero = T(0), one = T(1);
+    if constexpr (OP == U_NEG) return -v;
+    else if constexpr (OP == U_EXP) return exp(v);
+    else if constexpr (OP == U_LOG) return log(v);
+    else if constexpr (OP == U_SQRT) return sqrt(v);
+    else if constexpr (OP == U_SQUARE) return v * v;
+    else if constexpr (OP == U_RELU) return v > zero ? v : zero;
+    else if constexpr (OP == U_SIGMOID) {
+        // Never exponentiates a large positive number.
+        if (v >= zero) return one / (one + exp(-v));
+        const T e = exp(v);
+        return e / (one + e);
+    }
+    else if constexpr (OP == U_TANH) return tanh(v);
+    else if constexpr (OP == U_ABS) return fabs(v);
+    else if constexpr (OP == U_SIGN) return v > zero ? one : (v < zero ? -one : zero);
+    else if constexpr (OP == U_RECIP) return one / v;
+    else if constexpr (OP == U_POWF) return pow(v, p0);
+    else if constexpr (OP == U_CLAMP) return v < p0 ? p0 : (v > p1 ? p1 : v);
+    // Rounded product then sum, as the CPU computes it (no fused multiply-add).
+    else return mul_rn(v, p0) + p1;
+}
+
+// Integer ops wrap on overflow, like Rust's wrapping_* used by the CPU kernels.
+template <int OP>
+__device__ __forceinline__ i64 unary_int(i64 v, i64 p0, i64 p1) {
+    if constexpr (OP == U_NEG) return (i64)(0ull - (u64)v);
+    else if constexpr (OP == U_ABS) return v < 0 ? (i64)(0ull - (u64)v) : v;
+    else if constexpr (OP == U_SIGN) return (i64)(v > 0) - (i64)(v < 0);
+    else if constexpr (OP == U_SQUARE) return (i64)((u64)v * (u64)v);
+    else if constexpr (OP == U_RELU) return v > 0 ? v : 0;
+    else return v < p0 ? p0 : (v > p1 ? p1 : v);  // U_CLAMP
+}
+
+#define UNARY_FLOAT(NAME, CODE, T)                                                              \
+    extern "C" __global__ void unary_##NAME##_##T(const T* x, T* y, u64 n, T p0, T p1) {         \
+        GRID_STRIDE_LOOP(i, n) { y[i] = unary_float<CODE, T>(x[i], p0, p1); }                    \
+    }
+#define UNARY_INT(NAME, CODE)                                                                   \
+    extern "C" __global__ void unary_##NAME##_i64(const i64* x, i64* y, u64 n, i64 p0, i64 p1) { \
+        GRID_STRIDE_LOOP(i, n) { y[i] = unary_int<CODE>(x[i], p0, p1); }                         \
+    }
+#define UNARY_FLOATS(NAME, CODE) UNARY_FLOAT(NAME, CODE, f32) UNARY_FLOAT(NAME, CODE, f64)
+
+UNARY_FLOATS(neg, U_NEG)
+UNARY_FLOATS(exp, U_EXP)
+UNARY_FLOATS(log, U_LOG)
+UNARY_FLOATS(sqrt, U_SQRT)
+UNARY_FLOATS(square, U_SQUARE)
+UNARY_FLOATS(relu, U_RELU)
+UNARY_FLOATS(sigmoid, U_SIGMOID)
+UNARY_FLOATS(tanh, U_TANH)
+UNARY_FLOATS(abs, U_ABS)
+UNARY_FLOATS(sign, U_SIGN)
+UNARY_FLOATS(recip, U_RECIP)
+UNARY_FLOATS(powf, U_POWF)
+UNARY_FLOATS(clamp, U_CLAMP)
+UNARY_FLOATS(affine, U_AFFINE)
+UNARY_INT(neg, U_NEG)
+UNARY_INT(abs, U_ABS)
+UNARY_INT(sign, U_SIGN)
+UNARY_INT(square, U_SQUARE)
+UNARY_INT(relu, U_RELU)
+UNARY_INT(clamp, U_CLAMP)
+
+// ---- binary ---------------------------------------------------------------------------
+
+enum BinaryCode { B_ADD, B_SUB, B_MUL, B_DIV, B_MAXIMUM, B_MINIMUM, B_EQ, B_NE, B_LT, B_LE, B_GT, B_GE };
+
+__device__ __forceinline__ f32 add_elem(f32 a, f32 b) { return a + b; }
+__device__ __forceinline__ f64 add_elem(f64 a, f64 b) { return a + b; }
+__device__ __forceinline__ i64 add_elem(i64 a, i64 b) { return (i64)((u64)a + (u64)b); }
+__device__ __forceinline__ f32 sub_elem(f32 a, f32 b) { return a - b; }
+__device__ __forceinline__ f64 sub_elem(f64 a, f64 b) { return a - b; }
+__device__ __forceinline__ i64 sub_elem(i64 a, i64 b) { return (i64)((u64)a - (u64)b); }
+__device__ __forceinline__ f32 mul_elem(f32 a, f32 b) { return a * b; }
+__device__ __forceinline__ f64 mul_elem(f64 a, f64 b) { return a * b; }
+__device__ __forceinline__ i64 mul_elem(i64 a, i64 b) { return (i64)((u64)a * (u64)b); }
+__device__ __forceinline__ f32 div_elem(f32 a, f32 b) { return a / b; }
+__device__ __forceinline__ f64 div_elem(f64 a, f64 b) { return a / b; }
+// Integer division by zero (and the one overflowing quotient) gives 0, as on the CPU.
+__device__ __forceinline__ i64 div_elem(i64 a, i64 b) { return (b == 0 || (a == I64_MIN && b == -1)) ? 0 : a / b; }
+
+template <int OP, typename T>
+__device__ __forceinline__ T binary_fn(T x, T y) {
+    const T zero = T(0), one = T(1);
+    if constexpr (OP == B_ADD) return add_elem(x, y);
+    else if constexpr (OP == B_SUB) return sub_elem(x, y);
+    else if constexpr (OP == B_MUL) return mul_elem(x, y);
+    else if constexpr (OP == B_DIV) return div_elem(x, y);
+    // `x != x`: a NaN on the left wins, as on the CPU.
+    else if constexpr (OP == B_MAXIMUM) return (x >= y || x != x) ? x : y;
+    else if constexpr (OP == B_MINIMUM) return (x <= y || x != x) ? x : y;
+    else if constexpr (OP == B_EQ) return x == y ? one : zero;
+    else if constexpr (OP == B_NE) return x != y ? one : zero;
+    else if constexpr (OP == B_LT) return x < y ? one : zero;
+    else if constexpr (OP == B_LE) return x <= y ? one : zero;
+    else if constexpr (OP == B_GT) return x > y ? one : zero;
+    else return x >= y ? one : zero;  // B_GE
+}
+
+// Both operands contiguous with the output's shape, or one of them a single value:
+// `a_step` / `b_step` are 1 for a full operand and 0 for a scalar.
+// The broadcast form reads operands through strides, `dims` and strides listed innermost
+// dimension first. Its loop over the dimensions is deliberately not unrolled: unrolled,
+// the 36 broadcast kernels take NVRTC twice as long to compile (seconds at first use).
+struct BroadcastMeta {
+    u64 rank;
+    u64 dims[MAX_DIMS];
+    u64 lhs_strides[MAX_DIMS];
+    u64 rhs_strides[MAX_DIMS];
+};
+
+#define BINARY(NAME, CODE, T)                                                                           \
+    extern "C" __global__ void binary_##NAME##_##T(const T* a, const T* b, T* out, u64 n, u64 a_step,     \
+                                                   u64 b_step) {                                         \
+        GRID_STRIDE_LOOP(i, n) { out[i] = binary_fn<CODE, T>(a[i * a_step], b[i * b_step]); }             \
+    }                                                                                                     \
+    extern "C" __global__ void binary_##NAME##_##T##_bcast(const T* a, const T* b, T* out, u64 n,         \
+                                                           const BroadcastMeta m) {                      \
+        GRID_STRIDE_LOOP(i, n) {                                                                          \
+            u64 rem = i, ia = 0, ib = 0;                                                                  \
+            _Pragma("unroll 1") for (u64 d = 0; d < m.rank; ++d) {                                        \
+                const u64 idx = rem % m.dims[d];                                                          \
+                rem /= m.dims[d];                                                                         \
+                ia += idx * m.lhs_strides[d];                                                             \
+                ib += idx * m.rhs_strides[d];                                                             \
+            }                                                                                             \
+            out[i] = binary_fn<CODE, T>(a[ia], b[ib]);                                                    \
+        }                                                                                                 \
+    }
+#define BINARY_ALL(NAME, CODE) BINARY(NAME, CODE, f32) BINARY(NAME, CODE, f64) BINARY(NAME, CODE, i64)
+
+BINARY_ALL(add, B_ADD)
+BINARY_ALL(sub, B_SUB)
+BINARY_ALL(mul, B_MUL)
+BINARY_ALL(div, B_DIV)
+BINARY_ALL(maximum, B_MAXIMUM)
+BINARY_ALL(minimum, B_MINIMUM)
+BINARY_ALL(eq, B_EQ)
+BINARY_ALL(ne, B_NE)
+BINARY_ALL(lt, B_LT)
+BINARY_ALL(le, B_LE)
+BINARY_ALL(gt, B_GT)
+BINARY_ALL(ge, B_GE)
+
+// ---- casts ----------------------------------------------------------------------------
+// Float to integer conversion truncates toward zero, saturates and maps NaN to 0 (PTX
+// cvt.rzi), which is what Rust's `as` does on the CPU.
+
+#define CAST(A, B) \
+    extern "C" __global__ void cast_##A##_##B(const A* x, B* y, u64 n) { GRID_STRIDE_LOOP(i, n) { y[i] = (B)x[i]; } }
+
+CAST(f32, f64)
+CAST(f32, i64)
+CAST(f64, f32)
+CAST(f64, i64)
+CAST(i64, f32)
+CAST(i64, f64)

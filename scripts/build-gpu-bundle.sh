@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# scripts/build-gpu-bundle.sh — builds the CUDA test and benchmark binaries here (release,
+# no debug info) and copies them into one folder for a GPU machine that has no Rust:
+#
+#   target/gpu-bundle/cuda_ops        GPU tests (crates/tensor/tests/cuda_ops.rs)
+#   target/gpu-bundle/nvrtc_kernels   NVRTC compile test (crates/tensor/tests/nvrtc_kernels.rs)
+#   target/gpu-bundle/cuda_micro      micro-benchmarks (benches/cuda_micro.rs)
+#
+# Then, on the GPU machine, from the repository root: scripts/gpu-check.sh
+# (with the device tool: carry target/gpu-bundle). Needs python3 (to read cargo's JSON).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out=target/gpu-bundle
+rm -rf "$out"
+mkdir -p "$out"
+
+# Small binaries: no debug info in our code or the dependencies (the bundle travels).
+export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo
+
+copy_executables() {
+  python3 -c '
+import json, shutil, sys
+out, wanted = sys.argv[1], set(sys.argv[2:])
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] in wanted:
+        name = msg["target"]["name"]
+        shutil.copy(msg["executable"], out + "/" + name)
+        wanted.discard(name)
+if wanted:
+    sys.exit(f"build-gpu-bundle: no executable for {sorted(wanted)}")
+' "$out" "$@"
+}
+
+cargo test --release --features cuda -p tapegrad-tensor --test cuda_ops --test nvrtc_kernels --no-run \
+  --message-format=json-render-diagnostics | copy_executables cuda_ops nvrtc_kernels
+# `build --release` rather than `bench --no-run`: the same profile as the tests, so the
+# dependencies are built once.
+cargo build --release --features cuda --bench cuda_micro --message-format=json-render-diagnostics \
+  | copy_executables cuda_micro
+
+size=$(du -sb "$out" | cut -f1)
+ls -l "$out"
+echo "build-gpu-bundle: $((size / 1024 / 1024)) MiB in $out" >&2
+if (( size > 60 * 1024 * 1024 )); then
+  echo "build-gpu-bundle: over 60 MiB; the device tool carries at most 64 MiB" >&2
+  exit 1
+fi

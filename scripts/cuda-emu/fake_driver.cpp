@@ -1,0 +1,167 @@
+// A fake libcuda + libcublas that runs tapegrad's kernels on the host (see build.sh).
+// Device pointers are host pointers; every call completes before it returns, which is
+// what a single in-order stream guarantees anyway. Only the entry points cudarc calls for
+// tapegrad are here: a missing one makes cudarc panic with "Missing symbol ...".
+#include "emu.h"
+#include <map>
+#include <string>
+#include <thread>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+
+thread_local dim3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+
+static std::map<std::string, KernelEntry>& registry() { static std::map<std::string, KernelEntry> r; return r; }
+void emu_register(KernelEntry e) { registry()[e.name] = e; }
+
+static std::unique_ptr<std::barrier<>> block_barrier;
+static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+static std::vector<uint64_t> slots;
+static const char* running_kernel = "";
+static void not_cooperative() {
+    fprintf(stderr, "fake cuda: kernel %s synchronises threads; list it in scripts/cuda-emu/register.py\n",
+            running_kernel);
+    abort();
+}
+void emu_syncthreads() {
+    if (!block_barrier) not_cooperative();
+    block_barrier->arrive_and_wait();
+}
+void emu_syncwarp() {
+    if (warp_barriers.empty()) not_cooperative();
+    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+}
+uint64_t* emu_shuffle_slots() { return slots.data(); }
+
+template <typename T>
+static void gemm(int ta, int tb, int m, int n, int k, T alpha, const T* A, int lda, long long sa, const T* B, int ldb,
+                 long long sb, T beta, T* C, int ldc, long long sc, int batch) {
+    for (int b = 0; b < batch; ++b) {
+        const T* a = A + b * sa; const T* bb = B + b * sb; T* c = C + b * sc;
+        for (int j = 0; j < n; ++j)
+            for (int i = 0; i < m; ++i) {
+                T acc = 0;
+                for (int l = 0; l < k; ++l) {
+                    T x = ta ? a[l + (size_t)i * lda] : a[i + (size_t)l * lda];
+                    T y = tb ? bb[j + (size_t)l * ldb] : bb[l + (size_t)j * ldb];
+                    acc += x * y;
+                }
+                c[i + (size_t)j * ldc] = alpha * acc + (beta == T(0) ? T(0) : beta * c[i + (size_t)j * ldc]);
+            }
+    }
+}
+static int check_dims(int ta, int tb, int m, int n, int k, int lda, int ldb, int ldc) {
+    if (m <= 0 || n <= 0 || k <= 0) return 7;
+    if (lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m) { fprintf(stderr, "fake cublas: bad leading dims\n"); return 7; }
+    return 0;
+}
+#pragma GCC visibility push(default)
+extern "C" {
+typedef int CUresult;
+static thread_local void* current_ctx = nullptr;
+
+CUresult cuInit(unsigned) { return 0; }
+CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
+CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return 101; *d = 0; return 0; }
+CUresult cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = (void*)0x1000; return 0; }
+CUresult cuDevicePrimaryCtxRelease_v2(int) { return 0; }
+CUresult cuDeviceGetAttribute(int* v, int attr, int) {
+    switch (attr) { case 75: *v = 9; break; case 76: *v = 0; break; case 16: *v = 132; break; default: *v = 0; }
+    return 0;
+}
+CUresult cuCtxGetCurrent(void** ctx) { *ctx = current_ctx; return 0; }
+CUresult cuCtxSetCurrent(void* ctx) { current_ctx = ctx; return 0; }
+CUresult cuStreamCreate(void** s, unsigned) { *s = (void*)0x2000; return 0; }
+CUresult cuStreamSynchronize(void*) { return 0; }
+CUresult cuStreamDestroy_v2(void*) { return 0; }
+CUresult cuModuleLoadData(void** m, const void* image) { if (!image) return 1; *m = (void*)0x3000; return 0; }
+CUresult cuModuleUnload(void*) { return 0; }
+CUresult cuModuleGetFunction(void** f, void*, const char* name) {
+    auto it = registry().find(name);
+    if (it == registry().end()) { fprintf(stderr, "fake cuda: no kernel %s\n", name); return 500; }
+    *f = &it->second;
+    return 0;
+}
+static const size_t LIMIT = size_t(8) << 30;
+static size_t allocated = 0;
+CUresult cuMemAlloc_v2(uint64_t* p, size_t bytes) {
+    if (bytes == 0) return 1;
+    if (bytes > LIMIT || allocated + bytes > LIMIT) return 2;  // CUDA_ERROR_OUT_OF_MEMORY
+    void* m = malloc(bytes + 8);
+    if (!m) return 2;
+    memset(m, 0xAB, bytes);  // garbage, like real uninitialised memory
+    *(size_t*)m = bytes;
+    allocated += bytes;
+    *p = (uint64_t)((char*)m + 8);
+    return 0;
+}
+CUresult cuMemFree_v2(uint64_t p) { char* m = (char*)p - 8; allocated -= *(size_t*)m; free(m); return 0; }
+CUresult cuMemGetInfo_v2(size_t* free_, size_t* total) { *free_ = LIMIT - allocated; *total = LIMIT; return 0; }
+CUresult cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void*) { memcpy((void*)dst, src, n); return 0; }
+CUresult cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t n, void*) { memcpy(dst, (void*)src, n); return 0; }
+CUresult cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t n, void*) { memcpy((void*)dst, (void*)src, n); return 0; }
+CUresult cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void*) { memset((void*)dst, v, n); return 0; }
+CUresult cuGetErrorString(int, const char** s) { *s = "fake cuda error"; return 0; }
+CUresult cuGetErrorName(int, const char** s) { *s = "CUDA_ERROR_FAKE"; return 0; }
+
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shmem, void*, void** params, void** extra) {
+    KernelEntry* k = (KernelEntry*)f;
+    if (gx == 0 || bx == 0 || gy != 1 || gz != 1 || by != 1 || bz != 1 || shmem != 0 || extra) return 1;
+    if (bx > 1024 || gx > 2147483647u) return 1;
+    running_kernel = k->name;
+    gridDim = {gx, 1, 1};
+    blockDim = {bx, 1, 1};
+    if (!k->sync) {
+        for (unsigned b = 0; b < gx; ++b) {
+            blockIdx.x = b;
+            for (unsigned t = 0; t < bx; ++t) { threadIdx.x = t; k->invoke(params); }
+        }
+        return 0;
+    }
+    if (bx % 32 != 0) { fprintf(stderr, "fake cuda: block of %u threads for a block-reducing kernel\n", bx); return 1; }
+    block_barrier = std::make_unique<std::barrier<>>(bx);
+    warp_barriers.clear();
+    for (unsigned w = 0; w < bx / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+    slots.assign(bx, 0);
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < bx; ++t) {
+        threads.emplace_back([=] {
+            threadIdx.x = t;
+            for (unsigned b = 0; b < gx; ++b) {
+                blockIdx.x = b;
+                k->invoke(params);
+                emu_syncthreads();  // the next block reuses the same shared memory
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    block_barrier.reset();
+    warp_barriers.clear();
+    return 0;
+}
+
+// ---- cuBLAS ----
+int cublasCreate_v2(void** h) { *h = (void*)0x4000; return 0; }
+int cublasDestroy_v2(void*) { return 0; }
+int cublasSetStream_v2(void*, void*) { return 0; }
+int cublasGemmStridedBatchedEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at,
+                               int lda, long long sa, const void* B, int bt, int ldb, long long sb, const void* beta,
+                               void* C, int ct, int ldc, long long sc, int batch, int compute, int algo) {
+    if (at != 0 || bt != 0 || ct != 0 || (compute != 68 && compute != 77) || algo != -1) return 7;
+    if (int e = check_dims(ta, tb, m, n, k, lda, ldb, ldc)) return e;
+    gemm<float>(ta, tb, m, n, k, *(const float*)alpha, (const float*)A, lda, sa, (const float*)B, ldb, sb,
+                *(const float*)beta, (float*)C, ldc, sc, batch);
+    return 0;
+}
+int cublasDgemmStridedBatched(void*, int ta, int tb, int m, int n, int k, const double* alpha, const double* A, int lda,
+                              long long sa, const double* B, int ldb, long long sb, const double* beta, double* C,
+                              int ldc, long long sc, int batch) {
+    if (int e = check_dims(ta, tb, m, n, k, lda, ldb, ldc)) return e;
+    gemm<double>(ta, tb, m, n, k, *alpha, A, lda, sa, B, ldb, sb, *beta, C, ldc, sc, batch);
+    return 0;
+}
+}
+#pragma GCC visibility pop

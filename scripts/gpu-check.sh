@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# scripts/gpu-check.sh — runs on a GPU machine (no Rust needed), from the repository root:
+#   1. the GPU tests and the NVRTC test from the bundle that scripts/build-gpu-bundle.sh
+#      made (REQUIRE_GPU=1 / REQUIRE_NVRTC=1: a skip is a failure),
+#   2. the micro-benchmarks (benches/cuda_micro.rs) and PyTorch's figures for the same
+#      work on the same card (benches/cuda_micro_torch.py),
+# and prints one table at the end. Exit status: non-zero if a test or benchmark failed.
+#
+# Environment: GPU_BUNDLE (default target/gpu-bundle), PYTHON (default: python3, which
+# holds PyTorch on the lent machines), OUT (if set, logs are also written there).
+#
+# Libraries: CUDA's own lib64 (CUDA_HOME, default /usr/local/cuda) and the NVIDIA wheels
+# of the Python install (nvidia/cu13/lib, nvidia/cudnn/lib, ...) go on LD_LIBRARY_PATH, so
+# libnvrtc and libcublas are found where no toolkit is installed system-wide.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bundle="${GPU_BUNDLE:-target/gpu-bundle}"
+py="${PYTHON:-python3}"
+logs="${OUT:-$(mktemp -d)}"
+
+for bin in cuda_ops nvrtc_kernels cuda_micro; do
+  [[ -x "$bundle/$bin" ]] || { echo "gpu-check: $bundle/$bin missing; run scripts/build-gpu-bundle.sh" >&2; exit 2; }
+done
+
+libs=()
+cuda_home="${CUDA_HOME:-/usr/local/cuda}"
+for d in "$cuda_home/lib64" "$cuda_home/lib"; do [[ -d "$d" ]] && libs+=("$d"); done
+nvidia_root="$("$py" -c 'import nvidia, os; print(os.path.abspath(list(nvidia.__path__)[0]))' 2>/dev/null || true)"
+if [[ -n "$nvidia_root" ]]; then
+  for d in "$nvidia_root"/cu13/lib "$nvidia_root"/cudnn/lib "$nvidia_root"/*/lib; do
+    [[ -d "$d" ]] && libs+=("$d")
+  done
+fi
+LD_LIBRARY_PATH="$(IFS=:; echo "${libs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH REQUIRE_GPU=1 REQUIRE_NVRTC=1
+echo "gpu-check: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+status=0
+declare -A outcome
+for t in nvrtc_kernels cuda_ops; do
+  start=$SECONDS
+  if "$bundle/$t" --test-threads=1 2>&1 | tee "$logs/$t.log"; then
+    outcome[$t]="passed in $((SECONDS - start)) s"
+  else
+    outcome[$t]="FAILED (log: $logs/$t.log)"
+    status=1
+  fi
+done
+
+"$bundle/cuda_micro" 2>&1 | tee "$logs/cuda_micro.txt" || status=1
+PYTHONUNBUFFERED=1 "$py" benches/cuda_micro_torch.py 2>&1 | tee "$logs/cuda_micro_torch.txt" || status=1
+
+echo
+echo "== gpu-check summary =="
+for t in nvrtc_kernels cuda_ops; do echo "test $t: ${outcome[$t]}"; done
+"$py" - "$logs/cuda_micro.txt" "$logs/cuda_micro_torch.txt" <<'PY'
+import sys
+def read(path):
+    rows = {}
+    for line in open(path, errors="replace"):
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "RESULT":
+            rows[parts[1]] = (float(parts[2]), parts[3])
+    return rows
+ours, torch = read(sys.argv[1]), read(sys.argv[2])
+print(f"{'benchmark':<30} {'tapegrad':>12} {'torch':>12} {'unit':<8} {'ratio':>6}")
+for name in list(ours) + [n for n in torch if n not in ours]:
+    o, t = ours.get(name, (None, "")), torch.get(name, (None, ""))
+    unit = o[1] or t[1]
+    ratio = f"{o[0] / t[0]:.2f}" if o[0] and t[0] else "-"
+    fmt = lambda v: f"{v:.1f}" if v is not None else "-"
+    print(f"{name:<30} {fmt(o[0]):>12} {fmt(t[0]):>12} {unit:<8} {ratio:>6}")
+print("(ratio = tapegrad / torch; higher is better for both units)")
+PY
+exit $status
