@@ -19,7 +19,7 @@ pub fn device(kind: DeviceKind) -> AnyResult<Device> {
             tapegrad::Tensor::zeros([1], tapegrad::DType::F32, &device)?;
             device
         }
-        DeviceKind::Auto => Device::Cpu,
+        DeviceKind::Auto => Device::cuda_if_available(),
     })
 }
 
