@@ -7,6 +7,7 @@
 //! every backend. A kernel is implemented next to the op that uses it, in
 //! `ops/<family>/cpu.rs` (and `cuda.rs`).
 
+use crate::ops::optim::{AdamStep, SgdStep};
 use crate::shape::Dims;
 use crate::{DType, Result, Shape};
 
@@ -314,5 +315,19 @@ pub trait BackendStorage: Sized + Send + Sync {
         mean: &Self,
         var: &Self,
         spec: &BatchNormSpec,
+    ) -> Result<(Self, Self, Self)>;
+    /// One fused SGD step of a parameter (`self`) given its gradient and velocity (`None`
+    /// before the first step): the new parameter and the new velocity (`None` when
+    /// `momentum` is 0). Formulas on [`sgd_update`](crate::optim::sgd_update).
+    fn sgd_update(&self, grad: &Self, velocity: Option<&Self>, step: &SgdStep) -> Result<(Self, Option<Self>)>;
+    /// One fused Adam(W) step of a parameter (`self`) given its gradient and moments (`None`
+    /// before the first step): the new parameter, m and v. Formulas on
+    /// [`adam_update`](crate::optim::adam_update).
+    fn adam_update(
+        &self,
+        grad: &Self,
+        m: Option<&Self>,
+        v: Option<&Self>,
+        step: &AdamStep,
     ) -> Result<(Self, Self, Self)>;
 }

@@ -44,6 +44,7 @@ pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
 pub use ops::conv::{Conv2dParams, Padding};
+pub use ops::optim;
 pub use shape::Shape;
 pub use storage::Storage;
 pub use tape::{GradientSource, GradientTape};

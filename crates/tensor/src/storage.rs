@@ -8,6 +8,7 @@ use crate::backend::{
 use crate::cpu_backend::CpuStorage;
 #[cfg(feature = "cuda")]
 use crate::cuda_backend::CudaStorage;
+use crate::ops::optim::{AdamStep, SgdStep};
 use crate::{DType, Device, Error, Result, Shape};
 
 /// A contiguous buffer on one device. Immutable once made: ops return new storage.
@@ -270,6 +271,51 @@ impl Storage {
             }
             #[allow(unreachable_patterns)]
             _ => Err(self.mismatch(OP, [Some(grad_out), Some(mean), Some(var)])),
+        }
+    }
+
+    pub(crate) fn sgd_update(
+        &self,
+        grad: &Storage,
+        velocity: Option<&Storage>,
+        step: &SgdStep,
+    ) -> Result<(Storage, Option<Storage>)> {
+        const OP: &str = "sgd_update";
+        match (self, grad) {
+            (Storage::Cpu(x), Storage::Cpu(g)) => {
+                let (value, velocity) = x.sgd_update(g, cpu_operand(OP, velocity)?, step)?;
+                Ok((Storage::Cpu(value), velocity.map(Storage::Cpu)))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(g)) => {
+                let (value, velocity) = x.sgd_update(g, cuda_operand(OP, x, velocity)?, step)?;
+                Ok((Storage::Cuda(value), velocity.map(Storage::Cuda)))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(self.mismatch(OP, [Some(grad), velocity])),
+        }
+    }
+
+    pub(crate) fn adam_update(
+        &self,
+        grad: &Storage,
+        m: Option<&Storage>,
+        v: Option<&Storage>,
+        step: &AdamStep,
+    ) -> Result<(Storage, Storage, Storage)> {
+        const OP: &str = "adam_update";
+        match (self, grad) {
+            (Storage::Cpu(x), Storage::Cpu(g)) => {
+                let (value, m, v) = x.adam_update(g, cpu_operand(OP, m)?, cpu_operand(OP, v)?, step)?;
+                Ok((Storage::Cpu(value), Storage::Cpu(m), Storage::Cpu(v)))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(g)) => {
+                let (value, m, v) = x.adam_update(g, cuda_operand(OP, x, m)?, cuda_operand(OP, x, v)?, step)?;
+                Ok((Storage::Cuda(value), Storage::Cuda(m), Storage::Cuda(v)))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(self.mismatch(OP, [Some(grad), m, v])),
         }
     }
 

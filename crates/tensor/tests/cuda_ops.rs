@@ -496,3 +496,152 @@ fn without_a_gpu_cuda_is_an_error_not_a_panic() {
     assert!(msg.contains("lib") || msg.contains("device"), "the message names what is missing: {msg}");
     assert!(cuda::synchronize(0).is_err());
 }
+
+#[test]
+fn pool_kernels_match_cpu() {
+    use Padding::{Same, Valid};
+    run_cases(
+        "pool_kernels_match_cpu",
+        &[
+            case("max 2x2/1 same", &[(&[2, 6, 6, 3], F32, Normal)], true, |x| x[0].max_pool2d((2, 2), (1, 1), Same)),
+            case("max 3x3/2 same odd", &[(&[2, 7, 9, 5], F32, Normal)], true, |x| {
+                x[0].max_pool2d((3, 3), (2, 2), Same)
+            }),
+            case("max 3x3/2 valid odd", &[(&[1, 9, 7, 4], F64, Normal)], true, |x| {
+                x[0].max_pool2d((3, 3), (2, 2), Valid)
+            }),
+            case("max 2x3/2x1 valid", &[(&[3, 5, 6, 2], F64, Normal)], true, |x| {
+                x[0].max_pool2d((2, 3), (2, 1), Valid)
+            }),
+            case("max 3x3/1 same f64", &[(&[1, 4, 5, 1], F64, Normal)], true, |x| {
+                x[0].max_pool2d((3, 3), (1, 1), Same)
+            }),
+            case("avg 2x2/2 same odd", &[(&[2, 5, 5, 2], F32, Normal)], true, |x| {
+                x[0].avg_pool2d((2, 2), (2, 2), Same)
+            }),
+            case("avg 3x3/1 same", &[(&[2, 6, 7, 3], F32, Normal)], true, |x| x[0].avg_pool2d((3, 3), (1, 1), Same)),
+            case("avg 3x3/2 valid f64", &[(&[1, 9, 8, 3], F64, Normal)], true, |x| {
+                x[0].avg_pool2d((3, 3), (2, 2), Valid)
+            }),
+            case("avg 2x2/1 valid f64", &[(&[2, 3, 4, 5], F64, Normal)], true, |x| {
+                x[0].avg_pool2d((2, 2), (1, 1), Valid)
+            }),
+            case("global avg", &[(&[3, 5, 3, 4], F32, Normal)], true, |x| x[0].global_avg_pool2d()),
+        ],
+    );
+}
+
+/// Max pooling over many equal values: the gradient goes to the first maximum of each
+/// window on both backends.
+#[test]
+fn max_pool_ties_go_to_the_first_maximum_like_cpu() {
+    let Some((_lock, device)) = gpu_or_skip("max_pool_ties_go_to_the_first_maximum_like_cpu") else { return };
+    use rand::Rng;
+    let mut rng = StdRng::seed_from_u64(7);
+    for dtype in [F32, F64] {
+        for (pool, stride, padding) in [((2, 2), (1, 1), Padding::Same), ((3, 3), (2, 2), Padding::Same)] {
+            let shape = [2, 7, 6, 3];
+            let values: Vec<f64> = (0..shape.iter().product()).map(|_| rng.random_range(0..3) as f64).collect();
+            let x = Tensor::from_vec(values, shape, &Device::Cpu).unwrap().cast(dtype).unwrap();
+            let grads = |x: &Tensor| {
+                let tape = GradientTape::new();
+                tape.watch(x);
+                let y = tape.record(|| x.max_pool2d(pool, stride, padding)).unwrap();
+                let w = Tensor::arange(0.0, y.shape().elem_count() as f64, 1.0, dtype, &x.device()).unwrap();
+                let w = w.reshape(y.dims().to_vec()).unwrap();
+                let dx = tape.gradient_with_output_gradient(&y, &[x], &w).unwrap().remove(0).unwrap();
+                (y, dx)
+            };
+            let (y_cpu, dx_cpu) = grads(&x);
+            let (y_gpu, dx_gpu) = grads(&x.to_device(&device).unwrap());
+            assert_close("max_pool2d with ties", &y_gpu, &y_cpu, 0.0);
+            assert_close("max_pool2d gradient with ties", &dx_gpu, &dx_cpu, 0.0);
+        }
+    }
+}
+
+#[test]
+fn batch_norm_kernels_match_cpu() {
+    run_cases(
+        "batch_norm_kernels_match_cpu",
+        &[
+            // 390 rows: two partial blocks of 256 rows to merge.
+            case(
+                "bn 4-D f32",
+                &[(&[2, 15, 13, 3], F32, Normal), (&[3], F32, Positive), (&[3], F32, Normal)],
+                true,
+                |x| Ok(x[0].batch_norm_train(Some(&x[1]), Some(&x[2]), 1e-3)?.0),
+            ),
+            case("bn 4-D f64 no affine", &[(&[3, 5, 4, 7], F64, Normal)], true, |x| {
+                Ok(x[0].batch_norm_train(None, None, 1e-5)?.0)
+            }),
+            case("bn 2-D f32 gamma only", &[(&[37, 6], F32, Normal), (&[6], F32, Positive)], true, |x| {
+                Ok(x[0].batch_norm_train(Some(&x[1]), None, 1e-3)?.0)
+            }),
+            case("bn 2-D f64", &[(&[600, 2], F64, Normal), (&[2], F64, Positive), (&[2], F64, Normal)], true, |x| {
+                Ok(x[0].batch_norm_train(Some(&x[1]), Some(&x[2]), 1e-3)?.0)
+            }),
+            case("bn batch mean", &[(&[2, 15, 13, 3], F32, Normal)], false, |x| {
+                Ok(x[0].batch_norm_train(None, None, 1e-3)?.1)
+            }),
+            // A large mean against a unit spread: the variance must not cancel.
+            case("bn batch var, mean 1000", &[(&[700, 4], F32, Normal)], false, |x| {
+                Ok(x[0].add_scalar(1000.0)?.batch_norm_train(None, None, 1e-3)?.2)
+            }),
+            case("bn batch var f64", &[(&[9, 3, 3, 2], F64, Normal)], false, |x| {
+                Ok(x[0].batch_norm_train(None, None, 1e-3)?.2)
+            }),
+            case(
+                "bn inference",
+                &[(&[2, 3, 3, 4], F32, Normal), (&[4], F32, Positive), (&[4], F32, Normal), (&[4], F32, Normal)],
+                true,
+                |x| x[0].batch_norm_infer(Some(&x[1]), Some(&x[2]), &x[3], &x[1].add_scalar(0.5)?, 1e-3),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn optimizer_updates_match_cpu() {
+    use tapegrad_tensor::optim::{adam_update, sgd_update, AdamStep, SgdStep};
+    let Some((_lock, device)) = gpu_or_skip("optimizer_updates_match_cpu") else { return };
+    let mut rng = StdRng::seed_from_u64(11);
+    let to_gpu = |t: &Tensor| t.to_device(&device).unwrap();
+    let close = |what: &str, g: &Tensor, c: &Tensor, dtype: DType| {
+        assert_eq!(g.device(), device, "{what}: device");
+        assert_close(what, g, c, tolerance(dtype));
+    };
+    for dtype in [F32, F64] {
+        // An odd length, more than one grid-stride pass of a small grid is not needed here.
+        let draw = |rng: &mut StdRng| Tensor::rand_normal([3, 37], 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap();
+        let (w, g, s1) = (draw(&mut rng), draw(&mut rng), draw(&mut rng));
+        let s2 = draw(&mut rng).square().unwrap();
+        for (momentum, nesterov, weight_decay) in [(0.0, false, 0.0), (0.9, false, 0.0), (0.8, true, 0.01)] {
+            let step = SgdStep { learning_rate: 0.05, momentum, nesterov, weight_decay };
+            for velocity in [None, Some(&s1)] {
+                let (wc, vc) = sgd_update(&w, &g, velocity, &step).unwrap();
+                let (wg, vg) = sgd_update(&to_gpu(&w), &to_gpu(&g), velocity.map(to_gpu).as_ref(), &step).unwrap();
+                let what = format!("sgd {dtype} {step:?} with velocity {}", velocity.is_some());
+                close(&what, &wg, &wc, dtype);
+                assert_eq!(vc.is_some(), vg.is_some(), "{what}: velocity kept");
+                if let (Some(vg), Some(vc)) = (vg, vc) {
+                    close(&format!("{what}: velocity"), &vg, &vc, dtype);
+                }
+            }
+        }
+        for weight_decay in [0.0, 0.004] {
+            let step =
+                AdamStep { learning_rate: 0.01, step: 3, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, weight_decay };
+            for state in [None, Some((&s1, &s2))] {
+                let (m, v) = (state.map(|s| s.0), state.map(|s| s.1));
+                let cpu = adam_update(&w, &g, m, v, &step).unwrap();
+                let (mg, vg) = (m.map(to_gpu), v.map(to_gpu));
+                let gpu = adam_update(&to_gpu(&w), &to_gpu(&g), mg.as_ref(), vg.as_ref(), &step).unwrap();
+                let what = format!("adam {dtype} weight decay {weight_decay} with state {}", state.is_some());
+                close(&format!("{what}: value"), &gpu.0, &cpu.0, dtype);
+                close(&format!("{what}: m"), &gpu.1, &cpu.1, dtype);
+                close(&format!("{what}: v"), &gpu.2, &cpu.2, dtype);
+            }
+        }
+    }
+}

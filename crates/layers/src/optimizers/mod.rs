@@ -5,8 +5,8 @@
 //! `None` gradient (a variable the loss does not depend on) is skipped, as in Keras. The
 //! per-variable state (momentum, Adam's moments) lives in a [`SlotTable`] keyed by variable,
 //! and is saved in checkpoints with the iteration count. Each optimizer's arithmetic for
-//! one variable is a single function in [`update`], so that a backend can swap in a fused
-//! kernel.
+//! one variable is a single function in [`update`], which calls the tensor crate's fused
+//! update (one pass over the elements; one kernel launch per variable on CUDA).
 
 mod adam;
 mod clipping;

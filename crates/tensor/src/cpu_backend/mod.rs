@@ -17,7 +17,8 @@ use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
     UnaryOp,
 };
-use crate::ops::{conv, elementwise, layout, matmul, norm, pool, reduce, softmax};
+use crate::ops::optim::{AdamStep, SgdStep};
+use crate::ops::{conv, elementwise, layout, matmul, norm, optim, pool, reduce, softmax};
 use crate::{DType, Element, Error, Result, Shape};
 
 /// A contiguous host buffer of one dtype.
@@ -321,6 +322,42 @@ impl BackendStorage for CpuStorage {
             mean.typed(OP)?,
             var.typed(OP)?,
             spec
+        )))
+    }
+
+    fn sgd_update(&self, grad: &Self, velocity: Option<&Self>, step: &SgdStep) -> Result<(Self, Option<Self>)> {
+        const OP: &str = "sgd_update";
+        fn run<T: crate::FloatElement>(
+            x: &CpuStorage,
+            g: &CpuStorage,
+            v: Option<&CpuStorage>,
+            step: &SgdStep,
+        ) -> Result<(CpuStorage, Option<CpuStorage>)> {
+            let (value, velocity) =
+                optim::cpu::sgd_update::<T>(x.typed(OP)?, g.typed(OP)?, CpuStorage::typed_opt(v, OP)?, step);
+            Ok((T::into_storage(value), velocity.map(T::into_storage)))
+        }
+        match self.dtype() {
+            DType::F32 => run::<f32>(self, grad, velocity, step),
+            DType::F64 => run::<f64>(self, grad, velocity, step),
+            DType::I64 => Err(Error::UnsupportedDType { op: OP, dtype: DType::I64, expected: "f32 or f64" }),
+        }
+    }
+
+    fn adam_update(
+        &self,
+        grad: &Self,
+        m: Option<&Self>,
+        v: Option<&Self>,
+        step: &AdamStep,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "adam_update";
+        Ok(float_kernel3!(self, OP, T => optim::cpu::adam_update::<T>(
+            self.typed(OP)?,
+            grad.typed(OP)?,
+            Self::typed_opt(m, OP)?,
+            Self::typed_opt(v, OP)?,
+            step
         )))
     }
 }

@@ -17,7 +17,8 @@ use crate::backend::{
     UnaryOp,
 };
 use crate::cpu_backend::CpuStorage;
-use crate::ops::{elementwise, layout, matmul, reduce, softmax};
+use crate::ops::optim::{AdamStep, SgdStep};
+use crate::ops::{elementwise, layout, matmul, norm, optim, pool, reduce, softmax};
 use crate::{DType, Device, Error, Result, Shape};
 use allocator::Block;
 use cudarc::driver::result as driver;
@@ -243,7 +244,7 @@ impl BackendStorage for CudaStorage {
         softmax::cuda::log_softmax(self, rows, cols)
     }
 
-    // Convolution, pooling and batch norm run on the CPU for now (see `cpu_fallback`).
+    // Convolution runs on the CPU for now (see `cpu_fallback`).
 
     fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
         cpu_fallback::conv2d(self, kernel, bias, spec)
@@ -258,19 +259,19 @@ impl BackendStorage for CudaStorage {
     }
 
     fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
-        cpu_fallback::max_pool2d(self, spec)
+        pool::cuda::max_pool2d(self, spec)
     }
 
     fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
-        cpu_fallback::max_pool2d_backward(self, output, grad_out, spec)
+        pool::cuda::max_pool2d_backward(self, output, grad_out, spec)
     }
 
     fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
-        cpu_fallback::avg_pool2d(self, spec)
+        pool::cuda::avg_pool2d(self, spec)
     }
 
     fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self> {
-        cpu_fallback::avg_pool2d_backward(self, spec)
+        pool::cuda::avg_pool2d_backward(self, spec)
     }
 
     fn batch_norm_train(
@@ -279,7 +280,7 @@ impl BackendStorage for CudaStorage {
         beta: Option<&Self>,
         spec: &BatchNormSpec,
     ) -> Result<(Self, Self, Self)> {
-        cpu_fallback::batch_norm_train(self, gamma, beta, spec)
+        norm::cuda::batch_norm_train(self, gamma, beta, spec)
     }
 
     fn batch_norm_backward(
@@ -290,6 +291,20 @@ impl BackendStorage for CudaStorage {
         var: &Self,
         spec: &BatchNormSpec,
     ) -> Result<(Self, Self, Self)> {
-        cpu_fallback::batch_norm_backward(self, grad_out, gamma, mean, var, spec)
+        norm::cuda::batch_norm_backward(self, grad_out, gamma, mean, var, spec)
+    }
+
+    fn sgd_update(&self, grad: &Self, velocity: Option<&Self>, step: &SgdStep) -> Result<(Self, Option<Self>)> {
+        optim::cuda::sgd_update(self, grad, velocity, step)
+    }
+
+    fn adam_update(
+        &self,
+        grad: &Self,
+        m: Option<&Self>,
+        v: Option<&Self>,
+        step: &AdamStep,
+    ) -> Result<(Self, Self, Self)> {
+        optim::cuda::adam_update(self, grad, m, v, step)
     }
 }

@@ -12,12 +12,14 @@
 //! | [`conv`] | conv2d over NHWC (strides, Valid/Same/explicit padding, dilation, bias) |
 //! | [`pool`] | max_pool2d, avg_pool2d, global_avg_pool2d |
 //! | [`norm`] | batch_norm_train (fused backward), batch_norm_infer |
+//! | [`optim`] | fused optimizer updates: sgd_update, adam_update (AdamW with weight decay) |
 
 pub mod conv;
 pub mod elementwise;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;

@@ -8,6 +8,8 @@
 //! composed from elementwise ops and is differentiable to any order in all its inputs.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use crate::backend::BatchNormSpec;
 use crate::tape::record_op;

@@ -8,6 +8,8 @@
 //! again (its own gradient is an average pooling).
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 use crate::backend::Pool2dSpec;
 use crate::ops::conv::{check_nhwc, check_positive, Padding, SpatialAxis};

@@ -1,0 +1,169 @@
+//! Fused optimizer updates: one SGD or Adam(W) step for one parameter tensor in a single
+//! pass over its elements (one kernel launch on CUDA), instead of the ten or so
+//! elementwise ops (and temporaries) the formulas take when written with tensor ops.
+//!
+//! Tensors are immutable, so an update returns the new parameter and the new optimizer
+//! state; the caller swaps them in (`Variable::assign`, the optimizer's slot table). The
+//! updates are not recorded on a [`GradientTape`](crate::GradientTape): an optimizer step
+//! is not part of what is differentiated.
+//!
+//! Each kernel evaluates exactly the tensor-op formulas documented on [`sgd_update`] and
+//! [`adam_update`], in the same order and in the parameter's dtype, with the
+//! hyperparameters rounded to that dtype as `mul_scalar` would round them.
+//!
+//! ```
+//! use tapegrad_tensor::optim::{adam_update, AdamStep};
+//! use tapegrad_tensor::{Device, Tensor};
+//! # fn main() -> tapegrad_tensor::Result<()> {
+//! let w = Tensor::from_vec(vec![1.0f32, -2.0], [2], &Device::Cpu)?;
+//! let g = Tensor::from_vec(vec![0.5f32, 0.5], [2], &Device::Cpu)?;
+//! let step = AdamStep { learning_rate: 0.1, step: 1, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, weight_decay: 0.0 };
+//! let (w, m, v) = adam_update(&w, &g, None, None, &step)?;
+//! assert!((w.to_vec::<f32>()?[0] - 0.9).abs() < 1e-5); // the first step moves by ~lr
+//! assert_eq!(m.dims(), &[2]);
+//! # let _ = v;
+//! # Ok(())
+//! # }
+//! ```
+
+pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+
+use crate::{Error, Result, Tensor};
+
+/// The hyperparameters of one SGD step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    /// The learning rate of this step.
+    pub learning_rate: f64,
+    /// The momentum (0 for plain SGD, which keeps no velocity).
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay, added to the gradient (`g + weight_decay * var`, as PyTorch's SGD).
+    pub weight_decay: f64,
+}
+
+/// The hyperparameters of one Adam(W) step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    /// The learning rate of this step (before bias correction).
+    pub learning_rate: f64,
+    /// The 1-based step number `t` used by bias correction.
+    pub step: u64,
+    /// Decay of the first moment.
+    pub beta_1: f64,
+    /// Decay of the second moment.
+    pub beta_2: f64,
+    /// Added to `sqrt(v)` (Keras' placement, see [`adam_update`]).
+    pub epsilon: f64,
+    /// Decoupled weight decay (AdamW): `var *= 1 - learning_rate * weight_decay` before the
+    /// Adam update. 0 for Adam.
+    pub weight_decay: f64,
+}
+
+/// The per-element constants of an Adam step, computed in f64 once per tensor (each is
+/// then rounded to the parameter's dtype, as `mul_scalar` rounds its factor).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct AdamCoefficients {
+    /// `lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)`.
+    pub lr_t: f64,
+    /// `1 - beta_1`.
+    pub one_minus_beta_1: f64,
+    /// `1 - beta_2`.
+    pub one_minus_beta_2: f64,
+    /// Epsilon.
+    pub epsilon: f64,
+    /// `1 - lr * weight_decay`, applied only when `decay` is true.
+    pub decay_factor: f64,
+    /// Whether there is decoupled weight decay.
+    pub decay: bool,
+}
+
+impl AdamStep {
+    pub(crate) fn coefficients(&self) -> AdamCoefficients {
+        let t = self.step as f64;
+        AdamCoefficients {
+            lr_t: self.learning_rate * (1.0 - self.beta_2.powf(t)).sqrt() / (1.0 - self.beta_1.powf(t)),
+            one_minus_beta_1: 1.0 - self.beta_1,
+            one_minus_beta_2: 1.0 - self.beta_2,
+            epsilon: self.epsilon,
+            decay_factor: 1.0 - self.learning_rate * self.weight_decay,
+            decay: self.weight_decay != 0.0,
+        }
+    }
+}
+
+/// Checks that every present operand matches the parameter: a float dtype, the same
+/// shape, dtype and device.
+fn check_operands(op: &'static str, param: &Tensor, others: &[(&str, Option<&Tensor>)]) -> Result<()> {
+    if !param.dtype().is_float() {
+        return Err(Error::UnsupportedDType { op, dtype: param.dtype(), expected: "f32 or f64" });
+    }
+    for (name, t) in others {
+        let Some(t) = t else { continue };
+        if t.shape() != param.shape() {
+            return Err(Error::invalid(
+                op,
+                format!("the {name} has shape {} but the parameter has shape {}", t.shape(), param.shape()),
+            ));
+        }
+        param.check_same(t, op)?;
+    }
+    Ok(())
+}
+
+/// One SGD step for one parameter, fused (with `g = grad + weight_decay * var` when there
+/// is weight decay), as Keras writes it:
+///
+/// ```text
+/// velocity = momentum * velocity - lr * g          (velocity starts at 0: pass None)
+/// var += velocity                                   (plain momentum)
+/// var += momentum * velocity - lr * g               (nesterov)
+/// var -= lr * g                                     (momentum = 0; no velocity kept)
+/// ```
+///
+/// Returns the new parameter and the new velocity (`None` without momentum).
+pub fn sgd_update(
+    param: &Tensor,
+    grad: &Tensor,
+    velocity: Option<&Tensor>,
+    step: &SgdStep,
+) -> Result<(Tensor, Option<Tensor>)> {
+    check_operands("sgd_update", param, &[("gradient", Some(grad)), ("velocity", velocity)])?;
+    let (value, velocity) = param.storage().sgd_update(grad.storage(), velocity.map(|v| v.storage()), step)?;
+    let shape = param.shape().clone();
+    Ok((Tensor::from_storage(value, shape.clone()), velocity.map(|v| Tensor::from_storage(v, shape))))
+}
+
+/// One Adam step for one parameter, fused, as Keras computes it:
+///
+/// ```text
+/// lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+/// m += (g - m) * (1 - beta_1)                       (m, v start at 0: pass None)
+/// v += (g^2 - v) * (1 - beta_2)
+/// var *= 1 - lr * weight_decay                      (AdamW only)
+/// var -= lr_t * m / (sqrt(v) + epsilon)
+/// ```
+///
+/// Keras adds epsilon to `sqrt(v)` of the *uncorrected* second moment, where PyTorch adds
+/// it to `sqrt(v / (1 - beta_2^t))`; to reproduce PyTorch, pass
+/// `epsilon_torch * sqrt(1 - beta_2^t)`. Returns the new parameter, `m` and `v`.
+pub fn adam_update(
+    param: &Tensor,
+    grad: &Tensor,
+    m: Option<&Tensor>,
+    v: Option<&Tensor>,
+    step: &AdamStep,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    check_operands("adam_update", param, &[("gradient", Some(grad)), ("first moment", m), ("second moment", v)])?;
+    let (value, m, v) =
+        param.storage().adam_update(grad.storage(), m.map(|t| t.storage()), v.map(|t| t.storage()), step)?;
+    let shape = param.shape().clone();
+    Ok((
+        Tensor::from_storage(value, shape.clone()),
+        Tensor::from_storage(m, shape.clone()),
+        Tensor::from_storage(v, shape),
+    ))
+}

@@ -1,0 +1,156 @@
+#line 1 "pool.cu"
+// Max and average pooling over NHWC, forward and backward, matching ops/pool/cpu.rs.
+//   max_pool2d_<dtype>, avg_pool2d_<dtype>                  a thread per output element
+//   max_pool2d_backward_<dtype>, avg_pool2d_backward_<dtype> a thread per input element
+// The backward passes gather (each input element sums the output gradients of the windows
+// that contain it, in row-major window order, as the CPU adds them) instead of scattering
+// with atomics: no races, and the same result on every run.
+
+// The geometry of a pooling (Pool2dSpec in backend.rs).
+struct PoolGeom {
+    u64 batch, in_h, in_w, channels;
+    u64 window_h, window_w, stride_h, stride_w;
+    u64 pad_top, pad_left;
+    u64 out_h, out_w;
+};
+
+// The real input range [lo, hi) that window `o` covers along one axis (padding excluded).
+__device__ __forceinline__ void pool_window(u64 o, u64 stride, u64 pad, u64 size, u64 input, i64* lo, i64* hi) {
+    const i64 start = (i64)(o * stride) - (i64)pad;
+    const i64 l = start > 0 ? start : 0;
+    i64 h = start + (i64)size;
+    if (h > (i64)input) h = (i64)input;
+    *lo = l;
+    *hi = h > l ? h : l;
+}
+
+// The windows [lo, hi] (inclusive) along one axis that contain input index `i`.
+__device__ __forceinline__ void windows_containing(i64 i, u64 stride, u64 pad, u64 size, u64 out, i64* lo, i64* hi) {
+    // Window o covers o * stride - pad .. o * stride - pad + size - 1.
+    const i64 s = (i64)stride, p = (i64)pad, k = (i64)size;
+    const i64 first = i + p - k + 1;
+    i64 l = first <= 0 ? 0 : (first + s - 1) / s;
+    i64 h = (i + p) / s;
+    if (h > (i64)out - 1) h = (i64)out - 1;
+    *lo = l;
+    *hi = h;
+}
+
+template <typename T>
+__device__ __forceinline__ void max_pool2d_forward(const T* x, T* y, PoolGeom g) {
+    const u64 c = g.channels;
+    GRID_STRIDE_LOOP(t, g.batch * g.out_h * g.out_w * c) {
+        const u64 ch = t % c, pixel = t / c;
+        const u64 ox = pixel % g.out_w, oy = (pixel / g.out_w) % g.out_h, b = pixel / (g.out_w * g.out_h);
+        i64 y0, y1, x0, x1;
+        pool_window(oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
+        pool_window(ox, g.stride_w, g.pad_left, g.window_w, g.in_w, &x0, &x1);
+        const T* img = x + b * g.in_h * g.in_w * c + ch;
+        // Strictly greater, from the window's first element: the first maximum wins ties
+        // and a NaN first element stays (as on the CPU).
+        T best = img[((u64)y0 * g.in_w + (u64)x0) * c];
+        for (i64 iy = y0; iy < y1; ++iy)
+            for (i64 ix = x0; ix < x1; ++ix) {
+                const T v = img[((u64)iy * g.in_w + (u64)ix) * c];
+                best = v > best ? v : best;
+            }
+        y[t] = best;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void avg_pool2d_forward(const T* x, T* y, PoolGeom g) {
+    const u64 c = g.channels;
+    GRID_STRIDE_LOOP(t, g.batch * g.out_h * g.out_w * c) {
+        const u64 ch = t % c, pixel = t / c;
+        const u64 ox = pixel % g.out_w, oy = (pixel / g.out_w) % g.out_h, b = pixel / (g.out_w * g.out_h);
+        i64 y0, y1, x0, x1;
+        pool_window(oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
+        pool_window(ox, g.stride_w, g.pad_left, g.window_w, g.in_w, &x0, &x1);
+        const T* img = x + b * g.in_h * g.in_w * c + ch;
+        T sum = T(0);
+        for (i64 iy = y0; iy < y1; ++iy)
+            for (i64 ix = x0; ix < x1; ++ix) sum += img[((u64)iy * g.in_w + (u64)ix) * c];
+        const T inv = T(1) / T((y1 - y0) * (x1 - x0));
+        y[t] = sum * inv;
+    }
+}
+
+// Input element (iy, ix) receives window o's gradient iff it is the first element of the
+// window, in row-major order, equal to the window's maximum y[o].
+template <typename T>
+__device__ __forceinline__ void max_pool2d_backward(const T* x, const T* y, const T* dy, T* dx, PoolGeom g) {
+    const u64 c = g.channels;
+    GRID_STRIDE_LOOP(t, g.batch * g.in_h * g.in_w * c) {
+        const u64 ch = t % c, pixel = t / c;
+        const i64 ix = (i64)(pixel % g.in_w), iy = (i64)((pixel / g.in_w) % g.in_h);
+        const u64 b = pixel / (g.in_w * g.in_h);
+        const T* img = x + b * g.in_h * g.in_w * c + ch;
+        const u64 out_base = b * g.out_h * g.out_w * c + ch;
+        const T v = x[t];
+        i64 oy0, oy1, ox0, ox1;
+        windows_containing(iy, g.stride_h, g.pad_top, g.window_h, g.out_h, &oy0, &oy1);
+        windows_containing(ix, g.stride_w, g.pad_left, g.window_w, g.out_w, &ox0, &ox1);
+        T acc = T(0);
+        for (i64 oy = oy0; oy <= oy1; ++oy)
+            for (i64 ox = ox0; ox <= ox1; ++ox) {
+                const u64 o = out_base + ((u64)oy * g.out_w + (u64)ox) * c;
+                const T m = y[o];
+                if (!(v == m)) continue;
+                i64 y0, y1, x0, x1;
+                pool_window((u64)oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
+                pool_window((u64)ox, g.stride_w, g.pad_left, g.window_w, g.in_w, &x0, &x1);
+                // Is an earlier element of the window equal to the maximum too?
+                bool earlier = false;
+                for (i64 jy = y0; jy <= iy && !earlier; ++jy)
+                    for (i64 jx = x0; jx < x1; ++jx) {
+                        if (jy == iy && jx == ix) break;
+                        if (img[((u64)jy * g.in_w + (u64)jx) * c] == m) {
+                            earlier = true;
+                            break;
+                        }
+                    }
+                if (!earlier) acc += dy[o];
+            }
+        dx[t] = acc;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void avg_pool2d_backward(const T* dy, T* dx, PoolGeom g) {
+    const u64 c = g.channels;
+    GRID_STRIDE_LOOP(t, g.batch * g.in_h * g.in_w * c) {
+        const u64 ch = t % c, pixel = t / c;
+        const i64 ix = (i64)(pixel % g.in_w), iy = (i64)((pixel / g.in_w) % g.in_h);
+        const u64 b = pixel / (g.in_w * g.in_h);
+        const u64 out_base = b * g.out_h * g.out_w * c + ch;
+        i64 oy0, oy1, ox0, ox1;
+        windows_containing(iy, g.stride_h, g.pad_top, g.window_h, g.out_h, &oy0, &oy1);
+        windows_containing(ix, g.stride_w, g.pad_left, g.window_w, g.out_w, &ox0, &ox1);
+        T acc = T(0);
+        for (i64 oy = oy0; oy <= oy1; ++oy) {
+            i64 y0, y1;
+            pool_window((u64)oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
+            for (i64 ox = ox0; ox <= ox1; ++ox) {
+                i64 x0, x1;
+                pool_window((u64)ox, g.stride_w, g.pad_left, g.window_w, g.in_w, &x0, &x1);
+                const T inv = T(1) / T((y1 - y0) * (x1 - x0));
+                acc += dy[out_base + ((u64)oy * g.out_w + (u64)ox) * c] * inv;
+            }
+        }
+        dx[t] = acc;
+    }
+}
+
+#define POOL(T)                                                                                              \
+    extern "C" __global__ void max_pool2d_##T(const T* x, T* y, PoolGeom g) { max_pool2d_forward(x, y, g); } \
+    extern "C" __global__ void avg_pool2d_##T(const T* x, T* y, PoolGeom g) { avg_pool2d_forward(x, y, g); } \
+    extern "C" __global__ void max_pool2d_backward_##T(const T* x, const T* y, const T* dy, T* dx, PoolGeom g) { \
+        max_pool2d_backward(x, y, dy, dx, g);                                                                 \
+    }                                                                                                         \
+    extern "C" __global__ void avg_pool2d_backward_##T(const T* dy, T* dx, PoolGeom g) {                       \
+        avg_pool2d_backward(dy, dx, g);                                                                       \
+    }
+
+POOL(f32)
+POOL(f64)
