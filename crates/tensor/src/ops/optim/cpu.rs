@@ -12,21 +12,26 @@ fn to_t<T: FloatElement>(v: f64) -> T {
     <T as num_traits::NumCast>::from(v).expect("f64 converts to a float type")
 }
 
-/// Fills `outs[k][i] = f(i)[k]` for every element, in parallel chunks.
-fn fill<T: FloatElement, const K: usize>(n: usize, f: impl Fn(usize) -> [T; K] + Sync) -> [Vec<T>; K] {
+/// Runs `f(range, outputs)` over chunks of `n` elements in parallel, where `outputs` are
+/// the chunk's slices of `K` new vectors of length `n`. Kernels loop over whole slices
+/// (zipped iterators, no per-element index checks), so the loops vectorise.
+fn for_chunks<T: FloatElement, const K: usize>(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>, [&mut [T]; K]) + Sync,
+) -> [Vec<T>; K] {
     let mut outs: [Vec<T>; K] = std::array::from_fn(|_| vec![T::zero(); n]);
     let mut pieces = outs.each_mut().map(|v| v.chunks_mut(CHUNK));
     let chunks: Vec<[&mut [T]; K]> =
         (0..n.div_ceil(CHUNK)).map(|_| pieces.each_mut().map(|p| p.next().expect("outputs of equal length"))).collect();
-    chunks.into_par_iter().enumerate().for_each(|(c, mut dst)| {
-        let base = c * CHUNK;
-        for i in 0..dst[0].len() {
-            let values = f(base + i);
-            for (d, v) in dst.iter_mut().zip(values) {
-                d[i] = v;
-            }
-        }
-    });
+    if chunks.len() == 1 {
+        // One chunk: no thread hand-off for the many small tensors of a model.
+        chunks.into_iter().for_each(|dst| f(0..n, dst));
+    } else {
+        chunks.into_par_iter().enumerate().for_each(|(c, dst)| {
+            let lo = c * CHUNK;
+            f(lo..lo + dst[0].len(), dst);
+        });
+    }
     outs
 }
 
@@ -39,24 +44,41 @@ pub(crate) fn sgd_update<T: FloatElement>(
 ) -> (Vec<T>, Option<Vec<T>>) {
     let (lr, momentum, decay) = (to_t::<T>(p.learning_rate), to_t::<T>(p.momentum), to_t::<T>(p.weight_decay));
     let has_decay = p.weight_decay != 0.0;
-    let lr_g = move |i: usize| {
-        let g = if has_decay { grad[i] + var[i] * decay } else { grad[i] };
-        g * lr
-    };
+    let lr_g = move |w: T, g: T| if has_decay { (g + w * decay) * lr } else { g * lr };
     if p.momentum == 0.0 {
-        let [value] = fill(var.len(), |i| [var[i] - lr_g(i)]);
+        let [value] = for_chunks(var.len(), |r, [out]| {
+            for ((o, &w), &g) in out.iter_mut().zip(&var[r.clone()]).zip(&grad[r]) {
+                *o = w - lr_g(w, g);
+            }
+        });
         return (value, None);
     }
-    let [value, new_velocity] = fill(var.len(), |i| {
-        let lr_g = lr_g(i);
-        let v = match velocity {
-            Some(v) => v[i] * momentum - lr_g,
-            None => -lr_g,
-        };
-        let w = if p.nesterov { (var[i] + v * momentum) - lr_g } else { var[i] + v };
-        [w, v]
+    let new_velocity = |lr_g: T, v: Option<T>| match v {
+        Some(v) => v * momentum - lr_g,
+        None => -lr_g,
+    };
+    let new_value = |w: T, v: T, lr_g: T| if p.nesterov { (w + v * momentum) - lr_g } else { w + v };
+    let [value, velocity_out] = for_chunks(var.len(), |r, [out, out_v]| {
+        let (w, g) = (&var[r.clone()], &grad[r.clone()]);
+        let lanes = out.iter_mut().zip(out_v.iter_mut()).zip(w).zip(g);
+        match velocity {
+            Some(vel) => {
+                for ((((o, ov), &w), &g), &v) in lanes.zip(&vel[r]) {
+                    let lr_g = lr_g(w, g);
+                    *ov = new_velocity(lr_g, Some(v));
+                    *o = new_value(w, *ov, lr_g);
+                }
+            }
+            None => {
+                for (((o, ov), &w), &g) in lanes {
+                    let lr_g = lr_g(w, g);
+                    *ov = new_velocity(lr_g, None);
+                    *o = new_value(w, *ov, lr_g);
+                }
+            }
+        }
     });
-    (value, Some(new_velocity))
+    (value, Some(velocity_out))
 }
 
 /// One Adam(W) step (formulas on [`super::adam_update`]): the new parameter, m and v.
@@ -68,26 +90,33 @@ pub(crate) fn adam_update<T: FloatElement>(
     p: &AdamStep,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let c = p.coefficients();
-    let (lr_t, b1, b2, eps, decay) = (
-        to_t::<T>(c.lr_t),
-        to_t::<T>(c.one_minus_beta_1),
-        to_t::<T>(c.one_minus_beta_2),
-        to_t::<T>(c.epsilon),
-        to_t::<T>(c.decay_factor),
-    );
-    let [value, new_m, new_v] = fill(var.len(), |i| {
-        let g = grad[i];
-        let m = match m {
-            Some(m) => m[i] + (g - m[i]) * b1,
-            None => g * b1,
-        };
-        let g2 = g * g;
-        let v = match v {
-            Some(v) => v[i] + (g2 - v[i]) * b2,
-            None => g2 * b2,
-        };
-        let w = if c.decay { var[i] * decay } else { var[i] };
-        [w - (m / (v.sqrt() + eps)) * lr_t, m, v]
+    let (lr_t, b1, b2) = (to_t::<T>(c.lr_t), to_t::<T>(c.one_minus_beta_1), to_t::<T>(c.one_minus_beta_2));
+    let (eps, decay) = (to_t::<T>(c.epsilon), to_t::<T>(c.decay_factor));
+    // The step from the new moments; the state is None only on a variable's first step.
+    let apply = move |w: T, m: T, v: T| {
+        let w = if c.decay { w * decay } else { w };
+        w - (m / (v.sqrt() + eps)) * lr_t
+    };
+    let [value, m_out, v_out] = for_chunks(var.len(), |r, [out, out_m, out_v]| {
+        let (w, g) = (&var[r.clone()], &grad[r.clone()]);
+        let lanes = out.iter_mut().zip(out_m.iter_mut()).zip(out_v.iter_mut()).zip(w).zip(g);
+        match (m, v) {
+            (Some(m), Some(v)) => {
+                for (((((o, om), ov), &w), &g), (&m, &v)) in lanes.zip(m[r.clone()].iter().zip(&v[r])) {
+                    *om = m + (g - m) * b1;
+                    *ov = v + (g * g - v) * b2;
+                    *o = apply(w, *om, *ov);
+                }
+            }
+            _ => {
+                // Any missing moment starts at zero.
+                for (i, ((((o, om), ov), &w), &g)) in lanes.enumerate() {
+                    *om = m.map_or(g * b1, |m| m[r.start + i] + (g - m[r.start + i]) * b1);
+                    *ov = v.map_or(g * g * b2, |v| v[r.start + i] + (g * g - v[r.start + i]) * b2);
+                    *o = apply(w, *om, *ov);
+                }
+            }
+        }
     });
-    (value, new_m, new_v)
+    (value, m_out, v_out)
 }
