@@ -4,6 +4,7 @@
 use super::{AdamStep, SgdStep};
 use crate::FloatElement;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -13,15 +14,17 @@ fn to_t<T: FloatElement>(v: f64) -> T {
 }
 
 /// Runs `f(range, outputs)` over chunks of `n` elements in parallel, where `outputs` are
-/// the chunk's slices of `K` new vectors of length `n`. Kernels loop over whole slices
+/// the chunk's slices of `K` new vectors of length `n`, and returns the vectors. `f` must
+/// write every element of its slices. The vectors are not zeroed first (a whole pass over
+/// memory fewer: an update is bandwidth-bound), and kernels loop over whole slices
 /// (zipped iterators, no per-element index checks), so the loops vectorise.
 fn for_chunks<T: FloatElement, const K: usize>(
     n: usize,
-    f: impl Fn(std::ops::Range<usize>, [&mut [T]; K]) + Sync,
+    f: impl Fn(std::ops::Range<usize>, [&mut [MaybeUninit<T>]; K]) + Sync,
 ) -> [Vec<T>; K] {
-    let mut outs: [Vec<T>; K] = std::array::from_fn(|_| vec![T::zero(); n]);
-    let mut pieces = outs.each_mut().map(|v| v.chunks_mut(CHUNK));
-    let chunks: Vec<[&mut [T]; K]> =
+    let mut outs: [Vec<T>; K] = std::array::from_fn(|_| Vec::with_capacity(n));
+    let mut pieces = outs.each_mut().map(|v| v.spare_capacity_mut()[..n].chunks_mut(CHUNK));
+    let chunks: Vec<[&mut [MaybeUninit<T>]; K]> =
         (0..n.div_ceil(CHUNK)).map(|_| pieces.each_mut().map(|p| p.next().expect("outputs of equal length"))).collect();
     if chunks.len() == 1 {
         // One chunk: no thread hand-off for the many small tensors of a model.
@@ -31,6 +34,11 @@ fn for_chunks<T: FloatElement, const K: usize>(
             let lo = c * CHUNK;
             f(lo..lo + dst[0].len(), dst);
         });
+    }
+    for v in &mut outs {
+        // SAFETY: the capacity is at least n; the chunks cover 0..n and the kernels of this
+        // file (the only callers) write every element of every chunk.
+        unsafe { v.set_len(n) };
     }
     outs
 }
@@ -48,7 +56,7 @@ pub(crate) fn sgd_update<T: FloatElement>(
     if p.momentum == 0.0 {
         let [value] = for_chunks(var.len(), |r, [out]| {
             for ((o, &w), &g) in out.iter_mut().zip(&var[r.clone()]).zip(&grad[r]) {
-                *o = w - lr_g(w, g);
+                o.write(w - lr_g(w, g));
             }
         });
         return (value, None);
@@ -65,15 +73,15 @@ pub(crate) fn sgd_update<T: FloatElement>(
             Some(vel) => {
                 for ((((o, ov), &w), &g), &v) in lanes.zip(&vel[r]) {
                     let lr_g = lr_g(w, g);
-                    *ov = new_velocity(lr_g, Some(v));
-                    *o = new_value(w, *ov, lr_g);
+                    let v = ov.write(new_velocity(lr_g, Some(v)));
+                    o.write(new_value(w, *v, lr_g));
                 }
             }
             None => {
                 for (((o, ov), &w), &g) in lanes {
                     let lr_g = lr_g(w, g);
-                    *ov = new_velocity(lr_g, None);
-                    *o = new_value(w, *ov, lr_g);
+                    let v = ov.write(new_velocity(lr_g, None));
+                    o.write(new_value(w, *v, lr_g));
                 }
             }
         }
@@ -103,17 +111,17 @@ pub(crate) fn adam_update<T: FloatElement>(
         match (m, v) {
             (Some(m), Some(v)) => {
                 for (((((o, om), ov), &w), &g), (&m, &v)) in lanes.zip(m[r.clone()].iter().zip(&v[r])) {
-                    *om = m + (g - m) * b1;
-                    *ov = v + (g * g - v) * b2;
-                    *o = apply(w, *om, *ov);
+                    let m = om.write(m + (g - m) * b1);
+                    let v = ov.write(v + (g * g - v) * b2);
+                    o.write(apply(w, *m, *v));
                 }
             }
             _ => {
                 // Any missing moment starts at zero.
                 for (i, ((((o, om), ov), &w), &g)) in lanes.enumerate() {
-                    *om = m.map_or(g * b1, |m| m[r.start + i] + (g - m[r.start + i]) * b1);
-                    *ov = v.map_or(g * g * b2, |v| v[r.start + i] + (g * g - v[r.start + i]) * b2);
-                    *o = apply(w, *om, *ov);
+                    let m = om.write(m.map_or(g * b1, |m| m[r.start + i] + (g - m[r.start + i]) * b1));
+                    let v = ov.write(v.map_or(g * g * b2, |v| v[r.start + i] + (g * g - v[r.start + i]) * b2));
+                    o.write(apply(w, *m, *v));
                 }
             }
         }
