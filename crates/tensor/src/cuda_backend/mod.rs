@@ -11,6 +11,7 @@ pub(crate) mod blas;
 mod cpu_fallback;
 pub(crate) mod device;
 pub(crate) mod kernels;
+mod staging;
 
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
@@ -49,6 +50,20 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+/// The bytes of a host buffer.
+fn cpu_bytes(cpu: &CpuStorage) -> &[u8] {
+    fn bytes<T: Copy>(v: &[T]) -> &[u8] {
+        // SAFETY: f32, f64 and i64 have no padding and every byte of them is initialised;
+        // the slice covers exactly the vector's elements and borrows it.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    }
+    match cpu {
+        CpuStorage::F32(v) => bytes(v),
+        CpuStorage::F64(v) => bytes(v),
+        CpuStorage::I64(v) => bytes(v),
+    }
+}
 
 /// A contiguous buffer of one dtype on one CUDA device.
 pub struct CudaStorage {
@@ -107,6 +122,11 @@ impl CudaStorage {
         let out = Self::alloc(&device, cpu.len(), cpu.dtype())?;
         if let Some(block) = &out.block {
             device.bind()?;
+            let bytes = cpu_bytes(cpu);
+            if staging::stages(bytes.len()) {
+                staging::upload(&device, bytes, block.ptr)?;
+                return Ok(out);
+            }
             let stream = device.stream().cu_stream();
             // SAFETY: the block holds len elements of the same dtype as the host slice. The
             // copy is queued on the device's stream; from pageable host memory, the driver
