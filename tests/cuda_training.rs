@@ -35,7 +35,8 @@ fn resnet18_on(device: Device, batch: usize, weights_from: Option<&ResNet>) -> R
     model.build(&InputSpec::new([batch, 32, 32, 3]).with_device(device)).expect("build");
     if let Some(source) = weights_from {
         for (to, from) in model.variables().iter().zip(source.variables()) {
-            assert_eq!(to.name(), from.name());
+            // Same architecture, same order (layer names differ: Keras-style unique names).
+            assert_eq!(to.value_untracked().dims(), from.value_untracked().dims(), "{}", to.name());
             to.assign(from.value_untracked().to_device(&device).unwrap()).unwrap();
         }
     }
@@ -59,13 +60,17 @@ fn train_step(model: &ResNet, x: &Tensor, y: &Tensor) -> (f64, Vec<Vec<f64>>) {
 fn assert_close(what: &str, a: &[f64], b: &[f64], rel: f64, abs: f64) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let (worst, at) = a.iter().zip(b).enumerate().map(|(i, (x, y))| ((x - y).abs(), i)).fold((0.0, 0), |m, d| {
-        if d.0 > m.0 {
-            d
-        } else {
-            m
-        }
-    });
+    let (worst, at) =
+        a.iter().zip(b).enumerate().map(|(i, (x, y))| ((x - y).abs(), i)).fold(
+            (0.0, 0),
+            |m, d| {
+                if d.0 > m.0 {
+                    d
+                } else {
+                    m
+                }
+            },
+        );
     assert!(
         worst <= rel * scale + abs,
         "{what}: cuda {} vs cpu {} at {at} (|diff| {worst:e}, largest |cpu| {scale:e})",
@@ -95,9 +100,13 @@ fn resnet18_training_step_matches_the_cpu() {
 
     assert!((gpu_loss - cpu_loss).abs() <= 1e-4 * cpu_loss.abs(), "loss: cuda {gpu_loss} vs cpu {cpu_loss}");
     let names: Vec<String> = cpu_model.trainable_variables().iter().map(|v| v.name().to_string()).collect();
+    // Summation orders differ (cuDNN/cuBLAS vs our GEMM) through 18 layers. A convolution's
+    // bias before batch norm has a gradient of exactly zero in exact arithmetic (BN removes
+    // the mean), i.e. pure rounding noise: hence an absolute floor relative to the largest
+    // gradient of the model.
+    let largest = cpu_grads.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
     for ((name, g), c) in names.iter().zip(&gpu_grads).zip(&cpu_grads) {
-        // Summation orders differ (cuDNN/cuBLAS vs our GEMM), through 18 layers.
-        assert_close(&format!("gradient of {name}"), g, c, 2e-3, 1e-6);
+        assert_close(&format!("gradient of {name}"), g, c, 2e-3, 1e-5 * largest);
     }
     for ((name, g), (_, c)) in values(&gpu_model.variables()).iter().zip(values(&cpu_model.variables())) {
         if name.contains("moving") {

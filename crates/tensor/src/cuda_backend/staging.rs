@@ -66,7 +66,8 @@ pub(crate) fn upload(device: &CudaDevice, src: &[u8], dst: sys::CUdeviceptr) -> 
     };
     let ring = &mut rings[index].1;
     if ring.slots.len() < SLOTS {
-        let event = driver::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(fail("cuEventCreate"))?;
+        let event =
+            driver::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(fail("cuEventCreate"))?;
         ring.slots.push(Slot { host: std::ptr::null_mut(), capacity: 0, event, recorded: false });
     }
     let slot_index = ring.next % ring.slots.len();
