@@ -118,3 +118,13 @@ fn resnet18_training_step_matches_the_cpu() {
         }
     }
 }
+
+#[test]
+fn summary_of_a_model_built_on_the_gpu() {
+    let Some(gpu) = gpu_or_skip("summary_of_a_model_built_on_the_gpu") else { return };
+    let model = ResNet::seed([2, 2, 2, 2], 100);
+    model.build(&InputSpec::new([2, 32, 32, 3]).with_device(gpu)).expect("build");
+    // The spec names only the shape (on the CPU); the trace runs where the weights are.
+    let summary = tapegrad::layers::summary(&model, &InputSpec::new([2, 32, 32, 3])).expect("summary").to_string();
+    assert!(summary.contains("Trainable params: 11,227,300"), "{summary}");
+}
