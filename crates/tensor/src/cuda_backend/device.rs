@@ -7,6 +7,7 @@
 
 use super::allocator::{Block, CachingAllocator};
 use super::blas::BlasHandle;
+use super::cudnn::Dnn;
 use super::kernels::{self, KernelSource};
 use crate::cuda::MemoryStats;
 use crate::{Device, Error, Result};
@@ -55,6 +56,7 @@ pub(crate) struct CudaDevice {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: Mutex<Option<BlasHandle>>,
+    dnn: Mutex<Option<Dnn>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -104,6 +106,7 @@ impl CudaDevice {
             modules: Mutex::default(),
             functions: Mutex::default(),
             blas: Mutex::default(),
+            dnn: Mutex::default(),
         })
     }
 
@@ -198,6 +201,19 @@ impl CudaDevice {
         };
         let result = f(&handle);
         *slot = Some(handle);
+        result
+    }
+
+    /// Runs `f` with this device's cuDNN state (handle and convolution plans, created on
+    /// first use; the lock keeps calls from several threads apart, as a handle requires).
+    pub(crate) fn with_dnn<R>(&self, f: impl FnOnce(&Dnn) -> Result<R>) -> Result<R> {
+        let mut slot = lock(&self.dnn);
+        let dnn = match slot.take() {
+            Some(d) => d,
+            None => Dnn::new(self)?,
+        };
+        let result = f(&dnn);
+        *slot = Some(dnn);
         result
     }
 }
