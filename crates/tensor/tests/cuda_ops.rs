@@ -396,6 +396,11 @@ fn tf32_matmul_is_close() {
     assert_close("tf32 matmul", &got, &want, 1e-2);
 }
 
+/// A differentiable convolution case.
+fn conv_case(name: &'static str, inputs: Vec<(Vec<usize>, DType, Input)>, f: fn(&[Tensor]) -> Result<Tensor>) -> Case {
+    Case { name, inputs, f, differentiable: true }
+}
+
 /// A convolution with the given options, with a bias when the case has a third input.
 fn conv_with(x: &[Tensor], strides: (usize, usize), padding: Padding, dilation: (usize, usize)) -> Result<Tensor> {
     x[0].conv2d(&x[1], x.get(2), &Conv2dParams { strides, padding, dilation })
@@ -409,57 +414,57 @@ fn conv2d_through_cudnn_matches_cpu() {
     // emulator, f64 with a dilation has no cuDNN algorithm (the CPU fallback runs).
     let bias = |c: usize, dtype: DType| (vec![c], dtype, Normal);
     let x = |shape: &[usize], dtype: DType| (shape.to_vec(), dtype, Normal);
-    let cases: Vec<(&str, Vec<(Vec<usize>, DType, Input)>, fn(&[Tensor]) -> Result<Tensor>)> = vec![
-        ("3x3 same stride 1, bias", vec![x(&[2, 5, 5, 3], F32), x(&[4, 3, 3, 3], F32), bias(4, F32)], |t| {
+    let cases = vec![
+        conv_case("3x3 same stride 1, bias", vec![x(&[2, 5, 5, 3], F32), x(&[4, 3, 3, 3], F32), bias(4, F32)], |t| {
             conv_with(t, (1, 1), Padding::Same, (1, 1))
         }),
-        (
+        conv_case(
             "3x3 same stride 2 even (asymmetric), bias",
             vec![x(&[2, 6, 6, 3], F32), x(&[4, 3, 3, 3], F32), bias(4, F32)],
             |t| conv_with(t, (2, 2), Padding::Same, (1, 1)),
         ),
-        ("3x3 same stride 2 on 7x6", vec![x(&[1, 7, 6, 2], F32), x(&[3, 3, 3, 2], F32)], |t| {
+        conv_case("3x3 same stride 2 on 7x6", vec![x(&[1, 7, 6, 2], F32), x(&[3, 3, 3, 2], F32)], |t| {
             conv_with(t, (2, 2), Padding::Same, (1, 1))
         }),
-        ("2x2 same stride 1 odd (asymmetric)", vec![x(&[2, 5, 5, 2], F32), x(&[3, 2, 2, 2], F32)], |t| {
+        conv_case("2x2 same stride 1 odd (asymmetric)", vec![x(&[2, 5, 5, 2], F32), x(&[3, 2, 2, 2], F32)], |t| {
             conv_with(t, (1, 1), Padding::Same, (1, 1))
         }),
-        ("3x3 valid stride 1", vec![x(&[2, 6, 5, 3], F32), x(&[2, 3, 3, 3], F32)], |t| {
+        conv_case("3x3 valid stride 1", vec![x(&[2, 6, 5, 3], F32), x(&[2, 3, 3, 3], F32)], |t| {
             conv_with(t, (1, 1), Padding::Valid, (1, 1))
         }),
-        (
-            "3x3 explicit asymmetric, stride (1, 2)",
+        conv_case(
+            "3x3 explicit asymmetric, stride (1, 2), bias",
             vec![x(&[1, 5, 6, 2], F32), x(&[3, 3, 3, 2], F32), bias(3, F32)],
             |t| conv_with(t, (1, 2), Padding::Explicit { top: 2, bottom: 0, left: 1, right: 3 }, (1, 1)),
         ),
-        ("3x3 dilation 2 same", vec![x(&[1, 7, 7, 2], F32), x(&[3, 3, 3, 2], F32)], |t| {
+        conv_case("3x3 dilation 2 same", vec![x(&[1, 7, 7, 2], F32), x(&[3, 3, 3, 2], F32)], |t| {
             conv_with(t, (1, 1), Padding::Same, (2, 2))
         }),
-        ("1x1 stride 2 same (shortcut), bias", vec![x(&[2, 6, 6, 4], F32), x(&[5, 1, 1, 4], F32), bias(5, F32)], |t| {
-            conv_with(t, (2, 2), Padding::Same, (1, 1))
-        }),
-        (
+        conv_case(
+            "1x1 stride 2 same (shortcut), bias",
+            vec![x(&[2, 6, 6, 4], F32), x(&[5, 1, 1, 4], F32), bias(5, F32)],
+            |t| conv_with(t, (2, 2), Padding::Same, (1, 1)),
+        ),
+        conv_case(
             "f64 3x3 same stride 2 even (asymmetric), bias",
             vec![x(&[2, 6, 6, 2], F64), x(&[3, 3, 3, 2], F64), bias(3, F64)],
             |t| conv_with(t, (2, 2), Padding::Same, (1, 1)),
         ),
-        ("f64 2x2 valid", vec![x(&[1, 6, 5, 2], F64), x(&[3, 2, 2, 2], F64)], |t| {
+        conv_case("f64 2x2 valid", vec![x(&[1, 6, 5, 2], F64), x(&[3, 2, 2, 2], F64)], |t| {
             conv_with(t, (1, 1), Padding::Valid, (1, 1))
         }),
-        ("f64 1x1 stride 1, bias", vec![x(&[2, 3, 3, 3], F64), x(&[2, 1, 1, 3], F64), bias(2, F64)], |t| {
+        conv_case("f64 1x1 stride 1, bias", vec![x(&[2, 3, 3, 3], F64), x(&[2, 1, 1, 3], F64), bias(2, F64)], |t| {
             conv_with(t, (1, 1), Padding::Valid, (1, 1))
         }),
-        ("f64 3x3 explicit asymmetric", vec![x(&[1, 4, 5, 2], F64), x(&[2, 3, 3, 2], F64)], |t| {
+        conv_case("f64 3x3 explicit asymmetric", vec![x(&[1, 4, 5, 2], F64), x(&[2, 3, 3, 2], F64)], |t| {
             conv_with(t, (1, 1), Padding::Explicit { top: 0, bottom: 2, left: 1, right: 0 }, (1, 1))
         }),
-        (
-            "f64 3x3 dilation 2 stride 2 (CPU fallback on the emulator)",
+        conv_case(
+            "f64 3x3 dilation 2 stride 2 (the CPU fallback on the emulator)",
             vec![x(&[1, 7, 7, 2], F64), x(&[2, 3, 3, 2], F64)],
             |t| conv_with(t, (2, 2), Padding::Same, (2, 2)),
         ),
     ];
-    let cases: Vec<Case> =
-        cases.into_iter().map(|(name, inputs, f)| Case { name, inputs, f, differentiable: true }).collect();
     run_cases("conv2d_through_cudnn_matches_cpu", &cases);
 }
 
