@@ -56,10 +56,13 @@ struct Sizes {
     budget: f64,
 }
 
+/// name, `[h, w, c_in]`, filters, kernel size, stride, padding, layers.
+type ConvShape = (&'static str, [usize; 3], usize, usize, usize, Padding, usize);
+
 /// The distinct convolutions of the seed ResNet18 on 32x32 CIFAR images (NHWC): name,
 /// input `[h, w, c_in]`, filters, kernel size, stride, padding, and how many layers have
 /// that shape (20 in all: the stem, 16 in the blocks, 3 shortcuts).
-const RESNET18_CONVS: [(&str, [usize; 3], usize, usize, usize, Padding, usize); 11] = [
+const RESNET18_CONVS: [ConvShape; 11] = [
     ("stem_3x3_3to64_30", [32, 32, 3], 64, 3, 1, Padding::Valid, 1),
     ("3x3_64_30", [30, 30, 64], 64, 3, 1, Padding::Same, 4),
     ("3x3s2_64to128_30", [30, 30, 64], 128, 3, 2, Padding::Same, 1),

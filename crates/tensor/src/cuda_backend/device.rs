@@ -1,9 +1,10 @@
 //! CUDA devices: per ordinal one context, one stream, a caching allocator, the loaded
-//! kernels and a cuBLAS handle, created on first use and kept for the life of the process.
+//! kernels, a cuBLAS handle and a cuDNN handle with its convolution plans, created on first
+//! use and kept for the life of the process.
 //!
 //! cudarc panics when a CUDA library cannot be loaded, so every path into it starts with
 //! `is_culib_present()` for the library it needs (driver here, NVRTC in `kernels`, cuBLAS
-//! in `blas`) and turns a missing library into [`Error::DeviceUnavailable`].
+//! in `blas`, cuDNN in `cudnn`) and turns a missing library into [`Error::DeviceUnavailable`].
 
 use super::allocator::{Block, CachingAllocator};
 use super::blas::BlasHandle;

@@ -1,5 +1,5 @@
 //! The CUDA backend (feature `cuda`): device buffers from a caching allocator, our
-//! kernels compiled by NVRTC, cuBLAS for matrix products.
+//! kernels compiled by NVRTC, cuBLAS for matrix products, cuDNN for convolutions.
 //!
 //! This file holds [`CudaStorage`] and routes each primitive of [`BackendStorage`] to its
 //! launch code, which lives beside its op (`ops/<family>/cuda.rs`, with the `.cu` source
