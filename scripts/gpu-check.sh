@@ -28,12 +28,19 @@ done
 libs=()
 cuda_home="${CUDA_HOME:-/usr/local/cuda}"
 for d in "$cuda_home/lib64" "$cuda_home/lib"; do [[ -d "$d" ]] && libs+=("$d"); done
-nvidia_root="$("$py" -c 'import nvidia, os; print(os.path.abspath(list(nvidia.__path__)[0]))' 2>/dev/null || true)"
-if [[ -n "$nvidia_root" ]]; then
+# `nvidia` is a namespace package: it may span several site-packages folders.
+nvidia_roots="$("$py" -c 'import nvidia, os; print("\n".join(os.path.abspath(p) for p in nvidia.__path__))' 2>/dev/null || true)"
+while IFS= read -r nvidia_root; do
+  [[ -n "$nvidia_root" ]] || continue
   for d in "$nvidia_root"/cu13/lib "$nvidia_root"/cudnn/lib "$nvidia_root"/*/lib; do
     [[ -d "$d" ]] && libs+=("$d")
   done
-fi
+done <<< "$nvidia_roots"
+# cuDNN 9 (libcudnn.so.9, for convolutions) from PyTorch's pip install, wherever it is.
+cudnn_lib="$("$py" -c 'import nvidia.cudnn, os; print(os.path.join(os.path.abspath(list(nvidia.cudnn.__path__)[0]), "lib"))' 2>/dev/null || true)"
+[[ -n "$cudnn_lib" && -d "$cudnn_lib" ]] && libs+=("$cudnn_lib")
+ls "${cudnn_lib:-/nonexistent}"/libcudnn.so* >/dev/null 2>&1 \
+  || echo "gpu-check: no libcudnn.so.9 from the Python install (nvidia.cudnn); convolutions need it" >&2
 LD_LIBRARY_PATH="$(IFS=:; echo "${libs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LD_LIBRARY_PATH REQUIRE_GPU=1 REQUIRE_NVRTC=1
 echo "gpu-check: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"

@@ -1,5 +1,5 @@
 //! The CUDA backend (feature `cuda`): device buffers from a caching allocator, our
-//! kernels compiled by NVRTC, cuBLAS for matrix products.
+//! kernels compiled by NVRTC, cuBLAS for matrix products, cuDNN for convolutions.
 //!
 //! This file holds [`CudaStorage`] and routes each primitive of [`BackendStorage`] to its
 //! launch code, which lives beside its op (`ops/<family>/cuda.rs`, with the `.cu` source
@@ -8,7 +8,8 @@
 
 pub(crate) mod allocator;
 pub(crate) mod blas;
-mod cpu_fallback;
+pub(crate) mod cpu_fallback;
+pub(crate) mod cudnn;
 pub(crate) mod device;
 pub(crate) mod kernels;
 mod staging;
@@ -18,7 +19,7 @@ use crate::backend::{
     UnaryOp,
 };
 use crate::cpu_backend::CpuStorage;
-use crate::ops::{elementwise, layout, matmul, reduce, softmax};
+use crate::ops::{conv, elementwise, layout, matmul, reduce, softmax};
 use crate::{DType, Device, Error, Result, Shape};
 use allocator::Block;
 use cudarc::driver::result as driver;
@@ -263,19 +264,19 @@ impl BackendStorage for CudaStorage {
         softmax::cuda::log_softmax(self, rows, cols)
     }
 
-    // Convolution, pooling and batch norm run on the CPU for now (see `cpu_fallback`).
-
     fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
-        cpu_fallback::conv2d(self, kernel, bias, spec)
+        conv::cuda::conv2d(self, kernel, bias, spec)
     }
 
     fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {
-        cpu_fallback::conv2d_backward_input(self, kernel, spec)
+        conv::cuda::conv2d_backward_input(self, kernel, spec)
     }
 
     fn conv2d_backward_filter(&self, grad_out: &Self, spec: &Conv2dSpec) -> Result<Self> {
-        cpu_fallback::conv2d_backward_filter(self, grad_out, spec)
+        conv::cuda::conv2d_backward_filter(self, grad_out, spec)
     }
+
+    // Pooling and batch norm run on the CPU for now (see `cpu_fallback`).
 
     fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
         cpu_fallback::max_pool2d(self, spec)
