@@ -101,7 +101,7 @@ fn small_cnn_follows_pytorchs_trajectory_with_keras_semantics() {
     let (expected_losses, _) = read(&file, "losses");
     let mut optimizer = Adam::new(1e-2);
     let trainable = model.trainable_variables();
-    for step in 0..steps {
+    for (step, &expected_loss) in expected_losses.iter().enumerate().take(steps) {
         let x = xs.narrow(0, step, 1).unwrap().squeeze(0).unwrap();
         let y = ys.narrow(0, step, 1).unwrap().squeeze(0).unwrap();
         let tape = GradientTape::new();
@@ -110,7 +110,7 @@ fn small_cnn_follows_pytorchs_trajectory_with_keras_semantics() {
         let grads = tape.gradient(&loss, &trainable).unwrap();
         optimizer.apply_gradients(&grads, &trainable).unwrap();
         let loss = loss.to_scalar::<f32>().unwrap() as f64;
-        assert_close(&format!("loss of step {step}"), &[loss], &[expected_losses[step]], 1e-5);
+        assert_close(&format!("loss of step {step}"), &[loss], &[expected_loss], 1e-5);
     }
 
     for (name, var) in &vars {
