@@ -80,24 +80,40 @@ fn assert_close(what: &str, ours: &[f64], torch: &[f64], tol: f64) {
 
 #[test]
 fn small_cnn_follows_pytorchs_trajectory_with_keras_semantics() {
+    follow_the_trajectory(Device::Cpu);
+}
+
+/// The same on a GPU (CI: the emulated one, scripts/cuda-emu); skips with the reason
+/// where none is usable, unless `REQUIRE_GPU=1`.
+#[cfg(feature = "cuda")]
+#[test]
+fn small_cnn_follows_pytorchs_trajectory_on_the_gpu() {
+    match tapegrad::tensor::cuda::ensure_available(0) {
+        Ok(()) => follow_the_trajectory(Device::Cuda(0)),
+        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("REQUIRE_GPU=1 but {e}"),
+        Err(e) => eprintln!("SKIPPED small_cnn_follows_pytorchs_trajectory_on_the_gpu: {e}"),
+    }
+}
+
+fn follow_the_trajectory(device: Device) {
     let bytes = std::fs::read(FIXTURE).expect("fixture file");
     let file = SafeTensors::deserialize(&bytes).expect("fixture parses");
     let (_, x_shape) = read(&file, "x");
     let (steps, batch) = (x_shape[0] - 1, x_shape[1]);
 
     let model = model();
-    model.build(&InputSpec::new([batch, x_shape[2], x_shape[3], x_shape[4]])).unwrap();
+    model.build(&InputSpec::new([batch, x_shape[2], x_shape[3], x_shape[4]]).with_device(device)).unwrap();
     let vars = named_variables(&model);
     for (name, var) in &vars {
         if !name.contains("moving") {
-            let init = tensor(&file, &format!("init.{name}"), DType::F32);
+            let init = tensor(&file, &format!("init.{name}"), DType::F32).to_device(&device).unwrap();
             assert_eq!(init.dims(), var.value_untracked().dims(), "{name} ({})", var.name());
             var.assign(init).unwrap();
         }
     }
 
-    let xs = tensor(&file, "x", DType::F32);
-    let ys = tensor(&file, "y", DType::I64);
+    let xs = tensor(&file, "x", DType::F32).to_device(&device).unwrap();
+    let ys = tensor(&file, "y", DType::I64).to_device(&device).unwrap();
     let (expected_losses, _) = read(&file, "losses");
     let mut optimizer = Adam::new(1e-2);
     let trainable = model.trainable_variables();
