@@ -230,6 +230,9 @@ impl ConvPlan {
             _ => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
         };
         let conv = |math| -> Result<ConvDesc> {
+            // cuDNN's DEFAULT_MATH may use TF32 on Ampere and newer: plain f32 pins FMA math
+            // whatever the heuristics ranked the algorithm with.
+            let math = if base_math == sys::cudnnMathType_t::CUDNN_FMA_MATH { base_math } else { math };
             let desc =
                 ConvDesc(dnn::create_convolution_descriptor().map_err(cuda_err("cudnnCreateConvolutionDescriptor"))?);
             let [ph, pw, u, v, dh, dw] = geometry;
