@@ -1,6 +1,7 @@
-//! CUDA micro-benchmarks: cuBLAS matrix products (GFLOP/s, f32 and TF32) and
-//! memory-bound elementwise, reduction and softmax kernels (GB/s, counting bytes read and
-//! written once). `benches/cuda_micro_torch.py` measures the same work with PyTorch;
+//! CUDA micro-benchmarks: cuBLAS matrix products (GFLOP/s, f32 and TF32), memory-bound
+//! elementwise, reduction and softmax kernels (GB/s, counting bytes read and written
+//! once), and the convolutions of the seed ResNet18 at batch 64 through cuDNN (GFLOP/s,
+//! f32: forward alone, and forward plus both gradients; then all 20 layers together). `benches/cuda_micro_torch.py` measures the same work with PyTorch;
 //! `scripts/gpu-check.sh` runs both on one card and prints them side by side.
 //!
 //! Output: one `RESULT <name> <value> <unit>` line per measurement. Without a usable GPU
@@ -10,7 +11,7 @@
 //! few iterations: a smoke test of the binary (the figures mean nothing).
 
 use std::time::Instant;
-use tapegrad::tensor::{cuda, DType, Device, Result, Tensor};
+use tapegrad::tensor::{cuda, Conv2dParams, DType, Device, GradientTape, Padding, Result, Tensor};
 
 const DEVICE: Device = Device::Cuda(0);
 
@@ -47,10 +48,61 @@ fn report(name: &str, value: f64, unit: &str) {
 /// Problem sizes: full, or tiny for `--quick`.
 struct Sizes {
     matmul: [usize; 2],
+    /// Batch of the convolution benchmarks.
+    conv_batch: usize,
     vector: usize,
     matrix: usize,
     softmax_rows: usize,
     budget: f64,
+}
+
+/// name, `[h, w, c_in]`, filters, kernel size, stride, padding, layers.
+type ConvShape = (&'static str, [usize; 3], usize, usize, usize, Padding, usize);
+
+/// The distinct convolutions of the seed ResNet18 on 32x32 CIFAR images (NHWC): name,
+/// input `[h, w, c_in]`, filters, kernel size, stride, padding, and how many layers have
+/// that shape (20 in all: the stem, 16 in the blocks, 3 shortcuts).
+const RESNET18_CONVS: [ConvShape; 11] = [
+    ("stem_3x3_3to64_30", [32, 32, 3], 64, 3, 1, Padding::Valid, 1),
+    ("3x3_64_30", [30, 30, 64], 64, 3, 1, Padding::Same, 4),
+    ("3x3s2_64to128_30", [30, 30, 64], 128, 3, 2, Padding::Same, 1),
+    ("1x1s2_64to128_30", [30, 30, 64], 128, 1, 2, Padding::Same, 1),
+    ("3x3_128_15", [15, 15, 128], 128, 3, 1, Padding::Same, 3),
+    ("3x3s2_128to256_15", [15, 15, 128], 256, 3, 2, Padding::Same, 1),
+    ("1x1s2_128to256_15", [15, 15, 128], 256, 1, 2, Padding::Same, 1),
+    ("3x3_256_8", [8, 8, 256], 256, 3, 1, Padding::Same, 3),
+    ("3x3s2_256to512_8", [8, 8, 256], 512, 3, 2, Padding::Same, 1),
+    ("1x1s2_256to512_8", [8, 8, 256], 512, 1, 2, Padding::Same, 1),
+    ("3x3_512_4", [4, 4, 512], 512, 3, 1, Padding::Same, 3),
+];
+
+/// Forward (and forward + input and kernel gradients) of each ResNet18 convolution.
+fn convolutions(s: &Sizes) -> Result<()> {
+    let (mut total_flops, mut total_seconds) = (0.0, 0.0);
+    for (name, [h, w, c], filters, k, stride, padding, layers) in RESNET18_CONVS {
+        let x = random(&[s.conv_batch, h, w, c])?;
+        let kernel = random(&[filters, k, k, c])?;
+        let params = Conv2dParams { strides: (stride, stride), padding, dilation: (1, 1) };
+        let y = x.conv2d(&kernel, None, &params)?;
+        let dy = random(y.dims())?;
+        let flops = 2.0 * (y.elem_count() * k * k * c) as f64;
+        let t = seconds_per_call(|| x.conv2d(&kernel, None, &params), s.budget)?;
+        report(&format!("conv_{name}_fwd"), flops / t / 1e9, "GFLOP/s");
+        let step = || -> Result<Tensor> {
+            let tape = GradientTape::new();
+            tape.watch(&x);
+            tape.watch(&kernel);
+            let y = tape.record(|| x.conv2d(&kernel, None, &params))?;
+            let grads = tape.gradient_with_output_gradient(&y, &[&x, &kernel], &dy)?;
+            grads.into_iter().next().flatten().ok_or_else(|| tapegrad::Error::Tape("no input gradient".into()))
+        };
+        let t = seconds_per_call(step, s.budget)?;
+        report(&format!("conv_{name}_fwdbwd"), 3.0 * flops / t / 1e9, "GFLOP/s");
+        total_flops += 3.0 * flops * layers as f64;
+        total_seconds += t * layers as f64;
+    }
+    report(&format!("resnet18_convs_b{}_fwdbwd", s.conv_batch), total_flops / total_seconds / 1e9, "GFLOP/s");
+    Ok(())
 }
 
 fn run(s: &Sizes) -> Result<()> {
@@ -83,6 +135,7 @@ fn run(s: &Sizes) -> Result<()> {
     let logits = random(&[s.softmax_rows, 1000])?;
     let t = seconds_per_call(|| logits.log_softmax(-1), s.budget)?;
     report(&format!("log_softmax_{}x1000_f32", s.softmax_rows), gb(2 * 4 * s.softmax_rows * 1000, t), "GB/s");
+    convolutions(s)?;
     let stats = cuda::memory_stats(0)?;
     println!(
         "# allocator: {} device allocations, {} cache hits, {} MiB reserved, peak {} MiB in use",
@@ -100,10 +153,17 @@ fn main() {
         std::process::exit(if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") { 1 } else { 0 });
     }
     let sizes = if std::env::args().any(|a| a == "--quick") {
-        Sizes { matmul: [64, 128], vector: 1 << 20, matrix: 256, softmax_rows: 64, budget: 0.0 }
+        Sizes { matmul: [64, 128], conv_batch: 2, vector: 1 << 20, matrix: 256, softmax_rows: 64, budget: 0.0 }
     } else {
         // 64 Mi f32 values (256 MiB) per vector; 8192 x 8192 matrices.
-        Sizes { matmul: [1024, 4096], vector: 1 << 26, matrix: 1 << 13, softmax_rows: 1 << 16, budget: 0.5 }
+        Sizes {
+            matmul: [1024, 4096],
+            conv_batch: 64,
+            vector: 1 << 26,
+            matrix: 1 << 13,
+            softmax_rows: 1 << 16,
+            budget: 0.5,
+        }
     };
     if let Err(e) = run(&sizes) {
         eprintln!("cuda_micro failed: {e}");

@@ -7,6 +7,7 @@ device synchronised before and after only, as in the Rust benchmark.
 import time
 
 import torch
+import torch.nn.functional as F
 
 DEVICE = "cuda"
 
@@ -35,6 +36,60 @@ def report(name, value, unit):
     print(f"RESULT {name} {value:.1f} {unit}", flush=True)
 
 
+# The distinct convolutions of the seed ResNet18 on 32x32 CIFAR images, as in
+# cuda_micro.rs: name, input (h, w, c_in), filters, kernel size, stride, padding, layers.
+RESNET18_CONVS = [
+    ("stem_3x3_3to64_30", (32, 32, 3), 64, 3, 1, "valid", 1),
+    ("3x3_64_30", (30, 30, 64), 64, 3, 1, "same", 4),
+    ("3x3s2_64to128_30", (30, 30, 64), 128, 3, 2, "same", 1),
+    ("1x1s2_64to128_30", (30, 30, 64), 128, 1, 2, "same", 1),
+    ("3x3_128_15", (15, 15, 128), 128, 3, 1, "same", 3),
+    ("3x3s2_128to256_15", (15, 15, 128), 256, 3, 2, "same", 1),
+    ("1x1s2_128to256_15", (15, 15, 128), 256, 1, 2, "same", 1),
+    ("3x3_256_8", (8, 8, 256), 256, 3, 1, "same", 3),
+    ("3x3s2_256to512_8", (8, 8, 256), 512, 3, 2, "same", 1),
+    ("1x1s2_256to512_8", (8, 8, 256), 512, 1, 2, "same", 1),
+    ("3x3_512_4", (4, 4, 512), 512, 3, 1, "same", 3),
+]
+
+
+def tf_same(size, k, stride):
+    """TF's 'same' padding along one axis: (before, after), the extra one after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def convolutions(batch=64):
+    """f32 (no TF32) channels_last convolutions, TF's padding: where it is asymmetric the
+    input is padded explicitly, as tapegrad does for cuDNN."""
+    torch.backends.cudnn.allow_tf32 = False
+    total_flops = total_seconds = 0.0
+    for name, (h, w, c), filters, k, stride, padding, layers in RESNET18_CONVS:
+        cl = torch.channels_last
+        x = random(batch, c, h, w).contiguous(memory_format=cl).requires_grad_()
+        weight = random(filters, c, k, k).contiguous(memory_format=cl).requires_grad_()
+        (top, bottom), (left, right) = (tf_same(h, k, stride), tf_same(w, k, stride)) if padding == "same" else ((0, 0), (0, 0))
+        ph, pw = min(top, bottom), min(left, right)
+        extra = (left - pw, right - pw, top - ph, bottom - ph)
+
+        def forward():
+            xi = F.pad(x, extra) if any(extra) else x
+            return F.conv2d(xi, weight, stride=stride, padding=(ph, pw))
+
+        with torch.no_grad():
+            y = forward()
+            dy = random(*y.shape).contiguous(memory_format=cl)
+            flops = 2 * y.numel() * k * k * c
+            t = seconds_per_call(forward)
+        report(f"conv_{name}_fwd", flops / t / 1e9, "GFLOP/s")
+        t = seconds_per_call(lambda: torch.autograd.grad(forward(), (x, weight), dy))
+        report(f"conv_{name}_fwdbwd", 3 * flops / t / 1e9, "GFLOP/s")
+        total_flops += 3 * flops * layers
+        total_seconds += t * layers
+    report(f"resnet18_convs_b{batch}_fwdbwd", total_flops / total_seconds / 1e9, "GFLOP/s")
+
+
 def main():
     for n in (1024, 4096):
         a, b = random(n, n), random(n, n)
@@ -57,6 +112,7 @@ def main():
     logits = random(1 << 16, 1000)
     t = seconds_per_call(lambda: torch.log_softmax(logits, -1))
     report("log_softmax_65536x1000_f32", gb(2 * 4 * (1 << 16) * 1000, t), "GB/s")
+    convolutions()
 
 
 if __name__ == "__main__":

@@ -43,27 +43,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let y = Tensor::from_vec(labels, [batch], &device)?;
     let mut optimizer = Adam::new(3e-4);
     let vars = model.trainable_variables();
-    let mut step = || -> Result<f32, Box<dyn std::error::Error>> {
+    // A step returns its loss without reading it: reading waits for the device, and
+    // PyTorch's loop (resnet_train_torch.py) does not wait either.
+    let mut step = || -> Result<Tensor, Box<dyn std::error::Error>> {
         let tape = GradientTape::new();
         let loss = tape.record(|| losses::sparse_categorical_crossentropy(&y, &model.call(&x, Mode::Train)?, true))?;
         let grads = tape.gradient(&loss, &vars)?;
         optimizer.apply_gradients(&grads, &vars)?;
-        Ok(loss.to_scalar::<f32>()?)
+        Ok(loss)
     };
     for _ in 0..warmup {
-        step()?;
+        step()?.to_scalar::<f32>()?;
+    }
+    if let Device::Cuda(ordinal) = device {
+        tapegrad::tensor::cuda::reset_peak_memory(ordinal)?;
     }
     let start = Instant::now();
-    let mut loss = 0.0;
+    let mut last = None;
     for _ in 0..steps {
-        loss = step()?;
+        last = Some(step()?);
     }
+    let loss = match last {
+        Some(loss) => loss.to_scalar::<f32>()?, // waits for the queued steps
+        None => f32::NAN,
+    };
     let seconds = start.elapsed().as_secs_f64();
+    let memory = match device {
+        Device::Cuda(ordinal) => {
+            let stats = tapegrad::tensor::cuda::memory_stats(ordinal)?;
+            format!(", peak GPU memory {:.0} MiB", stats.peak_in_use as f64 / (1 << 20) as f64)
+        }
+        Device::Cpu => String::new(),
+    };
+    let images_per_sec = (batch * steps) as f64 / seconds;
     println!(
-        "tapegrad {arch} batch {batch} {device} threads {}: {:.1} ms/step, {:.1} images/s, last loss {loss:.4}",
+        "tapegrad {arch} batch {batch} {device} threads {}: {:.1} ms/step, {images_per_sec:.1} images/s, last loss \
+         {loss:.4}{memory}",
         rayon::current_num_threads(),
         seconds / steps as f64 * 1e3,
-        (batch * steps) as f64 / seconds
     );
+    // One machine-readable line for scripts/gpu-check.sh's table.
+    let place = if device.is_cpu() { "cpu" } else { "cuda" };
+    println!("RESULT train_{arch}_b{batch}_{place} {images_per_sec:.1} img/s");
+    if let Device::Cuda(ordinal) = device {
+        let peak = tapegrad::tensor::cuda::memory_stats(ordinal)?.peak_in_use as f64 / (1 << 20) as f64;
+        println!("RESULT peak_memory_{arch}_b{batch}_{place} {peak:.0} MiB");
+    }
     Ok(())
 }

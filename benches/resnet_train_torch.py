@@ -132,6 +132,10 @@ def main():
         f"channels_last={args.channels_last} params={params}: {dt / args.steps * 1e3:.1f} ms/step, "
         f"{ips:.1f} images/s, last loss {loss.item():.4f}{extra}"
     )
+    # Machine-readable lines for scripts/gpu-check.sh's table (same names as resnet_train.rs).
+    print(f"RESULT train_{args.arch}_b{args.batch}_{dev.type} {ips:.1f} img/s")
+    if dev.type == "cuda":
+        print(f"RESULT peak_memory_{args.arch}_b{args.batch}_{dev.type} {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

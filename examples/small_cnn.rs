@@ -79,10 +79,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let train = DataLoader::new(train, LoaderConfig::new(args.batch_size).shuffle(args.seed))?;
     let test = DataLoader::new(test, LoaderConfig::new(args.batch_size))?;
 
+    // A GPU when one is usable (built with `--features cuda`), else the CPU.
+    let device = Device::cuda_if_available();
     let model = small_cnn(classes)?;
+    model.build(&InputSpec::new([args.batch_size, 32, 32, 3]).with_device(device))?;
     println!("{}", model.summary(&InputSpec::new([args.batch_size, 32, 32, 3]))?);
     let mut optimizer = Adam::new(args.lr);
-    let device = Device::Cpu;
     for epoch in 0..args.epochs {
         let mut loss_mean = metrics::Mean::new();
         for batch in train.epoch(epoch)? {

@@ -5,6 +5,9 @@
 #   target/gpu-bundle/cuda_ops        GPU tests (crates/tensor/tests/cuda_ops.rs)
 #   target/gpu-bundle/nvrtc_kernels   NVRTC compile test (crates/tensor/tests/nvrtc_kernels.rs)
 #   target/gpu-bundle/cuda_micro      micro-benchmarks (benches/cuda_micro.rs)
+#   target/gpu-bundle/cuda_training   a seed ResNet18 step on CUDA vs the CPU (tests/cuda_training.rs)
+#   target/gpu-bundle/resnet_train    training images/s of the seed ResNet (benches/resnet_train.rs)
+#   target/gpu-bundle/resnet_cifar100 the flagship, for a short training run on synthetic data
 #
 # Then, on the GPU machine, from the repository root: scripts/gpu-check.sh
 # (with the device tool: carry target/gpu-bundle). Needs python3 (to read cargo's JSON).
@@ -36,8 +39,10 @@ cargo test --release --features cuda -p tapegrad-tensor --test cuda_ops --test n
   --message-format=json-render-diagnostics | copy_executables cuda_ops nvrtc_kernels
 # `build --release` rather than `bench --no-run`: the same profile as the tests, so the
 # dependencies are built once.
-cargo build --release --features cuda --bench cuda_micro --message-format=json-render-diagnostics \
-  | copy_executables cuda_micro
+cargo build --release --features cuda --bench cuda_micro --bench resnet_train --example resnet_cifar100 \
+  --message-format=json-render-diagnostics | copy_executables cuda_micro resnet_train resnet_cifar100
+cargo test --release --features cuda --test cuda_training --no-run --message-format=json-render-diagnostics \
+  | copy_executables cuda_training
 
 size=$(du -sb "$out" | cut -f1)
 ls -l "$out"

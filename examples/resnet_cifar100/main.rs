@@ -93,6 +93,11 @@ fn run(args: Args) -> AnyResult<()> {
         let bar = progress_bar(steps_per_epoch, epoch, args.epochs);
         bar.set_position(skip as u64);
         let (mut loss_sum, mut correct, mut seen, epoch_start) = (0.0, 0usize, 0usize, Instant::now());
+        // The epoch's sums stay on the device between reads: reading a value waits for the
+        // device, so on a GPU the host reads every `read_every` steps and otherwise queues
+        // the next step while the current one runs.
+        let read_every = if device.is_cpu() { 1 } else { 25 };
+        let mut pending: Option<(Tensor, Tensor)> = None;
         for (i, batch) in train.epoch(epoch)?.enumerate().skip(skip) {
             let (x, y) = batch.into_tensors(&device)?;
             // The seed's step: forward under the tape, gradient, apply.
@@ -105,30 +110,40 @@ fn run(args: Args) -> AnyResult<()> {
             let grads = tape.gradient(&loss, &model.trainable_variables())?;
             optimizer.apply_gradients(&grads, &model.trainable_variables())?;
 
-            let batch_loss = loss.to_scalar::<f32>()? as f64;
             let n = y.elem_count();
-            loss_sum += batch_loss * n as f64;
-            correct += metrics::correct_count(&y, &logits)?;
+            let batch_sums = (loss.mul_scalar(n as f64)?, metrics::correct_count_tensor(&y, &logits)?);
+            pending = Some(match pending.take() {
+                Some((l, c)) => (l.add(&batch_sums.0)?, c.add(&batch_sums.1)?),
+                None => batch_sums,
+            });
             seen += n;
             step += 1;
+            bar.inc(1);
+            let last_step = i + 1 == steps_per_epoch as usize;
+            let stop = step >= max_steps || interrupted.load(Ordering::SeqCst);
+            if i % read_every == 0 || i % 100 == 0 || last_step || stop {
+                if let Some((l, c)) = pending.take() {
+                    loss_sum += l.to_scalar::<f32>()? as f64;
+                    correct += c.to_scalar::<i64>()? as usize;
+                }
+                let ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.3} {ips:.0} img/s",
+                    loss_sum / seen as f64,
+                    correct as f64 / seen as f64
+                ));
+            }
             if i % 100 == 0 {
                 // The seed prints this line every 100 steps: above the bar on a terminal,
                 // plainly when the output is piped (a hidden bar prints nothing).
-                let line = format!("{epoch} {i} loss: {batch_loss:.6}");
+                let line = format!("{epoch} {i} loss: {:.6}", loss.to_scalar::<f32>()?);
                 if bar.is_hidden() {
                     println!("{line}");
                 } else {
                     bar.println(line);
                 }
             }
-            let ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4} acc {:.3} {ips:.0} img/s",
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64
-            ));
-            bar.inc(1);
-            if step >= max_steps || interrupted.load(Ordering::SeqCst) {
+            if stop {
                 break;
             }
         }

@@ -19,7 +19,15 @@ pub fn device(kind: DeviceKind) -> AnyResult<Device> {
             tapegrad::Tensor::zeros([1], tapegrad::DType::F32, &device)?;
             device
         }
-        DeviceKind::Auto => Device::cuda_if_available(),
+        DeviceKind::Auto => {
+            let device = Device::cuda_if_available();
+            if cfg!(feature = "cuda") && device.is_cpu() {
+                if let Err(e) = tapegrad::tensor::cuda::ensure_available(0) {
+                    eprintln!("training on the CPU: {e}");
+                }
+            }
+            device
+        }
     })
 }
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # scripts/cuda-emu/build.sh — builds a fake CUDA driver + cuBLAS that run tapegrad's kernels on
-# the host, into target/cuda-emu/ (libcuda.so and libcublas.so, one library).
+# the host, into target/cuda-emu/ (libcuda.so, libcublas.so and libcudnn.so, one library).
 #
 # Why: without a GPU, the CUDA backend's host code (cudarc calls, allocator, launch
 # arguments, kernel names, reduction plans, the cuBLAS mapping) and its kernels' index
 # arithmetic still run end to end: crates/tensor/tests/cuda_ops.rs compares every op with
 # the CPU backend. The kernels are the real .cu sources compiled with g++ behind emu.h;
 # kernels run synchronously (one stream is in order anyway); cuBLAS is a naive
-# column-major GEMM. NVRTC (real, from scripts/nvrtc-check.sh) still compiles every kernel
-# for sm_90; the fake driver ignores the CUBIN and runs the host build.
+# column-major GEMM; cuDNN's convolutions are naive loops (fake_cudnn.cpp). NVRTC (real,
+# from scripts/nvrtc-check.sh) still compiles every kernel for sm_90; the fake driver
+# ignores the CUBIN and runs the host build.
 #
 # Not covered: anything only a GPU shows (timing, real memory limits, races between
 # threads, the driver's handling of our CUBINs).
@@ -22,7 +23,8 @@ out="$root/target/cuda-emu"
 mkdir -p "$out"
 python3 "$here/register.py" "$root/crates/tensor/src" "$out"
 g++ -std=c++20 -O2 -fPIC -shared -w -fvisibility=hidden -I"$here" -o "$out/libtapegrad_cuda_emu.so" \
-  "$here/fake_driver.cpp" "$out"/k_*.cpp -lpthread
+  "$here/fake_driver.cpp" "$here/fake_cudnn.cpp" "$out"/k_*.cpp -lpthread
 ln -sf libtapegrad_cuda_emu.so "$out/libcuda.so"
 ln -sf libtapegrad_cuda_emu.so "$out/libcublas.so"
+ln -sf libtapegrad_cuda_emu.so "$out/libcudnn.so"
 rm -f "$out/libcuda.so.1"

@@ -103,6 +103,14 @@ CUresult cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void*) { 
 CUresult cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t n, void*) { memcpy(dst, (void*)src, n); return 0; }
 CUresult cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t n, void*) { memcpy((void*)dst, (void*)src, n); return 0; }
 CUresult cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void*) { memset((void*)dst, v, n); return 0; }
+// Pinned host memory and events (upload staging): plain host memory; copies are synchronous,
+// so an event has always passed.
+CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) { *p = malloc(bytes ? bytes : 1); return *p ? 0 : 2; }
+CUresult cuMemFreeHost(void* p) { free(p); return 0; }
+CUresult cuEventCreate(void** e, unsigned) { *e = malloc(1); return 0; }
+CUresult cuEventRecord(void*, void*) { return 0; }
+CUresult cuEventSynchronize(void*) { return 0; }
+CUresult cuEventDestroy_v2(void* e) { free(e); return 0; }
 CUresult cuGetErrorString(int, const char** s) { *s = "fake cuda error"; return 0; }
 CUresult cuGetErrorName(int, const char** s) { *s = "CUDA_ERROR_FAKE"; return 0; }
 

@@ -7,9 +7,15 @@ use tapegrad_tensor::{DType, Error, Result, Tensor};
 /// `labels` are class indices (i64 `[n]`) or one-hot rows of the predictions' shape.
 /// Ties go to the lowest class index, as `argmax`.
 pub fn correct_count(labels: &Tensor, predictions: &Tensor) -> Result<usize> {
+    Ok(correct_count_tensor(labels, predictions)?.to_scalar::<i64>()? as usize)
+}
+
+/// [`correct_count`] as an `i64` scalar tensor on the predictions' device, so that a
+/// training loop can add it up without waiting for the device at every step.
+pub fn correct_count_tensor(labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
     let classes = class_indices(labels, predictions, "accuracy")?;
     let predicted = predictions.argmax(-1)?;
-    Ok(predicted.equal(&classes)?.cast(DType::I64)?.sum_all()?.to_scalar::<i64>()? as usize)
+    predicted.equal(&classes)?.cast(DType::I64)?.sum_all()
 }
 
 /// The fraction of rows predicted correctly (Keras' `sparse_categorical_accuracy`, or

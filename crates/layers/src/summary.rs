@@ -47,7 +47,10 @@ pub fn summary_nested(model: &dyn Layer, input: &InputSpec) -> Result<Summary> {
 }
 
 fn summarize(model: &dyn Layer, input: &InputSpec, expand_nested: bool) -> Result<Summary> {
-    let x = input.zeros()?;
+    // The trace runs where the model's weights are (a model built on a GPU, summarised from
+    // a spec that names only the shape), else where the spec says.
+    let device = model.variables().first().map(|v| v.value_untracked().device()).unwrap_or(input.device);
+    let x = input.clone().with_device(device).zeros()?;
     let (out, recorded) = trace::with_trace(|| model.call(&x, Mode::Infer));
     let out = out?;
     let mut rows = Vec::new();

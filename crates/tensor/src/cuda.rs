@@ -59,15 +59,15 @@ pub struct MemoryStats {
 
 static TF32: AtomicBool = AtomicBool::new(false);
 
-/// Lets f32 matrix products on CUDA use TF32 tensor cores (10-bit mantissas in the
-/// products, f32 accumulation): several times faster on Ampere and newer GPUs, with
-/// relative errors around 1e-3 instead of 1e-6. Off by default; it applies to every
+/// Lets f32 matrix products and convolutions on CUDA use TF32 tensor cores (10-bit
+/// mantissas in the products, f32 accumulation): several times faster on Ampere and newer
+/// GPUs, with relative errors around 1e-3 instead of 1e-6. Off by default; it applies to every
 /// device and to products queued after the call (PyTorch's `allow_tf32`).
 pub fn set_tf32(enabled: bool) {
     TF32.store(enabled, Ordering::Relaxed);
 }
 
-/// Whether TF32 math is enabled for f32 matrix products (see [`set_tf32`]).
+/// Whether TF32 math is enabled for f32 matrix products and convolutions (see [`set_tf32`]).
 pub fn tf32_enabled() -> bool {
     TF32.load(Ordering::Relaxed)
 }

@@ -73,6 +73,9 @@ impl Tensor {
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
         let len = shape.checked_elem_count("full")?;
+        if device.is_cpu() {
+            ensure_host_memory(len * dtype.size_in_bytes(), "full", &shape)?;
+        }
         Ok(Self::from_storage(Storage::full(len, value, dtype, device)?, shape))
     }
 
@@ -105,6 +108,7 @@ impl Tensor {
         // The float count may exceed any buffer (or usize); check before allocating.
         let n = if n < usize::MAX as f64 { n as usize } else { usize::MAX };
         Shape::new(&[n]).checked_elem_count("arange")?;
+        ensure_host_memory(n.saturating_mul(8), "arange", &Shape::new(&[n]))?;
         let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
         let cpu = match dtype {
             DType::F32 => CpuStorage::F32(values.iter().map(|&v| v as f32).collect()),
@@ -124,7 +128,7 @@ impl Tensor {
         rng: &mut R,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        shape.checked_elem_count("rand_uniform")?;
+        ensure_host_memory(shape.checked_elem_count("rand_uniform")? * 8, "rand_uniform", &shape)?;
         let dist = Uniform::new(low, high)
             .map_err(|e| Error::invalid("rand_uniform", format!("bad range [{low}, {high}): {e}")))?;
         let values: Vec<f64> = (0..shape.elem_count()).map(|_| dist.sample(rng)).collect();
@@ -141,7 +145,7 @@ impl Tensor {
         rng: &mut R,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        shape.checked_elem_count("rand_normal")?;
+        ensure_host_memory(shape.checked_elem_count("rand_normal")? * 8, "rand_normal", &shape)?;
         // rand_distr accepts a negative std (it mirrors the samples); a negative std is a
         // mistake in the caller's code, as PyTorch's `normal_` holds.
         if std.is_nan() || std < 0.0 || !mean.is_finite() {
@@ -277,4 +281,18 @@ impl Tensor {
         }
         Ok(())
     }
+}
+
+/// Reports a host allocation of `bytes` that the allocator refuses as an error naming the
+/// shape, where `vec!` would abort the process. Only sizes from 1 GiB up are probed (the
+/// probe reserves address space and gives it back at once, touching no page).
+pub(crate) fn ensure_host_memory(bytes: usize, op: &'static str, shape: &Shape) -> Result<()> {
+    const PROBE_FROM: usize = 1 << 30;
+    if bytes < PROBE_FROM {
+        return Ok(());
+    }
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(bytes).map_err(|_| {
+        Error::invalid(op, format!("shape {shape} needs {bytes} bytes of host memory, which cannot be allocated"))
+    })
 }

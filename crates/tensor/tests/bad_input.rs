@@ -88,6 +88,19 @@ fn buffer_lengths_that_do_not_match_the_shape() {
 
 #[test]
 fn shapes_too_large_to_allocate_are_errors_not_panics() {
+    // Allocatable in principle (under isize::MAX bytes) but far beyond any machine: an
+    // error naming the shape, not an aborted process.
+    let petabyte = [1usize << 24, 1 << 24];
+    assert_err(
+        "zeros 1 PB",
+        Tensor::zeros(petabyte, DType::F32, &Device::Cpu),
+        &["full", "16777216", "cannot be allocated"],
+    );
+    assert_err(
+        "rand_normal 1 PB",
+        Tensor::rand_normal(petabyte, 0.0, 1.0, DType::F32, &Device::Cpu, &mut rand::rngs::StdRng::seed_from_u64(0)),
+        &["rand_normal", "cannot be allocated"],
+    );
     let huge = [usize::MAX, 2];
     assert_err("from_vec", Tensor::from_vec(Vec::<f32>::new(), huge, &Device::Cpu), &["from_vec", "too many"]);
     assert_err("zeros", Tensor::zeros(huge, DType::F32, &Device::Cpu), &["full", "too many"]);

@@ -340,8 +340,8 @@ fn softmax_losses_and_casts_match_cpu() {
 
 #[test]
 fn conv_pool_and_batch_norm_match_cpu() {
-    // These run through the CPU kernels for now (cuda_backend/cpu_fallback.rs); the test
-    // stays when cuDNN takes over.
+    // Convolution through cuDNN, pooling and batch norm through our kernels; more cases in
+    // pool_kernels_match_cpu and batch_norm_kernels_match_cpu.
     run_cases(
         "conv_pool_and_batch_norm_match_cpu",
         &[
@@ -394,6 +394,135 @@ fn tf32_matmul_is_close() {
     cuda::set_tf32(true);
     let got = a.to_device(&device).unwrap().matmul(&b.to_device(&device).unwrap()).unwrap();
     assert_close("tf32 matmul", &got, &want, 1e-2);
+}
+
+/// A differentiable convolution case.
+fn conv_case(name: &'static str, inputs: Vec<(Vec<usize>, DType, Input)>, f: fn(&[Tensor]) -> Result<Tensor>) -> Case {
+    Case { name, inputs, f, differentiable: true }
+}
+
+/// A convolution with the given options, with a bias when the case has a third input.
+fn conv_with(x: &[Tensor], strides: (usize, usize), padding: Padding, dilation: (usize, usize)) -> Result<Tensor> {
+    x[0].conv2d(&x[1], x.get(2), &Conv2dParams { strides, padding, dilation })
+}
+
+#[test]
+fn conv2d_through_cudnn_matches_cpu() {
+    // Forward and all gradients (input, kernel, bias). TF 'same' is asymmetric where the
+    // total padding is odd (stride 2 on an even size, a 2x2 kernel at stride 1); cuDNN pads
+    // symmetrically, so those cases exercise the explicit pad and the crop. On the
+    // emulator, f64 with a dilation has no cuDNN algorithm (the CPU fallback runs).
+    let bias = |c: usize, dtype: DType| (vec![c], dtype, Normal);
+    let x = |shape: &[usize], dtype: DType| (shape.to_vec(), dtype, Normal);
+    let cases = vec![
+        conv_case("3x3 same stride 1, bias", vec![x(&[2, 5, 5, 3], F32), x(&[4, 3, 3, 3], F32), bias(4, F32)], |t| {
+            conv_with(t, (1, 1), Padding::Same, (1, 1))
+        }),
+        conv_case(
+            "3x3 same stride 2 even (asymmetric), bias",
+            vec![x(&[2, 6, 6, 3], F32), x(&[4, 3, 3, 3], F32), bias(4, F32)],
+            |t| conv_with(t, (2, 2), Padding::Same, (1, 1)),
+        ),
+        conv_case("3x3 same stride 2 on 7x6", vec![x(&[1, 7, 6, 2], F32), x(&[3, 3, 3, 2], F32)], |t| {
+            conv_with(t, (2, 2), Padding::Same, (1, 1))
+        }),
+        conv_case("2x2 same stride 1 odd (asymmetric)", vec![x(&[2, 5, 5, 2], F32), x(&[3, 2, 2, 2], F32)], |t| {
+            conv_with(t, (1, 1), Padding::Same, (1, 1))
+        }),
+        conv_case("3x3 valid stride 1", vec![x(&[2, 6, 5, 3], F32), x(&[2, 3, 3, 3], F32)], |t| {
+            conv_with(t, (1, 1), Padding::Valid, (1, 1))
+        }),
+        conv_case(
+            "3x3 explicit asymmetric, stride (1, 2), bias",
+            vec![x(&[1, 5, 6, 2], F32), x(&[3, 3, 3, 2], F32), bias(3, F32)],
+            |t| conv_with(t, (1, 2), Padding::Explicit { top: 2, bottom: 0, left: 1, right: 3 }, (1, 1)),
+        ),
+        conv_case("3x3 dilation 2 same", vec![x(&[1, 7, 7, 2], F32), x(&[3, 3, 3, 2], F32)], |t| {
+            conv_with(t, (1, 1), Padding::Same, (2, 2))
+        }),
+        conv_case(
+            "1x1 stride 2 same (shortcut), bias",
+            vec![x(&[2, 6, 6, 4], F32), x(&[5, 1, 1, 4], F32), bias(5, F32)],
+            |t| conv_with(t, (2, 2), Padding::Same, (1, 1)),
+        ),
+        conv_case(
+            "f64 3x3 same stride 2 even (asymmetric), bias",
+            vec![x(&[2, 6, 6, 2], F64), x(&[3, 3, 3, 2], F64), bias(3, F64)],
+            |t| conv_with(t, (2, 2), Padding::Same, (1, 1)),
+        ),
+        conv_case("f64 2x2 valid", vec![x(&[1, 6, 5, 2], F64), x(&[3, 2, 2, 2], F64)], |t| {
+            conv_with(t, (1, 1), Padding::Valid, (1, 1))
+        }),
+        conv_case("f64 1x1 stride 1, bias", vec![x(&[2, 3, 3, 3], F64), x(&[2, 1, 1, 3], F64), bias(2, F64)], |t| {
+            conv_with(t, (1, 1), Padding::Valid, (1, 1))
+        }),
+        conv_case("f64 3x3 explicit asymmetric", vec![x(&[1, 4, 5, 2], F64), x(&[2, 3, 3, 2], F64)], |t| {
+            conv_with(t, (1, 1), Padding::Explicit { top: 0, bottom: 2, left: 1, right: 0 }, (1, 1))
+        }),
+        conv_case(
+            "f64 3x3 dilation 2 stride 2 (the CPU fallback on the emulator)",
+            vec![x(&[1, 7, 7, 2], F64), x(&[2, 3, 3, 2], F64)],
+            |t| conv_with(t, (2, 2), Padding::Same, (2, 2)),
+        ),
+    ];
+    run_cases("conv2d_through_cudnn_matches_cpu", &cases);
+}
+
+#[test]
+fn tf32_conv2d_is_close_and_plain_f32_stays_exact() {
+    let Some((_lock, device)) = gpu_or_skip("tf32_conv2d_is_close_and_plain_f32_stays_exact") else { return };
+    /// Turns TF32 off again even if the test fails.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            cuda::set_tf32(false);
+        }
+    }
+    let _reset = Reset;
+    let mut rng = StdRng::seed_from_u64(17);
+    let x = Tensor::rand_normal([2, 8, 8, 16], 0.0, 1.0, F32, &Device::Cpu, &mut rng).unwrap();
+    let k = Tensor::rand_normal([8, 3, 3, 16], 0.0, 1.0, F32, &Device::Cpu, &mut rng).unwrap();
+    let params = Conv2dParams { padding: Padding::Same, ..Default::default() };
+    let want = x.conv2d(&k, None, &params).unwrap();
+    let (xg, kg) = (x.to_device(&device).unwrap(), k.to_device(&device).unwrap());
+    cuda::set_tf32(true);
+    let tf32 = xg.conv2d(&kg, None, &params).unwrap();
+    assert_close("tf32 conv2d", &tf32, &want, 1e-2);
+    cuda::set_tf32(false);
+    let plain = xg.conv2d(&kg, None, &params).unwrap();
+    assert_close("f32 conv2d after tf32", &plain, &want, tolerance(F32));
+}
+
+#[test]
+fn repeated_conv_step_allocates_only_in_its_first_iteration() {
+    let Some((_lock, device)) = gpu_or_skip("repeated_conv_step_allocates_only_in_its_first_iteration") else { return };
+    let mut rng = StdRng::seed_from_u64(19);
+    let mut upload = |shape: &[usize]| {
+        Tensor::rand_normal(shape.to_vec(), 0.0, 0.1, F32, &Device::Cpu, &mut rng).unwrap().to_device(&device).unwrap()
+    };
+    let (x, k, b) = (upload(&[2, 6, 6, 3]), upload(&[4, 3, 3, 3]), upload(&[4]));
+    let params = Conv2dParams { strides: (2, 2), padding: Padding::Same, ..Default::default() };
+    let step = || -> Result<f32> {
+        let tape = GradientTape::new();
+        tape.watch(&x);
+        tape.watch(&k);
+        tape.watch(&b);
+        let loss = tape.record(|| x.conv2d(&k, Some(&b), &params)?.square()?.mean_all())?;
+        let grads = tape.gradient(&loss, &[&x, &k, &b])?;
+        let mut total = loss.to_scalar::<f32>()?;
+        for g in grads.into_iter().flatten() {
+            total += g.sum_all()?.to_scalar::<f32>()?;
+        }
+        Ok(total)
+    };
+    let first = step().unwrap();
+    let after_first = cuda::memory_stats(0).unwrap();
+    for _ in 0..2 {
+        assert_eq!(step().unwrap(), first, "the same step gives the same numbers");
+    }
+    let after = cuda::memory_stats(0).unwrap();
+    assert_eq!(after.device_allocations, after_first.device_allocations, "{after_first:?} -> {after:?}");
+    assert_eq!(after.in_use, after_first.in_use, "every buffer of a step (workspaces included) is released");
 }
 
 /// A small training step: two dense layers, a loss, its gradients.

@@ -1,9 +1,8 @@
-//! Convolution on CUDA devices, computed by the CPU kernels: the operands are copied to
-//! the host, the CPU backend computes, the results are copied back. Correct (the same
-//! numbers as the CPU) but slow, and each call waits for the device: a bridge until the
-//! cuDNN versions (issue #7) replace these functions, so that models with convolutions
-//! already run with `--features cuda`. (Pooling and batch norm have their own kernels in
-//! `ops/pool/cuda.rs` and `ops/norm/cuda.rs`.)
+//! Convolutions on CUDA devices computed by the CPU kernels, for the configurations cuDNN
+//! has no algorithm for (`ops/conv/cuda.rs`): the operands are copied to the host, the CPU
+//! backend computes, the results are copied back. Correct (the same numbers as the CPU)
+//! but slow, and each call waits for the device. (Pooling and batch norm have their own
+//! kernels in `ops/pool/cuda.rs` and `ops/norm/cuda.rs`.)
 
 use super::CudaStorage;
 use crate::backend::{BackendStorage, Conv2dSpec};

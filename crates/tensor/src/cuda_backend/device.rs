@@ -1,12 +1,14 @@
 //! CUDA devices: per ordinal one context, one stream, a caching allocator, the loaded
-//! kernels and a cuBLAS handle, created on first use and kept for the life of the process.
+//! kernels, a cuBLAS handle and a cuDNN handle with its convolution plans, created on first
+//! use and kept for the life of the process.
 //!
 //! cudarc panics when a CUDA library cannot be loaded, so every path into it starts with
 //! `is_culib_present()` for the library it needs (driver here, NVRTC in `kernels`, cuBLAS
-//! in `blas`) and turns a missing library into [`Error::DeviceUnavailable`].
+//! in `blas`, cuDNN in `cudnn`) and turns a missing library into [`Error::DeviceUnavailable`].
 
 use super::allocator::{Block, CachingAllocator};
 use super::blas::BlasHandle;
+use super::cudnn::Dnn;
 use super::kernels::{self, KernelSource};
 use crate::cuda::MemoryStats;
 use crate::{Device, Error, Result};
@@ -55,6 +57,7 @@ pub(crate) struct CudaDevice {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: Mutex<Option<BlasHandle>>,
+    dnn: Mutex<Option<Dnn>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -104,6 +107,7 @@ impl CudaDevice {
             modules: Mutex::default(),
             functions: Mutex::default(),
             blas: Mutex::default(),
+            dnn: Mutex::default(),
         })
     }
 
@@ -198,6 +202,19 @@ impl CudaDevice {
         };
         let result = f(&handle);
         *slot = Some(handle);
+        result
+    }
+
+    /// Runs `f` with this device's cuDNN state (handle and convolution plans, created on
+    /// first use; the lock keeps calls from several threads apart, as a handle requires).
+    pub(crate) fn with_dnn<R>(&self, f: impl FnOnce(&Dnn) -> Result<R>) -> Result<R> {
+        let mut slot = lock(&self.dnn);
+        let dnn = match slot.take() {
+            Some(d) => d,
+            None => Dnn::new(self)?,
+        };
+        let result = f(&dnn);
+        *slot = Some(dnn);
         result
     }
 }

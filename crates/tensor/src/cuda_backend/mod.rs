@@ -1,5 +1,5 @@
 //! The CUDA backend (feature `cuda`): device buffers from a caching allocator, our
-//! kernels compiled by NVRTC, cuBLAS for matrix products.
+//! kernels compiled by NVRTC, cuBLAS for matrix products, cuDNN for convolutions.
 //!
 //! This file holds [`CudaStorage`] and routes each primitive of [`BackendStorage`] to its
 //! launch code, which lives beside its op (`ops/<family>/cuda.rs`, with the `.cu` source
@@ -8,9 +8,11 @@
 
 pub(crate) mod allocator;
 pub(crate) mod blas;
-mod cpu_fallback;
+pub(crate) mod cpu_fallback;
+pub(crate) mod cudnn;
 pub(crate) mod device;
 pub(crate) mod kernels;
+mod staging;
 
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
@@ -18,7 +20,7 @@ use crate::backend::{
 };
 use crate::cpu_backend::CpuStorage;
 use crate::ops::optim::{AdamStep, SgdStep};
-use crate::ops::{elementwise, layout, matmul, norm, optim, pool, reduce, softmax};
+use crate::ops::{conv, elementwise, layout, matmul, norm, optim, pool, reduce, softmax};
 use crate::{DType, Device, Error, Result, Shape};
 use allocator::Block;
 use cudarc::driver::result as driver;
@@ -50,6 +52,20 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+/// The bytes of a host buffer.
+fn cpu_bytes(cpu: &CpuStorage) -> &[u8] {
+    fn bytes<T: Copy>(v: &[T]) -> &[u8] {
+        // SAFETY: f32, f64 and i64 have no padding and every byte of them is initialised;
+        // the slice covers exactly the vector's elements and borrows it.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    }
+    match cpu {
+        CpuStorage::F32(v) => bytes(v),
+        CpuStorage::F64(v) => bytes(v),
+        CpuStorage::I64(v) => bytes(v),
+    }
+}
 
 /// A contiguous buffer of one dtype on one CUDA device.
 pub struct CudaStorage {
@@ -108,6 +124,11 @@ impl CudaStorage {
         let out = Self::alloc(&device, cpu.len(), cpu.dtype())?;
         if let Some(block) = &out.block {
             device.bind()?;
+            let bytes = cpu_bytes(cpu);
+            if staging::stages(bytes.len()) {
+                staging::upload(&device, bytes, block.ptr)?;
+                return Ok(out);
+            }
             let stream = device.stream().cu_stream();
             // SAFETY: the block holds len elements of the same dtype as the host slice. The
             // copy is queued on the device's stream; from pageable host memory, the driver
@@ -244,18 +265,16 @@ impl BackendStorage for CudaStorage {
         softmax::cuda::log_softmax(self, rows, cols)
     }
 
-    // Convolution runs on the CPU for now (see `cpu_fallback`).
-
     fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
-        cpu_fallback::conv2d(self, kernel, bias, spec)
+        conv::cuda::conv2d(self, kernel, bias, spec)
     }
 
     fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {
-        cpu_fallback::conv2d_backward_input(self, kernel, spec)
+        conv::cuda::conv2d_backward_input(self, kernel, spec)
     }
 
     fn conv2d_backward_filter(&self, grad_out: &Self, spec: &Conv2dSpec) -> Result<Self> {
-        cpu_fallback::conv2d_backward_filter(self, grad_out, spec)
+        conv::cuda::conv2d_backward_filter(self, grad_out, spec)
     }
 
     fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {

@@ -7,6 +7,8 @@
 //! differentiated again to any order. The bias gradient is a sum over N, H and W.
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 mod padding;
 
 pub use padding::Padding;

@@ -1,0 +1,531 @@
+//! cuDNN: one handle per device, bound to the device's stream, and cached convolution
+//! plans (descriptors plus the algorithm of each direction). Thin safe wrappers over
+//! cudarc's `cudnn::result` layer; the convolution op (`ops/conv/cuda.rs`) decides what
+//! to run.
+//!
+//! A plan is made once per (geometry, dtype, TF32 setting): its tensor, filter and
+//! convolution descriptors, and for each direction (forward, backward-data,
+//! backward-filter) the first algorithm cuDNN's heuristics (`cudnnGet*Algorithm_v7`)
+//! rank as supported, with its workspace size. f32 convolutions run in plain FMA math
+//! unless [`crate::cuda::set_tf32`] allows tensor cores. A direction with no usable
+//! algorithm (cuDNN supports few f64 NHWC configurations) has none, and the op falls
+//! back to the CPU for it.
+
+use super::device::{lock, CudaDevice};
+use super::CudaStorage;
+use crate::backend::Conv2dSpec;
+use crate::{DType, Device, Error, Result};
+use cudarc::cudnn::{result as dnn, sys};
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// How to get cuDNN, for the error raised when it cannot be loaded.
+pub(crate) fn unavailable_message() -> String {
+    "the cuDNN library (libcudnn.so, needed for convolutions) could not be loaded: install cuDNN 9, or \
+     `pip install nvidia-cudnn-cu13` and put its nvidia/cudnn/lib folder on LD_LIBRARY_PATH"
+        .to_string()
+}
+
+/// The largest workspace an algorithm may ask for; hungrier ones are skipped.
+const WORKSPACE_LIMIT: usize = 1 << 30;
+
+/// Whether libcudnn can be loaded (checked once per process; cudarc panics otherwise).
+fn loadable() -> bool {
+    static LOADABLE: OnceLock<bool> = OnceLock::new();
+    // SAFETY: only tries to dlopen libcudnn under its known names; calls nothing in it.
+    *LOADABLE.get_or_init(|| unsafe { sys::is_culib_present() })
+}
+
+/// Whether a cuDNN error means "this configuration is not supported" (and so is worth a
+/// fallback) rather than a bug or a broken device.
+pub(crate) fn is_not_supported(e: &dnn::CudnnError) -> bool {
+    (3000..4000).contains(&(e.0 as u32))
+}
+
+/// One device's cuDNN state: its handle and the plans made so far.
+pub(crate) struct Dnn {
+    handle: sys::cudnnHandle_t,
+    plans: Mutex<HashMap<PlanKey, Arc<ConvPlan>>>,
+}
+
+// SAFETY: a cuDNN handle may be used from any thread, one thread at a time; the device
+// keeps it behind a mutex. Descriptors are only read after creation.
+unsafe impl Send for Dnn {}
+
+impl Dnn {
+    /// Creates the handle (the device's context must be current) and binds it to the
+    /// device's stream.
+    pub(crate) fn new(device: &CudaDevice) -> Result<Dnn> {
+        if !loadable() {
+            return Err(Error::DeviceUnavailable { device: device.device(), msg: unavailable_message() });
+        }
+        device.bind()?;
+        let handle = dnn::create_handle().map_err(|e| Error::cuda(device.device(), "cudnnCreate", e))?;
+        let dnn = Dnn { handle, plans: Mutex::default() };
+        // SAFETY: both the handle and the stream are live; the stream outlives the handle
+        // (the device owns both and is never dropped before process exit).
+        unsafe { dnn::set_stream(handle, device.stream().cu_stream() as sys::cudaStream_t) }
+            .map_err(|e| Error::cuda(device.device(), "cudnnSetStream", e))?;
+        Ok(dnn)
+    }
+
+    /// The plan for a convolution whose padding is symmetric (`pad_top == pad_bottom`,
+    /// `pad_left == pad_right`), made on first use.
+    pub(crate) fn plan(&self, device: Device, spec: &Conv2dSpec, dtype: DType) -> Result<Arc<ConvPlan>> {
+        let tf32 = dtype == DType::F32 && crate::cuda::tf32_enabled();
+        let key = PlanKey { spec: *spec, dtype, tf32 };
+        if let Some(plan) = lock(&self.plans).get(&key) {
+            return Ok(plan.clone());
+        }
+        let plan = Arc::new(ConvPlan::new(self.handle, device, spec, dtype, tf32)?);
+        lock(&self.plans).insert(key, plan.clone());
+        Ok(plan)
+    }
+}
+
+impl Drop for Dnn {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreate and destroyed only here; a failure cannot be acted on.
+        let _ = unsafe { dnn::destroy_handle(self.handle) };
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    spec: Conv2dSpec,
+    dtype: DType,
+    tf32: bool,
+}
+
+/// A tensor descriptor, destroyed on drop.
+struct TensorDesc(sys::cudnnTensorDescriptor_t);
+
+impl TensorDesc {
+    /// A packed NHWC tensor `[n, h, w, c]` (cuDNN takes the sizes in NCHW order).
+    fn nhwc(dtype: sys::cudnnDataType_t, [n, h, w, c]: [c_int; 4]) -> std::result::Result<Self, dnn::CudnnError> {
+        let desc = TensorDesc(dnn::create_tensor_descriptor()?);
+        // SAFETY: the descriptor was just created and is destroyed only on drop.
+        unsafe {
+            dnn::set_tensor4d_descriptor(desc.0, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC, dtype, [n, c, h, w])
+        }?;
+        Ok(desc)
+    }
+}
+
+impl Drop for TensorDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreateTensorDescriptor, destroyed only here.
+        let _ = unsafe { dnn::destroy_tensor_descriptor(self.0) };
+    }
+}
+
+/// A filter descriptor, destroyed on drop.
+struct FilterDesc(sys::cudnnFilterDescriptor_t);
+
+impl Drop for FilterDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreateFilterDescriptor, destroyed only here.
+        let _ = unsafe { dnn::destroy_filter_descriptor(self.0) };
+    }
+}
+
+/// A convolution descriptor, destroyed on drop.
+struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
+
+impl Drop for ConvDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreateConvolutionDescriptor, destroyed only here.
+        let _ = unsafe { dnn::destroy_convolution_descriptor(self.0) };
+    }
+}
+
+/// The chosen algorithm of one direction, with its own convolution descriptor (the math
+/// type the heuristics returned is a property of the descriptor) and workspace size.
+struct Choice<A> {
+    algo: A,
+    conv: ConvDesc,
+    workspace: usize,
+}
+
+/// Descriptors and algorithms of one convolution geometry.
+pub(crate) struct ConvPlan {
+    dtype: DType,
+    x: TensorDesc,
+    w: FilterDesc,
+    y: TensorDesc,
+    bias: TensorDesc,
+    forward: Option<Choice<sys::cudnnConvolutionFwdAlgo_t>>,
+    backward_data: Option<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
+    backward_filter: Option<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
+}
+
+// SAFETY: the descriptors are immutable after creation (cuDNN only reads them).
+unsafe impl Send for ConvPlan {}
+unsafe impl Sync for ConvPlan {}
+
+fn to_int(v: usize, what: &str) -> Result<c_int> {
+    c_int::try_from(v).map_err(|_| Error::invalid("conv2d", format!("{what} = {v} exceeds cuDNN's 32-bit limit")))
+}
+
+/// cuDNN's data type and the math types allowed for a dtype.
+fn data_type(dtype: DType) -> Result<sys::cudnnDataType_t> {
+    match dtype {
+        DType::F32 => Ok(sys::cudnnDataType_t::CUDNN_DATA_FLOAT),
+        DType::F64 => Ok(sys::cudnnDataType_t::CUDNN_DATA_DOUBLE),
+        DType::I64 => Err(Error::UnsupportedDType { op: "conv2d", dtype, expected: "f32 or f64" }),
+    }
+}
+
+/// Whether an algorithm's math type may be used: tensor-core math for f32 only when TF32
+/// is allowed (cuDNN's default math may use TF32 on Ampere and newer, so plain f32 asks
+/// for FMA math).
+fn math_allowed(math: sys::cudnnMathType_t, tf32: bool) -> bool {
+    use sys::cudnnMathType_t::*;
+    tf32 || !matches!(math, CUDNN_TENSOR_OP_MATH | CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)
+}
+
+/// One heuristic result, whatever the direction.
+struct Ranked<A> {
+    algo: A,
+    status: sys::cudnnStatus_t,
+    memory: usize,
+    math: sys::cudnnMathType_t,
+}
+
+impl ConvPlan {
+    fn new(handle: sys::cudnnHandle_t, device: Device, s: &Conv2dSpec, dtype: DType, tf32: bool) -> Result<ConvPlan> {
+        let cuda_err = |op: &'static str| move |e: dnn::CudnnError| Error::cuda(device, op, e);
+        let dt = data_type(dtype)?;
+        let [n, h, w, c] = [
+            to_int(s.batch, "batch")?,
+            to_int(s.in_h, "height")?,
+            to_int(s.in_w, "width")?,
+            to_int(s.in_channels, "channels")?,
+        ];
+        let [k, r, q] = [
+            to_int(s.out_channels, "filters")?,
+            to_int(s.kernel_h, "kernel height")?,
+            to_int(s.kernel_w, "kernel width")?,
+        ];
+        let [oh, ow] = [to_int(s.out_h, "output height")?, to_int(s.out_w, "output width")?];
+        let x = TensorDesc::nhwc(dt, [n, h, w, c]).map_err(cuda_err("cudnnSetTensor4dDescriptor"))?;
+        let y = TensorDesc::nhwc(dt, [n, oh, ow, k]).map_err(cuda_err("cudnnSetTensor4dDescriptor"))?;
+        let bias = TensorDesc::nhwc(dt, [1, 1, 1, k]).map_err(cuda_err("cudnnSetTensor4dDescriptor"))?;
+        let wd = FilterDesc(dnn::create_filter_descriptor().map_err(cuda_err("cudnnCreateFilterDescriptor"))?);
+        // SAFETY: the descriptor was just created. NHWC filters are KRSC: (out, kh, kw, in).
+        unsafe { dnn::set_filter4d_descriptor(wd.0, dt, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC, [k, c, r, q]) }
+            .map_err(cuda_err("cudnnSetFilter4dDescriptor"))?;
+        let geometry = [
+            to_int(s.pad_top, "padding")?,
+            to_int(s.pad_left, "padding")?,
+            to_int(s.stride_h, "stride")?,
+            to_int(s.stride_w, "stride")?,
+            to_int(s.dilation_h, "dilation")?,
+            to_int(s.dilation_w, "dilation")?,
+        ];
+        let base_math = match (dtype, tf32) {
+            (DType::F32, false) => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            (DType::F32, true) => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+            _ => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+        };
+        let conv = |math| -> Result<ConvDesc> {
+            // cuDNN's DEFAULT_MATH may use TF32 on Ampere and newer: plain f32 pins FMA math
+            // whatever the heuristics ranked the algorithm with.
+            let math = if base_math == sys::cudnnMathType_t::CUDNN_FMA_MATH { base_math } else { math };
+            let desc =
+                ConvDesc(dnn::create_convolution_descriptor().map_err(cuda_err("cudnnCreateConvolutionDescriptor"))?);
+            let [ph, pw, u, v, dh, dw] = geometry;
+            // SAFETY: the descriptor was just created and is destroyed only on drop.
+            unsafe {
+                dnn::set_convolution2d_descriptor(
+                    desc.0,
+                    ph,
+                    pw,
+                    u,
+                    v,
+                    dh,
+                    dw,
+                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                    dt,
+                )
+                .map_err(cuda_err("cudnnSetConvolution2dDescriptor"))?;
+                dnn::set_convolution_math_type(desc.0, math).map_err(cuda_err("cudnnSetConvolutionMathType"))?;
+            }
+            Ok(desc)
+        };
+        let probe = conv(base_math)?;
+        let (xd, yd, wdd, cd) = (x.0, y.0, wd.0, probe.0);
+
+        // SAFETY (the three closures below): every descriptor is live and describes this
+        // geometry; the result buffers have room for `requested` entries.
+        let forward = choose(
+            |requested, returned, results: *mut sys::cudnnConvolutionFwdAlgoPerf_t| unsafe {
+                dnn::get_convolution_forward_algorithm(handle, xd, wdd, cd, yd, requested, returned, results)
+            },
+            |p| Ranked { algo: p.algo, status: p.status, memory: p.memory, math: p.mathType },
+            |algo, conv: &ConvDesc| unsafe {
+                dnn::get_convolution_forward_workspace_size(handle, xd, wdd, conv.0, yd, algo)
+            },
+            &conv,
+            tf32,
+            (device, "cudnnGetConvolutionForwardAlgorithm_v7"),
+        )?;
+        let backward_data = choose(
+            |requested, returned, results: *mut sys::cudnnConvolutionBwdDataAlgoPerf_t| unsafe {
+                dnn::get_convolution_backward_data_algorithm(handle, wdd, yd, cd, xd, requested, returned, results)
+            },
+            |p| Ranked { algo: p.algo, status: p.status, memory: p.memory, math: p.mathType },
+            |algo, conv: &ConvDesc| unsafe {
+                dnn::get_convolution_backward_data_workspace_size(handle, wdd, yd, conv.0, xd, algo)
+            },
+            &conv,
+            tf32,
+            (device, "cudnnGetConvolutionBackwardDataAlgorithm_v7"),
+        )?;
+        let backward_filter = choose(
+            |requested, returned, results: *mut sys::cudnnConvolutionBwdFilterAlgoPerf_t| unsafe {
+                dnn::get_convolution_backward_filter_algorithm(handle, xd, yd, cd, wdd, requested, returned, results)
+            },
+            |p| Ranked { algo: p.algo, status: p.status, memory: p.memory, math: p.mathType },
+            |algo, conv: &ConvDesc| unsafe {
+                dnn::get_convolution_backward_filter_workspace_size(handle, xd, yd, conv.0, wdd, algo)
+            },
+            &conv,
+            tf32,
+            (device, "cudnnGetConvolutionBackwardFilterAlgorithm_v7"),
+        )?;
+        Ok(ConvPlan { dtype, x, w: wd, y, bias, forward, backward_data, backward_filter })
+    }
+}
+
+/// Up to this many heuristic results are read per direction (cuDNN has at most 8 algorithms).
+const MAX_ALGOS: usize = 8;
+
+/// The first algorithm of the heuristics' ranking that is supported, has an allowed math
+/// type, and whose workspace (queried again with the descriptor set to its math type) is
+/// within the limit. `Ok(None)` when there is none.
+fn choose<P: Copy, A: Copy>(
+    heuristics: impl Fn(c_int, *mut c_int, *mut P) -> std::result::Result<(), dnn::CudnnError>,
+    rank: impl Fn(&P) -> Ranked<A>,
+    workspace: impl Fn(A, &ConvDesc) -> std::result::Result<usize, dnn::CudnnError>,
+    conv: &dyn Fn(sys::cudnnMathType_t) -> Result<ConvDesc>,
+    tf32: bool,
+    (device, op): (Device, &'static str),
+) -> Result<Option<Choice<A>>> {
+    let mut results: Vec<std::mem::MaybeUninit<P>> = (0..MAX_ALGOS).map(|_| std::mem::MaybeUninit::uninit()).collect();
+    let mut returned: c_int = 0;
+    match heuristics(MAX_ALGOS as c_int, &mut returned, results.as_mut_ptr().cast()) {
+        Ok(()) => {}
+        Err(e) if is_not_supported(&e) => return Ok(None),
+        Err(e) => return Err(Error::cuda(device, op, e)),
+    }
+    let returned = (returned.max(0) as usize).min(MAX_ALGOS);
+    for slot in &results[..returned] {
+        // SAFETY: cuDNN wrote the first `returned` entries.
+        let ranked = rank(unsafe { slot.assume_init_ref() });
+        if ranked.status != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+            || !math_allowed(ranked.math, tf32)
+            || ranked.memory > WORKSPACE_LIMIT
+        {
+            continue;
+        }
+        let desc = conv(ranked.math)?;
+        match workspace(ranked.algo, &desc) {
+            Ok(bytes) if bytes <= WORKSPACE_LIMIT => {
+                return Ok(Some(Choice { algo: ranked.algo, conv: desc, workspace: bytes }))
+            }
+            Ok(_) => continue,
+            Err(e) if is_not_supported(&e) => continue,
+            Err(e) => return Err(Error::cuda(device, "cudnnGetConvolutionWorkspaceSize", e)),
+        }
+    }
+    Ok(None)
+}
+
+/// The host scaling factors cuDNN blends with (`out = alpha * result + beta * out`):
+/// doubles for f64 data, floats otherwise.
+enum Scaling {
+    F32(f32, f32),
+    F64(f64, f64),
+}
+
+impl Scaling {
+    fn new(dtype: DType, alpha: f64, beta: f64) -> Scaling {
+        match dtype {
+            DType::F64 => Scaling::F64(alpha, beta),
+            _ => Scaling::F32(alpha as f32, beta as f32),
+        }
+    }
+
+    fn alpha(&self) -> *const c_void {
+        match self {
+            Scaling::F32(a, _) => (a as *const f32).cast(),
+            Scaling::F64(a, _) => (a as *const f64).cast(),
+        }
+    }
+
+    fn beta(&self) -> *const c_void {
+        match self {
+            Scaling::F32(_, b) => (b as *const f32).cast(),
+            Scaling::F64(_, b) => (b as *const f64).cast(),
+        }
+    }
+}
+
+/// A workspace of `bytes` from the caching allocator, returned to it on drop (safe before
+/// the queued call has run: only work queued later on the same stream can reuse it).
+fn workspace(device: &Arc<CudaDevice>, bytes: usize) -> Result<CudaStorage> {
+    CudaStorage::alloc(device, bytes.div_ceil(4), DType::F32)
+}
+
+/// What a queued cuDNN call gave: done, or "this configuration is not supported" (the
+/// caller falls back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// The call was queued on the stream.
+    Done,
+    /// cuDNN has no algorithm for it.
+    NotSupported,
+}
+
+fn queued(device: Device, op: &'static str, r: std::result::Result<(), dnn::CudnnError>) -> Result<Queued> {
+    match r {
+        Ok(()) => Ok(Queued::Done),
+        Err(e) if is_not_supported(&e) => Ok(Queued::NotSupported),
+        Err(e) => Err(Error::cuda(device, op, e)),
+    }
+}
+
+/// The addresses the calls below take are device addresses of live buffers of the plan's
+/// dtype, each as large as the plan's descriptors say (`x` the input, `w` the filter, `y`
+/// the output, `b` the bias). Every call is queued on the device's stream; none waits.
+impl Dnn {
+    /// `y = conv(x, w)`.
+    pub(crate) fn forward(&self, device: &Arc<CudaDevice>, plan: &ConvPlan, x: u64, w: u64, y: u64) -> Result<Queued> {
+        let Some(choice) = &plan.forward else { return Ok(Queued::NotSupported) };
+        let space = workspace(device, choice.workspace)?;
+        let s = Scaling::new(plan.dtype, 1.0, 0.0);
+        device.bind()?;
+        // SAFETY: the handle and descriptors are live; the pointers satisfy the contract
+        // above; the workspace holds at least `choice.workspace` bytes; alpha and beta are
+        // host values read before the call returns.
+        let r = unsafe {
+            dnn::convolution_forward(
+                self.handle,
+                s.alpha(),
+                plan.x.0,
+                x as *const c_void,
+                plan.w.0,
+                w as *const c_void,
+                choice.conv.0,
+                choice.algo,
+                space.ptr() as *mut c_void,
+                choice.workspace,
+                s.beta(),
+                plan.y.0,
+                y as *mut c_void,
+            )
+        };
+        queued(device.device(), "cudnnConvolutionForward", r)
+    }
+
+    /// `dx = conv_backward_data(w, dy)` (the gradient with respect to the input).
+    pub(crate) fn backward_data(
+        &self,
+        device: &Arc<CudaDevice>,
+        plan: &ConvPlan,
+        w: u64,
+        dy: u64,
+        dx: u64,
+    ) -> Result<Queued> {
+        let Some(choice) = &plan.backward_data else { return Ok(Queued::NotSupported) };
+        let space = workspace(device, choice.workspace)?;
+        let s = Scaling::new(plan.dtype, 1.0, 0.0);
+        device.bind()?;
+        // SAFETY: as in `forward`.
+        let r = unsafe {
+            dnn::convolution_backward_data(
+                self.handle,
+                s.alpha(),
+                plan.w.0,
+                w as *const c_void,
+                plan.y.0,
+                dy as *const c_void,
+                choice.conv.0,
+                choice.algo,
+                space.ptr() as *mut c_void,
+                choice.workspace,
+                s.beta(),
+                plan.x.0,
+                dx as *mut c_void,
+            )
+        };
+        queued(device.device(), "cudnnConvolutionBackwardData", r)
+    }
+
+    /// `dw = conv_backward_filter(x, dy)` (the gradient with respect to the filter).
+    pub(crate) fn backward_filter(
+        &self,
+        device: &Arc<CudaDevice>,
+        plan: &ConvPlan,
+        x: u64,
+        dy: u64,
+        dw: u64,
+    ) -> Result<Queued> {
+        let Some(choice) = &plan.backward_filter else { return Ok(Queued::NotSupported) };
+        let space = workspace(device, choice.workspace)?;
+        let s = Scaling::new(plan.dtype, 1.0, 0.0);
+        device.bind()?;
+        // SAFETY: as in `forward`.
+        let r = unsafe {
+            dnn::convolution_backward_filter(
+                self.handle,
+                s.alpha(),
+                plan.x.0,
+                x as *const c_void,
+                plan.y.0,
+                dy as *const c_void,
+                choice.conv.0,
+                choice.algo,
+                space.ptr() as *mut c_void,
+                choice.workspace,
+                s.beta(),
+                plan.w.0,
+                dw as *mut c_void,
+            )
+        };
+        queued(device.device(), "cudnnConvolutionBackwardFilter", r)
+    }
+
+    /// `y += b`, the bias `[out_channels]` broadcast over every output pixel.
+    pub(crate) fn add_bias(&self, device: &Arc<CudaDevice>, plan: &ConvPlan, b: u64, y: u64) -> Result<()> {
+        let s = Scaling::new(plan.dtype, 1.0, 1.0);
+        device.bind()?;
+        // SAFETY: as in `forward`; `b` holds out_channels elements.
+        unsafe {
+            sys::cudnnAddTensor(
+                self.handle,
+                s.alpha(),
+                plan.bias.0,
+                b as *const c_void,
+                s.beta(),
+                plan.y.0,
+                y as *mut c_void,
+            )
+        }
+        .result()
+        .map_err(|e| Error::cuda(device.device(), "cudnnAddTensor", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_missing_library_message_says_how_to_get_it() {
+        let msg = super::unavailable_message();
+        for needle in ["libcudnn", "convolution", "pip install nvidia-cudnn-cu13", "LD_LIBRARY_PATH"] {
+            assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
+        }
+    }
+}

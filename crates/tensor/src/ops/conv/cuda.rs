@@ -1,0 +1,250 @@
+//! The convolution primitives on CUDA, through cuDNN (`cuda_backend/cudnn.rs` holds the
+//! handle, the descriptors and the per-geometry plan cache).
+//!
+//! NHWC tensors and `(out, kh, kw, in)` kernels are cuDNN's NHWC tensor and KRSC filter
+//! formats, so nothing is transposed. cuDNN pads symmetrically; TF's 'same' padding at
+//! stride 2 on an even size is not (one more row/column at the bottom/right). Such a
+//! convolution runs with the smaller padding in cuDNN on an input that is explicitly
+//! padded by the difference (two concatenations with zeros); the input gradient is
+//! computed for that padded input and cropped. The bias is added by `cudnnAddTensor`.
+//! Where cuDNN has no algorithm for a configuration (some f64 ones), that primitive runs
+//! on the CPU instead (`cuda_backend/cpu_fallback.rs`), with the same results.
+
+use crate::backend::{Conv2dSpec, StridedLayout};
+use crate::cuda_backend::cudnn::Queued;
+use crate::cuda_backend::{cpu_fallback, CudaStorage};
+use crate::ops::layout;
+use crate::{BackendStorage, Error, Result, Shape};
+
+/// The padding cuDNN cannot express: how much each side exceeds the smaller of its pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ExtraPadding {
+    top: usize,
+    bottom: usize,
+    left: usize,
+    right: usize,
+}
+
+impl ExtraPadding {
+    fn is_zero(&self) -> bool {
+        self.top + self.bottom + self.left + self.right == 0
+    }
+}
+
+/// The symmetric geometry cuDNN runs (on the explicitly padded input) and the explicit
+/// padding. The output is the same: its windows read the same (zero or real) values.
+fn symmetric(spec: &Conv2dSpec) -> (Conv2dSpec, ExtraPadding) {
+    let (ph, pw) = (spec.pad_top.min(spec.pad_bottom), spec.pad_left.min(spec.pad_right));
+    let extra = ExtraPadding {
+        top: spec.pad_top - ph,
+        bottom: spec.pad_bottom - ph,
+        left: spec.pad_left - pw,
+        right: spec.pad_right - pw,
+    };
+    let sym = Conv2dSpec {
+        in_h: spec.in_h + extra.top + extra.bottom,
+        in_w: spec.in_w + extra.left + extra.right,
+        pad_top: ph,
+        pad_bottom: ph,
+        pad_left: pw,
+        pad_right: pw,
+        ..*spec
+    };
+    (sym, extra)
+}
+
+/// Rows of `inner` elements, `outer` of them, with `before` and `after` zeros around each.
+fn pad_rows(x: &CudaStorage, outer: usize, inner: usize, before: usize, after: usize) -> Result<CudaStorage> {
+    let device = x.cuda_device();
+    let zeros_before = CudaStorage::zeros(device, outer * before, x.dtype())?;
+    let zeros_after = CudaStorage::zeros(device, outer * after, x.dtype())?;
+    let mut parts = Vec::with_capacity(3);
+    let mut inners = Vec::with_capacity(3);
+    for (part, size) in [(&zeros_before, before), (x, inner), (&zeros_after, after)] {
+        if size > 0 {
+            parts.push(part);
+            inners.push(size);
+        }
+    }
+    layout::cuda::concat(&parts, outer, &inners)
+}
+
+/// The input `[n, h, w, c]` with the extra zero rows and columns.
+fn pad_input(x: &CudaStorage, spec: &Conv2dSpec, e: ExtraPadding) -> Result<CudaStorage> {
+    let (n, h, w, c) = (spec.batch, spec.in_h, spec.in_w, spec.in_channels);
+    let rows = pad_rows(x, n, h * w * c, e.top * w * c, e.bottom * w * c)?;
+    let h = h + e.top + e.bottom;
+    pad_rows(&rows, n * h, w * c, e.left * c, e.right * c)
+}
+
+/// The inverse of [`pad_input`]: the `[n, h, w, c]` window of a padded input's gradient.
+fn crop_input(dx: &CudaStorage, spec: &Conv2dSpec, padded: &Conv2dSpec, e: ExtraPadding) -> Result<CudaStorage> {
+    let (hp, wp, c) = (padded.in_h, padded.in_w, spec.in_channels);
+    dx.strided_copy(&StridedLayout {
+        shape: Shape::new(&[spec.batch, spec.in_h, spec.in_w, c]),
+        strides: [hp * wp * c, wp * c, c, 1].into_iter().collect(),
+        offset: (e.top * wp + e.left) * c,
+    })
+}
+
+/// Fails unless a buffer has the length the geometry gives it (cuDNN would read out of
+/// bounds otherwise).
+fn check_len(op: &'static str, what: &str, buffer: &CudaStorage, dims: [usize; 4]) -> Result<()> {
+    let want: usize = dims.iter().product();
+    if buffer.len() == want {
+        Ok(())
+    } else {
+        Err(Error::invalid(op, format!("the {what} buffer has {} elements but {dims:?} needs {want}", buffer.len())))
+    }
+}
+
+fn input_dims(s: &Conv2dSpec) -> [usize; 4] {
+    [s.batch, s.in_h, s.in_w, s.in_channels]
+}
+
+fn output_dims(s: &Conv2dSpec) -> [usize; 4] {
+    [s.batch, s.out_h, s.out_w, s.out_channels]
+}
+
+fn kernel_dims(s: &Conv2dSpec) -> [usize; 4] {
+    [s.out_channels, s.kernel_h, s.kernel_w, s.in_channels]
+}
+
+/// Checks that both operands share a device and a dtype and have the geometry's sizes.
+fn check_operands(
+    op: &'static str,
+    (a, a_what, a_dims): (&CudaStorage, &str, [usize; 4]),
+    (b, b_what, b_dims): (&CudaStorage, &str, [usize; 4]),
+) -> Result<()> {
+    a.check_device(b, op)?;
+    a.check_dtype(b, op)?;
+    check_len(op, a_what, a, a_dims)?;
+    check_len(op, b_what, b, b_dims)
+}
+
+/// The forward convolution (`x` NHWC, `k` `(out, kh, kw, in)`), plus the bias.
+pub(crate) fn conv2d(
+    x: &CudaStorage,
+    k: &CudaStorage,
+    b: Option<&CudaStorage>,
+    spec: &Conv2dSpec,
+) -> Result<CudaStorage> {
+    const OP: &str = "conv2d";
+    check_operands(OP, (x, "input", input_dims(spec)), (k, "kernel", kernel_dims(spec)))?;
+    if let Some(b) = b {
+        check_operands(OP, (x, "input", input_dims(spec)), (b, "bias", [spec.out_channels, 1, 1, 1]))?;
+    }
+    let device = x.cuda_device();
+    let y = CudaStorage::alloc(device, output_dims(spec).iter().product(), x.dtype())?;
+    if spec.batch == 0 {
+        return Ok(y);
+    }
+    let (sym, extra) = symmetric(spec);
+    let padded;
+    let input = if extra.is_zero() {
+        x
+    } else {
+        padded = pad_input(x, spec, extra)?;
+        &padded
+    };
+    let queued = device.with_dnn(|dnn| {
+        let plan = dnn.plan(device.device(), &sym, x.dtype())?;
+        let queued = dnn.forward(device, &plan, input.ptr(), k.ptr(), y.ptr())?;
+        if let (Queued::Done, Some(b)) = (queued, b) {
+            dnn.add_bias(device, &plan, b.ptr(), y.ptr())?;
+        }
+        Ok(queued)
+    })?;
+    match queued {
+        Queued::Done => Ok(y),
+        Queued::NotSupported => cpu_fallback::conv2d(x, k, b, spec),
+    }
+}
+
+/// The gradient with respect to the input, given the output gradient `dy`.
+pub(crate) fn conv2d_backward_input(dy: &CudaStorage, k: &CudaStorage, spec: &Conv2dSpec) -> Result<CudaStorage> {
+    const OP: &str = "conv2d_backward_input";
+    check_operands(OP, (dy, "output gradient", output_dims(spec)), (k, "kernel", kernel_dims(spec)))?;
+    let device = dy.cuda_device();
+    let (sym, extra) = symmetric(spec);
+    let dx = CudaStorage::alloc(device, input_dims(&sym).iter().product(), dy.dtype())?;
+    if spec.batch == 0 {
+        return Ok(dx);
+    }
+    let queued = device.with_dnn(|dnn| {
+        let plan = dnn.plan(device.device(), &sym, dy.dtype())?;
+        dnn.backward_data(device, &plan, k.ptr(), dy.ptr(), dx.ptr())
+    })?;
+    match queued {
+        Queued::Done if extra.is_zero() => Ok(dx),
+        Queued::Done => crop_input(&dx, spec, &sym, extra),
+        Queued::NotSupported => cpu_fallback::conv2d_backward_input(dy, k, spec),
+    }
+}
+
+/// The gradient with respect to the kernel, given the input `x` and the output gradient.
+pub(crate) fn conv2d_backward_filter(x: &CudaStorage, dy: &CudaStorage, spec: &Conv2dSpec) -> Result<CudaStorage> {
+    const OP: &str = "conv2d_backward_filter";
+    check_operands(OP, (x, "input", input_dims(spec)), (dy, "output gradient", output_dims(spec)))?;
+    let device = x.cuda_device();
+    let len = kernel_dims(spec).iter().product();
+    if spec.batch == 0 {
+        return CudaStorage::zeros(device, len, x.dtype());
+    }
+    let dk = CudaStorage::alloc(device, len, x.dtype())?;
+    let (sym, extra) = symmetric(spec);
+    let padded;
+    let input = if extra.is_zero() {
+        x
+    } else {
+        padded = pad_input(x, spec, extra)?;
+        &padded
+    };
+    let queued = device.with_dnn(|dnn| {
+        let plan = dnn.plan(device.device(), &sym, x.dtype())?;
+        dnn.backward_filter(device, &plan, input.ptr(), dy.ptr(), dk.ptr())
+    })?;
+    match queued {
+        Queued::Done => Ok(dk),
+        Queued::NotSupported => cpu_fallback::conv2d_backward_filter(x, dy, spec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(in_h: usize, pads: [usize; 4]) -> Conv2dSpec {
+        Conv2dSpec {
+            batch: 2,
+            in_h,
+            in_w: in_h,
+            in_channels: 3,
+            out_channels: 4,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride_h: 2,
+            stride_w: 2,
+            dilation_h: 1,
+            dilation_w: 1,
+            pad_top: pads[0],
+            pad_bottom: pads[1],
+            pad_left: pads[2],
+            pad_right: pads[3],
+            out_h: 4,
+            out_w: 4,
+        }
+    }
+
+    #[test]
+    fn asymmetric_padding_moves_the_excess_into_the_input() {
+        // TF 'same', 3x3 stride 2 on 8x8: one row below, one column right.
+        let (sym, extra) = symmetric(&spec(8, [0, 1, 0, 1]));
+        assert_eq!(extra, ExtraPadding { top: 0, bottom: 1, left: 0, right: 1 });
+        assert_eq!((sym.in_h, sym.in_w, sym.pad_top, sym.pad_bottom, sym.pad_left), (9, 9, 0, 0, 0));
+        let (sym, extra) = symmetric(&spec(8, [3, 1, 1, 1]));
+        assert_eq!(extra, ExtraPadding { top: 2, bottom: 0, left: 0, right: 0 });
+        assert_eq!((sym.in_h, sym.in_w, sym.pad_top, sym.pad_bottom, sym.pad_left), (10, 8, 1, 1, 1));
+        assert!(symmetric(&spec(8, [1, 1, 1, 1])).1.is_zero());
+    }
+}

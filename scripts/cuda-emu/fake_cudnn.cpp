@@ -1,0 +1,306 @@
+// A fake libcudnn (see build.sh): the legacy convolution API tapegrad calls, as naive host
+// loops that follow cuDNN's documented semantics: NCHW or NHWC tensors, KCRS or KRSC
+// (NHWC) filters, cross-correlation or convolution mode, symmetric padding, stride,
+// dilation, `out = alpha * result + beta * out` (out not read when beta is 0; alpha and
+// beta are doubles for DOUBLE data, floats otherwise), and cudnnAddTensor's broadcasting.
+//
+// The heuristics are made up so that the host code's choices are exercised: for f32 the
+// first entry wants tensor-op math (TF32; only for callers that allow it), then an
+// algorithm that needs a workspace; for f64 the first entry is NOT_SUPPORTED; f64 with a
+// dilation has no algorithm at all (so the caller's fallback runs). Convolutions whose
+// descriptor has tensor-op math round f32 operands to TF32 (10-bit mantissa), as a GPU
+// would. FAKE_CUDNN_TRACE=1 prints each call that computes.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace {
+enum : int { SUCCESS = 0, BAD_PARAM = 2000, NOT_SUPPORTED = 3000 };
+enum : int { FLOAT = 0, DOUBLE = 1 };
+enum : int { NCHW = 0, NHWC = 1 };
+enum : int { CONVOLUTION = 0, CROSS_CORRELATION = 1 };
+enum : int { DEFAULT_MATH = 0, TENSOR_OP_MATH = 1, ALLOW_CONVERSION = 2, FMA_MATH = 3 };
+// Algorithm numbers: "A" needs a workspace, "B" none (per direction).
+enum : int { FWD_A = 1, FWD_B = 0, BWD_A = 1, BWD_B = 0 };
+
+struct Tensor { bool set = false; int dtype = -1, format = 0, n = 0, c = 0, h = 0, w = 0; };
+struct Filter { bool set = false; int dtype = -1, format = 0, k = 0, c = 0, r = 0, s = 0; };
+struct Conv { bool set = false; int ph = 0, pw = 0, u = 1, v = 1, dh = 1, dw = 1, mode = 0, compute = 0, math = 0; };
+struct Perf { int algo, status; float time; size_t memory; int determinism, math; int reserved[3]; };
+
+bool trace() { static bool t = getenv("FAKE_CUDNN_TRACE") != nullptr; return t; }
+
+size_t at(const Tensor& t, int n, int c, int h, int w) {
+    if (t.format == NHWC) return (((size_t)n * t.h + h) * t.w + w) * t.c + c;
+    return (((size_t)n * t.c + c) * t.h + h) * t.w + w;
+}
+size_t at(const Filter& f, int k, int c, int r, int s) {
+    if (f.format == NHWC) return (((size_t)k * f.r + r) * f.s + s) * f.c + c;
+    return (((size_t)k * f.c + c) * f.r + r) * f.s + s;
+}
+size_t count(const Tensor& t) { return (size_t)t.n * t.c * t.h * t.w; }
+size_t count(const Filter& f) { return (size_t)f.k * f.c * f.r * f.s; }
+
+// cudnnGetConvolution2dForwardOutputDim's formula.
+int out_dim(int in, int pad, int k, int dil, int stride) { return 1 + (in + 2 * pad - ((k - 1) * dil + 1)) / stride; }
+
+int check(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y) {
+    if (!x.set || !w.set || !cv.set || !y.set) return BAD_PARAM;
+    if (x.dtype != w.dtype || x.dtype != y.dtype || cv.compute != x.dtype) return BAD_PARAM;
+    if (x.c != w.c || y.c != w.k || y.n != x.n) return BAD_PARAM;
+    if (y.h != out_dim(x.h, cv.ph, w.r, cv.dh, cv.u) || y.w != out_dim(x.w, cv.pw, w.s, cv.dw, cv.v)) return BAD_PARAM;
+    return SUCCESS;
+}
+
+// The made-up workspace of the "A" algorithms, in bytes.
+size_t workspace_a(const Tensor& y) { return 256 + 8 * count(y); }
+
+bool supported(const Tensor& x, const Conv& cv, int algo, int algo_a) {
+    if (x.dtype == DOUBLE && (cv.dh > 1 || cv.dw > 1)) return false;
+    return !(x.dtype == DOUBLE && algo == algo_a);
+}
+
+int heuristics(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo_a, int algo_b, int requested,
+               int* returned, Perf* out) {
+    if (int e = check(x, w, cv, y)) return e;
+    if (requested < 1 || !returned || !out) return BAD_PARAM;
+    std::vector<Perf> all;
+    size_t ws = workspace_a(y);
+    bool none = x.dtype == DOUBLE && (cv.dh > 1 || cv.dw > 1);
+    if (x.dtype == FLOAT) all.push_back({algo_a, SUCCESS, 1.0f, ws, 1, TENSOR_OP_MATH, {}});
+    all.push_back({algo_a, supported(x, cv, algo_a, algo_a) ? SUCCESS : NOT_SUPPORTED, 2.0f, ws, 1, cv.math, {}});
+    all.push_back({algo_b, none ? NOT_SUPPORTED : SUCCESS, 3.0f, 0, 1, x.dtype == FLOAT ? FMA_MATH : DEFAULT_MATH, {}});
+    *returned = 0;
+    for (size_t i = 0; i < all.size() && (int)i < requested; ++i) out[(*returned)++] = all[i];
+    return SUCCESS;
+}
+
+int workspace_size(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo, int algo_a, int algo_b,
+                   size_t* size) {
+    if (int e = check(x, w, cv, y)) return e;
+    if (algo != algo_a && algo != algo_b) return BAD_PARAM;
+    if (!supported(x, cv, algo, algo_a)) return NOT_SUPPORTED;
+    *size = algo == algo_a ? workspace_a(y) : 0;
+    return SUCCESS;
+}
+
+// Validates an execution's algorithm and workspace, and scribbles over the workspace.
+int check_run(const char* what, const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo, int algo_a,
+              int algo_b, void* ws, size_t ws_bytes) {
+    if (int e = check(x, w, cv, y)) return e;
+    size_t need = 0;
+    if (int e = workspace_size(x, w, cv, y, algo, algo_a, algo_b, &need)) return e;
+    if (ws_bytes < need || (need > 0 && !ws)) {
+        fprintf(stderr, "fake cudnn: %s given a workspace of %zu bytes, needs %zu\n", what, ws_bytes, need);
+        return BAD_PARAM;
+    }
+    if (need > 0) memset(ws, 0x7f, need);
+    if (trace())
+        fprintf(stderr, "fake cudnn: %s algo %d math %d dtype %d x %dx%dx%dx%d (NCHW order) workspace %zu\n", what, algo,
+                cv.math, x.dtype, x.n, x.c, x.h, x.w, ws_bytes);
+    return SUCCESS;
+}
+
+// TF32: f32 with a 10-bit mantissa (round to nearest), what tensor-op math multiplies.
+template <class T> double operand(T v, bool tf32) {
+    if (!tf32) return (double)v;
+    float f = (float)v;
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    bits = (bits + 0x1000u) & ~0x1fffu;
+    memcpy(&f, &bits, 4);
+    return (double)f;
+}
+
+bool tensor_math(const Conv& cv, const Tensor& x) {
+    return x.dtype == FLOAT && (cv.math == TENSOR_OP_MATH || cv.math == ALLOW_CONVERSION);
+}
+
+// Visits every (output pixel, filter tap) pair whose input position is inside the image:
+// f(n, k-independent input index parts...). Kept as one loop so the three directions agree.
+template <class F> void taps(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, F f) {
+    for (int n = 0; n < y.n; ++n)
+        for (int oh = 0; oh < y.h; ++oh)
+            for (int ow = 0; ow < y.w; ++ow)
+                for (int r = 0; r < w.r; ++r) {
+                    int ih = oh * cv.u - cv.ph + r * cv.dh;
+                    if (ih < 0 || ih >= x.h) continue;
+                    for (int s = 0; s < w.s; ++s) {
+                        int iw = ow * cv.v - cv.pw + s * cv.dw;
+                        if (iw < 0 || iw >= x.w) continue;
+                        // Convolution mode flips the filter; cross-correlation does not.
+                        int fr = cv.mode == CONVOLUTION ? w.r - 1 - r : r;
+                        int fs = cv.mode == CONVOLUTION ? w.s - 1 - s : s;
+                        f(n, oh, ow, ih, iw, fr, fs);
+                    }
+                }
+}
+
+template <class T> void blend(T* out, const std::vector<double>& acc, const void* alpha, const void* beta) {
+    double a = *(const T*)alpha, b = *(const T*)beta;
+    for (size_t i = 0; i < acc.size(); ++i) out[i] = (T)(a * acc[i] + (b == 0 ? 0.0 : b * (double)out[i]));
+}
+
+template <class T>
+void forward(const Tensor& x, const T* xp, const Filter& w, const T* wp, const Conv& cv, const Tensor& y, T* yp,
+             const void* alpha, const void* beta) {
+    bool tf = tensor_math(cv, x);
+    std::vector<double> acc(count(y), 0.0);
+    taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
+        for (int k = 0; k < w.k; ++k) {
+            double sum = 0;
+            for (int c = 0; c < x.c; ++c) sum += operand(xp[at(x, n, c, ih, iw)], tf) * operand(wp[at(w, k, c, r, s)], tf);
+            acc[at(y, n, k, oh, ow)] += sum;
+        }
+    });
+    blend<T>(yp, acc, alpha, beta);
+}
+
+template <class T>
+void backward_data(const Tensor& x, T* dxp, const Filter& w, const T* wp, const Conv& cv, const Tensor& y, const T* dyp,
+                   const void* alpha, const void* beta) {
+    bool tf = tensor_math(cv, x);
+    std::vector<double> acc(count(x), 0.0);
+    taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
+        for (int k = 0; k < w.k; ++k) {
+            double g = operand(dyp[at(y, n, k, oh, ow)], tf);
+            for (int c = 0; c < x.c; ++c) acc[at(x, n, c, ih, iw)] += g * operand(wp[at(w, k, c, r, s)], tf);
+        }
+    });
+    blend<T>(dxp, acc, alpha, beta);
+}
+
+template <class T>
+void backward_filter(const Tensor& x, const T* xp, const Filter& w, T* dwp, const Conv& cv, const Tensor& y, const T* dyp,
+                     const void* alpha, const void* beta) {
+    bool tf = tensor_math(cv, x);
+    std::vector<double> acc(count(w), 0.0);
+    taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
+        for (int k = 0; k < w.k; ++k) {
+            double g = operand(dyp[at(y, n, k, oh, ow)], tf);
+            for (int c = 0; c < x.c; ++c) acc[at(w, k, c, r, s)] += g * operand(xp[at(x, n, c, ih, iw)], tf);
+        }
+    });
+    blend<T>(dwp, acc, alpha, beta);
+}
+
+template <class T>
+void add_tensor(const Tensor& a, const T* ap, const Tensor& c, T* cp, const void* alpha, const void* beta) {
+    std::vector<double> acc(count(c), 0.0);
+    for (int n = 0; n < c.n; ++n)
+        for (int ch = 0; ch < c.c; ++ch)
+            for (int h = 0; h < c.h; ++h)
+                for (int w = 0; w < c.w; ++w)
+                    acc[at(c, n, ch, h, w)] = ap[at(a, a.n == 1 ? 0 : n, a.c == 1 ? 0 : ch, a.h == 1 ? 0 : h, a.w == 1 ? 0 : w)];
+    blend<T>(cp, acc, alpha, beta);
+}
+}  // namespace
+
+#pragma GCC visibility push(default)
+extern "C" {
+int cudnnCreate(void** h) { *h = new int(0); return SUCCESS; }
+int cudnnDestroy(void* h) { delete (int*)h; return SUCCESS; }
+int cudnnSetStream(void* h, void*) { return h ? SUCCESS : BAD_PARAM; }
+
+int cudnnCreateTensorDescriptor(Tensor** d) { *d = new Tensor; return SUCCESS; }
+int cudnnDestroyTensorDescriptor(Tensor* d) { delete d; return SUCCESS; }
+int cudnnSetTensor4dDescriptor(Tensor* d, int format, int dtype, int n, int c, int h, int w) {
+    if (n <= 0 || c <= 0 || h <= 0 || w <= 0 || (format != NCHW && format != NHWC) || (dtype != FLOAT && dtype != DOUBLE))
+        return BAD_PARAM;
+    *d = Tensor{true, dtype, format, n, c, h, w};
+    return SUCCESS;
+}
+
+int cudnnCreateFilterDescriptor(Filter** d) { *d = new Filter; return SUCCESS; }
+int cudnnDestroyFilterDescriptor(Filter* d) { delete d; return SUCCESS; }
+int cudnnSetFilter4dDescriptor(Filter* d, int dtype, int format, int k, int c, int r, int s) {
+    if (k <= 0 || c <= 0 || r <= 0 || s <= 0 || (format != NCHW && format != NHWC) || (dtype != FLOAT && dtype != DOUBLE))
+        return BAD_PARAM;
+    *d = Filter{true, dtype, format, k, c, r, s};
+    return SUCCESS;
+}
+
+int cudnnCreateConvolutionDescriptor(Conv** d) { *d = new Conv; return SUCCESS; }
+int cudnnDestroyConvolutionDescriptor(Conv* d) { delete d; return SUCCESS; }
+int cudnnSetConvolution2dDescriptor(Conv* d, int ph, int pw, int u, int v, int dh, int dw, int mode, int compute) {
+    if (ph < 0 || pw < 0 || u <= 0 || v <= 0 || dh <= 0 || dw <= 0 || (mode != CONVOLUTION && mode != CROSS_CORRELATION))
+        return BAD_PARAM;
+    int math = d->math;
+    *d = Conv{true, ph, pw, u, v, dh, dw, mode, compute, math};
+    return SUCCESS;
+}
+int cudnnSetConvolutionMathType(Conv* d, int math) {
+    if (math < DEFAULT_MATH || math > FMA_MATH) return BAD_PARAM;
+    d->math = math;
+    return SUCCESS;
+}
+
+int cudnnGetConvolutionForwardAlgorithm_v7(void*, Tensor* x, Filter* w, Conv* cv, Tensor* y, int requested, int* returned,
+                                           Perf* perf) {
+    return heuristics(*x, *w, *cv, *y, FWD_A, FWD_B, requested, returned, perf);
+}
+int cudnnGetConvolutionBackwardDataAlgorithm_v7(void*, Filter* w, Tensor* dy, Conv* cv, Tensor* dx, int requested,
+                                                int* returned, Perf* perf) {
+    return heuristics(*dx, *w, *cv, *dy, BWD_A, BWD_B, requested, returned, perf);
+}
+int cudnnGetConvolutionBackwardFilterAlgorithm_v7(void*, Tensor* x, Tensor* dy, Conv* cv, Filter* dw, int requested,
+                                                  int* returned, Perf* perf) {
+    return heuristics(*x, *dw, *cv, *dy, BWD_A, BWD_B, requested, returned, perf);
+}
+int cudnnGetConvolutionForwardWorkspaceSize(void*, Tensor* x, Filter* w, Conv* cv, Tensor* y, int algo, size_t* size) {
+    return workspace_size(*x, *w, *cv, *y, algo, FWD_A, FWD_B, size);
+}
+int cudnnGetConvolutionBackwardDataWorkspaceSize(void*, Filter* w, Tensor* dy, Conv* cv, Tensor* dx, int algo,
+                                                 size_t* size) {
+    return workspace_size(*dx, *w, *cv, *dy, algo, BWD_A, BWD_B, size);
+}
+int cudnnGetConvolutionBackwardFilterWorkspaceSize(void*, Tensor* x, Tensor* dy, Conv* cv, Filter* dw, int algo,
+                                                   size_t* size) {
+    return workspace_size(*x, *dw, *cv, *dy, algo, BWD_A, BWD_B, size);
+}
+
+int cudnnConvolutionForward(void*, const void* alpha, Tensor* xd, const void* x, Filter* wd, const void* w, Conv* cv,
+                            int algo, void* ws, size_t ws_bytes, const void* beta, Tensor* yd, void* y) {
+    if (int e = check_run("ConvolutionForward", *xd, *wd, *cv, *yd, algo, FWD_A, FWD_B, ws, ws_bytes)) return e;
+    if (xd->dtype == FLOAT)
+        forward<float>(*xd, (const float*)x, *wd, (const float*)w, *cv, *yd, (float*)y, alpha, beta);
+    else
+        forward<double>(*xd, (const double*)x, *wd, (const double*)w, *cv, *yd, (double*)y, alpha, beta);
+    return SUCCESS;
+}
+int cudnnConvolutionBackwardData(void*, const void* alpha, Filter* wd, const void* w, Tensor* dyd, const void* dy,
+                                 Conv* cv, int algo, void* ws, size_t ws_bytes, const void* beta, Tensor* dxd, void* dx) {
+    if (int e = check_run("ConvolutionBackwardData", *dxd, *wd, *cv, *dyd, algo, BWD_A, BWD_B, ws, ws_bytes)) return e;
+    if (dxd->dtype == FLOAT)
+        backward_data<float>(*dxd, (float*)dx, *wd, (const float*)w, *cv, *dyd, (const float*)dy, alpha, beta);
+    else
+        backward_data<double>(*dxd, (double*)dx, *wd, (const double*)w, *cv, *dyd, (const double*)dy, alpha, beta);
+    return SUCCESS;
+}
+int cudnnConvolutionBackwardFilter(void*, const void* alpha, Tensor* xd, const void* x, Tensor* dyd, const void* dy,
+                                   Conv* cv, int algo, void* ws, size_t ws_bytes, const void* beta, Filter* dwd, void* dw) {
+    if (int e = check_run("ConvolutionBackwardFilter", *xd, *dwd, *cv, *dyd, algo, BWD_A, BWD_B, ws, ws_bytes)) return e;
+    if (xd->dtype == FLOAT)
+        backward_filter<float>(*xd, (const float*)x, *dwd, (float*)dw, *cv, *dyd, (const float*)dy, alpha, beta);
+    else
+        backward_filter<double>(*xd, (const double*)x, *dwd, (double*)dw, *cv, *dyd, (const double*)dy, alpha, beta);
+    return SUCCESS;
+}
+
+int cudnnAddTensor(void*, const void* alpha, Tensor* ad, const void* a, const void* beta, Tensor* cd, void* c) {
+    if (!ad->set || !cd->set || ad->dtype != cd->dtype) return BAD_PARAM;
+    if ((ad->n != 1 && ad->n != cd->n) || (ad->c != 1 && ad->c != cd->c) || (ad->h != 1 && ad->h != cd->h) ||
+        (ad->w != 1 && ad->w != cd->w))
+        return BAD_PARAM;
+    if (trace()) fprintf(stderr, "fake cudnn: AddTensor dtype %d\n", cd->dtype);
+    if (cd->dtype == FLOAT)
+        add_tensor<float>(*ad, (const float*)a, *cd, (float*)c, alpha, beta);
+    else
+        add_tensor<double>(*ad, (const double*)a, *cd, (double*)c, alpha, beta);
+    return SUCCESS;
+}
+}
+#pragma GCC visibility pop
