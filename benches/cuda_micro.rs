@@ -1,7 +1,7 @@
 //! CUDA micro-benchmarks: cuBLAS matrix products (GFLOP/s, f32 and TF32), memory-bound
 //! elementwise, reduction and softmax kernels (GB/s, counting bytes read and written
 //! once), and the convolutions of the seed ResNet18 at batch 64 through cuDNN (GFLOP/s,
-//! f32: forward alone, and forward plus both gradients; then all 20 layers together). `benches/cuda_micro_torch.py` measures the same work with PyTorch;
+//! f32: forward alone, and forward plus both gradients; then all 21 layers together). `benches/cuda_micro_torch.py` measures the same work with PyTorch;
 //! `scripts/gpu-check.sh` runs both on one card and prints them side by side.
 //!
 //! Output: one `RESULT <name> <value> <unit>` line per measurement. Without a usable GPU
@@ -61,19 +61,22 @@ type ConvShape = (&'static str, [usize; 3], usize, usize, usize, Padding, usize)
 
 /// The distinct convolutions of the seed ResNet18 on 32x32 CIFAR images (NHWC): name,
 /// input `[h, w, c_in]`, filters, kernel size, stride, padding, and how many layers have
-/// that shape (20 in all: the stem, 16 in the blocks, 3 shortcuts).
-const RESNET18_CONVS: [ConvShape; 11] = [
-    ("stem_3x3_3to64_30", [32, 32, 3], 64, 3, 1, Padding::Valid, 1),
-    ("3x3_64_30", [30, 30, 64], 64, 3, 1, Padding::Same, 4),
-    ("3x3s2_64to128_30", [30, 30, 64], 128, 3, 2, Padding::Same, 1),
-    ("1x1s2_64to128_30", [30, 30, 64], 128, 1, 2, Padding::Same, 1),
-    ("3x3_128_15", [15, 15, 128], 128, 3, 1, Padding::Same, 3),
-    ("3x3s2_128to256_15", [15, 15, 128], 256, 3, 2, Padding::Same, 1),
-    ("1x1s2_128to256_15", [15, 15, 128], 256, 1, 2, Padding::Same, 1),
-    ("3x3_256_8", [8, 8, 256], 256, 3, 1, Padding::Same, 3),
-    ("3x3s2_256to512_8", [8, 8, 256], 512, 3, 2, Padding::Same, 1),
-    ("1x1s2_256to512_8", [8, 8, 256], 512, 1, 2, Padding::Same, 1),
-    ("3x3_512_4", [4, 4, 512], 512, 3, 1, Padding::Same, 3),
+/// that shape (21 in all: the stem, 16 in the blocks, 4 shortcuts: every stage's first
+/// block has stride 2 in the seed, the first stage's too).
+const RESNET18_CONVS: [ConvShape; 13] = [
+    ("stem_3x3_3to64_32", [32, 32, 3], 64, 3, 1, Padding::Valid, 1),
+    ("3x3s2_64_30", [30, 30, 64], 64, 3, 2, Padding::Same, 1),
+    ("1x1s2_64_30", [30, 30, 64], 64, 1, 2, Padding::Same, 1),
+    ("3x3_64_15", [15, 15, 64], 64, 3, 1, Padding::Same, 3),
+    ("3x3s2_64to128_15", [15, 15, 64], 128, 3, 2, Padding::Same, 1),
+    ("1x1s2_64to128_15", [15, 15, 64], 128, 1, 2, Padding::Same, 1),
+    ("3x3_128_8", [8, 8, 128], 128, 3, 1, Padding::Same, 3),
+    ("3x3s2_128to256_8", [8, 8, 128], 256, 3, 2, Padding::Same, 1),
+    ("1x1s2_128to256_8", [8, 8, 128], 256, 1, 2, Padding::Same, 1),
+    ("3x3_256_4", [4, 4, 256], 256, 3, 1, Padding::Same, 3),
+    ("3x3s2_256to512_4", [4, 4, 256], 512, 3, 2, Padding::Same, 1),
+    ("1x1s2_256to512_4", [4, 4, 256], 512, 1, 2, Padding::Same, 1),
+    ("3x3_512_2", [2, 2, 512], 512, 3, 1, Padding::Same, 3),
 ];
 
 /// Forward (and forward + input and kernel gradients) of each ResNet18 convolution.

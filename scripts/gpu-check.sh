@@ -10,7 +10,8 @@
 # and prints one table at the end. Exit status: non-zero if a test or benchmark failed.
 #
 # Environment: GPU_BUNDLE (default target/gpu-bundle), PYTHON (default: python3, which
-# holds PyTorch on the lent machines), OUT (if set, logs are also written there).
+# holds PyTorch on the lent machines), OUT (if set, logs are also written there),
+# GPU_CHECK_QUICK=1 (tiny sizes: a smoke test of this script, e.g. on scripts/cuda-emu).
 #
 # Libraries: CUDA's own lib64 (CUDA_HOME, default /usr/local/cuda) and the NVIDIA wheels
 # of the Python install (nvidia/cu13/lib, nvidia/cudnn/lib, ...) go on LD_LIBRARY_PATH, so
@@ -20,6 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bundle="${GPU_BUNDLE:-target/gpu-bundle}"
 py="${PYTHON:-python3}"
 logs="${OUT:-$(mktemp -d)}"
+mkdir -p "$logs"
 
 for bin in cuda_ops nvrtc_kernels cuda_micro cuda_training resnet_train resnet_cifar100; do
   [[ -x "$bundle/$bin" ]] || { echo "gpu-check: $bundle/$bin missing; run scripts/build-gpu-bundle.sh" >&2; exit 2; }
@@ -58,20 +60,30 @@ for t in nvrtc_kernels cuda_ops cuda_training; do
   fi
 done
 
-"$bundle/cuda_micro" 2>&1 | tee "$logs/cuda_micro.txt" || status=1
+quick=()
+train_batches=(64 256)
+train_steps=(--steps 20 --warmup 5)
+flagship=(--synthetic 8192 --epochs 2)
+if [[ "${GPU_CHECK_QUICK:-0}" == 1 ]]; then
+  quick=(--quick)
+  train_batches=(4)
+  train_steps=(--steps 2 --warmup 1)
+  flagship=(--synthetic 64 --batch-size 16 --epochs 1 --dataset cifar10)
+fi
+"$bundle/cuda_micro" "${quick[@]}" 2>&1 | tee "$logs/cuda_micro.txt" || status=1
 PYTHONUNBUFFERED=1 "$py" benches/cuda_micro_torch.py 2>&1 | tee "$logs/cuda_micro_torch.txt" || status=1
 
 # End-to-end training: ours, then PyTorch eager in both memory formats, per batch size.
-for b in 64 256; do
-  "$bundle/resnet_train" --device cuda --batch "$b" --steps 20 --warmup 5 2>&1 | tee -a "$logs/train_ours.txt" || status=1
-  "$py" benches/resnet_train_torch.py --device cuda --batch "$b" --steps 20 --warmup 5 2>&1 \
+for b in "${train_batches[@]}"; do
+  "$bundle/resnet_train" --device cuda --batch "$b" "${train_steps[@]}" 2>&1 | tee -a "$logs/train_ours.txt" || status=1
+  "$py" benches/resnet_train_torch.py --device cuda --batch "$b" "${train_steps[@]}" 2>&1 \
     | tee -a "$logs/train_torch.txt" || status=1
-  "$py" benches/resnet_train_torch.py --device cuda --batch "$b" --steps 20 --warmup 5 --channels-last 2>&1 \
+  "$py" benches/resnet_train_torch.py --device cuda --batch "$b" "${train_steps[@]}" --channels-last 2>&1 \
     | tee -a "$logs/train_torch_cl.txt" || status=1
 done
 # The flagship for one short epoch on synthetic data (summary, progress, eval, checkpoints).
 flagship_dir="$(mktemp -d)"
-if "$bundle/resnet_cifar100" --synthetic 8192 --epochs 2 --device cuda --checkpoint-dir "$flagship_dir" \
+if "$bundle/resnet_cifar100" "${flagship[@]}" --device cuda --checkpoint-dir "$flagship_dir" \
   2>&1 | tee "$logs/flagship.txt"; then
   outcome[flagship]="$(grep '^done:' "$logs/flagship.txt" | tail -1)"
 else
@@ -81,7 +93,7 @@ fi
 
 echo
 echo "== gpu-check summary =="
-echo "flagship (synthetic, 2 epochs): ${outcome[flagship]}"
+echo "flagship (${flagship[*]}): ${outcome[flagship]}"
 for t in nvrtc_kernels cuda_ops cuda_training; do echo "test $t: ${outcome[$t]}"; done
 "$py" - "$logs/cuda_micro.txt" "$logs/cuda_micro_torch.txt" <<'PY'
 import sys
