@@ -96,7 +96,10 @@ fn small_cnn_follows_pytorchs_trajectory_on_the_gpu() {
 }
 
 fn follow_the_trajectory(device: Device) {
-    let bytes = std::fs::read(FIXTURE).expect("fixture file");
+    // From the source tree where it was built, else from the working directory (the GPU
+    // bundle runs from a copy of the repository on another machine).
+    let path = if std::path::Path::new(FIXTURE).exists() { FIXTURE } else { "tests/fixtures/trajectory.safetensors" };
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("fixture {path}: {e}"));
     let file = SafeTensors::deserialize(&bytes).expect("fixture parses");
     let (_, x_shape) = read(&file, "x");
     let (steps, batch) = (x_shape[0] - 1, x_shape[1]);
