@@ -72,10 +72,11 @@ impl Tensor {
     /// A tensor of `value` converted to `dtype`.
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
-        let len = shape.checked_elem_count("full")?;
-        if device.is_cpu() {
-            ensure_host_memory(len * dtype.size_in_bytes(), "full", &shape)?;
-        }
+        let len = if device.is_cpu() {
+            host_elem_count(&shape, "full", dtype.size_in_bytes())?
+        } else {
+            shape.checked_elem_count("full")?
+        };
         Ok(Self::from_storage(Storage::full(len, value, dtype, device)?, shape))
     }
 
@@ -107,8 +108,7 @@ impl Tensor {
         let n = ((end - start) / step).ceil().max(0.0);
         // The float count may exceed any buffer (or usize); check before allocating.
         let n = if n < usize::MAX as f64 { n as usize } else { usize::MAX };
-        Shape::new(&[n]).checked_elem_count("arange")?;
-        ensure_host_memory(n.saturating_mul(8), "arange", &Shape::new(&[n]))?;
+        host_elem_count(&Shape::new(&[n]), "arange", 8)?;
         let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
         let cpu = match dtype {
             DType::F32 => CpuStorage::F32(values.iter().map(|&v| v as f32).collect()),
@@ -128,10 +128,10 @@ impl Tensor {
         rng: &mut R,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        ensure_host_memory(shape.checked_elem_count("rand_uniform")? * 8, "rand_uniform", &shape)?;
+        let n = host_elem_count(&shape, "rand_uniform", 8)?;
         let dist = Uniform::new(low, high)
             .map_err(|e| Error::invalid("rand_uniform", format!("bad range [{low}, {high}): {e}")))?;
-        let values: Vec<f64> = (0..shape.elem_count()).map(|_| dist.sample(rng)).collect();
+        let values: Vec<f64> = (0..n).map(|_| dist.sample(rng)).collect();
         Self::from_f64_values(values, shape, dtype, device, "rand_uniform")
     }
 
@@ -145,7 +145,7 @@ impl Tensor {
         rng: &mut R,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        ensure_host_memory(shape.checked_elem_count("rand_normal")? * 8, "rand_normal", &shape)?;
+        let n = host_elem_count(&shape, "rand_normal", 8)?;
         // rand_distr accepts a negative std (it mirrors the samples); a negative std is a
         // mistake in the caller's code, as PyTorch's `normal_` holds.
         if std.is_nan() || std < 0.0 || !mean.is_finite() {
@@ -156,7 +156,7 @@ impl Tensor {
         }
         let dist = Normal::new(mean, std)
             .map_err(|e| Error::invalid("rand_normal", format!("bad mean {mean} / std {std}: {e}")))?;
-        let values: Vec<f64> = (0..shape.elem_count()).map(|_| dist.sample(rng)).collect();
+        let values: Vec<f64> = (0..n).map(|_| dist.sample(rng)).collect();
         Self::from_f64_values(values, shape, dtype, device, "rand_normal")
     }
 
@@ -283,16 +283,19 @@ impl Tensor {
     }
 }
 
-/// Reports a host allocation of `bytes` that the allocator refuses as an error naming the
-/// shape, where `vec!` would abort the process. Only sizes from 1 GiB up are probed (the
-/// probe reserves address space and gives it back at once, touching no page).
-pub(crate) fn ensure_host_memory(bytes: usize, op: &'static str, shape: &Shape) -> Result<()> {
+/// The element count of `shape` for a host buffer of `elem_bytes`-byte elements, checked
+/// ([`Shape::checked_elem_count`]) and, from 1 GiB up, probed: a size the allocator
+/// refuses is an error naming the shape, where `vec!` would abort the process. The probe
+/// reserves address space and gives it back at once, touching no page.
+fn host_elem_count(shape: &Shape, op: &'static str, elem_bytes: usize) -> Result<usize> {
     const PROBE_FROM: usize = 1 << 30;
-    if bytes < PROBE_FROM {
-        return Ok(());
+    let n = shape.checked_elem_count(op)?;
+    let bytes = n * elem_bytes; // checked_elem_count bounds n * 8 by isize::MAX
+    if bytes >= PROBE_FROM {
+        let mut probe: Vec<u8> = Vec::new();
+        probe.try_reserve_exact(bytes).map_err(|_| {
+            Error::invalid(op, format!("shape {shape} needs {bytes} bytes of host memory, which cannot be allocated"))
+        })?;
     }
-    let mut probe: Vec<u8> = Vec::new();
-    probe.try_reserve_exact(bytes).map_err(|_| {
-        Error::invalid(op, format!("shape {shape} needs {bytes} bytes of host memory, which cannot be allocated"))
-    })
+    Ok(n)
 }

@@ -1,13 +1,13 @@
 //! [`Adam`] and [`AdamW`], with Keras' defaults and epsilon placement.
 
-use super::update::{adam_step, AdamStep};
+use super::update::{adam_update, AdamStep};
 use super::{maybe_clip, pair_gradients, LearningRate, Optimizer, SlotTable};
 use crate::Result;
 use tapegrad_tensor::{Tensor, Variable};
 
 /// Adam (Keras' `optimizers.Adam`): beta_1 0.9, beta_2 0.999, epsilon 1e-7, bias
 /// correction folded into the step size; formulas and the difference from PyTorch in
-/// [`adam_step`](super::update::adam_step).
+/// [`adam_update`](super::update::adam_update).
 #[derive(Debug)]
 pub struct Adam {
     name: &'static str,
@@ -80,7 +80,7 @@ impl Optimizer for Adam {
         };
         for (i, g, var) in pair_gradients(self.name, grads, variables)? {
             let slots = self.slots.slots_mut(var, i, 2);
-            let (value, m, v) = adam_step(&var.value_untracked(), g, slots[0].as_ref(), slots[1].as_ref(), &step)?;
+            let (value, m, v) = adam_update(&var.value_untracked(), g, slots[0].as_ref(), slots[1].as_ref(), &step)?;
             slots[0] = Some(m);
             slots[1] = Some(v);
             var.assign(value)?;

@@ -1,13 +1,13 @@
 //! [`Sgd`]: stochastic gradient descent with optional momentum, Nesterov momentum and L2
 //! weight decay.
 
-use super::update::{sgd_step, SgdStep};
+use super::update::{sgd_update, SgdStep};
 use super::{maybe_clip, pair_gradients, LearningRate, Optimizer, SlotTable};
 use crate::Result;
 use tapegrad_tensor::{Tensor, Variable};
 
 /// Stochastic gradient descent (Keras' `optimizers.SGD`; formulas in
-/// [`sgd_step`](super::update::sgd_step)). Weight decay is L2 regularization added to the
+/// [`sgd_update`](super::update::sgd_update)). Weight decay is L2 regularization added to the
 /// gradient, as in PyTorch's `SGD(weight_decay=...)` and the usual ResNet recipes; use
 /// [`AdamW`](super::AdamW) for decoupled decay.
 #[derive(Debug)]
@@ -76,7 +76,7 @@ impl Optimizer for Sgd {
         };
         for (i, g, var) in pair_gradients(self.name(), grads, variables)? {
             let slots = self.slots.slots_mut(var, i, 1);
-            let (value, velocity) = sgd_step(&var.value_untracked(), g, slots[0].as_ref(), &step)?;
+            let (value, velocity) = sgd_update(&var.value_untracked(), g, slots[0].as_ref(), &step)?;
             slots[0] = velocity;
             var.assign(value)?;
         }

@@ -401,33 +401,48 @@ fn queued(device: Device, op: &'static str, r: std::result::Result<(), dnn::Cudn
 /// dtype, each as large as the plan's descriptors say (`x` the input, `w` the filter, `y`
 /// the output, `b` the bias). Every call is queued on the device's stream; none waits.
 impl Dnn {
+    /// Queues one direction's cuDNN call with its chosen algorithm, a workspace from the
+    /// caching allocator and `out = 1 * result + 0 * out`; `NotSupported` where the plan
+    /// has no algorithm for the direction.
+    fn run<A: Copy>(
+        &self,
+        device: &Arc<CudaDevice>,
+        plan: &ConvPlan,
+        choice: &Option<Choice<A>>,
+        op: &'static str,
+        call: impl FnOnce(&Choice<A>, &Scaling, *mut c_void) -> std::result::Result<(), dnn::CudnnError>,
+    ) -> Result<Queued> {
+        let Some(choice) = choice else { return Ok(Queued::NotSupported) };
+        let space = workspace(device, choice.workspace)?;
+        let scaling = Scaling::new(plan.dtype, 1.0, 0.0);
+        device.bind()?;
+        queued(device.device(), op, call(choice, &scaling, space.ptr() as *mut c_void))
+    }
+
     /// `y = conv(x, w)`.
     pub(crate) fn forward(&self, device: &Arc<CudaDevice>, plan: &ConvPlan, x: u64, w: u64, y: u64) -> Result<Queued> {
-        let Some(choice) = &plan.forward else { return Ok(Queued::NotSupported) };
-        let space = workspace(device, choice.workspace)?;
-        let s = Scaling::new(plan.dtype, 1.0, 0.0);
-        device.bind()?;
-        // SAFETY: the handle and descriptors are live; the pointers satisfy the contract
-        // above; the workspace holds at least `choice.workspace` bytes; alpha and beta are
-        // host values read before the call returns.
-        let r = unsafe {
-            dnn::convolution_forward(
-                self.handle,
-                s.alpha(),
-                plan.x.0,
-                x as *const c_void,
-                plan.w.0,
-                w as *const c_void,
-                choice.conv.0,
-                choice.algo,
-                space.ptr() as *mut c_void,
-                choice.workspace,
-                s.beta(),
-                plan.y.0,
-                y as *mut c_void,
-            )
-        };
-        queued(device.device(), "cudnnConvolutionForward", r)
+        self.run(device, plan, &plan.forward, "cudnnConvolutionForward", |c, s, space| {
+            // SAFETY: the handle and descriptors are live; the pointers satisfy the contract
+            // above; the workspace holds at least `c.workspace` bytes; alpha and beta are
+            // host values read before the call returns.
+            unsafe {
+                dnn::convolution_forward(
+                    self.handle,
+                    s.alpha(),
+                    plan.x.0,
+                    x as *const c_void,
+                    plan.w.0,
+                    w as *const c_void,
+                    c.conv.0,
+                    c.algo,
+                    space,
+                    c.workspace,
+                    s.beta(),
+                    plan.y.0,
+                    y as *mut c_void,
+                )
+            }
+        })
     }
 
     /// `dx = conv_backward_data(w, dy)` (the gradient with respect to the input).
@@ -439,29 +454,26 @@ impl Dnn {
         dy: u64,
         dx: u64,
     ) -> Result<Queued> {
-        let Some(choice) = &plan.backward_data else { return Ok(Queued::NotSupported) };
-        let space = workspace(device, choice.workspace)?;
-        let s = Scaling::new(plan.dtype, 1.0, 0.0);
-        device.bind()?;
-        // SAFETY: as in `forward`.
-        let r = unsafe {
-            dnn::convolution_backward_data(
-                self.handle,
-                s.alpha(),
-                plan.w.0,
-                w as *const c_void,
-                plan.y.0,
-                dy as *const c_void,
-                choice.conv.0,
-                choice.algo,
-                space.ptr() as *mut c_void,
-                choice.workspace,
-                s.beta(),
-                plan.x.0,
-                dx as *mut c_void,
-            )
-        };
-        queued(device.device(), "cudnnConvolutionBackwardData", r)
+        self.run(device, plan, &plan.backward_data, "cudnnConvolutionBackwardData", |c, s, space| {
+            // SAFETY: as in `forward`.
+            unsafe {
+                dnn::convolution_backward_data(
+                    self.handle,
+                    s.alpha(),
+                    plan.w.0,
+                    w as *const c_void,
+                    plan.y.0,
+                    dy as *const c_void,
+                    c.conv.0,
+                    c.algo,
+                    space,
+                    c.workspace,
+                    s.beta(),
+                    plan.x.0,
+                    dx as *mut c_void,
+                )
+            }
+        })
     }
 
     /// `dw = conv_backward_filter(x, dy)` (the gradient with respect to the filter).
@@ -473,29 +485,26 @@ impl Dnn {
         dy: u64,
         dw: u64,
     ) -> Result<Queued> {
-        let Some(choice) = &plan.backward_filter else { return Ok(Queued::NotSupported) };
-        let space = workspace(device, choice.workspace)?;
-        let s = Scaling::new(plan.dtype, 1.0, 0.0);
-        device.bind()?;
-        // SAFETY: as in `forward`.
-        let r = unsafe {
-            dnn::convolution_backward_filter(
-                self.handle,
-                s.alpha(),
-                plan.x.0,
-                x as *const c_void,
-                plan.y.0,
-                dy as *const c_void,
-                choice.conv.0,
-                choice.algo,
-                space.ptr() as *mut c_void,
-                choice.workspace,
-                s.beta(),
-                plan.w.0,
-                dw as *mut c_void,
-            )
-        };
-        queued(device.device(), "cudnnConvolutionBackwardFilter", r)
+        self.run(device, plan, &plan.backward_filter, "cudnnConvolutionBackwardFilter", |c, s, space| {
+            // SAFETY: as in `forward`.
+            unsafe {
+                dnn::convolution_backward_filter(
+                    self.handle,
+                    s.alpha(),
+                    plan.x.0,
+                    x as *const c_void,
+                    plan.y.0,
+                    dy as *const c_void,
+                    c.conv.0,
+                    c.algo,
+                    space,
+                    c.workspace,
+                    s.beta(),
+                    plan.w.0,
+                    dw as *mut c_void,
+                )
+            }
+        })
     }
 
     /// `y += b`, the bias `[out_channels]` broadcast over every output pixel.

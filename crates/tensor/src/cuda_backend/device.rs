@@ -10,6 +10,7 @@ use super::allocator::{Block, CachingAllocator};
 use super::blas::BlasHandle;
 use super::cudnn::Dnn;
 use super::kernels::{self, KernelSource};
+use super::staging;
 use crate::cuda::MemoryStats;
 use crate::{Device, Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
@@ -58,6 +59,8 @@ pub(crate) struct CudaDevice {
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: Mutex<Option<BlasHandle>>,
     dnn: Mutex<Option<Dnn>>,
+    /// Pinned buffers that uploads are staged through.
+    staging: Mutex<staging::Ring>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -108,6 +111,7 @@ impl CudaDevice {
             functions: Mutex::default(),
             blas: Mutex::default(),
             dnn: Mutex::default(),
+            staging: Mutex::default(),
         })
     }
 
@@ -216,5 +220,19 @@ impl CudaDevice {
         let result = f(&dnn);
         *slot = Some(dnn);
         result
+    }
+
+    /// Queues a copy of `src` to device address `dst`, through a pinned staging buffer for
+    /// mid-sized uploads (see `staging`); `src` may be dropped when this returns.
+    pub(crate) fn upload(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.bind()?;
+        if staging::stages(src.len()) {
+            return staging::upload(self, &mut lock(&self.staging), src, dst);
+        }
+        // SAFETY: the caller's block at `dst` holds at least `src.len()` bytes. The copy is
+        // queued on the stream; from pageable host memory the driver has copied the source
+        // into its own staging memory when the call returns, so `src` may be dropped then.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| Error::cuda(self.device(), "cuMemcpyHtoDAsync", e))
     }
 }

@@ -12,7 +12,7 @@ pub(crate) mod cpu_fallback;
 pub(crate) mod cudnn;
 pub(crate) mod device;
 pub(crate) mod kernels;
-mod staging;
+pub(crate) mod staging;
 
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
@@ -123,25 +123,7 @@ impl CudaStorage {
         let device = CudaDevice::get(ordinal)?;
         let out = Self::alloc(&device, cpu.len(), cpu.dtype())?;
         if let Some(block) = &out.block {
-            device.bind()?;
-            let bytes = cpu_bytes(cpu);
-            if staging::stages(bytes.len()) {
-                staging::upload(&device, bytes, block.ptr)?;
-                return Ok(out);
-            }
-            let stream = device.stream().cu_stream();
-            // SAFETY: the block holds len elements of the same dtype as the host slice. The
-            // copy is queued on the device's stream; from pageable host memory, the driver
-            // has copied the source into its staging memory when the call returns, so the
-            // host vector may be dropped afterwards.
-            let copied = unsafe {
-                match cpu {
-                    CpuStorage::F32(v) => driver::memcpy_htod_async(block.ptr, v, stream),
-                    CpuStorage::F64(v) => driver::memcpy_htod_async(block.ptr, v, stream),
-                    CpuStorage::I64(v) => driver::memcpy_htod_async(block.ptr, v, stream),
-                }
-            };
-            copied.map_err(|e| Error::cuda(device.device(), "cuMemcpyHtoDAsync", e))?;
+            device.upload(cpu_bytes(cpu), block.ptr)?;
         }
         Ok(out)
     }

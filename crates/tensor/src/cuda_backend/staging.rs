@@ -11,11 +11,10 @@
 //! (whole datasets or weights, rare, where pinning that much host memory is not worth it)
 //! go straight from the caller's memory.
 
-use super::device::{lock, CudaDevice};
+use super::device::CudaDevice;
 use crate::{Error, Result};
 use cudarc::driver::result as driver;
 use cudarc::driver::sys;
-use std::sync::Mutex;
 
 /// Smallest upload staged through pinned memory.
 pub(crate) const MIN_BYTES: usize = 64 * 1024;
@@ -33,38 +32,28 @@ struct Slot {
     recorded: bool,
 }
 
-/// The pinned buffers of one device, used round-robin.
-struct Ring {
+/// The pinned buffers of one device, used round-robin (the device keeps one ring).
+#[derive(Default)]
+pub(crate) struct Ring {
     slots: Vec<Slot>,
     next: usize,
 }
 
 // SAFETY: the raw pointers are a pinned host allocation and a CUDA event owned by the ring;
-// the ring is only reached through the mutex below, and the driver allows both to be used
-// from any thread that has the context current.
+// the device keeps the ring behind a mutex, and the driver allows both to be used from any
+// thread that has the context current.
 unsafe impl Send for Ring {}
-
-static RINGS: Mutex<Vec<(usize, Ring)>> = Mutex::new(Vec::new());
 
 /// Whether an upload of `bytes` bytes goes through a staging buffer.
 pub(crate) fn stages(bytes: usize) -> bool {
     (MIN_BYTES..=MAX_BYTES).contains(&bytes)
 }
 
-/// Queues a copy of `src` to device address `dst` on the device's stream through a pinned
-/// buffer; returns once `src` has been copied into that buffer (it may then be dropped).
-/// The caller has made the device's context current and checked [`stages`].
-pub(crate) fn upload(device: &CudaDevice, src: &[u8], dst: sys::CUdeviceptr) -> Result<()> {
+/// Queues a copy of `src` to device address `dst` on the device's stream through one of
+/// `ring`'s pinned buffers; returns once `src` has been copied into that buffer (it may then
+/// be dropped). The caller has made the device's context current and checked [`stages`].
+pub(crate) fn upload(device: &CudaDevice, ring: &mut Ring, src: &[u8], dst: sys::CUdeviceptr) -> Result<()> {
     let fail = |op: &'static str| move |e| Error::cuda(device.device(), op, e);
-    let mut rings = lock(&RINGS);
-    let index = match rings.iter().position(|(ordinal, _)| *ordinal == device.ordinal()) {
-        Some(i) => i,
-        None => {
-            rings.push((device.ordinal(), Ring { slots: Vec::new(), next: 0 }));
-            rings.len() - 1
-        }
-    };
-    let ring = &mut rings[index].1;
     if ring.slots.len() < SLOTS {
         let event =
             driver::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(fail("cuEventCreate"))?;

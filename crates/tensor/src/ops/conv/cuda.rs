@@ -77,6 +77,15 @@ fn pad_input(x: &CudaStorage, spec: &Conv2dSpec, e: ExtraPadding) -> Result<Cuda
     pad_rows(&rows, n * h, w * c, e.left * c, e.right * c)
 }
 
+/// The input cuDNN reads: `x` itself, or (`Some`) its copy with the extra padding.
+fn padded_for_cudnn(x: &CudaStorage, spec: &Conv2dSpec, e: ExtraPadding) -> Result<Option<CudaStorage>> {
+    if e.is_zero() {
+        Ok(None)
+    } else {
+        pad_input(x, spec, e).map(Some)
+    }
+}
+
 /// The inverse of [`pad_input`]: the `[n, h, w, c]` window of a padded input's gradient.
 fn crop_input(dx: &CudaStorage, spec: &Conv2dSpec, padded: &Conv2dSpec, e: ExtraPadding) -> Result<CudaStorage> {
     let (hp, wp, c) = (padded.in_h, padded.in_w, spec.in_channels);
@@ -140,13 +149,8 @@ pub(crate) fn conv2d(
         return Ok(y);
     }
     let (sym, extra) = symmetric(spec);
-    let padded;
-    let input = if extra.is_zero() {
-        x
-    } else {
-        padded = pad_input(x, spec, extra)?;
-        &padded
-    };
+    let padded = padded_for_cudnn(x, spec, extra)?;
+    let input = padded.as_ref().unwrap_or(x);
     let queued = device.with_dnn(|dnn| {
         let plan = dnn.plan(device.device(), &sym, x.dtype())?;
         let queued = dnn.forward(device, &plan, input.ptr(), k.ptr(), y.ptr())?;
@@ -193,13 +197,8 @@ pub(crate) fn conv2d_backward_filter(x: &CudaStorage, dy: &CudaStorage, spec: &C
     }
     let dk = CudaStorage::alloc(device, len, x.dtype())?;
     let (sym, extra) = symmetric(spec);
-    let padded;
-    let input = if extra.is_zero() {
-        x
-    } else {
-        padded = pad_input(x, spec, extra)?;
-        &padded
-    };
+    let padded = padded_for_cudnn(x, spec, extra)?;
+    let input = padded.as_ref().unwrap_or(x);
     let queued = device.with_dnn(|dnn| {
         let plan = dnn.plan(device.device(), &sym, x.dtype())?;
         dnn.backward_filter(device, &plan, input.ptr(), dy.ptr(), dk.ptr())
