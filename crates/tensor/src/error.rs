@@ -95,21 +95,19 @@ pub enum Error {
         /// Why it cannot be used, and what to do.
         msg: String,
     },
-    /// A device has too little free memory for an allocation (after tapegrad's cache of
-    /// freed blocks was returned to the driver and the allocation retried).
-    #[error(
-        "device {device}: out of memory allocating {requested} bytes ({free} bytes free on the device, \
-         {in_use} bytes held by live tensors)"
-    )]
+    /// An allocation failed: the host allocator refused it, or a device has too little free
+    /// memory (after tapegrad's cache of freed blocks was returned to the driver and the
+    /// allocation retried).
+    #[error("{op}: out of memory on {device} allocating {requested} bytes{detail}")]
     OutOfMemory {
         /// The device.
         device: Device,
+        /// The operation that allocated.
+        op: &'static str,
         /// The bytes asked for.
         requested: usize,
-        /// The bytes the driver reported free.
-        free: usize,
-        /// The bytes held by live buffers on that device.
-        in_use: usize,
+        /// More about it, starting with a space: the shape, the memory free and in use.
+        detail: String,
     },
     /// A call into a device library (driver, NVRTC, cuBLAS) failed.
     #[error("device {device}: {op} failed: {msg}")]

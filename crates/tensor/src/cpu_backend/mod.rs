@@ -3,6 +3,7 @@
 //! This file only routes each primitive of [`BackendStorage`] to its kernel, which lives
 //! beside its op (`ops/<family>/cpu.rs`), and matches on the dtype.
 
+pub(crate) mod alloc;
 mod parallel;
 
 pub(crate) use parallel::{par_map, par_zip_map, PAR_MIN_LEN};
@@ -186,8 +187,8 @@ impl BackendStorage for CpuStorage {
 
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
         Ok(match (self, rhs) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(matmul::cpu::matmul(a, b, spec)),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(matmul::cpu::matmul(a, b, spec)),
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(matmul::cpu::matmul(a, b, spec)?),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(matmul::cpu::matmul(a, b, spec)?),
             (a, b) if a.dtype() != b.dtype() => {
                 return Err(Error::DTypeMismatch { op: "matmul", lhs: a.dtype(), rhs: b.dtype() })
             }
@@ -196,7 +197,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn strided_copy(&self, l: &StridedLayout) -> Result<Self> {
-        Ok(map_any!(self, v => layout::cpu::strided_copy(v, l)))
+        Ok(map_any!(self, v => layout::cpu::strided_copy(v, l)?))
     }
 
     fn concat(parts: &[&Self], outer: usize, inners: &[usize]) -> Result<Self> {
@@ -210,7 +211,7 @@ impl BackendStorage for CpuStorage {
                         other => Err(Error::DTypeMismatch { op: "concat", lhs: dtype, rhs: other.dtype() }),
                     })
                     .collect::<Result<Vec<_>>>()?;
-                CpuStorage::$variant(layout::cpu::concat(&slices, outer, inners))
+                CpuStorage::$variant(layout::cpu::concat(&slices, outer, inners)?)
             }};
         }
         Ok(match dtype {

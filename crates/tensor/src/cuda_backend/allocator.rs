@@ -83,7 +83,15 @@ impl CachingAllocator {
             }
             Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => {
                 let free = ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0);
-                Err(Error::OutOfMemory { device, requested: bytes, free, in_use: pool.stats.in_use })
+                Err(Error::OutOfMemory {
+                    device,
+                    op: "allocate",
+                    requested: bytes,
+                    detail: format!(
+                        " ({free} bytes free on the device, {} bytes held by live tensors)",
+                        pool.stats.in_use
+                    ),
+                })
             }
             Err(e) => Err(Error::cuda(device, "cuMemAlloc", e)),
         }

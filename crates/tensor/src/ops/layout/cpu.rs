@@ -1,22 +1,24 @@
 //! CPU kernels of the layout ops.
 
 use crate::backend::StridedLayout;
+use crate::cpu_backend::alloc::{try_vec, try_with_capacity};
 use crate::cpu_backend::PAR_MIN_LEN;
 use crate::ops::elementwise::cpu::coalesce;
+use crate::Result;
 use rayon::prelude::*;
 
 /// Copies a strided view into a new contiguous buffer, row by row over the coalesced
 /// innermost dimension.
-pub(crate) fn strided_copy<T: Copy + Send + Sync + Default>(x: &[T], l: &StridedLayout) -> Vec<T> {
+pub(crate) fn strided_copy<T: Copy + Send + Sync + Default>(x: &[T], l: &StridedLayout) -> Result<Vec<T>> {
     let n = l.shape.elem_count();
     if n == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let (dims, strides, _) = coalesce(l.shape.dims(), std::slice::from_ref(&l.strides));
     let rank = dims.len();
     let inner = dims[rank - 1];
     let step = strides[rank - 1];
-    let mut out = vec![T::default(); n];
+    let mut out = try_vec("strided_copy", n, T::default())?;
     let row = |(r, chunk): (usize, &mut [T])| {
         let (mut off, mut rem) = (l.offset, r);
         for d in (0..rank - 1).rev() {
@@ -39,17 +41,17 @@ pub(crate) fn strided_copy<T: Copy + Send + Sync + Default>(x: &[T], l: &Strided
         let rows_per_task = (PAR_MIN_LEN / 8 / inner).max(1);
         out.par_chunks_mut(inner).enumerate().with_min_len(rows_per_task).for_each(row);
     }
-    out
+    Ok(out)
 }
 
 /// Concatenates `[outer, inner_i]` buffers along the second dimension.
-pub(crate) fn concat<T: Copy>(parts: &[&[T]], outer: usize, inners: &[usize]) -> Vec<T> {
+pub(crate) fn concat<T: Copy>(parts: &[&[T]], outer: usize, inners: &[usize]) -> Result<Vec<T>> {
     let total: usize = inners.iter().sum();
-    let mut out = Vec::with_capacity(outer * total);
+    let mut out = try_with_capacity("concat", outer.saturating_mul(total))?;
     for o in 0..outer {
         for (p, &inner) in parts.iter().zip(inners) {
             out.extend_from_slice(&p[o * inner..(o + 1) * inner]);
         }
     }
-    out
+    Ok(out)
 }

@@ -5,19 +5,22 @@ use crate::backend::MatmulSpec;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
+use crate::Result;
+
 /// Below this many multiply-adds per product, a batch runs one product per thread
 /// instead of splitting each product.
 const SMALL_GEMM: usize = 1 << 18;
 
-pub(crate) fn matmul<T: Copy + Default + Send + Sync + 'static + num_traits::One + num_traits::Zero>(
+pub(crate) fn matmul<T: ZeroBits + Default + Send + Sync + 'static + num_traits::One + num_traits::Zero>(
     lhs: &[T],
     rhs: &[T],
     s: &MatmulSpec,
-) -> Vec<T> {
+) -> Result<Vec<T>> {
     let (m, k, n) = (s.m, s.k, s.n);
-    let mut out = vec![T::default(); s.batch * m * n];
+    let mut out = try_zeros("matmul", s.batch.saturating_mul(m).saturating_mul(n))?;
     if m * n == 0 {
-        return out;
+        return Ok(out);
     }
     // (row stride, column stride) of each operand as stored.
     let (l_rs, l_cs) = if s.lhs_transposed { (1, m) } else { (k, 1) };
@@ -63,5 +66,5 @@ pub(crate) fn matmul<T: Copy + Default + Send + Sync + 'static + num_traits::One
             one_product(b, dst, par);
         }
     }
-    out
+    Ok(out)
 }

@@ -1,0 +1,87 @@
+//! Fallible host allocation for kernel outputs, workspaces and scratch buffers.
+//!
+//! `vec![x; n]` aborts the process when the allocator refuses (`memory allocation of N
+//! bytes failed`), and no caller can catch that. Every host buffer whose size a user's
+//! shapes decide is allocated through these functions instead, so an impossible size is
+//! [`Error::OutOfMemory`] naming the op and the bytes.
+
+use crate::{Device, Error, Result};
+
+/// Element types whose all-zero bit pattern is the value zero (so a zeroed allocation is a
+/// buffer of zeros, and the allocator may hand out fresh zero pages without writing them).
+///
+/// # Safety
+/// Implement only for types for which every byte being 0 is a valid value.
+pub(crate) unsafe trait ZeroBits: Copy {}
+// SAFETY: all-zero bits are 0 for these integer and IEEE float types, and `false` for bool.
+unsafe impl ZeroBits for f32 {}
+unsafe impl ZeroBits for f64 {}
+unsafe impl ZeroBits for i64 {}
+unsafe impl ZeroBits for u8 {}
+unsafe impl ZeroBits for u32 {}
+unsafe impl ZeroBits for usize {}
+unsafe impl ZeroBits for bool {}
+
+/// The error for a host buffer of `len` elements of `T` that cannot be allocated.
+pub(crate) fn host_oom<T>(op: &'static str, len: usize) -> Error {
+    let requested = len.saturating_mul(std::mem::size_of::<T>());
+    Error::OutOfMemory {
+        device: Device::Cpu,
+        op,
+        requested,
+        detail: format!(" ({len} elements of {} bytes)", std::mem::size_of::<T>()),
+    }
+}
+
+/// An empty vector with room for `len` elements, or [`Error::OutOfMemory`].
+pub(crate) fn try_with_capacity<T>(op: &'static str, len: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| host_oom::<T>(op, len))?;
+    Ok(v)
+}
+
+/// `len` copies of `fill`, or [`Error::OutOfMemory`].
+pub(crate) fn try_vec<T: Clone>(op: &'static str, len: usize, fill: T) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(op, len)?;
+    v.resize(len, fill);
+    Ok(v)
+}
+
+/// `len` zeros, or [`Error::OutOfMemory`]. Like `vec![0; len]`, the memory comes zeroed
+/// from the allocator (large buffers as untouched zero pages, not written here).
+pub(crate) fn try_zeros<T: ZeroBits>(op: &'static str, len: usize) -> Result<Vec<T>> {
+    let size = std::mem::size_of::<T>();
+    if len == 0 || size == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| host_oom::<T>(op, len))?;
+    // SAFETY: the layout has a non-zero size (len > 0, size > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if ptr.is_null() {
+        return Err(host_oom::<T>(op, len));
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[T; len]`;
+    // every element is initialised, since all-zero bits are a valid `T` (ZeroBits).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_sizes_are_errors_not_aborts() {
+        let err = try_zeros::<f32>("test_op", usize::MAX / 8).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { op: "test_op", .. }), "{err}");
+        assert!(try_vec("test_op", 1usize << 60, 0u8).is_err());
+        assert!(try_with_capacity::<f64>("test_op", 1usize << 60).is_err());
+    }
+
+    #[test]
+    fn buffers_hold_what_was_asked() {
+        assert_eq!(try_zeros::<f64>("t", 3).unwrap(), vec![0.0; 3]);
+        assert_eq!(try_vec("t", 2, 7i64).unwrap(), vec![7, 7]);
+        assert!(try_zeros::<f32>("t", 0).unwrap().is_empty());
+        assert!(try_with_capacity::<f32>("t", 5).unwrap().capacity() >= 5);
+    }
+}
