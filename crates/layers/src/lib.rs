@@ -50,6 +50,8 @@ pub use layers::activation::{Activation, ActivationFn, ReLU};
 pub use layers::add::{add, Add};
 pub use layers::batch_norm::BatchNormalization;
 pub use layers::conv2d::Conv2D;
+pub use layers::depthwise_conv2d::DepthwiseConv2D;
+pub use layers::separable_conv2d::SeparableConv2D;
 pub use layers::dense::Dense;
 pub use layers::dropout::Dropout;
 pub use layers::flatten::Flatten;

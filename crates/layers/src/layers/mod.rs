@@ -5,10 +5,12 @@ pub(crate) mod add;
 pub(crate) mod batch_norm;
 pub(crate) mod conv2d;
 pub(crate) mod dense;
+pub(crate) mod depthwise_conv2d;
 pub(crate) mod dropout;
 pub(crate) mod flatten;
 pub(crate) mod pair;
 pub(crate) mod pooling;
+pub(crate) mod separable_conv2d;
 pub(crate) mod sequential;
 
 use crate::Result;
