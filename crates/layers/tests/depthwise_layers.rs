@@ -119,6 +119,7 @@ fn bad_groups_and_multipliers_are_clear_errors() {
     // A built layer called with another channel count names the layer and the shape.
     let dw = DepthwiseConv2D::new(3).named("dw_built");
     dw.build(&InputSpec::new([1, 5, 5, 4])).unwrap();
-    let m = dw.call(&Tensor::zeros([1, 5, 5, 3], DType::F64, &Device::Cpu).unwrap(), Mode::Infer).unwrap_err().to_string();
+    let m =
+        dw.call(&Tensor::zeros([1, 5, 5, 3], DType::F64, &Device::Cpu).unwrap(), Mode::Infer).unwrap_err().to_string();
     assert!(m.contains("dw_built") && m.contains("4 channels") && m.contains("[1, 5, 5, 3]"), "{m}");
 }

@@ -43,17 +43,18 @@ fn grouped_and_depthwise_convolutions_match_cpu() {
     let explicit = Padding::Explicit { top: 2, bottom: 0, left: 1, right: 1 };
     // (input [n, h, w, c], groups, outputs, kernel, stride, dilation, padding, dtype)
     let cases = [
-        ([2, 8, 8, 6], 6, 6, 3, 2, 1, same, DType::F32),  // depthwise, TF 'same' asymmetric
-        ([2, 7, 7, 4], 4, 8, 3, 1, 1, same, DType::F32),  // depthwise, multiplier 2
+        ([2, 8, 8, 6], 6, 6, 3, 2, 1, same, DType::F32), // depthwise, TF 'same' asymmetric
+        ([2, 7, 7, 4], 4, 8, 3, 1, 1, same, DType::F32), // depthwise, multiplier 2
         ([1, 9, 8, 6], 3, 6, 3, 2, 1, Padding::Valid, DType::F32),
-        ([2, 6, 6, 8], 2, 4, 3, 1, 2, same, DType::F32),  // grouped, dilated
+        ([2, 6, 6, 8], 2, 4, 3, 1, 2, same, DType::F32), // grouped, dilated
         ([1, 6, 7, 4], 2, 6, 2, 1, 1, explicit, DType::F64),
         ([1, 8, 8, 3], 3, 3, 3, 2, 1, same, DType::F64),
     ];
     let mut rng = StdRng::seed_from_u64(7);
     for (i, (shape, groups, outputs, k, stride, dilation, padding, dtype)) in cases.into_iter().enumerate() {
         let p = Conv2dParams { strides: (stride, stride), padding, dilation: (dilation, dilation), groups };
-        let normal = |dims: &[usize], rng: &mut StdRng| Tensor::rand_normal(dims, 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap();
+        let normal =
+            |dims: &[usize], rng: &mut StdRng| Tensor::rand_normal(dims, 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap();
         let x = normal(&shape, &mut rng);
         let kernel = normal(&[outputs, k, k, shape[3] / groups], &mut rng);
         let bias = normal(&[outputs], &mut rng);
@@ -63,10 +64,15 @@ fn grouped_and_depthwise_convolutions_match_cpu() {
         let up = |t: &Tensor| t.to_device(&device).unwrap();
         let gpu = forward_and_gradients(&up(&x), &up(&kernel), &up(&bias), &up(&weights), &p);
         let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
-        for (what, (c, g)) in ["output", "input gradient", "kernel gradient", "bias gradient"].iter().zip(cpu.iter().zip(&gpu)) {
+        for (what, (c, g)) in
+            ["output", "input gradient", "kernel gradient", "bias gradient"].iter().zip(cpu.iter().zip(&gpu))
+        {
             assert_eq!(c.len(), g.len(), "case {i} {what}");
             for (j, (a, b)) in c.iter().zip(g).enumerate() {
-                assert!((a - b).abs() <= tol * (1.0 + a.abs()), "case {i} ({p:?}) {what} element {j}: cpu {a} vs cuda {b}");
+                assert!(
+                    (a - b).abs() <= tol * (1.0 + a.abs()),
+                    "case {i} ({p:?}) {what} element {j}: cpu {a} vs cuda {b}"
+                );
             }
         }
     }

@@ -14,7 +14,14 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
 
 /// Padding before and output size along one axis by TF's rules, written out
 /// independently of the library; `None` where the kernel does not fit.
-fn axis(input: usize, k: usize, stride: usize, dilation: usize, padding: Padding, height: bool) -> Option<(usize, usize)> {
+fn axis(
+    input: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+    padding: Padding,
+    height: bool,
+) -> Option<(usize, usize)> {
     let extent = (k - 1) * dilation + 1;
     let (before, after) = match padding {
         Padding::Valid => (0, 0),

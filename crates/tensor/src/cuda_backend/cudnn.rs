@@ -219,9 +219,14 @@ impl ConvPlan {
         // SAFETY: the descriptor was just created. NHWC filters are KRSC: (out, kh, kw,
         // in / groups); a grouped filter's C is the channels of one group.
         unsafe {
-            dnn::set_filter4d_descriptor(wd.0, dt, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC, [k, group_channels, r, q])
+            dnn::set_filter4d_descriptor(
+                wd.0,
+                dt,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                [k, group_channels, r, q],
+            )
         }
-            .map_err(cuda_err("cudnnSetFilter4dDescriptor"))?;
+        .map_err(cuda_err("cudnnSetFilter4dDescriptor"))?;
         let geometry = [
             to_int(s.pad_top, "padding")?,
             to_int(s.pad_left, "padding")?,
@@ -257,8 +262,7 @@ impl ConvPlan {
                 )
                 .map_err(cuda_err("cudnnSetConvolution2dDescriptor"))?;
                 dnn::set_convolution_math_type(desc.0, math).map_err(cuda_err("cudnnSetConvolutionMathType"))?;
-                dnn::set_convolution_group_count(desc.0, groups)
-                    .map_err(cuda_err("cudnnSetConvolutionGroupCount"))?;
+                dnn::set_convolution_group_count(desc.0, groups).map_err(cuda_err("cudnnSetConvolutionGroupCount"))?;
             }
             Ok(desc)
         };

@@ -161,7 +161,13 @@ impl Geometry {
 
     /// The rows of a chunk's input read in place as a pointwise convolution's column
     /// matrix for group `group`: `[images * pixels, group_in]`, rows `c_in` apart.
-    fn pointwise_cols<'a, T>(&self, x: &'a [T], s: &Conv2dSpec, (first, images): (usize, usize), group: usize) -> MatRef<'a, T> {
+    fn pointwise_cols<'a, T>(
+        &self,
+        x: &'a [T],
+        s: &Conv2dSpec,
+        (first, images): (usize, usize),
+        group: usize,
+    ) -> MatRef<'a, T> {
         let data = &x[first * self.in_image + group * self.group_in..(first + images) * self.in_image];
         MatRef { data, row_stride: s.in_channels, col_stride: 1 }
     }
@@ -176,7 +182,14 @@ fn is_depthwise(s: &Conv2dSpec) -> bool {
 /// The valid kernel taps `lo..hi` along one axis for output position `o`, and the input
 /// coordinate of tap `lo`: taps reading padding are skipped.
 #[inline]
-pub(super) fn taps(o: usize, stride: usize, pad: usize, dilation: usize, taps: usize, input: usize) -> (usize, usize, usize) {
+pub(super) fn taps(
+    o: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    taps: usize,
+    input: usize,
+) -> (usize, usize, usize) {
     let start = (o * stride) as isize - pad as isize;
     let d = dilation as isize;
     // First tap t with start + t*d >= 0, last with start + t*d < input.
@@ -302,29 +315,33 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
     if out.is_empty() {
         return Ok(out);
     }
-    out.par_chunks_mut(g.chunk_images * g.out_pixels * co).enumerate().try_for_each_init(Vec::new, |col, (chunk, dst)| {
-        let first = chunk * g.chunk_images;
-        let images = dst.len() / (g.out_pixels * co);
-        let rows = images * g.out_pixels;
-        if let Some(b) = bias {
-            for row in dst.chunks_exact_mut(co) {
-                row.copy_from_slice(b);
+    out.par_chunks_mut(g.chunk_images * g.out_pixels * co).enumerate().try_for_each_init(
+        Vec::new,
+        |col, (chunk, dst)| {
+            let first = chunk * g.chunk_images;
+            let images = dst.len() / (g.out_pixels * co);
+            let rows = images * g.out_pixels;
+            if let Some(b) = bias {
+                for row in dst.chunks_exact_mut(co) {
+                    row.copy_from_slice(b);
+                }
             }
-        }
-        for group in 0..s.groups {
-            let lhs = if g.pointwise {
-                g.pointwise_cols(x, s, (first, images), group)
-            } else {
-                ensure_len(OP, col, rows * g.patch)?;
-                im2col(x, s, &g, (first, images), group, col);
-                MatRef::row_major(&col[..rows * g.patch], g.patch)
-            };
-            let rhs = MatRef::transposed(&kernel[group * g.group_out * g.patch..][..g.group_out * g.patch], g.patch);
-            let dst = &mut dst[group * g.group_out..];
-            gemm_into(dst, co, (rows, g.group_out, g.patch), lhs, rhs, bias.is_some(), g.gemm_par);
-        }
-        Ok(())
-    })?;
+            for group in 0..s.groups {
+                let lhs = if g.pointwise {
+                    g.pointwise_cols(x, s, (first, images), group)
+                } else {
+                    ensure_len(OP, col, rows * g.patch)?;
+                    im2col(x, s, &g, (first, images), group, col);
+                    MatRef::row_major(&col[..rows * g.patch], g.patch)
+                };
+                let rhs =
+                    MatRef::transposed(&kernel[group * g.group_out * g.patch..][..g.group_out * g.patch], g.patch);
+                let dst = &mut dst[group * g.group_out..];
+                gemm_into(dst, co, (rows, g.group_out, g.patch), lhs, rhs, bias.is_some(), g.gemm_par);
+            }
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -423,11 +440,7 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
 /// The kernel gradient: `[c_out, kh, kw, c_in / groups]`. The chunks are split into one
 /// run per worker; each run sums its products in chunk order into its own buffer, and the
 /// few buffers are added in run order (no dependence on rayon's scheduling).
-pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(
-    x: &[T],
-    dy: &[T],
-    s: &Conv2dSpec,
-) -> Result<Vec<T>> {
+pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     const OP: &str = "conv2d_backward_filter";
     if is_depthwise(s) {
         return depthwise_cpu::conv2d_backward_filter(x, dy, s);

@@ -144,7 +144,12 @@ struct Readers {
 }
 
 impl Readers {
-    fn new(op: &'static str, input: usize, out: usize, (stride, pad, dilation, taps): (usize, usize, usize, usize)) -> Result<Self> {
+    fn new(
+        op: &'static str,
+        input: usize,
+        out: usize,
+        (stride, pad, dilation, taps): (usize, usize, usize, usize),
+    ) -> Result<Self> {
         let mut starts = try_vec(op, input + 1, 0)?;
         let mut pairs = try_vec(op, input.saturating_mul(taps), (0, 0))?;
         let mut len = 0;
@@ -354,11 +359,7 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
 }
 
 /// The kernel gradient of a depthwise convolution: `[c_out, kh, kw, 1]`.
-pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(
-    x: &[T],
-    dy: &[T],
-    s: &Conv2dSpec,
-) -> Result<Vec<T>> {
+pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     const OP: &str = "conv2d_backward_filter";
     let d = Depthwise { s, taps_kernel: &[], m: s.out_channels / s.in_channels };
     let (taps, co) = (s.kernel_h * s.kernel_w, s.out_channels);

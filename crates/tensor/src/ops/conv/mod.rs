@@ -9,9 +9,9 @@
 //! with the group count in their [`Conv2dSpec`], so their gradients follow the same rules.
 
 pub(crate) mod cpu;
-mod depthwise_cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod depthwise_cpu;
 mod padding;
 
 pub use padding::Padding;
