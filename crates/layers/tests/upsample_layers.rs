@@ -15,7 +15,8 @@ fn input(h: usize, w: usize, c: usize) -> Tensor {
 fn conv2d_transpose_output_sizes_follow_keras() {
     // (kernel, strides, padding, output_padding, dilation) -> output height for an 8-row input,
     // from Keras' deconv_output_length.
-    let cases: &[(usize, usize, Padding, Option<usize>, usize, usize)] = &[
+    type Case = (usize, usize, Padding, Option<usize>, usize, usize);
+    let cases: &[Case] = &[
         (3, 2, Padding::Valid, None, 1, 17),
         (3, 2, Padding::Same, None, 1, 16),
         (2, 2, Padding::Valid, None, 1, 16),

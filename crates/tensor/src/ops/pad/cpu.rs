@@ -26,10 +26,13 @@ fn source(o: usize, n: usize, before: usize, reflect: bool) -> Option<usize> {
     }
 }
 
+/// Up to three output indices along one axis and how many of them there are.
+type Readers = ([usize; 3], usize);
+
 /// The output indices that read input index `i` along an axis (ascending): the copy and,
 /// when reflecting, up to two mirror images. Returns them and their count.
 #[inline]
-pub(crate) fn readers(i: usize, n: usize, (before, after): (usize, usize), reflect: bool) -> ([usize; 3], usize) {
+pub(crate) fn readers(i: usize, n: usize, (before, after): (usize, usize), reflect: bool) -> Readers {
     let mut out = [0; 3];
     let mut k = 0;
     if reflect && i >= 1 && i <= before {
@@ -120,7 +123,7 @@ pub(crate) fn pad_backward<T: FloatElement>(dy: &[T], s: &PadSpec) -> Result<Vec
     let out_strides = strides(&out_dims);
     dx.par_chunks_mut(n_last).with_min_len(rows_per_task(n_last)).enumerate().for_each(|(row, dst)| {
         // Per outer axis, the output indices that read this row's index.
-        let mut per_axis: SmallVec<[(usize, ([usize; 3], usize)); 8]> = SmallVec::new();
+        let mut per_axis: SmallVec<[(usize, Readers); 8]> = SmallVec::new();
         let mut rem = row;
         for axis in (0..last).rev() {
             let i = rem % s.in_dims[axis];
