@@ -13,9 +13,11 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 mod depthwise_cpu;
 mod padding;
+mod transpose;
 
 pub use padding::Padding;
 pub(crate) use padding::SpatialAxis;
+pub use transpose::Conv2dTransposeParams;
 
 use crate::backend::Conv2dSpec;
 use crate::tape::record_op;
