@@ -1,15 +1,16 @@
 //! The built-in layers.
 
 pub(crate) mod activation;
-pub(crate) mod add;
 pub(crate) mod batch_norm;
 pub(crate) mod conv2d;
 pub(crate) mod dense;
 pub(crate) mod dropout;
 pub(crate) mod flatten;
+pub(crate) mod merge;
 pub(crate) mod pair;
 pub(crate) mod pooling;
 pub(crate) mod sequential;
+pub(crate) mod shape;
 
 use crate::Result;
 use std::sync::OnceLock;
