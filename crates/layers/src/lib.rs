@@ -51,6 +51,7 @@ pub use layers::batch_norm::BatchNormalization;
 pub use layers::conv2d::Conv2D;
 pub use layers::dense::Dense;
 pub use layers::dropout::Dropout;
+pub use layers::embedding::Embedding;
 pub use layers::flatten::Flatten;
 pub use layers::merge::{
     add, average, concatenate, maximum, minimum, multiply, subtract, Add, Average, Concatenate, Maximum, Minimum,

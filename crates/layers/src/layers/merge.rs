@@ -27,10 +27,7 @@ impl Elementwise {
     fn apply(self, name: &str, inputs: &[&Tensor]) -> Result<Tensor> {
         let first = check_same_shapes(name, inputs)?;
         if self == Elementwise::Subtract && inputs.len() != 2 {
-            return Err(Error::layer(
-                name,
-                format!("Subtract takes exactly two inputs (a - b), got {}", inputs.len()),
-            ));
+            return Err(Error::layer(name, format!("Subtract takes exactly two inputs (a - b), got {}", inputs.len())));
         }
         let mut out = first.clone();
         for t in &inputs[1..] {

@@ -5,6 +5,7 @@ pub(crate) mod batch_norm;
 pub(crate) mod conv2d;
 pub(crate) mod dense;
 pub(crate) mod dropout;
+pub(crate) mod embedding;
 pub(crate) mod flatten;
 pub(crate) mod merge;
 pub(crate) mod pair;
