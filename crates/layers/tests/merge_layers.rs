@@ -23,7 +23,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 }
 
 fn err(r: Result<Tensor>) -> String {
-    r.err().expect("an error").to_string()
+    r.expect_err("an error").to_string()
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn gradients_flow_through_merge_layers_in_a_composite_layer() -> Result<()> {
     assert_eq!(grads.len(), 6);
     assert!(grads.iter().all(|g| g.as_ref().is_some_and(|g| g.to_vec_f64().unwrap().iter().any(|v| *v != 0.0))));
     // And the input gradient matches central finite differences in f64.
-    check_gradients(|xs| Ok(block.call(&xs[0], Mode::Train)?.square()?.sum_all()?), &[x])?;
+    check_gradients(|xs| block.call(&xs[0], Mode::Train)?.square()?.sum_all(), &[x])?;
     let (a, b) = (input(&[2, 3], 1).cast(DType::F64)?, input(&[2, 3], 5).cast(DType::F64)?);
     let average = Average::new();
     let subtract_layer = Subtract::new();
@@ -189,7 +189,7 @@ fn gradients_flow_through_merge_layers_in_a_composite_layer() -> Result<()> {
         |xs| {
             let avg = average.call_many(&[&xs[0], &xs[1]], Mode::Train)?;
             let diff = subtract_layer.call_many(&[&avg, &xs[1]], Mode::Train)?;
-            Ok(cat.call_many(&[&diff, &xs[0]], Mode::Train)?.square()?.sum_all()?)
+            cat.call_many(&[&diff, &xs[0]], Mode::Train)?.square()?.sum_all()
         },
         &[a, b],
     )?;
@@ -218,7 +218,7 @@ fn global_max_pooling_and_keepdims() -> Result<()> {
     assert!(e.contains("gmp") && e.contains("[2, 5]"), "{e}");
     let xd = x.cast(DType::F64)?;
     let pool = GlobalMaxPooling2D::new().keepdims(true);
-    check_gradients(|xs| Ok(pool.call(&xs[0], Mode::Train)?.square()?.sum_all()?), &[xd])?;
+    check_gradients(|xs| pool.call(&xs[0], Mode::Train)?.square()?.sum_all(), &[xd])?;
     Ok(())
 }
 
@@ -255,7 +255,7 @@ fn reshape_permute_and_repeat_vector() -> Result<()> {
         |xs| {
             let y = reshape.call(&perm.call(&xs[0], Mode::Train)?, Mode::Train)?;
             let weights = Tensor::arange(0.0, 24.0, 1.0, DType::F64, &Device::Cpu)?.reshape([2, 12])?;
-            Ok(repeat.call(&y.mul(&weights)?, Mode::Train)?.square()?.sum_all()?)
+            repeat.call(&y.mul(&weights)?, Mode::Train)?.square()?.sum_all()
         },
         &[xd],
     )?;

@@ -58,7 +58,7 @@ impl Reshape {
         let mut out = vec![batch];
         out.extend(self.target.iter().map(|&d| d.max(0) as usize));
         match inferred.first() {
-            Some(&i) if known > 0 && elements % known == 0 => out[i + 1] = elements / known,
+            Some(&i) if known > 0 && elements.is_multiple_of(known) => out[i + 1] = elements / known,
             None if known == elements => {}
             _ => {
                 return Err(wrong(format!(
