@@ -9,6 +9,7 @@ pub(crate) mod dropout;
 pub(crate) mod flatten;
 pub(crate) mod pair;
 pub(crate) mod pooling;
+pub(crate) mod relu;
 pub(crate) mod sequential;
 
 use crate::Result;
