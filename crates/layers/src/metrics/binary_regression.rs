@@ -101,7 +101,7 @@ impl MeanSquaredError {
     pub fn update_state(&mut self, labels: &Tensor, predictions: &Tensor) -> Result<()> {
         let per_example =
             losses::MeanSquaredError::new().reduction(losses::Reduction::None).call(labels, predictions)?;
-        self.total += per_example.sum_all()?.to_scalar::<f64>()?;
+        self.total += per_example.sum_all()?.cast(DType::F64)?.to_scalar::<f64>()?;
         self.count += per_example.elem_count() as f64;
         Ok(())
     }
