@@ -85,11 +85,11 @@ fn gradients_match_finite_differences() -> Result<()> {
     let labels = t(vec![0.2, 0.9, 0.0, 1.0, 0.4, 0.7], &[2, 3]);
     let preds = t(vec![0.3, -1.7, 0.45, 2.2, -0.6, 0.05], &[2, 3]);
     let probs = preds.sigmoid()?;
-    check_gradients(|x| losses::mean_squared_error(&labels, &x[0]), &[preds.clone()])?;
-    check_gradients(|x| losses::mean_absolute_error(&labels, &x[0]), &[preds.clone()])?;
-    check_gradients(|x| losses::huber(&labels, &x[0], 1.0), &[preds.clone()])?;
-    check_gradients(|x| losses::binary_crossentropy(&labels, &x[0], true), &[preds.clone()])?;
-    check_gradients(|x| losses::binary_crossentropy(&labels, &x[0], false), &[probs.clone()])?;
+    check_gradients(|x| losses::mean_squared_error(&labels, &x[0]), std::slice::from_ref(&preds))?;
+    check_gradients(|x| losses::mean_absolute_error(&labels, &x[0]), std::slice::from_ref(&preds))?;
+    check_gradients(|x| losses::huber(&labels, &x[0], 1.0), std::slice::from_ref(&preds))?;
+    check_gradients(|x| losses::binary_crossentropy(&labels, &x[0], true), std::slice::from_ref(&preds))?;
+    check_gradients(|x| losses::binary_crossentropy(&labels, &x[0], false), std::slice::from_ref(&probs))?;
     let dist = labels.softmax(-1)?;
     check_gradients(|x| losses::kl_divergence(&dist, &x[0]), &[preds.softmax(-1)?])?;
     Ok(())
