@@ -15,6 +15,7 @@ pub(crate) mod merge;
 pub(crate) mod pair;
 pub(crate) mod pooling;
 pub(crate) mod separable_conv2d;
+pub(crate) mod relu;
 pub(crate) mod sequential;
 pub(crate) mod upsampling;
 pub(crate) mod zero_padding;
