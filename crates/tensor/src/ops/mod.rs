@@ -20,6 +20,7 @@ pub mod layout;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub(crate) mod output_guard;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;

@@ -5,12 +5,14 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::backend::{BinaryOp, UnaryOp};
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
     fn unary_op(&self, op: UnaryOp) -> Result<Tensor> {
-        Ok(Tensor::from_storage(self.storage().unary(op)?, self.shape().clone()))
+        let storage = guarded("unary", &[self.shape()], self.dtype(), &self.device(), || self.storage().unary(op))?;
+        Ok(Tensor::from_storage(storage, self.shape().clone()))
     }
 
     /// Applies a float-only unary op and records its gradient rule
@@ -130,7 +132,9 @@ impl Tensor {
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
         self.check_same(rhs, name)?;
         let out_shape = self.shape().broadcast(rhs.shape(), name)?;
-        let storage = self.storage().binary(rhs.storage(), op, self.shape(), rhs.shape(), &out_shape)?;
+        let storage = guarded(name, &[&out_shape], self.dtype(), &self.device(), || {
+            self.storage().binary(rhs.storage(), op, self.shape(), rhs.shape(), &out_shape)
+        })?;
         Ok(Tensor::from_storage(storage, out_shape))
     }
 
@@ -263,7 +267,8 @@ impl Tensor {
             return Ok(self.clone());
         }
         let from = self.dtype();
-        let out = Tensor::from_storage(self.storage().cast(dtype)?, self.shape().clone());
+        let storage = guarded("cast", &[self.shape()], dtype, &self.device(), || self.storage().cast(dtype))?;
+        let out = Tensor::from_storage(storage, self.shape().clone());
         if from.is_float() {
             record_op("cast", &[self], &out, move |g| Ok(vec![Some(g.cast(from)?)]));
         }

@@ -30,6 +30,7 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
+use crate::ops::output_guard::guarded;
 use crate::{Error, Result, Tensor};
 
 /// The hyperparameters of one SGD step.
@@ -132,8 +133,10 @@ pub fn sgd_update(
     step: &SgdStep,
 ) -> Result<(Tensor, Option<Tensor>)> {
     check_operands("sgd_update", param, &[("gradient", Some(grad)), ("velocity", velocity)])?;
-    let (value, velocity) = param.storage().sgd_update(grad.storage(), velocity.map(|v| v.storage()), step)?;
     let shape = param.shape().clone();
+    let (value, velocity) = guarded("sgd_update", &[&shape, &shape], param.dtype(), &param.device(), || {
+        param.storage().sgd_update(grad.storage(), velocity.map(|v| v.storage()), step)
+    })?;
     Ok((Tensor::from_storage(value, shape.clone()), velocity.map(|v| Tensor::from_storage(v, shape))))
 }
 
@@ -158,9 +161,10 @@ pub fn adam_update(
     step: &AdamStep,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     check_operands("adam_update", param, &[("gradient", Some(grad)), ("first moment", m), ("second moment", v)])?;
-    let (value, m, v) =
-        param.storage().adam_update(grad.storage(), m.map(|t| t.storage()), v.map(|t| t.storage()), step)?;
     let shape = param.shape().clone();
+    let (value, m, v) = guarded("adam_update", &[&shape, &shape, &shape], param.dtype(), &param.device(), || {
+        param.storage().adam_update(grad.storage(), m.map(|t| t.storage()), v.map(|t| t.storage()), step)
+    })?;
     Ok((
         Tensor::from_storage(value, shape.clone()),
         Tensor::from_storage(m, shape.clone()),
