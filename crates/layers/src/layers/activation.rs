@@ -112,6 +112,7 @@ impl Activation {
 
 impl Layer for Activation {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         traced(self, self.function.apply(input).in_layer(&self.name))
     }
 
@@ -151,6 +152,7 @@ impl Default for ReLU {
 
 impl Layer for ReLU {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         traced(self, input.relu().in_layer(&self.name))
     }
 

@@ -47,6 +47,7 @@ macro_rules! window_pool_layer {
 
         impl Layer for $name {
             fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+                let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
                 traced(self, input.$op(self.pool_size, self.strides, self.padding).in_layer(&self.name))
             }
 
@@ -107,6 +108,7 @@ impl Default for GlobalAveragePooling2D {
 
 impl Layer for GlobalAveragePooling2D {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         traced(self, input.global_avg_pool2d().in_layer(&self.name))
     }
 

@@ -7,7 +7,8 @@
 //! (workspaces, threads) it cannot finish. Errors the kernel itself reports for lack of
 //! memory get the output shape added, since kernels see only lengths.
 
-use crate::{DType, Device, Error, Result, Shape};
+use crate::check_numerics::{self, OpOutputs};
+use crate::{DType, Device, Error, Result, Shape, Tensor};
 
 /// From this size up a host output is probed: its address space is reserved and given
 /// back at once (no page touched), so a size the allocator refuses is reported here.
@@ -56,17 +57,20 @@ pub(crate) fn check_outputs(op: &'static str, outputs: &[&Shape], dtype: DType, 
     Ok(())
 }
 
-/// Runs `kernel` for `op` after [`check_outputs`], and adds the output shapes to an
-/// out-of-memory error the kernel (or a device allocator) reports.
-pub(crate) fn guarded<T>(
+/// Runs `kernel` for `op` on `inputs` after [`check_outputs`], and adds the output shapes
+/// to an out-of-memory error the kernel (or a device allocator) reports. In
+/// [check-numerics mode](crate::check_numerics) the outputs are then checked for NaN and
+/// infinity. Every op computes its outputs through this function.
+pub(crate) fn guarded<T: OpOutputs>(
     op: &'static str,
+    inputs: &[&Tensor],
     outputs: &[&Shape],
     dtype: DType,
     device: &Device,
     kernel: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     check_outputs(op, outputs, dtype, device)?;
-    kernel().map_err(|err| match err {
+    let out = kernel().map_err(|err| match err {
         Error::OutOfMemory { device, op: kernel_op, requested, detail } => Error::OutOfMemory {
             device,
             op: kernel_op,
@@ -74,7 +78,9 @@ pub(crate) fn guarded<T>(
             detail: format!("{}{detail}", describe(outputs, dtype)),
         },
         other => other,
-    })
+    })?;
+    check_numerics::check(op, inputs, &out)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -98,7 +104,7 @@ mod tests {
         let shape = Shape::new(&[3, 0]);
         assert!(check_outputs("add", &[&shape, &Shape::new(&[4])], DType::F64, &Device::Cpu).is_ok());
         let s = Shape::new(&[2, 3]);
-        let err = guarded::<()>("op", &[&s], DType::F32, &Device::Cpu, || {
+        let err = guarded::<crate::Storage>("op", &[], &[&s], DType::F32, &Device::Cpu, || {
             Err(crate::cpu_backend::alloc::host_oom::<f32>("kernel", 6))
         })
         .unwrap_err();

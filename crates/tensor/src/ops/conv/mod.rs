@@ -165,7 +165,7 @@ fn kernel_shape(s: &Conv2dSpec) -> Shape {
 /// The forward convolution with a resolved geometry, recorded with its gradient rule.
 fn conv2d_with_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, spec: Conv2dSpec) -> Result<Tensor> {
     let shape = output_shape(&spec);
-    let storage = guarded("conv2d", &[&shape], x.dtype(), &x.device(), || {
+    let storage = guarded("conv2d", &[x, kernel], &[&shape], x.dtype(), &x.device(), || {
         x.storage().conv2d(kernel.storage(), bias.map(|b| b.storage()), &spec)
     })?;
     let out = Tensor::from_storage(storage, shape);
@@ -188,9 +188,10 @@ fn conv2d_with_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, spec: Co
 /// `d/dK = conv2d_backward_filter(G, dy)`.
 fn conv2d_backward_input(grad_out: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     let shape = input_shape(&spec);
-    let storage = guarded("conv2d_backward_input", &[&shape], grad_out.dtype(), &grad_out.device(), || {
-        grad_out.storage().conv2d_backward_input(kernel.storage(), &spec)
-    })?;
+    let storage =
+        guarded("conv2d_backward_input", &[grad_out, kernel], &[&shape], grad_out.dtype(), &grad_out.device(), || {
+            grad_out.storage().conv2d_backward_input(kernel.storage(), &spec)
+        })?;
     let dx = Tensor::from_storage(storage, shape);
     let (dy, k) = (grad_out.clone(), kernel.clone());
     record_op("conv2d_backward_input", &[grad_out, kernel], &dx, move |g| {
@@ -204,9 +205,10 @@ fn conv2d_backward_input(grad_out: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -
 /// `d/d dy = conv2d(x, G)`.
 fn conv2d_backward_filter(input: &Tensor, grad_out: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     let shape = kernel_shape(&spec);
-    let storage = guarded("conv2d_backward_filter", &[&shape], input.dtype(), &input.device(), || {
-        input.storage().conv2d_backward_filter(grad_out.storage(), &spec)
-    })?;
+    let storage =
+        guarded("conv2d_backward_filter", &[input, grad_out], &[&shape], input.dtype(), &input.device(), || {
+            input.storage().conv2d_backward_filter(grad_out.storage(), &spec)
+        })?;
     let dk = Tensor::from_storage(storage, shape);
     let (x, dy) = (input.clone(), grad_out.clone());
     record_op("conv2d_backward_filter", &[input, grad_out], &dk, move |g| {

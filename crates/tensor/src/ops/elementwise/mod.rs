@@ -10,8 +10,9 @@ use crate::tape::record_op;
 use crate::{DType, Error, Result, Tensor};
 
 impl Tensor {
-    fn unary_op(&self, op: UnaryOp) -> Result<Tensor> {
-        let storage = guarded("unary", &[self.shape()], self.dtype(), &self.device(), || self.storage().unary(op))?;
+    fn unary_op(&self, name: &'static str, op: UnaryOp) -> Result<Tensor> {
+        let storage =
+            guarded(name, &[self], &[self.shape()], self.dtype(), &self.device(), || self.storage().unary(op))?;
         Ok(Tensor::from_storage(storage, self.shape().clone()))
     }
 
@@ -24,7 +25,7 @@ impl Tensor {
         grad: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + 'static,
     ) -> Result<Tensor> {
         self.check_float(name)?;
-        let y = self.unary_op(op)?;
+        let y = self.unary_op(name, op)?;
         let (x, y2) = (self.clone(), y.clone());
         record_op(name, &[self], &y, move |g| Ok(vec![Some(grad(&x, &y2, g)?)]));
         Ok(y)
@@ -33,7 +34,7 @@ impl Tensor {
     /// `-x`.
     pub fn neg(&self) -> Result<Tensor> {
         if !self.dtype().is_float() {
-            return self.unary_op(UnaryOp::Neg);
+            return self.unary_op("neg", UnaryOp::Neg);
         }
         self.unary_float("neg", UnaryOp::Neg, |_, _, g| g.neg())
     }
@@ -86,14 +87,14 @@ impl Tensor {
     /// `|x|`; the gradient at 0 is 0.
     pub fn abs(&self) -> Result<Tensor> {
         if !self.dtype().is_float() {
-            return self.unary_op(UnaryOp::Abs);
+            return self.unary_op("abs", UnaryOp::Abs);
         }
         self.unary_float("abs", UnaryOp::Abs, |x, _, g| g.mul(&x.sign()?))
     }
 
     /// -1, 0 or 1 by the sign of each element. Not differentiable (its gradient is 0).
     pub fn sign(&self) -> Result<Tensor> {
-        self.unary_op(UnaryOp::Sign)
+        self.unary_op("sign", UnaryOp::Sign)
     }
 
     /// `1 / x`.
@@ -107,7 +108,7 @@ impl Tensor {
             return Err(Error::invalid("clamp", format!("bad bounds [{min}, {max}]")));
         }
         if !self.dtype().is_float() {
-            return self.unary_op(UnaryOp::Clamp { min, max });
+            return self.unary_op("clamp", UnaryOp::Clamp { min, max });
         }
         self.unary_float("clamp", UnaryOp::Clamp { min, max }, move |x, _, g| {
             g.mul(&x.ge_scalar(min)?)?.mul(&x.le_scalar(max)?)
@@ -132,7 +133,7 @@ impl Tensor {
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
         self.check_same(rhs, name)?;
         let out_shape = self.shape().broadcast(rhs.shape(), name)?;
-        let storage = guarded(name, &[&out_shape], self.dtype(), &self.device(), || {
+        let storage = guarded(name, &[self, rhs], &[&out_shape], self.dtype(), &self.device(), || {
             self.storage().binary(rhs.storage(), op, self.shape(), rhs.shape(), &out_shape)
         })?;
         Ok(Tensor::from_storage(storage, out_shape))
@@ -267,7 +268,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         let from = self.dtype();
-        let storage = guarded("cast", &[self.shape()], dtype, &self.device(), || self.storage().cast(dtype))?;
+        let storage = guarded("cast", &[self], &[self.shape()], dtype, &self.device(), || self.storage().cast(dtype))?;
         let out = Tensor::from_storage(storage, self.shape().clone());
         if from.is_float() {
             record_op("cast", &[self], &out, move |g| Ok(vec![Some(g.cast(from)?)]));

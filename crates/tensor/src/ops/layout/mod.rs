@@ -65,8 +65,9 @@ impl Tensor {
 
     fn strided(&self, layout: StridedLayout) -> Result<Tensor> {
         let shape = layout.shape.clone();
-        let storage =
-            guarded("strided_copy", &[&shape], self.dtype(), &self.device(), || self.storage().strided_copy(&layout))?;
+        let storage = guarded("strided_copy", &[self], &[&shape], self.dtype(), &self.device(), || {
+            self.storage().strided_copy(&layout)
+        })?;
         Ok(Tensor::from_storage(storage, shape))
     }
 
@@ -185,7 +186,7 @@ impl Tensor {
         let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[a]).collect();
         dims[a] = sizes.iter().try_fold(0usize, |n, &s| n.checked_add(s)).unwrap_or(usize::MAX);
         let shape = Shape::new(&dims);
-        let storage = guarded("concat", &[&shape], first.dtype(), &first.device(), || {
+        let storage = guarded("concat", tensors, &[&shape], first.dtype(), &first.device(), || {
             Storage::concat(&storages, outer, &inners)
         })?;
         let out = Tensor::from_storage(storage, shape);

@@ -72,8 +72,9 @@ impl Tensor {
         out_dims.extend([m, n]);
         // Empty operands can name an output too large to allocate ([m, 0] @ [0, n]).
         let shape = Shape::new(&out_dims);
-        let storage =
-            guarded("matmul", &[&shape], self.dtype(), &self.device(), || self.storage().matmul(rhs.storage(), &spec))?;
+        let storage = guarded("matmul", &[self, rhs], &[&shape], self.dtype(), &self.device(), || {
+            self.storage().matmul(rhs.storage(), &spec)
+        })?;
         let out = Tensor::from_storage(storage, shape);
         let (a, b) = (self.clone(), rhs.clone());
         record_op("matmul", &[self, rhs], &out, move |g| {

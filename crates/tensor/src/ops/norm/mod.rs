@@ -77,7 +77,7 @@ impl Tensor {
         let spec = batch_norm_spec("batch_norm_train", self, &[("gamma", gamma), ("beta", beta)], epsilon)?;
         let stat_shape = Shape::new(&[spec.channels]);
         let outputs = [self.shape(), &stat_shape, &stat_shape];
-        let (y, mean, var) = guarded("batch_norm_train", &outputs, self.dtype(), &self.device(), || {
+        let (y, mean, var) = guarded("batch_norm_train", &[self], &outputs, self.dtype(), &self.device(), || {
             self.storage().batch_norm_train(gamma.map(|g| g.storage()), beta.map(|b| b.storage()), &spec)
         })?;
         let y = Tensor::from_storage(y, self.shape().clone());
@@ -145,15 +145,16 @@ fn batch_norm_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let stat_shape = Shape::new(&[spec.channels]);
     let outputs = [x.shape(), &stat_shape, &stat_shape];
-    let (dx, d_gamma, d_beta) = guarded("batch_norm_backward", &outputs, x.dtype(), &x.device(), || {
-        x.storage().batch_norm_backward(
-            grad_out.storage(),
-            gamma.map(|g| g.storage()),
-            mean.storage(),
-            var.storage(),
-            &spec,
-        )
-    })?;
+    let (dx, d_gamma, d_beta) =
+        guarded("batch_norm_backward", &[x, grad_out], &outputs, x.dtype(), &x.device(), || {
+            x.storage().batch_norm_backward(
+                grad_out.storage(),
+                gamma.map(|g| g.storage()),
+                mean.storage(),
+                var.storage(),
+                &spec,
+            )
+        })?;
     let dx = Tensor::from_storage(dx, x.shape().clone());
     let d_gamma = Tensor::from_storage(d_gamma, stat_shape.clone());
     let d_beta = Tensor::from_storage(d_beta, stat_shape);

@@ -51,8 +51,9 @@ impl Tensor {
     pub fn max_pool2d(&self, pool_size: (usize, usize), strides: (usize, usize), padding: Padding) -> Result<Tensor> {
         let spec = pool2d_spec(self, PoolKind::Max, pool_size, strides, padding)?;
         let shape = output_shape(&spec);
-        let storage =
-            guarded("max_pool2d", &[&shape], self.dtype(), &self.device(), || self.storage().max_pool2d(&spec))?;
+        let storage = guarded("max_pool2d", &[self], &[&shape], self.dtype(), &self.device(), || {
+            self.storage().max_pool2d(&spec)
+        })?;
         let out = Tensor::from_storage(storage, shape);
         let (x, y) = (self.clone(), out.clone());
         record_op("max_pool2d", &[self], &out, move |g| Ok(vec![Some(max_pool2d_backward(&x, &y, g, spec)?)]));
@@ -133,7 +134,7 @@ fn output_shape(s: &Pool2dSpec) -> Shape {
 /// silently drops, a second-order gradient through it.
 fn max_pool2d_backward(x: &Tensor, y: &Tensor, grad_out: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
     let shape = input_shape(&spec);
-    let storage = guarded("max_pool2d_backward", &[&shape], x.dtype(), &x.device(), || {
+    let storage = guarded("max_pool2d_backward", &[x, grad_out], &[&shape], x.dtype(), &x.device(), || {
         x.storage().max_pool2d_backward(y.storage(), grad_out.storage(), &spec)
     })?;
     let dx = Tensor::from_storage(storage, shape);
@@ -149,7 +150,7 @@ fn max_pool2d_backward(x: &Tensor, y: &Tensor, grad_out: &Tensor, spec: Pool2dSp
 /// Average pooling with a resolved geometry, recorded with its gradient rule.
 fn avg_pool2d_with_spec(x: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
     let shape = output_shape(&spec);
-    let storage = guarded("avg_pool2d", &[&shape], x.dtype(), &x.device(), || x.storage().avg_pool2d(&spec))?;
+    let storage = guarded("avg_pool2d", &[x], &[&shape], x.dtype(), &x.device(), || x.storage().avg_pool2d(&spec))?;
     let out = Tensor::from_storage(storage, shape);
     record_op("avg_pool2d", &[x], &out, move |g| Ok(vec![Some(avg_pool2d_backward(g, spec)?)]));
     Ok(out)
@@ -159,7 +160,7 @@ fn avg_pool2d_with_spec(x: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
 /// average pooling itself.
 fn avg_pool2d_backward(grad_out: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
     let shape = input_shape(&spec);
-    let storage = guarded("avg_pool2d_backward", &[&shape], grad_out.dtype(), &grad_out.device(), || {
+    let storage = guarded("avg_pool2d_backward", &[grad_out], &[&shape], grad_out.dtype(), &grad_out.device(), || {
         grad_out.storage().avg_pool2d_backward(&spec)
     })?;
     let dx = Tensor::from_storage(storage, shape);

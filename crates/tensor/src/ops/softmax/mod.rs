@@ -28,7 +28,7 @@ impl Tensor {
             return Err(Error::invalid("log_softmax", format!("axis {axis} of shape {} is empty", self.shape())));
         }
         let rows = self.elem_count() / cols;
-        let storage = guarded("log_softmax", &[self.shape()], self.dtype(), &self.device(), || {
+        let storage = guarded("log_softmax", &[self], &[self.shape()], self.dtype(), &self.device(), || {
             self.storage().log_softmax(rows, cols)
         })?;
         let out = Tensor::from_storage(storage, self.shape().clone());
