@@ -75,3 +75,16 @@ fn gradients_are_checked_too() {
     check_numerics::disable();
     assert!(err.to_string().contains("infinite"), "{err}");
 }
+
+#[test]
+fn all_finite_finds_nan_and_inf_in_any_tensor() {
+    let _lock = MODE.lock().unwrap_or_else(|e| e.into_inner());
+    let good = t(vec![1.0, -2.0], &[2]);
+    assert!(check_numerics::all_finite(&[&good, &good]).unwrap());
+    assert!(!check_numerics::all_finite(&[&good, &t(vec![f32::NAN], &[1])]).unwrap());
+    check_numerics::enable();
+    assert!(!check_numerics::all_finite(&[&t(vec![f32::INFINITY, 0.0], &[2])]).unwrap());
+    assert!(check_numerics::is_enabled(), "the mode is restored");
+    check_numerics::disable();
+    assert!(check_numerics::all_finite(&[]).unwrap());
+}
