@@ -20,9 +20,14 @@ fn run(name: &str, args: &[&str]) -> Output {
 /// Small, fast flagship settings: 10 classes, 64 images, batches of 16 (4 steps per epoch).
 fn smoke(dir: &Path, extra: &[&str]) -> Vec<String> {
     let base = ["--dataset", "cifar10", "--synthetic", "64", "--batch-size", "16", "--device", "cpu", "--seed", "7"];
-    let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    // clap refuses a repeated option: drop a base option that `extra` sets.
+    let mut v: Vec<String> = Vec::new();
+    for pair in base.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            v.extend(pair.iter().map(|s| s.to_string()));
+        }
+    }
     v.extend(["--checkpoint-dir".to_string(), dir.to_str().unwrap().to_string()]);
-    // A later occurrence of an option overrides an earlier one.
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
