@@ -8,6 +8,7 @@
 
 use clap::Parser;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tapegrad::data::{self, CifarKind, DataLoader, LabelKind, LoaderConfig, Split};
 use tapegrad::layers::optimizers::{Adam, Optimizer};
 use tapegrad::layers::{
@@ -60,8 +61,45 @@ fn small_cnn(classes: usize) -> Result<Sequential, Box<dyn std::error::Error>> {
         .add(Dense::new(classes)))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+impl Args {
+    /// Checks the values before anything is loaded; the error names the option and value.
+    fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 {
+            return Err("--epochs 0: must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return Err("--batch-size 0: must be at least 1".into());
+        }
+        if self.synthetic == Some(0) {
+            return Err("--synthetic 0: must be at least 1 image".into());
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(format!("--lr {}: must be a finite number >= 0", self.lr));
+        }
+        Ok(())
+    }
+}
+
+/// Exit codes: 0 done, 1 an error, 2 a bad command line, 3 a non-finite loss (training
+/// stops at the first one).
+fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = args.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Trains and evaluates; `Ok(false)` when the loss stopped being finite.
+fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     tapegrad::layers::random::set_seed(args.seed);
     let (kind, classes) = match args.dataset.as_str() {
         "cifar10" => (CifarKind::Cifar10, 10),
@@ -94,7 +132,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tape.record(|| losses::sparse_categorical_crossentropy(&y, &model.call(&x, Mode::Train)?, true))?;
             let grads = tape.gradient(&loss, &model.trainable_variables())?;
             optimizer.apply_gradients(&grads, &model.trainable_variables())?;
-            loss_mean.update_state(loss.to_scalar::<f32>()? as f64);
+            let loss = loss.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
+                eprintln!("error: the training loss is {loss} in epoch {epoch}: stopping");
+                return Ok(false);
+            }
+            loss_mean.update_state(loss);
         }
         let mut accuracy = metrics::Accuracy::new();
         for batch in test.epoch(0)? {
@@ -103,5 +146,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         println!("epoch {epoch}: train loss {:.4}, test accuracy {:.4}", loss_mean.result(), accuracy.result());
     }
-    Ok(())
+    Ok(true)
 }

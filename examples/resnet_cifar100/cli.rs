@@ -128,3 +128,77 @@ impl Args {
         self.metrics.clone().unwrap_or_else(|| self.checkpoint_dir.join("metrics.jsonl"))
     }
 }
+
+/// A command-line value outside what the option accepts, naming the option and the value.
+fn reject(option: &str, value: impl std::fmt::Display, need: &str) -> String {
+    format!("{option} {value}: {need}")
+}
+
+impl Args {
+    /// Checks every option's value before anything is loaded or trained; the error names
+    /// the option and its value.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err(reject("--batch-size", 0, "must be at least 1"));
+        }
+        if self.epochs == 0 {
+            return Err(reject("--epochs", 0, "must be at least 1"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(reject("--max-steps", 0, "must be at least 1 (a checkpoint is written after the last step)"));
+        }
+        if self.synthetic == Some(0) {
+            return Err(reject("--synthetic", 0, "must be at least 1 image"));
+        }
+        let non_negative = [("--lr", self.lr), ("--weight-decay", self.weight_decay)];
+        for (option, value) in non_negative {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(reject(option, value, "must be a finite number >= 0"));
+            }
+        }
+        let smoothing = self.label_smoothing;
+        if !(0.0..=1.0).contains(&smoothing) {
+            return Err(reject("--label-smoothing", smoothing, "must be in [0, 1]"));
+        }
+        if let Some(metrics) = &self.metrics {
+            if metrics.is_dir() {
+                return Err(reject("--metrics", metrics.display(), "is a directory; give a file path"));
+            }
+        }
+        if self.checkpoint_dir.exists() && !self.checkpoint_dir.is_dir() {
+            let dir = self.checkpoint_dir.display();
+            return Err(reject("--checkpoint-dir", dir, "exists and is not a directory"));
+        }
+        Ok(())
+    }
+
+    /// The number of steps of the whole run, or an error naming `--epochs` when it
+    /// overflows (a schedule over a wrapped step count would train at a wrong rate).
+    pub fn total_steps(&self, steps_per_epoch: u64) -> Result<u64, String> {
+        steps_per_epoch.checked_mul(self.epochs).ok_or_else(|| {
+            reject(
+                "--epochs",
+                self.epochs,
+                &format!("times {steps_per_epoch} steps per epoch overflows the step count"),
+            )
+        })
+    }
+
+    /// Creates the checkpoint directory and proves it writable (by writing and removing
+    /// a probe file), so that a bad place fails before the first epoch, naming the path.
+    pub fn prepare_checkpoint_dir(&self) -> Result<(), String> {
+        let dir = &self.checkpoint_dir;
+        let fail = |what: &str, e: std::io::Error| format!("--checkpoint-dir {}: {what}: {e}", dir.display());
+        std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;
+        let probe = dir.join(format!(".write-test-{}", std::process::id()));
+        std::fs::write(&probe, b"").map_err(|e| fail("cannot write there", e))?;
+        std::fs::remove_file(&probe).map_err(|e| fail("cannot remove a file there", e))?;
+        if let Some(parent) = self.metrics.as_deref().and_then(std::path::Path::parent) {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("--metrics: cannot create the folder {}: {e}", parent.display()))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -11,6 +11,10 @@
 //! loss with respect to the trainable variables, let the optimizer apply it. Unlike the
 //! seed, the test set is evaluated in inference mode (BatchNormalization uses its moving
 //! statistics), which is what the seed meant to measure.
+//!
+//! Exit codes: 0 done; 1 an error (named on stderr); 2 a bad command line; 3 the training
+//! diverged (a NaN or infinite loss: the run stops at the first one it reads, which on a
+//! GPU is every 25 steps, and never writes a non-finite checkpoint).
 
 mod cli;
 mod report;
@@ -30,14 +34,66 @@ use tapegrad::{Device, GradientTape, Tensor};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// The run stopped because the loss or the weights stopped being finite.
+#[derive(Debug)]
+struct Diverged(String);
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Diverged {}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    if let Err(e) = args.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Diverged>() => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Fails with [`Diverged`] unless `loss` (a value read from the device) is finite.
+fn check_loss(loss: f64, epoch: u64, step: u64) -> AnyResult<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(Box::new(Diverged(format!(
+        "the training loss is {loss} at epoch {epoch}, step {step}: stopping (the learning rate may be too high, or \
+         the data holds NaN; TAPEGRAD_CHECK_NUMERICS=1 names the first op that made it); no checkpoint was written \
+         from this state"
+    ))))
+}
+
+/// Writes a checkpoint only from finite weights: a diverged model never becomes `best`.
+fn save_checkpoint(
+    path: &std::path::Path,
+    model: &dyn Layer,
+    optimizer: &dyn tapegrad::layers::optimizers::Optimizer,
+    step: u64,
+) -> AnyResult<()> {
+    let variables = model.variables();
+    let values: Vec<Tensor> = variables.iter().map(|v| v.value_untracked()).collect();
+    if !tapegrad::tensor::check_numerics::all_finite(&values.iter().collect::<Vec<_>>())? {
+        return Err(Box::new(Diverged(format!(
+            "the weights hold NaN or infinite values at step {step}: not writing {}",
+            path.display()
+        ))));
+    }
+    checkpoint::save(path, model, Some(optimizer), step)?;
+    Ok(())
 }
 
 fn run(args: Args) -> AnyResult<()> {
@@ -52,10 +108,12 @@ fn run(args: Args) -> AnyResult<()> {
         DataLoader::new(train, LoaderConfig::new(args.batch_size).shuffle(args.seed).augment(setup::augment(&args)))?;
     let test = DataLoader::new(test, LoaderConfig::new(args.batch_size))?;
     let steps_per_epoch = train.num_batches() as u64;
-    let mut optimizer = setup::optimizer(&args, steps_per_epoch * args.epochs)?;
+    let mut optimizer = setup::optimizer(&args, args.total_steps(steps_per_epoch)?)?;
     let loss_fn = setup::loss(&args);
 
-    std::fs::create_dir_all(&args.checkpoint_dir)?;
+    if !args.eval_only {
+        args.prepare_checkpoint_dir()?;
+    }
     let last = args.checkpoint_dir.join("last.safetensors");
     let best = args.checkpoint_dir.join("best.safetensors");
     if args.eval_only {
@@ -79,7 +137,7 @@ fn run(args: Args) -> AnyResult<()> {
     // A resumed run continues the file (and the best accuracy so far); a new run starts it anew.
     let mut history = if args.resume { report::read_history(&metrics_path) } else { Vec::new() };
     if !args.resume && metrics_path.exists() {
-        std::fs::remove_file(&metrics_path)?;
+        std::fs::remove_file(&metrics_path).map_err(|e| format!("--metrics {}: {e}", metrics_path.display()))?;
     }
     let mut best_acc = history.iter().map(|r| r.test_acc).fold(f64::NEG_INFINITY, f64::max);
     let (mut total_images, run_start) = (0u64, Instant::now());
@@ -123,7 +181,9 @@ fn run(args: Args) -> AnyResult<()> {
             let stop = step >= max_steps || interrupted.load(Ordering::SeqCst);
             if i % read_every == 0 || last_step || stop {
                 if let Some((l, c)) = pending.take() {
-                    loss_sum += l.to_scalar::<f32>()? as f64;
+                    let l = l.to_scalar::<f32>()? as f64;
+                    check_loss(l, epoch, step)?;
+                    loss_sum += l;
                     correct += c.to_scalar::<i64>()? as usize;
                 }
                 let ips = seen as f64 / epoch_start.elapsed().as_secs_f64();
@@ -151,7 +211,7 @@ fn run(args: Args) -> AnyResult<()> {
         let seconds = epoch_start.elapsed().as_secs_f64();
         train_seconds += seconds;
         total_images += seen as u64;
-        checkpoint::save(&last, &*model, Some(optimizer.as_ref()), step)?;
+        save_checkpoint(&last, &*model, optimizer.as_ref(), step)?;
 
         let (test_loss, test_acc, test_top5) = evaluate(&*model, &test, &device, &loss_fn)?;
         let record = EpochRecord {
@@ -172,10 +232,11 @@ fn run(args: Args) -> AnyResult<()> {
             record.train_loss, record.train_acc, record.images_per_sec
         );
         history.push(record.clone());
-        report::write_epoch(&metrics_path, &record, &history)?;
-        if test_acc > best_acc {
+        report::write_epoch(&metrics_path, &record, &history)
+            .map_err(|e| format!("--metrics {}: {e}", metrics_path.display()))?;
+        if test_acc > best_acc && test_loss.is_finite() {
             best_acc = test_acc;
-            checkpoint::save(&best, &*model, Some(optimizer.as_ref()), step)?;
+            save_checkpoint(&best, &*model, optimizer.as_ref(), step)?;
         }
     }
     if interrupted.load(Ordering::SeqCst) {

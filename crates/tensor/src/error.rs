@@ -109,6 +109,15 @@ pub enum Error {
         /// More about it, starting with a space: the shape, the memory free and in use.
         detail: String,
     },
+    /// In [check-numerics mode](crate::check_numerics), an op's output holds NaN or
+    /// infinity; the message names the op's inputs and the layer it ran in.
+    #[error("{op}: {msg}")]
+    NonFinite {
+        /// The operation whose output is not finite.
+        op: &'static str,
+        /// What was found, where, and from which inputs.
+        msg: String,
+    },
     /// A call into a device library (driver, NVRTC, cuBLAS) failed.
     #[error("device {device}: {op} failed: {msg}")]
     Cuda {

@@ -18,6 +18,7 @@
 //! ```
 
 mod backend;
+pub mod check_numerics;
 mod cpu_backend;
 pub mod cuda;
 #[cfg(feature = "cuda")]

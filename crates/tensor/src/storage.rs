@@ -84,7 +84,7 @@ impl Storage {
     /// A host copy of the buffer (synchronises with the device).
     pub fn to_cpu(&self) -> Result<CpuStorage> {
         match self {
-            Storage::Cpu(s) => Ok(s.clone()),
+            Storage::Cpu(s) => s.try_clone("to_cpu"),
             #[cfg(feature = "cuda")]
             Storage::Cuda(s) => s.to_cpu(),
         }
@@ -110,7 +110,7 @@ impl Storage {
         match device {
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => Ok(Storage::Cuda(CudaStorage::full(len, value, dtype, *ordinal)?)),
-            _ => Storage::from_cpu(CpuStorage::full(len, value, dtype), device),
+            _ => Storage::from_cpu(CpuStorage::full(len, value, dtype)?, device),
         }
     }
 

@@ -1,6 +1,8 @@
 //! [`Tensor`]: an immutable, reference-counted n-dimensional array on a device.
 
+use crate::cpu_backend::alloc::try_with_capacity;
 use crate::cpu_backend::CpuStorage;
+use crate::ops::output_guard::check_outputs;
 use crate::{DType, Device, Element, Error, Result, Shape, Storage};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -61,7 +63,9 @@ impl Tensor {
 
     /// A tensor from a slice (copied).
     pub fn from_slice<T: Element>(data: &[T], shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
-        Self::from_vec(data.to_vec(), shape, device)
+        let mut copy = try_with_capacity("from_slice", data.len())?;
+        copy.extend_from_slice(data);
+        Self::from_vec(copy, shape, device)
     }
 
     /// A rank-0 tensor holding one value.
@@ -72,12 +76,11 @@ impl Tensor {
     /// A tensor of `value` converted to `dtype`.
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
-        let len = if device.is_cpu() {
-            host_elem_count(&shape, "full", dtype.size_in_bytes())?
-        } else {
-            shape.checked_elem_count("full")?
-        };
-        Ok(Self::from_storage(Storage::full(len, value, dtype, device)?, shape))
+        let len = shape.elem_count();
+        // A constant is what the caller asked for, not a computed value: sized, not checked.
+        check_outputs("full", &[&shape], dtype, device)?;
+        let storage = Storage::full(len, value, dtype, device)?;
+        Ok(Self::from_storage(storage, shape))
     }
 
     /// A tensor of zeros.
@@ -108,14 +111,15 @@ impl Tensor {
         let n = ((end - start) / step).ceil().max(0.0);
         // The float count may exceed any buffer (or usize); check before allocating.
         let n = if n < usize::MAX as f64 { n as usize } else { usize::MAX };
-        host_elem_count(&Shape::new(&[n]), "arange", 8)?;
-        let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+        let shape = Shape::new(&[n]);
+        check_outputs("arange", &[&shape], DType::F64, &Device::Cpu)?;
+        let value = |i: usize| start + i as f64 * step;
         let cpu = match dtype {
-            DType::F32 => CpuStorage::F32(values.iter().map(|&v| v as f32).collect()),
-            DType::F64 => CpuStorage::F64(values),
-            DType::I64 => CpuStorage::I64(values.iter().map(|&v| v as i64).collect()),
+            DType::F32 => CpuStorage::F32(try_collect("arange", n, |i| value(i) as f32)?),
+            DType::F64 => CpuStorage::F64(try_collect("arange", n, value)?),
+            DType::I64 => CpuStorage::I64(try_collect("arange", n, |i| value(i) as i64)?),
         };
-        Ok(Self::from_storage(Storage::from_cpu(cpu, device)?, Shape::new(&[n])))
+        Ok(Self::from_storage(Storage::from_cpu(cpu, device)?, shape))
     }
 
     /// Values drawn uniformly from `[low, high)` with the given generator.
@@ -128,10 +132,11 @@ impl Tensor {
         rng: &mut R,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let n = host_elem_count(&shape, "rand_uniform", 8)?;
+        check_outputs("rand_uniform", &[&shape], DType::F64, &Device::Cpu)?;
+        let n = shape.elem_count();
         let dist = Uniform::new(low, high)
             .map_err(|e| Error::invalid("rand_uniform", format!("bad range [{low}, {high}): {e}")))?;
-        let values: Vec<f64> = (0..n).map(|_| dist.sample(rng)).collect();
+        let values = try_collect("rand_uniform", n, |_| dist.sample(rng))?;
         Self::from_f64_values(values, shape, dtype, device, "rand_uniform")
     }
 
@@ -145,7 +150,8 @@ impl Tensor {
         rng: &mut R,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let n = host_elem_count(&shape, "rand_normal", 8)?;
+        check_outputs("rand_normal", &[&shape], DType::F64, &Device::Cpu)?;
+        let n = shape.elem_count();
         // rand_distr accepts a negative std (it mirrors the samples); a negative std is a
         // mistake in the caller's code, as PyTorch's `normal_` holds.
         if std.is_nan() || std < 0.0 || !mean.is_finite() {
@@ -156,7 +162,7 @@ impl Tensor {
         }
         let dist = Normal::new(mean, std)
             .map_err(|e| Error::invalid("rand_normal", format!("bad mean {mean} / std {std}: {e}")))?;
-        let values: Vec<f64> = (0..n).map(|_| dist.sample(rng)).collect();
+        let values = try_collect("rand_normal", n, |_| dist.sample(rng))?;
         Self::from_f64_values(values, shape, dtype, device, "rand_normal")
     }
 
@@ -168,7 +174,7 @@ impl Tensor {
         op: &'static str,
     ) -> Result<Tensor> {
         let cpu = match dtype {
-            DType::F32 => CpuStorage::F32(values.iter().map(|&v| v as f32).collect()),
+            DType::F32 => CpuStorage::F32(try_collect(op, values.len(), |i| values[i] as f32)?),
             DType::F64 => CpuStorage::F64(values),
             DType::I64 => return Err(Error::UnsupportedDType { op, dtype, expected: "f32 or f64" }),
         };
@@ -231,13 +237,26 @@ impl Tensor {
         if T::DTYPE != self.dtype() {
             return Err(Error::DTypeMismatch { op: "to_vec", lhs: self.dtype(), rhs: T::DTYPE });
         }
-        let cpu = self.storage().to_cpu()?;
-        Ok(T::slice(&cpu).expect("dtype checked above").to_vec())
+        let copy = |slice: &[T]| {
+            let mut out = try_with_capacity("to_vec", slice.len())?;
+            out.extend_from_slice(slice);
+            Ok(out)
+        };
+        match self.storage() {
+            // A host tensor is copied once, straight from its buffer.
+            Storage::Cpu(cpu) => copy(T::slice(cpu).expect("dtype checked above")),
+            #[allow(unreachable_patterns)]
+            other => copy(T::slice(&other.to_cpu()?).expect("dtype checked above")),
+        }
     }
 
     /// The elements converted to f64, whatever the dtype.
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        Ok(self.storage().to_cpu()?.to_f64_vec())
+        match self.storage() {
+            Storage::Cpu(cpu) => cpu.to_f64_vec(),
+            #[allow(unreachable_patterns)]
+            other => other.to_cpu()?.to_f64_vec(),
+        }
     }
 
     /// The value of a one-element tensor (any shape with one element).
@@ -283,19 +302,10 @@ impl Tensor {
     }
 }
 
-/// The element count of `shape` for a host buffer of `elem_bytes`-byte elements, checked
-/// ([`Shape::checked_elem_count`]) and, from 1 GiB up, probed: a size the allocator
-/// refuses is an error naming the shape, where `vec!` would abort the process. The probe
-/// reserves address space and gives it back at once, touching no page.
-fn host_elem_count(shape: &Shape, op: &'static str, elem_bytes: usize) -> Result<usize> {
-    const PROBE_FROM: usize = 1 << 30;
-    let n = shape.checked_elem_count(op)?;
-    let bytes = n * elem_bytes; // checked_elem_count bounds n * 8 by isize::MAX
-    if bytes >= PROBE_FROM {
-        let mut probe: Vec<u8> = Vec::new();
-        probe.try_reserve_exact(bytes).map_err(|_| {
-            Error::invalid(op, format!("shape {shape} needs {bytes} bytes of host memory, which cannot be allocated"))
-        })?;
-    }
-    Ok(n)
+/// `(0..n).map(f).collect()` into a vector reserved fallibly, for constructors whose
+/// length a user's shape decides.
+fn try_collect<T>(op: &'static str, n: usize, f: impl FnMut(usize) -> T) -> Result<Vec<T>> {
+    let mut out = try_with_capacity(op, n)?;
+    out.extend((0..n).map(f));
+    Ok(out)
 }

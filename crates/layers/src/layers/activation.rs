@@ -226,6 +226,7 @@ impl Activation {
 
 impl Layer for Activation {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         traced(self, self.function.apply(input).in_layer(&self.name))
     }
 

@@ -132,6 +132,12 @@ impl BatchNormalization {
 
     fn built(&self, input: &InputSpec) -> Result<&BnWeights> {
         get_or_build(&self.weights, || {
+            if !(0.0..=1.0).contains(&self.momentum) {
+                return Err(Error::layer(&self.name, format!("momentum must be in [0, 1], got {}", self.momentum)));
+            }
+            if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+                return Err(Error::layer(&self.name, format!("epsilon must be finite and > 0, got {}", self.epsilon)));
+            }
             let Some(&channels) = input.shape.dims().last().filter(|_| input.shape.rank() >= 2) else {
                 return Err(Error::layer(
                     &self.name,
@@ -226,6 +232,7 @@ impl Default for BatchNormalization {
 
 impl Layer for BatchNormalization {
     fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let w = self.built(&InputSpec::from(input))?;
         traced(self, self.forward(input, w, mode))
     }

@@ -141,6 +141,20 @@ impl Conv2D {
 
     fn built(&self, input: &InputSpec) -> Result<&ConvWeights> {
         get_or_build(&self.weights, || {
+            if self.filters == 0 {
+                return Err(Error::layer(&self.name, "filters must be at least 1, got 0"));
+            }
+            let options = [
+                ("kernel_size", self.kernel_size),
+                ("strides", self.params.strides),
+                ("dilation", self.params.dilation),
+            ];
+            if let Some((option, pair)) = options.into_iter().find(|(_, (a, b))| *a == 0 || *b == 0) {
+                return Err(Error::layer(
+                    &self.name,
+                    format!("{option} must be at least 1 on both axes, got {pair:?}"),
+                ));
+            }
             if input.shape.rank() != 4 {
                 return Err(Error::layer(
                     &self.name,
@@ -196,6 +210,7 @@ impl Conv2D {
 
 impl Layer for Conv2D {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let w = self.built(&InputSpec::from(input))?;
         traced(self, self.forward(input, w))
     }

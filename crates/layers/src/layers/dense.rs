@@ -91,6 +91,9 @@ impl Dense {
 
     fn built(&self, input: &InputSpec) -> Result<&DenseWeights> {
         get_or_build(&self.weights, || {
+            if self.units == 0 {
+                return Err(Error::layer(&self.name, "units must be at least 1, got 0"));
+            }
             let Some(&inputs) = input.shape.dims().last().filter(|_| input.shape.rank() >= 2) else {
                 return Err(Error::layer(
                     &self.name,
@@ -144,6 +147,7 @@ impl Dense {
 
 impl Layer for Dense {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let w = self.built(&InputSpec::from(input))?;
         traced(self, self.forward(input, w))
     }

@@ -69,6 +69,7 @@ impl Dropout {
 
 impl Layer for Dropout {
     fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         traced(self, self.forward(input, mode))
     }
 

@@ -33,6 +33,7 @@ impl Default for Flatten {
 
 impl Layer for Flatten {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         if input.rank() == 0 {
             return Err(Error::layer(&self.name, "cannot flatten a scalar: the input needs a batch axis"));
         }

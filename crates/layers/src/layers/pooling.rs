@@ -48,6 +48,7 @@ macro_rules! window_pool_layer {
 
         impl Layer for $name {
             fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+                let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
                 traced(self, input.$op(self.pool_size, self.strides, self.padding).in_layer(&self.name))
             }
 

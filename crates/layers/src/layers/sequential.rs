@@ -88,6 +88,7 @@ impl Default for Sequential {
 
 impl Layer for Sequential {
     fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let mut x = input.clone();
         for layer in &self.layers {
             x = layer.call(&x, mode)?;

@@ -41,6 +41,17 @@ pub fn accuracy(labels: &Tensor, predictions: &Tensor) -> Result<f64> {
 pub fn top_k_correct_count(labels: &Tensor, predictions: &Tensor, k: usize) -> Result<usize> {
     let classes = class_indices(labels, predictions, "top_k_accuracy")?.to_vec::<i64>()?;
     let cols = predictions.dims()[1];
+    // k = 0 counts nothing and k above the class count counts everything: either is a
+    // misconfiguration, not an accuracy.
+    if k == 0 || k > cols {
+        return Err(Error::invalid(
+            "top_k_accuracy",
+            format!(
+                "k must be in 1..={cols} for predictions of shape {} ({cols} classes), got {k}",
+                predictions.shape()
+            ),
+        ));
+    }
     let scores = predictions.to_vec_f64()?;
     let mut correct = 0;
     for (row, &label) in scores.chunks(cols).zip(&classes) {

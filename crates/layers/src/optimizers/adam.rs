@@ -1,7 +1,7 @@
 //! [`Adam`] and [`AdamW`], with Keras' defaults and epsilon placement.
 
 use super::update::{adam_update, AdamStep};
-use super::{maybe_clip, pair_gradients, LearningRate, Optimizer, SlotTable};
+use super::{check_hyperparameters, maybe_clip, pair_gradients, LearningRate, Optimizer, SlotTable};
 use crate::Result;
 use tapegrad_tensor::{Tensor, Variable};
 
@@ -68,16 +68,18 @@ impl Optimizer for Adam {
     }
 
     fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
-        let clipped = maybe_clip(grads, self.global_clipnorm)?;
-        let grads = clipped.as_deref().unwrap_or(grads);
         let step = AdamStep {
             learning_rate: self.learning_rate.at(self.iterations),
-            step: self.iterations + 1,
+            step: self.iterations.saturating_add(1),
             beta_1: self.beta_1,
             beta_2: self.beta_2,
             epsilon: self.epsilon,
             weight_decay: self.weight_decay,
         };
+        check_hyperparameters(self.name, &self.learning_rate, self.iterations, self.global_clipnorm, step.validate())?;
+        pair_gradients(self.name, grads, variables)?;
+        let clipped = maybe_clip(grads, self.global_clipnorm)?;
+        let grads = clipped.as_deref().unwrap_or(grads);
         for (i, g, var) in pair_gradients(self.name, grads, variables)? {
             let slots = self.slots.slots_mut(var, i, 2);
             let (value, m, v) = adam_update(&var.value_untracked(), g, slots[0].as_ref(), slots[1].as_ref(), &step)?;

@@ -7,6 +7,14 @@
 //! and is saved in checkpoints with the iteration count. Each optimizer's arithmetic for
 //! one variable is a single function in [`update`], which calls the tensor crate's fused
 //! update (one pass over the elements; one kernel launch per variable on CUDA).
+//!
+//! Builders (`Adam::new(lr).beta_1(..)`) cannot fail; the hyperparameters are validated
+//! at the start of every `apply_gradients`, before any variable changes: a NaN or negative
+//! learning rate (a schedule's included, at the step it gives it), `beta_1`/`beta_2`
+//! outside `[0, 1)`, `epsilon <= 0`, a momentum outside `[0, 1]`, a NaN or negative weight
+//! decay, or a `global_clipnorm` that is not positive are errors naming the optimizer,
+//! the option and its value. Every gradient is checked against its variable (count,
+//! shape, dtype, device) before the first update too, so a failed call changes nothing.
 
 mod adam;
 mod clipping;
@@ -69,16 +77,52 @@ pub(crate) fn pair_gradients<'a>(
     let mut pairs = Vec::with_capacity(grads.len());
     for (i, (g, v)) in grads.iter().zip(variables).enumerate() {
         let Some(g) = g else { continue };
-        let shape = v.value_untracked().shape().clone();
-        if g.shape() != &shape {
-            return Err(Error::Optimizer {
-                optimizer: optimizer.to_string(),
-                msg: format!("the gradient of {} has shape {} but the variable has shape {shape}", v.name(), g.shape()),
-            });
+        let value = v.value_untracked();
+        let fail = |what: &str, got: String, want: String| Error::Optimizer {
+            optimizer: optimizer.to_string(),
+            msg: format!("the gradient of {} (#{i}) has {what} {got} but the variable has {what} {want}", v.name()),
+        };
+        if g.shape() != value.shape() {
+            return Err(fail("shape", g.shape().to_string(), value.shape().to_string()));
+        }
+        if g.dtype() != value.dtype() {
+            return Err(fail("dtype", g.dtype().to_string(), value.dtype().to_string()));
+        }
+        if g.device() != value.device() {
+            return Err(fail("device", g.device().to_string(), value.device().to_string()));
         }
         pairs.push((i, g, v));
     }
     Ok(pairs)
+}
+
+/// Validates one step's hyperparameters (`check` is the fused update's own validation)
+/// and the clip norm, naming the optimizer, the option and its value; a learning rate
+/// that a schedule gave is reported with the schedule and the iteration.
+pub(crate) fn check_hyperparameters(
+    optimizer: &str,
+    learning_rate: &LearningRate,
+    iterations: u64,
+    global_clipnorm: Option<f64>,
+    check: tapegrad_tensor::Result<()>,
+) -> Result<()> {
+    let fail = |msg: String| Error::Optimizer { optimizer: optimizer.to_string(), msg };
+    if let Err(err) = check {
+        let mut msg = match err {
+            tapegrad_tensor::Error::Invalid { msg, .. } => msg,
+            other => other.to_string(),
+        };
+        if let (LearningRate::Schedule(s), true) = (learning_rate, msg.starts_with("learning_rate")) {
+            msg = format!("{msg} (from the schedule {s:?} at iteration {iterations})");
+        }
+        return Err(fail(msg));
+    }
+    if let Some(c) = global_clipnorm {
+        if c.is_nan() || c <= 0.0 {
+            return Err(fail(format!("global_clipnorm must be > 0, got {c}")));
+        }
+    }
+    Ok(())
 }
 
 /// Applies `global_clipnorm` (when set) to the gradients of one step.

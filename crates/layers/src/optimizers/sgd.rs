@@ -2,7 +2,7 @@
 //! weight decay.
 
 use super::update::{sgd_update, SgdStep};
-use super::{maybe_clip, pair_gradients, LearningRate, Optimizer, SlotTable};
+use super::{check_hyperparameters, maybe_clip, pair_gradients, LearningRate, Optimizer, SlotTable};
 use crate::Result;
 use tapegrad_tensor::{Tensor, Variable};
 
@@ -66,14 +66,22 @@ impl Optimizer for Sgd {
     }
 
     fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
-        let clipped = maybe_clip(grads, self.global_clipnorm)?;
-        let grads = clipped.as_deref().unwrap_or(grads);
         let step = SgdStep {
             learning_rate: self.learning_rate.at(self.iterations),
             momentum: self.momentum,
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
         };
+        check_hyperparameters(
+            self.name(),
+            &self.learning_rate,
+            self.iterations,
+            self.global_clipnorm,
+            step.validate(),
+        )?;
+        pair_gradients(self.name(), grads, variables)?;
+        let clipped = maybe_clip(grads, self.global_clipnorm)?;
+        let grads = clipped.as_deref().unwrap_or(grads);
         for (i, g, var) in pair_gradients(self.name(), grads, variables)? {
             let slots = self.slots.slots_mut(var, i, 1);
             let (value, velocity) = sgd_update(&var.value_untracked(), g, slots[0].as_ref(), &step)?;

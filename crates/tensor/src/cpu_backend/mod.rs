@@ -97,22 +97,42 @@ macro_rules! map_float {
 }
 
 impl CpuStorage {
-    /// A buffer of `len` zeros.
-    pub fn zeros(len: usize, dtype: DType) -> Self {
-        match dtype {
-            DType::F32 => CpuStorage::F32(vec![0.0; len]),
-            DType::F64 => CpuStorage::F64(vec![0.0; len]),
-            DType::I64 => CpuStorage::I64(vec![0; len]),
-        }
+    /// A buffer of `len` zeros, or [`Error::OutOfMemory`].
+    pub fn zeros(len: usize, dtype: DType) -> Result<Self> {
+        Self::zeros_for("zeros", len, dtype)
     }
 
-    /// A buffer of `len` copies of `value` (converted to the dtype).
-    pub fn full(len: usize, value: f64, dtype: DType) -> Self {
-        match dtype {
-            DType::F32 => CpuStorage::F32(vec![value as f32; len]),
-            DType::F64 => CpuStorage::F64(vec![value; len]),
-            DType::I64 => CpuStorage::I64(vec![value as i64; len]),
+    /// Like [`zeros`](Self::zeros), the error naming `op`.
+    pub(crate) fn zeros_for(op: &'static str, len: usize, dtype: DType) -> Result<Self> {
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(alloc::try_zeros(op, len)?),
+            DType::F64 => CpuStorage::F64(alloc::try_zeros(op, len)?),
+            DType::I64 => CpuStorage::I64(alloc::try_zeros(op, len)?),
+        })
+    }
+
+    /// A buffer of `len` copies of `value` (converted to the dtype), or
+    /// [`Error::OutOfMemory`].
+    pub fn full(len: usize, value: f64, dtype: DType) -> Result<Self> {
+        if value == 0.0 && value.is_sign_positive() {
+            return Self::zeros(len, dtype);
         }
+        const OP: &str = "full";
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(alloc::try_vec(OP, len, value as f32)?),
+            DType::F64 => CpuStorage::F64(alloc::try_vec(OP, len, value)?),
+            DType::I64 => CpuStorage::I64(alloc::try_vec(OP, len, value as i64)?),
+        })
+    }
+
+    /// A copy of the buffer, or [`Error::OutOfMemory`] naming `op`.
+    pub fn try_clone(&self, op: &'static str) -> Result<Self> {
+        fn copy<T: Copy>(op: &'static str, v: &[T]) -> Result<Vec<T>> {
+            let mut out = alloc::try_with_capacity(op, v.len())?;
+            out.extend_from_slice(v);
+            Ok(out)
+        }
+        Ok(map_any!(self, v => copy(op, v)?))
     }
 
     /// Borrows the buffer as `&[T]`, or reports the dtype mismatch against `T`.
@@ -125,12 +145,18 @@ impl CpuStorage {
         s.map(|s| s.typed::<T>(op)).transpose()
     }
 
-    /// The elements converted to f64.
-    pub fn to_f64_vec(&self) -> Vec<f64> {
+    /// The elements converted to f64, or [`Error::OutOfMemory`].
+    pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
+        use num_traits::AsPrimitive;
+        fn conv<A: AsPrimitive<f64>>(v: &[A]) -> Result<Vec<f64>> {
+            let mut out = alloc::try_with_capacity("to_vec_f64", v.len())?;
+            out.extend(v.iter().map(|x| x.as_()));
+            Ok(out)
+        }
         match self {
-            CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            CpuStorage::F64(v) => v.clone(),
-            CpuStorage::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            CpuStorage::F32(v) => conv(v),
+            CpuStorage::F64(v) => conv(v),
+            CpuStorage::I64(v) => conv(v),
         }
     }
 }
@@ -225,24 +251,32 @@ impl BackendStorage for CpuStorage {
 
     fn cast(&self, dtype: DType) -> Result<Self> {
         use num_traits::AsPrimitive;
-        fn conv<A: AsPrimitive<B> + Send + Sync, B: Copy + 'static + Send + Sync>(v: &[A]) -> Vec<B> {
-            par_map(v, |x| x.as_())
+        use rayon::prelude::*;
+        fn conv<A: AsPrimitive<B> + Send + Sync, B: Copy + 'static + Send + Sync>(v: &[A]) -> Result<Vec<B>> {
+            // Reserved fallibly first; the parallel extend then fills that capacity.
+            let mut out = alloc::try_with_capacity("cast", v.len())?;
+            if v.len() < PAR_MIN_LEN {
+                out.extend(v.iter().map(|x| x.as_()));
+            } else {
+                out.par_extend(v.par_iter().with_min_len(PAR_MIN_LEN / 4).map(|x| x.as_()));
+            }
+            Ok(out)
         }
         Ok(match (self, dtype) {
-            (CpuStorage::F32(v), DType::F32) => CpuStorage::F32(v.clone()),
-            (CpuStorage::F32(v), DType::F64) => CpuStorage::F64(conv(v)),
-            (CpuStorage::F32(v), DType::I64) => CpuStorage::I64(conv(v)),
-            (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(conv(v)),
-            (CpuStorage::F64(v), DType::F64) => CpuStorage::F64(v.clone()),
-            (CpuStorage::F64(v), DType::I64) => CpuStorage::I64(conv(v)),
-            (CpuStorage::I64(v), DType::F32) => CpuStorage::F32(conv(v)),
-            (CpuStorage::I64(v), DType::F64) => CpuStorage::F64(conv(v)),
-            (CpuStorage::I64(v), DType::I64) => CpuStorage::I64(v.clone()),
+            (CpuStorage::F32(v), DType::F32) => CpuStorage::F32(conv(v)?),
+            (CpuStorage::F32(v), DType::F64) => CpuStorage::F64(conv(v)?),
+            (CpuStorage::F32(v), DType::I64) => CpuStorage::I64(conv(v)?),
+            (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(conv(v)?),
+            (CpuStorage::F64(v), DType::F64) => CpuStorage::F64(conv(v)?),
+            (CpuStorage::F64(v), DType::I64) => CpuStorage::I64(conv(v)?),
+            (CpuStorage::I64(v), DType::F32) => CpuStorage::F32(conv(v)?),
+            (CpuStorage::I64(v), DType::F64) => CpuStorage::F64(conv(v)?),
+            (CpuStorage::I64(v), DType::I64) => CpuStorage::I64(conv(v)?),
         })
     }
 
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
-        Ok(map_float!(self, "log_softmax", v => softmax::cpu::log_softmax(v, rows, cols)))
+        Ok(map_float!(self, "log_softmax", v => softmax::cpu::log_softmax(v, rows, cols)?))
     }
 
     fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
@@ -272,7 +306,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
-        Ok(float_kernel!(self, "max_pool2d", T => pool::cpu::max_pool2d::<T>(self.typed("max_pool2d")?, spec)))
+        Ok(float_kernel!(self, "max_pool2d", T => pool::cpu::max_pool2d::<T>(self.typed("max_pool2d")?, spec)?))
     }
 
     fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
@@ -282,16 +316,16 @@ impl BackendStorage for CpuStorage {
             output.typed(OP)?,
             grad_out.typed(OP)?,
             spec
-        )))
+        )?))
     }
 
     fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
-        Ok(float_kernel!(self, "avg_pool2d", T => pool::cpu::avg_pool2d::<T>(self.typed("avg_pool2d")?, spec)))
+        Ok(float_kernel!(self, "avg_pool2d", T => pool::cpu::avg_pool2d::<T>(self.typed("avg_pool2d")?, spec)?))
     }
 
     fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self> {
         const OP: &str = "avg_pool2d_backward";
-        Ok(float_kernel!(self, OP, T => pool::cpu::avg_pool2d_backward::<T>(self.typed(OP)?, spec)))
+        Ok(float_kernel!(self, OP, T => pool::cpu::avg_pool2d_backward::<T>(self.typed(OP)?, spec)?))
     }
 
     fn batch_norm_train(
@@ -349,7 +383,7 @@ impl BackendStorage for CpuStorage {
             step: &SgdStep,
         ) -> Result<(CpuStorage, Option<CpuStorage>)> {
             let (value, velocity) =
-                optim::cpu::sgd_update::<T>(x.typed(OP)?, g.typed(OP)?, CpuStorage::typed_opt(v, OP)?, step);
+                optim::cpu::sgd_update::<T>(x.typed(OP)?, g.typed(OP)?, CpuStorage::typed_opt(v, OP)?, step)?;
             Ok((T::into_storage(value), velocity.map(T::into_storage)))
         }
         match self.dtype() {
@@ -373,7 +407,7 @@ impl BackendStorage for CpuStorage {
             Self::typed_opt(m, OP)?,
             Self::typed_opt(v, OP)?,
             step
-        )))
+        )?))
     }
 
     fn pad(&self, spec: &PadSpec) -> Result<Self> {

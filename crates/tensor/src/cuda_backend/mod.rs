@@ -132,7 +132,7 @@ impl CudaStorage {
 
     /// Copies the buffer to the host, waiting for all work queued before.
     pub fn to_cpu(&self) -> Result<CpuStorage> {
-        let mut cpu = CpuStorage::zeros(self.len, self.dtype);
+        let mut cpu = CpuStorage::zeros_for("copy to host", self.len, self.dtype)?;
         if let Some(block) = &self.block {
             self.device.bind()?;
             let stream = self.device.stream().cu_stream();

@@ -25,6 +25,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod pad;
+pub(crate) mod output_guard;
 pub mod pool;
 pub mod reduce;
 pub mod resize;

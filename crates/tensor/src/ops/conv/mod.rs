@@ -20,6 +20,7 @@ pub(crate) use padding::SpatialAxis;
 pub use transpose::Conv2dTransposeParams;
 
 use crate::backend::Conv2dSpec;
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -201,8 +202,11 @@ fn kernel_shape(s: &Conv2dSpec) -> Shape {
 
 /// The forward convolution with a resolved geometry, recorded with its gradient rule.
 fn conv2d_with_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, spec: Conv2dSpec) -> Result<Tensor> {
-    let storage = x.storage().conv2d(kernel.storage(), bias.map(|b| b.storage()), &spec)?;
-    let out = Tensor::from_storage(storage, output_shape(&spec));
+    let shape = output_shape(&spec);
+    let storage = guarded("conv2d", &[x, kernel], &[&shape], x.dtype(), &x.device(), || {
+        x.storage().conv2d(kernel.storage(), bias.map(|b| b.storage()), &spec)
+    })?;
+    let out = Tensor::from_storage(storage, shape);
     let mut inputs = vec![x, kernel];
     inputs.extend(bias);
     let has_bias = bias.is_some();
@@ -221,8 +225,12 @@ fn conv2d_with_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, spec: Co
 /// an upstream gradient `G` (input-shaped), `d/d dy = conv2d(G, K)` and
 /// `d/dK = conv2d_backward_filter(G, dy)`.
 fn conv2d_backward_input(grad_out: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
-    let storage = grad_out.storage().conv2d_backward_input(kernel.storage(), &spec)?;
-    let dx = Tensor::from_storage(storage, input_shape(&spec));
+    let shape = input_shape(&spec);
+    let storage =
+        guarded("conv2d_backward_input", &[grad_out, kernel], &[&shape], grad_out.dtype(), &grad_out.device(), || {
+            grad_out.storage().conv2d_backward_input(kernel.storage(), &spec)
+        })?;
+    let dx = Tensor::from_storage(storage, shape);
     let (dy, k) = (grad_out.clone(), kernel.clone());
     record_op("conv2d_backward_input", &[grad_out, kernel], &dx, move |g| {
         Ok(vec![Some(conv2d_with_spec(g, &k, None, spec)?), Some(conv2d_backward_filter(g, &dy, spec)?)])
@@ -234,8 +242,12 @@ fn conv2d_backward_input(grad_out: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -
 /// gradient `G` (kernel-shaped), `d/dx = conv2d_backward_input(dy, G)` and
 /// `d/d dy = conv2d(x, G)`.
 fn conv2d_backward_filter(input: &Tensor, grad_out: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
-    let storage = input.storage().conv2d_backward_filter(grad_out.storage(), &spec)?;
-    let dk = Tensor::from_storage(storage, kernel_shape(&spec));
+    let shape = kernel_shape(&spec);
+    let storage =
+        guarded("conv2d_backward_filter", &[input, grad_out], &[&shape], input.dtype(), &input.device(), || {
+            input.storage().conv2d_backward_filter(grad_out.storage(), &spec)
+        })?;
+    let dk = Tensor::from_storage(storage, shape);
     let (x, dy) = (input.clone(), grad_out.clone());
     record_op("conv2d_backward_filter", &[input, grad_out], &dk, move |g| {
         Ok(vec![Some(conv2d_backward_input(&dy, g, spec)?), Some(conv2d_with_spec(&x, g, None, spec)?)])

@@ -6,13 +6,16 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::backend::{BinaryOp, UnaryOp};
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{DType, Error, Result, Tensor};
 use std::f64::consts::FRAC_2_SQRT_PI;
 
 impl Tensor {
-    fn unary_op(&self, op: UnaryOp) -> Result<Tensor> {
-        Ok(Tensor::from_storage(self.storage().unary(op)?, self.shape().clone()))
+    fn unary_op(&self, name: &'static str, op: UnaryOp) -> Result<Tensor> {
+        let storage =
+            guarded(name, &[self], &[self.shape()], self.dtype(), &self.device(), || self.storage().unary(op))?;
+        Ok(Tensor::from_storage(storage, self.shape().clone()))
     }
 
     /// Applies a float-only unary op and records its gradient rule
@@ -24,7 +27,7 @@ impl Tensor {
         grad: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + 'static,
     ) -> Result<Tensor> {
         self.check_float(name)?;
-        let y = self.unary_op(op)?;
+        let y = self.unary_op(name, op)?;
         let (x, y2) = (self.clone(), y.clone());
         record_op(name, &[self], &y, move |g| Ok(vec![Some(grad(&x, &y2, g)?)]));
         Ok(y)
@@ -33,7 +36,7 @@ impl Tensor {
     /// `-x`.
     pub fn neg(&self) -> Result<Tensor> {
         if !self.dtype().is_float() {
-            return self.unary_op(UnaryOp::Neg);
+            return self.unary_op("neg", UnaryOp::Neg);
         }
         self.unary_float("neg", UnaryOp::Neg, |_, _, g| g.neg())
     }
@@ -101,14 +104,14 @@ impl Tensor {
     /// `|x|`; the gradient at 0 is 0.
     pub fn abs(&self) -> Result<Tensor> {
         if !self.dtype().is_float() {
-            return self.unary_op(UnaryOp::Abs);
+            return self.unary_op("abs", UnaryOp::Abs);
         }
         self.unary_float("abs", UnaryOp::Abs, |x, _, g| g.mul(&x.sign()?))
     }
 
     /// -1, 0 or 1 by the sign of each element. Not differentiable (its gradient is 0).
     pub fn sign(&self) -> Result<Tensor> {
-        self.unary_op(UnaryOp::Sign)
+        self.unary_op("sign", UnaryOp::Sign)
     }
 
     /// `1 / x`.
@@ -122,7 +125,7 @@ impl Tensor {
             return Err(Error::invalid("clamp", format!("bad bounds [{min}, {max}]")));
         }
         if !self.dtype().is_float() {
-            return self.unary_op(UnaryOp::Clamp { min, max });
+            return self.unary_op("clamp", UnaryOp::Clamp { min, max });
         }
         self.unary_float("clamp", UnaryOp::Clamp { min, max }, move |x, _, g| {
             g.mul(&x.ge_scalar(min)?)?.mul(&x.le_scalar(max)?)
@@ -147,7 +150,9 @@ impl Tensor {
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
         self.check_same(rhs, name)?;
         let out_shape = self.shape().broadcast(rhs.shape(), name)?;
-        let storage = self.storage().binary(rhs.storage(), op, self.shape(), rhs.shape(), &out_shape)?;
+        let storage = guarded(name, &[self, rhs], &[&out_shape], self.dtype(), &self.device(), || {
+            self.storage().binary(rhs.storage(), op, self.shape(), rhs.shape(), &out_shape)
+        })?;
         Ok(Tensor::from_storage(storage, out_shape))
     }
 
@@ -280,7 +285,8 @@ impl Tensor {
             return Ok(self.clone());
         }
         let from = self.dtype();
-        let out = Tensor::from_storage(self.storage().cast(dtype)?, self.shape().clone());
+        let storage = guarded("cast", &[self], &[self.shape()], dtype, &self.device(), || self.storage().cast(dtype))?;
+        let out = Tensor::from_storage(storage, self.shape().clone());
         if from.is_float() {
             record_op("cast", &[self], &out, move |g| Ok(vec![Some(g.cast(from)?)]));
         }

@@ -6,6 +6,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::backend::StridedLayout;
+use crate::ops::output_guard::guarded;
 use crate::shape::Dims;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Storage, Tensor};
@@ -64,7 +65,10 @@ impl Tensor {
 
     fn strided(&self, layout: StridedLayout) -> Result<Tensor> {
         let shape = layout.shape.clone();
-        Ok(Tensor::from_storage(self.storage().strided_copy(&layout)?, shape))
+        let storage = guarded("strided_copy", &[self], &[&shape], self.dtype(), &self.device(), || {
+            self.storage().strided_copy(&layout)
+        })?;
+        Ok(Tensor::from_storage(storage, shape))
     }
 
     /// Reorders the axes: output axis `i` is input axis `perm[i]`.
@@ -180,8 +184,12 @@ impl Tensor {
         let storages: Vec<&Storage> = tensors.iter().map(|t| t.storage()).collect();
         let mut dims = first.dims().to_vec();
         let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[a]).collect();
-        dims[a] = sizes.iter().sum();
-        let out = Tensor::from_storage(Storage::concat(&storages, outer, &inners)?, Shape::new(&dims));
+        dims[a] = sizes.iter().try_fold(0usize, |n, &s| n.checked_add(s)).unwrap_or(usize::MAX);
+        let shape = Shape::new(&dims);
+        let storage = guarded("concat", tensors, &[&shape], first.dtype(), &first.device(), || {
+            Storage::concat(&storages, outer, &inners)
+        })?;
+        let out = Tensor::from_storage(storage, shape);
         record_op("concat", tensors, &out, move |g| {
             let mut start = 0;
             sizes

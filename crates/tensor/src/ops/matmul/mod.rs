@@ -5,6 +5,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::backend::MatmulSpec;
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -70,8 +71,11 @@ impl Tensor {
         let mut out_dims = batch_dims.to_vec();
         out_dims.extend([m, n]);
         // Empty operands can name an output too large to allocate ([m, 0] @ [0, n]).
-        Shape::new(&out_dims).checked_elem_count("matmul")?;
-        let out = Tensor::from_storage(self.storage().matmul(rhs.storage(), &spec)?, Shape::new(&out_dims));
+        let shape = Shape::new(&out_dims);
+        let storage = guarded("matmul", &[self, rhs], &[&shape], self.dtype(), &self.device(), || {
+            self.storage().matmul(rhs.storage(), &spec)
+        })?;
+        let out = Tensor::from_storage(storage, shape);
         let (a, b) = (self.clone(), rhs.clone());
         record_op("matmul", &[self, rhs], &out, move |g| {
             // C = op(A) op(B). dA = g op(B)^T (transposed back if A was), dB likewise;

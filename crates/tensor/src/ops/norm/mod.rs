@@ -12,6 +12,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::backend::BatchNormSpec;
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -74,9 +75,11 @@ impl Tensor {
         epsilon: f64,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let spec = batch_norm_spec("batch_norm_train", self, &[("gamma", gamma), ("beta", beta)], epsilon)?;
-        let (y, mean, var) =
-            self.storage().batch_norm_train(gamma.map(|g| g.storage()), beta.map(|b| b.storage()), &spec)?;
         let stat_shape = Shape::new(&[spec.channels]);
+        let outputs = [self.shape(), &stat_shape, &stat_shape];
+        let (y, mean, var) = guarded("batch_norm_train", &[self], &outputs, self.dtype(), &self.device(), || {
+            self.storage().batch_norm_train(gamma.map(|g| g.storage()), beta.map(|b| b.storage()), &spec)
+        })?;
         let y = Tensor::from_storage(y, self.shape().clone());
         let mean = Tensor::from_storage(mean, stat_shape.clone());
         let var = Tensor::from_storage(var, stat_shape);
@@ -140,14 +143,18 @@ fn batch_norm_backward(
     var: &Tensor,
     spec: BatchNormSpec,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (dx, d_gamma, d_beta) = x.storage().batch_norm_backward(
-        grad_out.storage(),
-        gamma.map(|g| g.storage()),
-        mean.storage(),
-        var.storage(),
-        &spec,
-    )?;
     let stat_shape = Shape::new(&[spec.channels]);
+    let outputs = [x.shape(), &stat_shape, &stat_shape];
+    let (dx, d_gamma, d_beta) =
+        guarded("batch_norm_backward", &[x, grad_out], &outputs, x.dtype(), &x.device(), || {
+            x.storage().batch_norm_backward(
+                grad_out.storage(),
+                gamma.map(|g| g.storage()),
+                mean.storage(),
+                var.storage(),
+                &spec,
+            )
+        })?;
     let dx = Tensor::from_storage(dx, x.shape().clone());
     let d_gamma = Tensor::from_storage(d_gamma, stat_shape.clone());
     let d_beta = Tensor::from_storage(d_beta, stat_shape);

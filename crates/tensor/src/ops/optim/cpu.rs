@@ -2,7 +2,8 @@
 //! reads the parameter, gradient and state once and writes the new ones.
 
 use super::{AdamStep, SgdStep};
-use crate::FloatElement;
+use crate::cpu_backend::alloc::try_with_capacity;
+use crate::{FloatElement, Result};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -19,10 +20,14 @@ fn to_t<T: FloatElement>(v: f64) -> T {
 /// memory fewer: an update is bandwidth-bound), and kernels loop over whole slices
 /// (zipped iterators, no per-element index checks), so the loops vectorise.
 fn for_chunks<T: FloatElement, const K: usize>(
+    op: &'static str,
     n: usize,
     f: impl Fn(std::ops::Range<usize>, [&mut [MaybeUninit<T>]; K]) + Sync,
-) -> [Vec<T>; K] {
-    let mut outs: [Vec<T>; K] = std::array::from_fn(|_| Vec::with_capacity(n));
+) -> Result<[Vec<T>; K]> {
+    let mut outs: [Vec<T>; K] = std::array::from_fn(|_| Vec::new());
+    for v in &mut outs {
+        *v = try_with_capacity(op, n)?;
+    }
     let mut pieces = outs.each_mut().map(|v| v.spare_capacity_mut()[..n].chunks_mut(CHUNK));
     let chunks: Vec<[&mut [MaybeUninit<T>]; K]> =
         (0..n.div_ceil(CHUNK)).map(|_| pieces.each_mut().map(|p| p.next().expect("outputs of equal length"))).collect();
@@ -40,7 +45,7 @@ fn for_chunks<T: FloatElement, const K: usize>(
         // file (the only callers) write every element of every chunk.
         unsafe { v.set_len(n) };
     }
-    outs
+    Ok(outs)
 }
 
 /// One SGD step (formulas on [`super::sgd_update`]): the new parameter and velocity.
@@ -49,24 +54,24 @@ pub(crate) fn sgd_update<T: FloatElement>(
     grad: &[T],
     velocity: Option<&[T]>,
     p: &SgdStep,
-) -> (Vec<T>, Option<Vec<T>>) {
+) -> Result<(Vec<T>, Option<Vec<T>>)> {
     let (lr, momentum, decay) = (to_t::<T>(p.learning_rate), to_t::<T>(p.momentum), to_t::<T>(p.weight_decay));
     let has_decay = p.weight_decay != 0.0;
     let lr_g = move |w: T, g: T| if has_decay { (g + w * decay) * lr } else { g * lr };
     if p.momentum == 0.0 {
-        let [value] = for_chunks(var.len(), |r, [out]| {
+        let [value] = for_chunks("sgd_update", var.len(), |r, [out]| {
             for ((o, &w), &g) in out.iter_mut().zip(&var[r.clone()]).zip(&grad[r]) {
                 o.write(w - lr_g(w, g));
             }
-        });
-        return (value, None);
+        })?;
+        return Ok((value, None));
     }
     let new_velocity = |lr_g: T, v: Option<T>| match v {
         Some(v) => v * momentum - lr_g,
         None => -lr_g,
     };
     let new_value = |w: T, v: T, lr_g: T| if p.nesterov { (w + v * momentum) - lr_g } else { w + v };
-    let [value, velocity_out] = for_chunks(var.len(), |r, [out, out_v]| {
+    let [value, velocity_out] = for_chunks("sgd_update", var.len(), |r, [out, out_v]| {
         let (w, g) = (&var[r.clone()], &grad[r.clone()]);
         let lanes = out.iter_mut().zip(out_v.iter_mut()).zip(w).zip(g);
         match velocity {
@@ -85,8 +90,8 @@ pub(crate) fn sgd_update<T: FloatElement>(
                 }
             }
         }
-    });
-    (value, Some(velocity_out))
+    })?;
+    Ok((value, Some(velocity_out)))
 }
 
 /// One Adam(W) step (formulas on [`super::adam_update`]): the new parameter, m and v.
@@ -96,7 +101,7 @@ pub(crate) fn adam_update<T: FloatElement>(
     m: Option<&[T]>,
     v: Option<&[T]>,
     p: &AdamStep,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
     let c = p.coefficients();
     let (lr_t, b1, b2) = (to_t::<T>(c.lr_t), to_t::<T>(c.one_minus_beta_1), to_t::<T>(c.one_minus_beta_2));
     let (eps, decay) = (to_t::<T>(c.epsilon), to_t::<T>(c.decay_factor));
@@ -105,7 +110,7 @@ pub(crate) fn adam_update<T: FloatElement>(
         let w = if c.decay { w * decay } else { w };
         w - (m / (v.sqrt() + eps)) * lr_t
     };
-    let [value, m_out, v_out] = for_chunks(var.len(), |r, [out, out_m, out_v]| {
+    let [value, m_out, v_out] = for_chunks("adam_update", var.len(), |r, [out, out_m, out_v]| {
         let (w, g) = (&var[r.clone()], &grad[r.clone()]);
         let lanes = out.iter_mut().zip(out_m.iter_mut()).zip(out_v.iter_mut()).zip(w).zip(g);
         match (m, v) {
@@ -125,6 +130,6 @@ pub(crate) fn adam_update<T: FloatElement>(
                 }
             }
         }
-    });
-    (value, m_out, v_out)
+    })?;
+    Ok((value, m_out, v_out))
 }

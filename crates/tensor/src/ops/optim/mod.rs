@@ -30,6 +30,7 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
+use crate::ops::output_guard::guarded;
 use crate::{Error, Result, Tensor};
 
 /// The hyperparameters of one SGD step.
@@ -81,7 +82,49 @@ pub(crate) struct AdamCoefficients {
     pub decay: bool,
 }
 
+/// Fails unless `value` satisfies `ok`; the message names the option, the range and the value.
+fn check_option(op: &'static str, name: &str, value: f64, range: &str, ok: bool) -> Result<()> {
+    if ok {
+        return Ok(());
+    }
+    Err(Error::invalid(op, format!("{name} must be {range}, got {value}")))
+}
+
+/// A learning rate or weight decay: finite and not negative.
+fn check_non_negative(op: &'static str, name: &str, value: f64) -> Result<()> {
+    check_option(op, name, value, "finite and >= 0", value.is_finite() && value >= 0.0)
+}
+
+impl SgdStep {
+    /// Checks the hyperparameters: a finite, non-negative learning rate and weight decay,
+    /// and a momentum in `[0, 1]`. The error names the option and its value.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "sgd_update";
+        check_non_negative(OP, "learning_rate", self.learning_rate)?;
+        check_option(OP, "momentum", self.momentum, "in [0, 1]", (0.0..=1.0).contains(&self.momentum))?;
+        check_non_negative(OP, "weight_decay", self.weight_decay)
+    }
+}
+
 impl AdamStep {
+    /// Checks the hyperparameters: a finite, non-negative learning rate and weight decay,
+    /// `beta_1` and `beta_2` in `[0, 1)` (at 1 the bias correction divides by zero), a
+    /// finite `epsilon > 0` (at 0 a zero gradient makes `0 / 0`) and `step >= 1`. The
+    /// error names the option and its value.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "adam_update";
+        check_non_negative(OP, "learning_rate", self.learning_rate)?;
+        for (name, beta) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
+            check_option(OP, name, beta, "in [0, 1)", (0.0..1.0).contains(&beta))?;
+        }
+        check_option(OP, "epsilon", self.epsilon, "finite and > 0", self.epsilon.is_finite() && self.epsilon > 0.0)?;
+        check_non_negative(OP, "weight_decay", self.weight_decay)?;
+        if self.step == 0 {
+            return Err(Error::invalid(OP, "step must be at least 1 (it counts from 1), got 0"));
+        }
+        Ok(())
+    }
+
     pub(crate) fn coefficients(&self) -> AdamCoefficients {
         let t = self.step as f64;
         AdamCoefficients {
@@ -131,9 +174,13 @@ pub fn sgd_update(
     velocity: Option<&Tensor>,
     step: &SgdStep,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    step.validate()?;
     check_operands("sgd_update", param, &[("gradient", Some(grad)), ("velocity", velocity)])?;
-    let (value, velocity) = param.storage().sgd_update(grad.storage(), velocity.map(|v| v.storage()), step)?;
     let shape = param.shape().clone();
+    let (value, velocity) =
+        guarded("sgd_update", &[param, grad], &[&shape, &shape], param.dtype(), &param.device(), || {
+            param.storage().sgd_update(grad.storage(), velocity.map(|v| v.storage()), step)
+        })?;
     Ok((Tensor::from_storage(value, shape.clone()), velocity.map(|v| Tensor::from_storage(v, shape))))
 }
 
@@ -157,10 +204,13 @@ pub fn adam_update(
     v: Option<&Tensor>,
     step: &AdamStep,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    step.validate()?;
     check_operands("adam_update", param, &[("gradient", Some(grad)), ("first moment", m), ("second moment", v)])?;
-    let (value, m, v) =
-        param.storage().adam_update(grad.storage(), m.map(|t| t.storage()), v.map(|t| t.storage()), step)?;
     let shape = param.shape().clone();
+    let (value, m, v) =
+        guarded("adam_update", &[param, grad], &[&shape, &shape, &shape], param.dtype(), &param.device(), || {
+            param.storage().adam_update(grad.storage(), m.map(|t| t.storage()), v.map(|t| t.storage()), step)
+        })?;
     Ok((
         Tensor::from_storage(value, shape.clone()),
         Tensor::from_storage(m, shape.clone()),

@@ -6,7 +6,8 @@
 //! (whose gradients are disjoint) in parallel.
 
 use crate::backend::Pool2dSpec;
-use crate::FloatElement;
+use crate::cpu_backend::alloc::{host_oom, try_vec};
+use crate::{FloatElement, Result};
 use rayon::prelude::*;
 
 /// Elements of work below which a parallel task is not worth its overhead.
@@ -28,11 +29,15 @@ fn rows_per_task(s: &Pool2dSpec) -> usize {
 }
 
 /// Runs `f(b, oy, ox, out_pixel)` for every output pixel, rows in parallel.
-fn for_each_output<T: FloatElement>(s: &Pool2dSpec, f: impl Fn(usize, usize, usize, &mut [T]) + Sync) -> Vec<T> {
+fn for_each_output<T: FloatElement>(
+    op: &'static str,
+    s: &Pool2dSpec,
+    f: impl Fn(usize, usize, usize, &mut [T]) + Sync,
+) -> Result<Vec<T>> {
     let c = s.channels;
-    let mut out = vec![T::zero(); s.batch * s.out_h * s.out_w * c];
+    let mut out = try_vec(op, s.batch * s.out_h * s.out_w * c, T::zero())?;
     if out.is_empty() {
-        return out;
+        return Ok(out);
     }
     out.par_chunks_mut(s.out_w * c).with_min_len(rows_per_task(s)).enumerate().for_each(|(row, dst)| {
         let (b, oy) = (row / s.out_h, row % s.out_h);
@@ -40,14 +45,14 @@ fn for_each_output<T: FloatElement>(s: &Pool2dSpec, f: impl Fn(usize, usize, usi
             f(b, oy, ox, pixel);
         }
     });
-    out
+    Ok(out)
 }
 
 /// Max pooling: `[batch, out_h, out_w, channels]`.
-pub(crate) fn max_pool2d<T: FloatElement>(x: &[T], s: &Pool2dSpec) -> Vec<T> {
+pub(crate) fn max_pool2d<T: FloatElement>(x: &[T], s: &Pool2dSpec) -> Result<Vec<T>> {
     let c = s.channels;
     let in_image = s.in_h * s.in_w * c;
-    for_each_output(s, |b, oy, ox, best| {
+    for_each_output("max_pool2d", s, |b, oy, ox, best| {
         let img = &x[b * in_image..(b + 1) * in_image];
         let (y0, y1) = window(oy, s.stride_h, s.pad_top, s.window_h, s.in_h);
         let (x0, x1) = window(ox, s.stride_w, s.pad_left, s.window_w, s.in_w);
@@ -66,10 +71,10 @@ pub(crate) fn max_pool2d<T: FloatElement>(x: &[T], s: &Pool2dSpec) -> Vec<T> {
 }
 
 /// Average pooling: each window's sum over its real elements divided by their number.
-pub(crate) fn avg_pool2d<T: FloatElement>(x: &[T], s: &Pool2dSpec) -> Vec<T> {
+pub(crate) fn avg_pool2d<T: FloatElement>(x: &[T], s: &Pool2dSpec) -> Result<Vec<T>> {
     let c = s.channels;
     let in_image = s.in_h * s.in_w * c;
-    for_each_output(s, |b, oy, ox, sum| {
+    for_each_output("avg_pool2d", s, |b, oy, ox, sum| {
         let img = &x[b * in_image..(b + 1) * in_image];
         let (y0, y1) = window(oy, s.stride_h, s.pad_top, s.window_h, s.in_h);
         let (x0, x1) = window(ox, s.stride_w, s.pad_left, s.window_w, s.in_w);
@@ -89,30 +94,38 @@ pub(crate) fn avg_pool2d<T: FloatElement>(x: &[T], s: &Pool2dSpec) -> Vec<T> {
 
 /// Runs `f(image, dx_image, scratch)` for every image in parallel, with one scratch of
 /// `channels` flags per thread reused across images.
-fn for_each_image_grad<T: FloatElement>(s: &Pool2dSpec, f: impl Fn(usize, &mut [T], &mut [bool]) + Sync) -> Vec<T> {
+fn for_each_image_grad<T: FloatElement>(
+    op: &'static str,
+    s: &Pool2dSpec,
+    f: impl Fn(usize, &mut [T], &mut [bool]) + Sync,
+) -> Result<Vec<T>> {
     let in_image = s.in_h * s.in_w * s.channels;
-    let mut dx = vec![T::zero(); s.batch * in_image];
+    let mut dx = try_vec(op, s.batch * in_image, T::zero())?;
     if dx.is_empty() {
-        return dx;
+        return Ok(dx);
     }
     let per_image = (s.out_h * s.out_w * s.channels * s.window_h * s.window_w).max(1);
     let images_per_task = MIN_TASK.div_ceil(per_image);
-    dx.par_chunks_mut(in_image)
-        .with_min_len(images_per_task)
-        .enumerate()
-        .for_each_init(|| vec![false; s.channels], |scratch, (b, dst)| f(b, dst, scratch));
-    dx
+    dx.par_chunks_mut(in_image).with_min_len(images_per_task).enumerate().try_for_each_init(
+        || try_vec(op, s.channels, false).ok(),
+        |scratch, (b, dst)| {
+            let scratch = scratch.as_mut().ok_or_else(|| host_oom::<bool>(op, s.channels))?;
+            f(b, dst, scratch);
+            Ok(())
+        },
+    )?;
+    Ok(dx)
 }
 
 /// The max-pooling gradient: each output gradient goes to the first position (in
 /// row-major window order) that holds the window's maximum, i.e. the forward output `y`.
 /// Walking the window in order with a per-channel "not yet given" flag keeps every step a
 /// branch-free pass over contiguous channel vectors (no per-channel argmax, no scatter).
-pub(crate) fn max_pool2d_backward<T: FloatElement>(x: &[T], y: &[T], dy: &[T], s: &Pool2dSpec) -> Vec<T> {
+pub(crate) fn max_pool2d_backward<T: FloatElement>(x: &[T], y: &[T], dy: &[T], s: &Pool2dSpec) -> Result<Vec<T>> {
     let c = s.channels;
     let in_image = s.in_h * s.in_w * c;
     let out_image = s.out_h * s.out_w * c;
-    for_each_image_grad(s, |b, dx, pending| {
+    for_each_image_grad("max_pool2d_backward", s, |b, dx, pending| {
         let img = &x[b * in_image..(b + 1) * in_image];
         let (yi, dyi) = (&y[b * out_image..(b + 1) * out_image], &dy[b * out_image..(b + 1) * out_image]);
         for oy in 0..s.out_h {
@@ -141,10 +154,10 @@ pub(crate) fn max_pool2d_backward<T: FloatElement>(x: &[T], y: &[T], dy: &[T], s
 
 /// The average-pooling gradient: each output gradient, divided by its window's count of
 /// real elements, is added to every real element of the window.
-pub(crate) fn avg_pool2d_backward<T: FloatElement>(dy: &[T], s: &Pool2dSpec) -> Vec<T> {
+pub(crate) fn avg_pool2d_backward<T: FloatElement>(dy: &[T], s: &Pool2dSpec) -> Result<Vec<T>> {
     let c = s.channels;
     let out_image = s.out_h * s.out_w * c;
-    for_each_image_grad(s, |b, dx, _| {
+    for_each_image_grad("avg_pool2d_backward", s, |b, dx, _| {
         let dyi = &dy[b * out_image..(b + 1) * out_image];
         for oy in 0..s.out_h {
             let (y0, y1) = window(oy, s.stride_h, s.pad_top, s.window_h, s.in_h);

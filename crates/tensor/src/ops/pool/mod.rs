@@ -13,6 +13,7 @@ pub(crate) mod cuda;
 
 use crate::backend::Pool2dSpec;
 use crate::ops::conv::{check_nhwc, check_positive, Padding, SpatialAxis};
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -49,7 +50,11 @@ impl Tensor {
     /// ```
     pub fn max_pool2d(&self, pool_size: (usize, usize), strides: (usize, usize), padding: Padding) -> Result<Tensor> {
         let spec = pool2d_spec(self, PoolKind::Max, pool_size, strides, padding)?;
-        let out = Tensor::from_storage(self.storage().max_pool2d(&spec)?, output_shape(&spec));
+        let shape = output_shape(&spec);
+        let storage = guarded("max_pool2d", &[self], &[&shape], self.dtype(), &self.device(), || {
+            self.storage().max_pool2d(&spec)
+        })?;
+        let out = Tensor::from_storage(storage, shape);
         let (x, y) = (self.clone(), out.clone());
         record_op("max_pool2d", &[self], &out, move |g| Ok(vec![Some(max_pool2d_backward(&x, &y, g, spec)?)]));
         Ok(out)
@@ -139,8 +144,11 @@ fn output_shape(s: &Pool2dSpec) -> Shape {
 /// The max-pooling input gradient. Recorded so that an outer tape reports, rather than
 /// silently drops, a second-order gradient through it.
 fn max_pool2d_backward(x: &Tensor, y: &Tensor, grad_out: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
-    let storage = x.storage().max_pool2d_backward(y.storage(), grad_out.storage(), &spec)?;
-    let dx = Tensor::from_storage(storage, input_shape(&spec));
+    let shape = input_shape(&spec);
+    let storage = guarded("max_pool2d_backward", &[x, grad_out], &[&shape], x.dtype(), &x.device(), || {
+        x.storage().max_pool2d_backward(y.storage(), grad_out.storage(), &spec)
+    })?;
+    let dx = Tensor::from_storage(storage, shape);
     record_op("max_pool2d_backward", &[x, grad_out], &dx, |_| {
         Err(Error::invalid(
             "max_pool2d_backward",
@@ -152,7 +160,9 @@ fn max_pool2d_backward(x: &Tensor, y: &Tensor, grad_out: &Tensor, spec: Pool2dSp
 
 /// Average pooling with a resolved geometry, recorded with its gradient rule.
 fn avg_pool2d_with_spec(x: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
-    let out = Tensor::from_storage(x.storage().avg_pool2d(&spec)?, output_shape(&spec));
+    let shape = output_shape(&spec);
+    let storage = guarded("avg_pool2d", &[x], &[&shape], x.dtype(), &x.device(), || x.storage().avg_pool2d(&spec))?;
+    let out = Tensor::from_storage(storage, shape);
     record_op("avg_pool2d", &[x], &out, move |g| Ok(vec![Some(avg_pool2d_backward(g, spec)?)]));
     Ok(out)
 }
@@ -160,7 +170,11 @@ fn avg_pool2d_with_spec(x: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
 /// The average-pooling input gradient; linear in `grad_out`, whose adjoint is the
 /// average pooling itself.
 fn avg_pool2d_backward(grad_out: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
-    let dx = Tensor::from_storage(grad_out.storage().avg_pool2d_backward(&spec)?, input_shape(&spec));
+    let shape = input_shape(&spec);
+    let storage = guarded("avg_pool2d_backward", &[grad_out], &[&shape], grad_out.dtype(), &grad_out.device(), || {
+        grad_out.storage().avg_pool2d_backward(&spec)
+    })?;
+    let dx = Tensor::from_storage(storage, shape);
     record_op("avg_pool2d_backward", &[grad_out], &dx, move |g| Ok(vec![Some(avg_pool2d_with_spec(g, spec)?)]));
     Ok(dx)
 }

@@ -5,6 +5,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::backend::{ArgReduceOp, ReduceOp};
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -47,7 +48,15 @@ impl Tensor {
     /// Reduces `axes` (resolved, sorted) and returns the keepdims-shaped result.
     fn reduce_keepdims(&self, op: ReduceOp, axes: &[usize]) -> Result<Tensor> {
         let shape = self.shape().keepdims(axes);
-        Ok(Tensor::from_storage(self.storage().reduce(op, self.shape(), axes)?, shape))
+        let name = match op {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+        };
+        let storage = guarded(name, &[self], &[&shape], self.dtype(), &self.device(), || {
+            self.storage().reduce(op, self.shape(), axes)
+        })?;
+        Ok(Tensor::from_storage(storage, shape))
     }
 
     fn reduce_op(&self, op: ReduceOp, name: &'static str, axes: &[isize], keepdims: bool) -> Result<Tensor> {

@@ -1,12 +1,14 @@
 //! CPU kernel of log_softmax over the last axis.
 
+use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
 use crate::cpu_backend::PAR_MIN_LEN;
+use crate::Result;
 use num_traits::Float;
 use rayon::prelude::*;
 
 /// `(x - max) - ln(sum(exp(x - max)))` per row of `cols` elements.
-pub(crate) fn log_softmax<T: Float + Send + Sync>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); rows * cols];
+pub(crate) fn log_softmax<T: Float + ZeroBits + Send + Sync>(x: &[T], rows: usize, cols: usize) -> Result<Vec<T>> {
+    let mut out = try_zeros("log_softmax", rows.saturating_mul(cols))?;
     let row = |(src, dst): (&[T], &mut [T])| {
         let max = src.iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
         // A row of -inf (or all NaN) has no finite max; shifting by 0 keeps NaN/-inf honest.
@@ -25,5 +27,5 @@ pub(crate) fn log_softmax<T: Float + Send + Sync>(x: &[T], rows: usize, cols: us
     } else {
         x.par_chunks(cols).zip(out.par_chunks_mut(cols)).for_each(row);
     }
-    out
+    Ok(out)
 }

@@ -8,6 +8,7 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{DType, Error, Result, Tensor};
 
@@ -27,7 +28,10 @@ impl Tensor {
             return Err(Error::invalid("log_softmax", format!("axis {axis} of shape {} is empty", self.shape())));
         }
         let rows = self.elem_count() / cols;
-        let out = Tensor::from_storage(self.storage().log_softmax(rows, cols)?, self.shape().clone());
+        let storage = guarded("log_softmax", &[self], &[self.shape()], self.dtype(), &self.device(), || {
+            self.storage().log_softmax(rows, cols)
+        })?;
+        let out = Tensor::from_storage(storage, self.shape().clone());
         let y = out.clone();
         record_op("log_softmax", &[self], &out, move |g| {
             // d/dx = g - softmax(x) * sum(g)

@@ -1,0 +1,111 @@
+//! Bad options are errors naming the option and its value (issue 11 §2): optimizer
+//! hyperparameters and schedules at `apply_gradients`, layer options at build, metric
+//! options at update; and a rejected `apply_gradients` changes nothing.
+
+use tapegrad_layers::metrics::TopKAccuracy;
+use tapegrad_layers::optimizers::schedules::CosineDecay;
+use tapegrad_layers::optimizers::{Adam, AdamW, Optimizer, Sgd};
+use tapegrad_layers::{BatchNormalization, Conv2D, Dense, Dropout, Layer, Mode};
+use tapegrad_tensor::{DType, Device, Tensor, Variable};
+
+fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn var(name: &str, v: Vec<f32>) -> Variable {
+    let n = v.len();
+    Variable::new(name, t(v, &[n]), true)
+}
+
+/// Runs one step of `opt` and returns its error message, checking that nothing changed.
+fn rejected(mut opt: impl Optimizer) -> String {
+    let v = var("w", vec![1.0, 2.0]);
+    let grads = vec![Some(t(vec![0.0, 0.5], &[2]))];
+    let msg = opt.apply_gradients(&grads, std::slice::from_ref(&v)).unwrap_err().to_string();
+    assert_eq!(v.value_untracked().to_vec::<f32>().unwrap(), vec![1.0, 2.0], "{msg}");
+    assert_eq!(opt.iterations(), 0, "{msg}");
+    msg
+}
+
+fn assert_names(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "{p:?} missing from: {msg}");
+    }
+}
+
+#[test]
+fn optimizer_hyperparameters() {
+    assert_names(&rejected(Sgd::new(f64::NAN)), &["SGD", "learning_rate", "NaN"]);
+    assert_names(&rejected(Sgd::new(-0.1)), &["learning_rate", "-0.1"]);
+    assert_names(&rejected(Sgd::new(0.1).momentum(1.5)), &["momentum", "1.5"]);
+    assert_names(&rejected(Sgd::new(0.1).momentum(-0.5)), &["momentum", "-0.5"]);
+    assert_names(&rejected(Sgd::new(0.1).weight_decay(f64::NAN)), &["weight_decay", "NaN"]);
+    assert_names(&rejected(Sgd::new(0.1).global_clipnorm(0.0)), &["global_clipnorm", "0"]);
+    assert_names(&rejected(Adam::new(0.1).beta_1(1.0)), &["Adam", "beta_1", "1"]);
+    assert_names(&rejected(Adam::new(0.1).beta_2(-0.1)), &["beta_2", "-0.1"]);
+    assert_names(&rejected(Adam::new(0.1).epsilon(0.0)), &["epsilon", "0"]);
+    assert_names(&rejected(Adam::new(0.1).epsilon(f64::NAN)), &["epsilon", "NaN"]);
+    assert_names(&rejected(Adam::new(f64::INFINITY)), &["learning_rate", "inf"]);
+    assert_names(&rejected(AdamW::new(0.1).weight_decay(-1.0)), &["AdamW", "weight_decay", "-1"]);
+    assert_names(&rejected(Adam::new(0.1).global_clipnorm(f64::NAN)), &["global_clipnorm", "NaN"]);
+}
+
+#[test]
+fn schedules_that_give_a_bad_rate_are_named() {
+    let msg = rejected(Sgd::new(CosineDecay::new(f64::NAN, 10)));
+    assert_names(&msg, &["learning_rate", "NaN", "CosineDecay", "iteration 0"]);
+    let msg = rejected(Adam::new(CosineDecay::new(-1.0, 10)));
+    assert_names(&msg, &["learning_rate", "-1", "CosineDecay"]);
+}
+
+#[test]
+fn apply_gradients_is_atomic() {
+    let (a, b) = (var("a", vec![1.0, 2.0]), var("b", vec![3.0]));
+    let vars = vec![a.clone(), b.clone()];
+    let wrong_dtype = Tensor::ones([1], DType::F64, &Device::Cpu).unwrap();
+    let wrong_shape = t(vec![1.0, 1.0], &[2]);
+    for bad in [wrong_dtype, wrong_shape] {
+        for mut opt in [Box::new(Adam::new(0.1)) as Box<dyn Optimizer>, Box::new(Sgd::new(0.1).momentum(0.9))] {
+            let grads = vec![Some(t(vec![1.0, 1.0], &[2])), Some(bad.clone())];
+            let msg = opt.apply_gradients(&grads, &vars).unwrap_err().to_string();
+            assert_names(&msg, &["gradient of b"]);
+            assert_eq!(a.value_untracked().to_vec::<f32>().unwrap(), vec![1.0, 2.0], "{msg}");
+            assert_eq!(opt.iterations(), 0);
+            assert!(opt.slots().is_empty(), "no state was created: {msg}");
+        }
+    }
+    let mut opt = Adam::new(0.1);
+    let msg = opt.apply_gradients(&[None], &vars).unwrap_err().to_string();
+    assert_names(&msg, &["1 gradients given for 2 variables"]);
+}
+
+#[test]
+fn layer_options_are_checked_at_build() {
+    let x = Tensor::ones([2, 4, 4, 3], DType::F32, &Device::Cpu).unwrap();
+    let call = |layer: &dyn Layer| layer.call(&x, Mode::Train).unwrap_err().to_string();
+    assert_names(&call(&Dense::new(0).named("head")), &["head", "units", "0"]);
+    assert_names(&call(&Conv2D::new(0, 3)), &["filters", "0"]);
+    assert_names(&call(&Conv2D::new(4, (0, 3))), &["kernel_size", "(0, 3)"]);
+    assert_names(&call(&Conv2D::new(4, 3).strides((1, 0))), &["strides", "(1, 0)"]);
+    assert_names(&call(&Conv2D::new(4, 3).dilation(0)), &["dilation", "(0, 0)"]);
+    assert_names(&call(&BatchNormalization::new().momentum(f64::NAN)), &["momentum", "NaN"]);
+    assert_names(&call(&BatchNormalization::new().momentum(1.5)), &["momentum", "1.5"]);
+    assert_names(&call(&BatchNormalization::new().epsilon(0.0)), &["epsilon", "0"]);
+    assert_names(&call(&BatchNormalization::new().epsilon(-1e-3)), &["epsilon", "-0.001"]);
+    for rate in [f64::NAN, 1.0, -0.1] {
+        assert_names(&Dropout::new(rate).unwrap_err().to_string(), &["rate", &rate.to_string()]);
+    }
+}
+
+#[test]
+fn top_k_needs_k_within_the_classes() {
+    let logits = t(vec![0.1, 0.7, 0.2, 0.5, 0.3, 0.2], &[2, 3]);
+    let labels = Tensor::from_vec(vec![1i64, 0], [2], &Device::Cpu).unwrap();
+    for k in [0, 4] {
+        let msg = TopKAccuracy::new(k).update_state(&labels, &logits).unwrap_err().to_string();
+        assert_names(&msg, &["k must be in 1..=3", &format!("got {k}")]);
+    }
+    let mut top = TopKAccuracy::new(3);
+    top.update_state(&labels, &logits).unwrap();
+    assert_eq!(top.result(), 1.0);
+}
