@@ -36,12 +36,13 @@ pub const ALL_SOURCES: &[KernelSource] = &[
     crate::ops::pool::cuda::KERNELS,
     crate::ops::norm::cuda::KERNELS,
     crate::ops::optim::cuda::KERNELS,
+    crate::ops::group_norm::cuda::KERNELS,
 ];
 
 /// Every kernel entry point the launch code can ask for, with its source's name (a test
 /// checks each against the compiled PTX, so a misspelt name fails in CI, not on a GPU).
 pub fn all_kernel_names() -> Vec<(&'static str, String)> {
-    let families: [(&'static str, Vec<String>); 7] = [
+    let families: [(&'static str, Vec<String>); 8] = [
         ("elementwise", crate::ops::elementwise::cuda::kernel_names()),
         ("layout", crate::ops::layout::cuda::kernel_names()),
         ("reduce", crate::ops::reduce::cuda::kernel_names()),
@@ -49,6 +50,7 @@ pub fn all_kernel_names() -> Vec<(&'static str, String)> {
         ("pool", crate::ops::pool::cuda::kernel_names()),
         ("norm", crate::ops::norm::cuda::kernel_names()),
         ("optim", crate::ops::optim::cuda::kernel_names()),
+        ("group_norm", crate::ops::group_norm::cuda::kernel_names()),
     ];
     families.into_iter().flat_map(|(source, names)| names.into_iter().map(move |n| (source, n))).collect()
 }

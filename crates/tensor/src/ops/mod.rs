@@ -12,10 +12,12 @@
 //! | [`conv`] | conv2d over NHWC (strides, Valid/Same/explicit padding, dilation, bias) |
 //! | [`pool`] | max_pool2d, avg_pool2d, global_avg_pool2d |
 //! | [`norm`] | batch_norm_train (fused backward), batch_norm_infer |
+//! | [`group_norm`] | layer_norm, group_norm (one primitive, fused backward) |
 //! | [`optim`] | fused optimizer updates: sgd_update, adam_update (AdamW with weight decay) |
 
 pub mod conv;
 pub mod elementwise;
+pub mod group_norm;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
