@@ -53,6 +53,8 @@ pub use layers::conv2d::Conv2D;
 pub use layers::dense::Dense;
 pub use layers::dropout::Dropout;
 pub use layers::flatten::Flatten;
+pub use layers::group_norm::GroupNormalization;
+pub use layers::layer_norm::LayerNormalization;
 pub use layers::pair::IntoPair;
 pub use layers::pooling::{AveragePooling2D, GlobalAveragePooling2D, MaxPool2D};
 pub use layers::sequential::Sequential;

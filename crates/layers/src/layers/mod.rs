@@ -7,6 +7,8 @@ pub(crate) mod conv2d;
 pub(crate) mod dense;
 pub(crate) mod dropout;
 pub(crate) mod flatten;
+pub(crate) mod group_norm;
+pub(crate) mod layer_norm;
 pub(crate) mod pair;
 pub(crate) mod pooling;
 pub(crate) mod sequential;
