@@ -115,7 +115,7 @@ impl GroupNormalization {
                 format!("expects inputs with a batch axis and a channel axis last, got shape {shape}"),
             ));
         };
-        if self.groups == 0 || channels % self.groups != 0 {
+        if self.groups == 0 || !channels.is_multiple_of(self.groups) {
             return Err(Error::layer(
                 &self.name,
                 format!(

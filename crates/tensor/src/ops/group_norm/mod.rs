@@ -117,7 +117,7 @@ impl Tensor {
             ));
         }
         let channels = self.dims()[self.rank() - 1];
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(Error::invalid(
                 OP,
                 format!(
