@@ -3,7 +3,7 @@
 //!
 //! Determinism: every sum is taken over a fixed range of values in a fixed order, and
 //! parallel work is split into tasks whose boundaries depend only on the shapes (one task
-//! per `(outer, group)` statistic, or one per block of `BLOCK_ROWS` rows), so the bits of
+//! per statistic or per sample, or one per block of `BLOCK_ROWS` rows), so the bits of
 //! the result do not depend on rayon's scheduling or the thread count. Sums are in f64
 //! (with `LANES` fixed interleaved accumulators, which vectorise); the statistics are
 //! two-pass (the mean, then squared deviations from it), so a large mean against a small
@@ -40,14 +40,6 @@ fn lane_sum<T: FloatElement>(values: &[T], f: impl Fn(usize, T) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail_sum
 }
 
-/// The `spatial` segments (of `channels_per_group` values each) of statistic `t`'s group.
-fn group_segments<'a, T>(x: &'a [T], s: &GroupNormSpec, t: usize) -> impl Iterator<Item = &'a [T]> + 'a {
-    let (c, cpg) = (s.channels(), s.channels_per_group);
-    let (n, g) = (t / s.groups, t % s.groups);
-    let base = n * s.spatial * c + g * cpg;
-    (0..s.spatial).map(move |p| &x[base + p * c..base + p * c + cpg])
-}
-
 /// Statistics per parallel task: enough that one task handles about `PAR_MIN_LEN` values.
 fn min_tasks(values_per_task: usize) -> usize {
     PAR_MIN_LEN.div_ceil(values_per_task.max(1))
@@ -64,22 +56,49 @@ pub(crate) fn group_norm<T: FloatElement>(
     let (c, cpg, size) = (s.channels(), s.channels_per_group, s.group_size() as f64);
     let mut mean = try_vec(OP, s.stat_count(), T::zero())?;
     let mut rstd = try_vec(OP, s.stat_count(), T::zero())?;
-    mean.par_iter_mut().zip(rstd.par_iter_mut()).enumerate().with_min_len(min_tasks(s.group_size())).for_each(
-        |(t, (m, r))| {
-            let sum: f64 = group_segments(x, s, t).map(|seg| lane_sum(seg, |_, v| v.to_f64())).sum();
-            let mu = sum / size;
-            let m2: f64 = group_segments(x, s, t)
-                .map(|seg| {
-                    lane_sum(seg, |_, v| {
+    let finish = |mu: f64, m2: f64| (to_t::<T>(mu), to_t::<T>(1.0 / (m2 / size + s.epsilon).sqrt()));
+    if s.spatial == 1 {
+        // Each statistic is one contiguous run of `cpg` values.
+        mean.par_iter_mut().zip(rstd.par_iter_mut()).enumerate().with_min_len(min_tasks(cpg)).for_each(
+            |(t, (m, r))| {
+                let values = &x[t * cpg..(t + 1) * cpg];
+                let mu = lane_sum(values, |_, v| v.to_f64()) / size;
+                let m2 = lane_sum(values, |_, v| {
+                    let d = v.to_f64() - mu;
+                    d * d
+                });
+                (*m, *r) = finish(mu, m2);
+            },
+        );
+    } else if !x.is_empty() {
+        // A task per sample: per-channel sums over the positions (contiguous rows, which
+        // vectorise), then per-group sums of those, in a fixed order.
+        let slice = s.spatial * c;
+        let tasks = mean.par_chunks_mut(s.groups).zip(rstd.par_chunks_mut(s.groups)).zip(x.par_chunks(slice));
+        tasks.with_min_len(min_tasks(slice)).try_for_each(|((m, r), xs)| -> Result<()> {
+            let mut sums = try_zeros::<f64>(OP, c)?;
+            for row in xs.chunks_exact(c) {
+                for (a, &v) in sums.iter_mut().zip(row) {
+                    *a += v.to_f64();
+                }
+            }
+            let group_mean: Vec<f64> = sums.chunks_exact(cpg).map(|g| g.iter().sum::<f64>() / size).collect();
+            sums.fill(0.0);
+            for row in xs.chunks_exact(c) {
+                for ((acc, values), &mu) in sums.chunks_exact_mut(cpg).zip(row.chunks_exact(cpg)).zip(&group_mean) {
+                    for (a, &v) in acc.iter_mut().zip(values) {
                         let d = v.to_f64() - mu;
-                        d * d
-                    })
-                })
-                .sum();
-            *m = to_t(mu);
-            *r = to_t(1.0 / (m2 / size + s.epsilon).sqrt());
-        },
-    );
+                        *a += d * d;
+                    }
+                }
+            }
+            for (g, (m, r)) in m.iter_mut().zip(r.iter_mut()).enumerate() {
+                let m2: f64 = sums[g * cpg..(g + 1) * cpg].iter().sum();
+                (*m, *r) = finish(group_mean[g], m2);
+            }
+            Ok(())
+        })?;
+    }
     let mut y = try_vec(OP, x.len(), T::zero())?;
     if y.is_empty() {
         return Ok((y, mean, rstd));
@@ -124,20 +143,49 @@ pub(crate) fn group_norm_backward<T: FloatElement>(
     // Per statistic: the coefficients of d_x = r * gamma * dy + k_x * (x - mean) + k_0.
     let mut k_x = try_vec(OP, s.stat_count(), T::zero())?;
     let mut k_0 = try_vec(OP, s.stat_count(), T::zero())?;
-    k_x.par_iter_mut().zip(k_0.par_iter_mut()).enumerate().with_min_len(min_tasks(s.group_size())).for_each(
-        |(t, (kx, k0))| {
-            let g = t % s.groups;
-            let mu = mean[t].to_f64();
-            let (mut a, mut b) = (0.0, 0.0);
-            for (xs, ds) in group_segments(x, s, t).zip(group_segments(dy, s, t)) {
-                a += lane_sum(ds, |j, d| d.to_f64() * gamma_of(g * cpg + j));
-                b += lane_sum(ds, |j, d| d.to_f64() * gamma_of(g * cpg + j) * (xs[j].to_f64() - mu));
+    let coefficients = |a: f64, b: f64, r: f64| (to_t::<T>(-r * r * r * b / size), to_t::<T>(-r * a / size));
+    if s.spatial == 1 {
+        k_x.par_iter_mut().zip(k_0.par_iter_mut()).enumerate().with_min_len(min_tasks(cpg)).for_each(
+            |(t, (kx, k0))| {
+                let g = t % s.groups;
+                let mu = mean[t].to_f64();
+                let (xs, ds) = (&x[t * cpg..(t + 1) * cpg], &dy[t * cpg..(t + 1) * cpg]);
+                let a = lane_sum(ds, |j, d| d.to_f64() * gamma_of(g * cpg + j));
+                let b = lane_sum(ds, |j, d| d.to_f64() * gamma_of(g * cpg + j) * (xs[j].to_f64() - mu));
+                (*kx, *k0) = coefficients(a, b, rstd[t].to_f64());
+            },
+        );
+    } else if !x.is_empty() {
+        // A task per sample: per-channel sums of dy and dy * (x - mean) over the positions,
+        // then per-group sums weighted by gamma, in a fixed order.
+        let slice = s.spatial * c;
+        let tasks = k_x.par_chunks_mut(s.groups).zip(k_0.par_chunks_mut(s.groups)).enumerate();
+        tasks.with_min_len(min_tasks(slice)).try_for_each(|(n, (kx, k0))| -> Result<()> {
+            let (xs, ds) = (&x[n * slice..(n + 1) * slice], &dy[n * slice..(n + 1) * slice]);
+            let group_mean: Vec<f64> = mean[n * s.groups..(n + 1) * s.groups].iter().map(|&m| m.to_f64()).collect();
+            let mut sum_dy = try_zeros::<f64>(OP, c)?;
+            let mut sum_dy_xc = try_zeros::<f64>(OP, c)?;
+            for (xr, dr) in xs.chunks_exact(c).zip(ds.chunks_exact(c)) {
+                let per_group = sum_dy.chunks_exact_mut(cpg).zip(sum_dy_xc.chunks_exact_mut(cpg));
+                for (((a, b), (xg, dg)), &mu) in
+                    per_group.zip(xr.chunks_exact(cpg).zip(dr.chunks_exact(cpg))).zip(&group_mean)
+                {
+                    for (((a, b), &v), &d) in a.iter_mut().zip(b.iter_mut()).zip(xg).zip(dg) {
+                        let d = d.to_f64();
+                        *a += d;
+                        *b += d * (v.to_f64() - mu);
+                    }
+                }
             }
-            let r = rstd[t].to_f64();
-            *kx = to_t(-r * r * r * b / size);
-            *k0 = to_t(-r * a / size);
-        },
-    );
+            for (g, (kx, k0)) in kx.iter_mut().zip(k0.iter_mut()).enumerate() {
+                let channels = g * cpg..(g + 1) * cpg;
+                let a: f64 = channels.clone().map(|ch| sum_dy[ch] * gamma_of(ch)).sum();
+                let b: f64 = channels.map(|ch| sum_dy_xc[ch] * gamma_of(ch)).sum();
+                (*kx, *k0) = coefficients(a, b, rstd[n * s.groups + g].to_f64());
+            }
+            Ok(())
+        })?;
+    }
     let rows = s.outer * s.spatial;
     let blocks = rows.div_ceil(BLOCK_ROWS);
     let mut dx = try_vec(OP, x.len(), T::zero())?;
