@@ -11,7 +11,7 @@ import sys
 # Kernels whose threads cooperate within a block (__syncthreads, warp shuffles): the fake
 # driver runs their blocks with one OS thread per CUDA thread. Every other kernel runs its
 # threads one after another (it aborts if one of them synchronises after all).
-COOPERATIVE_PREFIXES = ("reduce_rows_", "log_softmax_")
+COOPERATIVE_PREFIXES = ("reduce_rows_", "log_softmax_", "gn_moments_", "gn_backward_sums_")
 
 src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 here = pathlib.Path(__file__).resolve().parent

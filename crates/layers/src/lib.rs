@@ -61,6 +61,8 @@ pub use layers::merge::{
     add, average, concatenate, maximum, minimum, multiply, subtract, Add, Average, Concatenate, Maximum, Minimum,
     Multiply, Subtract,
 };
+pub use layers::group_norm::GroupNormalization;
+pub use layers::layer_norm::LayerNormalization;
 pub use layers::pair::IntoPair;
 pub use layers::separable_conv2d::SeparableConv2D;
 pub use layers::relu::{LeakyReLU, ReLU, ELU};

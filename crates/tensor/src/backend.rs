@@ -275,6 +275,43 @@ pub struct BatchNormSpec {
     pub epsilon: f64,
 }
 
+/// Group normalization of a buffer viewed as `[outer, spatial, groups, channels_per_group]`
+/// (channels, `groups * channels_per_group` of them, the last and fastest axis): the
+/// statistics of each `(outer, group)` pair are taken over its `spatial *
+/// channels_per_group` values, the affine map is per channel. Layer normalization over the
+/// trailing axes is `spatial = groups = 1`; group normalization of NHWC input has
+/// `spatial = H * W`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNormSpec {
+    /// Independent slices (the batch, or every axis before the normalised ones).
+    pub outer: usize,
+    /// Positions per slice that share the statistics of a group (H * W for images).
+    pub spatial: usize,
+    /// Groups of channels.
+    pub groups: usize,
+    /// Channels in each group.
+    pub channels_per_group: usize,
+    /// Added to the variance before the square root.
+    pub epsilon: f64,
+}
+
+impl GroupNormSpec {
+    /// Channels: `groups * channels_per_group`.
+    pub fn channels(&self) -> usize {
+        self.groups * self.channels_per_group
+    }
+
+    /// Number of `(outer, group)` statistics.
+    pub fn stat_count(&self) -> usize {
+        self.outer * self.groups
+    }
+
+    /// Values each statistic is taken over: `spatial * channels_per_group`.
+    pub fn group_size(&self) -> usize {
+        self.spatial * self.channels_per_group
+    }
+}
+
 /// The primitive kernels of a backend. Inputs are contiguous row-major buffers; outputs
 /// are new contiguous buffers.
 pub trait BackendStorage: Sized + Send + Sync {
@@ -363,6 +400,25 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// `offsets[s]..offsets[s + 1]`, added in that order, so the result is deterministic.
     /// `order` and `offsets` are i64.
     fn segment_sum_rows(&self, order: &Self, offsets: &Self, row_len: usize) -> Result<Self>;
+    /// Group normalization of `self` (viewed as the spec says): returns `(y, mean, rstd)`
+    /// where `mean` and `rstd` (`[outer * groups]`, `rstd = 1 / sqrt(var + epsilon)` with
+    /// the biased variance) are the statistics of each `(outer, group)` and
+    /// `y = (x - mean) * rstd * gamma + beta` (`gamma`, `beta`: `[channels]`; a missing
+    /// `gamma` is 1, a missing `beta` 0).
+    fn group_norm(&self, gamma: Option<&Self>, beta: Option<&Self>, spec: &GroupNormSpec)
+        -> Result<(Self, Self, Self)>;
+    /// The gradient of [`group_norm`](Self::group_norm), fused: given the input (`self`),
+    /// the output gradient, `gamma` and the `mean` and `rstd` the forward pass returned,
+    /// returns `(d_x, d_gamma, d_beta)` (`d_gamma` and `d_beta` are computed even where
+    /// the forward pass had no gamma or beta).
+    fn group_norm_backward(
+        &self,
+        grad_out: &Self,
+        gamma: Option<&Self>,
+        mean: &Self,
+        rstd: &Self,
+        spec: &GroupNormSpec,
+    ) -> Result<(Self, Self, Self)>;
     /// One fused SGD step of a parameter (`self`) given its gradient and velocity (`None`
     /// before the first step): the new parameter and the new velocity (`None` when
     /// `momentum` is 0). Formulas on [`sgd_update`](crate::optim::sgd_update).

@@ -34,6 +34,7 @@ mod tensor;
 pub mod testing;
 mod variable;
 
+pub use backend::GroupNormSpec;
 pub use backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
     UnaryOp,

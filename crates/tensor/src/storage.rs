@@ -1,6 +1,7 @@
 //! [`Storage`]: a tensor's buffer on whichever backend holds it, and the dispatch of
 //! each primitive kernel to that backend.
 
+use crate::backend::GroupNormSpec;
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
     UnaryOp,
@@ -291,6 +292,50 @@ impl Storage {
             }
             #[allow(unreachable_patterns)]
             _ => Err(self.mismatch("scatter_add", [Some(order), Some(offsets)])),
+        }
+    }
+
+    pub(crate) fn group_norm(
+        &self,
+        gamma: Option<&Storage>,
+        beta: Option<&Storage>,
+        spec: &GroupNormSpec,
+    ) -> Result<(Storage, Storage, Storage)> {
+        const OP: &str = "group_norm";
+        match self {
+            Storage::Cpu(x) => {
+                let (y, mean, rstd) = x.group_norm(cpu_operand(OP, gamma)?, cpu_operand(OP, beta)?, spec)?;
+                Ok((Storage::Cpu(y), Storage::Cpu(mean), Storage::Cpu(rstd)))
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(x) => {
+                let (y, mean, rstd) = x.group_norm(cuda_operand(OP, x, gamma)?, cuda_operand(OP, x, beta)?, spec)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(mean), Storage::Cuda(rstd)))
+            }
+        }
+    }
+
+    pub(crate) fn group_norm_backward(
+        &self,
+        grad_out: &Storage,
+        gamma: Option<&Storage>,
+        mean: &Storage,
+        rstd: &Storage,
+        spec: &GroupNormSpec,
+    ) -> Result<(Storage, Storage, Storage)> {
+        const OP: &str = "group_norm_backward";
+        match (self, grad_out, mean, rstd) {
+            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(mean), Storage::Cpu(rstd)) => {
+                let (dx, d_gamma, d_beta) = x.group_norm_backward(dy, cpu_operand(OP, gamma)?, mean, rstd, spec)?;
+                Ok((Storage::Cpu(dx), Storage::Cpu(d_gamma), Storage::Cpu(d_beta)))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(mean), Storage::Cuda(rstd)) => {
+                let (dx, d_gamma, d_beta) = x.group_norm_backward(dy, cuda_operand(OP, x, gamma)?, mean, rstd, spec)?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(d_gamma), Storage::Cuda(d_beta)))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(self.mismatch(OP, [Some(grad_out), Some(mean), Some(rstd)])),
         }
     }
 

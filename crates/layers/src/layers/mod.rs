@@ -12,6 +12,8 @@ pub(crate) mod dropout;
 pub(crate) mod embedding;
 pub(crate) mod flatten;
 pub(crate) mod merge;
+pub(crate) mod group_norm;
+pub(crate) mod layer_norm;
 pub(crate) mod pair;
 pub(crate) mod pooling;
 pub(crate) mod separable_conv2d;

@@ -14,10 +14,12 @@ pub(crate) fn is_nan<T: PartialOrd>(v: T) -> bool {
     v.partial_cmp(&v).is_none()
 }
 
+use crate::backend::GroupNormSpec;
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
     UnaryOp,
 };
+use crate::ops::group_norm;
 use crate::ops::optim::{AdamStep, SgdStep};
 use crate::ops::pad::{self, PadSpec};
 use crate::ops::resize::{self, ResizeSpec};
@@ -372,6 +374,40 @@ impl BackendStorage for CpuStorage {
         const OP: &str = "scatter_add";
         let (order, offsets) = (order.typed::<i64>(OP)?, offsets.typed::<i64>(OP)?);
         Ok(float_kernel!(self, OP, T => gather::cpu::segment_sum_rows::<T>(self.typed(OP)?, order, offsets, row_len)?))
+    }
+
+    fn group_norm(
+        &self,
+        gamma: Option<&Self>,
+        beta: Option<&Self>,
+        spec: &GroupNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "group_norm";
+        Ok(float_kernel3!(self, OP, T => group_norm::cpu::group_norm::<T>(
+            self.typed(OP)?,
+            Self::typed_opt(gamma, OP)?,
+            Self::typed_opt(beta, OP)?,
+            spec
+        )?))
+    }
+
+    fn group_norm_backward(
+        &self,
+        grad_out: &Self,
+        gamma: Option<&Self>,
+        mean: &Self,
+        rstd: &Self,
+        spec: &GroupNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        const OP: &str = "group_norm_backward";
+        Ok(float_kernel3!(self, OP, T => group_norm::cpu::group_norm_backward::<T>(
+            self.typed(OP)?,
+            grad_out.typed(OP)?,
+            Self::typed_opt(gamma, OP)?,
+            mean.typed(OP)?,
+            rstd.typed(OP)?,
+            spec
+        )?))
     }
 
     fn sgd_update(&self, grad: &Self, velocity: Option<&Self>, step: &SgdStep) -> Result<(Self, Option<Self>)> {

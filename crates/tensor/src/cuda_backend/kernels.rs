@@ -39,6 +39,7 @@ pub const ALL_SOURCES: &[KernelSource] = &[
     crate::ops::pad::cuda::KERNELS,
     crate::ops::resize::cuda::KERNELS,
     crate::ops::gather::cuda::KERNELS,
+    crate::ops::group_norm::cuda::KERNELS,
 ];
 
 /// Every kernel entry point the launch code can ask for, with its source's name (a test
@@ -55,6 +56,7 @@ pub fn all_kernel_names() -> Vec<(&'static str, String)> {
         ("pad", crate::ops::pad::cuda::kernel_names()),
         ("resize", crate::ops::resize::cuda::kernel_names()),
         ("gather", crate::ops::gather::cuda::kernel_names()),
+        ("group_norm", crate::ops::group_norm::cuda::kernel_names()),
     ];
     families.into_iter().flat_map(|(source, names)| names.into_iter().map(move |n| (source, n))).collect()
 }

@@ -14,11 +14,13 @@ pub(crate) mod device;
 pub(crate) mod kernels;
 pub(crate) mod staging;
 
+use crate::backend::GroupNormSpec;
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
     UnaryOp,
 };
 use crate::cpu_backend::CpuStorage;
+use crate::ops::group_norm;
 use crate::ops::optim::{AdamStep, SgdStep};
 use crate::ops::pad::{self, PadSpec};
 use crate::ops::resize::{self, ResizeSpec};
@@ -303,6 +305,26 @@ impl BackendStorage for CudaStorage {
 
     fn segment_sum_rows(&self, order: &Self, offsets: &Self, row_len: usize) -> Result<Self> {
         gather::cuda::segment_sum_rows(self, order, offsets, row_len)
+    }
+
+    fn group_norm(
+        &self,
+        gamma: Option<&Self>,
+        beta: Option<&Self>,
+        spec: &GroupNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        group_norm::cuda::group_norm(self, gamma, beta, spec)
+    }
+
+    fn group_norm_backward(
+        &self,
+        grad_out: &Self,
+        gamma: Option<&Self>,
+        mean: &Self,
+        rstd: &Self,
+        spec: &GroupNormSpec,
+    ) -> Result<(Self, Self, Self)> {
+        group_norm::cuda::group_norm_backward(self, grad_out, gamma, mean, rstd, spec)
     }
 
     fn sgd_update(&self, grad: &Self, velocity: Option<&Self>, step: &SgdStep) -> Result<(Self, Option<Self>)> {

@@ -15,11 +15,13 @@
 //! | [`norm`] | batch_norm_train (fused backward), batch_norm_infer |
 //! | [`pad`] | pad (constant, reflect; any rank) |
 //! | [`resize`] | resize of NHWC images by integer factors (nearest, bilinear) |
+//! | [`group_norm`] | layer_norm, group_norm (one primitive, fused backward) |
 //! | [`optim`] | fused optimizer updates: sgd_update, adam_update (AdamW with weight decay) |
 
 pub mod conv;
 pub mod elementwise;
 pub mod gather;
+pub mod group_norm;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
