@@ -174,7 +174,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Self> {
-        Ok(map_any!(self, v => reduce::cpu::reduce(v, op, shape, axes)))
+        Ok(map_any!(self, v => reduce::cpu::reduce(v, op, shape, axes)?))
     }
 
     fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Self> {
@@ -304,7 +304,7 @@ impl BackendStorage for CpuStorage {
             Self::typed_opt(gamma, OP)?,
             Self::typed_opt(beta, OP)?,
             spec
-        )))
+        )?))
     }
 
     fn batch_norm_backward(
@@ -323,7 +323,7 @@ impl BackendStorage for CpuStorage {
             mean.typed(OP)?,
             var.typed(OP)?,
             spec
-        )))
+        )?))
     }
 
     fn sgd_update(&self, grad: &Self, velocity: Option<&Self>, step: &SgdStep) -> Result<(Self, Option<Self>)> {
