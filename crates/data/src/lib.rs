@@ -50,8 +50,8 @@ pub use cifar::{CifarKind, LabelKind, Split, CIFAR_CHANNELS, CIFAR_IMAGE_BYTES, 
 pub use dataset::Dataset;
 pub use download::{default_cache_dir, ensure_cifar, fetch_archive, manual_instructions, Archive, DATA_DIR_ENV};
 pub use error::{DataError, Result};
-pub use pipeline::{Batches, DataLoader, LoaderConfig};
 pub use manifest::{write_manifest, MANIFEST_FILE};
+pub use pipeline::{Batches, DataLoader, LoaderConfig};
 pub use reader::{find_cifar_dir, load_cifar, read_cifar_file, record_count_warning};
 pub use scaling::Scaling;
 pub use shuffle::epoch_permutation;

@@ -28,7 +28,8 @@ fn mlp(seed: u64, hidden: usize) -> Result<Sequential> {
 fn trained(steps: usize) -> Result<(Sequential, Adam)> {
     let model = mlp(1, 6)?;
     let mut opt = Adam::new(0.01);
-    let x = Tensor::from_vec((0..32).map(|i| ((i * 13 % 7) as f32 - 3.0) / 3.0).collect::<Vec<_>>(), [8, 4], &Device::Cpu)?;
+    let x =
+        Tensor::from_vec((0..32).map(|i| ((i * 13 % 7) as f32 - 3.0) / 3.0).collect::<Vec<_>>(), [8, 4], &Device::Cpu)?;
     let y = Tensor::from_vec(vec![0i64, 1, 2, 0, 1, 2, 0, 1], [8], &Device::Cpu)?;
     for _ in 0..steps {
         let tape = GradientTape::new();
@@ -92,7 +93,8 @@ fn every_kind_of_tampering_is_rejected() -> Result<()> {
     assert!(err.contains("tensor 0.bias:"), "names the damaged tensor (the first in the file): {err}");
 
     // Two tensors of the same shape with their names swapped.
-    let swapped = header.replace("\"optimizer/m/0.bias\":{", "\"@\":{").replace("\"0.bias\":{", "\"optimizer/m/0.bias\":{");
+    let swapped =
+        header.replace("\"optimizer/m/0.bias\":{", "\"@\":{").replace("\"0.bias\":{", "\"optimizer/m/0.bias\":{");
     let swapped = swapped.replace("\"@\":{", "\"0.bias\":{");
     assert!(swapped != header);
     assert_rejected(&bad, &join(&swapped, data), &target, "corrupt");

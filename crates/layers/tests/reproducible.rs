@@ -7,8 +7,8 @@ use tapegrad_layers::checkpoint;
 use tapegrad_layers::optimizers::{Adam, Optimizer};
 use tapegrad_layers::random::set_seed;
 use tapegrad_layers::{
-    losses, Activation, BatchNormalization, Conv2D, Dense, Flatten, InputSpec, Layer, MaxPool2D, Mode, Padding,
-    Result, Sequential,
+    losses, Activation, BatchNormalization, Conv2D, Dense, Flatten, InputSpec, Layer, MaxPool2D, Mode, Padding, Result,
+    Sequential,
 };
 use tapegrad_tensor::{Device, GradientTape, Tensor};
 
@@ -37,7 +37,8 @@ fn train(threads: usize, name: &str) -> Vec<u8> {
             let pixels: Vec<f32> =
                 (0..n * side * side * 3).map(|i| (((i + step * 131) * 7919) % 1013) as f32 / 1013.0 - 0.5).collect();
             let x = Tensor::from_vec(pixels, [n, side, side, 3], &Device::Cpu)?;
-            let y = Tensor::from_vec((0..n).map(|i| ((i * 7 + step) % 10) as i64).collect::<Vec<_>>(), [n], &Device::Cpu)?;
+            let y =
+                Tensor::from_vec((0..n).map(|i| ((i * 7 + step) % 10) as i64).collect::<Vec<_>>(), [n], &Device::Cpu)?;
             let tape = GradientTape::new();
             let loss =
                 tape.record(|| losses::sparse_categorical_crossentropy(&y, &model.call(&x, Mode::Train)?, true))?;

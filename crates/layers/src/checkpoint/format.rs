@@ -215,7 +215,8 @@ pub(crate) fn verify(path: &Path, file: &Parsed<'_>) -> Result<Verified> {
     }
     for (name, view) in &tensors {
         let key = format!("{TENSOR_CHECKSUM_PREFIX}{name}");
-        let recorded = get(&key).ok_or_else(|| bad(format!("tensor {name}: its checksum (metadata {key}) is missing")))?;
+        let recorded =
+            get(&key).ok_or_else(|| bad(format!("tensor {name}: its checksum (metadata {key}) is missing")))?;
         let actual = crc32(view.data());
         if parse_hex(recorded) != Some(actual) {
             return Err(bad(format!(

@@ -34,10 +34,7 @@ fn to_t<T: FloatElement>(v: f64) -> T {
 fn per_task<R: Send>(rows: usize, task: impl Fn(usize, usize) -> Result<R> + Sync) -> Result<Vec<R>> {
     let blocks = rows.div_ceil(BLOCK_ROWS);
     let tasks = blocks.div_ceil(BLOCKS_PER_TASK);
-    (0..tasks)
-        .into_par_iter()
-        .map(|t| task(t * BLOCKS_PER_TASK, ((t + 1) * BLOCKS_PER_TASK).min(blocks)))
-        .collect()
+    (0..tasks).into_par_iter().map(|t| task(t * BLOCKS_PER_TASK, ((t + 1) * BLOCKS_PER_TASK).min(blocks))).collect()
 }
 
 /// The rows `lo..hi` of block `block`.
