@@ -59,6 +59,8 @@ fn two_thread_runs_give_byte_identical_checkpoints() {
     assert!(train(2, "a") == train(2, "b"), "two 2-thread runs of {STEPS} steps differ");
 }
 
+/// Holds for this model: its convolutions are single-chunk, and the filter gradient of
+/// larger ones still splits by the thread count (docs/architecture.md, "Reproducibility").
 #[test]
 fn one_and_two_threads_give_byte_identical_checkpoints() {
     assert!(train(1, "one") == train(2, "two"), "a 1-thread run and a 2-thread run differ");
