@@ -49,9 +49,8 @@ fn split(bytes: &[u8]) -> (String, &[u8]) {
 /// A safetensors file from a (possibly edited) header and data.
 fn join(header: &str, data: &[u8]) -> Vec<u8> {
     let mut header = header.trim_end().to_string();
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
+    let pad = header.len().next_multiple_of(8) - header.len();
+    header.push_str(&" ".repeat(pad));
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(data);

@@ -123,9 +123,8 @@ pub(crate) fn serialize(tensors: &BTreeMap<String, TensorBytes>, mut metadata: B
     }
     header.push('}');
     // safetensors pads the header with spaces to a multiple of 8 bytes (data alignment).
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
+    let pad = header.len().next_multiple_of(8) - header.len();
+    header.push_str(&" ".repeat(pad));
     let mut bytes = Vec::with_capacity(8 + header.len() + offset);
     bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
@@ -150,10 +149,9 @@ pub(crate) fn verify(path: &Path, file: &Parsed<'_>) -> Result<Verified> {
             )))
         }
         None => {
-            return Err(bad(format!(
-                "no format metadata: not a tapegrad checkpoint (to read weights saved by another tool, \
-                 use checkpoint::import)"
-            )))
+            return Err(bad("no format metadata: not a tapegrad checkpoint (to read weights saved by another \
+                            tool, use checkpoint::import)"
+                .into()))
         }
     }
     match get("format_version") {
