@@ -64,16 +64,19 @@ bool supported(const Tensor& x, const Conv& cv, int algo, int algo_a) {
     return !(x.dtype == DOUBLE && algo == algo_a);
 }
 
+// Real cuDNN reports the backward algorithms numbered 0 (BWD_DATA_ALGO_0,
+// BWD_FILTER_ALGO_0, which accumulate with atomics) as non-deterministic; so does this one.
 int heuristics(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo_a, int algo_b, int requested,
-               int* returned, Perf* out) {
+               int* returned, Perf* out, bool backward = false) {
+    auto det = [&](int algo) { return backward && algo == 0 ? 0 : 1; };
     if (int e = check(x, w, cv, y)) return e;
     if (requested < 1 || !returned || !out) return BAD_PARAM;
     std::vector<Perf> all;
     size_t ws = workspace_a(y);
     bool none = x.dtype == DOUBLE && (cv.dh > 1 || cv.dw > 1);
-    if (x.dtype == FLOAT) all.push_back({algo_a, SUCCESS, 1.0f, ws, 1, TENSOR_OP_MATH, {}});
-    all.push_back({algo_a, supported(x, cv, algo_a, algo_a) ? SUCCESS : NOT_SUPPORTED, 2.0f, ws, 1, cv.math, {}});
-    all.push_back({algo_b, none ? NOT_SUPPORTED : SUCCESS, 3.0f, 0, 1, x.dtype == FLOAT ? FMA_MATH : DEFAULT_MATH, {}});
+    if (x.dtype == FLOAT) all.push_back({algo_a, SUCCESS, 1.0f, ws, det(algo_a), TENSOR_OP_MATH, {}});
+    all.push_back({algo_a, supported(x, cv, algo_a, algo_a) ? SUCCESS : NOT_SUPPORTED, 2.0f, ws, det(algo_a), cv.math, {}});
+    all.push_back({algo_b, none ? NOT_SUPPORTED : SUCCESS, 3.0f, 0, det(algo_b), x.dtype == FLOAT ? FMA_MATH : DEFAULT_MATH, {}});
     *returned = 0;
     for (size_t i = 0; i < all.size() && (int)i < requested; ++i) out[(*returned)++] = all[i];
     return SUCCESS;
@@ -254,11 +257,11 @@ int cudnnGetConvolutionForwardAlgorithm_v7(void*, Tensor* x, Filter* w, Conv* cv
 }
 int cudnnGetConvolutionBackwardDataAlgorithm_v7(void*, Filter* w, Tensor* dy, Conv* cv, Tensor* dx, int requested,
                                                 int* returned, Perf* perf) {
-    return heuristics(*dx, *w, *cv, *dy, BWD_A, BWD_B, requested, returned, perf);
+    return heuristics(*dx, *w, *cv, *dy, BWD_A, BWD_B, requested, returned, perf, true);
 }
 int cudnnGetConvolutionBackwardFilterAlgorithm_v7(void*, Tensor* x, Tensor* dy, Conv* cv, Filter* dw, int requested,
                                                   int* returned, Perf* perf) {
-    return heuristics(*x, *dw, *cv, *dy, BWD_A, BWD_B, requested, returned, perf);
+    return heuristics(*x, *dw, *cv, *dy, BWD_A, BWD_B, requested, returned, perf, true);
 }
 int cudnnGetConvolutionForwardWorkspaceSize(void*, Tensor* x, Filter* w, Conv* cv, Tensor* y, int algo, size_t* size) {
     return workspace_size(*x, *w, *cv, *y, algo, FWD_A, FWD_B, size);

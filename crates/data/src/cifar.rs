@@ -101,6 +101,15 @@ impl CifarKind {
 }
 
 impl Split {
+    /// The number of records of the official split, for CIFAR-10 and CIFAR-100 alike:
+    /// 50,000 train, 10,000 test.
+    pub fn official_records(self) -> usize {
+        match self {
+            Split::Train => 50_000,
+            Split::Test => 10_000,
+        }
+    }
+
     /// "train" or "test".
     pub fn name(self) -> &'static str {
         match self {

@@ -86,7 +86,8 @@ pub fn ensure_cifar(kind: CifarKind, cache_dir: &Path) -> Result<PathBuf> {
 /// as it is. Otherwise the archive is downloaded to a temporary file (with a progress
 /// bar when `progress` and stderr is a terminal), its MD5 is checked, it is extracted
 /// into a temporary directory, and the dataset folder is renamed into place: an
-/// interrupted or failed download leaves nothing that looks complete.
+/// interrupted or failed download leaves nothing that looks complete. The extracted
+/// files' MD5s go into the folder's manifest ([`crate::MANIFEST_FILE`]), which loading checks.
 ///
 /// Fails when the download fails (the message says how to install the files by hand),
 /// when the MD5 differs, when the archive lacks the expected files, when the folder
@@ -136,6 +137,8 @@ pub fn fetch_archive(archive: &Archive, cache_dir: &Path, progress: bool) -> Res
             reason: format!("it does not hold {}/ with {}", archive.kind.folder(), missing.join(", ")),
         });
     }
+    // The archive's MD5 verified: record the files' digests, which loading checks.
+    crate::manifest::write_manifest(&extracted, archive.kind)?;
     if let Err(e) = std::fs::rename(&extracted, &folder) {
         // Another process may have completed the same download meanwhile.
         if !(folder.exists() && missing_files(&folder, archive.kind).is_empty()) {

@@ -105,6 +105,32 @@ pub enum DataError {
         /// The missing file names.
         missing: String,
     },
+    /// A file's MD5 differs from the one its folder's manifest recorded when the
+    /// verified archive was extracted.
+    #[error(
+        "{path}: MD5 {actual} differs from {expected}, recorded in {manifest} when the verified archive \
+         was extracted: the file was changed or damaged since; remove the folder to download it again"
+    )]
+    ChecksumMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The recorded digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+        /// The manifest.
+        manifest: PathBuf,
+    },
+    /// A split holds no records.
+    #[error("{path}: the {format} {split} split holds no records (empty files?); nothing to train or test on")]
+    EmptySplit {
+        /// The folder (or file) read.
+        path: PathBuf,
+        /// The format ("CIFAR-10" or "CIFAR-100").
+        format: &'static str,
+        /// The split ("train" or "test"), or "file" for a single file.
+        split: &'static str,
+    },
     /// An argument is invalid (a zero batch size, a negative standard deviation, ...).
     #[error("{0}")]
     InvalidArgument(String),

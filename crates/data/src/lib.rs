@@ -35,6 +35,7 @@ mod cifar;
 mod dataset;
 mod download;
 mod error;
+mod manifest;
 mod pipeline;
 mod prefetch;
 mod reader;
@@ -49,8 +50,9 @@ pub use cifar::{CifarKind, LabelKind, Split, CIFAR_CHANNELS, CIFAR_IMAGE_BYTES, 
 pub use dataset::Dataset;
 pub use download::{default_cache_dir, ensure_cifar, fetch_archive, manual_instructions, Archive, DATA_DIR_ENV};
 pub use error::{DataError, Result};
+pub use manifest::{write_manifest, MANIFEST_FILE};
 pub use pipeline::{Batches, DataLoader, LoaderConfig};
-pub use reader::{find_cifar_dir, load_cifar, read_cifar_file};
+pub use reader::{find_cifar_dir, load_cifar, read_cifar_file, record_count_warning};
 pub use scaling::Scaling;
 pub use shuffle::epoch_permutation;
 pub use synthetic::synthetic;

@@ -34,9 +34,12 @@ pub fn find_cifar_dir(dir: &Path, kind: CifarKind, split: Split) -> Result<PathB
 /// Loads a split of a CIFAR dataset from `dir` (which holds the files itself or holds
 /// the extracted archive's folder), with the chosen labels; images come out NHWC.
 ///
-/// Fails when the files are missing, when a file is not a whole number of records, or
-/// when a label is out of range (naming the file and the record). Asking CIFAR-10 for
-/// coarse labels is an error.
+/// Fails when the files are missing, when a file is not a whole number of records, when
+/// a label is out of range (naming the file and the record), when the split holds no
+/// records, or when a file's MD5 differs from the folder's manifest (written by the
+/// downloader from the verified archive; see [`crate::MANIFEST_FILE`]). Asking CIFAR-10
+/// for coarse labels is an error. A record count other than the official one (a subset
+/// in CIFAR format) loads, with a warning on stderr, once per folder and split.
 pub fn load_cifar(dir: &Path, kind: CifarKind, split: Split, labels: LabelKind) -> Result<Dataset> {
     let num_classes = classes(kind, labels)?;
     let dir = find_cifar_dir(dir, kind, split)?;
@@ -46,19 +49,53 @@ pub fn load_cifar(dir: &Path, kind: CifarKind, split: Split, labels: LabelKind) 
         let path = dir.join(file);
         let bytes = std::fs::read(&path).map_err(|e| DataError::io("reading", &path, e))?;
         decode_records(&bytes, &path, kind, labels, &mut images, &mut all_labels)?;
+        crate::manifest::verify_file(&dir, &path)?;
+    }
+    if all_labels.is_empty() {
+        return Err(DataError::EmptySplit { path: dir, format: kind.name(), split: split.name() });
+    }
+    if let Some(warning) = record_count_warning(&dir, kind, split, all_labels.len()) {
+        warn_once(warning);
     }
     Dataset::new(images, all_labels, [CIFAR_SIDE, CIFAR_SIDE, CIFAR_CHANNELS], num_classes)
 }
 
+/// The warning for a split of `records` records read from `dir`, when that is not the
+/// official count: a subset, or a truncated or padded copy.
+pub fn record_count_warning(dir: &Path, kind: CifarKind, split: Split, records: usize) -> Option<String> {
+    let official = split.official_records();
+    (records != official).then(|| {
+        format!(
+            "warning: {}: the {kind} {split} split holds {records} records, the official one {official} \
+             (a subset, or a truncated or extended copy?)",
+            dir.display()
+        )
+    })
+}
+
+/// Prints `warning` to stderr unless this process printed it already.
+fn warn_once(warning: String) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&warning) {
+        eprintln!("{warning}");
+        seen.push(warning);
+    }
+}
+
 /// Reads one CIFAR binary file (any name) with the chosen labels; images come out NHWC.
 ///
-/// Fails as [`load_cifar`] does.
+/// Fails as [`load_cifar`] does (an empty file is an error; the count is not compared
+/// with the official one, and no manifest is consulted).
 pub fn read_cifar_file(path: &Path, kind: CifarKind, labels: LabelKind) -> Result<Dataset> {
     let num_classes = classes(kind, labels)?;
     let bytes = std::fs::read(path).map_err(|e| DataError::io("reading", path, e))?;
     let mut images = Vec::new();
     let mut all_labels = Vec::new();
     decode_records(&bytes, path, kind, labels, &mut images, &mut all_labels)?;
+    if all_labels.is_empty() {
+        return Err(DataError::EmptySplit { path: path.to_path_buf(), format: kind.name(), split: "file" });
+    }
     Dataset::new(images, all_labels, [CIFAR_SIDE, CIFAR_SIDE, CIFAR_CHANNELS], num_classes)
 }
 

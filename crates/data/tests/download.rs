@@ -109,9 +109,18 @@ fn download_from_file_url_succeeds() {
     let cache = tempfile::tempdir().unwrap();
     let nested = cache.path().join("a/b");
     let archive = Archive { kind: CifarKind::Cifar100, url: format!("file://{}", path.display()), md5 };
-    fetch_archive(&archive, &nested, false).unwrap();
+    let folder = fetch_archive(&archive, &nested, false).unwrap();
     let data = load_cifar(&nested, CifarKind::Cifar100, Split::Train, LabelKind::Coarse).unwrap();
     assert_eq!((data.len(), data.num_classes()), (3, 20));
+    // The verified archive's files are recorded in the manifest, which loading checks.
+    let manifest = std::fs::read_to_string(folder.join(tapegrad_data::MANIFEST_FILE)).unwrap();
+    assert!(manifest.contains("  train.bin\n") && manifest.contains("  test.bin\n"), "{manifest}");
+    let train = folder.join("train.bin");
+    let mut bytes = std::fs::read(&train).unwrap();
+    bytes[5] ^= 1;
+    std::fs::write(&train, bytes).unwrap();
+    let err = load_cifar(&nested, CifarKind::Cifar100, Split::Train, LabelKind::Coarse).unwrap_err();
+    assert!(err.to_string().contains("MD5"), "{err}");
 }
 
 #[test]

@@ -2,17 +2,16 @@
 //! crash-safe file write.
 
 use crate::{Error, Result};
-use safetensors::{Dtype, View};
-use std::borrow::Cow;
+use safetensors::Dtype;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tapegrad_tensor::{DType, Device, Tensor};
 
 /// A tensor's bytes ready for `safetensors::serialize`.
 pub(crate) struct TensorBytes {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+    pub(super) dtype: Dtype,
+    pub(super) shape: Vec<usize>,
+    pub(super) data: Vec<u8>,
 }
 
 impl TensorBytes {
@@ -24,24 +23,6 @@ impl TensorBytes {
             DType::I64 => (Dtype::I64, t.to_vec::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
         };
         Ok(TensorBytes { dtype, shape: t.dims().to_vec(), data })
-    }
-}
-
-impl View for &TensorBytes {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-
-    fn data_len(&self) -> usize {
-        self.data.len()
     }
 }
 
@@ -108,10 +89,19 @@ fn f16_to_f64(bits: u16) -> f64 {
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
 /// write a temporary file beside it, fsync it, rename it over `path`, fsync the directory.
+/// On any failure (a full disk) the temporary is removed and `path` is untouched; the
+/// error names `path`, not the temporary. Temporaries of `path` left by killed processes
+/// are removed first.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |p: &Path| {
-        let p: PathBuf = p.to_path_buf();
-        move |source| Error::Io { path: p, source }
+    let failed = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!("saving the checkpoint failed while {what}: {e}; the previous file, if any, is unchanged"),
+            ),
+        }
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -120,14 +110,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::Checkpoint { path: path.to_path_buf(), msg: "the path names no file".into() })?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    let prefix = format!("{}.tmp-", file_name.to_string_lossy());
+    remove_stale_temporaries(&dir, &prefix);
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(bytes).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
+        let mut file = std::fs::File::create(&tmp).map_err(failed("creating a temporary file beside it"))?;
+        file.write_all(bytes).map_err(failed("writing"))?;
+        file.sync_all().map_err(failed("flushing to disk"))?;
+        std::fs::rename(&tmp, path).map_err(failed("renaming the temporary file over it"))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -138,6 +128,29 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Removes `<prefix><pid>` files in `dir` whose process is gone: what a save killed by
+/// SIGKILL (which runs no cleanup) leaves. Only exactly that pattern is touched, never a
+/// file of a live process (another run saving to the same folder); where process ids
+/// cannot be checked (no `/proc`), nothing is removed. Best effort: failures are ignored,
+/// since they must not stop the save.
+fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && process_is_gone(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether no process `pid` runs on this machine (false when that cannot be told).
+fn process_is_gone(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    proc.join("self").exists() && !proc.join(pid.to_string()).exists()
 }
 
 #[cfg(test)]

@@ -5,18 +5,34 @@
 //! - each model variable under its path ("layer1.0.conv1.kernel", from
 //!   [`Layer::named_variables`]);
 //! - each optimizer slot under "optimizer/{slot}/{variable path}" ("optimizer/m/fc.bias");
-//! - metadata: `format` ("tapegrad-checkpoint"), `format_version` ("1"), `step`, and,
-//!   with an optimizer, `optimizer` (its name) and `optimizer_iterations`.
+//! - metadata: `format` ("tapegrad-checkpoint"), `format_version` ("2"), `step`, with
+//!   an optimizer `optimizer` (its name) and `optimizer_iterations`, a CRC-32 of every
+//!   tensor's data and one of the header (see [`format`](self#integrity)).
 //!
-//! Saving writes a temporary file, fsyncs it and renames it over the target, so a crash
-//! never leaves a half-written checkpoint. Loading checks every name, shape and dtype
-//! first and reports all mismatches in one error; nothing is changed unless everything
-//! matches. A truncated or corrupt file is an error, never a panic.
+//! # Integrity
+//! Every key the format needs is required and checked, no other key is accepted, and the
+//! checksums are verified on every load and [`info`]: flipped bits in the data, swapped
+//! tensor names, an edited step or a renamed key are reported as a corrupt file (naming
+//! the tensor when its data is damaged), never loaded. The header is written in a fixed
+//! order (keys and tensors sorted), so two saves of the same state are byte-identical.
+//!
+//! # Crash and full-disk safety
+//! Saving writes `<file>.tmp-<pid>` beside the target, fsyncs it and renames it over the
+//! target, so a crash never leaves a half-written checkpoint, and a failed write (a full
+//! disk) removes the temporary and leaves the previous file untouched; the error names the
+//! checkpoint's path. A temporary left by a killed process (SIGKILL runs no cleanup) is
+//! removed by the next save of the same file, once its process is gone: only names of
+//! that exact pattern whose process id is not alive on this machine are touched.
+//!
+//! Loading checks every name, shape and dtype first and reports all mismatches in one
+//! error; nothing is changed unless everything matches. A truncated or corrupt file is an
+//! error, never a panic.
 //!
 //! [`import`] reads weights saved by PyTorch (a state dict in a safetensors file) and
 //! converts Keras and PyTorch layouts.
 
 mod bytes;
+mod format;
 pub mod import;
 
 use crate::optimizers::Optimizer;
@@ -31,7 +47,7 @@ use tapegrad_tensor::Variable;
 /// The `format` metadata value of tapegrad checkpoints.
 pub const FORMAT: &str = "tapegrad-checkpoint";
 /// The `format_version` written by this version.
-pub const FORMAT_VERSION: &str = "1";
+pub const FORMAT_VERSION: &str = "2";
 /// The name prefix of optimizer state tensors.
 pub const OPTIMIZER_PREFIX: &str = "optimizer/";
 
@@ -59,7 +75,7 @@ pub fn save(path: impl AsRef<Path>, model: &dyn Layer, optimizer: Option<&dyn Op
             });
         }
     }
-    let mut metadata = HashMap::from([
+    let mut metadata = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ("step".to_string(), step.to_string()),
@@ -77,9 +93,7 @@ pub fn save(path: impl AsRef<Path>, model: &dyn Layer, optimizer: Option<&dyn Op
             }
         }
     }
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
-        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: format!("cannot serialize: {e}") })?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &format::serialize(&tensors, metadata))
 }
 
 /// Reads a checkpoint's metadata without loading it.
@@ -175,6 +189,7 @@ pub fn load(
     }
     if let Some(opt) = optimizer {
         let count = opt.slot_names().len();
+        // verify() guarantees the count is present whenever an optimizer's state is.
         opt.set_iterations(info.optimizer_iterations.unwrap_or(0));
         let slots = opt.slots_mut();
         slots.clear();
@@ -225,30 +240,8 @@ pub(crate) fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Parsed<'a>> {
 }
 
 fn parse_info(path: &Path, file: &Parsed<'_>) -> Result<CheckpointInfo> {
-    let get = |key: &str| file.metadata.get(key).map(String::as_str);
-    let number = |key: &str| -> Result<Option<u64>> {
-        get(key)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| Error::Checkpoint {
-                    path: path.to_path_buf(),
-                    msg: format!("metadata {key} = {v:?} is not a step count"),
-                })
-            })
-            .transpose()
-    };
-    if let Some(v) = get("format_version").filter(|_| get("format") == Some(FORMAT)) {
-        if v != FORMAT_VERSION {
-            return Err(Error::Checkpoint {
-                path: path.to_path_buf(),
-                msg: format!("format version {v} is not supported (this build reads {FORMAT_VERSION})"),
-            });
-        }
-    }
-    Ok(CheckpointInfo {
-        step: number("step")?.unwrap_or(0),
-        optimizer: get("optimizer").map(str::to_string),
-        optimizer_iterations: number("optimizer_iterations")?,
-    })
+    let v = format::verify(path, file)?;
+    Ok(CheckpointInfo { step: v.step, optimizer: v.optimizer, optimizer_iterations: v.optimizer_iterations })
 }
 
 /// Converts one stored tensor for `var`, or notes why it does not fit.

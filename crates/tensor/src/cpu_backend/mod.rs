@@ -204,7 +204,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Self> {
-        Ok(map_any!(self, v => reduce::cpu::reduce(v, op, shape, axes)))
+        Ok(map_any!(self, v => reduce::cpu::reduce(v, op, shape, axes)?))
     }
 
     fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Self> {
@@ -342,7 +342,7 @@ impl BackendStorage for CpuStorage {
             Self::typed_opt(gamma, OP)?,
             Self::typed_opt(beta, OP)?,
             spec
-        )))
+        )?))
     }
 
     fn batch_norm_backward(
@@ -361,7 +361,7 @@ impl BackendStorage for CpuStorage {
             mean.typed(OP)?,
             var.typed(OP)?,
             spec
-        )))
+        )?))
     }
 
     fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self> {

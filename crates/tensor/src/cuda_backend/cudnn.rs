@@ -7,7 +7,10 @@
 //! its tensor, filter and
 //! convolution descriptors, and for each direction (forward, backward-data,
 //! backward-filter) the first algorithm cuDNN's heuristics (`cudnnGet*Algorithm_v7`)
-//! rank as supported, with its workspace size. f32 convolutions run in plain FMA math
+//! rank as supported, preferring a deterministic one (cuDNN reports each algorithm's
+//! determinism: BWD_DATA_ALGO_0 and BWD_FILTER_ALGO_0/3 accumulate with atomics, so
+//! their sums change from run to run), with its workspace size. A non-deterministic
+//! algorithm is taken only when no deterministic one is usable. f32 convolutions run in plain FMA math
 //! unless [`crate::cuda::set_tf32`] allows tensor cores. A direction with no usable
 //! algorithm (cuDNN supports few f64 NHWC configurations) has none, and the op falls
 //! back to the CPU for it.
@@ -192,6 +195,7 @@ struct Ranked<A> {
     status: sys::cudnnStatus_t,
     memory: usize,
     math: sys::cudnnMathType_t,
+    deterministic: bool,
 }
 
 impl ConvPlan {
@@ -275,7 +279,13 @@ impl ConvPlan {
             |requested, returned, results: *mut sys::cudnnConvolutionFwdAlgoPerf_t| unsafe {
                 dnn::get_convolution_forward_algorithm(handle, xd, wdd, cd, yd, requested, returned, results)
             },
-            |p| Ranked { algo: p.algo, status: p.status, memory: p.memory, math: p.mathType },
+            |p| Ranked {
+                algo: p.algo,
+                status: p.status,
+                memory: p.memory,
+                math: p.mathType,
+                deterministic: p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
+            },
             |algo, conv: &ConvDesc| unsafe {
                 dnn::get_convolution_forward_workspace_size(handle, xd, wdd, conv.0, yd, algo)
             },
@@ -287,7 +297,13 @@ impl ConvPlan {
             |requested, returned, results: *mut sys::cudnnConvolutionBwdDataAlgoPerf_t| unsafe {
                 dnn::get_convolution_backward_data_algorithm(handle, wdd, yd, cd, xd, requested, returned, results)
             },
-            |p| Ranked { algo: p.algo, status: p.status, memory: p.memory, math: p.mathType },
+            |p| Ranked {
+                algo: p.algo,
+                status: p.status,
+                memory: p.memory,
+                math: p.mathType,
+                deterministic: p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
+            },
             |algo, conv: &ConvDesc| unsafe {
                 dnn::get_convolution_backward_data_workspace_size(handle, wdd, yd, conv.0, xd, algo)
             },
@@ -299,7 +315,13 @@ impl ConvPlan {
             |requested, returned, results: *mut sys::cudnnConvolutionBwdFilterAlgoPerf_t| unsafe {
                 dnn::get_convolution_backward_filter_algorithm(handle, xd, yd, cd, wdd, requested, returned, results)
             },
-            |p| Ranked { algo: p.algo, status: p.status, memory: p.memory, math: p.mathType },
+            |p| Ranked {
+                algo: p.algo,
+                status: p.status,
+                memory: p.memory,
+                math: p.mathType,
+                deterministic: p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
+            },
             |algo, conv: &ConvDesc| unsafe {
                 dnn::get_convolution_backward_filter_workspace_size(handle, xd, yd, conv.0, wdd, algo)
             },
@@ -314,9 +336,10 @@ impl ConvPlan {
 /// Up to this many heuristic results are read per direction (cuDNN has at most 8 algorithms).
 const MAX_ALGOS: usize = 8;
 
-/// The first algorithm of the heuristics' ranking that is supported, has an allowed math
-/// type, and whose workspace (queried again with the descriptor set to its math type) is
-/// within the limit. `Ok(None)` when there is none.
+/// The first algorithm of the heuristics' ranking that is deterministic, supported, has an
+/// allowed math type, and whose workspace (queried again with the descriptor set to its
+/// math type) is within the limit; failing that, the first such non-deterministic one.
+/// `Ok(None)` when there is none.
 fn choose<P: Copy, A: Copy>(
     heuristics: impl Fn(c_int, *mut c_int, *mut P) -> std::result::Result<(), dnn::CudnnError>,
     rank: impl Fn(&P) -> Ranked<A>,
@@ -333,9 +356,11 @@ fn choose<P: Copy, A: Copy>(
         Err(e) => return Err(Error::cuda(device, op, e)),
     }
     let returned = (returned.max(0) as usize).min(MAX_ALGOS);
-    for slot in &results[..returned] {
-        // SAFETY: cuDNN wrote the first `returned` entries.
-        let ranked = rank(unsafe { slot.assume_init_ref() });
+    // SAFETY: cuDNN wrote the first `returned` entries.
+    let ranked: Vec<Ranked<A>> =
+        results[..returned].iter().map(|slot| rank(unsafe { slot.assume_init_ref() })).collect();
+    let (deterministic, others): (Vec<_>, Vec<_>) = ranked.into_iter().partition(|r| r.deterministic);
+    for ranked in deterministic.into_iter().chain(others) {
         if ranked.status != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
             || !math_allowed(ranked.math, tf32)
             || ranked.memory > WORKSPACE_LIMIT

@@ -1,62 +1,89 @@
 //! CPU kernels of batch normalization over a `[rows, channels]` view (NHWC flattened).
 //!
-//! Per-channel statistics are column reductions: blocks of rows are reduced in parallel
-//! into per-block partial results (in the element type, over at most `BLOCK_ROWS` rows,
-//! so f32 rounding stays small), which are combined in f64. The forward statistics are
-//! two-pass within each cache-resident block (its mean, then squared deviations from it),
-//! merged across blocks by Chan's formula: accurate, and `x` is read from memory once for
-//! them and once for the output. The backward pass is one reduction pass for `d_beta` and
-//! `d_gamma` and one elementwise pass for `d_x`.
+//! Per-channel statistics are column reductions: blocks of `BLOCK_ROWS` rows are reduced
+//! into per-block partial results (in the element type, so f32 rounding stays small),
+//! which are combined in f64. The forward statistics are two-pass within each
+//! cache-resident block (its mean, then squared deviations from it), merged across blocks
+//! by Chan's formula: accurate, and `x` is read from memory once for them and once for the
+//! output. The backward pass is one reduction pass for `d_beta` and `d_gamma` and one
+//! elementwise pass for `d_x`.
+//!
+//! Reproducibility: a parallel task reduces a fixed run of `BLOCKS_PER_TASK` blocks in
+//! order, and the tasks' results are combined in task order, so the statistics and
+//! gradients are bit-identical whatever rayon's scheduling and whatever the thread count
+//! (a `fold`/`reduce` would combine in the order threads happen to finish).
 
 use crate::backend::BatchNormSpec;
-use crate::FloatElement;
+use crate::cpu_backend::alloc::{try_vec, try_with_capacity, try_zeros, ZeroBits};
+use crate::{FloatElement, Result};
 use rayon::prelude::*;
 
-/// Rows per parallel block of a reduction or elementwise pass.
+/// Rows per block of a reduction or elementwise pass.
 const BLOCK_ROWS: usize = 256;
+/// Blocks per parallel task of a reduction: fixed (not derived from the thread count), so
+/// the partial results, and so their rounding, are the same on any machine.
+const BLOCKS_PER_TASK: usize = 8;
 
 fn to_t<T: FloatElement>(v: f64) -> T {
     <T as num_traits::NumCast>::from(v).expect("f64 converts to a float type")
 }
 
+/// Reduces `rows` rows in fixed tasks of `BLOCKS_PER_TASK * BLOCK_ROWS` rows, where
+/// `task(lo_block, hi_block)` reduces blocks `lo_block..hi_block` in order, and returns
+/// the task results in task order (for the caller to combine in that order).
+fn per_task<R: Send>(rows: usize, task: impl Fn(usize, usize) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let blocks = rows.div_ceil(BLOCK_ROWS);
+    let tasks = blocks.div_ceil(BLOCKS_PER_TASK);
+    (0..tasks).into_par_iter().map(|t| task(t * BLOCKS_PER_TASK, ((t + 1) * BLOCKS_PER_TASK).min(blocks))).collect()
+}
+
+/// The rows `lo..hi` of block `block`.
+fn block_rows(block: usize, rows: usize) -> (usize, usize) {
+    (block * BLOCK_ROWS, ((block + 1) * BLOCK_ROWS).min(rows))
+}
+
 /// Column sums of `width` values per row, where `add_row(r, acc)` adds row `r`'s values
 /// to `acc`; the result is in f64.
-fn column_sums<T: FloatElement>(rows: usize, width: usize, add_row: impl Fn(usize, &mut [T]) + Sync) -> Vec<f64> {
-    let blocks = rows.div_ceil(BLOCK_ROWS);
-    let min_blocks = (1usize << 15).div_ceil(BLOCK_ROWS * width.max(1));
-    (0..blocks)
-        .into_par_iter()
-        .with_min_len(min_blocks)
-        .fold(
-            || (vec![0.0f64; width], vec![T::zero(); width]),
-            |(mut total, mut acc), block| {
-                acc.fill(T::zero());
-                for r in block * BLOCK_ROWS..((block + 1) * BLOCK_ROWS).min(rows) {
-                    add_row(r, &mut acc);
-                }
-                for (t, &a) in total.iter_mut().zip(&acc) {
-                    *t += a.to_f64();
-                }
-                (total, acc)
-            },
-        )
-        .map(|(total, _)| total)
-        .reduce(
-            || vec![0.0; width],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+fn column_sums<T: FloatElement + ZeroBits>(
+    op: &'static str,
+    rows: usize,
+    width: usize,
+    add_row: impl Fn(usize, &mut [T]) + Sync,
+) -> Result<Vec<f64>> {
+    let partials = per_task(rows, |lo, hi| {
+        let mut total = try_zeros::<f64>(op, width)?;
+        let mut acc = try_zeros::<T>(op, width)?;
+        for block in lo..hi {
+            acc.fill(T::zero());
+            let (r0, r1) = block_rows(block, rows);
+            for r in r0..r1 {
+                add_row(r, &mut acc);
+            }
+            for (t, &a) in total.iter_mut().zip(&acc) {
+                *t += a.to_f64();
+            }
+        }
+        Ok(total)
+    })?;
+    let mut total = try_zeros::<f64>(op, width)?;
+    for p in &partials {
+        for (t, &v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    Ok(total)
 }
 
 /// `out[r, c] = f(r, c)` over all rows in parallel blocks, where `f(r, out_row)` fills a row.
-fn map_rows<T: FloatElement>(rows: usize, width: usize, fill_row: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); rows * width];
+fn map_rows<T: FloatElement + ZeroBits>(
+    op: &'static str,
+    rows: usize,
+    width: usize,
+    fill_row: impl Fn(usize, &mut [T]) + Sync,
+) -> Result<Vec<T>> {
+    let mut out = try_zeros::<T>(op, rows.saturating_mul(width))?;
     if out.is_empty() {
-        return out;
+        return Ok(out);
     }
     let min_blocks = (1usize << 15).div_ceil(BLOCK_ROWS * width);
     out.par_chunks_mut(BLOCK_ROWS * width).with_min_len(min_blocks).enumerate().for_each(|(block, dst)| {
@@ -64,7 +91,7 @@ fn map_rows<T: FloatElement>(rows: usize, width: usize, fill_row: impl Fn(usize,
             fill_row(block * BLOCK_ROWS + i, row);
         }
     });
-    out
+    Ok(out)
 }
 
 /// Per-block statistics of one channel: rows, mean, and sum of squared deviations.
@@ -93,106 +120,103 @@ impl Moments {
 
 /// Per-channel mean and biased variance of `x` (`[rows, c]`), reading `x` from memory
 /// once: each block of rows is reduced two-pass (its mean, then squared deviations from
-/// it) while it sits in cache, and the blocks are merged in f64.
-fn column_mean_var<T: FloatElement>(x: &[T], rows: usize, c: usize) -> (Vec<f64>, Vec<f64>) {
-    let blocks = rows.div_ceil(BLOCK_ROWS);
-    let min_blocks = (1usize << 15).div_ceil(BLOCK_ROWS * c.max(1));
-    let merge_all = |mut a: Vec<Moments>, b: Vec<Moments>| {
-        for (m, o) in a.iter_mut().zip(b) {
+/// it) while it sits in cache, and the blocks are merged in f64, in block order.
+fn column_mean_var<T: FloatElement + ZeroBits>(x: &[T], rows: usize, c: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    const OP: &str = "batch_norm_train";
+    let partials = per_task(rows, |lo, hi| {
+        let mut acc = try_vec(OP, c, Moments::default())?;
+        let mut sum = try_zeros::<T>(OP, c)?;
+        let mut block_mean = try_zeros::<T>(OP, c)?;
+        for block in lo..hi {
+            let (r0, r1) = block_rows(block, rows);
+            let rows_of_block = &x[r0 * c..r1 * c];
+            sum.fill(T::zero());
+            for row in rows_of_block.chunks_exact(c) {
+                for (a, &v) in sum.iter_mut().zip(row) {
+                    *a = *a + v;
+                }
+            }
+            let n = to_t::<T>((r1 - r0) as f64);
+            for (m, &v) in block_mean.iter_mut().zip(&sum) {
+                *m = v / n;
+            }
+            sum.fill(T::zero());
+            for row in rows_of_block.chunks_exact(c) {
+                for ((a, &v), &m) in sum.iter_mut().zip(row).zip(&block_mean) {
+                    let d = v - m;
+                    *a = *a + d * d;
+                }
+            }
+            for ((total, &m), &m2) in acc.iter_mut().zip(&block_mean).zip(&sum) {
+                *total = total.merge(Moments { count: (r1 - r0) as f64, mean: m.to_f64(), m2: m2.to_f64() });
+            }
+        }
+        Ok(acc)
+    })?;
+    let mut total = try_vec(OP, c, Moments::default())?;
+    for p in partials {
+        for (m, o) in total.iter_mut().zip(p) {
             *m = m.merge(o);
         }
-        a
-    };
-    let total = (0..blocks)
-        .into_par_iter()
-        .with_min_len(min_blocks)
-        .fold(
-            || (vec![Moments::default(); c], vec![T::zero(); c], vec![T::zero(); c]),
-            |(mut acc, mut sum, mut block_mean), block| {
-                let (lo, hi) = (block * BLOCK_ROWS, ((block + 1) * BLOCK_ROWS).min(rows));
-                let rows_of_block = &x[lo * c..hi * c];
-                sum.fill(T::zero());
-                for row in rows_of_block.chunks_exact(c) {
-                    for (a, &v) in sum.iter_mut().zip(row) {
-                        *a = *a + v;
-                    }
-                }
-                let n = to_t::<T>((hi - lo) as f64);
-                for (m, &v) in block_mean.iter_mut().zip(&sum) {
-                    *m = v / n;
-                }
-                sum.fill(T::zero());
-                for row in rows_of_block.chunks_exact(c) {
-                    for ((a, &v), &m) in sum.iter_mut().zip(row).zip(&block_mean) {
-                        let d = v - m;
-                        *a = *a + d * d;
-                    }
-                }
-                for ((total, &m), &m2) in acc.iter_mut().zip(&block_mean).zip(&sum) {
-                    *total = total.merge(Moments { count: (hi - lo) as f64, mean: m.to_f64(), m2: m2.to_f64() });
-                }
-                (acc, sum, block_mean)
-            },
-        )
-        .map(|(acc, _, _)| acc)
-        .reduce(|| vec![Moments::default(); c], merge_all);
-    total.iter().map(|m| (m.mean, m.m2 / m.count)).unzip()
+    }
+    Ok(total.iter().map(|m| (m.mean, m.m2 / m.count)).unzip())
 }
 
 /// The training forward pass: `(y, mean, biased var)`.
-pub(crate) fn batch_norm_train<T: FloatElement>(
+pub(crate) fn batch_norm_train<T: FloatElement + ZeroBits>(
     x: &[T],
     gamma: Option<&[T]>,
     beta: Option<&[T]>,
     s: &BatchNormSpec,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
     let (rows, c) = (s.rows, s.channels);
     let row = |r: usize| &x[r * c..(r + 1) * c];
-    let (mean, var) = column_mean_var(x, rows, c);
+    let (mean, var) = column_mean_var(x, rows, c)?;
     let mean_t: Vec<T> = mean.iter().map(|&m| to_t(m)).collect();
     // y = (x - mean) * scale + beta, with scale = gamma / sqrt(var + eps); subtracting the
     // mean first avoids cancellation when |mean| is large against the spread.
     let scale: Vec<T> =
         (0..c).map(|ch| to_t(gamma.map_or(1.0, |g| g[ch].to_f64()) / (var[ch] + s.epsilon).sqrt())).collect();
     let shift: Vec<T> = (0..c).map(|ch| beta.map_or(T::zero(), |b| b[ch])).collect();
-    let y = map_rows(rows, c, |r, out| {
+    let y = map_rows("batch_norm_train", rows, c, |r, out| {
         for ((((o, &v), &m), &sc), &sh) in out.iter_mut().zip(row(r)).zip(&mean_t).zip(&scale).zip(&shift) {
             *o = (v - m) * sc + sh;
         }
-    });
-    (y, mean_t, var.into_iter().map(to_t).collect())
+    })?;
+    Ok((y, mean_t, var.into_iter().map(to_t).collect()))
 }
 
 /// The fused backward pass: `(d_x, d_gamma, d_beta)`. With `xhat = (x - mean) * inv_std`,
 /// `d_beta = sum(dy)`, `d_gamma = sum(dy * xhat)` and
 /// `d_x = gamma * inv_std * (dy - d_beta / rows - xhat * d_gamma / rows)`.
-pub(crate) fn batch_norm_backward<T: FloatElement>(
+pub(crate) fn batch_norm_backward<T: FloatElement + ZeroBits>(
     x: &[T],
     dy: &[T],
     gamma: Option<&[T]>,
     mean: &[T],
     var: &[T],
     s: &BatchNormSpec,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    const OP: &str = "batch_norm_backward";
     let (rows, c) = (s.rows, s.channels);
     let f = |v: T| v.to_f64();
     // One pass for both sums: acc[..c] += dy, acc[c..] += dy * (x - mean).
-    let sums = column_sums::<T>(rows, 2 * c, |r, acc| {
+    let sums = column_sums::<T>(OP, rows, 2 * c, |r, acc| {
         let (sum_dy, sum_dy_xc) = acc.split_at_mut(c);
         let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
         for ((((a, b), &d), &v), &m) in sum_dy.iter_mut().zip(sum_dy_xc.iter_mut()).zip(dyr).zip(xr).zip(mean) {
             *a = *a + d;
             *b = *b + d * (v - m);
         }
-    });
+    })?;
     let inv_std: Vec<f64> = var.iter().map(|&v| 1.0 / (f(v) + s.epsilon).sqrt()).collect();
     let d_beta: Vec<f64> = sums[..c].to_vec();
     let d_gamma: Vec<f64> = (0..c).map(|ch| sums[c + ch] * inv_std[ch]).collect();
     // d_x = k_dy * dy + k_x * (x - mean) + k_0, per channel.
     let inv_rows = 1.0 / rows as f64;
-    let mut k_dy = Vec::with_capacity(c);
-    let mut k_x = Vec::with_capacity(c);
-    let mut k_0 = Vec::with_capacity(c);
+    let mut k_dy = try_with_capacity(OP, c)?;
+    let mut k_x = try_with_capacity(OP, c)?;
+    let mut k_0 = try_with_capacity(OP, c)?;
     for ch in 0..c {
         let g = gamma.map_or(1.0, |g| f(g[ch])) * inv_std[ch];
         let kx = -g * d_gamma[ch] * inv_std[ch] * inv_rows;
@@ -200,12 +224,39 @@ pub(crate) fn batch_norm_backward<T: FloatElement>(
         k_x.push(to_t::<T>(kx));
         k_0.push(to_t::<T>(-g * d_beta[ch] * inv_rows));
     }
-    let dx = map_rows(rows, c, |r, out| {
+    let dx = map_rows(OP, rows, c, |r, out| {
         let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
         let per_channel = k_dy.iter().zip(&k_x).zip(&k_0).zip(mean);
         for (((o, &d), &v), (((&kd, &kx), &k0), &m)) in out.iter_mut().zip(dyr).zip(xr).zip(per_channel) {
             *o = kd * d + kx * (v - m) + k0;
         }
-    });
-    (dx, d_gamma.into_iter().map(to_t).collect(), d_beta.into_iter().map(to_t).collect())
+    })?;
+    Ok((dx, d_gamma.into_iter().map(to_t).collect(), d_beta.into_iter().map(to_t).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_and_gradients_do_not_depend_on_the_thread_count() {
+        // 40 tasks of 8 blocks of 256 rows, with values whose sums depend on the association.
+        let (rows, c) = (40 * BLOCKS_PER_TASK * BLOCK_ROWS + 77, 3);
+        let x: Vec<f32> = (0..rows * c).map(|i| ((i * 7919) % 1009) as f32 * 1.1e-3 + 30.0).collect();
+        let dy: Vec<f32> = (0..rows * c).map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5).collect();
+        let gamma = [0.5f32, 1.5, -2.0];
+        let spec = BatchNormSpec { rows, channels: c, epsilon: 1e-3 };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let (y, mean, var) = batch_norm_train(&x, Some(&gamma), None, &spec).unwrap();
+                let (dx, dg, db) = batch_norm_backward(&x, &dy, Some(&gamma), &mean, &var, &spec).unwrap();
+                [y, mean, var, dx, dg, db].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 7] {
+            assert!(run(threads) == one, "{threads} threads differ from 1");
+        }
+    }
 }
