@@ -57,20 +57,20 @@ pub use layers::depthwise_conv2d::DepthwiseConv2D;
 pub use layers::dropout::Dropout;
 pub use layers::embedding::Embedding;
 pub use layers::flatten::Flatten;
+pub use layers::group_norm::GroupNormalization;
+pub use layers::layer_norm::LayerNormalization;
 pub use layers::merge::{
     add, average, concatenate, maximum, minimum, multiply, subtract, Add, Average, Concatenate, Maximum, Minimum,
     Multiply, Subtract,
 };
-pub use layers::group_norm::GroupNormalization;
-pub use layers::layer_norm::LayerNormalization;
 pub use layers::pair::IntoPair;
-pub use layers::separable_conv2d::SeparableConv2D;
+pub use layers::pooling::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D};
 pub use layers::relu::{LeakyReLU, ReLU, ELU};
+pub use layers::separable_conv2d::SeparableConv2D;
 pub use layers::sequential::Sequential;
+pub use layers::shape::{Permute, RepeatVector, Reshape};
 pub use layers::upsampling::UpSampling2D;
 pub use layers::zero_padding::ZeroPadding2D;
-pub use layers::pooling::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D};
-pub use layers::shape::{Permute, RepeatVector, Reshape};
 pub use naming::unique_name;
 pub use summary::{summary, summary_nested, Summary, SummaryRow};
 pub use tapegrad_tensor::{Interpolation, Padding};

@@ -6,7 +6,7 @@
 pub(crate) mod alloc;
 mod parallel;
 
-pub(crate) use parallel::{par_map, PAR_MIN_LEN};
+pub(crate) use parallel::PAR_MIN_LEN;
 
 /// Whether a value is NaN, for generic element types (integers never are).
 #[inline(always)]

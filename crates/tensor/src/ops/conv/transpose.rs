@@ -226,5 +226,6 @@ fn transpose_spec(
         pad_right: cols.pad_after,
         out_h: in_h,
         out_w: in_w,
+        groups: 1,
     })
 }
