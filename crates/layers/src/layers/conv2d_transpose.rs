@@ -217,6 +217,7 @@ impl Conv2DTranspose {
 
 impl Layer for Conv2DTranspose {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let w = self.built(&InputSpec::from(input))?;
         traced(self, self.forward(input, w))
     }

@@ -197,6 +197,7 @@ impl DepthwiseConv2D {
 
 impl Layer for DepthwiseConv2D {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         traced(self, self.forward(input))
     }
 

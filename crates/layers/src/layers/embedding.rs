@@ -102,6 +102,7 @@ impl Embedding {
 
 impl Layer for Embedding {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let table = self.built(&input.device())?;
         let ids =
             if input.dtype() == DType::I64 { input.clone() } else { input.cast(DType::I64).in_layer(&self.name)? };

@@ -147,6 +147,7 @@ impl GroupNormalization {
 
 impl Layer for GroupNormalization {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let w = self.built(&InputSpec::from(input))?;
         self.channels(input.shape())?;
         let gamma = w.gamma.as_ref().map(Variable::value);

@@ -164,6 +164,7 @@ impl Default for LayerNormalization {
 
 impl Layer for LayerNormalization {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let w = self.built(&InputSpec::from(input))?;
         // A rank other than the built one is fine while the normalised dims match gamma's
         // (the op checks that, naming both shapes).

@@ -111,6 +111,7 @@ macro_rules! elementwise_merge_layer {
             }
 
             fn call_many(&self, inputs: &[&Tensor], _mode: Mode) -> Result<Tensor> {
+                let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
                 traced(self, $kind.apply(&self.name, inputs))
             }
 
@@ -249,6 +250,7 @@ impl Layer for Concatenate {
     }
 
     fn call_many(&self, inputs: &[&Tensor], _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         traced(self, concatenate_checked(&self.name, inputs, self.axis))
     }
 

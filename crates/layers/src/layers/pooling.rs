@@ -118,6 +118,7 @@ macro_rules! global_pool_layer {
 
         impl Layer for $name {
             fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+                let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
                 let pooled = input.$op().and_then(|y| {
                     if self.keepdims {
                         let &[n, c] = y.dims() else { unreachable!("global pooling gives [n, c]") };

@@ -107,6 +107,7 @@ impl Default for ReLU {
 
 impl Layer for ReLU {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         self.check()?;
         let y = relu_with(input, self.max_value, self.negative_slope, self.threshold);
         traced(self, y.in_layer(&self.name))
@@ -156,6 +157,7 @@ impl Default for LeakyReLU {
 
 impl Layer for LeakyReLU {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let slope = self.negative_slope;
         if !slope.is_finite() || slope < 0.0 {
             return Err(Error::layer(&self.name, format!("negative_slope must be finite and >= 0, got {slope}")));
@@ -206,6 +208,7 @@ impl Default for ELU {
 
 impl Layer for ELU {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         if !self.alpha.is_finite() {
             return Err(Error::layer(&self.name, format!("alpha must be finite, got {}", self.alpha)));
         }

@@ -217,6 +217,7 @@ impl SeparableConv2D {
 
 impl Layer for SeparableConv2D {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         traced(self, self.forward(input))
     }
 

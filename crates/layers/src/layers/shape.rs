@@ -72,6 +72,7 @@ impl Reshape {
 
 impl Layer for Reshape {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let dims = self.output_dims(input.dims())?;
         traced(self, input.reshape(dims).in_layer(&self.name))
     }
@@ -109,6 +110,7 @@ impl Permute {
 
 impl Layer for Permute {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let example_rank = input.rank().saturating_sub(1);
         let mut sorted = self.dims.clone();
         sorted.sort_unstable();
@@ -160,6 +162,7 @@ impl RepeatVector {
 
 impl Layer for RepeatVector {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let &[batch, features] = input.dims() else {
             return Err(Error::layer(
                 &self.name,

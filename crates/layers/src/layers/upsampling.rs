@@ -64,6 +64,7 @@ impl Default for UpSampling2D {
 
 impl Layer for UpSampling2D {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         if self.size.0 == 0 || self.size.1 == 0 {
             return Err(Error::layer(
                 &self.name,

@@ -52,6 +52,7 @@ impl Default for ZeroPadding2D {
 
 impl Layer for ZeroPadding2D {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         if input.rank() != 4 {
             return Err(Error::layer(
                 &self.name,

@@ -14,6 +14,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::cpu_backend::alloc::{try_vec, try_zeros};
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{DType, Error, Result, Shape, Tensor};
 use std::sync::Arc;
@@ -121,7 +122,10 @@ fn gather_with(table: &Tensor, idx: HostIndices, out_shape: Shape) -> Result<Ten
     out_shape.checked_elem_count("gather")?;
     let row_len = table.dims()[1..].iter().product::<usize>();
     let flat_indices = idx.flat.to_device(&table.device())?;
-    let out = Tensor::from_storage(table.storage().gather_rows(flat_indices.storage(), row_len)?, out_shape);
+    let storage = guarded("gather", &[table], &[&out_shape], table.dtype(), &table.device(), || {
+        table.storage().gather_rows(flat_indices.storage(), row_len)
+    })?;
+    let out = Tensor::from_storage(storage, out_shape);
     let table_shape = table.shape().clone();
     record_op("gather", &[table], &out, move |g| {
         Ok(vec![Some(scatter_add_with(g, idx.clone(), table_shape.clone())?)])
@@ -132,7 +136,9 @@ fn gather_with(table: &Tensor, idx: HostIndices, out_shape: Shape) -> Result<Ten
 fn scatter_add_with(values: &Tensor, idx: HostIndices, out_shape: Shape) -> Result<Tensor> {
     let row_len = out_shape.dims()[1..].iter().product::<usize>();
     let (order, offsets) = idx.segments(&values.device())?;
-    let storage = values.storage().segment_sum_rows(order.storage(), offsets.storage(), row_len)?;
+    let storage = guarded("scatter_add", &[values], &[&out_shape], values.dtype(), &values.device(), || {
+        values.storage().segment_sum_rows(order.storage(), offsets.storage(), row_len)
+    })?;
     let out = Tensor::from_storage(storage, out_shape);
     let values_shape = values.shape().clone();
     record_op("scatter_add", &[values], &out, move |g| {

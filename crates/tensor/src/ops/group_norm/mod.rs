@@ -14,6 +14,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::backend::GroupNormSpec;
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -145,9 +146,11 @@ impl Tensor {
         beta: Option<&Tensor>,
         spec: GroupNormSpec,
     ) -> Result<Tensor> {
-        let (y, mean, rstd) =
-            self.storage().group_norm(gamma.map(|g| g.storage()), beta.map(|b| b.storage()), &spec)?;
         let stat_shape = Shape::new(&[spec.stat_count()]);
+        let outputs = [self.shape(), &stat_shape, &stat_shape];
+        let (y, mean, rstd) = guarded(op, &[self], &outputs, self.dtype(), &self.device(), || {
+            self.storage().group_norm(gamma.map(|g| g.storage()), beta.map(|b| b.storage()), &spec)
+        })?;
         let y = Tensor::from_storage(y, self.shape().clone());
         let mean = Tensor::from_storage(mean, stat_shape.clone());
         let rstd = Tensor::from_storage(rstd, stat_shape);
@@ -181,14 +184,18 @@ fn group_norm_backward(
     rstd: &Tensor,
     spec: GroupNormSpec,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (dx, d_gamma, d_beta) = x.storage().group_norm_backward(
-        grad_out.storage(),
-        gamma.map(|g| g.storage()),
-        mean.storage(),
-        rstd.storage(),
-        &spec,
-    )?;
     let param_shape = Shape::new(&[spec.channels()]);
+    let outputs = [x.shape(), &param_shape, &param_shape];
+    let (dx, d_gamma, d_beta) =
+        guarded("group_norm_backward", &[x, grad_out], &outputs, x.dtype(), &x.device(), || {
+            x.storage().group_norm_backward(
+                grad_out.storage(),
+                gamma.map(|g| g.storage()),
+                mean.storage(),
+                rstd.storage(),
+                &spec,
+            )
+        })?;
     let dx = Tensor::from_storage(dx, x.shape().clone());
     let d_gamma = Tensor::from_storage(d_gamma, param_shape.clone());
     let d_beta = Tensor::from_storage(d_beta, param_shape);

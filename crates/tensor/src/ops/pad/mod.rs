@@ -12,6 +12,7 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
+use crate::ops::output_guard::guarded;
 use crate::shape::Dims;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
@@ -137,7 +138,8 @@ impl Tensor {
 
 /// The forward pad, recorded with its gradient rule.
 fn pad_with_spec(x: &Tensor, spec: PadSpec, out_shape: Shape) -> Result<Tensor> {
-    let out = Tensor::from_storage(x.storage().pad(&spec.coalesced())?, out_shape);
+    let storage = guarded("pad", &[x], &[&out_shape], x.dtype(), &x.device(), || x.storage().pad(&spec.coalesced()))?;
+    let out = Tensor::from_storage(storage, out_shape);
     let in_shape = x.shape().clone();
     record_op("pad", &[x], &out, move |g| Ok(vec![Some(pad_backward(g, spec.linear(), in_shape.clone())?)]));
     Ok(out)
@@ -146,7 +148,10 @@ fn pad_with_spec(x: &Tensor, spec: PadSpec, out_shape: Shape) -> Result<Tensor> 
 /// The adjoint of a pad: `[out dims] -> [in dims]`, each input element the sum of the
 /// output elements that read it. Its gradient is the (linear) pad again.
 fn pad_backward(grad_out: &Tensor, spec: PadSpec, in_shape: Shape) -> Result<Tensor> {
-    let dx = Tensor::from_storage(grad_out.storage().pad_backward(&spec.coalesced())?, in_shape);
+    let storage = guarded("pad_backward", &[grad_out], &[&in_shape], grad_out.dtype(), &grad_out.device(), || {
+        grad_out.storage().pad_backward(&spec.coalesced())
+    })?;
+    let dx = Tensor::from_storage(storage, in_shape);
     let out_shape = grad_out.shape().clone();
     record_op("pad_backward", &[grad_out], &dx, move |g| {
         Ok(vec![Some(pad_with_spec(g, spec.clone(), out_shape.clone())?)])

@@ -14,6 +14,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 
 use crate::ops::conv::check_nhwc;
+use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -160,7 +161,9 @@ fn output_shape(s: &ResizeSpec) -> Shape {
 
 /// The forward resize, recorded with its gradient rule (the adjoint).
 fn resize_with_spec(x: &Tensor, spec: ResizeSpec) -> Result<Tensor> {
-    let out = Tensor::from_storage(x.storage().resize(&spec)?, output_shape(&spec));
+    let shape = output_shape(&spec);
+    let storage = guarded("resize", &[x], &[&shape], x.dtype(), &x.device(), || x.storage().resize(&spec))?;
+    let out = Tensor::from_storage(storage, shape);
     record_op("resize", &[x], &out, move |g| Ok(vec![Some(resize_backward(g, spec)?)]));
     Ok(out)
 }
@@ -168,7 +171,11 @@ fn resize_with_spec(x: &Tensor, spec: ResizeSpec) -> Result<Tensor> {
 /// The adjoint of the resize: `[n, out_h, out_w, c] -> [n, h, w, c]`. Its gradient is the
 /// resize.
 fn resize_backward(grad_out: &Tensor, spec: ResizeSpec) -> Result<Tensor> {
-    let dx = Tensor::from_storage(grad_out.storage().resize_backward(&spec)?, input_shape(&spec));
+    let shape = input_shape(&spec);
+    let storage = guarded("resize_backward", &[grad_out], &[&shape], grad_out.dtype(), &grad_out.device(), || {
+        grad_out.storage().resize_backward(&spec)
+    })?;
+    let dx = Tensor::from_storage(storage, shape);
     record_op("resize_backward", &[grad_out], &dx, move |g| Ok(vec![Some(resize_with_spec(g, spec)?)]));
     Ok(dx)
 }
