@@ -163,7 +163,7 @@ impl Conv2D {
             }
             let in_channels = input.shape.dims()[3];
             let groups = self.params.groups;
-            if groups == 0 || in_channels % groups != 0 || self.filters % groups != 0 {
+            if groups == 0 || !in_channels.is_multiple_of(groups) || !self.filters.is_multiple_of(groups) {
                 return Err(Error::layer(
                     &self.name,
                     format!(

@@ -153,8 +153,8 @@ impl Readers {
         let mut starts = try_vec(op, input + 1, 0)?;
         let mut pairs = try_vec(op, input.saturating_mul(taps), (0, 0))?;
         let mut len = 0;
-        for i in 0..input {
-            starts[i] = len;
+        for (i, start) in starts.iter_mut().take(input).enumerate() {
+            *start = len;
             for t in 0..taps {
                 // Output o reads input o * stride - pad + t * dilation.
                 let Some(at) = (i + pad).checked_sub(t * dilation) else { continue };
