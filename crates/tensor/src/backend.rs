@@ -8,6 +8,8 @@
 //! `ops/<family>/cpu.rs` (and `cuda.rs`).
 
 use crate::ops::optim::{AdamStep, SgdStep};
+use crate::ops::pad::PadSpec;
+use crate::ops::resize::ResizeSpec;
 use crate::shape::Dims;
 use crate::{DType, Result, Shape};
 
@@ -330,4 +332,16 @@ pub trait BackendStorage: Sized + Send + Sync {
         v: Option<&Self>,
         step: &AdamStep,
     ) -> Result<(Self, Self, Self)>;
+    /// Pads a buffer of `spec.in_dims` (`self`) into one of `spec.out_dims()` (float
+    /// dtypes; [`Tensor::pad`](crate::Tensor::pad)).
+    fn pad(&self, spec: &PadSpec) -> Result<Self>;
+    /// The adjoint of [`pad`](Self::pad): given a buffer of `spec.out_dims()` (`self`),
+    /// each input element the sum of the output elements that read it.
+    fn pad_backward(&self, spec: &PadSpec) -> Result<Self>;
+    /// Resizes an NHWC image (`self`) by integer factors
+    /// ([`Tensor::resize`](crate::Tensor::resize)).
+    fn resize(&self, spec: &ResizeSpec) -> Result<Self>;
+    /// The adjoint of [`resize`](Self::resize): given the output gradient (`self`), each
+    /// input pixel the weighted sum of the output pixels that read it.
+    fn resize_backward(&self, spec: &ResizeSpec) -> Result<Self>;
 }

@@ -9,6 +9,8 @@ use crate::cpu_backend::CpuStorage;
 #[cfg(feature = "cuda")]
 use crate::cuda_backend::CudaStorage;
 use crate::ops::optim::{AdamStep, SgdStep};
+use crate::ops::pad::PadSpec;
+use crate::ops::resize::ResizeSpec;
 use crate::{DType, Device, Error, Result, Shape};
 
 /// A contiguous buffer on one device. Immutable once made: ops return new storage.
@@ -317,6 +319,22 @@ impl Storage {
             #[allow(unreachable_patterns)]
             _ => Err(self.mismatch(OP, [Some(grad), m, v])),
         }
+    }
+
+    pub(crate) fn pad(&self, spec: &PadSpec) -> Result<Storage> {
+        Ok(each_backend!(self, |s| s.pad(spec)))
+    }
+
+    pub(crate) fn pad_backward(&self, spec: &PadSpec) -> Result<Storage> {
+        Ok(each_backend!(self, |s| s.pad_backward(spec)))
+    }
+
+    pub(crate) fn resize(&self, spec: &ResizeSpec) -> Result<Storage> {
+        Ok(each_backend!(self, |s| s.resize(spec)))
+    }
+
+    pub(crate) fn resize_backward(&self, spec: &ResizeSpec) -> Result<Storage> {
+        Ok(each_backend!(self, |s| s.resize_backward(spec)))
     }
 
     /// The device error for an op whose operands are not all on this storage's device.

@@ -3,13 +3,18 @@
 pub(crate) mod activation;
 pub(crate) mod add;
 pub(crate) mod batch_norm;
+pub(crate) mod borders;
 pub(crate) mod conv2d;
+pub(crate) mod conv2d_transpose;
+pub(crate) mod cropping;
 pub(crate) mod dense;
 pub(crate) mod dropout;
 pub(crate) mod flatten;
 pub(crate) mod pair;
 pub(crate) mod pooling;
 pub(crate) mod sequential;
+pub(crate) mod upsampling;
+pub(crate) mod zero_padding;
 
 use crate::Result;
 use std::sync::OnceLock;

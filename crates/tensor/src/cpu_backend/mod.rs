@@ -19,6 +19,8 @@ use crate::backend::{
     UnaryOp,
 };
 use crate::ops::optim::{AdamStep, SgdStep};
+use crate::ops::pad::{self, PadSpec};
+use crate::ops::resize::{self, ResizeSpec};
 use crate::ops::{conv, elementwise, layout, matmul, norm, optim, pool, reduce, softmax};
 use crate::{DType, Element, Error, Result, Shape};
 
@@ -360,5 +362,23 @@ impl BackendStorage for CpuStorage {
             Self::typed_opt(v, OP)?,
             step
         )))
+    }
+
+    fn pad(&self, spec: &PadSpec) -> Result<Self> {
+        Ok(float_kernel!(self, "pad", T => pad::cpu::pad::<T>(self.typed("pad")?, spec)?))
+    }
+
+    fn pad_backward(&self, spec: &PadSpec) -> Result<Self> {
+        const OP: &str = "pad_backward";
+        Ok(float_kernel!(self, OP, T => pad::cpu::pad_backward::<T>(self.typed(OP)?, spec)?))
+    }
+
+    fn resize(&self, spec: &ResizeSpec) -> Result<Self> {
+        Ok(float_kernel!(self, "resize", T => resize::cpu::resize::<T>(self.typed("resize")?, spec)?))
+    }
+
+    fn resize_backward(&self, spec: &ResizeSpec) -> Result<Self> {
+        const OP: &str = "resize_backward";
+        Ok(float_kernel!(self, OP, T => resize::cpu::resize_backward::<T>(self.typed(OP)?, spec)?))
     }
 }

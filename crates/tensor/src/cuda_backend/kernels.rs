@@ -36,12 +36,14 @@ pub const ALL_SOURCES: &[KernelSource] = &[
     crate::ops::pool::cuda::KERNELS,
     crate::ops::norm::cuda::KERNELS,
     crate::ops::optim::cuda::KERNELS,
+    crate::ops::pad::cuda::KERNELS,
+    crate::ops::resize::cuda::KERNELS,
 ];
 
 /// Every kernel entry point the launch code can ask for, with its source's name (a test
 /// checks each against the compiled PTX, so a misspelt name fails in CI, not on a GPU).
 pub fn all_kernel_names() -> Vec<(&'static str, String)> {
-    let families: [(&'static str, Vec<String>); 7] = [
+    let families: [(&'static str, Vec<String>); 9] = [
         ("elementwise", crate::ops::elementwise::cuda::kernel_names()),
         ("layout", crate::ops::layout::cuda::kernel_names()),
         ("reduce", crate::ops::reduce::cuda::kernel_names()),
@@ -49,6 +51,8 @@ pub fn all_kernel_names() -> Vec<(&'static str, String)> {
         ("pool", crate::ops::pool::cuda::kernel_names()),
         ("norm", crate::ops::norm::cuda::kernel_names()),
         ("optim", crate::ops::optim::cuda::kernel_names()),
+        ("pad", crate::ops::pad::cuda::kernel_names()),
+        ("resize", crate::ops::resize::cuda::kernel_names()),
     ];
     families.into_iter().flat_map(|(source, names)| names.into_iter().map(move |n| (source, n))).collect()
 }

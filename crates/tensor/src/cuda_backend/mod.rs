@@ -20,6 +20,8 @@ use crate::backend::{
 };
 use crate::cpu_backend::CpuStorage;
 use crate::ops::optim::{AdamStep, SgdStep};
+use crate::ops::pad::{self, PadSpec};
+use crate::ops::resize::{self, ResizeSpec};
 use crate::ops::{conv, elementwise, layout, matmul, norm, optim, pool, reduce, softmax};
 use crate::{DType, Device, Error, Result, Shape};
 use allocator::Block;
@@ -307,5 +309,21 @@ impl BackendStorage for CudaStorage {
         step: &AdamStep,
     ) -> Result<(Self, Self, Self)> {
         optim::cuda::adam_update(self, grad, m, v, step)
+    }
+
+    fn pad(&self, spec: &PadSpec) -> Result<Self> {
+        pad::cuda::pad(self, spec)
+    }
+
+    fn pad_backward(&self, spec: &PadSpec) -> Result<Self> {
+        pad::cuda::pad_backward(self, spec)
+    }
+
+    fn resize(&self, spec: &ResizeSpec) -> Result<Self> {
+        resize::cuda::resize(self, spec)
+    }
+
+    fn resize_backward(&self, spec: &ResizeSpec) -> Result<Self> {
+        resize::cuda::resize_backward(self, spec)
     }
 }

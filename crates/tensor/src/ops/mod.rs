@@ -9,9 +9,11 @@
 //! | [`matmul`] | 2-D and batched matrix products |
 //! | [`layout`] | reshape, permute, transpose, broadcast_to, narrow, concat, stack, squeeze |
 //! | [`softmax`] | softmax, log_softmax, softmax cross-entropy, one_hot |
-//! | [`conv`] | conv2d over NHWC (strides, Valid/Same/explicit padding, dilation, bias) |
+//! | [`conv`] | conv2d over NHWC (strides, Valid/Same/explicit padding, dilation, bias), conv2d_transpose |
 //! | [`pool`] | max_pool2d, avg_pool2d, global_avg_pool2d |
 //! | [`norm`] | batch_norm_train (fused backward), batch_norm_infer |
+//! | [`pad`] | pad (constant, reflect; any rank) |
+//! | [`resize`] | resize of NHWC images by integer factors (nearest, bilinear) |
 //! | [`optim`] | fused optimizer updates: sgd_update, adam_update (AdamW with weight decay) |
 
 pub mod conv;
@@ -20,6 +22,8 @@ pub mod layout;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod pad;
 pub mod pool;
 pub mod reduce;
+pub mod resize;
 pub mod softmax;

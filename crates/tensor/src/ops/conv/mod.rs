@@ -10,9 +10,11 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 mod padding;
+mod transpose;
 
 pub use padding::Padding;
 pub(crate) use padding::SpatialAxis;
+pub use transpose::Conv2dTransposeParams;
 
 use crate::backend::Conv2dSpec;
 use crate::tape::record_op;
