@@ -135,6 +135,20 @@ pub trait Layer: Send + Sync {
     /// device.
     fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor>;
 
+    /// Runs the layer on several inputs, as Keras calls a layer on a list of tensors. Merge
+    /// layers ([`Add`](crate::Add), [`Concatenate`](crate::Concatenate), ...) override
+    /// it; the default takes exactly one input and forwards to [`Layer::call`], so any
+    /// layer can be called through this one entry point.
+    fn call_many(&self, inputs: &[&Tensor], mode: Mode) -> Result<Tensor> {
+        match inputs {
+            [x] => self.call(x, mode),
+            _ => Err(crate::Error::layer(
+                self.name(),
+                format!("takes exactly one input but was called on {} inputs", inputs.len()),
+            )),
+        }
+    }
+
     /// The layer's name ("conv2d_3"); by default the short name of its Rust type.
     fn name(&self) -> &str {
         short_type_name(std::any::type_name::<Self>())

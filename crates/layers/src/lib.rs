@@ -47,7 +47,6 @@ pub use error::{Error, Result};
 pub use initializers::Initializer;
 pub use layer::{InputSpec, Layer, Mode, ParamCount};
 pub use layers::activation::{Activation, ActivationFn, ReLU};
-pub use layers::add::{add, Add};
 pub use layers::batch_norm::BatchNormalization;
 pub use layers::borders::IntoBorders;
 pub use layers::conv2d::Conv2D;
@@ -55,12 +54,18 @@ pub use layers::conv2d_transpose::Conv2DTranspose;
 pub use layers::cropping::Cropping2D;
 pub use layers::dense::Dense;
 pub use layers::dropout::Dropout;
+pub use layers::embedding::Embedding;
 pub use layers::flatten::Flatten;
+pub use layers::merge::{
+    add, average, concatenate, maximum, minimum, multiply, subtract, Add, Average, Concatenate, Maximum, Minimum,
+    Multiply, Subtract,
+};
 pub use layers::pair::IntoPair;
-pub use layers::pooling::{AveragePooling2D, GlobalAveragePooling2D, MaxPool2D};
+pub use layers::pooling::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D};
 pub use layers::sequential::Sequential;
 pub use layers::upsampling::UpSampling2D;
 pub use layers::zero_padding::ZeroPadding2D;
+pub use layers::shape::{Permute, RepeatVector, Reshape};
 pub use naming::unique_name;
 pub use summary::{summary, summary_nested, Summary, SummaryRow};
 pub use tapegrad_tensor::{Interpolation, Padding};

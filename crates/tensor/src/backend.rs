@@ -318,6 +318,14 @@ pub trait BackendStorage: Sized + Send + Sync {
         var: &Self,
         spec: &BatchNormSpec,
     ) -> Result<(Self, Self, Self)>;
+    /// Row `indices[i]` of a table (`self`, `[rows, row_len]`) for each of the i64
+    /// `indices` (all in `0..rows`; the op checks them): `[indices.len(), row_len]`.
+    fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self>;
+    /// The segmented row sum under scatter_add: output row `s` (of `offsets.len() - 1`) is
+    /// the sum of the rows `self[order[k]]` (`self` is `[n, row_len]`) for `k` in
+    /// `offsets[s]..offsets[s + 1]`, added in that order, so the result is deterministic.
+    /// `order` and `offsets` are i64.
+    fn segment_sum_rows(&self, order: &Self, offsets: &Self, row_len: usize) -> Result<Self>;
     /// One fused SGD step of a parameter (`self`) given its gradient and velocity (`None`
     /// before the first step): the new parameter and the new velocity (`None` when
     /// `momentum` is 0). Formulas on [`sgd_update`](crate::optim::sgd_update).

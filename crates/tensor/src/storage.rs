@@ -276,6 +276,24 @@ impl Storage {
         }
     }
 
+    pub(crate) fn gather_rows(&self, indices: &Storage, row_len: usize) -> Result<Storage> {
+        same_device!("gather", self, indices, |t, i| t.gather_rows(i, row_len))
+    }
+
+    pub(crate) fn segment_sum_rows(&self, order: &Storage, offsets: &Storage, row_len: usize) -> Result<Storage> {
+        match (self, order, offsets) {
+            (Storage::Cpu(v), Storage::Cpu(o), Storage::Cpu(off)) => {
+                Ok(Storage::Cpu(v.segment_sum_rows(o, off, row_len)?))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(v), Storage::Cuda(o), Storage::Cuda(off)) => {
+                Ok(Storage::Cuda(v.segment_sum_rows(o, off, row_len)?))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(self.mismatch("scatter_add", [Some(order), Some(offsets)])),
+        }
+    }
+
     pub(crate) fn sgd_update(
         &self,
         grad: &Storage,

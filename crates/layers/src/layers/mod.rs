@@ -1,7 +1,6 @@
 //! The built-in layers.
 
 pub(crate) mod activation;
-pub(crate) mod add;
 pub(crate) mod batch_norm;
 pub(crate) mod borders;
 pub(crate) mod conv2d;
@@ -9,12 +8,15 @@ pub(crate) mod conv2d_transpose;
 pub(crate) mod cropping;
 pub(crate) mod dense;
 pub(crate) mod dropout;
+pub(crate) mod embedding;
 pub(crate) mod flatten;
+pub(crate) mod merge;
 pub(crate) mod pair;
 pub(crate) mod pooling;
 pub(crate) mod sequential;
 pub(crate) mod upsampling;
 pub(crate) mod zero_padding;
+pub(crate) mod shape;
 
 use crate::Result;
 use std::sync::OnceLock;

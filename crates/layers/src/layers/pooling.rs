@@ -1,4 +1,5 @@
-//! Pooling layers: [`MaxPool2D`], [`AveragePooling2D`], [`GlobalAveragePooling2D`].
+//! Pooling layers: [`MaxPool2D`], [`AveragePooling2D`], [`GlobalAveragePooling2D`],
+//! [`GlobalMaxPooling2D`].
 
 use super::pair::IntoPair;
 use crate::error::InLayer;
@@ -79,42 +80,77 @@ window_pool_layer!(
     avg_pool2d
 );
 
-/// The mean over height and width, `[n, h, w, c] -> [n, c]` (Keras'
-/// `layers.GlobalAveragePooling2D`).
-#[derive(Debug)]
-pub struct GlobalAveragePooling2D {
-    name: String,
+macro_rules! global_pool_layer {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $op:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name {
+            name: String,
+            keepdims: bool,
+        }
+
+        impl $name {
+            /// A global pooling layer, `[n, h, w, c] -> [n, c]` (Keras' default
+            /// `keepdims=False`).
+            pub fn new() -> Self {
+                $name { name: unique_name($prefix), keepdims: false }
+            }
+
+            /// Whether to keep the pooled axes, giving `[n, 1, 1, c]` (Keras' `keepdims`).
+            pub fn keepdims(mut self, keepdims: bool) -> Self {
+                self.keepdims = keepdims;
+                self
+            }
+
+            /// The same layer under another name.
+            pub fn named(mut self, name: impl Into<String>) -> Self {
+                self.name = name.into();
+                self
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl Layer for $name {
+            fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+                let pooled = input.$op().and_then(|y| {
+                    if self.keepdims {
+                        let &[n, c] = y.dims() else { unreachable!("global pooling gives [n, c]") };
+                        y.reshape([n, 1, 1, c])
+                    } else {
+                        Ok(y)
+                    }
+                });
+                traced(self, pooled.in_layer(&self.name))
+            }
+
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            fn type_name(&self) -> &str {
+                stringify!($name)
+            }
+        }
+    };
 }
 
-impl GlobalAveragePooling2D {
-    /// A global average pooling layer.
-    pub fn new() -> Self {
-        GlobalAveragePooling2D { name: unique_name("global_average_pooling2d") }
-    }
+global_pool_layer!(
+    /// The mean over height and width, `[n, h, w, c] -> [n, c]`, or `[n, 1, 1, c]` with
+    /// `keepdims(true)` (Keras' `layers.GlobalAveragePooling2D`).
+    GlobalAveragePooling2D,
+    "global_average_pooling2d",
+    global_avg_pool2d
+);
 
-    /// The same layer under another name.
-    pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-}
-
-impl Default for GlobalAveragePooling2D {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Layer for GlobalAveragePooling2D {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        traced(self, input.global_avg_pool2d().in_layer(&self.name))
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn type_name(&self) -> &str {
-        "GlobalAveragePooling2D"
-    }
-}
+global_pool_layer!(
+    /// The maximum over height and width, `[n, h, w, c] -> [n, c]`, or `[n, 1, 1, c]` with
+    /// `keepdims(true)` (Keras' `layers.GlobalMaxPooling2D`).
+    GlobalMaxPooling2D,
+    "global_max_pooling2d",
+    global_max_pool2d
+);

@@ -6,7 +6,7 @@
 
 use crate::naming::unique_name;
 use crate::{
-    add, Activation, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, Layer, MaxPool2D, Mode, Padding,
+    Activation, Add, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, Layer, MaxPool2D, Mode, Padding,
     Result, Sequential,
 };
 use tapegrad_tensor::Tensor;
@@ -28,6 +28,8 @@ pub struct BasicBlock {
     pub bn2: BatchNormalization,
     /// The projection shortcut; `None` is the identity.
     pub shortcut: Option<Box<dyn Layer>>,
+    /// Sums the shortcut and the residual branch (no variables).
+    pub add: Add,
 }
 
 impl BasicBlock {
@@ -47,6 +49,7 @@ impl BasicBlock {
             conv2: Conv2D::new(filters, 3).strides(1).padding(Padding::Same),
             bn2: BatchNormalization::new(),
             shortcut,
+            add: Add::new(),
         }
     }
 
@@ -70,6 +73,7 @@ impl BasicBlock {
             conv2: Conv2D::new(filters, 3).padding(Padding::Same).use_bias(false),
             bn2: BatchNormalization::new(),
             shortcut,
+            add: Add::new(),
         }
     }
 }
@@ -85,7 +89,7 @@ impl Layer for BasicBlock {
             Some(projection) => projection.call(inputs, mode)?,
             None => inputs.clone(),
         };
-        let output = add(&[&shortcut, &out])?;
+        let output = self.add.call_many(&[&shortcut, &out], mode)?;
         Ok(output.relu()?)
     }
 
@@ -102,6 +106,7 @@ impl Layer for BasicBlock {
         if let Some(shortcut) = &self.shortcut {
             visit("shortcut", shortcut.as_ref());
         }
+        visit("add", &self.add);
     }
 }
 

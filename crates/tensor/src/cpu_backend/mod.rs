@@ -21,7 +21,7 @@ use crate::backend::{
 use crate::ops::optim::{AdamStep, SgdStep};
 use crate::ops::pad::{self, PadSpec};
 use crate::ops::resize::{self, ResizeSpec};
-use crate::ops::{conv, elementwise, layout, matmul, norm, optim, pool, reduce, softmax};
+use crate::ops::{conv, elementwise, gather, layout, matmul, norm, optim, pool, reduce, softmax};
 use crate::{DType, Element, Error, Result, Shape};
 
 /// A contiguous host buffer of one dtype.
@@ -326,6 +326,18 @@ impl BackendStorage for CpuStorage {
             var.typed(OP)?,
             spec
         )))
+    }
+
+    fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self> {
+        const OP: &str = "gather";
+        let indices = indices.typed::<i64>(OP)?;
+        Ok(float_kernel!(self, OP, T => gather::cpu::gather_rows::<T>(self.typed(OP)?, indices, row_len)?))
+    }
+
+    fn segment_sum_rows(&self, order: &Self, offsets: &Self, row_len: usize) -> Result<Self> {
+        const OP: &str = "scatter_add";
+        let (order, offsets) = (order.typed::<i64>(OP)?, offsets.typed::<i64>(OP)?);
+        Ok(float_kernel!(self, OP, T => gather::cpu::segment_sum_rows::<T>(self.typed(OP)?, order, offsets, row_len)?))
     }
 
     fn sgd_update(&self, grad: &Self, velocity: Option<&Self>, step: &SgdStep) -> Result<(Self, Option<Self>)> {

@@ -38,12 +38,13 @@ pub const ALL_SOURCES: &[KernelSource] = &[
     crate::ops::optim::cuda::KERNELS,
     crate::ops::pad::cuda::KERNELS,
     crate::ops::resize::cuda::KERNELS,
+    crate::ops::gather::cuda::KERNELS,
 ];
 
 /// Every kernel entry point the launch code can ask for, with its source's name (a test
 /// checks each against the compiled PTX, so a misspelt name fails in CI, not on a GPU).
 pub fn all_kernel_names() -> Vec<(&'static str, String)> {
-    let families: [(&'static str, Vec<String>); 9] = [
+    let families: [(&'static str, Vec<String>); 10] = [
         ("elementwise", crate::ops::elementwise::cuda::kernel_names()),
         ("layout", crate::ops::layout::cuda::kernel_names()),
         ("reduce", crate::ops::reduce::cuda::kernel_names()),
@@ -53,6 +54,7 @@ pub fn all_kernel_names() -> Vec<(&'static str, String)> {
         ("optim", crate::ops::optim::cuda::kernel_names()),
         ("pad", crate::ops::pad::cuda::kernel_names()),
         ("resize", crate::ops::resize::cuda::kernel_names()),
+        ("gather", crate::ops::gather::cuda::kernel_names()),
     ];
     families.into_iter().flat_map(|(source, names)| names.into_iter().map(move |n| (source, n))).collect()
 }

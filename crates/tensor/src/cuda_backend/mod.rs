@@ -22,7 +22,7 @@ use crate::cpu_backend::CpuStorage;
 use crate::ops::optim::{AdamStep, SgdStep};
 use crate::ops::pad::{self, PadSpec};
 use crate::ops::resize::{self, ResizeSpec};
-use crate::ops::{conv, elementwise, layout, matmul, norm, optim, pool, reduce, softmax};
+use crate::ops::{conv, elementwise, gather, layout, matmul, norm, optim, pool, reduce, softmax};
 use crate::{DType, Device, Error, Result, Shape};
 use allocator::Block;
 use cudarc::driver::result as driver;
@@ -295,6 +295,14 @@ impl BackendStorage for CudaStorage {
         spec: &BatchNormSpec,
     ) -> Result<(Self, Self, Self)> {
         norm::cuda::batch_norm_backward(self, grad_out, gamma, mean, var, spec)
+    }
+
+    fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self> {
+        gather::cuda::gather_rows(self, indices, row_len)
+    }
+
+    fn segment_sum_rows(&self, order: &Self, offsets: &Self, row_len: usize) -> Result<Self> {
+        gather::cuda::segment_sum_rows(self, order, offsets, row_len)
     }
 
     fn sgd_update(&self, grad: &Self, velocity: Option<&Self>, step: &SgdStep) -> Result<(Self, Option<Self>)> {

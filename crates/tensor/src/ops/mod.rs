@@ -10,7 +10,8 @@
 //! | [`layout`] | reshape, permute, transpose, broadcast_to, narrow, concat, stack, squeeze |
 //! | [`softmax`] | softmax, log_softmax, softmax cross-entropy, one_hot |
 //! | [`conv`] | conv2d over NHWC (strides, Valid/Same/explicit padding, dilation, bias), conv2d_transpose |
-//! | [`pool`] | max_pool2d, avg_pool2d, global_avg_pool2d |
+//! | [`pool`] | max_pool2d, avg_pool2d, global_avg_pool2d, global_max_pool2d |
+//! | [`gather`] | gather (rows by i64 indices), scatter_add (its deterministic adjoint) |
 //! | [`norm`] | batch_norm_train (fused backward), batch_norm_infer |
 //! | [`pad`] | pad (constant, reflect; any rank) |
 //! | [`resize`] | resize of NHWC images by integer factors (nearest, bilinear) |
@@ -18,6 +19,7 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod gather;
 pub mod layout;
 pub mod matmul;
 pub mod norm;

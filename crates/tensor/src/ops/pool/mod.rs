@@ -1,4 +1,4 @@
-//! Max and average pooling over NHWC images, global average pooling, and their
+//! Max and average pooling over NHWC images, global average and max pooling, and their
 //! gradients.
 //!
 //! Padding takes no part in a window: max pooling never picks it and average pooling
@@ -71,6 +71,17 @@ impl Tensor {
             return Err(Error::invalid(OP, format!("the input of shape {} has no pixels to average", self.shape())));
         }
         self.mean(&[1, 2], false)
+    }
+
+    /// Global max pooling: the maximum over height and width, `[n, h, w, c] -> [n, c]`
+    /// (Keras' `GlobalMaxPooling2D`). The gradient is the max reduction's.
+    pub fn global_max_pool2d(&self) -> Result<Tensor> {
+        const OP: &str = "global_max_pool2d";
+        check_nhwc(self, OP)?;
+        if self.dims()[1] * self.dims()[2] == 0 {
+            return Err(Error::invalid(OP, format!("the input of shape {} has no pixels to pool", self.shape())));
+        }
+        self.max(&[1, 2], false)
     }
 }
 
