@@ -46,7 +46,7 @@ mod trace;
 pub use error::{Error, Result};
 pub use initializers::Initializer;
 pub use layer::{InputSpec, Layer, Mode, ParamCount};
-pub use layers::activation::{Activation, ActivationFn, ReLU};
+pub use layers::activation::{Activation, ActivationFn, ActivationFnPtr, CustomActivation};
 pub use layers::batch_norm::BatchNormalization;
 pub use layers::borders::IntoBorders;
 pub use layers::conv2d::Conv2D;
@@ -62,6 +62,7 @@ pub use layers::merge::{
 };
 pub use layers::pair::IntoPair;
 pub use layers::pooling::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D};
+pub use layers::relu::{LeakyReLU, ReLU, ELU};
 pub use layers::sequential::Sequential;
 pub use layers::upsampling::UpSampling2D;
 pub use layers::zero_padding::ZeroPadding2D;

@@ -72,7 +72,7 @@ fn activations_flatten_and_add() -> Result<()> {
     let soft = Activation::softmax().call(&x, Mode::Infer)?;
     let rows = soft.sum(&[-1], false)?.to_vec::<f32>()?;
     assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-6));
-    assert!("swish".parse::<ActivationFn>().is_err());
+    assert!("swishy".parse::<ActivationFn>().is_err());
 
     let flat = Flatten::new().call(&x, Mode::Infer)?;
     assert_eq!(flat.dims(), &[2, 12]);

@@ -54,6 +54,38 @@ pub enum UnaryOp {
         /// Offset.
         add: f64,
     },
+    /// The error function.
+    Erf,
+    /// `ln(1 + x)`, accurate near 0.
+    Log1p,
+    /// `e^x - 1`, accurate near 0.
+    Expm1,
+    /// `ln(1 + e^x)`, computed without overflow.
+    Softplus,
+    /// `x / (1 + |x|)`
+    Softsign,
+    /// `x * Φ(x)` with the normal CDF `Φ` (exact GELU, through erf).
+    Gelu,
+    /// GELU's tanh approximation `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+    GeluTanh,
+    /// `x * sigmoid(x)` (SiLU, swish).
+    Silu,
+    /// `x * tanh(softplus(x))`
+    Mish,
+    /// `relu6(x + 3) / 6` (Keras 3 and PyTorch).
+    HardSigmoid,
+    /// `x * relu6(x + 3) / 6`
+    HardSwish,
+    /// `x` for `x > 0`, else `alpha * (e^x - 1)`.
+    Elu {
+        /// The scale of the negative part.
+        alpha: f64,
+    },
+    /// `x` for `x >= 0`, else `slope * x`.
+    LeakyRelu {
+        /// The slope of the negative part.
+        slope: f64,
+    },
 }
 
 /// Elementwise functions of two tensors, with broadcasting. Comparisons give 1 or 0 in

@@ -13,6 +13,7 @@ pub(crate) mod flatten;
 pub(crate) mod merge;
 pub(crate) mod pair;
 pub(crate) mod pooling;
+pub(crate) mod relu;
 pub(crate) mod sequential;
 pub(crate) mod upsampling;
 pub(crate) mod zero_padding;

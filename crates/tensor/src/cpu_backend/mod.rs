@@ -6,7 +6,7 @@
 pub(crate) mod alloc;
 mod parallel;
 
-pub(crate) use parallel::{par_map, par_zip_map, PAR_MIN_LEN};
+pub(crate) use parallel::{par_map, PAR_MIN_LEN};
 
 /// Whether a value is NaN, for generic element types (integers never are).
 #[inline(always)]
@@ -154,8 +154,8 @@ impl BackendStorage for CpuStorage {
 
     fn unary(&self, op: UnaryOp) -> Result<Self> {
         Ok(match self {
-            CpuStorage::F32(v) => CpuStorage::F32(elementwise::cpu::unary_float(v, op)),
-            CpuStorage::F64(v) => CpuStorage::F64(elementwise::cpu::unary_float(v, op)),
+            CpuStorage::F32(v) => CpuStorage::F32(elementwise::cpu::unary_float(v, op)?),
+            CpuStorage::F64(v) => CpuStorage::F64(elementwise::cpu::unary_float(v, op)?),
             CpuStorage::I64(v) => CpuStorage::I64(elementwise::cpu::unary_int(v, op)?),
         })
     }
@@ -163,13 +163,13 @@ impl BackendStorage for CpuStorage {
     fn binary(&self, rhs: &Self, op: BinaryOp, ls: &Shape, rs: &Shape, out: &Shape) -> Result<Self> {
         Ok(match (self, rhs) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(elementwise::cpu::binary(a, b, op, ls, rs, out))
+                CpuStorage::F32(elementwise::cpu::binary(a, b, op, ls, rs, out)?)
             }
             (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(elementwise::cpu::binary(a, b, op, ls, rs, out))
+                CpuStorage::F64(elementwise::cpu::binary(a, b, op, ls, rs, out)?)
             }
             (CpuStorage::I64(a), CpuStorage::I64(b)) => {
-                CpuStorage::I64(elementwise::cpu::binary(a, b, op, ls, rs, out))
+                CpuStorage::I64(elementwise::cpu::binary(a, b, op, ls, rs, out)?)
             }
             _ => return Err(Error::DTypeMismatch { op: "binary", lhs: self.dtype(), rhs: rhs.dtype() }),
         })

@@ -14,17 +14,3 @@ pub(crate) fn par_map<T: Copy + Send + Sync, U: Send>(x: &[T], f: impl Fn(T) -> 
         x.par_iter().with_min_len(PAR_MIN_LEN / 4).map(|&v| f(v)).collect()
     }
 }
-
-/// Elementwise `f(a[i], b[i])` over equal-length slices, in parallel for large inputs.
-pub(crate) fn par_zip_map<T: Copy + Send + Sync, U: Send>(
-    a: &[T],
-    b: &[T],
-    f: impl Fn(T, T) -> U + Sync + Send,
-) -> Vec<U> {
-    debug_assert_eq!(a.len(), b.len());
-    if a.len() < PAR_MIN_LEN {
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
-    } else {
-        a.par_iter().zip(b.par_iter()).with_min_len(PAR_MIN_LEN / 4).map(|(&x, &y)| f(x, y)).collect()
-    }
-}

@@ -10,7 +10,7 @@ use cudarc::driver::DeviceRepr;
 /// The elementwise kernels' source.
 pub(crate) const KERNELS: KernelSource = KernelSource { name: "elementwise", source: include_str!("elementwise.cu") };
 
-const ALL_UNARY: [UnaryOp; 14] = [
+const ALL_UNARY: [UnaryOp; 27] = [
     UnaryOp::Neg,
     UnaryOp::Exp,
     UnaryOp::Log,
@@ -25,6 +25,19 @@ const ALL_UNARY: [UnaryOp; 14] = [
     UnaryOp::Powf(0.0),
     UnaryOp::Clamp { min: 0.0, max: 0.0 },
     UnaryOp::Affine { mul: 0.0, add: 0.0 },
+    UnaryOp::Erf,
+    UnaryOp::Log1p,
+    UnaryOp::Expm1,
+    UnaryOp::Softplus,
+    UnaryOp::Softsign,
+    UnaryOp::Gelu,
+    UnaryOp::GeluTanh,
+    UnaryOp::Silu,
+    UnaryOp::Mish,
+    UnaryOp::HardSigmoid,
+    UnaryOp::HardSwish,
+    UnaryOp::Elu { alpha: 0.0 },
+    UnaryOp::LeakyRelu { slope: 0.0 },
 ];
 
 const ALL_BINARY: [BinaryOp; 12] = [
@@ -43,22 +56,8 @@ const ALL_BINARY: [BinaryOp; 12] = [
 ];
 
 fn unary_op_name(op: UnaryOp) -> &'static str {
-    match op {
-        UnaryOp::Neg => "neg",
-        UnaryOp::Exp => "exp",
-        UnaryOp::Log => "log",
-        UnaryOp::Sqrt => "sqrt",
-        UnaryOp::Square => "square",
-        UnaryOp::Relu => "relu",
-        UnaryOp::Sigmoid => "sigmoid",
-        UnaryOp::Tanh => "tanh",
-        UnaryOp::Abs => "abs",
-        UnaryOp::Sign => "sign",
-        UnaryOp::Recip => "recip",
-        UnaryOp::Powf(_) => "powf",
-        UnaryOp::Clamp { .. } => "clamp",
-        UnaryOp::Affine { .. } => "affine",
-    }
+    // One spelling for errors and kernel names on both backends.
+    crate::ops::elementwise::cpu::unary_name(op)
 }
 
 /// The unary ops with an i64 kernel (as on the CPU).
@@ -128,6 +127,8 @@ fn unary_params(op: UnaryOp) -> (f64, f64) {
         UnaryOp::Powf(e) => (e, 0.0),
         UnaryOp::Clamp { min, max } => (min, max),
         UnaryOp::Affine { mul, add } => (mul, add),
+        UnaryOp::Elu { alpha } => (alpha, 0.0),
+        UnaryOp::LeakyRelu { slope } => (slope, 0.0),
         _ => (0.0, 0.0),
     }
 }

@@ -7,33 +7,67 @@
 
 // ---- unary ----------------------------------------------------------------------------
 
-enum UnaryCode { U_NEG, U_EXP, U_LOG, U_SQRT, U_SQUARE, U_RELU, U_SIGMOID, U_TANH, U_ABS, U_SIGN, U_RECIP, U_POWF, U_CLAMP, U_AFFINE };
+enum UnaryCode { U_NEG, U_EXP, U_LOG, U_SQRT, U_SQUARE, U_RELU, U_SIGMOID, U_TANH, U_ABS, U_SIGN, U_RECIP, U_POWF, U_CLAMP, U_AFFINE,
+                 U_ERF, U_LOG1P, U_EXPM1, U_SOFTPLUS, U_SOFTSIGN, U_GELU, U_GELU_TANH, U_SILU, U_MISH,
+                 U_HARD_SIGMOID, U_HARD_SWISH, U_ELU, U_LEAKY_RELU };
 
 __device__ __forceinline__ f32 mul_rn(f32 a, f32 b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ f64 mul_rn(f64 a, f64 b) { return __dmul_rn(a, b); }
 
-// p0, p1: the exponent (powf), bounds (clamp) or factor and offset (affine).
+// The logistic function; never exponentiates a large positive number.
+template <typename T>
+__device__ __forceinline__ T sigmoid_fn(T v) {
+    if (v >= T(0)) return T(1) / (T(1) + exp(-v));
+    const T e = exp(v);
+    return e / (T(1) + e);
+}
+
+// ln(1 + e^v) as max(v, 0) + ln(1 + e^-|v|), as on the CPU.
+template <typename T>
+__device__ __forceinline__ T softplus_fn(T v) {
+    return (v > T(0) ? v : T(0)) + log1p(exp(-fabs(v)));
+}
+
+// relu6(v + 3), NaN passing through.
+template <typename T>
+__device__ __forceinline__ T relu6_shifted(T v) {
+    const T u = v + T(3);
+    return u < T(0) ? T(0) : (u > T(6) ? T(6) : u);
+}
+
+// p0, p1: the exponent (powf), bounds (clamp), factor and offset (affine), alpha (elu)
+// or slope (leaky_relu).
 template <int OP, typename T>
 __device__ __forceinline__ T unary_float(T v, T p0, T p1) {
-    const T zero = T(0), one = T(1);
+    const T zero = T(0), one = T(1), half = T(0.5);
     if constexpr (OP == U_NEG) return -v;
     else if constexpr (OP == U_EXP) return exp(v);
     else if constexpr (OP == U_LOG) return log(v);
     else if constexpr (OP == U_SQRT) return sqrt(v);
     else if constexpr (OP == U_SQUARE) return v * v;
     else if constexpr (OP == U_RELU) return v > zero ? v : zero;
-    else if constexpr (OP == U_SIGMOID) {
-        // Never exponentiates a large positive number.
-        if (v >= zero) return one / (one + exp(-v));
-        const T e = exp(v);
-        return e / (one + e);
-    }
+    else if constexpr (OP == U_SIGMOID) return sigmoid_fn(v);
     else if constexpr (OP == U_TANH) return tanh(v);
     else if constexpr (OP == U_ABS) return fabs(v);
     else if constexpr (OP == U_SIGN) return v > zero ? one : (v < zero ? -one : zero);
     else if constexpr (OP == U_RECIP) return one / v;
     else if constexpr (OP == U_POWF) return pow(v, p0);
     else if constexpr (OP == U_CLAMP) return v < p0 ? p0 : (v > p1 ? p1 : v);
+    else if constexpr (OP == U_ERF) return erf(v);
+    else if constexpr (OP == U_LOG1P) return log1p(v);
+    else if constexpr (OP == U_EXPM1) return expm1(v);
+    else if constexpr (OP == U_SOFTPLUS) return softplus_fn(v);
+    else if constexpr (OP == U_SOFTSIGN) return v / (one + fabs(v));
+    // erfc keeps the far negative tail's precision (1 + erf cancels there), as on the CPU.
+    else if constexpr (OP == U_GELU) return v * half * erfc(-v * T(0.70710678118654752440));
+    else if constexpr (OP == U_GELU_TANH)
+        return half * v * (one + tanh(T(0.79788456080286535588) * (v + T(0.044715) * v * v * v)));
+    else if constexpr (OP == U_SILU) return v * sigmoid_fn(v);
+    else if constexpr (OP == U_MISH) return v * tanh(softplus_fn(v));
+    else if constexpr (OP == U_HARD_SIGMOID) return relu6_shifted(v) / T(6);
+    else if constexpr (OP == U_HARD_SWISH) return v * relu6_shifted(v) / T(6);
+    else if constexpr (OP == U_ELU) return v > zero ? v : p0 * expm1(v);
+    else if constexpr (OP == U_LEAKY_RELU) return v < zero ? v * p0 : v;
     // Rounded product then sum, as the CPU computes it (no fused multiply-add).
     else return mul_rn(v, p0) + p1;
 }
@@ -73,6 +107,19 @@ UNARY_FLOATS(recip, U_RECIP)
 UNARY_FLOATS(powf, U_POWF)
 UNARY_FLOATS(clamp, U_CLAMP)
 UNARY_FLOATS(affine, U_AFFINE)
+UNARY_FLOATS(erf, U_ERF)
+UNARY_FLOATS(log1p, U_LOG1P)
+UNARY_FLOATS(expm1, U_EXPM1)
+UNARY_FLOATS(softplus, U_SOFTPLUS)
+UNARY_FLOATS(softsign, U_SOFTSIGN)
+UNARY_FLOATS(gelu, U_GELU)
+UNARY_FLOATS(gelu_tanh, U_GELU_TANH)
+UNARY_FLOATS(silu, U_SILU)
+UNARY_FLOATS(mish, U_MISH)
+UNARY_FLOATS(hard_sigmoid, U_HARD_SIGMOID)
+UNARY_FLOATS(hard_swish, U_HARD_SWISH)
+UNARY_FLOATS(elu, U_ELU)
+UNARY_FLOATS(leaky_relu, U_LEAKY_RELU)
 UNARY_INT(neg, U_NEG)
 UNARY_INT(abs, U_ABS)
 UNARY_INT(sign, U_SIGN)

@@ -1,5 +1,6 @@
 //! Elementwise ops with NumPy broadcasting, and their gradient rules.
 
+mod activations;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
@@ -7,6 +8,7 @@ pub(crate) mod cuda;
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::tape::record_op;
 use crate::{DType, Error, Result, Tensor};
+use std::f64::consts::FRAC_2_SQRT_PI;
 
 impl Tensor {
     fn unary_op(&self, op: UnaryOp) -> Result<Tensor> {
@@ -49,6 +51,21 @@ impl Tensor {
     /// Square root.
     pub fn sqrt(&self) -> Result<Tensor> {
         self.unary_float("sqrt", UnaryOp::Sqrt, |_, y, g| g.div(y)?.affine(0.5, 0.0))
+    }
+
+    /// The error function `erf(x) = 2/√π ∫₀ˣ e^(-t²) dt`.
+    pub fn erf(&self) -> Result<Tensor> {
+        self.unary_float("erf", UnaryOp::Erf, |x, _, g| g.mul(&x.square()?.neg()?.exp()?.affine(FRAC_2_SQRT_PI, 0.0)?))
+    }
+
+    /// `ln(1 + x)`, accurate for small `x`.
+    pub fn log1p(&self) -> Result<Tensor> {
+        self.unary_float("log1p", UnaryOp::Log1p, |x, _, g| g.div(&x.add_scalar(1.0)?))
+    }
+
+    /// `e^x - 1`, accurate for small `x`.
+    pub fn expm1(&self) -> Result<Tensor> {
+        self.unary_float("expm1", UnaryOp::Expm1, |_, y, g| g.mul(&y.add_scalar(1.0)?))
     }
 
     /// `x * x`.

@@ -1,5 +1,12 @@
 //! Metrics: accuracy, top-k accuracy and running means, as Keras' metrics with
-//! `update_state` / `result` / `reset_state`.
+//! `update_state` / `result` / `reset_state`; binary accuracy, mean squared error and
+//! mean IoU in their own files.
+
+mod binary_regression;
+mod mean_iou;
+
+pub use binary_regression::{BinaryAccuracy, MeanSquaredError};
+pub use mean_iou::MeanIoU;
 
 use tapegrad_tensor::{DType, Error, Result, Tensor};
 

@@ -1,9 +1,16 @@
-//! Cross-entropy losses, as Keras defines them.
+//! Losses as Keras defines them: softmax cross-entropy here; mean squared / absolute
+//! error, Huber, binary cross-entropy and KL divergence in `pointwise.rs`.
 //!
 //! The functions return the tensor crate's `Result`, so that a loss can end the closure
 //! of `GradientTape::record`. Arguments follow Keras' order: labels first, then
 //! predictions (logits when `from_logits`).
 
+mod pointwise;
+
+pub use pointwise::{
+    binary_crossentropy, huber, kl_divergence, mean_absolute_error, mean_squared_error, BinaryCrossentropy, Huber,
+    KLDivergence, MeanAbsoluteError, MeanSquaredError,
+};
 use tapegrad_tensor::{DType, Error, Result, Tensor};
 
 /// How per-example losses are reduced.
