@@ -85,7 +85,7 @@ fn convolutions(s: &Sizes) -> Result<()> {
     for (name, [h, w, c], filters, k, stride, padding, layers) in RESNET18_CONVS {
         let x = random(&[s.conv_batch, h, w, c])?;
         let kernel = random(&[filters, k, k, c])?;
-        let params = Conv2dParams { strides: (stride, stride), padding, dilation: (1, 1) };
+        let params = Conv2dParams { strides: (stride, stride), padding, dilation: (1, 1), groups: 1 };
         let y = x.conv2d(&kernel, None, &params)?;
         let dy = random(y.dims())?;
         let flops = 2.0 * (y.elem_count() * k * k * c) as f64;

@@ -28,7 +28,7 @@ enum : int { FWD_A = 1, FWD_B = 0, BWD_A = 1, BWD_B = 0 };
 
 struct Tensor { bool set = false; int dtype = -1, format = 0, n = 0, c = 0, h = 0, w = 0; };
 struct Filter { bool set = false; int dtype = -1, format = 0, k = 0, c = 0, r = 0, s = 0; };
-struct Conv { bool set = false; int ph = 0, pw = 0, u = 1, v = 1, dh = 1, dw = 1, mode = 0, compute = 0, math = 0; };
+struct Conv { bool set = false; int ph = 0, pw = 0, u = 1, v = 1, dh = 1, dw = 1, mode = 0, compute = 0, math = 0, groups = 1; };
 struct Perf { int algo, status; float time; size_t memory; int determinism, math; int reserved[3]; };
 
 bool trace() { static bool t = getenv("FAKE_CUDNN_TRACE") != nullptr; return t; }
@@ -50,7 +50,8 @@ int out_dim(int in, int pad, int k, int dil, int stride) { return 1 + (in + 2 * 
 int check(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y) {
     if (!x.set || !w.set || !cv.set || !y.set) return BAD_PARAM;
     if (x.dtype != w.dtype || x.dtype != y.dtype || cv.compute != x.dtype) return BAD_PARAM;
-    if (x.c != w.c || y.c != w.k || y.n != x.n) return BAD_PARAM;
+    // Grouped (cudnnSetConvolutionGroupCount): the filter's C is one group's channels.
+    if (x.c != w.c * cv.groups || w.k % cv.groups != 0 || y.c != w.k || y.n != x.n) return BAD_PARAM;
     if (y.h != out_dim(x.h, cv.ph, w.r, cv.dh, cv.u) || y.w != out_dim(x.w, cv.pw, w.s, cv.dw, cv.v)) return BAD_PARAM;
     return SUCCESS;
 }
@@ -139,6 +140,9 @@ template <class F> void taps(const Tensor& x, const Filter& w, const Conv& cv, c
                 }
 }
 
+// The input channel that filter k's channel c reads (its group's run of channels).
+int in_channel(const Filter& w, const Conv& cv, int k, int c) { return (k / (w.k / cv.groups)) * w.c + c; }
+
 template <class T> void blend(T* out, const std::vector<double>& acc, const void* alpha, const void* beta) {
     double a = *(const T*)alpha, b = *(const T*)beta;
     for (size_t i = 0; i < acc.size(); ++i) out[i] = (T)(a * acc[i] + (b == 0 ? 0.0 : b * (double)out[i]));
@@ -152,7 +156,8 @@ void forward(const Tensor& x, const T* xp, const Filter& w, const T* wp, const C
     taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
         for (int k = 0; k < w.k; ++k) {
             double sum = 0;
-            for (int c = 0; c < x.c; ++c) sum += operand(xp[at(x, n, c, ih, iw)], tf) * operand(wp[at(w, k, c, r, s)], tf);
+            for (int c = 0; c < w.c; ++c)
+                sum += operand(xp[at(x, n, in_channel(w, cv, k, c), ih, iw)], tf) * operand(wp[at(w, k, c, r, s)], tf);
             acc[at(y, n, k, oh, ow)] += sum;
         }
     });
@@ -167,7 +172,7 @@ void backward_data(const Tensor& x, T* dxp, const Filter& w, const T* wp, const 
     taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
         for (int k = 0; k < w.k; ++k) {
             double g = operand(dyp[at(y, n, k, oh, ow)], tf);
-            for (int c = 0; c < x.c; ++c) acc[at(x, n, c, ih, iw)] += g * operand(wp[at(w, k, c, r, s)], tf);
+            for (int c = 0; c < w.c; ++c) acc[at(x, n, in_channel(w, cv, k, c), ih, iw)] += g * operand(wp[at(w, k, c, r, s)], tf);
         }
     });
     blend<T>(dxp, acc, alpha, beta);
@@ -181,7 +186,7 @@ void backward_filter(const Tensor& x, const T* xp, const Filter& w, T* dwp, cons
     taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
         for (int k = 0; k < w.k; ++k) {
             double g = operand(dyp[at(y, n, k, oh, ow)], tf);
-            for (int c = 0; c < x.c; ++c) acc[at(w, k, c, r, s)] += g * operand(xp[at(x, n, c, ih, iw)], tf);
+            for (int c = 0; c < w.c; ++c) acc[at(w, k, c, r, s)] += g * operand(xp[at(x, n, in_channel(w, cv, k, c), ih, iw)], tf);
         }
     });
     blend<T>(dwp, acc, alpha, beta);
@@ -228,8 +233,13 @@ int cudnnDestroyConvolutionDescriptor(Conv* d) { delete d; return SUCCESS; }
 int cudnnSetConvolution2dDescriptor(Conv* d, int ph, int pw, int u, int v, int dh, int dw, int mode, int compute) {
     if (ph < 0 || pw < 0 || u <= 0 || v <= 0 || dh <= 0 || dw <= 0 || (mode != CONVOLUTION && mode != CROSS_CORRELATION))
         return BAD_PARAM;
-    int math = d->math;
-    *d = Conv{true, ph, pw, u, v, dh, dw, mode, compute, math};
+    int math = d->math, groups = d->groups;
+    *d = Conv{true, ph, pw, u, v, dh, dw, mode, compute, math, groups};
+    return SUCCESS;
+}
+int cudnnSetConvolutionGroupCount(Conv* d, int groups) {
+    if (!d || groups < 1) return BAD_PARAM;
+    d->groups = groups;
     return SUCCESS;
 }
 int cudnnSetConvolutionMathType(Conv* d, int math) {

@@ -53,6 +53,7 @@ pub use layers::conv2d::Conv2D;
 pub use layers::conv2d_transpose::Conv2DTranspose;
 pub use layers::cropping::Cropping2D;
 pub use layers::dense::Dense;
+pub use layers::depthwise_conv2d::DepthwiseConv2D;
 pub use layers::dropout::Dropout;
 pub use layers::embedding::Embedding;
 pub use layers::flatten::Flatten;
@@ -63,6 +64,7 @@ pub use layers::merge::{
 pub use layers::pair::IntoPair;
 pub use layers::pooling::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPool2D};
 pub use layers::relu::{LeakyReLU, ReLU, ELU};
+pub use layers::separable_conv2d::SeparableConv2D;
 pub use layers::sequential::Sequential;
 pub use layers::upsampling::UpSampling2D;
 pub use layers::zero_padding::ZeroPadding2D;

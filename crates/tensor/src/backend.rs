@@ -176,8 +176,11 @@ pub struct StridedLayout {
 
 /// The geometry of a 2-D convolution (cross-correlation, as in TF and PyTorch) over an
 /// NHWC input `[batch, in_h, in_w, in_channels]` with a kernel stored
-/// `[out_channels, kernel_h, kernel_w, in_channels]` (cuDNN's NHWC filter layout). The
-/// output is `[batch, out_h, out_w, out_channels]`. Padding is explicit and may be
+/// `[out_channels, kernel_h, kernel_w, in_channels / groups]` (cuDNN's NHWC filter layout).
+/// The output is `[batch, out_h, out_w, out_channels]`. With `groups` > 1 the channels
+/// split into `groups` equal, consecutive runs: output channels of group `g` read only the
+/// input channels of group `g` (PyTorch's and TF's grouped convolution; depthwise when
+/// `groups == in_channels`). Padding is explicit and may be
 /// asymmetric (TF's 'same' at stride 2 on an odd size pads one more at the bottom/right);
 /// padded positions read as zero. Output pixel `(oy, ox)` reads input rows
 /// `oy * stride_h - pad_top + ky * dilation_h` (and likewise for columns).
@@ -193,6 +196,8 @@ pub struct Conv2dSpec {
     pub in_channels: usize,
     /// Output channels (filters).
     pub out_channels: usize,
+    /// Channel groups (1 = a dense convolution); divides both channel counts.
+    pub groups: usize,
     /// Kernel height.
     pub kernel_h: usize,
     /// Kernel width.

@@ -108,7 +108,7 @@ proptest! {
         let k = random(&[co, kh, kw, ci], seed ^ 1);
         let b = random(&[co], seed ^ 2);
         let bias = with_bias.then_some(&b);
-        let p = Conv2dParams { strides: (sh, sw), padding, dilation: (dh, dw) };
+        let p = Conv2dParams { strides: (sh, sw), padding, dilation: (dh, dw), groups: 1 };
         match naive_conv(&x, &k, bias, &p) {
             Some(expected) => assert_close(&x.conv2d(&k, bias, &p).unwrap(), &expected),
             None => prop_assert!(x.conv2d(&k, bias, &p).is_err()),

@@ -403,7 +403,7 @@ fn conv_case(name: &'static str, inputs: Vec<(Vec<usize>, DType, Input)>, f: fn(
 
 /// A convolution with the given options, with a bias when the case has a third input.
 fn conv_with(x: &[Tensor], strides: (usize, usize), padding: Padding, dilation: (usize, usize)) -> Result<Tensor> {
-    x[0].conv2d(&x[1], x.get(2), &Conv2dParams { strides, padding, dilation })
+    x[0].conv2d(&x[1], x.get(2), &Conv2dParams { strides, padding, dilation, groups: 1 })
 }
 
 #[test]

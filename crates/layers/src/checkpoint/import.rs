@@ -52,6 +52,18 @@ pub fn keras_conv_kernel(kernel: &Tensor) -> Result<Tensor> {
     Ok(kernel.permute(&[3, 0, 1, 2])?)
 }
 
+/// A Keras depthwise kernel `[kh, kw, channels, depth_multiplier]` as ours
+/// `[channels * depth_multiplier, kh, kw, 1]` (output channel `c * depth_multiplier + j`).
+pub fn keras_depthwise_kernel(kernel: &Tensor) -> Result<Tensor> {
+    let &[kh, kw, channels, multiplier] = kernel.dims() else {
+        return Err(crate::Error::layer(
+            "keras_depthwise_kernel",
+            format!("expects a 4-D kernel [kh, kw, channels, depth_multiplier], got shape {}", kernel.shape()),
+        ));
+    };
+    Ok(kernel.permute(&[2, 3, 0, 1])?.reshape([channels * multiplier, kh, kw, 1])?)
+}
+
 /// Our convolution kernel `[out, kh, kw, in]` in Keras' layout `[kh, kw, in, out]`.
 pub fn to_keras_conv_kernel(kernel: &Tensor) -> Result<Tensor> {
     Ok(kernel.permute(&[1, 2, 3, 0])?)

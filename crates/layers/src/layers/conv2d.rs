@@ -81,6 +81,14 @@ impl Conv2D {
         self
     }
 
+    /// Channel groups (default 1): input channels and filters split into `groups` equal
+    /// runs, each run of filters seeing only its run of channels (Keras' `groups`). Both
+    /// counts must be divisible by it; the kernel is `[filters, kh, kw, in_channels / groups]`.
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.params.groups = groups;
+        self
+    }
+
     /// Whether to add a bias.
     pub fn use_bias(mut self, use_bias: bool) -> Self {
         self.use_bias = use_bias;
@@ -116,12 +124,12 @@ impl Conv2D {
         self.filters
     }
 
-    /// Strides, padding and dilation.
+    /// Strides, padding, dilation and groups.
     pub fn conv_params(&self) -> &Conv2dParams {
         &self.params
     }
 
-    /// The kernel `[filters, kh, kw, in_channels]`, once built.
+    /// The kernel `[filters, kh, kw, in_channels / groups]`, once built.
     pub fn kernel(&self) -> Option<&Variable> {
         self.weights.get().map(|w| &w.kernel)
     }
@@ -140,9 +148,20 @@ impl Conv2D {
                 ));
             }
             let in_channels = input.shape.dims()[3];
+            let groups = self.params.groups;
+            if groups == 0 || in_channels % groups != 0 || self.filters % groups != 0 {
+                return Err(Error::layer(
+                    &self.name,
+                    format!(
+                        "groups = {groups} must be at least 1 and divide both the input channels ({in_channels}, input \
+                         shape {}) and filters ({})",
+                        input.shape, self.filters
+                    ),
+                ));
+            }
             let (kh, kw) = self.kernel_size;
-            let shape = Shape::new(&[self.filters, kh, kw, in_channels]);
-            let fans = Fans::conv2d(self.filters, kh, kw, in_channels);
+            let shape = Shape::new(&[self.filters, kh, kw, in_channels / groups]);
+            let fans = Fans::conv2d(self.filters, kh, kw, in_channels / groups);
             let kernel = self.kernel_initializer.initialize(&shape, fans, input.dtype, &input.device)?;
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
@@ -159,7 +178,7 @@ impl Conv2D {
 
     fn forward(&self, x: &Tensor, w: &ConvWeights) -> Result<Tensor> {
         let kernel = w.kernel.value();
-        let in_channels = kernel.dims()[3];
+        let in_channels = kernel.dims()[3] * self.params.groups;
         if x.rank() != 4 || x.dims()[3] != in_channels {
             return Err(Error::layer(
                 &self.name,

@@ -252,13 +252,13 @@ impl BackendStorage for CpuStorage {
             kernel.typed(OP)?,
             Self::typed_opt(bias, OP)?,
             spec
-        )))
+        )?))
     }
 
     fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {
         const OP: &str = "conv2d_backward_input";
         Ok(
-            float_kernel!(self, OP, T => conv::cpu::conv2d_backward_input::<T>(self.typed(OP)?, kernel.typed(OP)?, spec)),
+            float_kernel!(self, OP, T => conv::cpu::conv2d_backward_input::<T>(self.typed(OP)?, kernel.typed(OP)?, spec)?),
         )
     }
 
@@ -268,7 +268,7 @@ impl BackendStorage for CpuStorage {
             self.typed(OP)?,
             grad_out.typed(OP)?,
             spec
-        )))
+        )?))
     }
 
     fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {

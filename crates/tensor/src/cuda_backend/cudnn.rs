@@ -3,7 +3,8 @@
 //! cudarc's `cudnn::result` layer; the convolution op (`ops/conv/cuda.rs`) decides what
 //! to run.
 //!
-//! A plan is made once per (geometry, dtype, TF32 setting): its tensor, filter and
+//! A plan is made once per (geometry including the group count, dtype, TF32 setting):
+//! its tensor, filter and
 //! convolution descriptors, and for each direction (forward, backward-data,
 //! backward-filter) the first algorithm cuDNN's heuristics (`cudnnGet*Algorithm_v7`)
 //! rank as supported, with its workspace size. f32 convolutions run in plain FMA math
@@ -209,13 +210,23 @@ impl ConvPlan {
             to_int(s.kernel_w, "kernel width")?,
         ];
         let [oh, ow] = [to_int(s.out_h, "output height")?, to_int(s.out_w, "output width")?];
+        let groups = to_int(s.groups, "groups")?;
+        let group_channels = to_int(s.in_channels / s.groups, "channels per group")?;
         let x = TensorDesc::nhwc(dt, [n, h, w, c]).map_err(cuda_err("cudnnSetTensor4dDescriptor"))?;
         let y = TensorDesc::nhwc(dt, [n, oh, ow, k]).map_err(cuda_err("cudnnSetTensor4dDescriptor"))?;
         let bias = TensorDesc::nhwc(dt, [1, 1, 1, k]).map_err(cuda_err("cudnnSetTensor4dDescriptor"))?;
         let wd = FilterDesc(dnn::create_filter_descriptor().map_err(cuda_err("cudnnCreateFilterDescriptor"))?);
-        // SAFETY: the descriptor was just created. NHWC filters are KRSC: (out, kh, kw, in).
-        unsafe { dnn::set_filter4d_descriptor(wd.0, dt, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC, [k, c, r, q]) }
-            .map_err(cuda_err("cudnnSetFilter4dDescriptor"))?;
+        // SAFETY: the descriptor was just created. NHWC filters are KRSC: (out, kh, kw,
+        // in / groups); a grouped filter's C is the channels of one group.
+        unsafe {
+            dnn::set_filter4d_descriptor(
+                wd.0,
+                dt,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                [k, group_channels, r, q],
+            )
+        }
+        .map_err(cuda_err("cudnnSetFilter4dDescriptor"))?;
         let geometry = [
             to_int(s.pad_top, "padding")?,
             to_int(s.pad_left, "padding")?,
@@ -251,6 +262,7 @@ impl ConvPlan {
                 )
                 .map_err(cuda_err("cudnnSetConvolution2dDescriptor"))?;
                 dnn::set_convolution_math_type(desc.0, math).map_err(cuda_err("cudnnSetConvolutionMathType"))?;
+                dnn::set_convolution_group_count(desc.0, groups).map_err(cuda_err("cudnnSetConvolutionGroupCount"))?;
             }
             Ok(desc)
         };

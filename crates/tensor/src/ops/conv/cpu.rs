@@ -16,9 +16,16 @@
 //! 1x1 convolution with stride 1 and no padding needs no im2col: the input already is the
 //! column matrix. At stride 1 the input gradient runs as a convolution with the flipped
 //! kernel (see `backward_input_as_conv`).
+//!
+//! A grouped convolution (`groups` > 1) runs these products once per group: the group's
+//! input channels gathered by im2col (`K = kh * kw * c_in / groups`), its block of kernel
+//! rows, and its run of output channels written in place through the GEMM's strides. The
+//! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu.rs`).
 
+use super::depthwise_cpu;
 use crate::backend::Conv2dSpec;
-use crate::FloatElement;
+use crate::cpu_backend::alloc::{host_oom, try_zeros, ZeroBits};
+use crate::{FloatElement, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -51,16 +58,22 @@ impl<'a, T> MatRef<'a, T> {
     }
 }
 
-/// `dst [m, n] (row-major) = lhs [m, k] @ rhs [k, n]`, or `+=` when `accumulate`.
+/// `dst [m, n] = lhs [m, k] @ rhs [k, n]`, or `+=` when `accumulate`; `dst`'s rows are
+/// `dst_row_stride` apart (`n` for a packed matrix, more for a run of columns of a wider one).
 pub(crate) fn gemm_into<T: FloatElement>(
     dst: &mut [T],
+    dst_row_stride: usize,
     (m, n, k): (usize, usize, usize),
     lhs: MatRef<'_, T>,
     rhs: MatRef<'_, T>,
     accumulate: bool,
     parallelism: Parallelism,
 ) {
-    assert!(dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n), "gemm_into: operands out of bounds");
+    assert!(
+        dst_row_stride >= n && (m == 0 || n == 0 || dst.len() >= (m - 1) * dst_row_stride + n),
+        "gemm_into: destination out of bounds"
+    );
+    assert!(lhs.covers(m, k) && rhs.covers(k, n), "gemm_into: operands out of bounds");
     if m * n == 0 {
         return;
     }
@@ -73,7 +86,7 @@ pub(crate) fn gemm_into<T: FloatElement>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -98,8 +111,12 @@ struct Geometry {
     in_image: usize,
     /// Output pixels of one image (rows of its column matrix).
     out_pixels: usize,
-    /// Length of one patch row, `kh * kw * c_in`.
+    /// Length of one patch row, `kh * kw * c_in / groups`.
     patch: usize,
+    /// Input channels of one group.
+    group_in: usize,
+    /// Output channels of one group.
+    group_out: usize,
     /// Images per chunk.
     chunk_images: usize,
     /// Whether the input is its own column matrix (1x1, stride 1, no padding).
@@ -111,7 +128,8 @@ struct Geometry {
 impl Geometry {
     fn new(s: &Conv2dSpec) -> Self {
         let out_pixels = s.out_h * s.out_w;
-        let patch = s.kernel_h * s.kernel_w * s.in_channels;
+        let group_in = s.in_channels / s.groups;
+        let patch = s.kernel_h * s.kernel_w * group_in;
         let threads = rayon::current_num_threads().max(1);
         let per_image = (out_pixels * patch).max(1);
         let chunk_images = if s.batch * per_image <= 2 * COL_BUDGET {
@@ -129,14 +147,49 @@ impl Geometry {
             && s.stride_w == 1
             && s.pad_top + s.pad_bottom + s.pad_left + s.pad_right == 0;
         let gemm_par = if chunks <= 1 && threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-        Geometry { in_image: s.in_h * s.in_w * s.in_channels, out_pixels, patch, chunk_images, pointwise, gemm_par }
+        Geometry {
+            in_image: s.in_h * s.in_w * s.in_channels,
+            out_pixels,
+            patch,
+            group_in,
+            group_out: s.out_channels / s.groups,
+            chunk_images,
+            pointwise,
+            gemm_par,
+        }
     }
+
+    /// The rows of a chunk's input read in place as a pointwise convolution's column
+    /// matrix for group `group`: `[images * pixels, group_in]`, rows `c_in` apart.
+    fn pointwise_cols<'a, T>(
+        &self,
+        x: &'a [T],
+        s: &Conv2dSpec,
+        (first, images): (usize, usize),
+        group: usize,
+    ) -> MatRef<'a, T> {
+        let data = &x[first * self.in_image + group * self.group_in..(first + images) * self.in_image];
+        MatRef { data, row_stride: s.in_channels, col_stride: 1 }
+    }
+}
+
+/// Whether a convolution is depthwise (each input channel its own group), which the direct
+/// kernels of `depthwise_cpu.rs` run.
+fn is_depthwise(s: &Conv2dSpec) -> bool {
+    s.groups > 1 && s.groups == s.in_channels
 }
 
 /// The valid kernel taps `lo..hi` along one axis for output position `o`, and the input
 /// coordinate of tap `lo`: taps reading padding are skipped.
 #[inline]
-fn taps(o: usize, stride: usize, pad: usize, dilation: usize, taps: usize, input: usize) -> (usize, usize, usize) {
+pub(super) fn taps(
+    o: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    taps: usize,
+    input: usize,
+) -> (usize, usize, usize) {
     let start = (o * stride) as isize - pad as isize;
     let d = dilation as isize;
     // First tap t with start + t*d >= 0, last with start + t*d < input.
@@ -150,9 +203,17 @@ fn taps(o: usize, stride: usize, pad: usize, dilation: usize, taps: usize, input
 }
 
 /// Writes the patch rows of `images` images starting at `first` into `col`
-/// (`[images * out_pixels, patch]`), zeros where the kernel reads padding.
-fn im2col<T: FloatElement>(x: &[T], s: &Conv2dSpec, g: &Geometry, first: usize, images: usize, col: &mut [T]) {
-    let c = s.in_channels;
+/// (`[images * out_pixels, patch]`), reading the channels of group `group`, zeros where
+/// the kernel reads padding.
+fn im2col<T: FloatElement>(
+    x: &[T],
+    s: &Conv2dSpec,
+    g: &Geometry,
+    (first, images): (usize, usize),
+    group: usize,
+    col: &mut [T],
+) {
+    let (c, cg, c0) = (s.in_channels, g.group_in, group * g.group_in);
     let mut rows = col.chunks_exact_mut(g.patch);
     for b in first..first + images {
         let img = &x[b * g.in_image..(b + 1) * g.in_image];
@@ -161,7 +222,7 @@ fn im2col<T: FloatElement>(x: &[T], s: &Conv2dSpec, g: &Geometry, first: usize, 
             for ox in 0..s.out_w {
                 let (kx0, kx1, ix0) = taps(ox, s.stride_w, s.pad_left, s.dilation_w, s.kernel_w, s.in_w);
                 let row = rows.next().expect("col holds images * out_pixels rows");
-                let kernel_row = s.kernel_w * c;
+                let kernel_row = s.kernel_w * cg;
                 for ky in 0..s.kernel_h {
                     let dst = &mut row[ky * kernel_row..(ky + 1) * kernel_row];
                     if ky < ky0 || ky >= ky1 {
@@ -169,17 +230,17 @@ fn im2col<T: FloatElement>(x: &[T], s: &Conv2dSpec, g: &Geometry, first: usize, 
                         continue;
                     }
                     let iy = iy0 + (ky - ky0) * s.dilation_h;
-                    dst[..kx0 * c].fill(T::zero());
-                    dst[kx1 * c..].fill(T::zero());
+                    dst[..kx0 * cg].fill(T::zero());
+                    dst[kx1 * cg..].fill(T::zero());
                     let src_row = &img[iy * s.in_w * c..(iy + 1) * s.in_w * c];
-                    if s.dilation_w == 1 {
+                    if s.dilation_w == 1 && cg == c {
                         // Adjacent taps read adjacent pixels: one copy.
                         let len = (kx1 - kx0) * c;
                         dst[kx0 * c..kx1 * c].copy_from_slice(&src_row[ix0 * c..ix0 * c + len]);
                     } else {
                         for kx in kx0..kx1 {
                             let ix = ix0 + (kx - kx0) * s.dilation_w;
-                            dst[kx * c..(kx + 1) * c].copy_from_slice(&src_row[ix * c..(ix + 1) * c]);
+                            dst[kx * cg..(kx + 1) * cg].copy_from_slice(&src_row[ix * c + c0..][..cg]);
                         }
                     }
                 }
@@ -188,10 +249,11 @@ fn im2col<T: FloatElement>(x: &[T], s: &Conv2dSpec, g: &Geometry, first: usize, 
     }
 }
 
-/// Adds each patch row of `col` back into the input positions it was read from: the
-/// adjoint of [`im2col`]. `dx` holds the `images` images of the chunk.
-fn col2im_add<T: FloatElement>(col: &[T], s: &Conv2dSpec, g: &Geometry, images: usize, dx: &mut [T]) {
-    let c = s.in_channels;
+/// Adds each patch row of `col` back into the input positions (channels of group
+/// `group`) it was read from: the adjoint of [`im2col`]. `dx` holds the `images` images
+/// of the chunk.
+fn col2im_add<T: FloatElement>(col: &[T], s: &Conv2dSpec, g: &Geometry, (images, group): (usize, usize), dx: &mut [T]) {
+    let (c, cg, c0) = (s.in_channels, g.group_in, group * g.group_in);
     let mut rows = col.chunks_exact(g.patch);
     for b in 0..images {
         let img = &mut dx[b * g.in_image..(b + 1) * g.in_image];
@@ -200,18 +262,18 @@ fn col2im_add<T: FloatElement>(col: &[T], s: &Conv2dSpec, g: &Geometry, images: 
             for ox in 0..s.out_w {
                 let (kx0, kx1, ix0) = taps(ox, s.stride_w, s.pad_left, s.dilation_w, s.kernel_w, s.in_w);
                 let row = rows.next().expect("col holds images * out_pixels rows");
-                let kernel_row = s.kernel_w * c;
+                let kernel_row = s.kernel_w * cg;
                 for ky in ky0..ky1 {
                     let src = &row[ky * kernel_row..(ky + 1) * kernel_row];
                     let iy = iy0 + (ky - ky0) * s.dilation_h;
                     let dst_row = &mut img[iy * s.in_w * c..(iy + 1) * s.in_w * c];
-                    if s.dilation_w == 1 {
+                    if s.dilation_w == 1 && cg == c {
                         let len = (kx1 - kx0) * c;
                         add_assign(&mut dst_row[ix0 * c..ix0 * c + len], &src[kx0 * c..kx1 * c]);
                     } else {
                         for kx in kx0..kx1 {
                             let ix = ix0 + (kx - kx0) * s.dilation_w;
-                            add_assign(&mut dst_row[ix * c..(ix + 1) * c], &src[kx * c..(kx + 1) * c]);
+                            add_assign(&mut dst_row[ix * c + c0..][..cg], &src[kx * cg..(kx + 1) * cg]);
                         }
                     }
                 }
@@ -227,34 +289,60 @@ fn add_assign<T: FloatElement>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// Grows a reused column buffer to `len` elements (fallibly: its size is the user's shapes').
+fn ensure_len<T: FloatElement>(op: &'static str, col: &mut Vec<T>, len: usize) -> Result<()> {
+    if col.len() < len {
+        col.try_reserve_exact(len - col.len()).map_err(|_| host_oom::<T>(op, len))?;
+        col.resize(len, T::zero());
+    }
+    Ok(())
+}
+
 /// The forward convolution: `[batch, out_h, out_w, c_out]`.
-pub(crate) fn conv2d<T: FloatElement>(x: &[T], kernel: &[T], bias: Option<&[T]>, s: &Conv2dSpec) -> Vec<T> {
+pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    const OP: &str = "conv2d";
+    if is_depthwise(s) {
+        return depthwise_cpu::conv2d(x, kernel, bias, s);
+    }
     let g = Geometry::new(s);
     let co = s.out_channels;
-    let mut out = vec![T::zero(); s.batch * g.out_pixels * co];
+    let mut out = try_zeros(OP, s.batch * g.out_pixels * co)?;
     if out.is_empty() {
-        return out;
+        return Ok(out);
     }
-    let rhs = MatRef::transposed(kernel, g.patch);
-    out.par_chunks_mut(g.chunk_images * g.out_pixels * co).enumerate().for_each_init(Vec::new, |col, (chunk, dst)| {
-        let first = chunk * g.chunk_images;
-        let images = dst.len() / (g.out_pixels * co);
-        let rows = images * g.out_pixels;
-        if let Some(b) = bias {
-            for row in dst.chunks_exact_mut(co) {
-                row.copy_from_slice(b);
+    out.par_chunks_mut(g.chunk_images * g.out_pixels * co).enumerate().try_for_each_init(
+        Vec::new,
+        |col, (chunk, dst)| {
+            let first = chunk * g.chunk_images;
+            let images = dst.len() / (g.out_pixels * co);
+            let rows = images * g.out_pixels;
+            if let Some(b) = bias {
+                for row in dst.chunks_exact_mut(co) {
+                    row.copy_from_slice(b);
+                }
             }
-        }
-        let lhs = if g.pointwise {
-            &x[first * g.in_image..(first + images) * g.in_image]
-        } else {
-            col.resize(rows * g.patch, T::zero());
-            im2col(x, s, &g, first, images, col);
-            &col[..rows * g.patch]
-        };
-        gemm_into(dst, (rows, co, g.patch), MatRef::row_major(lhs, g.patch), rhs, bias.is_some(), g.gemm_par);
-    });
-    out
+            for group in 0..s.groups {
+                let lhs = if g.pointwise {
+                    g.pointwise_cols(x, s, (first, images), group)
+                } else {
+                    ensure_len(OP, col, rows * g.patch)?;
+                    im2col(x, s, &g, (first, images), group, col);
+                    MatRef::row_major(&col[..rows * g.patch], g.patch)
+                };
+                let rhs =
+                    MatRef::transposed(&kernel[group * g.group_out * g.patch..][..g.group_out * g.patch], g.patch);
+                let dst = &mut dst[group * g.group_out..];
+                gemm_into(dst, co, (rows, g.group_out, g.patch), lhs, rhs, bias.is_some(), g.gemm_par);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
 }
 
 /// At stride 1 the input gradient is itself a convolution: of `dy`, padded by
@@ -276,7 +364,7 @@ fn backward_input_as_conv(s: &Conv2dSpec) -> Option<Conv2dSpec> {
     let columns_len = s.batch * s.out_h * s.out_w * s.kernel_h * s.kernel_w * s.in_channels;
     let small_kernel = 4 * kernel_len < columns_len;
     // `then`, not `then_some`: the paddings below underflow where it does not fit.
-    (s.stride_h == 1 && s.stride_w == 1 && fits && wide && small_kernel).then(|| Conv2dSpec {
+    (s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 && fits && wide && small_kernel).then(|| Conv2dSpec {
         in_h: s.out_h,
         in_w: s.out_w,
         in_channels: s.out_channels,
@@ -292,9 +380,9 @@ fn backward_input_as_conv(s: &Conv2dSpec) -> Option<Conv2dSpec> {
 }
 
 /// `[c_out, kh, kw, c_in]` -> `[c_in, kh, kw, c_out]`, flipped along kh and kw.
-fn flip_kernel<T: FloatElement>(kernel: &[T], s: &Conv2dSpec) -> Vec<T> {
+fn flip_kernel<T: FloatElement + ZeroBits>(kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     let (kh, kw, ci, co) = (s.kernel_h, s.kernel_w, s.in_channels, s.out_channels);
-    let mut out = vec![T::zero(); kernel.len()];
+    let mut out = try_zeros("conv2d_backward_input", kernel.len())?;
     for o in 0..co {
         for ky in 0..kh {
             for kx in 0..kw {
@@ -305,74 +393,90 @@ fn flip_kernel<T: FloatElement>(kernel: &[T], s: &Conv2dSpec) -> Vec<T> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The input gradient: `[batch, in_h, in_w, c_in]`.
-pub(crate) fn conv2d_backward_input<T: FloatElement>(dy: &[T], kernel: &[T], s: &Conv2dSpec) -> Vec<T> {
+pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
+    dy: &[T],
+    kernel: &[T],
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    const OP: &str = "conv2d_backward_input";
+    if is_depthwise(s) {
+        return depthwise_cpu::conv2d_backward_input(dy, kernel, s);
+    }
     if let Some(transposed) = backward_input_as_conv(s) {
-        return conv2d(dy, &flip_kernel(kernel, s), None, &transposed);
+        return conv2d(dy, &flip_kernel(kernel, s)?, None, &transposed);
     }
     let g = Geometry::new(s);
     let co = s.out_channels;
-    let mut dx = vec![T::zero(); s.batch * g.in_image];
+    let mut dx = try_zeros(OP, s.batch * g.in_image)?;
     if dx.is_empty() {
-        return dx;
+        return Ok(dx);
     }
-    let rhs = MatRef::row_major(kernel, g.patch);
-    dx.par_chunks_mut(g.chunk_images * g.in_image).enumerate().for_each_init(Vec::new, |col, (chunk, dst)| {
+    dx.par_chunks_mut(g.chunk_images * g.in_image).enumerate().try_for_each_init(Vec::new, |col, (chunk, dst)| {
         let first = chunk * g.chunk_images;
         let images = dst.len() / g.in_image;
         let rows = images * g.out_pixels;
-        let lhs = MatRef::row_major(&dy[first * g.out_pixels * co..(first + images) * g.out_pixels * co], co);
-        if g.pointwise {
-            gemm_into(dst, (rows, g.patch, co), lhs, rhs, false, g.gemm_par);
-        } else {
-            col.resize(rows * g.patch, T::zero());
-            gemm_into(col, (rows, g.patch, co), lhs, rhs, false, g.gemm_par);
-            col2im_add(&col[..rows * g.patch], s, &g, images, dst);
+        let dyc = &dy[first * g.out_pixels * co..(first + images) * g.out_pixels * co];
+        for group in 0..s.groups {
+            let lhs = MatRef { data: &dyc[group * g.group_out..], row_stride: co, col_stride: 1 };
+            let rhs = MatRef::row_major(&kernel[group * g.group_out * g.patch..][..g.group_out * g.patch], g.patch);
+            let shape = (rows, g.patch, g.group_out);
+            if g.pointwise {
+                gemm_into(&mut dst[group * g.group_in..], s.in_channels, shape, lhs, rhs, false, g.gemm_par);
+            } else {
+                ensure_len(OP, col, rows * g.patch)?;
+                gemm_into(col, g.patch, shape, lhs, rhs, false, g.gemm_par);
+                col2im_add(&col[..rows * g.patch], s, &g, (images, group), dst);
+            }
         }
-    });
-    dx
+        Ok(())
+    })?;
+    Ok(dx)
 }
 
-/// The kernel gradient: `[c_out, kh, kw, c_in]`. Each thread sums the products of its
-/// own run of chunks into its own buffer; the few buffers are added at the end.
-pub(crate) fn conv2d_backward_filter<T: FloatElement>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Vec<T> {
+/// The kernel gradient: `[c_out, kh, kw, c_in / groups]`. The chunks are split into one
+/// run per worker; each run sums its products in chunk order into its own buffer, and the
+/// few buffers are added in run order (no dependence on rayon's scheduling).
+pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+    const OP: &str = "conv2d_backward_filter";
+    if is_depthwise(s) {
+        return depthwise_cpu::conv2d_backward_filter(x, dy, s);
+    }
     let g = Geometry::new(s);
     let co = s.out_channels;
     let chunks = s.batch.div_ceil(g.chunk_images);
     let workers = rayon::current_num_threads().min(chunks).max(1);
-    let partial = |w: usize| -> Vec<T> {
-        let mut acc = vec![T::zero(); co * g.patch];
+    let partial = |w: usize| -> Result<Vec<T>> {
+        let mut acc = try_zeros(OP, co * g.patch)?;
         let mut col = Vec::new();
         for chunk in chunks * w / workers..chunks * (w + 1) / workers {
             let first = chunk * g.chunk_images;
             let images = g.chunk_images.min(s.batch - first);
             let rows = images * g.out_pixels;
-            let cols = if g.pointwise {
-                &x[first * g.in_image..(first + images) * g.in_image]
-            } else {
-                col.resize(rows * g.patch, T::zero());
-                im2col(x, s, &g, first, images, &mut col);
-                &col[..rows * g.patch]
-            };
             let dyc = &dy[first * g.out_pixels * co..(first + images) * g.out_pixels * co];
-            gemm_into(
-                &mut acc,
-                (co, g.patch, rows),
-                MatRef::transposed(dyc, co),
-                MatRef::row_major(cols, g.patch),
-                true,
-                g.gemm_par,
-            );
+            for group in 0..s.groups {
+                let cols = if g.pointwise {
+                    g.pointwise_cols(x, s, (first, images), group)
+                } else {
+                    ensure_len(OP, &mut col, rows * g.patch)?;
+                    im2col(x, s, &g, (first, images), group, &mut col);
+                    MatRef::row_major(&col[..rows * g.patch], g.patch)
+                };
+                let grad = MatRef { data: &dyc[group * g.group_out..], row_stride: 1, col_stride: co };
+                let dst = &mut acc[group * g.group_out * g.patch..][..g.group_out * g.patch];
+                gemm_into(dst, g.patch, (g.group_out, g.patch, rows), grad, cols, true, g.gemm_par);
+            }
         }
-        acc
+        Ok(acc)
     };
-    let mut partials: Vec<Vec<T>> = (0..workers).into_par_iter().map(partial).collect();
-    let mut total = partials.swap_remove(0);
-    for p in &partials {
-        add_assign(&mut total, p);
+    let partials: Vec<Result<Vec<T>>> = (0..workers).into_par_iter().map(partial).collect();
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().expect("at least one worker")?;
+    for p in partials {
+        add_assign(&mut total, &p?);
     }
-    total
+    Ok(total)
 }

@@ -116,7 +116,7 @@ fn output_dims(s: &Conv2dSpec) -> [usize; 4] {
 }
 
 fn kernel_dims(s: &Conv2dSpec) -> [usize; 4] {
-    [s.out_channels, s.kernel_h, s.kernel_w, s.in_channels]
+    [s.out_channels, s.kernel_h, s.kernel_w, s.in_channels / s.groups]
 }
 
 /// Checks that both operands share a device and a dtype and have the geometry's sizes.
@@ -220,6 +220,7 @@ mod tests {
             in_w: in_h,
             in_channels: 3,
             out_channels: 4,
+            groups: 1,
             kernel_h: 3,
             kernel_w: 3,
             stride_h: 2,

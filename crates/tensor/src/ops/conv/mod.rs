@@ -5,10 +5,13 @@
 //! each of its two arguments, and the gradients of each are again these three, so the
 //! gradient rules below record themselves on the tape: convolution gradients can be
 //! differentiated again to any order. The bias gradient is a sum over N, H and W.
+//! Grouped convolutions (`Conv2dParams::groups`) go through the same three primitives
+//! with the group count in their [`Conv2dSpec`], so their gradients follow the same rules.
 
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod depthwise_cpu;
 mod padding;
 mod transpose;
 
@@ -21,7 +24,8 @@ use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
 
 /// The options of [`Tensor::conv2d`]: strides, padding and dilation, each (vertical,
-/// horizontal). The default is stride 1, [`Padding::Valid`], no dilation (Keras' defaults).
+/// horizontal), and the channel groups. The default is stride 1, [`Padding::Valid`], no
+/// dilation, one group (Keras' defaults).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dParams {
     /// Step between windows, (rows, columns); each at least 1.
@@ -30,11 +34,16 @@ pub struct Conv2dParams {
     pub padding: Padding,
     /// Spacing between kernel taps, (rows, columns); 1 is a dense kernel.
     pub dilation: (usize, usize),
+    /// Channel groups: input and output channels split into this many equal runs, and
+    /// each output run sees only its input run (1: a dense convolution; the input's
+    /// channel count: depthwise). Divides both channel counts; the kernel's last axis is
+    /// `in_channels / groups`.
+    pub groups: usize,
 }
 
 impl Default for Conv2dParams {
     fn default() -> Self {
-        Conv2dParams { strides: (1, 1), padding: Padding::Valid, dilation: (1, 1) }
+        Conv2dParams { strides: (1, 1), padding: Padding::Valid, dilation: (1, 1), groups: 1 }
     }
 }
 
@@ -60,8 +69,10 @@ pub(crate) fn check_positive(op: &'static str, what: &str, pair: (usize, usize))
 
 impl Tensor {
     /// 2-D convolution (cross-correlation, as TF's `Conv2D`) of an NHWC input
-    /// `[n, h, w, c_in]` with a kernel `[c_out, kh, kw, c_in]` and an optional bias
-    /// `[c_out]`; the result is `[n, out_h, out_w, c_out]`.
+    /// `[n, h, w, c_in]` with a kernel `[c_out, kh, kw, c_in / groups]` and an optional
+    /// bias `[c_out]`; the result is `[n, out_h, out_w, c_out]`. With
+    /// [`groups`](Conv2dParams::groups) > 1, output channels `g * c_out / groups ..` read
+    /// only input channels `g * c_in / groups ..` (depthwise when `groups == c_in`).
     ///
     /// Differentiable with respect to input, kernel and bias, to any order (the gradient
     /// kernels are themselves recorded with their own gradient rules).
@@ -73,6 +84,10 @@ impl Tensor {
     /// let k = Tensor::ones([8, 3, 3, 3], DType::F32, &Device::Cpu)?;
     /// let params = Conv2dParams { strides: (2, 2), padding: Padding::Same, ..Default::default() };
     /// assert_eq!(x.conv2d(&k, None, &params)?.dims(), &[1, 3, 3, 8]);
+    /// // Depthwise: one 3x3 filter per channel, two per channel here (depth multiplier 2).
+    /// let depthwise = Tensor::ones([6, 3, 3, 1], DType::F32, &Device::Cpu)?;
+    /// let params = Conv2dParams { groups: 3, padding: Padding::Same, ..Default::default() };
+    /// assert_eq!(x.conv2d(&depthwise, None, &params)?.dims(), &[1, 5, 5, 6]);
     /// # Ok(())
     /// # }
     /// ```
@@ -95,11 +110,31 @@ fn conv2d_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, params: &Conv
     }
     let &[batch, in_h, in_w, in_channels] = x.dims() else { unreachable!("rank checked") };
     let &[out_channels, kernel_h, kernel_w, kernel_in] = kernel.dims() else { unreachable!("rank checked") };
-    if in_channels != kernel_in {
+    let groups = params.groups;
+    if groups == 0 {
+        return Err(Error::invalid(OP, "groups must be at least 1, got 0"));
+    }
+    if in_channels % groups != 0 || out_channels % groups != 0 {
         return Err(Error::invalid(
             OP,
             format!(
-                "the input of shape {} has {in_channels} channels but the kernel of shape {} expects {kernel_in}",
+                "groups = {groups} must divide both the input channels ({in_channels}, input shape {}) and the \
+                 output channels ({out_channels}, kernel shape {})",
+                x.shape(),
+                kernel.shape()
+            ),
+        ));
+    }
+    if in_channels / groups != kernel_in {
+        let expected = if groups == 1 {
+            format!("{kernel_in}")
+        } else {
+            format!("{} (kernel_in {kernel_in} x groups {groups})", kernel_in * groups)
+        };
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the input of shape {} has {in_channels} channels but the kernel of shape {} expects {expected}",
                 x.shape(),
                 kernel.shape()
             ),
@@ -136,6 +171,7 @@ fn conv2d_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, params: &Conv
         in_w,
         in_channels,
         out_channels,
+        groups,
         kernel_h,
         kernel_w,
         stride_h,
@@ -160,7 +196,7 @@ fn output_shape(s: &Conv2dSpec) -> Shape {
 }
 
 fn kernel_shape(s: &Conv2dSpec) -> Shape {
-    Shape::new(&[s.out_channels, s.kernel_h, s.kernel_w, s.in_channels])
+    Shape::new(&[s.out_channels, s.kernel_h, s.kernel_w, s.in_channels / s.groups])
 }
 
 /// The forward convolution with a resolved geometry, recorded with its gradient rule.

@@ -1,0 +1,218 @@
+//! [`DepthwiseConv2D`]: one filter bank per input channel (Keras' `layers.DepthwiseConv2D`).
+
+use super::get_or_build;
+use super::pair::IntoPair;
+use crate::error::InLayer;
+use crate::initializers::{Fans, Initializer};
+use crate::layer::traced;
+use crate::naming::unique_name;
+use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
+use std::sync::OnceLock;
+use tapegrad_tensor::{Conv2dParams, Padding, Shape, Tensor, Variable};
+
+/// A depthwise 2-D convolution (Keras' `layers.DepthwiseConv2D`) over NHWC inputs: each
+/// input channel is convolved with its own `depth_multiplier` filters, and output channel
+/// `c * depth_multiplier + j` is filter `j` of input channel `c` (Keras' order). The kernel
+/// is stored `[channels * depth_multiplier, kh, kw, 1]` (a convolution with
+/// `groups = channels`); [`keras_depthwise_kernel`](crate::checkpoint::import::keras_depthwise_kernel)
+/// converts Keras' `[kh, kw, channels, depth_multiplier]`. Keras' defaults: stride 1,
+/// `Padding::Valid`, depth multiplier 1, a bias, glorot-uniform kernel, zero bias; the
+/// parameter count is `kh * kw * channels * depth_multiplier (+ channels * depth_multiplier)`.
+///
+/// ```
+/// use tapegrad_layers::{DepthwiseConv2D, Layer, Mode, Padding};
+/// use tapegrad_tensor::{DType, Device, Tensor};
+/// # fn main() -> tapegrad_layers::Result<()> {
+/// let conv = DepthwiseConv2D::new(3).strides(2).padding(Padding::Same).depth_multiplier(2);
+/// let y = conv.call(&Tensor::zeros([8, 16, 16, 32], DType::F32, &Device::Cpu)?, Mode::Train)?;
+/// assert_eq!(y.dims(), &[8, 8, 8, 64]);
+/// assert_eq!(conv.count_params().trainable, 3 * 3 * 32 * 2 + 64);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct DepthwiseConv2D {
+    name: String,
+    kernel_size: (usize, usize),
+    depth_multiplier: usize,
+    params: Conv2dParams,
+    use_bias: bool,
+    activation: ActivationFn,
+    kernel_initializer: Initializer,
+    bias_initializer: Initializer,
+    weights: OnceLock<DepthwiseWeights>,
+}
+
+#[derive(Debug)]
+struct DepthwiseWeights {
+    kernel: Variable,
+    bias: Option<Variable>,
+}
+
+impl DepthwiseConv2D {
+    /// A depthwise convolution with windows of `kernel_size` (one number or `(rows, columns)`).
+    pub fn new(kernel_size: impl IntoPair) -> Self {
+        DepthwiseConv2D {
+            name: unique_name("depthwise_conv2d"),
+            kernel_size: kernel_size.into_pair(),
+            depth_multiplier: 1,
+            params: Conv2dParams::default(),
+            use_bias: true,
+            activation: ActivationFn::Linear,
+            kernel_initializer: Initializer::GlorotUniform,
+            bias_initializer: Initializer::Zeros,
+            weights: OnceLock::new(),
+        }
+    }
+
+    /// Filters per input channel (at least 1; default 1).
+    pub fn depth_multiplier(mut self, depth_multiplier: usize) -> Self {
+        self.depth_multiplier = depth_multiplier;
+        self
+    }
+
+    /// The strides (one number or `(rows, columns)`).
+    pub fn strides(mut self, strides: impl IntoPair) -> Self {
+        self.params.strides = strides.into_pair();
+        self
+    }
+
+    /// The padding: `Padding::Valid` (default), `Padding::Same` (TF's) or explicit.
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.params.padding = padding;
+        self
+    }
+
+    /// The dilation rate (one number or `(rows, columns)`).
+    pub fn dilation(mut self, dilation: impl IntoPair) -> Self {
+        self.params.dilation = dilation.into_pair();
+        self
+    }
+
+    /// Whether to add a bias.
+    pub fn use_bias(mut self, use_bias: bool) -> Self {
+        self.use_bias = use_bias;
+        self
+    }
+
+    /// The activation applied to the output.
+    pub fn activation(mut self, activation: ActivationFn) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// The kernel's initializer (Keras' `depthwise_initializer`).
+    pub fn kernel_initializer(mut self, init: Initializer) -> Self {
+        self.kernel_initializer = init;
+        self
+    }
+
+    /// The bias's initializer.
+    pub fn bias_initializer(mut self, init: Initializer) -> Self {
+        self.bias_initializer = init;
+        self
+    }
+
+    /// The same layer under another name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Strides, padding, dilation and (once built) the group count.
+    pub fn conv_params(&self) -> Conv2dParams {
+        let groups = self.kernel().map_or(1, |k| k.value().dims()[0] / self.depth_multiplier.max(1));
+        Conv2dParams { groups, ..self.params }
+    }
+
+    /// The kernel `[channels * depth_multiplier, kh, kw, 1]`, once built.
+    pub fn kernel(&self) -> Option<&Variable> {
+        self.weights.get().map(|w| &w.kernel)
+    }
+
+    /// The bias `[channels * depth_multiplier]`, once built, if the layer has one.
+    pub fn bias(&self) -> Option<&Variable> {
+        self.weights.get().and_then(|w| w.bias.as_ref())
+    }
+
+    fn built(&self, input: &InputSpec) -> Result<&DepthwiseWeights> {
+        get_or_build(&self.weights, || {
+            if self.depth_multiplier == 0 {
+                return Err(Error::layer(&self.name, "depth_multiplier must be at least 1, got 0"));
+            }
+            if input.shape.rank() != 4 {
+                return Err(Error::layer(
+                    &self.name,
+                    format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape),
+                ));
+            }
+            let channels = input.shape.dims()[3];
+            let outputs = channels * self.depth_multiplier;
+            let (kh, kw) = self.kernel_size;
+            let shape = Shape::new(&[outputs, kh, kw, 1]);
+            // Keras' fans for its kernel [kh, kw, channels, depth_multiplier].
+            let fans = Fans::conv2d(self.depth_multiplier, kh, kw, channels);
+            let kernel = self.kernel_initializer.initialize(&shape, fans, input.dtype, &input.device)?;
+            let kernel = Variable::new(format!("{}/depthwise_kernel", self.name), kernel, true);
+            let bias = if self.use_bias {
+                let b = self.bias_initializer.initialize(
+                    &Shape::new(&[outputs]),
+                    Fans::vector(outputs),
+                    input.dtype,
+                    &input.device,
+                )?;
+                Some(Variable::new(format!("{}/bias", self.name), b, true))
+            } else {
+                None
+            };
+            Ok(DepthwiseWeights { kernel, bias })
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.built(&InputSpec::from(x))?;
+        let kernel = w.kernel.value();
+        let channels = kernel.dims()[0] / self.depth_multiplier;
+        if x.rank() != 4 || x.dims()[3] != channels {
+            return Err(Error::layer(
+                &self.name,
+                format!("was built for NHWC inputs with {channels} channels but got an input of shape {}", x.shape()),
+            ));
+        }
+        let params = Conv2dParams { groups: channels, ..self.params };
+        let bias = w.bias.as_ref().map(Variable::value);
+        let y = x.conv2d(&kernel, bias.as_ref(), &params).in_layer(&self.name)?;
+        self.activation.apply(&y).in_layer(&self.name)
+    }
+
+    pub(crate) fn visit(&self, visit: &mut dyn FnMut(&str, &Variable)) {
+        if let Some(w) = self.weights.get() {
+            visit("depthwise_kernel", &w.kernel);
+            if let Some(b) = &w.bias {
+                visit("bias", b);
+            }
+        }
+    }
+}
+
+impl Layer for DepthwiseConv2D {
+    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        traced(self, self.forward(input))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn type_name(&self) -> &str {
+        "DepthwiseConv2D"
+    }
+
+    fn build(&self, input: &InputSpec) -> Result<()> {
+        self.built(input).map(|_| ())
+    }
+
+    fn visit_variables(&self, visit: &mut dyn FnMut(&str, &Variable)) {
+        self.visit(visit)
+    }
+}
