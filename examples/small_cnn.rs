@@ -17,7 +17,9 @@ mod common;
 use clap::Parser;
 use common::{cli::CommonArgs, train::Scoring, AnyResult, BN_MOMENTUM};
 use std::process::ExitCode;
-use tapegrad::layers::{Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Padding, Sequential};
+use tapegrad::layers::{
+    Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Padding, Sequential,
+};
 
 /// Trains a 4-convolution CNN on a CIFAR-format folder or on synthetic images.
 #[derive(Parser)]

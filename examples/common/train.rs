@@ -126,10 +126,15 @@ struct Score {
 }
 
 /// Loss, accuracy and (when asked) mean IoU over `test`, in inference mode.
-fn evaluate(model: &dyn Layer, test: &Batches, device: &Device, loss_fn: &CrossEntropy, scoring: Scoring) -> AnyResult<Score> {
-    let classes = test.num_classes();
+fn evaluate(
+    model: &dyn Layer,
+    test: &Batches,
+    device: &Device,
+    loss_fn: &CrossEntropy,
+    scoring: Scoring,
+) -> AnyResult<Score> {
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-    let mut confusion = vec![0u64; classes * classes]; // [target][predicted]
+    let mut iou = metrics::MeanIoU::new(test.num_classes())?;
     for batch in test.epoch(0, device)? {
         let (x, y) = batch?;
         let logits = model.call(&x, Mode::Infer)?;
@@ -138,29 +143,10 @@ fn evaluate(model: &dyn Layer, test: &Batches, device: &Device, loss_fn: &CrossE
         correct += correct_count(&y, &logits)?.to_scalar::<i64>()? as usize;
         seen += n;
         if scoring == Scoring::MeanIou {
-            let predicted = logits.argmax(-1)?.to_vec::<i64>()?;
-            for (t, p) in y.to_vec::<i64>()?.into_iter().zip(predicted) {
-                confusion[t as usize * classes + p as usize] += 1;
-            }
+            iou.update_state(&y, &logits)?;
         }
     }
     let seen_f = seen.max(1) as f64;
-    let mean_iou = (scoring == Scoring::MeanIou).then(|| mean_iou(&confusion, classes));
+    let mean_iou = (scoring == Scoring::MeanIou).then(|| iou.result());
     Ok(Score { loss: loss_sum / seen_f, accuracy: correct as f64 / seen_f, mean_iou })
-}
-
-/// The mean over classes of `true positives / (true positives + false positives + false
-/// negatives)`, over the classes that occur as targets or predictions (as Keras' `MeanIoU`).
-fn mean_iou(confusion: &[u64], classes: usize) -> f64 {
-    let mut ious = Vec::new();
-    for k in 0..classes {
-        let tp = confusion[k * classes + k];
-        let targets: u64 = confusion[k * classes..(k + 1) * classes].iter().sum();
-        let predicted: u64 = (0..classes).map(|t| confusion[t * classes + k]).sum();
-        let union = targets + predicted - tp;
-        if union > 0 {
-            ious.push(tp as f64 / union as f64);
-        }
-    }
-    ious.iter().sum::<f64>() / ious.len().max(1) as f64
 }

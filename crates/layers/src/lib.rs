@@ -66,9 +66,9 @@ pub use layers::pooling::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPoo
 pub use layers::relu::{LeakyReLU, ReLU, ELU};
 pub use layers::separable_conv2d::SeparableConv2D;
 pub use layers::sequential::Sequential;
+pub use layers::shape::{Permute, RepeatVector, Reshape};
 pub use layers::upsampling::UpSampling2D;
 pub use layers::zero_padding::ZeroPadding2D;
-pub use layers::shape::{Permute, RepeatVector, Reshape};
 pub use naming::unique_name;
 pub use summary::{summary, summary_nested, Summary, SummaryRow};
 pub use tapegrad_tensor::{Interpolation, Padding};

@@ -17,9 +17,9 @@ pub(crate) mod pooling;
 pub(crate) mod relu;
 pub(crate) mod separable_conv2d;
 pub(crate) mod sequential;
+pub(crate) mod shape;
 pub(crate) mod upsampling;
 pub(crate) mod zero_padding;
-pub(crate) mod shape;
 
 use crate::Result;
 use std::sync::OnceLock;
