@@ -91,6 +91,9 @@ fn reduce_middle<T: ReduceElem>(x: &[T], op: ReduceOp, outer: usize, r: usize, i
     if r == 0 {
         return try_vec(OP, outer * inner, T::zero());
     }
+    if outer == 0 || inner == 0 {
+        return Ok(Vec::new());
+    }
     let big = x.len() >= PAR_MIN_LEN;
     if inner == 1 {
         return reduce_rows(x, op, outer, r, big);
