@@ -20,7 +20,7 @@
 //! A grouped convolution (`groups` > 1) runs these products once per group: the group's
 //! input channels gathered by im2col (`K = kh * kw * c_in / groups`), its block of kernel
 //! rows, and its run of output channels written in place through the GEMM's strides. The
-//! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu.rs`).
+//! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu/`).
 
 use super::depthwise_cpu;
 use crate::backend::Conv2dSpec;
@@ -174,7 +174,7 @@ impl Geometry {
 }
 
 /// Whether a convolution is depthwise (each input channel its own group), which the direct
-/// kernels of `depthwise_cpu.rs` run.
+/// kernels of `depthwise_cpu/` run.
 fn is_depthwise(s: &Conv2dSpec) -> bool {
     s.groups > 1 && s.groups == s.in_channels
 }

@@ -1,0 +1,119 @@
+//! The forward pass: each output row `(image, oy)` is one task; each output pixel sums its
+//! taps.
+
+use super::columns::interior_columns;
+use super::lanes::{lanes, lanes_mut, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
+use super::{Depthwise, PIXELS};
+use crate::ops::conv::cpu::taps;
+use crate::FloatElement;
+
+/// The rows `ky0..ky1` of the kernel that output row `oy` reads, and the first input row.
+pub(super) type RowTaps = (usize, usize, usize);
+
+/// One output row `(image, oy)`: `dst` is `[out_w, c_out]`, written once (never read: the
+/// freshly allocated output is not in cache, and reading it stalled every pixel).
+///
+/// The full channel blocks go [`PIXELS`] pixels at a time; the channel tail and depth
+/// multipliers above 1 one pixel at a time.
+#[inline(always)]
+pub(super) fn forward_row<T: FloatElement, const FUSED: bool>(
+    d: &Depthwise<'_, T>,
+    x: &[T],
+    bias: Option<&[T]>,
+    row: usize,
+    dst: &mut [T],
+) {
+    let s = d.s;
+    let co = s.out_channels;
+    let (b, oy) = (row / s.out_h, row % s.out_h);
+    let img = &x[b * d.in_image()..][..d.in_image()];
+    let rows = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
+    let full = d.full_blocks();
+    for ox in (0..s.out_w).step_by(PIXELS) {
+        let n = PIXELS.min(s.out_w - ox);
+        if full > 0 {
+            forward_group::<T, FUSED>(d, img, bias, rows, (ox, n), full, &mut dst[ox * co..][..n * co]);
+        }
+        if full < co {
+            for p in ox..ox + n {
+                forward_pixel::<T, FUSED>(d, img, bias, rows, p, full, &mut dst[p * co..][..co]);
+            }
+        }
+    }
+}
+
+/// Output pixels `ox..ox + n` (`n <= PIXELS`), channels `0..full`: each kernel block is
+/// loaded once for all of them, and their accumulators are independent chains. Taps that
+/// read padding are skipped; in the interior, where none do, the test is skipped too.
+#[inline(always)]
+fn forward_group<T: FloatElement, const FUSED: bool>(
+    d: &Depthwise<'_, T>,
+    img: &[T],
+    bias: Option<&[T]>,
+    (ky0, ky1, iy0): RowTaps,
+    (ox, n): (usize, usize),
+    full: usize,
+    dst: &mut [T],
+) {
+    let s = d.s;
+    let (c, co) = (s.in_channels, s.out_channels);
+    let (lo, hi) = interior_columns(s);
+    let inside = n == PIXELS && ox >= lo && ox + PIXELS <= hi;
+    for start in (0..full).step_by(LANES) {
+        let mut acc = [bias.map_or([T::zero(); LANES], |b| *lanes(&b[start..])); PIXELS];
+        for ky in ky0..ky1 {
+            let iy = iy0 + (ky - ky0) * s.dilation_h;
+            let input_row = &img[iy * s.in_w * c..][..s.in_w * c];
+            let kernel_row = &d.taps_kernel[ky * s.kernel_w * co + start..];
+            for kx in 0..s.kernel_w {
+                let k = lanes(&kernel_row[kx * co..]);
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    // The input column plus pad_left.
+                    let at = (ox + p) * s.stride_w + kx * s.dilation_w;
+                    if !inside && (p >= n || at < s.pad_left || at - s.pad_left >= s.in_w) {
+                        continue;
+                    }
+                    mul_add_lanes::<T, FUSED>(acc, &input_row[(at - s.pad_left) * c + start..], k);
+                }
+            }
+        }
+        for (p, acc) in acc.iter().enumerate().take(n) {
+            *lanes_mut(&mut dst[p * co + start..]) = *acc;
+        }
+    }
+}
+
+/// Output pixel `ox`, channels `from..c_out` (`from` is 0 or a block boundary).
+#[inline(always)]
+fn forward_pixel<T: FloatElement, const FUSED: bool>(
+    d: &Depthwise<'_, T>,
+    img: &[T],
+    bias: Option<&[T]>,
+    (ky0, ky1, iy0): RowTaps,
+    ox: usize,
+    from: usize,
+    y: &mut [T],
+) {
+    let s = d.s;
+    let (c, co) = (s.in_channels, s.out_channels);
+    let (kx0, kx1, ix0) = taps(ox, s.stride_w, s.pad_left, s.dilation_w, s.kernel_w, s.in_w);
+    let input = |ky: usize, kx: usize| {
+        let (iy, ix) = (iy0 + (ky - ky0) * s.dilation_h, ix0 + (kx - kx0) * s.dilation_w);
+        &img[(iy * s.in_w + ix) * c..][..c]
+    };
+    let kernel = |ky: usize, kx: usize| &d.taps_kernel[(ky * s.kernel_w + kx) * co..][..co];
+    let y = &mut y[from..];
+    match bias {
+        Some(b) => y.copy_from_slice(&b[from..]),
+        None => y.fill(T::zero()),
+    }
+    for ky in ky0..ky1 {
+        for kx in kx0..kx1 {
+            if d.m == 1 {
+                mul_add_block::<T, FUSED>(y, &input(ky, kx)[from..], &kernel(ky, kx)[from..]);
+            } else {
+                mul_add_spread::<T, FUSED>(y, input(ky, kx), kernel(ky, kx), d.m);
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! CPU kernels of the depthwise convolution (`groups == in_channels`, any depth
+//! multiplier `m = out_channels / in_channels`): direct loops over NHWC, vectorised over
+//! channels, no im2col.
+//!
+//! Output channel `c * m + j` reads input channel `c` only, so an NHWC pixel's channels
+//! are independent lanes: each kernel tap is one multiply-add across a pixel's channels.
+//! The kernel `[c * m, kh, kw, 1]` is first transposed to `[kh * kw, c * m]` (tap-major),
+//! so that a tap's weights are contiguous too. Channels run in fixed blocks of
+//! [`lanes::LANES`], and [`PIXELS`] neighbouring pixels at a time, whose accumulators the
+//! compiler keeps in SIMD registers. The row functions are compiled three times: for
+//! AVX-512, for AVX2 (both with FMA) and for any CPU, chosen at run time ([`Isa`]).
+//!
+//! - forward ([`forward`]): each output row `(image, oy)` is one task.
+//! - input gradient ([`backward_input`]): gathered, not scattered: each input row is one
+//!   task, and each input pixel sums the output pixels that read it (`dy * kernel`), so no
+//!   two tasks write the same element.
+//! - kernel gradient ([`backward_filter`]): the output rows are cut into [`FILTER_CHUNKS`] fixed runs (the cut
+//!   depends on the shape only); each run sums into its own buffer, and the buffers are
+//!   added in run order, so the result does not depend on the thread count or on rayon's
+//!   scheduling.
+
+mod backward_filter;
+mod backward_input;
+mod columns;
+mod forward;
+mod lanes;
+#[cfg(test)]
+mod tests;
+
+use crate::backend::Conv2dSpec;
+use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
+use crate::{FloatElement, Result};
+use backward_input::Readers;
+use rayon::prelude::*;
+
+/// Output pixels computed together: independent accumulator chains that share each kernel
+/// load (one chain per pixel was bound by the latency of its additions).
+const PIXELS: usize = 4;
+
+/// Runs of output rows the kernel gradient is split into (at most).
+const FILTER_CHUNKS: usize = 64;
+
+/// The instruction set the row functions run with, detected once per op.
+#[derive(Clone, Copy)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx2") && has!("fma") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every instruction set this CPU can run, for the tests that compare them.
+    #[cfg(test)]
+    fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                all.push(Isa::Avx2);
+                if has!("avx512f") {
+                    all.push(Isa::Avx512);
+                }
+            }
+        }
+        all
+    }
+}
+
+/// Runs a row function compiled for `isa`: `dispatch!(isa, forward::forward_row(args))`.
+macro_rules! dispatch {
+    ($isa:expr, $module:ident :: $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $isa {
+            // SAFETY: `Isa::detect` saw these features on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { simd::avx512::$f($($arg),*) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { simd::avx2::$f($($arg),*) },
+            Isa::Portable => $module::$f::<_, false>($($arg),*),
+        }
+    };
+}
+
+/// The row functions compiled for wider registers and FMA (the same code).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    macro_rules! compiled_for {
+        ($name:ident, $features:literal) => {
+            pub(super) mod $name {
+                use super::super::{backward_filter, backward_input, forward, Depthwise, Readers};
+                use crate::FloatElement;
+
+                #[target_feature(enable = $features)]
+                pub(in super::super) fn forward_row<T: FloatElement>(
+                    d: &Depthwise<'_, T>,
+                    x: &[T],
+                    bias: Option<&[T]>,
+                    row: usize,
+                    dst: &mut [T],
+                ) {
+                    forward::forward_row::<T, true>(d, x, bias, row, dst)
+                }
+
+                #[target_feature(enable = $features)]
+                pub(in super::super) fn backward_input_row<T: FloatElement>(
+                    d: &Depthwise<'_, T>,
+                    dy: &[T],
+                    readers: (&Readers, &Readers),
+                    row: usize,
+                    dst: &mut [T],
+                ) {
+                    backward_input::backward_input_row::<T, true>(d, dy, readers, row, dst)
+                }
+
+                #[target_feature(enable = $features)]
+                pub(in super::super) fn backward_filter_row<T: FloatElement>(
+                    d: &Depthwise<'_, T>,
+                    x: &[T],
+                    dy: &[T],
+                    row: usize,
+                    acc: &mut [T],
+                ) {
+                    backward_filter::backward_filter_row::<T, true>(d, x, dy, row, acc)
+                }
+            }
+        };
+    }
+    compiled_for!(avx512, "avx512f,avx2,fma");
+    compiled_for!(avx2, "avx2,fma");
+}
+
+/// The shared read-only state of one depthwise op.
+pub(super) struct Depthwise<'a, T> {
+    pub(super) s: &'a Conv2dSpec,
+    /// The kernel, tap-major: `[kh * kw, out_channels]`.
+    pub(super) taps_kernel: &'a [T],
+    /// Depth multiplier.
+    pub(super) m: usize,
+}
+
+impl<T> Depthwise<'_, T> {
+    pub(super) fn in_image(&self) -> usize {
+        self.s.in_h * self.s.in_w * self.s.in_channels
+    }
+
+    pub(super) fn out_image(&self) -> usize {
+        self.s.out_h * self.s.out_w * self.s.out_channels
+    }
+
+    /// The channels in full [`lanes::LANES`] blocks, which the grouped paths take (multiplier 1 only).
+    pub(super) fn full_blocks(&self) -> usize {
+        if self.m == 1 {
+            self.s.out_channels / lanes::LANES * lanes::LANES
+        } else {
+            0
+        }
+    }
+}
+
+/// `[c_out, kh, kw, 1]` -> `[kh * kw, c_out]`.
+fn tap_major<T: FloatElement + ZeroBits>(op: &'static str, kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+    let (taps, co) = (s.kernel_h * s.kernel_w, s.out_channels);
+    let mut out = try_zeros(op, kernel.len())?;
+    for o in 0..co {
+        for t in 0..taps {
+            out[t * co + o] = kernel[o * taps + t];
+        }
+    }
+    Ok(out)
+}
+
+/// The forward depthwise convolution: `[batch, out_h, out_w, c_out]`.
+pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    forward_with(Isa::detect(), x, kernel, bias, s)
+}
+
+fn forward_with<T: FloatElement + ZeroBits>(
+    isa: Isa,
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    const OP: &str = "conv2d";
+    let taps_kernel = tap_major(OP, kernel, s)?;
+    let d = Depthwise { s, taps_kernel: &taps_kernel, m: s.out_channels / s.in_channels };
+    let row_len = s.out_w * s.out_channels;
+    let mut out = try_zeros(OP, s.batch * s.out_h * row_len)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    out.par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(row, dst)| dispatch!(isa, forward::forward_row(&d, x, bias, row, dst)));
+    Ok(out)
+}
+
+/// The input gradient of a depthwise convolution: `[batch, in_h, in_w, c_in]`.
+pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
+    dy: &[T],
+    kernel: &[T],
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    backward_input_with(Isa::detect(), dy, kernel, s)
+}
+
+fn backward_input_with<T: FloatElement + ZeroBits>(isa: Isa, dy: &[T], kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+    const OP: &str = "conv2d_backward_input";
+    let taps_kernel = tap_major(OP, kernel, s)?;
+    let d = Depthwise { s, taps_kernel: &taps_kernel, m: s.out_channels / s.in_channels };
+    let rows = Readers::new(OP, s.in_h, s.out_h, (s.stride_h, s.pad_top, s.dilation_h, s.kernel_h))?;
+    let cols = Readers::new(OP, s.in_w, s.out_w, (s.stride_w, s.pad_left, s.dilation_w, s.kernel_w))?;
+    let row_len = s.in_w * s.in_channels;
+    let mut dx = try_zeros(OP, s.batch * s.in_h * row_len)?;
+    if dx.is_empty() {
+        return Ok(dx);
+    }
+    dx.par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(row, dst)| dispatch!(isa, backward_input::backward_input_row(&d, dy, (&rows, &cols), row, dst)));
+    Ok(dx)
+}
+
+/// The kernel gradient of a depthwise convolution: `[c_out, kh, kw, 1]`.
+pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+    backward_filter_with(Isa::detect(), x, dy, s)
+}
+
+fn backward_filter_with<T: FloatElement + ZeroBits>(isa: Isa, x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+    const OP: &str = "conv2d_backward_filter";
+    let d = Depthwise { s, taps_kernel: &[], m: s.out_channels / s.in_channels };
+    let (taps, co) = (s.kernel_h * s.kernel_w, s.out_channels);
+    let rows = s.batch * s.out_h;
+    let per_chunk = rows.div_ceil(FILTER_CHUNKS).max(1);
+    let chunks = rows.div_ceil(per_chunk);
+    let partials: Vec<Result<Vec<T>>> = (0..chunks)
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = try_zeros(OP, taps * co)?;
+            for row in chunk * per_chunk..((chunk + 1) * per_chunk).min(rows) {
+                dispatch!(isa, backward_filter::backward_filter_row(&d, x, dy, row, &mut acc));
+            }
+            Ok(acc)
+        })
+        .collect();
+    let mut total = try_zeros(OP, taps * co)?;
+    for partial in partials {
+        for (t, &p) in total.iter_mut().zip(&partial?) {
+            *t = *t + p;
+        }
+    }
+    let mut out = try_zeros(OP, taps * co)?;
+    for t in 0..taps {
+        for o in 0..co {
+            out[o * taps + t] = total[t * co + o];
+        }
+    }
+    Ok(out)
+}

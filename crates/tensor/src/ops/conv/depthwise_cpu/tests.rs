@@ -1,0 +1,126 @@
+//! Every instruction set's row functions against a naive direct convolution, on shapes
+//! that reach each path: channel tails, depth multipliers, strides, dilations and
+//! asymmetric padding. The public tests only reach the one this CPU picks.
+
+use super::*;
+
+/// `(batch, in_h, in_w, channels, multiplier, kh, kw, stride, dilation, [top, bottom, left, right])`
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize, [usize; 4]);
+
+const CASES: &[Case] = &[
+    (2, 9, 11, 32, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+    (1, 8, 8, 37, 1, 3, 3, 2, 1, [0, 1, 0, 1]),
+    (1, 7, 10, 16, 2, 3, 3, 1, 1, [1, 1, 1, 1]),
+    (2, 6, 13, 5, 3, 5, 5, 1, 2, [4, 4, 4, 4]),
+    (1, 12, 9, 48, 1, 1, 3, 3, 1, [0, 0, 2, 0]),
+    (1, 5, 5, 20, 1, 5, 5, 2, 1, [2, 2, 2, 2]),
+    (1, 4, 17, 64, 1, 3, 3, 1, 3, [3, 2, 0, 3]),
+];
+
+fn spec(
+    &(batch, in_h, in_w, c, m, kernel_h, kernel_w, stride, dilation, [pad_top, pad_bottom, pad_left, pad_right]): &Case,
+) -> Conv2dSpec {
+    let out = |n: usize, k: usize, lo: usize, hi: usize| (n + lo + hi - dilation * (k - 1) - 1) / stride + 1;
+    Conv2dSpec {
+        batch,
+        in_h,
+        in_w,
+        in_channels: c,
+        out_channels: c * m,
+        groups: c,
+        kernel_h,
+        kernel_w,
+        stride_h: stride,
+        stride_w: stride,
+        dilation_h: dilation,
+        dilation_w: dilation,
+        pad_top,
+        pad_bottom,
+        pad_left,
+        pad_right,
+        out_h: out(in_h, kernel_h, pad_top, pad_bottom),
+        out_w: out(in_w, kernel_w, pad_left, pad_right),
+    }
+}
+
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Calls `f(image, oy, ox, ci, o, ky, kx, iy, ix)` for every tap that reads a real pixel.
+fn each_tap(s: &Conv2dSpec, mut f: impl FnMut([usize; 9])) {
+    let m = s.out_channels / s.in_channels;
+    for b in 0..s.batch {
+        for oy in 0..s.out_h {
+            for ox in 0..s.out_w {
+                for o in 0..s.out_channels {
+                    for ky in 0..s.kernel_h {
+                        for kx in 0..s.kernel_w {
+                            let iy = (oy * s.stride_h + ky * s.dilation_h).checked_sub(s.pad_top);
+                            let ix = (ox * s.stride_w + kx * s.dilation_w).checked_sub(s.pad_left);
+                            if let (Some(iy), Some(ix)) = (iy, ix) {
+                                if iy < s.in_h && ix < s.in_w {
+                                    f([b, oy, ox, o / m, o, ky, kx, iy, ix]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn assert_close(what: &str, isa: usize, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 1e-12 * (1.0 + w.abs()), "{what}, isa #{isa}, element {i}: {g} against {w}");
+    }
+}
+
+#[test]
+fn every_instruction_set_matches_the_naive_convolution() {
+    for (n, case) in CASES.iter().enumerate() {
+        let s = spec(case);
+        let taps = s.kernel_h * s.kernel_w;
+        let x = values(s.batch * s.in_h * s.in_w * s.in_channels, 1 + n as u64);
+        let kernel = values(s.out_channels * taps, 100 + n as u64);
+        let bias = values(s.out_channels, 200 + n as u64);
+        let dy = values(s.batch * s.out_h * s.out_w * s.out_channels, 300 + n as u64);
+        let at_x = |[b, _, _, ci, _, _, _, iy, ix]: [usize; 9]| ((b * s.in_h + iy) * s.in_w + ix) * s.in_channels + ci;
+        let at_y = |[b, oy, ox, _, o, ..]: [usize; 9]| ((b * s.out_h + oy) * s.out_w + ox) * s.out_channels + o;
+        let at_k = |[_, _, _, _, o, ky, kx, ..]: [usize; 9]| o * taps + ky * s.kernel_w + kx;
+
+        let mut y = vec![0.0; dy.len()];
+        for (i, v) in y.iter_mut().enumerate() {
+            *v = bias[i % s.out_channels];
+        }
+        let mut dx = vec![0.0; x.len()];
+        let mut dk = vec![0.0; kernel.len()];
+        each_tap(&s, |t| {
+            y[at_y(t)] += x[at_x(t)] * kernel[at_k(t)];
+            dx[at_x(t)] += dy[at_y(t)] * kernel[at_k(t)];
+            dk[at_k(t)] += dy[at_y(t)] * x[at_x(t)];
+        });
+
+        for (i, isa) in Isa::available().into_iter().enumerate() {
+            let what = format!("case {case:?}");
+            assert_close(&format!("forward, {what}"), i, &forward_with(isa, &x, &kernel, Some(&bias), &s).unwrap(), &y);
+            assert_close(
+                &format!("input gradient, {what}"),
+                i,
+                &backward_input_with(isa, &dy, &kernel, &s).unwrap(),
+                &dx,
+            );
+            assert_close(&format!("kernel gradient, {what}"), i, &backward_filter_with(isa, &x, &dy, &s).unwrap(), &dk);
+        }
+    }
+}
