@@ -33,6 +33,13 @@ use rayon::prelude::*;
 /// GEMM is efficient, small enough to stay in cache and keep memory flat.
 const COL_BUDGET: usize = 1 << 20;
 
+/// Runs (partial sums) the kernel gradient's batch sum is cut into, at most.
+const FILTER_RUNS: usize = 16;
+
+/// Elements of the kernel gradient's partial sums together (8 MiB of f32), at most: a
+/// large kernel gets fewer runs, each with split GEMMs.
+const FILTER_PARTIALS_BUDGET: usize = 1 << 21;
+
 /// A read-only matrix inside a slice: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
 pub(crate) struct MatRef<'a, T> {
@@ -126,19 +133,41 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// Chunks for the forward pass and the input gradient, which write disjoint outputs:
+    /// at least one chunk per thread.
     fn new(s: &Conv2dSpec) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        Self::with_chunks(s, threads, threads)
+    }
+
+    /// Chunks and runs for the kernel gradient, a sum over the batch: both cut by the
+    /// shape alone, so that the association of the sum never follows the thread count.
+    /// Each run holds a kernel-sized partial sum; together they stay within
+    /// [`FILTER_PARTIALS_BUDGET`].
+    fn for_kernel_gradient(s: &Conv2dSpec) -> (Self, usize) {
+        let threads = rayon::current_num_threads().max(1);
+        let kernel = s.out_channels * s.kernel_h * s.kernel_w * (s.in_channels / s.groups);
+        let runs = (FILTER_PARTIALS_BUDGET / kernel.max(1)).clamp(1, FILTER_RUNS);
+        let mut g = Self::with_chunks(s, runs, threads);
+        let runs = s.batch.div_ceil(g.chunk_images).min(runs).max(1);
+        // Too few runs to keep every thread busy: split each GEMM too. gemm splits over
+        // output blocks only, so a split GEMM sums in the same order.
+        g.gemm_par = if threads > 1 && runs < 2 * threads { Parallelism::Rayon(threads) } else { Parallelism::None };
+        (g, runs)
+    }
+
+    fn with_chunks(s: &Conv2dSpec, min_chunks: usize, threads: usize) -> Self {
         let out_pixels = s.out_h * s.out_w;
         let group_in = s.in_channels / s.groups;
         let patch = s.kernel_h * s.kernel_w * group_in;
-        let threads = rayon::current_num_threads().max(1);
         let per_image = (out_pixels * patch).max(1);
         let chunk_images = if s.batch * per_image <= 2 * COL_BUDGET {
             // Few rows (the deep layers): one chunk, and the GEMM itself is split across
             // threads; chunks of a few rows each would repeat the packing of a large kernel.
             s.batch.max(1)
         } else {
-            // At least one chunk per thread, so that every thread has work.
-            (COL_BUDGET / per_image).max(1).min(s.batch.div_ceil(threads).max(1))
+            // At least `min_chunks` chunks, so that every thread has work.
+            (COL_BUDGET / per_image).max(1).min(s.batch.div_ceil(min_chunks).max(1))
         };
         let chunks = s.batch.div_ceil(chunk_images);
         let pointwise = s.kernel_h == 1
@@ -437,18 +466,18 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
     Ok(dx)
 }
 
-/// The kernel gradient: `[c_out, kh, kw, c_in / groups]`. The chunks are split into one
-/// run per worker; each run sums its products in chunk order into its own buffer, and the
-/// few buffers are added in run order (no dependence on rayon's scheduling).
+/// The kernel gradient: `[c_out, kh, kw, c_in / groups]`. The chunks are split into a
+/// few runs (a count set by the shape, see `Geometry::for_kernel_gradient`); each run sums its products in chunk order into its own
+/// buffer, and the buffers are added in run order: the result depends on the shape only,
+/// not on the thread count or rayon's scheduling.
 pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     const OP: &str = "conv2d_backward_filter";
     if is_depthwise(s) {
         return depthwise_cpu::conv2d_backward_filter(x, dy, s);
     }
-    let g = Geometry::new(s);
+    let (g, workers) = Geometry::for_kernel_gradient(s);
     let co = s.out_channels;
     let chunks = s.batch.div_ceil(g.chunk_images);
-    let workers = rayon::current_num_threads().min(chunks).max(1);
     let partial = |w: usize| -> Result<Vec<T>> {
         let mut acc = try_zeros(OP, co * g.patch)?;
         let mut col = Vec::new();

@@ -1,0 +1,63 @@
+//! The convolution's three products give the same bits in 1-, 2- and 3-thread pools, on
+//! shapes that take each CPU path: a single chunk with a split GEMM, many chunks (the
+//! kernel gradient's batch sum cut into runs), groups, and the direct depthwise kernels.
+
+use rand::{rngs::StdRng, SeedableRng};
+use tapegrad_tensor::{Conv2dParams, DType, Device, GradientTape, Padding, Tensor};
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    Tensor::rand_uniform(shape, -1.0, 1.0, DType::F32, &Device::Cpu, &mut rng).unwrap()
+}
+
+/// The output, input gradient and kernel gradient, as bits, computed in a pool of `threads`.
+fn products(threads: usize, x: &Tensor, k: &Tensor, p: &Conv2dParams) -> [Vec<u32>; 3] {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        let tape = GradientTape::new();
+        tape.watch(x);
+        tape.watch(k);
+        let y = tape.record(|| x.conv2d(k, None, p)).unwrap();
+        // A weighted sum, so the output gradient is not uniform.
+        let w = random(y.dims(), 99);
+        let loss = tape.record(|| y.mul(&w)?.sum_all()).unwrap();
+        let grads = tape.gradient(&loss, &[x, k]).unwrap();
+        let bits = |t: &Tensor| t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
+        [bits(&y), bits(grads[0].as_ref().unwrap()), bits(grads[1].as_ref().unwrap())]
+    })
+}
+
+fn check(name: &str, x_shape: [usize; 4], k_shape: [usize; 4], groups: usize, stride: usize) {
+    let x = random(&x_shape, 1);
+    let k = random(&k_shape, 2);
+    let p = Conv2dParams { strides: (stride, stride), padding: Padding::Same, groups, ..Default::default() };
+    let one = products(1, &x, &k, &p);
+    for threads in [2, 3] {
+        let many = products(threads, &x, &k, &p);
+        for (what, (a, b)) in ["output", "input gradient", "kernel gradient"].iter().zip(one.iter().zip(&many)) {
+            assert!(a == b, "{name}: the {what} differs between 1 and {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn dense_single_chunk() {
+    // 16 x 64 pixels x 144 patch: under the chunking threshold, one chunk, split GEMMs.
+    check("dense, one chunk", [16, 8, 8, 16], [32, 3, 3, 16], 1, 1);
+}
+
+#[test]
+fn dense_many_chunks() {
+    // 40 x 1024 pixels x 72 patch: chunked; 40 images do not divide evenly into the runs.
+    check("dense, many chunks", [40, 32, 32, 8], [16, 3, 3, 8], 1, 1);
+}
+
+#[test]
+fn grouped_many_chunks() {
+    check("groups 4, many chunks", [24, 32, 32, 16], [16, 3, 3, 4], 4, 2);
+}
+
+#[test]
+fn depthwise() {
+    check("depthwise", [24, 20, 20, 48], [48, 3, 3, 1], 48, 1);
+}
