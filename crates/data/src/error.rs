@@ -131,6 +131,14 @@ pub enum DataError {
         /// The split ("train" or "test"), or "file" for a single file.
         split: &'static str,
     },
+    /// A buffer whose size the data decides could not be allocated.
+    #[error("out of memory: {what} needs {bytes} bytes, which could not be allocated")]
+    OutOfMemory {
+        /// What the buffer was for (the file, or the dataset and its record count).
+        what: String,
+        /// The bytes requested.
+        bytes: u64,
+    },
     /// An argument is invalid (a zero batch size, a negative standard deviation, ...).
     #[error("{0}")]
     InvalidArgument(String),

@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod alloc;
 mod augment;
 mod batch;
 mod cifar;

@@ -47,7 +47,7 @@ pub fn load_cifar(dir: &Path, kind: CifarKind, split: Split, labels: LabelKind) 
     let mut all_labels = Vec::new();
     for file in kind.files(split) {
         let path = dir.join(file);
-        let bytes = std::fs::read(&path).map_err(|e| DataError::io("reading", &path, e))?;
+        let bytes = crate::alloc::read_file(&path)?;
         decode_records(&bytes, &path, kind, labels, &mut images, &mut all_labels)?;
         crate::manifest::verify_file(&dir, &path)?;
     }
@@ -89,7 +89,7 @@ fn warn_once(warning: String) {
 /// with the official one, and no manifest is consulted).
 pub fn read_cifar_file(path: &Path, kind: CifarKind, labels: LabelKind) -> Result<Dataset> {
     let num_classes = classes(kind, labels)?;
-    let bytes = std::fs::read(path).map_err(|e| DataError::io("reading", path, e))?;
+    let bytes = crate::alloc::read_file(path)?;
     let mut images = Vec::new();
     let mut all_labels = Vec::new();
     decode_records(&bytes, path, kind, labels, &mut images, &mut all_labels)?;
@@ -128,8 +128,9 @@ fn decode_records(
         });
     }
     let n = bytes.len() / record_size;
-    images.reserve(n * CIFAR_IMAGE_BYTES);
-    out_labels.reserve(n);
+    let what = || format!("decoding {n} records of {}", path.display());
+    crate::alloc::try_reserve(&what(), images, n * CIFAR_IMAGE_BYTES)?;
+    crate::alloc::try_reserve(&what(), out_labels, n)?;
     let plane = CIFAR_SIDE * CIFAR_SIDE;
     for (record, chunk) in bytes.chunks_exact(record_size).enumerate() {
         let label = match kind {

@@ -55,11 +55,13 @@ pub fn synthetic(n: usize, num_classes: usize, seed: u64) -> Result<Dataset> {
     }
     let prototypes: Vec<Prototype> = (0..num_classes).map(Prototype::of).collect();
     let mut rng = rng_for(seed, STREAM_SAMPLE, 0, 0);
-    let mut labels: Vec<i64> = (0..n).map(|i| (i % num_classes) as i64).collect();
+    let what = format!("synthetic: {n} images");
+    let mut labels = crate::alloc::try_with_capacity(&what, n)?;
+    labels.extend((0..n).map(|i| (i % num_classes) as i64));
     labels.shuffle(&mut rng);
 
     let pixels = CIFAR_SIDE * CIFAR_SIDE;
-    let mut images = vec![0u8; n * pixels * CIFAR_CHANNELS];
+    let mut images = crate::alloc::try_vec(&what, n.saturating_mul(pixels * CIFAR_CHANNELS), 0u8)?;
     let mut noise = vec![0u8; pixels * CIFAR_CHANNELS];
     for (image, &label) in images.chunks_exact_mut(pixels * CIFAR_CHANNELS).zip(&labels) {
         let p = &prototypes[label as usize];

@@ -35,7 +35,8 @@ pub fn encode_cifar(kind: CifarKind, images: &[u8], fine: &[u8], coarse: Option<
         _ => {}
     }
     let plane = CIFAR_SIDE * CIFAR_SIDE;
-    let mut out = Vec::with_capacity(n * kind.record_size());
+    let mut out =
+        crate::alloc::try_with_capacity(&format!("encode_cifar: {n} records"), n.saturating_mul(kind.record_size()))?;
     for (i, image) in images.chunks_exact(CIFAR_IMAGE_BYTES).enumerate() {
         if kind == CifarKind::Cifar100 {
             out.push(coarse.map_or(fine[i] / 5, |c| c[i]));
