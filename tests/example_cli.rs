@@ -218,3 +218,44 @@ fn ctrl_c_finishes_the_step_and_checkpoints() {
     assert!(stdout.contains("interrupted: checkpoint written"), "{stdout}");
     assert!(dir.join("last.safetensors").exists());
 }
+
+/// Unmounts the tmpfs when the test ends, failed or not.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_run_with_exit_code_4_and_leaves_nothing_half_written() {
+    let dir = std::env::temp_dir().join(format!("tapegrad-full-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 1 MiB: room for the metrics, not for a ResNet18 checkpoint (tens of MB).
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tapegrad-test"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("SKIPPED: cannot mount a 1 MiB tmpfs here (needs root)");
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let _guard = Mounted(dir.clone());
+    let out = run(&refs(&with(&smoke_args(&dir), &["--epochs", "1", "--max-steps", "1"])));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let best = dir.join("best.safetensors");
+    assert!(stderr.contains(&best.display().to_string()) && stderr.contains("--resume"), "{stderr}");
+    assert!(!stderr.contains(".tmp-"), "the message names the checkpoint, not its temporary: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("safetensors"))
+        .collect();
+    assert!(left.is_empty(), "no checkpoint or temporary is left on the full disk: {left:?}");
+}

@@ -14,7 +14,9 @@
 //!
 //! Exit codes: 0 done; 1 an error (named on stderr); 2 a bad command line; 3 the training
 //! diverged (a NaN or infinite loss: the run stops at the first one it reads, which on a
-//! GPU is every 25 steps, and never writes a non-finite checkpoint).
+//! GPU is every 25 steps, and never writes a non-finite checkpoint); 4 a checkpoint could
+//! not be written (a full disk: every file on disk is still a whole earlier checkpoint, and
+//! `--resume` repeats the lost epoch once there is space).
 
 mod cli;
 mod report;
@@ -38,6 +40,20 @@ type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 #[derive(Debug)]
 struct Diverged(String);
 
+/// The run stopped because a checkpoint could not be written (a full disk, say). Saves are
+/// atomic, so every checkpoint on disk is still a whole earlier one, and `--resume` repeats
+/// the lost epoch exactly once space is freed.
+#[derive(Debug)]
+struct SaveFailed(String);
+
+impl std::fmt::Display for SaveFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SaveFailed {}
+
 impl std::fmt::Display for Diverged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -57,6 +73,10 @@ fn main() -> ExitCode {
         Err(e) if e.is::<Diverged>() => {
             eprintln!("error: {e}");
             ExitCode::from(3)
+        }
+        Err(e) if e.is::<SaveFailed>() => {
+            eprintln!("error: {e}");
+            ExitCode::from(4)
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -78,6 +98,7 @@ fn check_loss(loss: f64, epoch: u64, step: u64) -> AnyResult<()> {
 }
 
 /// Writes a checkpoint only from finite weights: a diverged model never becomes `best`.
+/// A failed write stops the run with [`SaveFailed`], which says what is still on disk.
 fn save_checkpoint(
     path: &std::path::Path,
     model: &dyn Layer,
@@ -92,7 +113,15 @@ fn save_checkpoint(
             path.display()
         ))));
     }
-    checkpoint::save(path, model, Some(optimizer), step)?;
+    checkpoint::save(path, model, Some(optimizer), step).map_err(|e| {
+        let last = path.with_file_name("last.safetensors");
+        SaveFailed(format!(
+            "{e}\nstopping at step {step}: nothing half-written was left, and {} holds the end of the previous \
+             epoch (if one was saved). Free space (or pick another --checkpoint-dir, moving the files) and rerun \
+             with --resume: the lost epoch is repeated exactly.",
+            last.display()
+        ))
+    })?;
     Ok(())
 }
 
@@ -211,9 +240,14 @@ fn run(args: Args) -> AnyResult<()> {
         let seconds = epoch_start.elapsed().as_secs_f64();
         train_seconds += seconds;
         total_images += seen as u64;
-        save_checkpoint(&last, &*model, optimizer.as_ref(), step)?;
-
+        // Best, then last, then the metrics line: a failed save leaves `last` and the metrics
+        // at the previous epoch, so `--resume` repeats this epoch and writes all three again.
         let (test_loss, test_acc, test_top5) = evaluate(&*model, &test, &device, &loss_fn)?;
+        if test_acc > best_acc && test_loss.is_finite() {
+            save_checkpoint(&best, &*model, optimizer.as_ref(), step)?;
+            best_acc = test_acc;
+        }
+        save_checkpoint(&last, &*model, optimizer.as_ref(), step)?;
         let record = EpochRecord {
             epoch,
             steps: step,
@@ -234,10 +268,6 @@ fn run(args: Args) -> AnyResult<()> {
         history.push(record.clone());
         report::write_epoch(&metrics_path, &record, &history)
             .map_err(|e| format!("--metrics {}: {e}", metrics_path.display()))?;
-        if test_acc > best_acc && test_loss.is_finite() {
-            best_acc = test_acc;
-            save_checkpoint(&best, &*model, optimizer.as_ref(), step)?;
-        }
     }
     if interrupted.load(Ordering::SeqCst) {
         println!("interrupted: checkpoint written to {} at step {step}", last.display());
