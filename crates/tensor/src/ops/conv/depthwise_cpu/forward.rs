@@ -29,7 +29,20 @@ pub(super) fn forward_row<T: FloatElement, const FUSED: bool>(
     let img = &x[b * d.in_image()..][..d.in_image()];
     let rows = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
     let full = d.full_blocks();
-    for ox in (0..s.out_w).step_by(PIXELS) {
+    let (lo, hi) = interior_columns(s);
+    let wide = full > 0 && s.kernel_w == 3;
+    let mut ox = 0;
+    while ox < s.out_w {
+        if wide && ox >= lo && ox + WIDE <= hi {
+            forward_interior_3::<T, FUSED>(d, img, bias, rows, ox, full, &mut dst[ox * co..][..WIDE * co]);
+            if full < co {
+                for p in ox..ox + WIDE {
+                    forward_pixel::<T, FUSED>(d, img, bias, rows, p, full, &mut dst[p * co..][..co]);
+                }
+            }
+            ox += WIDE;
+            continue;
+        }
         let n = PIXELS.min(s.out_w - ox);
         if full > 0 {
             forward_group::<T, FUSED>(d, img, bias, rows, (ox, n), full, &mut dst[ox * co..][..n * co]);
@@ -38,6 +51,49 @@ pub(super) fn forward_row<T: FloatElement, const FUSED: bool>(
             for p in ox..ox + n {
                 forward_pixel::<T, FUSED>(d, img, bias, rows, p, full, &mut dst[p * co..][..co]);
             }
+        }
+        ox += n;
+    }
+}
+
+/// Output pixels of the interior fast path, computed together.
+const WIDE: usize = 8;
+
+/// [`WIDE`] interior output pixels `ox..` (every tap reads a real column) of a kernel 3
+/// wide, channels `0..full`: the block's three taps of a kernel row stay in registers, the
+/// loops are unrolled, and no column is tested.
+#[inline(always)]
+fn forward_interior_3<T: FloatElement, const FUSED: bool>(
+    d: &Depthwise<'_, T>,
+    img: &[T],
+    bias: Option<&[T]>,
+    (ky0, ky1, iy0): RowTaps,
+    ox: usize,
+    full: usize,
+    dst: &mut [T],
+) {
+    let s = d.s;
+    let (c, co) = (s.in_channels, s.out_channels);
+    let (sw, dw) = (s.stride_w * c, s.dilation_w * c);
+    // The interior's first tap reads a real column: ox * stride >= pad_left.
+    let first = (ox * s.stride_w - s.pad_left) * c;
+    // The last tap of the last pixel ends inside the row.
+    let span = (WIDE - 1) * sw + 2 * dw + full;
+    for start in (0..full).step_by(LANES) {
+        let mut acc = [bias.map_or([T::zero(); LANES], |b| *lanes(&b[start..])); WIDE];
+        for ky in ky0..ky1 {
+            let iy = iy0 + (ky - ky0) * s.dilation_h;
+            let window = &img[(iy * s.in_w * c + first)..][..span];
+            let kernel_row = &d.taps_kernel[ky * 3 * co + start..];
+            let k = [*lanes(kernel_row), *lanes(&kernel_row[co..]), *lanes(&kernel_row[2 * co..])];
+            for (p, acc) in acc.iter_mut().enumerate() {
+                for (kx, k) in k.iter().enumerate() {
+                    mul_add_lanes::<T, FUSED>(acc, &window[p * sw + kx * dw + start..], k);
+                }
+            }
+        }
+        for (p, acc) in acc.iter().enumerate() {
+            *lanes_mut(&mut dst[p * co + start..]) = *acc;
         }
     }
 }
