@@ -338,7 +338,7 @@ fn the_batch_norm_warning_fires_once_at_the_first_validation() -> Result<()> {
         "momentum 0.99",
         "0.99^4 = 96.1%",
         "1/(1 - 0.99) = 100",
-        "momentum(0.9)",
+        "lower the momentum to at most 0.75 (BatchNormalization::new().momentum(0.75))",
         "train longer",
     ] {
         assert!(w.contains(part), "{part:?} not in {w}");

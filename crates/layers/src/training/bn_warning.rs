@@ -31,6 +31,13 @@ pub(crate) fn batch_norm_warning(model: &dyn Layer) -> Option<String> {
         .max_by(|a, b| a.1.momentum.powf(a.1.updates as f64).total_cmp(&b.1.momentum.powf(b.1.updates as f64)))?;
     let weight = stats.momentum.powf(stats.updates as f64);
     let needed = (1.0 / (1.0 - stats.momentum)).round();
+    // The momentum whose 1 / (1 - momentum) is the updates done, rounded down.
+    let fix = if stats.updates >= 2 {
+        let m = ((1.0 - 1.0 / stats.updates as f64) * 100.0).floor() / 100.0;
+        format!("lower the momentum to at most {m} (BatchNormalization::new().momentum({m})) or train longer")
+    } else {
+        "train longer".to_string()
+    };
     let others = match young.len() - 1 {
         0 => String::new(),
         1 => " (and 1 more layer)".to_string(),
@@ -40,9 +47,8 @@ pub(crate) fn batch_norm_warning(model: &dyn Layer) -> Option<String> {
         "warning: batch normalization layer {path}{others} has had {updates} training updates of its moving \
          statistics at momentum {m}: they still weigh {m}^{updates} = {pct:.1}% of their initial values (mean 0, \
          variance 1), and about 1/(1 - {m}) = {needed} updates are needed before they describe the trained \
-         network, so validation, evaluate and predict (which use them) will score far below training. Fix: lower \
-         the momentum (e.g. BatchNormalization::new().momentum(0.9), about 10 updates) or train longer \
-         (at least {needed} steps).",
+         network, so validation, evaluate and predict (which use them) will score far below training. Fix: {fix} \
+         (at least {needed} steps at momentum {m}).",
         updates = stats.updates,
         m = stats.momentum,
         pct = 100.0 * weight,
