@@ -26,6 +26,8 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`training`] wraps that loop as Keras' `fit` / `evaluate` / `predict`, with callbacks.
 
 #![deny(missing_docs)]
 
