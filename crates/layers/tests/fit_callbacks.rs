@@ -368,9 +368,10 @@ fn csv_and_jsonl_loggers_write_every_epoch() -> Result<()> {
 
 #[test]
 fn the_progress_line_reads_as_keras() {
-    let logs: Logs = [("loss", 0.693147), ("accuracy", 0.5), ("val_loss", 0.7), ("val_accuracy", 0.25), ("lr", 1e-3)]
-        .into_iter()
-        .collect();
+    let logs: Logs =
+        [("loss", std::f64::consts::LN_2), ("accuracy", 0.5), ("val_loss", 0.7), ("val_accuracy", 0.25), ("lr", 1e-3)]
+            .into_iter()
+            .collect();
     assert_eq!(
         ProgressLogger::epoch_line(0, 3, 12.3, &logs),
         "Epoch 1/3 - 12s - loss: 0.6931 - accuracy: 0.5000 - val_loss: 0.7000 - val_accuracy: 0.2500"
