@@ -8,9 +8,10 @@ use super::report::MetricsFile;
 use super::{AnyResult, Stop};
 use std::time::Instant;
 use tapegrad::layers::losses::CrossEntropy;
-use tapegrad::layers::metrics::MeanIoU;
 use tapegrad::layers::optimizers::Adam;
-use tapegrad::layers::training::{Callback, CallbackContext, FitOptions, Logs, SparseCategoricalAccuracy, Trainer};
+use tapegrad::layers::training::{
+    Callback, CallbackContext, FitOptions, Logs, SparseCategoricalAccuracy, SparseMeanIoU, Trainer,
+};
 use tapegrad::layers::{Error, InputSpec, Layer};
 
 /// What the test set is scored with besides loss and accuracy.
@@ -53,7 +54,7 @@ pub fn fit(
         .device(device)
         .metric(SparseCategoricalAccuracy::new());
     if scoring == Scoring::MeanIou {
-        trainer = trainer.metric(MeanIoU::new(test.num_classes())?);
+        trainer = trainer.metric(SparseMeanIoU::new(test.num_classes())?);
     }
     let mut report = Report::new(args.metrics.as_deref().map(MetricsFile::create).transpose()?);
     let options = FitOptions::new().epochs(args.epochs).validation_data(test).verbose(0).callback(&mut report);

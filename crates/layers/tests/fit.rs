@@ -383,3 +383,38 @@ fn train_step_is_the_tape_loop_in_one_call() -> Result<()> {
     assert!(matches!(err, Error::Layer { .. } | Error::InLayer { .. }), "{err:?}");
     Ok(())
 }
+
+#[test]
+fn the_device_metrics_equal_the_host_ones() -> Result<()> {
+    use tapegrad_layers::metrics::{Accuracy, MeanIoU};
+    use tapegrad_layers::training::{Metric, SparseMeanIoU};
+    // Per-pixel scores [2, 3, 3, 4] and targets [2, 3, 3], over two batches.
+    let mut device_iou = SparseMeanIoU::new(4)?;
+    let mut host_iou = MeanIoU::new(4)?;
+    let mut device_acc = SparseCategoricalAccuracy::new();
+    let mut host_acc = Accuracy::new();
+    for batch in 0..2u64 {
+        let scores: Vec<f32> = (0..72u64).map(|i| ((i * 7919 + batch * 31) % 101) as f32 / 101.0).collect();
+        let targets: Vec<i64> = (0..18u64).map(|i| ((i * 13 + batch) % 4) as i64).collect();
+        let p = Tensor::from_vec(scores, [2, 3, 3, 4], &Device::Cpu)?;
+        let y = Tensor::from_vec(targets, [2, 3, 3], &Device::Cpu)?;
+        device_iou.update_state(&y, &p)?;
+        host_iou.update_state(&y, &p)?;
+        device_acc.update_state(&y, &p)?;
+        host_acc.update_state(&y.reshape([18])?, &p.reshape([18, 4])?)?;
+    }
+    assert_eq!(device_iou.result()?, host_iou.result());
+    assert_eq!(device_acc.result()?, host_acc.result());
+    assert!(device_iou.result()? > 0.0);
+    device_iou.reset_state();
+    assert_eq!(device_iou.result()?, 0.0);
+    let err = device_iou
+        .update_state(
+            &Tensor::zeros([2], tapegrad_tensor::DType::I64, &Device::Cpu)?,
+            &Tensor::zeros([2, 3], tapegrad_tensor::DType::F32, &Device::Cpu)?,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("4 classes") && err.contains("[2, 3]"), "{err}");
+    Ok(())
+}

@@ -5,7 +5,7 @@
 
 use crate::metrics::{self, BinaryAccuracy, MeanIoU};
 use crate::Result;
-use tapegrad_tensor::Tensor;
+use tapegrad_tensor::{DType, Tensor};
 
 /// A metric that `fit` and `evaluate` update after every batch (Keras'
 /// `update_state` / `result` / `reset_state`). `update_state` should keep its sums on the
@@ -77,7 +77,8 @@ impl Metric for SparseCategoricalAccuracy {
 }
 
 /// Mean IoU (logged as `mean_iou`). It counts its confusion matrix on the host, so it
-/// reads every batch back: fine on a CPU, a synchronisation per step on a GPU.
+/// reads every batch back: fine on a CPU, a synchronisation per step on a GPU, where
+/// [`SparseMeanIoU`] keeps the matrix on the device.
 impl Metric for MeanIoU {
     fn name(&self) -> &str {
         "mean_iou"
@@ -93,6 +94,68 @@ impl Metric for MeanIoU {
 
     fn reset_state(&mut self) {
         MeanIoU::reset_state(self)
+    }
+}
+
+/// Keras' `MeanIoU(num_classes)` (logged as `mean_iou`) with its confusion matrix on the
+/// device: `i64` class-index targets of any shape, and scores with one more (last) axis of
+/// `num_classes` (the highest score is the predicted class). Each batch's matrix is
+/// `one_hot(targets)^T @ one_hot(predicted)` (exact counts: batches are cut into chunks of
+/// at most 2^24 targets), added up in f64; `result` reads it and averages `TP / (TP + FP +
+/// FN)` over the classes present, as [`MeanIoU`]. Targets outside `0..num_classes` count
+/// nowhere (the host metric [`MeanIoU`] rejects them). Memory: two `[targets, classes]`
+/// one-hot matrices per batch.
+#[derive(Clone, Debug)]
+pub struct SparseMeanIoU {
+    num_classes: usize,
+    confusion: Option<Tensor>,
+}
+
+impl SparseMeanIoU {
+    /// An empty accumulator over `num_classes` classes (at least 1).
+    pub fn new(num_classes: usize) -> Result<Self> {
+        if num_classes == 0 {
+            return Err(crate::Error::Invalid("SparseMeanIoU: num_classes must be at least 1, got 0".into()));
+        }
+        Ok(SparseMeanIoU { num_classes, confusion: None })
+    }
+}
+
+impl Metric for SparseMeanIoU {
+    fn name(&self) -> &str {
+        "mean_iou"
+    }
+
+    fn update_state(&mut self, targets: &Tensor, predictions: &Tensor) -> Result<()> {
+        let n = self.num_classes;
+        if predictions.rank() != targets.rank() + 1 || predictions.dims().last() != Some(&n) {
+            return Err(crate::Error::Invalid(format!(
+                "SparseMeanIoU: predictions of shape {} do not match targets of shape {} (expected scores with a \
+                 last axis of {n} classes)",
+                predictions.shape(),
+                targets.shape()
+            )));
+        }
+        let count = targets.elem_count();
+        let (truth, guess) = (targets.reshape([count])?, predictions.argmax(-1)?.reshape([count])?);
+        const CHUNK: usize = 1 << 24; // f32 counts stay exact
+        for start in (0..count).step_by(CHUNK) {
+            let len = CHUNK.min(count - start);
+            let t = Tensor::one_hot(&truth.narrow(0, start, len)?, n, DType::F32)?;
+            let p = Tensor::one_hot(&guess.narrow(0, start, len)?, n, DType::F32)?;
+            accumulate(&mut self.confusion, t.matmul_transposed(&p, true, false)?.cast(DType::F64)?)?;
+        }
+        Ok(())
+    }
+
+    fn result(&self) -> Result<f64> {
+        let Some(confusion) = &self.confusion else { return Ok(0.0) };
+        let counts: Vec<u64> = confusion.to_vec::<f64>()?.into_iter().map(|c| c as u64).collect();
+        Ok(metrics::mean_iou(&counts, self.num_classes))
+    }
+
+    fn reset_state(&mut self) {
+        self.confusion = None;
     }
 }
 

@@ -52,7 +52,7 @@ pub use callbacks::{
 pub use data::{split_loader, BatchIter, DataSource, TensorDataset};
 pub use history::History;
 pub use logs::Logs;
-pub use metric::{Metric, SparseCategoricalAccuracy};
+pub use metric::{Metric, SparseCategoricalAccuracy, SparseMeanIoU};
 pub use monitor::MonitorMode;
 pub use options::FitOptions;
 pub use step::{train_step, train_step_with};
