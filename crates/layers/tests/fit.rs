@@ -418,3 +418,16 @@ fn the_device_metrics_equal_the_host_ones() -> Result<()> {
     assert!(err.contains("4 classes") && err.contains("[2, 3]"), "{err}");
     Ok(())
 }
+
+#[test]
+fn an_unusable_device_is_an_error_not_a_panic() -> Result<()> {
+    if cfg!(feature = "cuda") {
+        return Ok(()); // a GPU may be there: nothing to check
+    }
+    let (x, y) = separable(8);
+    let model = mlp();
+    let mut trainer = Trainer::new(&model, Adam::new(0.01), cross_entropy).device(Device::Cuda(0));
+    let err = trainer.fit(&TensorDataset::new(x, y, 4)?, FitOptions::new().verbose(0)).unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("cuda"), "{err}");
+    Ok(())
+}

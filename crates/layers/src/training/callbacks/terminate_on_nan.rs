@@ -7,7 +7,9 @@ use crate::Result;
 /// `TerminateOnNaN`). Without it `fit` fails with `Error::NonFiniteLoss`; with it `fit`
 /// ends the epoch (running validation and the epoch hooks, whose logs then hold the
 /// non-finite loss) and returns the `History` so far. `ModelCheckpoint` never saves such
-/// a state.
+/// a state. It sees the steps whose loss `fit` reads (every step on the CPU, every
+/// `sync_every` steps on a GPU); a NaN between two reads is caught by the epoch's mean and
+/// is then `Error::NonFiniteLoss`.
 #[derive(Debug, Default)]
 pub struct TerminateOnNaN {
     /// The epoch and step at which it stopped training, if it did.
