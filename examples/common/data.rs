@@ -5,6 +5,7 @@ use super::cli::CommonArgs;
 use super::segmentation::SegmentationSet;
 use super::AnyResult;
 use tapegrad::data::{self, CifarKind, DataLoader, Dataset, LabelKind, LoaderConfig, Split};
+use tapegrad::layers::training::{BatchIter, DataSource};
 use tapegrad::{Device, Tensor};
 
 /// One side of a task (training or test): a loader of images and, for segmentation, the
@@ -47,34 +48,32 @@ impl Batches {
     pub fn num_classes(&self) -> usize {
         self.num_classes
     }
+}
 
-    /// The number of batches per epoch.
-    pub fn num_batches(&self) -> usize {
+/// The batches of an epoch as `(images [b, h, w, c] f32, targets i64)`: targets `[b]` for
+/// classification, `[b, h, w]` for segmentation; what `Trainer::fit` reads.
+impl DataSource for Batches {
+    fn num_batches(&self) -> usize {
         self.loader.num_batches()
     }
 
-    /// The batches of epoch `epoch` as `(images [b, h, w, c] f32, targets i64)` on
-    /// `device`: targets `[b]` for classification, `[b, h, w]` for segmentation.
-    pub fn epoch<'a>(
-        &'a self,
-        epoch: u64,
-        device: &'a Device,
-    ) -> AnyResult<impl Iterator<Item = AnyResult<(Tensor, Tensor)>> + 'a> {
+    fn batches(&self, epoch: u64, device: &Device) -> tapegrad::layers::Result<BatchIter<'_>> {
         let [h, w, _] = self.image_shape();
-        Ok(self.loader.epoch(epoch)?.map(move |batch| {
+        let device = *device;
+        Ok(Box::new(self.loader.epoch(epoch)?.map(move |batch| {
             let n = batch.len();
             match &self.masks {
-                None => Ok(batch.into_tensors(device)?),
+                None => Ok(batch.into_tensors(&device)?),
                 Some(masks) => {
                     let mut targets = Vec::with_capacity(n * h * w);
                     for &i in &batch.indices {
                         targets.extend(masks[i * h * w..(i + 1) * h * w].iter().map(|&c| c as i64));
                     }
-                    let images = Tensor::from_vec(batch.images, [n, h, w, batch.image_shape[2]], device)?;
-                    Ok((images, Tensor::from_vec(targets, [n, h, w], device)?))
+                    let images = Tensor::from_vec(batch.images, [n, h, w, batch.image_shape[2]], &device)?;
+                    Ok((images, Tensor::from_vec(targets, [n, h, w], &device)?))
                 }
             }
-        }))
+        })))
     }
 }
 

@@ -1,6 +1,6 @@
 //! What the CNN examples (`small_cnn`, `mobilenet_v2`, `unet`) share: the command line
-//! ([`cli`]), the data ([`data`], [`segmentation`]), the training loop ([`train`]) and the
-//! per-epoch metrics file ([`report`]). Each example includes this folder with
+//! ([`cli`]), the data ([`data`], [`segmentation`]), the training through `Trainer::fit`
+//! ([`train`]) and the per-epoch metrics file ([`report`]). Each example includes this folder with
 //! `#[path = "common/mod.rs"] mod common;` and keeps only its model.
 
 pub mod cli;

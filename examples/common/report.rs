@@ -18,6 +18,11 @@ impl MetricsFile {
         Ok(MetricsFile { path: path.to_path_buf() })
     }
 
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Appends `{"key": value, ...}` in the order given, as one line.
     pub fn append(&self, fields: &[(&str, f64)]) -> std::io::Result<()> {
         let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\": {}", json_number(*v))).collect();

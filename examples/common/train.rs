@@ -1,19 +1,18 @@
-//! The examples' training loop: Adam on the softmax cross-entropy of every target (one per
-//! image, or one per pixel), evaluated in inference mode after every epoch.
+//! The examples' training: `Trainer::fit` (Adam on the softmax cross-entropy of every
+//! target, one per image or one per pixel; accuracy, and mean IoU for segmentation),
+//! validated on the test set after every epoch, reported by [`Report`].
 
 use super::cli::CommonArgs;
 use super::data::Batches;
 use super::report::MetricsFile;
 use super::{AnyResult, Stop};
-
-/// How often a GPU run reads the loss to stop at a non-finite one.
-const LOSS_CHECK_EVERY: u64 = 25;
 use std::time::Instant;
 use tapegrad::layers::losses::CrossEntropy;
-use tapegrad::layers::metrics;
-use tapegrad::layers::optimizers::{Adam, Optimizer};
-use tapegrad::layers::{InputSpec, Layer, Mode};
-use tapegrad::{Device, GradientTape, Tensor};
+use tapegrad::layers::optimizers::Adam;
+use tapegrad::layers::training::{
+    Callback, CallbackContext, FitOptions, Logs, SparseCategoricalAccuracy, SparseMeanIoU, Trainer,
+};
+use tapegrad::layers::{Error, InputSpec, Layer};
 
 /// What the test set is scored with besides loss and accuracy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +35,8 @@ pub struct EpochResult {
 }
 
 /// Builds `model` for `train`'s images on the device, prints its summary, and trains it for
-/// `--epochs`, printing a line per epoch and writing `--metrics`.
+/// `--epochs`, printing a line per epoch and writing `--metrics`. A non-finite training
+/// loss is [`Stop::NonFiniteLoss`] (exit code 3).
 pub fn fit(
     model: &dyn Layer,
     train: &Batches,
@@ -49,123 +49,92 @@ pub fn fit(
     model.build(&InputSpec::new([args.batch_size, h, w, c]).with_device(device))?;
     println!("{}", tapegrad::layers::summary(model, &InputSpec::new([args.batch_size, h, w, c]))?);
 
-    let metrics_file = args.metrics.as_deref().map(MetricsFile::create).transpose()?;
     let loss_fn = CrossEntropy::from_logits();
-    let mut optimizer = Adam::new(args.lr);
-    let (mut history, mut steps) = (Vec::new(), 0u64);
-    for epoch in 0..args.epochs {
-        let start = Instant::now();
-        // Sums stay on the device until the epoch ends (reading a value waits for it).
-        let mut sums: Option<(Tensor, Tensor)> = None;
-        let (mut seen, mut images) = (0usize, 0usize);
-        for batch in train.epoch(epoch, &device)? {
-            let (x, y) = batch?;
-            let tape = GradientTape::new();
-            let (loss, logits) = tape.record(|| {
-                let logits = model.call(&x, Mode::Train)?;
-                Ok((loss_fn.sparse(&y, &logits)?, logits))
-            })?;
-            let variables = model.trainable_variables();
-            let grads = tape.gradient(&loss, &variables)?;
-            optimizer.apply_gradients(&grads, &variables)?;
+    let mut trainer = Trainer::new(model, Adam::new(args.lr), move |y, logits| loss_fn.sparse(y, logits))
+        .device(device)
+        .metric(SparseCategoricalAccuracy::new());
+    if scoring == Scoring::MeanIou {
+        trainer = trainer.metric(SparseMeanIoU::new(test.num_classes())?);
+    }
+    let mut report = Report::new(args.metrics.as_deref().map(MetricsFile::create).transpose()?);
+    let options = FitOptions::new().epochs(args.epochs).validation_data(test).verbose(0).callback(&mut report);
+    let history = trainer.fit(train, options).map_err(|e| match e {
+        Error::NonFiniteLoss { .. } => Box::new(Stop::NonFiniteLoss(e.to_string())) as Box<dyn std::error::Error>,
+        other => other.into(),
+    })?;
+    let column = |name: &str| history.get(name).unwrap_or(&[]).to_vec();
+    let (losses, accuracies, ious) = (column("loss"), column("val_accuracy"), column("val_mean_iou"));
+    Ok(losses
+        .iter()
+        .zip(&accuracies)
+        .enumerate()
+        .map(|(i, (&train_loss, &test_acc))| EpochResult { train_loss, test_acc, mean_iou: ious.get(i).copied() })
+        .collect())
+}
 
-            // Reading the loss waits for the device: every step on the CPU (free), every
-            // LOSS_CHECK_EVERY steps on a GPU, so the host keeps queueing ahead.
-            if device == Device::Cpu || steps % LOSS_CHECK_EVERY == 0 {
-                let value = loss.to_scalar::<f32>()?;
-                if !value.is_finite() {
-                    return Err(Box::new(Stop::NonFiniteLoss(format!(
-                        "the training loss is {value} at epoch {epoch}, step {steps}: stopping \
-                         (try a lower --lr; TAPEGRAD_CHECK_NUMERICS=1 names the first op that made it)"
-                    ))));
-                }
-            }
-            let n = y.elem_count();
-            let batch_sums = (loss.mul_scalar(n as f64)?, correct_count(&y, &logits)?);
-            sums = Some(match sums.take() {
-                Some((l, k)) => (l.add(&batch_sums.0)?, k.add(&batch_sums.1)?),
-                None => batch_sums,
-            });
-            seen += n;
-            images += x.dims()[0];
-            steps += 1;
-        }
-        let (loss_sum, correct) = match sums {
-            Some((l, k)) => (l.to_scalar::<f32>()? as f64, k.to_scalar::<i64>()? as f64),
-            None => (f64::NAN, f64::NAN),
-        };
-        let seconds = start.elapsed().as_secs_f64();
-        let (train_loss, train_acc) = (loss_sum / seen as f64, correct / seen as f64);
-        if !train_loss.is_finite() {
-            return Err(Box::new(Stop::NonFiniteLoss(format!(
-                "the training loss is {train_loss} over epoch {epoch}: stopping"
-            ))));
-        }
-        let score = evaluate(model, test, &device, &loss_fn, scoring)?;
+/// The examples' per-epoch output: the line `epoch N (S s): train loss .., train
+/// accuracy .., test loss .., [mean IoU .., ]test accuracy ..` and one JSON object in
+/// `--metrics` (`epoch`, `steps`, `train_loss`, `train_acc`, `test_loss`, `test_acc`,
+/// [`mean_iou`,] `seconds` and `images_per_sec` of the training part of the epoch).
+pub struct Report {
+    file: Option<MetricsFile>,
+    steps: u64,
+    images: u64,
+    started: Option<Instant>,
+    seconds: f64,
+}
 
-        let iou = score.mean_iou.map(|v| format!(", mean IoU {v:.4}")).unwrap_or_default();
+impl Report {
+    /// A report that also writes to `file`.
+    pub fn new(file: Option<MetricsFile>) -> Self {
+        Report { file, steps: 0, images: 0, started: None, seconds: 0.0 }
+    }
+}
+
+impl Callback for Report {
+    fn on_epoch_begin(&mut self, _: &mut CallbackContext<'_>, _: u64) -> tapegrad::layers::Result<()> {
+        self.images = 0;
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    fn on_train_batch_end(&mut self, _: &mut CallbackContext<'_>, _: u64, logs: &Logs) -> tapegrad::layers::Result<()> {
+        self.steps += 1;
+        self.images += logs.get("size").unwrap_or(0.0) as u64;
+        Ok(())
+    }
+
+    fn on_test_begin(&mut self, _: &mut CallbackContext<'_>) -> tapegrad::layers::Result<()> {
+        // Training time only: the test pass is not part of the throughput.
+        self.seconds = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn on_epoch_end(&mut self, _: &mut CallbackContext<'_>, epoch: u64, logs: &Logs) -> tapegrad::layers::Result<()> {
+        let get = |name: &str| logs.get(name).unwrap_or(f64::NAN);
+        let (train_loss, train_acc) = (get("loss"), get("accuracy"));
+        let (test_loss, test_acc, mean_iou) = (get("val_loss"), get("val_accuracy"), logs.get("val_mean_iou"));
+        let seconds = self.seconds;
+        let iou = mean_iou.map(|v| format!(", mean IoU {v:.4}")).unwrap_or_default();
         println!(
             "epoch {epoch} ({seconds:.1} s): train loss {train_loss:.4}, train accuracy {train_acc:.4}, \
-             test loss {:.4}{iou}, test accuracy {:.4}",
-            score.loss, score.accuracy
+             test loss {test_loss:.4}{iou}, test accuracy {test_acc:.4}"
         );
-        if let Some(file) = &metrics_file {
+        if let Some(file) = &self.file {
             let mut fields = vec![
                 ("epoch", epoch as f64),
-                ("steps", steps as f64),
+                ("steps", self.steps as f64),
                 ("train_loss", train_loss),
                 ("train_acc", train_acc),
-                ("test_loss", score.loss),
-                ("test_acc", score.accuracy),
+                ("test_loss", test_loss),
+                ("test_acc", test_acc),
             ];
-            if let Some(v) = score.mean_iou {
+            if let Some(v) = mean_iou {
                 fields.push(("mean_iou", v));
             }
-            fields.extend([("seconds", seconds), ("images_per_sec", images as f64 / seconds)]);
-            file.append(&fields)?;
+            fields.extend([("seconds", seconds), ("images_per_sec", self.images as f64 / seconds)]);
+            file.append(&fields).map_err(|source| Error::Io { path: file.path().to_path_buf(), source })?;
         }
-        history.push(EpochResult { train_loss, test_acc: score.accuracy, mean_iou: score.mean_iou });
+        Ok(())
     }
-    Ok(history)
-}
-
-/// The number of targets whose logit is highest at the target class, as an i64 scalar on
-/// the device; logits `[..., classes]`, targets of the logits' shape without its last axis.
-fn correct_count(targets: &Tensor, logits: &Tensor) -> AnyResult<Tensor> {
-    let classes = logits.dims()[logits.rank() - 1];
-    let n = targets.elem_count();
-    Ok(metrics::correct_count_tensor(&targets.reshape([n])?, &logits.reshape([n, classes])?)?)
-}
-
-/// Test-set figures.
-struct Score {
-    loss: f64,
-    accuracy: f64,
-    mean_iou: Option<f64>,
-}
-
-/// Loss, accuracy and (when asked) mean IoU over `test`, in inference mode.
-fn evaluate(
-    model: &dyn Layer,
-    test: &Batches,
-    device: &Device,
-    loss_fn: &CrossEntropy,
-    scoring: Scoring,
-) -> AnyResult<Score> {
-    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-    let mut iou = metrics::MeanIoU::new(test.num_classes())?;
-    for batch in test.epoch(0, device)? {
-        let (x, y) = batch?;
-        let logits = model.call(&x, Mode::Infer)?;
-        let n = y.elem_count();
-        loss_sum += loss_fn.sparse(&y, &logits)?.to_scalar::<f32>()? as f64 * n as f64;
-        correct += correct_count(&y, &logits)?.to_scalar::<i64>()? as usize;
-        seen += n;
-        if scoring == Scoring::MeanIou {
-            iou.update_state(&y, &logits)?;
-        }
-    }
-    let seen_f = seen.max(1) as f64;
-    let mean_iou = (scoring == Scoring::MeanIou).then(|| iou.result());
-    Ok(Score { loss: loss_sum / seen_f, accuracy: correct as f64 / seen_f, mean_iou })
 }

@@ -58,6 +58,24 @@ pub enum Error {
         /// One line per missing, unexpected or misshaped tensor.
         problems: Vec<String>,
     },
+    /// The training loss stopped being finite during `fit` (NaN or infinite). `epoch` and
+    /// `step` are 0-based, the step counted within the epoch; on a GPU the loss is read
+    /// every few steps, so `step` is the first step at which it was seen.
+    #[error(
+        "the training loss is {value} at epoch {epoch}, step {step}: stopping (try a lower learning rate; \
+         TAPEGRAD_CHECK_NUMERICS=1 names the first op that made a non-finite value)"
+    )]
+    NonFiniteLoss {
+        /// The epoch (0-based).
+        epoch: u64,
+        /// The step within the epoch (0-based).
+        step: u64,
+        /// The loss read.
+        value: f64,
+    },
+    /// Reading a dataset or making its batches failed.
+    #[error(transparent)]
+    Data(#[from] tapegrad_data::DataError),
     /// Any other invalid argument, described in words.
     #[error("{0}")]
     Invalid(String),

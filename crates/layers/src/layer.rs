@@ -91,6 +91,17 @@ impl ParamCount {
     }
 }
 
+/// The state of a layer's moving averages (batch normalization's moving mean and
+/// variance): how many training-mode calls have updated them in this process, and their
+/// momentum. After `updates` steps the initial values still weigh `momentum^updates`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MovingStatistics {
+    /// Training-mode calls that updated the statistics since the layer was created.
+    pub updates: u64,
+    /// The moving-average momentum (the old value's weight at each update).
+    pub momentum: f64,
+}
+
 /// A layer: a callable piece of a model that may own variables and contain other layers,
 /// as in Keras.
 ///
@@ -224,6 +235,15 @@ pub trait Layer: Send + Sync {
             }
         }
         count
+    }
+
+    /// The update count and momentum of the layer's own moving statistics, for layers
+    /// that keep them (only [`BatchNormalization`](crate::BatchNormalization) here); `None`
+    /// for every other layer (the default). Sublayers are not included: walk them with
+    /// [`Layer::visit_sublayers`]. `fit` reads it to warn when inference would use moving
+    /// statistics that still weigh mostly their initial values.
+    fn moving_statistics(&self) -> Option<MovingStatistics> {
+        None
     }
 
     /// Builds the layer for `input` and returns its Keras-like summary (print it with

@@ -26,6 +26,8 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`training`] wraps that loop as Keras' `fit` / `evaluate` / `predict`, with callbacks.
 
 #![deny(missing_docs)]
 
@@ -42,10 +44,11 @@ pub mod optimizers;
 pub mod random;
 mod summary;
 mod trace;
+pub mod training;
 
 pub use error::{Error, Result};
 pub use initializers::Initializer;
-pub use layer::{InputSpec, Layer, Mode, ParamCount};
+pub use layer::{InputSpec, Layer, Mode, MovingStatistics, ParamCount};
 pub use layers::activation::{Activation, ActivationFn, ActivationFnPtr, CustomActivation};
 pub use layers::batch_norm::BatchNormalization;
 pub use layers::borders::IntoBorders;

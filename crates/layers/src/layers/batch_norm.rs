@@ -5,7 +5,8 @@ use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
 use crate::layer::traced;
 use crate::naming::unique_name;
-use crate::{Error, InputSpec, Layer, Mode, Result};
+use crate::{Error, InputSpec, Layer, Mode, MovingStatistics, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use tapegrad_tensor::{Shape, Tensor, Variable};
 
@@ -35,6 +36,8 @@ pub struct BatchNormalization {
     gamma_initializer: Initializer,
     beta_initializer: Initializer,
     weights: OnceLock<BnWeights>,
+    /// Training-mode calls that updated the moving statistics (see `moving_statistics`).
+    updates: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,7 @@ impl BatchNormalization {
             gamma_initializer: Initializer::Ones,
             beta_initializer: Initializer::Zeros,
             weights: OnceLock::new(),
+            updates: AtomicU64::new(0),
         }
     }
 
@@ -220,6 +224,7 @@ impl BatchNormalization {
             let current = moving.value_untracked();
             moving.assign(current.sub(&current.sub(&batch)?.mul_scalar(rate)?)?)?;
         }
+        self.updates.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -247,6 +252,10 @@ impl Layer for BatchNormalization {
 
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
+    }
+
+    fn moving_statistics(&self) -> Option<MovingStatistics> {
+        Some(MovingStatistics { updates: self.updates.load(Ordering::Relaxed), momentum: self.momentum })
     }
 
     fn visit_variables(&self, visit: &mut dyn FnMut(&str, &Variable)) {

@@ -86,27 +86,32 @@ impl MeanIoU {
 
     /// The mean IoU so far (0 when empty).
     pub fn result(&self) -> f64 {
-        let n = self.num_classes;
-        let (mut sum, mut present) = (0.0, 0usize);
-        for c in 0..n {
-            let tp = self.confusion[c * n + c];
-            let row: u64 = self.confusion[c * n..(c + 1) * n].iter().sum();
-            let col: u64 = (0..n).map(|r| self.confusion[r * n + c]).sum();
-            let union = row + col - tp;
-            if union > 0 {
-                sum += tp as f64 / union as f64;
-                present += 1;
-            }
-        }
-        if present == 0 {
-            0.0
-        } else {
-            sum / present as f64
-        }
+        mean_iou(&self.confusion, self.num_classes)
     }
 
     /// Forgets the batches seen.
     pub fn reset_state(&mut self) {
         self.confusion.iter_mut().for_each(|c| *c = 0);
+    }
+}
+
+/// The mean over the classes present (a non-empty union) of `TP / (TP + FP + FN)`, from a
+/// confusion matrix `confusion[label * n + predicted]`; 0 when no class is present.
+pub(crate) fn mean_iou(confusion: &[u64], n: usize) -> f64 {
+    let (mut sum, mut present) = (0.0, 0usize);
+    for c in 0..n {
+        let tp = confusion[c * n + c];
+        let row: u64 = confusion[c * n..(c + 1) * n].iter().sum();
+        let col: u64 = (0..n).map(|r| confusion[r * n + c]).sum();
+        let union = row + col - tp;
+        if union > 0 {
+            sum += tp as f64 / union as f64;
+            present += 1;
+        }
+    }
+    if present == 0 {
+        0.0
+    } else {
+        sum / present as f64
     }
 }

@@ -6,6 +6,7 @@ mod binary_regression;
 mod mean_iou;
 
 pub use binary_regression::{BinaryAccuracy, MeanSquaredError};
+pub(crate) use mean_iou::mean_iou;
 pub use mean_iou::MeanIoU;
 
 use tapegrad_tensor::{DType, Error, Result, Tensor};

@@ -103,6 +103,10 @@ impl Optimizer for Adam {
         self.learning_rate.at(self.iterations)
     }
 
+    fn set_learning_rate(&mut self, learning_rate: LearningRate) {
+        self.learning_rate = learning_rate;
+    }
+
     fn slot_names(&self) -> &'static [&'static str] {
         &["m", "v"]
     }
@@ -174,6 +178,10 @@ impl Optimizer for AdamW {
 
     fn learning_rate(&self) -> f64 {
         self.0.learning_rate()
+    }
+
+    fn set_learning_rate(&mut self, learning_rate: LearningRate) {
+        self.0.set_learning_rate(learning_rate);
     }
 
     fn slot_names(&self) -> &'static [&'static str] {

@@ -51,6 +51,12 @@ pub trait Optimizer {
     /// The learning rate the next step will use (the schedule at the current iteration).
     fn learning_rate(&self) -> f64;
 
+    /// Replaces the learning rate (a constant or a schedule) from the next step on, as
+    /// assigning Keras' `optimizer.learning_rate` does. The training callbacks
+    /// (`LearningRateScheduler`, `ReduceLROnPlateau`) call it. The value is validated by
+    /// the next `apply_gradients`, like the rate given to the constructor.
+    fn set_learning_rate(&mut self, learning_rate: LearningRate);
+
     /// The names of the per-variable state tensors ("momentum"; "m", "v").
     fn slot_names(&self) -> &'static [&'static str];
 

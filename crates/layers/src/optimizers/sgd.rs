@@ -104,6 +104,10 @@ impl Optimizer for Sgd {
         self.learning_rate.at(self.iterations)
     }
 
+    fn set_learning_rate(&mut self, learning_rate: LearningRate) {
+        self.learning_rate = learning_rate;
+    }
+
     fn slot_names(&self) -> &'static [&'static str] {
         &["momentum"]
     }
