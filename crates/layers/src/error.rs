@@ -8,7 +8,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// A tensor operation failed (its message names the op, shapes and dtypes).
     #[error(transparent)]
-    Tensor(#[from] tapegrad_tensor::Error),
+    Tensor(tapegrad_tensor::Error),
     /// A tensor operation failed inside a layer.
     #[error("layer {layer}: {source}")]
     InLayer {
@@ -97,12 +97,27 @@ impl Error {
 }
 
 /// Lets `?` turn a layer error into a tensor error inside `GradientTape::record`, whose
-/// closure returns the tensor crate's `Result`. The message is kept whole.
+/// closure returns the tensor crate's `Result`: it travels whole, as
+/// [`tapegrad_tensor::Error::External`], and the `?` after `record` unwraps it again.
 impl From<Error> for tapegrad_tensor::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Tensor(inner) => inner,
-            other => tapegrad_tensor::Error::invalid("layers", other.to_string()),
+            other => tapegrad_tensor::Error::External(Box::new(other)),
+        }
+    }
+}
+
+/// A tensor error becomes [`Error::Tensor`], except a layer error that travelled through
+/// a tensor `Result` (see above), which comes back as the variant it was.
+impl From<tapegrad_tensor::Error> for Error {
+    fn from(e: tapegrad_tensor::Error) -> Self {
+        match e {
+            tapegrad_tensor::Error::External(inner) => match inner.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Error::Tensor(tapegrad_tensor::Error::External(other)),
+            },
+            other => Error::Tensor(other),
         }
     }
 }

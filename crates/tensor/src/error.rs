@@ -128,6 +128,12 @@ pub enum Error {
         /// The library's error.
         msg: String,
     },
+    /// An error of a crate above this one (the layers crate's, a program's own), carried
+    /// through a closure that returns this crate's [`Result`], such as the one
+    /// [`GradientTape::record`](crate::GradientTape::record) runs. It displays as the
+    /// original; downcast it to get the original back (the layers crate's `?` does).
+    #[error(transparent)]
+    External(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// The result type of every fallible tensor function.

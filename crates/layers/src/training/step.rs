@@ -44,19 +44,8 @@ pub fn train_step_with<T>(
     step: impl FnOnce() -> Result<(Tensor, T)>,
 ) -> Result<(Tensor, T)> {
     let tape = GradientTape::new();
-    // `record` takes the tensor crate's error; keep ours whole beside it.
-    let mut failure = None;
-    let recorded = tape.record(|| {
-        step().map_err(|e| {
-            let msg = e.to_string();
-            failure = Some(e);
-            tapegrad_tensor::Error::invalid("train_step", msg)
-        })
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let (loss, extra) = recorded?;
+    // A layer error crosses `record` whole and comes back as its own variant.
+    let (loss, extra) = tape.record(|| step().map_err(tapegrad_tensor::Error::from))?;
     // After the forward pass: a model built lazily by it has its variables now.
     let variables = model.trainable_variables();
     let grads = tape.gradient(&loss, &variables)?;
