@@ -14,7 +14,7 @@ use tapegrad::layers::{InputSpec, Layer};
 use tapegrad::{DType, Device, Tensor, Variable};
 
 fn setup() -> (Vec<Variable>, Vec<Option<Tensor>>) {
-    let model = resnet18();
+    let model = resnet18(100);
     model.build(&InputSpec::new([1, 32, 32, 3])).expect("build");
     let vars = model.trainable_variables();
     let mut rng = StdRng::seed_from_u64(0);

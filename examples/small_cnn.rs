@@ -46,7 +46,7 @@ fn small_cnn(classes: usize) -> AnyResult<Sequential> {
         .add(Flatten::new())
         .add(Dense::new(128))
         .add(Activation::relu())
-        .add(Dropout::new(0.3)?)
+        .add(Dropout::new(0.3))
         .add(Dense::new(classes)))
 }
 

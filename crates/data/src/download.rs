@@ -77,7 +77,8 @@ pub fn manual_instructions(archive: &Archive, cache_dir: &Path) -> String {
 /// folder, `cache_dir/<kind.folder()>`.
 ///
 /// Fails as [`fetch_archive`] does.
-pub fn ensure_cifar(kind: CifarKind, cache_dir: &Path) -> Result<PathBuf> {
+pub fn ensure_cifar(kind: CifarKind, cache_dir: impl AsRef<Path>) -> Result<PathBuf> {
+    let cache_dir = cache_dir.as_ref();
     fetch_archive(&Archive::official(kind), cache_dir, true)
 }
 
@@ -92,7 +93,8 @@ pub fn ensure_cifar(kind: CifarKind, cache_dir: &Path) -> Result<PathBuf> {
 /// Fails when the download fails (the message says how to install the files by hand),
 /// when the MD5 differs, when the archive lacks the expected files, when the folder
 /// exists but is incomplete, or on an I/O error in `cache_dir`.
-pub fn fetch_archive(archive: &Archive, cache_dir: &Path, progress: bool) -> Result<PathBuf> {
+pub fn fetch_archive(archive: &Archive, cache_dir: impl AsRef<Path>, progress: bool) -> Result<PathBuf> {
+    let cache_dir = cache_dir.as_ref();
     let folder = cache_dir.join(archive.kind.folder());
     if folder.exists() {
         let missing = missing_files(&folder, archive.kind);

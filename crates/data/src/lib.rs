@@ -15,7 +15,7 @@
 //! ```no_run
 //! use tapegrad_data::{load_cifar, Augment, CifarKind, DataLoader, LabelKind, LoaderConfig, Split};
 //! # fn main() -> tapegrad_data::Result<()> {
-//! let train = load_cifar("data".as_ref(), CifarKind::Cifar100, Split::Train, LabelKind::Fine)?;
+//! let train = load_cifar("data", CifarKind::Cifar100, Split::Train, LabelKind::Fine)?;
 //! let loader = DataLoader::new(train, LoaderConfig::new(64).shuffle(42).augment(Augment::standard()))?;
 //! for epoch in 0..20 {
 //!     for batch in loader.epoch(epoch)? {

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 /// archive's folder inside it (`dir/cifar-100-binary`, `dir/cifar-10-batches-bin`).
 ///
 /// Fails with a message listing the places looked at and how to get the files.
-pub fn find_cifar_dir(dir: &Path, kind: CifarKind, split: Split) -> Result<PathBuf> {
+pub fn find_cifar_dir(dir: impl AsRef<Path>, kind: CifarKind, split: Split) -> Result<PathBuf> {
+    let dir = dir.as_ref();
     let files = kind.files(split);
     let candidates = [dir.to_path_buf(), dir.join(kind.folder())];
     for candidate in &candidates {
@@ -40,7 +41,8 @@ pub fn find_cifar_dir(dir: &Path, kind: CifarKind, split: Split) -> Result<PathB
 /// downloader from the verified archive; see [`crate::MANIFEST_FILE`]). Asking CIFAR-10
 /// for coarse labels is an error. A record count other than the official one (a subset
 /// in CIFAR format) loads, with a warning on stderr, once per folder and split.
-pub fn load_cifar(dir: &Path, kind: CifarKind, split: Split, labels: LabelKind) -> Result<Dataset> {
+pub fn load_cifar(dir: impl AsRef<Path>, kind: CifarKind, split: Split, labels: LabelKind) -> Result<Dataset> {
+    let dir = dir.as_ref();
     let num_classes = classes(kind, labels)?;
     let dir = find_cifar_dir(dir, kind, split)?;
     let mut images = Vec::new();
@@ -87,7 +89,8 @@ fn warn_once(warning: String) {
 ///
 /// Fails as [`load_cifar`] does (an empty file is an error; the count is not compared
 /// with the official one, and no manifest is consulted).
-pub fn read_cifar_file(path: &Path, kind: CifarKind, labels: LabelKind) -> Result<Dataset> {
+pub fn read_cifar_file(path: impl AsRef<Path>, kind: CifarKind, labels: LabelKind) -> Result<Dataset> {
+    let path = path.as_ref();
     let num_classes = classes(kind, labels)?;
     let bytes = crate::alloc::read_file(path)?;
     let mut images = Vec::new();

@@ -53,7 +53,8 @@ pub fn encode_cifar(kind: CifarKind, images: &[u8], fine: &[u8], coarse: Option<
 /// every file of both splits (CIFAR-10's five training files too). Returns the folder.
 ///
 /// Fails when a file cannot be written.
-pub fn write_synthetic_cifar(dir: &Path, kind: CifarKind, per_file: usize, seed: u64) -> Result<PathBuf> {
+pub fn write_synthetic_cifar(dir: impl AsRef<Path>, kind: CifarKind, per_file: usize, seed: u64) -> Result<PathBuf> {
+    let dir = dir.as_ref();
     let folder = dir.join(kind.folder());
     std::fs::create_dir_all(&folder).map_err(|e| DataError::io("creating directory", &folder, e))?;
     let classes = kind.num_classes(Default::default()).unwrap_or(10);

@@ -141,7 +141,7 @@ pub struct MovingStatistics {
 /// # Ok(())
 /// # }
 /// ```
-pub trait Layer: Send + Sync {
+pub trait Layer: AsDynLayer + Send + Sync {
     /// Runs the layer. The first call builds the layer for the input's shape, dtype and
     /// device.
     fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor>;
@@ -247,13 +247,24 @@ pub trait Layer: Send + Sync {
     }
 
     /// Builds the layer for `input` and returns its Keras-like summary (print it with
-    /// `{}`); see [`Summary`](crate::Summary). For a `&dyn Layer`, call
-    /// [`summary`](crate::summary()) instead.
-    fn summary(&self, input: &InputSpec) -> Result<crate::Summary>
-    where
-        Self: Sized,
-    {
-        crate::summary(self, input)
+    /// `{}`); see [`Summary`](crate::Summary). Works on a `&dyn Layer` or
+    /// `Box<dyn Layer>` too.
+    fn summary(&self, input: &InputSpec) -> Result<crate::Summary> {
+        crate::summary(self.as_dyn_layer(), input)
+    }
+}
+
+/// Views a layer as `&dyn Layer`. Implemented for every sized [`Layer`], so a layer never
+/// writes it; it lets [`Layer`]'s provided methods (such as [`Layer::summary`]) reach the
+/// free functions over `&dyn Layer`, also when called on a `dyn Layer`.
+pub trait AsDynLayer {
+    /// This layer as a trait object.
+    fn as_dyn_layer(&self) -> &dyn Layer;
+}
+
+impl<L: Layer> AsDynLayer for L {
+    fn as_dyn_layer(&self) -> &dyn Layer {
+        self
     }
 }
 

@@ -48,7 +48,7 @@ pub mod training;
 
 pub use error::{Error, Result};
 pub use initializers::Initializer;
-pub use layer::{InputSpec, Layer, Mode, MovingStatistics, ParamCount};
+pub use layer::{AsDynLayer, InputSpec, Layer, Mode, MovingStatistics, ParamCount};
 pub use layers::activation::{Activation, ActivationFn, ActivationFnPtr, CustomActivation};
 pub use layers::batch_norm::BatchNormalization;
 pub use layers::borders::IntoBorders;

@@ -222,7 +222,7 @@ fn cnn() -> Sequential {
         .add(BatchNormalization::new())
         .add(Activation::relu())
         .add(Flatten::new())
-        .add(Dropout::new(0.25).unwrap())
+        .add(Dropout::new(0.25))
         .add(Dense::new(10))
 }
 

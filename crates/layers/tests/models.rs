@@ -7,7 +7,7 @@ use tapegrad_layers::{InputSpec, Layer, Result};
 
 #[test]
 fn seed_resnet18_summary_matches_keras() -> Result<()> {
-    let model = resnet18();
+    let model = resnet18(100);
     let summary = model.summary(&InputSpec::new([1, 32, 32, 3]))?;
     let text = summary.to_string();
     println!("{text}");
@@ -45,9 +45,18 @@ fn seed_resnet18_summary_matches_keras() -> Result<()> {
 
 #[test]
 fn seed_resnet34_summary_matches_keras() -> Result<()> {
-    let text = resnet34().summary(&InputSpec::new([1, 32, 32, 3]))?.to_string();
+    let text = resnet34(100).summary(&InputSpec::new([1, 32, 32, 3]))?.to_string();
     assert!(text.contains("Trainable params: 21,339,172"), "{text}");
     assert!(text.contains("Non-trainable params: 15,232"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn a_boxed_model_has_summary_and_the_class_count_is_chosen() -> Result<()> {
+    // 10 classes: the head is 512 * 10 + 10 instead of 512 * 100 + 100.
+    let model: Box<dyn Layer> = Box::new(resnet18(10));
+    let summary = model.summary(&InputSpec::new([1, 32, 32, 3]))?;
+    assert_eq!(summary.params.trainable, 11_227_300 - 512 * 90 - 90);
     Ok(())
 }
 

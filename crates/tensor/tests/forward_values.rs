@@ -53,6 +53,12 @@ fn maximum_minimum_and_comparisons() {
     assert_eq!(vals(&a.gt(&b).unwrap()), [0.0, 1.0, 0.0]);
     assert_eq!(vals(&a.ge(&b).unwrap()), [0.0, 1.0, 1.0]);
     assert_eq!(a.equal(&b).unwrap().dtype(), DType::F64);
+    // Every comparison with a scalar, as with the one-element tensor.
+    assert_eq!(vals(&a.lt_scalar(3.0).unwrap()), [1.0, 0.0, 0.0]);
+    assert_eq!(vals(&a.le_scalar(3.0).unwrap()), [1.0, 0.0, 1.0]);
+    assert_eq!(vals(&a.gt_scalar(3.0).unwrap()), [0.0, 1.0, 0.0]);
+    assert_eq!(vals(&a.ge_scalar(3.0).unwrap()), [0.0, 1.0, 1.0]);
+    assert_eq!(vals(&a.equal_scalar(3.0).unwrap()), [0.0, 0.0, 1.0]);
     // Integer labels compare as integers.
     let l = ti64(vec![2, 0, 2], &[3]);
     let e = l.equal(&ti64(vec![2], &[1])).unwrap();

@@ -21,13 +21,11 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// A dropout layer with the given drop probability (in `[0, 1)`).
-    pub fn new(rate: f64) -> Result<Self> {
-        let name = unique_name("dropout");
-        if !(0.0..1.0).contains(&rate) {
-            return Err(Error::layer(&name, format!("rate must be in [0, 1), got {rate}")));
-        }
-        Ok(Dropout { name, rate, rng: Mutex::new(random::fork()) })
+    /// A dropout layer with the given drop probability, which must be in `[0, 1)`: another
+    /// value is an error naming it at the layer's first call (build), so that the builder
+    /// chains of `Sequential::add` need no `?`.
+    pub fn new(rate: f64) -> Self {
+        Dropout { name: unique_name("dropout"), rate, rng: Mutex::new(random::fork()) }
     }
 
     /// The same layer with its generator reseeded.
@@ -48,6 +46,9 @@ impl Dropout {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&self.rate) {
+            return Err(Error::layer(&self.name, format!("rate must be in [0, 1), got {}", self.rate)));
+        }
         if !mode.is_train() || self.rate == 0.0 {
             return Ok(x.clone());
         }

@@ -216,16 +216,17 @@ impl Layer for ResNet {
     }
 }
 
-/// The seed's ResNet18: blocks [2, 2, 2, 2], 100 classes (CIFAR-100). Its summary reports
-/// 11,227,300 trainable and 7,808 non-trainable parameters.
-pub fn resnet18() -> ResNet {
-    ResNet::seed([2, 2, 2, 2], 100)
+/// The seed's ResNet18 (blocks [2, 2, 2, 2]) with `num_classes` outputs; the seed uses 100
+/// (CIFAR-100), where its summary reports 11,227,300 trainable and 7,808 non-trainable
+/// parameters.
+pub fn resnet18(num_classes: usize) -> ResNet {
+    ResNet::seed([2, 2, 2, 2], num_classes)
 }
 
-/// The seed's ResNet34: blocks [3, 4, 6, 3], 100 classes. Its summary reports 21,339,172
-/// trainable and 15,232 non-trainable parameters.
-pub fn resnet34() -> ResNet {
-    ResNet::seed([3, 4, 6, 3], 100)
+/// The seed's ResNet34 (blocks [3, 4, 6, 3]) with `num_classes` outputs; at 100 its summary
+/// reports 21,339,172 trainable and 15,232 non-trainable parameters.
+pub fn resnet34(num_classes: usize) -> ResNet {
+    ResNet::seed([3, 4, 6, 3], num_classes)
 }
 
 /// The CIFAR-variant ResNet18 ([`ResNet::cifar`]) with `num_classes` outputs.

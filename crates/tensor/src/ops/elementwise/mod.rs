@@ -278,6 +278,16 @@ impl Tensor {
         self.le(&self.scalar_like(value)?)
     }
 
+    /// `x < value` as 1 or 0.
+    pub fn lt_scalar(&self, value: f64) -> Result<Tensor> {
+        self.lt(&self.scalar_like(value)?)
+    }
+
+    /// `x == value` as 1 or 0.
+    pub fn equal_scalar(&self, value: f64) -> Result<Tensor> {
+        self.equal(&self.scalar_like(value)?)
+    }
+
     /// Converts to another dtype. Casts between float dtypes pass gradients (converted
     /// back); casts to or from i64 do not.
     pub fn cast(&self, dtype: DType) -> Result<Tensor> {
