@@ -19,7 +19,7 @@ fn an_empty_split_is_an_error() {
     let err = load_cifar(dir.path(), CifarKind::Cifar100, Split::Train, LabelKind::Fine).unwrap_err();
     assert!(matches!(err, DataError::EmptySplit { .. }), "{err}");
     assert!(err.to_string().contains("CIFAR-100 train split holds no records"), "{err}");
-    let err = read_cifar_file(&folder.join("test.bin"), CifarKind::Cifar100, LabelKind::Fine).unwrap_err();
+    let err = read_cifar_file(folder.join("test.bin"), CifarKind::Cifar100, LabelKind::Fine).unwrap_err();
     assert!(err.to_string().contains("test.bin"), "{err}");
 }
 
@@ -82,7 +82,7 @@ fn mutated_cifar_files_never_panic() {
     let dir = temp_dir("fuzz");
     let mut sources: Vec<(CifarKind, PathBuf)> = Vec::new();
     for kind in [CifarKind::Cifar10, CifarKind::Cifar100] {
-        let folder = write_synthetic_cifar(&dir.path().join(kind.name()), kind, 3, 5).unwrap();
+        let folder = write_synthetic_cifar(dir.path().join(kind.name()), kind, 3, 5).unwrap();
         sources.push((kind, folder.join(kind.files(Split::Test)[0])));
     }
     let mutant = dir.path().join("mutant.bin");
