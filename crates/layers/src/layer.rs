@@ -174,8 +174,16 @@ pub trait Layer: AsDynLayer + Send + Sync {
     /// already built is left as it is. The default runs [`Layer::call`] once in
     /// [`Mode::Infer`] on zeros, which builds every sublayer it calls (Keras builds
     /// subclassed models the same way).
+    ///
+    /// The default also checks that every variable the call read is listed by
+    /// [`Layer::visit_variables`] or [`Layer::visit_sublayers`] (at any depth): a sublayer
+    /// missing from a composite layer's `visit_sublayers` would be used but never trained,
+    /// saved or counted, so it is an error naming the variable.
     fn build(&self, input: &InputSpec) -> Result<()> {
-        self.call(&input.zeros()?, Mode::Infer).map(|_| ())
+        let x = input.zeros()?;
+        let (called, read) = Variable::reads_during(|| self.call(&x, Mode::Infer));
+        called?;
+        check_all_listed(self.as_dyn_layer(), &read)
     }
 
     /// Visits the variables this layer owns directly (not those of its sublayers), with
@@ -265,6 +273,24 @@ pub trait AsDynLayer {
 impl<L: Layer> AsDynLayer for L {
     fn as_dyn_layer(&self) -> &dyn Layer {
         self
+    }
+}
+
+/// Fails, naming the first one, when a variable in `read` (read by a call of `layer`) is
+/// not among `layer`'s variables.
+pub(crate) fn check_all_listed(layer: &dyn Layer, read: &[Variable]) -> Result<()> {
+    let listed = layer.variables();
+    match read.iter().find(|v| !listed.iter().any(|l| l.same_as(v))) {
+        None => Ok(()),
+        Some(missing) => Err(crate::Error::layer(
+            layer.name(),
+            format!(
+                "its call reads the variable {:?}, which neither visit_variables nor visit_sublayers lists at any \
+                 depth (a sublayer missing from a composite layer's visit_sublayers?): it would never be trained, \
+                 saved or counted",
+                missing.name()
+            ),
+        )),
     }
 }
 

@@ -3,6 +3,7 @@
 use crate::trace::{self, Traced};
 use crate::{InputSpec, Layer, Mode, ParamCount, Result};
 use std::fmt;
+use tapegrad_tensor::Variable;
 
 /// One row of a [`Summary`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +52,10 @@ fn summarize(model: &dyn Layer, input: &InputSpec, expand_nested: bool) -> Resul
     // a spec that names only the shape), else where the spec says.
     let device = model.variables().first().map(|v| v.value_untracked().device()).unwrap_or(input.device);
     let x = input.clone().with_device(device).zeros()?;
-    let (out, recorded) = trace::with_trace(|| model.call(&x, Mode::Infer));
+    let ((out, recorded), read) = Variable::reads_during(|| trace::with_trace(|| model.call(&x, Mode::Infer)));
     let out = out?;
+    // A variable used but not listed would be missing from the counts below.
+    crate::layer::check_all_listed(model, &read)?;
     let mut rows = Vec::new();
     let mut has_sublayers = false;
     model.visit_sublayers(&mut |_, sub| {

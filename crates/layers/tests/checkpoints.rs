@@ -139,7 +139,7 @@ fn mismatches_are_all_reported_and_nothing_changes() -> Result<()> {
     // An unbuilt model says so.
     let unbuilt = Sequential::new().add(Dense::new(6));
     let err = checkpoint::load(&good, &unbuilt, None).unwrap_err().to_string();
-    assert!(err.contains("build it"), "{err}");
+    assert!(err.contains("build the model"), "{err}");
     std::fs::remove_dir_all(dir).ok();
     Ok(())
 }

@@ -9,6 +9,11 @@ struct VariableInner {
     value: RwLock<Tensor>,
 }
 
+thread_local! {
+    /// The variables read on this thread inside [`Variable::reads_during`], if any.
+    static READS: std::cell::RefCell<Option<Vec<Variable>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// A named parameter whose value can be replaced: layer weights, BN moving statistics,
 /// optimizer slots. Clones share the same variable. Reading a trainable variable while a
 /// [`GradientTape`](crate::GradientTape) records makes the tape watch it.
@@ -38,11 +43,48 @@ impl Variable {
         self.0.trainable
     }
 
-    /// The current value; recording tapes watch it if the variable is trainable.
+    /// The current value; recording tapes watch it if the variable is trainable, and
+    /// [`Variable::reads_during`] lists it.
     pub fn value(&self) -> Tensor {
         let v = self.value_untracked();
         tape::variable_read(&v, self.trainable());
+        READS.with(|reads| {
+            if let Some(reads) = reads.borrow_mut().as_mut() {
+                if !reads.iter().any(|r: &Variable| r.same_as(self)) {
+                    reads.push(self.clone());
+                }
+            }
+        });
         v
+    }
+
+    /// Runs `f` and returns, beside its result, every variable whose [`Variable::value`]
+    /// it read on this thread, once each, in first-read order. Layers use it to find
+    /// variables a composite layer reads but does not list. Calls nest: an outer call sees
+    /// the inner call's reads too.
+    pub fn reads_during<T>(f: impl FnOnce() -> T) -> (T, Vec<Variable>) {
+        /// Puts the outer list back (with the inner reads added), also when `f` panics.
+        struct Restore(Option<Vec<Variable>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                READS.with(|reads| {
+                    let mut reads = reads.borrow_mut();
+                    let inner = std::mem::replace(&mut *reads, self.0.take());
+                    if let (Some(outer), Some(inner)) = (reads.as_mut(), inner) {
+                        for v in inner {
+                            if !outer.iter().any(|r| r.same_as(&v)) {
+                                outer.push(v);
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        let guard = Restore(READS.with(|reads| reads.borrow_mut().replace(Vec::new())));
+        let out = f();
+        let inner = READS.with(|reads| reads.borrow().clone()).unwrap_or_default();
+        drop(guard);
+        (out, inner)
     }
 
     /// The current value, without telling any tape.

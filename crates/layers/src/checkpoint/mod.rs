@@ -121,10 +121,16 @@ pub fn load(
     let info = parse_info(path, &file)?;
     let named = model.named_variables();
     let by_path: HashMap<&str, &Variable> = named.iter().map(|(n, v)| (n.as_str(), v)).collect();
-    let mut problems = Vec::new();
     if named.is_empty() {
-        problems.push("the model has no variables: build it (call it once or call build) before loading".to_string());
+        // One line: every tensor of the file would otherwise be listed as not in the model.
+        let problems = vec![format!(
+            "the model has no variables yet, and the file holds {} tensors: build the model (call it once, or \
+             call build) before loading",
+            file.names().len()
+        )];
+        return Err(Error::Mismatch { path: path.to_path_buf(), problems });
     }
+    let mut problems = Vec::new();
 
     // Model variables.
     let mut values = Vec::with_capacity(named.len());

@@ -166,6 +166,10 @@ impl BatchNormalization {
     fn forward(&self, x: &Tensor, w: &BnWeights, mode: Mode) -> Result<Tensor> {
         let name = &self.name;
         let channels = w.moving_mean.value_untracked().elem_count();
+        if x.rank() == 4 {
+            // The NHWC message, with its hint for channels-first data.
+            crate::layers::nhwc::check_image_input(name, x.shape(), Some(channels))?;
+        }
         if x.rank() < 2 || x.dims()[x.rank() - 1] != channels {
             return Err(Error::layer(
                 name,

@@ -1,6 +1,7 @@
 //! [`Conv2D`]: 2-D convolution over NHWC images.
 
 use super::get_or_build;
+use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
@@ -155,12 +156,7 @@ impl Conv2D {
                     format!("{option} must be at least 1 on both axes, got {pair:?}"),
                 ));
             }
-            if input.shape.rank() != 4 {
-                return Err(Error::layer(
-                    &self.name,
-                    format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape),
-                ));
-            }
+            check_image_input(&self.name, &input.shape, None)?;
             let in_channels = input.shape.dims()[3];
             let groups = self.params.groups;
             if groups == 0 || !in_channels.is_multiple_of(groups) || !self.filters.is_multiple_of(groups) {
@@ -193,15 +189,7 @@ impl Conv2D {
     fn forward(&self, x: &Tensor, w: &ConvWeights) -> Result<Tensor> {
         let kernel = w.kernel.value();
         let in_channels = kernel.dims()[3] * self.params.groups;
-        if x.rank() != 4 || x.dims()[3] != in_channels {
-            return Err(Error::layer(
-                &self.name,
-                format!(
-                    "was built for NHWC inputs with {in_channels} channels but got an input of shape {}",
-                    x.shape()
-                ),
-            ));
-        }
+        check_image_input(&self.name, x.shape(), Some(in_channels))?;
         let bias = w.bias.as_ref().map(Variable::value);
         let y = x.conv2d(&kernel, bias.as_ref(), &self.params).in_layer(&self.name)?;
         self.activation.apply(&y).in_layer(&self.name)

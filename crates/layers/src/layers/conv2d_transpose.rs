@@ -1,6 +1,7 @@
 //! [`Conv2DTranspose`]: transposed 2-D convolution over NHWC images.
 
 use super::get_or_build;
+use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
@@ -172,12 +173,7 @@ impl Conv2DTranspose {
     fn built(&self, input: &InputSpec) -> Result<&Weights> {
         get_or_build(&self.weights, || {
             self.check_config()?;
-            if input.shape.rank() != 4 {
-                return Err(Error::layer(
-                    &self.name,
-                    format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape),
-                ));
-            }
+            check_image_input(&self.name, &input.shape, None)?;
             let in_channels = input.shape.dims()[3];
             let (kh, kw) = self.kernel_size;
             let shape = Shape::new(&[in_channels, kh, kw, self.filters]);
@@ -200,15 +196,7 @@ impl Conv2DTranspose {
     fn forward(&self, x: &Tensor, w: &Weights) -> Result<Tensor> {
         let kernel = w.kernel.value();
         let in_channels = kernel.dims()[0];
-        if x.rank() != 4 || x.dims()[3] != in_channels {
-            return Err(Error::layer(
-                &self.name,
-                format!(
-                    "was built for NHWC inputs with {in_channels} channels but got an input of shape {}",
-                    x.shape()
-                ),
-            ));
-        }
+        check_image_input(&self.name, x.shape(), Some(in_channels))?;
         let bias = w.bias.as_ref().map(Variable::value);
         let y = x.conv2d_transpose(&kernel, bias.as_ref(), &self.params).in_layer(&self.name)?;
         self.activation.apply(&y).in_layer(&self.name)

@@ -1,6 +1,7 @@
 //! [`Cropping2D`]: removes rows and columns at the borders of NHWC images.
 
 use super::borders::IntoBorders;
+use super::nhwc::check_image_input;
 use crate::error::InLayer;
 use crate::layer::traced;
 use crate::naming::unique_name;
@@ -48,12 +49,7 @@ impl Cropping2D {
 impl Layer for Cropping2D {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        if input.rank() != 4 {
-            return Err(Error::layer(
-                &self.name,
-                format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape()),
-            ));
-        }
+        check_image_input(&self.name, input.shape(), None)?;
         let ((top, bottom), (left, right)) = self.cropping;
         let (h, w) = (input.dims()[1], input.dims()[2]);
         if top + bottom >= h || left + right >= w {

@@ -1,6 +1,7 @@
 //! [`DepthwiseConv2D`]: one filter bank per input channel (Keras' `layers.DepthwiseConv2D`).
 
 use super::get_or_build;
+use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
@@ -140,12 +141,7 @@ impl DepthwiseConv2D {
             if self.depth_multiplier == 0 {
                 return Err(Error::layer(&self.name, "depth_multiplier must be at least 1, got 0"));
             }
-            if input.shape.rank() != 4 {
-                return Err(Error::layer(
-                    &self.name,
-                    format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape),
-                ));
-            }
+            check_image_input(&self.name, &input.shape, None)?;
             let channels = input.shape.dims()[3];
             let outputs = channels * self.depth_multiplier;
             let (kh, kw) = self.kernel_size;
@@ -173,12 +169,7 @@ impl DepthwiseConv2D {
         let w = self.built(&InputSpec::from(x))?;
         let kernel = w.kernel.value();
         let channels = kernel.dims()[0] / self.depth_multiplier;
-        if x.rank() != 4 || x.dims()[3] != channels {
-            return Err(Error::layer(
-                &self.name,
-                format!("was built for NHWC inputs with {channels} channels but got an input of shape {}", x.shape()),
-            ));
-        }
+        check_image_input(&self.name, x.shape(), Some(channels))?;
         let params = Conv2dParams { groups: channels, ..self.params };
         let bias = w.bias.as_ref().map(Variable::value);
         let y = x.conv2d(&kernel, bias.as_ref(), &params).in_layer(&self.name)?;

@@ -14,6 +14,7 @@ pub(crate) mod flatten;
 pub(crate) mod group_norm;
 pub(crate) mod layer_norm;
 pub(crate) mod merge;
+pub(crate) mod nhwc;
 pub(crate) mod pair;
 pub(crate) mod pooling;
 pub(crate) mod relu;

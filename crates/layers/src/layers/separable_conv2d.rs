@@ -2,6 +2,7 @@
 //! Keras' `layers.SeparableConv2D`.
 
 use super::get_or_build;
+use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
@@ -156,12 +157,7 @@ impl SeparableConv2D {
             if self.depth_multiplier == 0 {
                 return Err(Error::layer(&self.name, "depth_multiplier must be at least 1, got 0"));
             }
-            if input.shape.rank() != 4 {
-                return Err(Error::layer(
-                    &self.name,
-                    format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape),
-                ));
-            }
+            check_image_input(&self.name, &input.shape, None)?;
             let (dtype, device) = (input.dtype, &input.device);
             let channels = input.shape.dims()[3];
             let middle = channels * self.depth_multiplier;
@@ -201,12 +197,7 @@ impl SeparableConv2D {
         let w = self.built(&InputSpec::from(x))?;
         let depthwise = w.depthwise.value();
         let channels = depthwise.dims()[0] / self.depth_multiplier;
-        if x.rank() != 4 || x.dims()[3] != channels {
-            return Err(Error::layer(
-                &self.name,
-                format!("was built for NHWC inputs with {channels} channels but got an input of shape {}", x.shape()),
-            ));
-        }
+        check_image_input(&self.name, x.shape(), Some(channels))?;
         let spatial = Conv2dParams { groups: channels, ..self.params };
         let mid = x.conv2d(&depthwise, None, &spatial).in_layer(&self.name)?;
         let bias = w.bias.as_ref().map(Variable::value);

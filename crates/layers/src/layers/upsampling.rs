@@ -1,5 +1,6 @@
 //! [`UpSampling2D`]: repeats or interpolates NHWC images by integer factors.
 
+use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::layer::traced;
@@ -71,12 +72,7 @@ impl Layer for UpSampling2D {
                 format!("size must be at least 1 along each axis, got {:?}", self.size),
             ));
         }
-        if input.rank() != 4 {
-            return Err(Error::layer(
-                &self.name,
-                format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape()),
-            ));
-        }
+        check_image_input(&self.name, input.shape(), None)?;
         traced(self, input.resize(self.size, self.interpolation).in_layer(&self.name))
     }
 

@@ -1,10 +1,11 @@
 //! [`ZeroPadding2D`]: zero rows and columns around NHWC images.
 
 use super::borders::IntoBorders;
+use super::nhwc::check_image_input;
 use crate::error::InLayer;
 use crate::layer::traced;
 use crate::naming::unique_name;
-use crate::{Error, Layer, Mode, Result};
+use crate::{Layer, Mode, Result};
 use tapegrad_tensor::{PadMode, Tensor};
 
 /// Pads NHWC images with zeros (Keras' `layers.ZeroPadding2D`): `padding` is one number,
@@ -53,12 +54,7 @@ impl Default for ZeroPadding2D {
 impl Layer for ZeroPadding2D {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        if input.rank() != 4 {
-            return Err(Error::layer(
-                &self.name,
-                format!("expects NHWC inputs [batch, height, width, channels], got shape {}", input.shape()),
-            ));
-        }
+        check_image_input(&self.name, input.shape(), None)?;
         let (rows, cols) = self.padding;
         traced(self, input.pad(&[(0, 0), rows, cols, (0, 0)], PadMode::Constant(0.0)).in_layer(&self.name))
     }

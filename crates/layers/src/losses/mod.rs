@@ -107,6 +107,7 @@ impl CrossEntropy {
     /// axis).
     pub fn sparse(&self, labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
         self.check()?;
+        check_sparse_labels(labels, predictions)?;
         if self.from_logits && self.label_smoothing == 0.0 {
             return self.reduction.apply(Tensor::sparse_softmax_cross_entropy(predictions, labels)?);
         }
@@ -150,6 +151,37 @@ fn class_count(predictions: &Tensor, op: &'static str) -> Result<usize> {
 /// `sparse_categorical_crossentropy` followed by `reduce_mean`.
 pub fn sparse_categorical_crossentropy(labels: &Tensor, predictions: &Tensor, from_logits: bool) -> Result<Tensor> {
     CrossEntropy { from_logits, ..Default::default() }.sparse(labels, predictions)
+}
+
+/// The label mistakes of the sparse loss, said as such: one-hot labels (the predictions'
+/// shape) belong to the categorical loss, and class indices must be i64.
+fn check_sparse_labels(labels: &Tensor, predictions: &Tensor) -> Result<()> {
+    const OP: &str = "sparse_categorical_crossentropy";
+    if labels.shape() == predictions.shape() && predictions.rank() >= 1 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "labels of shape {} ({}) have the predictions' shape: they look one-hot. Use \
+                 categorical_crossentropy (CrossEntropy::categorical) for one-hot labels, or pass class indices \
+                 (i64) of shape {:?}",
+                labels.shape(),
+                labels.dtype(),
+                &predictions.dims()[..predictions.rank() - 1]
+            ),
+        ));
+    }
+    if labels.dtype() != DType::I64 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "labels must be class indices of dtype i64, got {} labels of shape {}: convert them with \
+                 `labels.cast(DType::I64)`",
+                labels.dtype(),
+                labels.shape()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Mean softmax cross-entropy of one-hot `labels` against `predictions` of the same shape

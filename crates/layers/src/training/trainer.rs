@@ -8,7 +8,7 @@ use super::step::train_step_with;
 use super::{DataSource, FitOptions, History, Logs, Metric};
 use crate::optimizers::Optimizer;
 use crate::{Error, Layer, Mode, Result};
-use tapegrad_tensor::{Device, Tensor};
+use tapegrad_tensor::{Device, Tensor, Variable};
 
 /// A loss: `(targets, predictions) -> scalar`, the losses module's argument order.
 type LossFn<'m> = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + 'm>;
@@ -18,7 +18,7 @@ type LossFn<'m> = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + 'm>;
 /// ```
 /// use tapegrad_layers::training::{FitOptions, SparseCategoricalAccuracy, TensorDataset, Trainer};
 /// use tapegrad_layers::{losses, optimizers::Adam, Activation, Dense, Sequential};
-/// use tapegrad_tensor::{Device, Tensor};
+/// use tapegrad_tensor::{Device, Tensor, Variable};
 /// # fn main() -> tapegrad_layers::Result<()> {
 /// let model = Sequential::new().add(Dense::new(8)).add(Activation::relu()).add(Dense::new(2));
 /// let x = Tensor::from_vec(vec![0.0f32, 1.0, 1.0, 0.0, 0.9, 0.1, 0.2, 0.8], [4, 2], &Device::Cpu)?;
@@ -123,6 +123,7 @@ impl<'m> Trainer<'m> {
         let mut history = History::default();
         each(&mut callbacks, |cb| cb.on_train_begin(&mut ctx))?;
         let mut last_logs = Logs::new();
+        let mut listing_checked = false;
         for epoch in initial_epoch..epochs {
             each(&mut callbacks, |cb| cb.on_epoch_begin(&mut ctx, epoch))?;
             let mut loss_mean = LossMean::default();
@@ -135,7 +136,17 @@ impl<'m> Trainer<'m> {
                 let (x, y) = batch?;
                 each(&mut callbacks, |cb| cb.on_train_batch_begin(&mut ctx, step))?;
                 let (batch_loss, predictions) = train_step_with(model, &mut *ctx.optimizer, || {
-                    let predictions = model.call(&x, Mode::Train)?;
+                    // The first step also checks that the model lists every variable it
+                    // uses (one it did not would never be trained or saved).
+                    let predictions = if listing_checked {
+                        model.call(&x, Mode::Train)?
+                    } else {
+                        let (predictions, read) = Variable::reads_during(|| model.call(&x, Mode::Train));
+                        let predictions = predictions?;
+                        crate::layer::check_all_listed(model, &read)?;
+                        listing_checked = true;
+                        predictions
+                    };
                     Ok((loss(&y, &predictions)?, predictions))
                 })?;
                 loss_mean.update(&batch_loss, y.elem_count())?;
