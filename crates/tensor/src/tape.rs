@@ -19,7 +19,9 @@ use std::rc::Rc;
 
 /// A gradient rule: given the gradient of the op's output, the gradients of its inputs
 /// (`None` where an input gets none), in input order.
-pub(crate) type GradFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>>;
+/// A gradient rule: the output's gradient and which inputs need one (`needed[i]`) in,
+/// one gradient per input out (`None` for an input that needs none, or has none).
+pub(crate) type GradFn = dyn Fn(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>;
 
 /// One recorded op. Clones share the gradient rule.
 #[derive(Clone)]
@@ -203,13 +205,24 @@ impl GradientTape {
             }
         };
         let keep: HashSet<TensorId> = source_ids.iter().copied().collect();
+        // The tensors some source flows into (forward, in recording order): only inputs
+        // among them need a gradient, so rules skip the others (an image's gradient when
+        // only the weights are asked for).
+        let mut from_sources = keep.clone();
+        for node in &nodes {
+            if node.inputs.iter().any(|(id, _)| from_sources.contains(id)) {
+                from_sources.insert(node.output);
+            }
+        }
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         grads.insert(target.id(), output_gradient.clone());
         let mut nodes = nodes;
         while let Some(Node { op, inputs, output, backward }) = nodes.pop() {
             let g = if keep.contains(&output) { grads.get(&output).cloned() } else { grads.remove(&output) };
             let Some(g) = g else { continue };
-            let input_grads = backward(&g)?;
+            let needed: SmallVec<[bool; 4]> =
+                inputs.iter().map(|(id, _)| tracked.contains(id) && from_sources.contains(id)).collect();
+            let input_grads = backward(&g, &needed)?;
             drop(backward);
             if input_grads.len() != inputs.len() {
                 return Err(Error::Tape(format!(
@@ -218,9 +231,9 @@ impl GradientTape {
                     inputs.len()
                 )));
             }
-            for ((id, shape), gi) in inputs.into_iter().zip(input_grads) {
+            for (((id, shape), gi), needed) in inputs.into_iter().zip(input_grads).zip(needed) {
                 let Some(gi) = gi else { continue };
-                if !tracked.contains(&id) {
+                if !needed {
                     continue;
                 }
                 if gi.shape() != &shape {
@@ -271,6 +284,23 @@ pub(crate) fn record_op(
     inputs: &[&Tensor],
     output: &Tensor,
     backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+) {
+    record_op_masked(op, inputs, output, move |g, _| backward(g));
+}
+
+/// `Some(f())` when the gradient is `needed`, else `None` without running `f`.
+pub(crate) fn grad_if(needed: bool, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tensor>> {
+    needed.then(f).transpose()
+}
+
+/// [`record_op`] for a rule that computes only the gradients asked for: `needed[i]` says
+/// whether input `i` needs one (the others may be returned as `None`). For the ops
+/// whose gradients are expensive products (convolutions, matmul).
+pub(crate) fn record_op_masked(
+    op: &'static str,
+    inputs: &[&Tensor],
+    output: &Tensor,
+    backward: impl Fn(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
 ) {
     if output.dtype() == DType::I64 {
         return;

@@ -21,7 +21,7 @@ pub use transpose::Conv2dTransposeParams;
 
 use crate::backend::Conv2dSpec;
 use crate::ops::output_guard::guarded;
-use crate::tape::record_op;
+use crate::tape::{grad_if, record_op_masked};
 use crate::{Error, Result, Shape, Tensor};
 
 /// The options of [`Tensor::conv2d`]: strides, padding and dilation, each (vertical,
@@ -211,10 +211,13 @@ fn conv2d_with_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, spec: Co
     inputs.extend(bias);
     let has_bias = bias.is_some();
     let (x, k) = (x.clone(), kernel.clone());
-    record_op("conv2d", &inputs, &out, move |g| {
-        let mut grads = vec![Some(conv2d_backward_input(g, &k, spec)?), Some(conv2d_backward_filter(&x, g, spec)?)];
+    record_op_masked("conv2d", &inputs, &out, move |g, needed| {
+        let mut grads = vec![
+            grad_if(needed[0], || conv2d_backward_input(g, &k, spec))?,
+            grad_if(needed[1], || conv2d_backward_filter(&x, g, spec))?,
+        ];
         if has_bias {
-            grads.push(Some(g.sum(&[0, 1, 2], false)?));
+            grads.push(grad_if(needed[2], || g.sum(&[0, 1, 2], false))?);
         }
         Ok(grads)
     });
@@ -232,8 +235,11 @@ fn conv2d_backward_input(grad_out: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -
         })?;
     let dx = Tensor::from_storage(storage, shape);
     let (dy, k) = (grad_out.clone(), kernel.clone());
-    record_op("conv2d_backward_input", &[grad_out, kernel], &dx, move |g| {
-        Ok(vec![Some(conv2d_with_spec(g, &k, None, spec)?), Some(conv2d_backward_filter(g, &dy, spec)?)])
+    record_op_masked("conv2d_backward_input", &[grad_out, kernel], &dx, move |g, needed| {
+        Ok(vec![
+            grad_if(needed[0], || conv2d_with_spec(g, &k, None, spec))?,
+            grad_if(needed[1], || conv2d_backward_filter(g, &dy, spec))?,
+        ])
     });
     Ok(dx)
 }
@@ -249,8 +255,11 @@ fn conv2d_backward_filter(input: &Tensor, grad_out: &Tensor, spec: Conv2dSpec) -
         })?;
     let dk = Tensor::from_storage(storage, shape);
     let (x, dy) = (input.clone(), grad_out.clone());
-    record_op("conv2d_backward_filter", &[input, grad_out], &dk, move |g| {
-        Ok(vec![Some(conv2d_backward_input(&dy, g, spec)?), Some(conv2d_with_spec(&x, g, None, spec)?)])
+    record_op_masked("conv2d_backward_filter", &[input, grad_out], &dk, move |g, needed| {
+        Ok(vec![
+            grad_if(needed[0], || conv2d_backward_input(&dy, g, spec))?,
+            grad_if(needed[1], || conv2d_with_spec(&x, g, None, spec))?,
+        ])
     });
     Ok(dk)
 }

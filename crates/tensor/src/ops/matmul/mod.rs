@@ -6,7 +6,7 @@ pub(crate) mod cuda;
 
 use crate::backend::MatmulSpec;
 use crate::ops::output_guard::guarded;
-use crate::tape::record_op;
+use crate::tape::{grad_if, record_op_masked};
 use crate::{Error, Result, Shape, Tensor};
 
 impl Tensor {
@@ -77,20 +77,26 @@ impl Tensor {
         })?;
         let out = Tensor::from_storage(storage, shape);
         let (a, b) = (self.clone(), rhs.clone());
-        record_op("matmul", &[self, rhs], &out, move |g| {
+        record_op_masked("matmul", &[self, rhs], &out, move |g, needed| {
             // C = op(A) op(B). dA = g op(B)^T (transposed back if A was), dB likewise;
             // a shared 2-D operand sums its gradient over the batch.
-            let da = if lhs_transposed {
-                b.matmul_transposed(g, rhs_transposed, true)?
-            } else {
-                g.matmul_transposed(&b, false, !rhs_transposed)?
-            };
-            let db = if rhs_transposed {
-                g.matmul_transposed(&a, true, lhs_transposed)?
-            } else {
-                a.matmul_transposed(g, !lhs_transposed, false)?
-            };
-            Ok(vec![Some(da.sum_batch_to(a.shape())?), Some(db.sum_batch_to(b.shape())?)])
+            let da = grad_if(needed[0], || {
+                let da = if lhs_transposed {
+                    b.matmul_transposed(g, rhs_transposed, true)?
+                } else {
+                    g.matmul_transposed(&b, false, !rhs_transposed)?
+                };
+                da.sum_batch_to(a.shape())
+            })?;
+            let db = grad_if(needed[1], || {
+                let db = if rhs_transposed {
+                    g.matmul_transposed(&a, true, lhs_transposed)?
+                } else {
+                    a.matmul_transposed(g, !lhs_transposed, false)?
+                };
+                db.sum_batch_to(b.shape())
+            })?;
+            Ok(vec![da, db])
         });
         Ok(out)
     }

@@ -13,7 +13,8 @@
 //! - forward ([`forward`]): each output row `(image, oy)` is one task.
 //! - input gradient ([`backward_input`]): gathered, not scattered: each input row is one
 //!   task, and each input pixel sums the output pixels that read it (`dy * kernel`), so no
-//!   two tasks write the same element.
+//!   two tasks write the same element. At stride 1 and multiplier 1 it is the forward
+//!   pass over `dy` with the kernel flipped in space instead, which is faster.
 //! - kernel gradient ([`backward_filter`]): the output rows are cut into [`FILTER_CHUNKS`] fixed runs (the cut
 //!   depends on the shape only); each run sums into its own buffer, and the buffers are
 //!   added in run order, so the result does not depend on the thread count or on rayon's
@@ -186,6 +187,39 @@ fn tap_major<T: FloatElement + ZeroBits>(op: &'static str, kernel: &[T], s: &Con
     Ok(out)
 }
 
+/// At stride 1 and multiplier 1 the input gradient is a depthwise convolution of `dy`
+/// with the kernel flipped in space, padded by `extent - 1 - pad`: the forward row
+/// functions, which run faster than the gathered ones. `None` where that padding would be
+/// negative (explicit padding beyond the kernel's extent).
+fn backward_input_as_forward(s: &Conv2dSpec) -> Option<Conv2dSpec> {
+    let (reach_h, reach_w) = ((s.kernel_h - 1) * s.dilation_h, (s.kernel_w - 1) * s.dilation_w);
+    let fits = s.pad_top.max(s.pad_bottom) <= reach_h && s.pad_left.max(s.pad_right) <= reach_w;
+    // `then`, not `then_some`: the paddings below underflow where it does not fit.
+    (s.stride_h == 1 && s.stride_w == 1 && s.out_channels == s.in_channels && fits).then(|| Conv2dSpec {
+        in_h: s.out_h,
+        in_w: s.out_w,
+        pad_top: reach_h - s.pad_top,
+        pad_bottom: reach_h - s.pad_bottom,
+        pad_left: reach_w - s.pad_left,
+        pad_right: reach_w - s.pad_right,
+        out_h: s.in_h,
+        out_w: s.in_w,
+        ..*s
+    })
+}
+
+/// `[c, kh, kw, 1]` flipped along kh and kw.
+fn flip_taps<T: FloatElement + ZeroBits>(op: &'static str, kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+    let (kh, kw) = (s.kernel_h, s.kernel_w);
+    let mut out = try_zeros(op, kernel.len())?;
+    for (src, dst) in kernel.chunks_exact(kh * kw).zip(out.chunks_exact_mut(kh * kw)) {
+        for (t, v) in dst.iter_mut().enumerate() {
+            *v = src[kh * kw - 1 - t];
+        }
+    }
+    Ok(out)
+}
+
 /// The forward depthwise convolution: `[batch, out_h, out_w, c_out]`.
 pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
     x: &[T],
@@ -228,6 +262,9 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
 
 fn backward_input_with<T: FloatElement + ZeroBits>(isa: Isa, dy: &[T], kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     const OP: &str = "conv2d_backward_input";
+    if let Some(flipped) = backward_input_as_forward(s) {
+        return forward_with(isa, dy, &flip_taps(OP, kernel, s)?, None, &flipped);
+    }
     let taps_kernel = tap_major(OP, kernel, s)?;
     let d = Depthwise { s, taps_kernel: &taps_kernel, m: s.out_channels / s.in_channels };
     let rows = Readers::new(OP, s.in_h, s.out_h, (s.stride_h, s.pad_top, s.dilation_h, s.kernel_h))?;
