@@ -88,6 +88,41 @@ pub enum UnaryOp {
     },
 }
 
+impl UnaryOp {
+    /// The op's name, as errors and the CUDA kernels spell it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Square => "square",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Clamp { .. } => "clamp",
+            UnaryOp::Affine { .. } => "affine",
+            UnaryOp::Erf => "erf",
+            UnaryOp::Log1p => "log1p",
+            UnaryOp::Expm1 => "expm1",
+            UnaryOp::Softplus => "softplus",
+            UnaryOp::Softsign => "softsign",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Mish => "mish",
+            UnaryOp::HardSigmoid => "hard_sigmoid",
+            UnaryOp::HardSwish => "hard_swish",
+            UnaryOp::Elu { .. } => "elu",
+            UnaryOp::LeakyRelu { .. } => "leaky_relu",
+        }
+    }
+}
+
 /// Elementwise functions of two tensors, with broadcasting. Comparisons give 1 or 0 in
 /// the operands' dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

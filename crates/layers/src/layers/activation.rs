@@ -233,8 +233,4 @@ impl Layer for Activation {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "Activation"
-    }
 }

@@ -250,10 +250,6 @@ impl Layer for BatchNormalization {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "BatchNormalization"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
     }

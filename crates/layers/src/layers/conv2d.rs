@@ -207,10 +207,6 @@ impl Layer for Conv2D {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "Conv2D"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
     }

@@ -214,10 +214,6 @@ impl Layer for Conv2DTranspose {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "Conv2DTranspose"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
     }

@@ -72,8 +72,4 @@ impl Layer for Cropping2D {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "Cropping2D"
-    }
 }

@@ -156,10 +156,6 @@ impl Layer for Dense {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "Dense"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
     }

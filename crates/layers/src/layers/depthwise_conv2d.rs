@@ -196,10 +196,6 @@ impl Layer for DepthwiseConv2D {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "DepthwiseConv2D"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
     }

@@ -77,8 +77,4 @@ impl Layer for Dropout {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "Dropout"
-    }
 }

@@ -113,10 +113,6 @@ impl Layer for Embedding {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "Embedding"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(&input.device).map(|_| ())
     }

@@ -43,8 +43,4 @@ impl Layer for Flatten {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "Flatten"
-    }
 }

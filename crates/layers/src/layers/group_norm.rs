@@ -159,10 +159,6 @@ impl Layer for GroupNormalization {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "GroupNormalization"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
     }

@@ -178,10 +178,6 @@ impl Layer for LayerNormalization {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "LayerNormalization"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
     }

@@ -118,10 +118,6 @@ macro_rules! elementwise_merge_layer {
             fn name(&self) -> &str {
                 &self.name
             }
-
-            fn type_name(&self) -> &str {
-                stringify!($name)
-            }
         }
 
         $(#[$fn_doc])*
@@ -256,10 +252,6 @@ impl Layer for Concatenate {
 
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn type_name(&self) -> &str {
-        "Concatenate"
     }
 }
 

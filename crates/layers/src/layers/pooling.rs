@@ -133,10 +133,6 @@ macro_rules! global_pool_layer {
             fn name(&self) -> &str {
                 &self.name
             }
-
-            fn type_name(&self) -> &str {
-                stringify!($name)
-            }
         }
     };
 }

@@ -116,10 +116,6 @@ impl Layer for ReLU {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "ReLU"
-    }
 }
 
 /// `x` for `x >= 0`, else `negative_slope * x` (Keras' `layers.LeakyReLU`, whose default
@@ -168,10 +164,6 @@ impl Layer for LeakyReLU {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "LeakyReLU"
-    }
 }
 
 /// `x` for `x > 0`, else `alpha * (e^x - 1)` (Keras' `layers.ELU`, alpha 1.0).
@@ -217,9 +209,5 @@ impl Layer for ELU {
 
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn type_name(&self) -> &str {
-        "ELU"
     }
 }

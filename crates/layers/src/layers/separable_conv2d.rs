@@ -216,10 +216,6 @@ impl Layer for SeparableConv2D {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "SeparableConv2D"
-    }
-
     fn build(&self, input: &InputSpec) -> Result<()> {
         self.built(input).map(|_| ())
     }

@@ -101,10 +101,6 @@ impl Layer for Sequential {
         &self.name
     }
 
-    fn type_name(&self) -> &str {
-        "Sequential"
-    }
-
     fn visit_sublayers(&self, visit: &mut dyn FnMut(&str, &dyn Layer)) {
         for (i, layer) in self.layers.iter().enumerate() {
             visit(&i.to_string(), layer.as_ref());

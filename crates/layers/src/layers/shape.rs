@@ -80,10 +80,6 @@ impl Layer for Reshape {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "Reshape"
-    }
 }
 
 /// Permutes the axes of every example (Keras' `layers.Permute`): `dims` numbers the axes
@@ -133,10 +129,6 @@ impl Layer for Permute {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "Permute"
-    }
 }
 
 /// Repeats each example `n` times, `[batch, features] -> [batch, n, features]` (Keras'
@@ -175,9 +167,5 @@ impl Layer for RepeatVector {
 
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn type_name(&self) -> &str {
-        "RepeatVector"
     }
 }

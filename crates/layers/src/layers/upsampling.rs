@@ -79,8 +79,4 @@ impl Layer for UpSampling2D {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "UpSampling2D"
-    }
 }

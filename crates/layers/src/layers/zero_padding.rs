@@ -62,8 +62,4 @@ impl Layer for ZeroPadding2D {
     fn name(&self) -> &str {
         &self.name
     }
-
-    fn type_name(&self) -> &str {
-        "ZeroPadding2D"
-    }
 }

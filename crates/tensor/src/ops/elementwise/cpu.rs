@@ -105,7 +105,7 @@ pub(crate) fn unary_float<T: UnaryFloat>(x: &[T], op: UnaryOp) -> Result<Vec<T>>
     let c = |v: f64| -> T { <T as NumCast>::from(v).expect("f64 converts to a float type") };
     let (zero, one, half) = (T::zero(), T::one(), c(0.5));
     let (three, six) = (c(3.0), c(6.0));
-    let name = unary_name(op);
+    let name = op.name();
     match op {
         UnaryOp::Neg => try_map(name, x, |v| -v),
         UnaryOp::Exp => try_map(name, x, |v| v.exp()),
@@ -180,7 +180,7 @@ pub(crate) fn unary_float<T: UnaryFloat>(x: &[T], op: UnaryOp) -> Result<Vec<T>>
 
 /// The unary ops defined on integers.
 pub(crate) fn unary_int(x: &[i64], op: UnaryOp) -> Result<Vec<i64>> {
-    let name = unary_name(op);
+    let name = op.name();
     match op {
         UnaryOp::Neg => try_map(name, x, |v| v.wrapping_neg()),
         UnaryOp::Abs => try_map(name, x, |v| v.wrapping_abs()),
@@ -197,40 +197,7 @@ pub(crate) fn unary_int(x: &[i64], op: UnaryOp) -> Result<Vec<i64>> {
             }
             try_map(name, x, move |v| v.clamp(lo, hi))
         }
-        other => Err(Error::UnsupportedDType { op: unary_name(other), dtype: DType::I64, expected: "f32 or f64" }),
-    }
-}
-
-/// The op's name, as errors and the CUDA kernels spell it.
-pub(crate) fn unary_name(op: UnaryOp) -> &'static str {
-    match op {
-        UnaryOp::Neg => "neg",
-        UnaryOp::Exp => "exp",
-        UnaryOp::Log => "log",
-        UnaryOp::Sqrt => "sqrt",
-        UnaryOp::Square => "square",
-        UnaryOp::Relu => "relu",
-        UnaryOp::Sigmoid => "sigmoid",
-        UnaryOp::Tanh => "tanh",
-        UnaryOp::Abs => "abs",
-        UnaryOp::Sign => "sign",
-        UnaryOp::Recip => "recip",
-        UnaryOp::Powf(_) => "powf",
-        UnaryOp::Clamp { .. } => "clamp",
-        UnaryOp::Affine { .. } => "affine",
-        UnaryOp::Erf => "erf",
-        UnaryOp::Log1p => "log1p",
-        UnaryOp::Expm1 => "expm1",
-        UnaryOp::Softplus => "softplus",
-        UnaryOp::Softsign => "softsign",
-        UnaryOp::Gelu => "gelu",
-        UnaryOp::GeluTanh => "gelu_tanh",
-        UnaryOp::Silu => "silu",
-        UnaryOp::Mish => "mish",
-        UnaryOp::HardSigmoid => "hard_sigmoid",
-        UnaryOp::HardSwish => "hard_swish",
-        UnaryOp::Elu { .. } => "elu",
-        UnaryOp::LeakyRelu { .. } => "leaky_relu",
+        other => Err(Error::UnsupportedDType { op: other.name(), dtype: DType::I64, expected: "f32 or f64" }),
     }
 }
 

@@ -55,18 +55,13 @@ const ALL_BINARY: [BinaryOp; 12] = [
     BinaryOp::Ge,
 ];
 
-fn unary_op_name(op: UnaryOp) -> &'static str {
-    // One spelling for errors and kernel names on both backends.
-    crate::ops::elementwise::cpu::unary_name(op)
-}
-
 /// The unary ops with an i64 kernel (as on the CPU).
 fn has_int_kernel(op: UnaryOp) -> bool {
     matches!(op, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sign | UnaryOp::Square | UnaryOp::Relu | UnaryOp::Clamp { .. })
 }
 
 fn unary_kernel(op: UnaryOp, dtype: DType) -> String {
-    format!("unary_{}_{}", unary_op_name(op), dtype_suffix(dtype))
+    format!("unary_{}_{}", op.name(), dtype_suffix(dtype))
 }
 
 fn binary_op_name(op: BinaryOp) -> &'static str {
@@ -137,7 +132,7 @@ pub(crate) fn unary(x: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
     use crate::BackendStorage;
     let dtype = x.dtype();
     if dtype == DType::I64 && !has_int_kernel(op) {
-        return Err(Error::UnsupportedDType { op: unary_op_name(op), dtype, expected: "f32 or f64" });
+        return Err(Error::UnsupportedDType { op: op.name(), dtype, expected: "f32 or f64" });
     }
     let device = x.cuda_device();
     let out = CudaStorage::alloc(device, x.len(), dtype)?;
