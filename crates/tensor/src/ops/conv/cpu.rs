@@ -376,24 +376,14 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
 
 /// At stride 1 the input gradient is itself a convolution: of `dy`, padded by
 /// `extent - 1 - pad` on each side, with the kernel flipped in space and its channel axes
-/// swapped. Its im2col GEMM has the forward pass's shape (inner dimension `kh*kw*c_out`),
-/// which runs much faster than the GEMM-then-col2im route, whose inner dimension is only
-/// `c_out` and whose output is `kh*kw` times larger. `None` where the padding exceeds the
-/// kernel's extent (the flipped convolution would need negative padding), where `c_in`
-/// is too small for the flipped GEMM to be efficient, or where the kernel is large
-/// against the column matrix.
-fn backward_input_as_conv(s: &Conv2dSpec) -> Option<Conv2dSpec> {
+/// swapped. This is that convolution's geometry, or `None` where it does not exist (a
+/// stride above 1, or padding beyond the kernel's extent, which would need negative
+/// padding). The depthwise kernels use it too.
+pub(super) fn backward_input_geometry(s: &Conv2dSpec) -> Option<Conv2dSpec> {
     let (reach_h, reach_w) = ((s.kernel_h - 1) * s.dilation_h, (s.kernel_w - 1) * s.dilation_w);
     let fits = s.pad_top.max(s.pad_bottom) <= reach_h && s.pad_left.max(s.pad_right) <= reach_w;
-    // Its GEMM has c_in output columns: below a SIMD width (the 3-channel stem) it is slower.
-    let wide = s.in_channels >= 16;
-    // Flipping costs a pass over the kernel; col2im one over the column matrix. Deep layers
-    // (large kernels, few pixels: 512 channels at 2x2) are cheaper the col2im way.
-    let kernel_len = s.out_channels * s.kernel_h * s.kernel_w * s.in_channels;
-    let columns_len = s.batch * s.out_h * s.out_w * s.kernel_h * s.kernel_w * s.in_channels;
-    let small_kernel = 4 * kernel_len < columns_len;
     // `then`, not `then_some`: the paddings below underflow where it does not fit.
-    (s.groups == 1 && s.stride_h == 1 && s.stride_w == 1 && fits && wide && small_kernel).then(|| Conv2dSpec {
+    (s.stride_h == 1 && s.stride_w == 1 && fits).then(|| Conv2dSpec {
         in_h: s.out_h,
         in_w: s.out_w,
         in_channels: s.out_channels,
@@ -406,6 +396,26 @@ fn backward_input_as_conv(s: &Conv2dSpec) -> Option<Conv2dSpec> {
         out_w: s.in_w,
         ..*s
     })
+}
+
+/// [`backward_input_geometry`] where its im2col GEMM pays: it has the forward pass's shape
+/// (inner dimension `kh*kw*c_out`), which runs much faster than the GEMM-then-col2im route,
+/// whose inner dimension is only `c_out` and whose output is `kh*kw` times larger. Not for
+/// groups, where `c_in` is too small for the flipped GEMM to be efficient, or where the
+/// kernel is large against the column matrix.
+fn backward_input_as_conv(s: &Conv2dSpec) -> Option<Conv2dSpec> {
+    // Its GEMM has c_in output columns: below a SIMD width (the 3-channel stem) it is slower.
+    let wide = s.in_channels >= 16;
+    // Flipping costs a pass over the kernel; col2im one over the column matrix. Deep layers
+    // (large kernels, few pixels: 512 channels at 2x2) are cheaper the col2im way.
+    let kernel_len = s.out_channels * s.kernel_h * s.kernel_w * s.in_channels;
+    let columns_len = s.batch * s.out_h * s.out_w * s.kernel_h * s.kernel_w * s.in_channels;
+    let small_kernel = 4 * kernel_len < columns_len;
+    if s.groups == 1 && wide && small_kernel {
+        backward_input_geometry(s)
+    } else {
+        None
+    }
 }
 
 /// `[c_out, kh, kw, c_in]` -> `[c_in, kh, kw, c_out]`, flipped along kh and kw.

@@ -28,6 +28,7 @@ mod lanes;
 #[cfg(test)]
 mod tests;
 
+use super::cpu::backward_input_geometry;
 use crate::backend::Conv2dSpec;
 use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
@@ -187,27 +188,6 @@ fn tap_major<T: FloatElement + ZeroBits>(op: &'static str, kernel: &[T], s: &Con
     Ok(out)
 }
 
-/// At stride 1 and multiplier 1 the input gradient is a depthwise convolution of `dy`
-/// with the kernel flipped in space, padded by `extent - 1 - pad`: the forward row
-/// functions, which run faster than the gathered ones. `None` where that padding would be
-/// negative (explicit padding beyond the kernel's extent).
-fn backward_input_as_forward(s: &Conv2dSpec) -> Option<Conv2dSpec> {
-    let (reach_h, reach_w) = ((s.kernel_h - 1) * s.dilation_h, (s.kernel_w - 1) * s.dilation_w);
-    let fits = s.pad_top.max(s.pad_bottom) <= reach_h && s.pad_left.max(s.pad_right) <= reach_w;
-    // `then`, not `then_some`: the paddings below underflow where it does not fit.
-    (s.stride_h == 1 && s.stride_w == 1 && s.out_channels == s.in_channels && fits).then(|| Conv2dSpec {
-        in_h: s.out_h,
-        in_w: s.out_w,
-        pad_top: reach_h - s.pad_top,
-        pad_bottom: reach_h - s.pad_bottom,
-        pad_left: reach_w - s.pad_left,
-        pad_right: reach_w - s.pad_right,
-        out_h: s.in_h,
-        out_w: s.in_w,
-        ..*s
-    })
-}
-
 /// `[c, kh, kw, 1]` flipped along kh and kw.
 fn flip_taps<T: FloatElement + ZeroBits>(op: &'static str, kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     let (kh, kw) = (s.kernel_h, s.kernel_w);
@@ -262,7 +242,10 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
 
 fn backward_input_with<T: FloatElement + ZeroBits>(isa: Isa, dy: &[T], kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     const OP: &str = "conv2d_backward_input";
-    if let Some(flipped) = backward_input_as_forward(s) {
+    // At stride 1 and multiplier 1: a depthwise convolution of `dy` with the kernel flipped
+    // in space, whose forward row functions run faster than the gathered ones.
+    let flipped = (s.out_channels == s.in_channels).then(|| backward_input_geometry(s)).flatten();
+    if let Some(flipped) = flipped {
         return forward_with(isa, dy, &flip_taps(OP, kernel, s)?, None, &flipped);
     }
     let taps_kernel = tap_major(OP, kernel, s)?;
