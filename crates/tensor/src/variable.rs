@@ -33,7 +33,10 @@ impl Variable {
         Variable(Arc::new(VariableInner { name: name.into(), trainable, value: RwLock::new(value) }))
     }
 
-    /// The name ("layer1.0.conv1.kernel" in a model).
+    /// The name given at creation. Layers name their weights `<layer name>/<weight>`
+    /// (`conv2d_3/kernel`, from the layer's own, unique name); the path of a variable inside
+    /// a model (`layer1.0.conv1.kernel`), which checkpoints use, comes from the layers
+    /// crate's `Layer::named_variables`.
     pub fn name(&self) -> &str {
         &self.0.name
     }
