@@ -1,5 +1,6 @@
 //! [`DepthwiseConv2D`]: one filter bank per input channel (Keras' `layers.DepthwiseConv2D`).
 
+use super::builders::weight_builders;
 use super::get_or_build;
 use super::nhwc::check_image_input;
 use super::pair::IntoPair;
@@ -90,33 +91,11 @@ impl DepthwiseConv2D {
         self
     }
 
-    /// Whether to add a bias.
-    pub fn use_bias(mut self, use_bias: bool) -> Self {
-        self.use_bias = use_bias;
-        self
-    }
-
-    /// The activation applied to the output.
-    pub fn activation(mut self, activation: ActivationFn) -> Self {
-        self.activation = activation;
-        self
-    }
+    weight_builders!();
 
     /// The kernel's initializer (Keras' `depthwise_initializer`).
     pub fn kernel_initializer(mut self, init: Initializer) -> Self {
         self.kernel_initializer = init;
-        self
-    }
-
-    /// The bias's initializer.
-    pub fn bias_initializer(mut self, init: Initializer) -> Self {
-        self.bias_initializer = init;
-        self
-    }
-
-    /// The same layer under another name.
-    pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
         self
     }
 

@@ -3,6 +3,7 @@
 pub(crate) mod activation;
 pub(crate) mod batch_norm;
 pub(crate) mod borders;
+pub(crate) mod builders;
 pub(crate) mod conv2d;
 pub(crate) mod conv2d_transpose;
 pub(crate) mod cropping;

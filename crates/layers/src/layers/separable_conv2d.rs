@@ -1,6 +1,7 @@
 //! [`SeparableConv2D`]: a depthwise convolution followed by a pointwise (1x1) one, as
 //! Keras' `layers.SeparableConv2D`.
 
+use super::builders::weight_builders;
 use super::get_or_build;
 use super::nhwc::check_image_input;
 use super::pair::IntoPair;
@@ -96,17 +97,7 @@ impl SeparableConv2D {
         self
     }
 
-    /// Whether to add a bias.
-    pub fn use_bias(mut self, use_bias: bool) -> Self {
-        self.use_bias = use_bias;
-        self
-    }
-
-    /// The activation applied to the output.
-    pub fn activation(mut self, activation: ActivationFn) -> Self {
-        self.activation = activation;
-        self
-    }
+    weight_builders!();
 
     /// The depthwise kernel's initializer.
     pub fn depthwise_initializer(mut self, init: Initializer) -> Self {
@@ -117,18 +108,6 @@ impl SeparableConv2D {
     /// The pointwise kernel's initializer.
     pub fn pointwise_initializer(mut self, init: Initializer) -> Self {
         self.pointwise_initializer = init;
-        self
-    }
-
-    /// The bias's initializer.
-    pub fn bias_initializer(mut self, init: Initializer) -> Self {
-        self.bias_initializer = init;
-        self
-    }
-
-    /// The same layer under another name.
-    pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
         self
     }
 
