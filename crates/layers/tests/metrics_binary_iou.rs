@@ -89,3 +89,23 @@ fn mean_iou_rejects_bad_options_and_classes() {
     let msg = iou.update_state(&i(vec![0, 1], &[2]), &i(vec![0, 1, 1], &[3])).unwrap_err().to_string();
     assert!(msg.contains("[3]") && msg.contains("[2]"), "{msg}");
 }
+
+#[test]
+fn mean_iou_ignore_class_leaves_those_pixels_out() {
+    // 255 is a "void" label outside the classes, as in segmentation datasets.
+    let mut iou = MeanIoU::new(3).unwrap().ignore_class(255);
+    let (t, p) = (vec![0i64, 255, 1, 2, 255, 2], vec![0i64, 1, 1, 0, 2, 2]);
+    iou.update_state(&i(t.clone(), &[6]), &i(p.clone(), &[6])).unwrap();
+    let pairs: Vec<(usize, usize)> =
+        t.iter().zip(&p).filter(|(&t, _)| t != 255).map(|(&t, &p)| (t as usize, p as usize)).collect();
+    assert!((iou.result() - reference_iou(&pairs, 3)).abs() < 1e-12);
+    // Ignoring a real class drops its pixels, and its row stays empty.
+    let mut iou = MeanIoU::new(3).unwrap().ignore_class(1);
+    iou.update_state(&i(vec![0, 1, 2], &[3]), &i(vec![0, 0, 2], &[3])).unwrap();
+    assert_eq!(iou.confusion_matrix()[1], vec![0, 0, 0]);
+    assert!((iou.result() - 1.0).abs() < 1e-12, "{}", iou.result());
+    // Without ignore_class, 255 is an error, and nothing of the batch is counted.
+    let mut iou = MeanIoU::new(3).unwrap();
+    assert!(iou.update_state(&i(vec![0, 255], &[2]), &i(vec![0, 0], &[2])).is_err());
+    assert_eq!(iou.confusion_matrix()[0], vec![0, 0, 0]);
+}

@@ -43,7 +43,7 @@ fn keras_defaults_variables_and_parameter_counts() -> Result<()> {
     gn.build(&InputSpec::new([2, 8, 8, 16]))?;
     assert_eq!(gn.count_params().trainable, 32);
     assert_eq!(gn.gamma().unwrap().value().dims(), &[16]);
-    assert_eq!(GroupNormalization::default().groups(), 32);
+    assert_eq!(GroupNormalization::default().groups(), Some(32));
 
     let plain = GroupNormalization::new(2).center(false).scale(false);
     plain.build(&InputSpec::new([1, 4]))?;
@@ -129,6 +129,14 @@ fn layers_compute_the_tensor_ops_and_train_equals_infer() -> Result<()> {
     let one = GroupNormalization::new(1).center(false).scale(false).call(&x, Mode::Infer)?;
     let whole = LayerNormalization::new().axes(&[1, 2, 3]).center(false).scale(false).call(&x, Mode::Infer)?;
     assert!(max_abs_diff(&one, &whole) < 1e-6);
+    // Keras' groups=-1: one group per channel, for any channel count; each channel of
+    // each sample is normalised over its pixels.
+    let per_channel = GroupNormalization::per_channel().center(false).scale(false).call(&x, Mode::Infer)?;
+    let eight = GroupNormalization::new(8).center(false).scale(false).call(&x, Mode::Infer)?;
+    assert_eq!(per_channel.to_vec::<f32>()?, eight.to_vec::<f32>()?);
+    let three = GroupNormalization::per_channel().call(&input(&[2, 4, 4, 3]), Mode::Infer)?;
+    assert_eq!(three.dims(), &[2, 4, 4, 3]);
+    assert_eq!(GroupNormalization::per_channel().groups(), None);
     Ok(())
 }
 

@@ -25,7 +25,8 @@ use tapegrad_tensor::{Shape, Tensor, Variable};
 #[derive(Debug)]
 pub struct GroupNormalization {
     name: String,
-    groups: usize,
+    /// `None`: one group per channel (Keras' `groups=-1`).
+    groups: Option<usize>,
     epsilon: f64,
     center: bool,
     scale: bool,
@@ -46,7 +47,7 @@ impl GroupNormalization {
     pub fn new(groups: usize) -> Self {
         GroupNormalization {
             name: unique_name("group_normalization"),
-            groups,
+            groups: Some(groups),
             epsilon: 1e-3,
             center: true,
             scale: true,
@@ -92,8 +93,14 @@ impl GroupNormalization {
         self
     }
 
-    /// The number of groups.
-    pub fn groups(&self) -> usize {
+    /// One group per channel, whatever the channel count (Keras' `groups=-1`): instance
+    /// normalization, with a per-channel affine map.
+    pub fn per_channel() -> Self {
+        GroupNormalization { groups: None, ..Self::new(1) }
+    }
+
+    /// The number of groups; `None` for one per channel ([`GroupNormalization::per_channel`]).
+    pub fn groups(&self) -> Option<usize> {
         self.groups
     }
 
@@ -107,30 +114,30 @@ impl GroupNormalization {
         self.weights.get().and_then(|w| w.beta.as_ref())
     }
 
-    /// The channels (last axis) of an input, checked against the group count.
-    fn channels(&self, shape: &Shape) -> Result<usize> {
+    /// The channels (last axis) of an input and the group count for them, checked.
+    fn channels(&self, shape: &Shape) -> Result<(usize, usize)> {
         let Some(&channels) = shape.dims().last().filter(|_| shape.rank() >= 2) else {
             return Err(Error::layer(
                 &self.name,
                 format!("expects inputs with a batch axis and a channel axis last, got shape {shape}"),
             ));
         };
-        if self.groups == 0 || !channels.is_multiple_of(self.groups) {
+        let groups = self.groups.unwrap_or(channels);
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(Error::layer(
                 &self.name,
                 format!(
-                    "groups = {} must divide the number of channels, but the input of shape {shape} has {channels} \
-                     channels",
-                    self.groups
+                    "groups = {groups} must divide the number of channels, but the input of shape {shape} has \
+                     {channels} channels"
                 ),
             ));
         }
-        Ok(channels)
+        Ok((channels, groups))
     }
 
     fn built(&self, input: &InputSpec) -> Result<&GnWeights> {
         get_or_build(&self.weights, || {
-            let channels = self.channels(&input.shape)?;
+            let (channels, _) = self.channels(&input.shape)?;
             let shape = Shape::new(&[channels]);
             let fans = Fans::vector(channels);
             let make = |init: Initializer, what: &str| -> Result<Variable> {
@@ -149,10 +156,10 @@ impl Layer for GroupNormalization {
     fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let w = self.built(&InputSpec::from(input))?;
-        self.channels(input.shape())?;
+        let (_, groups) = self.channels(input.shape())?;
         let gamma = w.gamma.as_ref().map(Variable::value);
         let beta = w.beta.as_ref().map(Variable::value);
-        traced(self, input.group_norm(self.groups, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name))
+        traced(self, input.group_norm(groups, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name))
     }
 
     fn name(&self) -> &str {

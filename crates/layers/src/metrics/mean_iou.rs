@@ -9,6 +9,8 @@ use tapegrad_tensor::{DType, Error, Result, Tensor};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeanIoU {
     num_classes: usize,
+    /// A label whose pixels are left out (Keras' `ignore_class`, e.g. a "void" 255).
+    ignore_class: Option<i64>,
     /// `confusion[label * num_classes + predicted]`.
     confusion: Vec<u64>,
 }
@@ -28,7 +30,15 @@ impl MeanIoU {
             )
         })?;
         confusion.resize(cells, 0);
-        Ok(MeanIoU { num_classes, confusion })
+        Ok(MeanIoU { num_classes, ignore_class: None, confusion })
+    }
+
+    /// Leaves out every pixel labelled `class` (Keras' `ignore_class`): it counts neither
+    /// for its label nor for its prediction. It may lie outside `0..num_classes` (a "void"
+    /// label such as 255 or -1).
+    pub fn ignore_class(mut self, class: i64) -> Self {
+        self.ignore_class = Some(class);
+        self
     }
 
     /// The number of classes.
@@ -59,21 +69,24 @@ impl MeanIoU {
                 ),
             ));
         }
-        let classes = |t: &Tensor, what: &str| -> Result<Vec<usize>> {
-            let values = t.cast(DType::F64)?.to_vec::<f64>()?;
-            values
-                .into_iter()
-                .map(|v| {
-                    if v >= 0.0 && v < n as f64 && v.fract() == 0.0 {
-                        Ok(v as usize)
-                    } else {
-                        Err(Error::invalid("mean_iou", format!("{what} {v} is not a class in 0..{n}")))
-                    }
-                })
-                .collect()
+        let class = |v: f64, what: &str| -> Result<usize> {
+            if v >= 0.0 && v < n as f64 && v.fract() == 0.0 {
+                Ok(v as usize)
+            } else {
+                Err(Error::invalid("mean_iou", format!("{what} {v} is not a class in 0..{n}")))
+            }
         };
-        let (truth, guess) = (classes(labels, "label")?, classes(&predicted, "predicted class")?);
-        for (t, p) in truth.into_iter().zip(guess) {
+        let truth = labels.cast(DType::F64)?.to_vec::<f64>()?;
+        let guess = predicted.cast(DType::F64)?.to_vec::<f64>()?;
+        // Every pixel is checked before any is counted: a bad batch changes nothing.
+        let ignored = self.ignore_class.map(|c| c as f64);
+        let pairs = truth
+            .into_iter()
+            .zip(guess)
+            .filter(|&(t, _)| Some(t) != ignored)
+            .map(|(t, p)| Ok((class(t, "label")?, class(p, "predicted class")?)))
+            .collect::<Result<Vec<_>>>()?;
+        for (t, p) in pairs {
             self.confusion[t * n + p] += 1;
         }
         Ok(())
