@@ -88,7 +88,7 @@ impl InvertedResidual {
 }
 
 impl Layer for InvertedResidual {
-    fn call(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let h = match &self.expand {
             Some(expand) => expand.call(x, mode)?,
             None => x.clone(),

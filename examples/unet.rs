@@ -114,7 +114,7 @@ impl UNet {
 }
 
 impl Layer for UNet {
-    fn call(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let skip1 = self.down1.call(x, mode)?; // [b, 32, 32, base]
         let skip2 = self.down2.call(&self.pool1.call(&skip1, mode)?, mode)?; // [b, 16, 16, 2 base]
         let deepest = self.bottleneck.call(&self.pool2.call(&skip2, mode)?, mode)?; // [b, 8, 8, 4 base]

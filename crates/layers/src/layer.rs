@@ -107,9 +107,13 @@ pub struct MovingStatistics {
 ///
 /// A layer creates its variables lazily, from the shape of the first input it is called
 /// on (or explicitly, with [`Layer::build`]); layers therefore use interior mutability and
-/// every method takes `&self`. A composite layer is an ordinary struct whose fields are
-/// layers: it implements [`Layer::call`] by calling them, and [`Layer::visit_sublayers`] by
-/// naming them. Variable paths ("layer1.0.conv1.kernel") follow from those names:
+/// every method takes `&self`. A layer implements [`Layer::forward`] (Keras' `call`,
+/// PyTorch's `forward`) and is run with [`Layer::call`] (Keras' `__call__`), which adds
+/// what every layer needs around it: the layer's name scope for
+/// [`check_numerics`](tapegrad_tensor::check_numerics) and its output shape for
+/// summaries. A composite layer is an ordinary struct whose fields are layers: its
+/// `forward` calls them, and [`Layer::visit_sublayers`] names them. Variable paths
+/// ("layer1.0.conv1.kernel") follow from those names:
 ///
 /// ```
 /// use tapegrad_layers::{Dense, Layer, Mode, Result};
@@ -122,7 +126,7 @@ pub struct MovingStatistics {
 /// }
 ///
 /// impl Layer for Residual {
-///     fn call(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+///     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
 ///         let h = self.fc1.call(x, mode)?.relu()?;
 ///         Ok(self.fc2.call(&h, mode)?.add(x)?)
 ///     }
@@ -142,22 +146,37 @@ pub struct MovingStatistics {
 /// # }
 /// ```
 pub trait Layer: AsDynLayer + Send + Sync {
-    /// Runs the layer. The first call builds the layer for the input's shape, dtype and
-    /// device.
-    fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor>;
+    /// What the layer computes; implement it, and run layers with [`Layer::call`]. The
+    /// first call builds the layer for the input's shape, dtype and device.
+    fn forward(&self, input: &Tensor, mode: Mode) -> Result<Tensor>;
 
-    /// Runs the layer on several inputs, as Keras calls a layer on a list of tensors. Merge
-    /// layers ([`Add`](crate::Add), [`Concatenate`](crate::Concatenate), ...) override
-    /// it; the default takes exactly one input and forwards to [`Layer::call`], so any
-    /// layer can be called through this one entry point.
-    fn call_many(&self, inputs: &[&Tensor], mode: Mode) -> Result<Tensor> {
+    /// Runs the layer: [`Layer::forward`] inside the layer's name scope (so
+    /// check-numerics errors name it), recording its output shape while a summary traces
+    /// the model. Layers keep this default.
+    fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+        traced(self.as_dyn_layer(), self.forward(input, mode))
+    }
+
+    /// What the layer computes from several inputs. Merge layers
+    /// ([`Add`](crate::Add), [`Concatenate`](crate::Concatenate), ...) implement it; the
+    /// default takes exactly one input and runs [`Layer::forward`] on it.
+    fn forward_many(&self, inputs: &[&Tensor], mode: Mode) -> Result<Tensor> {
         match inputs {
-            [x] => self.call(x, mode),
+            [x] => self.forward(x, mode),
             _ => Err(crate::Error::layer(
                 self.name(),
                 format!("takes exactly one input but was called on {} inputs", inputs.len()),
             )),
         }
+    }
+
+    /// Runs the layer on several inputs, as Keras calls a layer on a list of tensors:
+    /// [`Layer::forward_many`] with what [`Layer::call`] adds. Any layer can be run through
+    /// this one entry point.
+    fn call_many(&self, inputs: &[&Tensor], mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+        traced(self.as_dyn_layer(), self.forward_many(inputs, mode))
     }
 
     /// The layer's name ("conv2d_3"); by default the short name of its Rust type.

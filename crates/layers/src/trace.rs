@@ -1,8 +1,8 @@
 //! Records the output shape of each layer call while a summary traces a model.
 //!
-//! [`Layer::summary`](crate::Layer::summary) runs the model once on zeros; every built-in
-//! layer and every [`Sequential`](crate::Sequential) (for each layer it holds) reports its
-//! output shape here. A layer is identified by its address and name for the duration of the
+//! [`Layer::summary`](crate::Layer::summary) runs the model once on zeros; every layer
+//! reports its output shape here from [`Layer::call`](crate::Layer::call), the trait's
+//! provided wrapper around the `forward` a layer implements, user-written layers included. A layer is identified by its address and name for the duration of the
 //! trace (the model is borrowed throughout, so addresses are stable).
 
 use crate::Layer;

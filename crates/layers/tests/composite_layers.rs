@@ -13,7 +13,7 @@ struct TwoDense {
 }
 
 impl Layer for TwoDense {
-    fn call(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.second.call(&self.first.call(x, mode)?, mode)
     }
 
@@ -57,4 +57,30 @@ fn a_forgotten_sublayer_fails_fit_at_its_first_step() {
     let mut trainer = Trainer::new(&model, Adam::new(0.01), loss);
     let msg = trainer.fit(&data, FitOptions::new().epochs(1).verbose(0)).unwrap_err().to_string();
     assert!(msg.contains("head/kernel"), "{msg}");
+}
+
+/// A user layer holding a user layer: the inner one's output shape reaches the summary
+/// with no code of its own (the `Layer::call` wrapper records it).
+struct Outer {
+    inner: TwoDense,
+}
+
+impl Layer for Outer {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.inner.call(x, mode)?.relu().map_err(Into::into)
+    }
+
+    fn visit_sublayers(&self, visit: &mut dyn FnMut(&str, &dyn Layer)) {
+        visit("inner", &self.inner);
+    }
+}
+
+#[test]
+fn user_layers_show_their_output_shapes_in_summaries() {
+    let summary = Outer { inner: model(true) }.summary(&InputSpec::new([1, 3])).unwrap();
+    assert_eq!(summary.rows.len(), 1);
+    assert_eq!(summary.rows[0].output_shape.as_deref(), Some("(None, 2)"), "{summary}");
+    let nested = tapegrad_layers::summary_nested(&Outer { inner: model(true) }, &InputSpec::new([1, 3])).unwrap();
+    let shapes: Vec<_> = nested.rows.iter().map(|r| r.output_shape.clone()).collect();
+    assert!(shapes.iter().all(Option::is_some), "{nested}");
 }

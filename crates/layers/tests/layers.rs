@@ -125,7 +125,7 @@ struct Residual {
 }
 
 impl Layer for Residual {
-    fn call(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let h = self.fc1.call(x, mode)?.relu()?;
         let mut y = self.fc2.call(&h, mode)?.add(x)?;
         if let Some(g) = &self.gate {

@@ -121,7 +121,7 @@ impl DenseBlock {
 }
 
 impl Layer for DenseBlock {
-    fn call(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let h1 = self.fc1.call(x, mode)?.tanh()?;
         let c1 = self.concat1.call_many(&[x, &h1], mode)?;
         let h2 = self.fc2.call(&c1, mode)?.tanh()?;

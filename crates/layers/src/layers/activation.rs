@@ -2,7 +2,6 @@
 //! [`Activation`] layer.
 
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Layer, Mode, Result};
 use std::fmt;
@@ -225,9 +224,8 @@ impl Activation {
 }
 
 impl Layer for Activation {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        traced(self, self.function.apply(input).in_layer(&self.name))
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        self.function.apply(input).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

@@ -3,7 +3,6 @@
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, MovingStatistics, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,7 +162,7 @@ impl BatchNormalization {
         })
     }
 
-    fn forward(&self, x: &Tensor, w: &BnWeights, mode: Mode) -> Result<Tensor> {
+    fn compute(&self, x: &Tensor, w: &BnWeights, mode: Mode) -> Result<Tensor> {
         let name = &self.name;
         let channels = w.moving_mean.value_untracked().elem_count();
         if x.rank() == 4 {
@@ -240,10 +239,9 @@ impl Default for BatchNormalization {
 }
 
 impl Layer for BatchNormalization {
-    fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(input))?;
-        traced(self, self.forward(input, w, mode))
+        self.compute(input, w, mode)
     }
 
     fn name(&self) -> &str {

@@ -6,7 +6,6 @@ use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -159,7 +158,7 @@ impl Conv2D {
         })
     }
 
-    fn forward(&self, x: &Tensor, w: &ConvWeights) -> Result<Tensor> {
+    fn compute(&self, x: &Tensor, w: &ConvWeights) -> Result<Tensor> {
         let kernel = w.kernel.value();
         let in_channels = kernel.dims()[3] * self.params.groups;
         check_image_input(&self.name, x.shape(), Some(in_channels))?;
@@ -170,10 +169,9 @@ impl Conv2D {
 }
 
 impl Layer for Conv2D {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(input))?;
-        traced(self, self.forward(input, w))
+        self.compute(input, w)
     }
 
     fn name(&self) -> &str {

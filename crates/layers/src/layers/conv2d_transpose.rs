@@ -6,7 +6,6 @@ use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -166,7 +165,7 @@ impl Conv2DTranspose {
         })
     }
 
-    fn forward(&self, x: &Tensor, w: &Weights) -> Result<Tensor> {
+    fn compute(&self, x: &Tensor, w: &Weights) -> Result<Tensor> {
         let kernel = w.kernel.value();
         let in_channels = kernel.dims()[0];
         check_image_input(&self.name, x.shape(), Some(in_channels))?;
@@ -177,10 +176,9 @@ impl Conv2DTranspose {
 }
 
 impl Layer for Conv2DTranspose {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(input))?;
-        traced(self, self.forward(input, w))
+        self.compute(input, w)
     }
 
     fn name(&self) -> &str {

@@ -3,7 +3,6 @@
 use super::borders::IntoBorders;
 use super::nhwc::check_image_input;
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, Layer, Mode, Result};
 use tapegrad_tensor::Tensor;
@@ -47,8 +46,7 @@ impl Cropping2D {
 }
 
 impl Layer for Cropping2D {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         check_image_input(&self.name, input.shape(), None)?;
         let ((top, bottom), (left, right)) = self.cropping;
         let (h, w) = (input.dims()[1], input.dims()[2]);
@@ -66,7 +64,7 @@ impl Layer for Cropping2D {
             .narrow(1, top, h - top - bottom)
             .and_then(|y| y.narrow(2, left, w - left - right))
             .in_layer(&self.name)?;
-        traced(self, Ok(y))
+        Ok(y)
     }
 
     fn name(&self) -> &str {

@@ -4,7 +4,6 @@ use super::builders::weight_builders;
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -93,7 +92,7 @@ impl Dense {
         })
     }
 
-    fn forward(&self, x: &Tensor, w: &DenseWeights) -> Result<Tensor> {
+    fn compute(&self, x: &Tensor, w: &DenseWeights) -> Result<Tensor> {
         let kernel = w.kernel.value();
         let inputs = kernel.dims()[0];
         if x.dims().last() != Some(&inputs) {
@@ -119,10 +118,9 @@ impl Dense {
 }
 
 impl Layer for Dense {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(input))?;
-        traced(self, self.forward(input, w))
+        self.compute(input, w)
     }
 
     fn name(&self) -> &str {

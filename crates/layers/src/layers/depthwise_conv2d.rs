@@ -6,7 +6,6 @@ use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -144,7 +143,7 @@ impl DepthwiseConv2D {
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn compute(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(x))?;
         let kernel = w.kernel.value();
         let channels = kernel.dims()[0] / self.depth_multiplier;
@@ -166,9 +165,8 @@ impl DepthwiseConv2D {
 }
 
 impl Layer for DepthwiseConv2D {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        traced(self, self.forward(input))
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        self.compute(input)
     }
 
     fn name(&self) -> &str {

@@ -1,7 +1,6 @@
 //! [`Dropout`]: zeroes a fraction of the inputs while training.
 
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{random, Error, Layer, Mode, Result};
 use rand::rngs::StdRng;
@@ -45,7 +44,7 @@ impl Dropout {
         self.rate
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn compute(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if !(0.0..1.0).contains(&self.rate) {
             return Err(Error::layer(&self.name, format!("rate must be in [0, 1), got {}", self.rate)));
         }
@@ -69,9 +68,8 @@ impl Dropout {
 }
 
 impl Layer for Dropout {
-    fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        traced(self, self.forward(input, mode))
+    fn forward(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.compute(input, mode)
     }
 
     fn name(&self) -> &str {

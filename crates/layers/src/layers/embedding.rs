@@ -3,7 +3,6 @@
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -101,12 +100,11 @@ impl Embedding {
 }
 
 impl Layer for Embedding {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let table = self.built(&input.device())?;
         let ids =
             if input.dtype() == DType::I64 { input.clone() } else { input.cast(DType::I64).in_layer(&self.name)? };
-        traced(self, table.value().gather(&ids).in_layer(&self.name))
+        table.value().gather(&ids).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

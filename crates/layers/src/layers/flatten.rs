@@ -1,7 +1,6 @@
 //! [`Flatten`]: `[n, ...] -> [n, prod(...)]`.
 
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, Layer, Mode, Result};
 use tapegrad_tensor::Tensor;
@@ -32,12 +31,11 @@ impl Default for Flatten {
 }
 
 impl Layer for Flatten {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         if input.rank() == 0 {
             return Err(Error::layer(&self.name, "cannot flatten a scalar: the input needs a batch axis"));
         }
-        traced(self, input.flatten_from_1().in_layer(&self.name))
+        input.flatten_from_1().in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

@@ -3,7 +3,6 @@
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -153,13 +152,12 @@ impl GroupNormalization {
 }
 
 impl Layer for GroupNormalization {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(input))?;
         let (_, groups) = self.channels(input.shape())?;
         let gamma = w.gamma.as_ref().map(Variable::value);
         let beta = w.beta.as_ref().map(Variable::value);
-        traced(self, input.group_norm(groups, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name))
+        input.group_norm(groups, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

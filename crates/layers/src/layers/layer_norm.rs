@@ -3,7 +3,6 @@
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -163,15 +162,14 @@ impl Default for LayerNormalization {
 }
 
 impl Layer for LayerNormalization {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(input))?;
         // A rank other than the built one is fine while the normalised dims match gamma's
         // (the op checks that, naming both shapes).
         let first_axis = self.first_axis(input.rank())?;
         let gamma = w.gamma.as_ref().map(Variable::value);
         let beta = w.beta.as_ref().map(Variable::value);
-        traced(self, input.layer_norm(first_axis, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name))
+        input.layer_norm(first_axis, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

@@ -7,7 +7,6 @@
 //! `summary()`.
 
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, Layer, Mode, Result};
 use tapegrad_tensor::{Shape, Tensor};
@@ -106,13 +105,12 @@ macro_rules! elementwise_merge_layer {
         }
 
         impl Layer for $name {
-            fn call(&self, _input: &Tensor, _mode: Mode) -> Result<Tensor> {
+            fn forward(&self, _input: &Tensor, _mode: Mode) -> Result<Tensor> {
                 Err(single_input_error(&self.name, stringify!($name)))
             }
 
-            fn call_many(&self, inputs: &[&Tensor], _mode: Mode) -> Result<Tensor> {
-                let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-                traced(self, $kind.apply(&self.name, inputs))
+            fn forward_many(&self, inputs: &[&Tensor], _mode: Mode) -> Result<Tensor> {
+                $kind.apply(&self.name, inputs)
             }
 
             fn name(&self) -> &str {
@@ -241,13 +239,12 @@ impl Default for Concatenate {
 }
 
 impl Layer for Concatenate {
-    fn call(&self, _input: &Tensor, _mode: Mode) -> Result<Tensor> {
+    fn forward(&self, _input: &Tensor, _mode: Mode) -> Result<Tensor> {
         Err(single_input_error(&self.name, "Concatenate"))
     }
 
-    fn call_many(&self, inputs: &[&Tensor], _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        traced(self, concatenate_checked(&self.name, inputs, self.axis))
+    fn forward_many(&self, inputs: &[&Tensor], _mode: Mode) -> Result<Tensor> {
+        concatenate_checked(&self.name, inputs, self.axis)
     }
 
     fn name(&self) -> &str {

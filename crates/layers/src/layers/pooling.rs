@@ -3,7 +3,6 @@
 
 use super::pair::IntoPair;
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Layer, Mode, Result};
 use tapegrad_tensor::{Padding, Tensor};
@@ -47,9 +46,8 @@ macro_rules! window_pool_layer {
         }
 
         impl Layer for $name {
-            fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-                let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-                traced(self, input.$op(self.pool_size, self.strides, self.padding).in_layer(&self.name))
+            fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+                input.$op(self.pool_size, self.strides, self.padding).in_layer(&self.name)
             }
 
             fn name(&self) -> &str {
@@ -117,8 +115,7 @@ macro_rules! global_pool_layer {
         }
 
         impl Layer for $name {
-            fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-                let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+            fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
                 let pooled = input.$op().and_then(|y| {
                     if self.keepdims {
                         let &[n, c] = y.dims() else { unreachable!("global pooling gives [n, c]") };
@@ -127,7 +124,7 @@ macro_rules! global_pool_layer {
                         Ok(y)
                     }
                 });
-                traced(self, pooled.in_layer(&self.name))
+                pooled.in_layer(&self.name)
             }
 
             fn name(&self) -> &str {

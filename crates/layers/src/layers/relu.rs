@@ -3,7 +3,6 @@
 //! so the builders stay infallible; a bad value is an error naming the layer and option.
 
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, Layer, Mode, Result};
 use tapegrad_tensor::Tensor;
@@ -106,11 +105,10 @@ impl Default for ReLU {
 }
 
 impl Layer for ReLU {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         self.check()?;
         let y = relu_with(input, self.max_value, self.negative_slope, self.threshold);
-        traced(self, y.in_layer(&self.name))
+        y.in_layer(&self.name)
     }
 
     fn name(&self) -> &str {
@@ -152,13 +150,12 @@ impl Default for LeakyReLU {
 }
 
 impl Layer for LeakyReLU {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let slope = self.negative_slope;
         if !slope.is_finite() || slope < 0.0 {
             return Err(Error::layer(&self.name, format!("negative_slope must be finite and >= 0, got {slope}")));
         }
-        traced(self, input.leaky_relu(slope).in_layer(&self.name))
+        input.leaky_relu(slope).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {
@@ -199,12 +196,11 @@ impl Default for ELU {
 }
 
 impl Layer for ELU {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         if !self.alpha.is_finite() {
             return Err(Error::layer(&self.name, format!("alpha must be finite, got {}", self.alpha)));
         }
-        traced(self, input.elu(self.alpha).in_layer(&self.name))
+        input.elu(self.alpha).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

@@ -7,7 +7,6 @@ use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -172,7 +171,7 @@ impl SeparableConv2D {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn compute(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(x))?;
         let depthwise = w.depthwise.value();
         let channels = depthwise.dims()[0] / self.depth_multiplier;
@@ -186,9 +185,8 @@ impl SeparableConv2D {
 }
 
 impl Layer for SeparableConv2D {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        traced(self, self.forward(input))
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
+        self.compute(input)
     }
 
     fn name(&self) -> &str {

@@ -1,8 +1,7 @@
 //! [`Sequential`]: layers applied one after another.
 
-use crate::layer::traced;
 use crate::naming::unique_name;
-use crate::{trace, Layer, Mode, Result};
+use crate::{Layer, Mode, Result};
 use tapegrad_tensor::Tensor;
 
 /// A stack of layers, each fed the previous one's output (Keras' `Sequential`). Its
@@ -87,14 +86,12 @@ impl Default for Sequential {
 }
 
 impl Layer for Sequential {
-    fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut x = input.clone();
         for layer in &self.layers {
             x = layer.call(&x, mode)?;
-            trace::record(layer.as_ref(), x.shape());
         }
-        traced(self, Ok(x))
+        Ok(x)
     }
 
     fn name(&self) -> &str {

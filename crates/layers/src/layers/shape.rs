@@ -2,7 +2,6 @@
 //! batch axis, as Keras' do.
 
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, Layer, Mode, Result};
 use tapegrad_tensor::Tensor;
@@ -71,10 +70,9 @@ impl Reshape {
 }
 
 impl Layer for Reshape {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let dims = self.output_dims(input.dims())?;
-        traced(self, input.reshape(dims).in_layer(&self.name))
+        input.reshape(dims).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {
@@ -105,8 +103,7 @@ impl Permute {
 }
 
 impl Layer for Permute {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let example_rank = input.rank().saturating_sub(1);
         let mut sorted = self.dims.clone();
         sorted.sort_unstable();
@@ -123,7 +120,7 @@ impl Layer for Permute {
         }
         let mut perm = vec![0];
         perm.extend(&self.dims);
-        traced(self, input.permute(&perm).in_layer(&self.name))
+        input.permute(&perm).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {
@@ -153,8 +150,7 @@ impl RepeatVector {
 }
 
 impl Layer for RepeatVector {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let &[batch, features] = input.dims() else {
             return Err(Error::layer(
                 &self.name,
@@ -162,7 +158,7 @@ impl Layer for RepeatVector {
             ));
         };
         let repeated = input.unsqueeze(1).and_then(|x| x.broadcast_to([batch, self.n, features]));
-        traced(self, repeated.in_layer(&self.name))
+        repeated.in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

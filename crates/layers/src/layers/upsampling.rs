@@ -3,7 +3,6 @@
 use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, Layer, Mode, Result};
 use tapegrad_tensor::{Interpolation, Tensor};
@@ -64,8 +63,7 @@ impl Default for UpSampling2D {
 }
 
 impl Layer for UpSampling2D {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         if self.size.0 == 0 || self.size.1 == 0 {
             return Err(Error::layer(
                 &self.name,
@@ -73,7 +71,7 @@ impl Layer for UpSampling2D {
             ));
         }
         check_image_input(&self.name, input.shape(), None)?;
-        traced(self, input.resize(self.size, self.interpolation).in_layer(&self.name))
+        input.resize(self.size, self.interpolation).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

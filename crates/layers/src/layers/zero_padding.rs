@@ -3,7 +3,6 @@
 use super::borders::IntoBorders;
 use super::nhwc::check_image_input;
 use crate::error::InLayer;
-use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Layer, Mode, Result};
 use tapegrad_tensor::{PadMode, Tensor};
@@ -52,11 +51,10 @@ impl Default for ZeroPadding2D {
 }
 
 impl Layer for ZeroPadding2D {
-    fn call(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         check_image_input(&self.name, input.shape(), None)?;
         let (rows, cols) = self.padding;
-        traced(self, input.pad(&[(0, 0), rows, cols, (0, 0)], PadMode::Constant(0.0)).in_layer(&self.name))
+        input.pad(&[(0, 0), rows, cols, (0, 0)], PadMode::Constant(0.0)).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

@@ -79,8 +79,7 @@ impl BasicBlock {
 }
 
 impl Layer for BasicBlock {
-    fn call(&self, inputs: &Tensor, mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, inputs: &Tensor, mode: Mode) -> Result<Tensor> {
         let out = self.conv1.call(inputs, mode)?;
         let out = self.bn1.call(&out, mode)?;
         let out = self.relu.call(&out, mode)?;
@@ -190,8 +189,7 @@ impl ResNet {
 }
 
 impl Layer for ResNet {
-    fn call(&self, inputs: &Tensor, mode: Mode) -> Result<Tensor> {
-        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+    fn forward(&self, inputs: &Tensor, mode: Mode) -> Result<Tensor> {
         let out = self.preprocess.call(inputs, mode)?;
         let out = self.layer1.call(&out, mode)?;
         let out = self.layer2.call(&out, mode)?;
