@@ -6,6 +6,7 @@
 #   target/gpu-bundle/nvrtc_kernels   NVRTC compile test (crates/tensor/tests/nvrtc_kernels.rs)
 #   target/gpu-bundle/cuda_micro      micro-benchmarks (benches/cuda_micro.rs)
 #   target/gpu-bundle/cuda_training   a seed ResNet18 step on CUDA vs the CPU (tests/cuda_training.rs)
+#   target/gpu-bundle/cuda_fit        Trainer::fit on CUDA vs the CPU (tests/cuda_fit.rs)
 #   target/gpu-bundle/torch_trajectory six training steps against PyTorch's trajectory (CPU and GPU)
 #   target/gpu-bundle/resnet_train    training images/s of the seed ResNet (benches/resnet_train.rs)
 #   target/gpu-bundle/resnet_cifar100 the flagship, for a short training run on synthetic data
@@ -42,8 +43,8 @@ cargo test --release --features cuda -p tapegrad-tensor --test cuda_ops --test n
 # dependencies are built once.
 cargo build --release --features cuda --bench cuda_micro --bench resnet_train --example resnet_cifar100 \
   --message-format=json-render-diagnostics | copy_executables cuda_micro resnet_train resnet_cifar100
-cargo test --release --features cuda --test cuda_training --test torch_trajectory --no-run \
-  --message-format=json-render-diagnostics | copy_executables cuda_training torch_trajectory
+cargo test --release --features cuda --test cuda_training --test cuda_fit --test torch_trajectory --no-run \
+  --message-format=json-render-diagnostics | copy_executables cuda_training cuda_fit torch_trajectory
 
 size=$(du -sb "$out" | cut -f1)
 ls -l "$out"

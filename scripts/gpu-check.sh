@@ -23,7 +23,7 @@ py="${PYTHON:-python3}"
 logs="${OUT:-$(mktemp -d)}"
 mkdir -p "$logs"
 
-for bin in cuda_ops nvrtc_kernels cuda_micro cuda_training torch_trajectory resnet_train resnet_cifar100; do
+for bin in cuda_ops nvrtc_kernels cuda_micro cuda_training cuda_fit torch_trajectory resnet_train resnet_cifar100; do
   [[ -x "$bundle/$bin" ]] || { echo "gpu-check: $bundle/$bin missing; run scripts/build-gpu-bundle.sh" >&2; exit 2; }
 done
 
@@ -50,7 +50,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 
 status=0
 declare -A outcome
-for t in nvrtc_kernels cuda_ops cuda_training torch_trajectory; do
+for t in nvrtc_kernels cuda_ops cuda_training cuda_fit torch_trajectory; do
   start=$SECONDS
   if "$bundle/$t" --test-threads=1 2>&1 | tee "$logs/$t.log"; then
     outcome[$t]="passed in $((SECONDS - start)) s"
@@ -94,7 +94,7 @@ fi
 echo
 echo "== gpu-check summary =="
 echo "flagship (${flagship[*]}): ${outcome[flagship]}"
-for t in nvrtc_kernels cuda_ops cuda_training torch_trajectory; do echo "test $t: ${outcome[$t]}"; done
+for t in nvrtc_kernels cuda_ops cuda_training cuda_fit torch_trajectory; do echo "test $t: ${outcome[$t]}"; done
 "$py" - "$logs/cuda_micro.txt" "$logs/cuda_micro_torch.txt" <<'PY'
 import sys
 def read(path):
