@@ -1,7 +1,8 @@
 //! [`Adam`] and [`AdamW`], with Keras' defaults and epsilon placement.
 
+use super::shared::{core_methods, Core};
 use super::update::{adam_update, AdamStep};
-use super::{check_hyperparameters, maybe_clip, pair_gradients, LearningRate, Optimizer, SlotTable};
+use super::{LearningRate, Optimizer};
 use crate::Result;
 use tapegrad_tensor::{Tensor, Variable};
 
@@ -10,30 +11,22 @@ use tapegrad_tensor::{Tensor, Variable};
 /// [`adam_update`](super::update::adam_update).
 #[derive(Debug)]
 pub struct Adam {
-    name: &'static str,
-    learning_rate: LearningRate,
+    core: Core,
     beta_1: f64,
     beta_2: f64,
     epsilon: f64,
     weight_decay: f64,
-    global_clipnorm: Option<f64>,
-    iterations: u64,
-    slots: SlotTable,
 }
 
 impl Adam {
     /// Adam with Keras' defaults and the given learning rate (a number or a schedule).
     pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
         Adam {
-            name: "Adam",
-            learning_rate: learning_rate.into(),
+            core: Core::new("Adam", learning_rate.into()),
             beta_1: 0.9,
             beta_2: 0.999,
             epsilon: 1e-7,
             weight_decay: 0.0,
-            global_clipnorm: None,
-            iterations: 0,
-            slots: SlotTable::default(),
         }
     }
 
@@ -57,66 +50,41 @@ impl Adam {
 
     /// Clips the gradients of each step to this global norm first (Keras' `global_clipnorm`).
     pub fn global_clipnorm(mut self, clip_norm: f64) -> Self {
-        self.global_clipnorm = Some(clip_norm);
+        self.core.global_clipnorm = Some(clip_norm);
         self
+    }
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
     }
 }
 
 impl Optimizer for Adam {
-    fn name(&self) -> &str {
-        self.name
-    }
+    core_methods!();
 
     fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
         let step = AdamStep {
-            learning_rate: self.learning_rate.at(self.iterations),
-            step: self.iterations.saturating_add(1),
+            learning_rate: self.core.current_learning_rate(),
+            step: self.core.iterations.saturating_add(1),
             beta_1: self.beta_1,
             beta_2: self.beta_2,
             epsilon: self.epsilon,
             weight_decay: self.weight_decay,
         };
-        check_hyperparameters(self.name, &self.learning_rate, self.iterations, self.global_clipnorm, step.validate())?;
-        pair_gradients(self.name, grads, variables)?;
-        let clipped = maybe_clip(grads, self.global_clipnorm)?;
-        let grads = clipped.as_deref().unwrap_or(grads);
-        for (i, g, var) in pair_gradients(self.name, grads, variables)? {
-            let slots = self.slots.slots_mut(var, i, 2);
-            let (value, m, v) = adam_update(&var.value_untracked(), g, slots[0].as_ref(), slots[1].as_ref(), &step)?;
+        self.core.apply(grads, variables, 2, step.validate(), |value, g, slots| {
+            let (value, m, v) = adam_update(value, g, slots[0].as_ref(), slots[1].as_ref(), &step)?;
             slots[0] = Some(m);
             slots[1] = Some(v);
-            var.assign(value)?;
-        }
-        self.iterations += 1;
-        Ok(())
-    }
-
-    fn iterations(&self) -> u64 {
-        self.iterations
-    }
-
-    fn set_iterations(&mut self, iterations: u64) {
-        self.iterations = iterations;
-    }
-
-    fn learning_rate(&self) -> f64 {
-        self.learning_rate.at(self.iterations)
-    }
-
-    fn set_learning_rate(&mut self, learning_rate: LearningRate) {
-        self.learning_rate = learning_rate;
+            Ok(value)
+        })
     }
 
     fn slot_names(&self) -> &'static [&'static str] {
         &["m", "v"]
-    }
-
-    fn slots(&self) -> &SlotTable {
-        &self.slots
-    }
-
-    fn slots_mut(&mut self) -> &mut SlotTable {
-        &mut self.slots
     }
 }
 
@@ -129,7 +97,9 @@ pub struct AdamW(Adam);
 impl AdamW {
     /// AdamW with Keras' defaults and the given learning rate (a number or a schedule).
     pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
-        AdamW(Adam { name: "AdamW", weight_decay: 0.004, ..Adam::new(learning_rate) })
+        let mut adam = Adam { weight_decay: 0.004, ..Adam::new(learning_rate) };
+        adam.core.name = "AdamW";
+        AdamW(adam)
     }
 
     /// The decoupled weight decay (0.004).
@@ -157,42 +127,24 @@ impl AdamW {
     pub fn global_clipnorm(self, clip_norm: f64) -> Self {
         AdamW(self.0.global_clipnorm(clip_norm))
     }
+
+    fn core(&self) -> &Core {
+        &self.0.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.0.core
+    }
 }
 
 impl Optimizer for AdamW {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
+    core_methods!();
 
     fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
         self.0.apply_gradients(grads, variables)
     }
 
-    fn iterations(&self) -> u64 {
-        self.0.iterations()
-    }
-
-    fn set_iterations(&mut self, iterations: u64) {
-        self.0.set_iterations(iterations)
-    }
-
-    fn learning_rate(&self) -> f64 {
-        self.0.learning_rate()
-    }
-
-    fn set_learning_rate(&mut self, learning_rate: LearningRate) {
-        self.0.set_learning_rate(learning_rate);
-    }
-
     fn slot_names(&self) -> &'static [&'static str] {
         self.0.slot_names()
-    }
-
-    fn slots(&self) -> &SlotTable {
-        self.0.slots()
-    }
-
-    fn slots_mut(&mut self) -> &mut SlotTable {
-        self.0.slots_mut()
     }
 }

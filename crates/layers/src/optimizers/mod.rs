@@ -20,6 +20,7 @@ mod adam;
 mod clipping;
 pub mod schedules;
 mod sgd;
+mod shared;
 mod slots;
 pub mod update;
 
