@@ -431,3 +431,40 @@ fn an_unusable_device_is_an_error_not_a_panic() -> Result<()> {
     assert!(err.to_lowercase().contains("cuda"), "{err}");
     Ok(())
 }
+
+#[test]
+fn the_device_mean_iou_ignores_a_class_as_the_host_one() -> Result<()> {
+    use tapegrad_layers::metrics::MeanIoU;
+    use tapegrad_layers::training::{Metric, SparseMeanIoU};
+    // Every pixel is predicted right, except that labels 2 and 255 (a void label outside
+    // the classes) are predicted as 0.
+    let batch = |targets: Vec<i64>| -> Result<(Tensor, Tensor)> {
+        let scores: Vec<f32> = targets
+            .iter()
+            .map(|&t| if t == 2 || t == 255 { 0 } else { t })
+            .flat_map(|c| (0..4).map(move |k| if k == c { 1.0 } else { 0.0 }))
+            .collect();
+        Ok((Tensor::from_vec(targets, [2, 3, 3], &Device::Cpu)?, Tensor::from_vec(scores, [2, 3, 3, 4], &Device::Cpu)?))
+    };
+    let (y, p) = batch((0..18u64).map(|i| (i % 4) as i64).collect())?;
+    let mut device = SparseMeanIoU::new(4)?.ignore_class(2);
+    device.update_state(&y, &p)?;
+    // With class 2 ignored every counted pixel is right; without, label 2 costs classes 0 and 2.
+    assert_eq!(device.result()?, 1.0);
+    let mut plain = SparseMeanIoU::new(4)?;
+    plain.update_state(&y, &p)?;
+    assert!(plain.result()? < 1.0, "{}", plain.result()?);
+    let mut host = MeanIoU::new(4)?.ignore_class(2);
+    host.update_state(&y, &p)?;
+    assert_eq!(device.result()?, host.result());
+
+    // A void label: ignored, it counts nowhere; not ignored, it is an error.
+    let (y, p) = batch((0..18u64).map(|i| if i % 5 == 0 { 255 } else { (i % 4) as i64 }).collect())?;
+    let mut device = SparseMeanIoU::new(4)?.ignore_class(255);
+    let mut host = MeanIoU::new(4)?.ignore_class(255);
+    device.update_state(&y, &p)?;
+    host.update_state(&y, &p)?;
+    assert_eq!(device.result()?, host.result());
+    assert!(SparseMeanIoU::new(4)?.update_state(&y, &p).is_err());
+    Ok(())
+}

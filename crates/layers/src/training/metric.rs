@@ -102,12 +102,13 @@ impl Metric for MeanIoU {
 /// `num_classes` (the highest score is the predicted class). Each batch's matrix is
 /// `one_hot(targets)^T @ one_hot(predicted)` (exact counts: batches are cut into chunks of
 /// at most 2^24 targets), added up in f64; `result` reads it and averages `TP / (TP + FP +
-/// FN)` over the classes present, as [`MeanIoU`]. Targets outside `0..num_classes` count
-/// nowhere (the host metric [`MeanIoU`] rejects them). Memory: two `[targets, classes]`
-/// one-hot matrices per batch.
+/// FN)` over the classes present, as [`MeanIoU`]. A target outside `0..num_classes` is an
+/// error naming it, unless it is [`SparseMeanIoU::ignore_class`], whose targets count
+/// nowhere. Memory: two `[targets, classes]` one-hot matrices per batch.
 #[derive(Clone, Debug)]
 pub struct SparseMeanIoU {
     num_classes: usize,
+    ignore_class: Option<i64>,
     confusion: Option<Tensor>,
 }
 
@@ -117,7 +118,14 @@ impl SparseMeanIoU {
         if num_classes == 0 {
             return Err(crate::Error::Invalid("SparseMeanIoU: num_classes must be at least 1, got 0".into()));
         }
-        Ok(SparseMeanIoU { num_classes, confusion: None })
+        Ok(SparseMeanIoU { num_classes, ignore_class: None, confusion: None })
+    }
+
+    /// Leaves out every target equal to `class` (Keras' `ignore_class`), also one inside
+    /// `0..num_classes`: it counts neither for its label nor for its prediction.
+    pub fn ignore_class(mut self, class: i64) -> Self {
+        self.ignore_class = Some(class);
+        self
     }
 }
 
@@ -141,7 +149,18 @@ impl Metric for SparseMeanIoU {
         const CHUNK: usize = 1 << 24; // f32 counts stay exact
         for start in (0..count).step_by(CHUNK) {
             let len = CHUNK.min(count - start);
-            let t = Tensor::one_hot(&truth.narrow(0, start, len)?, n, DType::F32)?;
+            let chunk = truth.narrow(0, start, len)?;
+            let t = match self.ignore_class {
+                None => Tensor::one_hot(&chunk, n, DType::F32)?,
+                Some(ignored) => {
+                    // Ignored targets become class 0 with a zero row: they count nowhere,
+                    // whether or not `ignored` is a class.
+                    let ignored = Tensor::full(ignored as f64, (), DType::I64, &chunk.device())?;
+                    let keep = chunk.not_equal(&ignored)?;
+                    let rows = Tensor::one_hot(&chunk.mul(&keep)?, n, DType::F32)?;
+                    rows.mul(&keep.cast(DType::F32)?.unsqueeze(-1)?)?
+                }
+            };
             let p = Tensor::one_hot(&guess.narrow(0, start, len)?, n, DType::F32)?;
             accumulate(&mut self.confusion, t.matmul_transposed(&p, true, false)?.cast(DType::F64)?)?;
         }
