@@ -101,37 +101,29 @@ pub trait Callback {
     }
 }
 
-macro_rules! forward {
-    ($($hook:ident($($arg:ident: $ty:ty),*);)*) => {
+/// Implements every hook of [`Callback`] for a pointer type by calling the pointee's.
+macro_rules! forward_to_pointee {
+    ($($pointer:ty),*) => {
+        $(impl<C: Callback + ?Sized> Callback for $pointer {
+            forward_to_pointee!(@hooks
+                on_train_begin();
+                on_train_end(logs: &Logs);
+                on_epoch_begin(epoch: u64);
+                on_epoch_end(epoch: u64, logs: &Logs);
+                on_train_batch_begin(batch: u64);
+                on_train_batch_end(batch: u64, logs: &Logs);
+                on_test_begin();
+                on_test_end(logs: &Logs);
+            );
+        })*
+    };
+    (@hooks $($hook:ident($($arg:ident: $ty:ty),*);)*) => {
         $(fn $hook(&mut self, ctx: &mut CallbackContext<'_> $(, $arg: $ty)*) -> Result<()> {
             (**self).$hook(ctx $(, $arg)*)
         })*
     };
 }
 
-/// A callback lent to `fit` (`&mut early_stopping`) stays readable afterwards.
-impl<C: Callback + ?Sized> Callback for &mut C {
-    forward! {
-        on_train_begin();
-        on_train_end(logs: &Logs);
-        on_epoch_begin(epoch: u64);
-        on_epoch_end(epoch: u64, logs: &Logs);
-        on_train_batch_begin(batch: u64);
-        on_train_batch_end(batch: u64, logs: &Logs);
-        on_test_begin();
-        on_test_end(logs: &Logs);
-    }
-}
-
-impl<C: Callback + ?Sized> Callback for Box<C> {
-    forward! {
-        on_train_begin();
-        on_train_end(logs: &Logs);
-        on_epoch_begin(epoch: u64);
-        on_epoch_end(epoch: u64, logs: &Logs);
-        on_train_batch_begin(batch: u64);
-        on_train_batch_end(batch: u64, logs: &Logs);
-        on_test_begin();
-        on_test_end(logs: &Logs);
-    }
-}
+// A callback lent to `fit` (`&mut early_stopping`) stays readable afterwards; a boxed one
+// can sit in a list of several kinds.
+forward_to_pointee!(&mut C, Box<C>);

@@ -2,7 +2,7 @@
 
 use crate::training::{Callback, CallbackContext, Logs};
 use crate::{Error, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 
@@ -55,9 +55,7 @@ fn number(v: f64) -> String {
 
 impl Callback for CSVLogger {
     fn on_train_begin(&mut self, _ctx: &mut CallbackContext<'_>) -> Result<()> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
-        }
+        super::log_file::create_parent(&self.path).map_err(|e| self.io(e))?;
         self.keys = None;
         if self.append && self.path.exists() {
             // Keep the existing header's columns.
@@ -69,13 +67,7 @@ impl Callback for CSVLogger {
                 self.keys = Some(columns[1..].to_vec());
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(self.append)
-            .truncate(!self.append)
-            .open(&self.path)
-            .map_err(|e| self.io(e))?;
+        let file = super::log_file::open(&self.path, self.append).map_err(|e| self.io(e))?;
         self.file = Some(file);
         Ok(())
     }

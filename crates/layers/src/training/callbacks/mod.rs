@@ -4,6 +4,7 @@ mod csv_logger;
 mod early_stopping;
 mod jsonl_logger;
 mod learning_rate_scheduler;
+mod log_file;
 mod model_checkpoint;
 mod progress;
 mod reduce_lr_on_plateau;
