@@ -7,7 +7,9 @@
 # arithmetic still run end to end: crates/tensor/tests/cuda_ops.rs compares every op with
 # the CPU backend. The kernels are the real .cu sources compiled with g++ behind emu.h;
 # kernels run synchronously (one stream is in order anyway); cuBLAS is a naive
-# column-major GEMM; cuDNN's convolutions are naive loops (fake_cudnn.cpp). NVRTC (real,
+# column-major GEMM; cuDNN's convolutions are naive loops (fake_cudnn.cpp). Stream capture
+# and graph replay record and replay that work, and reject what a real driver rejects
+# during capture (fake_graph.cpp, capture.h). NVRTC (real,
 # from scripts/nvrtc-check.sh) still compiles every kernel for sm_90; the fake driver
 # ignores the CUBIN and runs the host build.
 #
@@ -22,8 +24,16 @@ here="$root/scripts/cuda-emu"
 out="$root/target/cuda-emu"
 mkdir -p "$out"
 python3 "$here/register.py" "$root/crates/tensor/src" "$out"
+# The cuDNN calls that queue work are wrapped for stream capture (fake_cudnn_capture.cpp):
+# fake_cudnn.cpp is compiled with them renamed emu_eager_<name>.
+WRAPPED=(cudnnSetStream cudnnSetTensor4dDescriptor cudnnConvolutionForward cudnnConvolutionBackwardData
+  cudnnConvolutionBackwardFilter cudnnAddTensor)
+renames=()
+for name in "${WRAPPED[@]}"; do renames+=("-D$name=emu_eager_$name"); done
+g++ -std=c++20 -O2 -fPIC -c -w -fvisibility=hidden -I"$here" "${renames[@]}" -o "$out/fake_cudnn.o" "$here/fake_cudnn.cpp"
 g++ -std=c++20 -O2 -fPIC -shared -w -fvisibility=hidden -I"$here" -o "$out/libtapegrad_cuda_emu.so" \
-  "$here/fake_driver.cpp" "$here/fake_cudnn.cpp" "$out"/k_*.cpp -lpthread
+  "$here/fake_driver.cpp" "$here/fake_graph.cpp" "$here/fake_cudnn_capture.cpp" "$out/fake_cudnn.o" \
+  "$out"/k_*.cpp -lpthread
 ln -sf libtapegrad_cuda_emu.so "$out/libcuda.so"
 ln -sf libtapegrad_cuda_emu.so "$out/libcublas.so"
 ln -sf libtapegrad_cuda_emu.so "$out/libcudnn.so"

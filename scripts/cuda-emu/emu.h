@@ -52,4 +52,27 @@ void emu_call(void (*f)(A...), void** p, std::index_sequence<I...>) {
     f(*static_cast<std::remove_cv_t<A>*>(p[I])...);
 }
 template <typename... A> void emu_call_f(void (*f)(A...), void** p) { emu_call(f, p, std::index_sequence_for<A...>{}); }
-template <auto F> void emu_invoke(void** p) { emu_call_f(F, p); }
+
+// Stream capture (fake_graph.cpp) must keep a launch's arguments by value, as a real driver
+// copies them into the graph's kernel node: while `emu_param_copy` is set, `invoke` does not
+// run the kernel but stores a copy of its arguments there (whose `ptrs` a replay passes back).
+#include <tuple>
+struct EmuParamCopy {
+    virtual ~EmuParamCopy() = default;
+    std::vector<void*> ptrs;
+};
+template <typename... A> struct EmuParamTuple : EmuParamCopy {
+    std::tuple<std::remove_cv_t<A>...> values;
+    template <size_t... I>
+    EmuParamTuple(void** p, std::index_sequence<I...>) : values(*static_cast<std::remove_cv_t<A>*>(p[I])...) {
+        std::apply([this](auto&... v) { (ptrs.push_back(static_cast<void*>(&v)), ...); }, values);
+    }
+};
+extern thread_local std::unique_ptr<EmuParamCopy>* emu_param_copy;
+template <typename... A> void emu_copy_f(void (*)(A...), void** p) {
+    emu_param_copy->reset(new EmuParamTuple<A...>(p, std::index_sequence_for<A...>{}));
+}
+template <auto F> void emu_invoke(void** p) {
+    if (emu_param_copy) return emu_copy_f(F, p);
+    emu_call_f(F, p);
+}

@@ -1,8 +1,10 @@
 // A fake libcuda + libcublas that runs tapegrad's kernels on the host (see build.sh).
 // Device pointers are host pointers; every call completes before it returns, which is
-// what a single in-order stream guarantees anyway. Only the entry points cudarc calls for
+// what a single in-order stream guarantees anyway, except while a stream captures a graph:
+// then work queued on it is recorded and checked as a real driver would (fake_graph.cpp). Only the entry points cudarc calls for
 // tapegrad are here: a missing one makes cudarc panic with "Missing symbol ...".
 #include "emu.h"
+#include "capture.h"
 #include <map>
 #include <string>
 #include <thread>
@@ -11,6 +13,7 @@
 #include <mutex>
 
 thread_local dim3 threadIdx, blockIdx;
+thread_local std::unique_ptr<EmuParamCopy>* emu_param_copy = nullptr;
 dim3 blockDim, gridDim;
 
 static std::map<std::string, KernelEntry>& registry() { static std::map<std::string, KernelEntry> r; return r; }
@@ -74,7 +77,8 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int) {
 CUresult cuCtxGetCurrent(void** ctx) { *ctx = current_ctx; return 0; }
 CUresult cuCtxSetCurrent(void* ctx) { current_ctx = ctx; return 0; }
 CUresult cuStreamCreate(void** s, unsigned) { *s = (void*)0x2000; return 0; }
-CUresult cuStreamSynchronize(void*) { return 0; }
+CUresult cuStreamSynchronize(void*) { return emu_forbidden_during_capture("cuStreamSynchronize"); }
+CUresult cuCtxSynchronize() { return emu_forbidden_during_capture("cuCtxSynchronize"); }
 CUresult cuStreamDestroy_v2(void*) { return 0; }
 CUresult cuModuleLoadData(void** m, const void* image) { if (!image) return 1; *m = (void*)0x3000; return 0; }
 CUresult cuModuleUnload(void*) { return 0; }
@@ -87,6 +91,7 @@ CUresult cuModuleGetFunction(void** f, void*, const char* name) {
 static const size_t LIMIT = size_t(8) << 30;
 static size_t allocated = 0;
 CUresult cuMemAlloc_v2(uint64_t* p, size_t bytes) {
+    if (int e = emu_forbidden_during_capture("cuMemAlloc")) return e;
     if (bytes == 0) return 1;
     if (bytes > LIMIT || allocated + bytes > LIMIT) return 2;  // CUDA_ERROR_OUT_OF_MEMORY
     void* m = malloc(bytes + 8);
@@ -97,28 +102,48 @@ CUresult cuMemAlloc_v2(uint64_t* p, size_t bytes) {
     *p = (uint64_t)((char*)m + 8);
     return 0;
 }
-CUresult cuMemFree_v2(uint64_t p) { char* m = (char*)p - 8; allocated -= *(size_t*)m; free(m); return 0; }
+CUresult cuMemFree_v2(uint64_t p) {
+    if (int e = emu_forbidden_during_capture("cuMemFree")) return e; char* m = (char*)p - 8; allocated -= *(size_t*)m; free(m); return 0; }
 CUresult cuMemGetInfo_v2(size_t* free_, size_t* total) { *free_ = LIMIT - allocated; *total = LIMIT; return 0; }
-CUresult cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void*) { memcpy((void*)dst, src, n); return 0; }
-CUresult cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t n, void*) { memcpy(dst, (void*)src, n); return 0; }
-CUresult cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t n, void*) { memcpy((void*)dst, (void*)src, n); return 0; }
-CUresult cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void*) { memset((void*)dst, v, n); return 0; }
-// Pinned host memory and events (upload staging): plain host memory; copies are synchronous,
-// so an event has always passed.
-CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) { *p = malloc(bytes ? bytes : 1); return *p ? 0 : 2; }
-CUresult cuMemFreeHost(void* p) { free(p); return 0; }
+// A captured copy reads (or writes) the host buffer when the graph runs, so it must be
+// page-locked memory, which outlives the call; a copy from pageable memory cannot be captured.
+CUresult cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void* s) {
+    if (emu_records(s) && !emu_is_pinned(src, n)) return emu_uncapturable("a copy from pageable host memory");
+    return emu_stream_work(s, [=] { memcpy((void*)dst, src, n); return 0; });
+}
+CUresult cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t n, void* s) {
+    if (emu_records(s) && !emu_is_pinned(dst, n)) return emu_uncapturable("a copy to pageable host memory");
+    return emu_stream_work(s, [=] { memcpy(dst, (void*)src, n); return 0; });
+}
+CUresult cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t n, void* s) {
+    return emu_stream_work(s, [=] { memcpy((void*)dst, (void*)src, n); return 0; });
+}
+CUresult cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void* s) {
+    return emu_stream_work(s, [=] { memset((void*)dst, v, n); return 0; });
+}
+// Pinned host memory and events (upload staging): plain host memory, remembered as pinned;
+// copies are synchronous, so an event has always passed.
+CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
+    if (int e = emu_forbidden_during_capture("cuMemHostAlloc")) return e;
+    *p = malloc(bytes ? bytes : 1);
+    if (!*p) return 2;
+    emu_note_pinned(*p, bytes);
+    return 0;
+}
+CUresult cuMemFreeHost(void* p) {
+    if (int e = emu_forbidden_during_capture("cuMemFreeHost")) return e;
+    emu_forget_pinned(p);
+    free(p);
+    return 0;
+}
 CUresult cuEventCreate(void** e, unsigned) { *e = malloc(1); return 0; }
-CUresult cuEventRecord(void*, void*) { return 0; }
-CUresult cuEventSynchronize(void*) { return 0; }
+CUresult cuEventRecord(void*, void* s) { return emu_stream_work(s, [] { return 0; }); }
+CUresult cuEventSynchronize(void*) { return emu_forbidden_during_capture("cuEventSynchronize"); }
 CUresult cuEventDestroy_v2(void* e) { free(e); return 0; }
 CUresult cuGetErrorString(int, const char** s) { *s = "fake cuda error"; return 0; }
 CUresult cuGetErrorName(int, const char** s) { *s = "CUDA_ERROR_FAKE"; return 0; }
 
-CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned shmem, void*, void** params, void** extra) {
-    KernelEntry* k = (KernelEntry*)f;
-    if (gx == 0 || bx == 0 || gy != 1 || gz != 1 || by != 1 || bz != 1 || shmem != 0 || extra) return 1;
-    if (bx > 1024 || gx > 2147483647u) return 1;
+static int run_kernel(KernelEntry* k, unsigned gx, unsigned bx, void** params) {
     running_kernel = k->name;
     gridDim = {gx, 1, 1};
     blockDim = {bx, 1, 1};
@@ -151,25 +176,47 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     return 0;
 }
 
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shmem, void* stream, void** params, void** extra) {
+    KernelEntry* k = (KernelEntry*)f;
+    if (gx == 0 || bx == 0 || gy != 1 || gz != 1 || by != 1 || bz != 1 || shmem != 0 || extra) return 1;
+    if (bx > 1024 || gx > 2147483647u) return 1;
+    if (!emu_records(stream)) return emu_stream_work(stream, [&] { return run_kernel(k, gx, bx, params); });
+    // Captured: the arguments are copied now (the caller's may be gone when the graph runs).
+    auto copy = std::make_shared<std::unique_ptr<EmuParamCopy>>();
+    emu_param_copy = copy.get();
+    k->invoke(params);
+    emu_param_copy = nullptr;
+    return emu_stream_work(stream, [=] { return run_kernel(k, gx, bx, (*copy)->ptrs.data()); });
+}
+
 // ---- cuBLAS ----
+// The stream set on the (one) handle: a GEMM is queued there, so it is captured with it.
+static void* blas_stream = nullptr;
 int cublasCreate_v2(void** h) { *h = (void*)0x4000; return 0; }
 int cublasDestroy_v2(void*) { return 0; }
-int cublasSetStream_v2(void*, void*) { return 0; }
+int cublasSetStream_v2(void*, void* s) { blas_stream = s; return 0; }
 int cublasGemmStridedBatchedEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at,
                                int lda, long long sa, const void* B, int bt, int ldb, long long sb, const void* beta,
                                void* C, int ct, int ldc, long long sc, int batch, int compute, int algo) {
     if (at != 0 || bt != 0 || ct != 0 || (compute != 68 && compute != 77) || algo != -1) return 7;
     if (int e = check_dims(ta, tb, m, n, k, lda, ldb, ldc)) return e;
-    gemm<float>(ta, tb, m, n, k, *(const float*)alpha, (const float*)A, lda, sa, (const float*)B, ldb, sb,
-                *(const float*)beta, (float*)C, ldc, sc, batch);
-    return 0;
+    float al = *(const float*)alpha, be = *(const float*)beta;
+    return emu_stream_work(blas_stream, [=] {
+        gemm<float>(ta, tb, m, n, k, al, (const float*)A, lda, sa, (const float*)B, ldb, sb, be, (float*)C, ldc, sc,
+                    batch);
+        return 0;
+    });
 }
 int cublasDgemmStridedBatched(void*, int ta, int tb, int m, int n, int k, const double* alpha, const double* A, int lda,
                               long long sa, const double* B, int ldb, long long sb, const double* beta, double* C,
                               int ldc, long long sc, int batch) {
     if (int e = check_dims(ta, tb, m, n, k, lda, ldb, ldc)) return e;
-    gemm<double>(ta, tb, m, n, k, *alpha, A, lda, sa, B, ldb, sb, *beta, C, ldc, sc, batch);
-    return 0;
+    double al = *alpha, be = *beta;
+    return emu_stream_work(blas_stream, [=] {
+        gemm<double>(ta, tb, m, n, k, al, A, lda, sa, B, ldb, sb, be, C, ldc, sc, batch);
+        return 0;
+    });
 }
 }
 #pragma GCC visibility pop
