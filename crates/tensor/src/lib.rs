@@ -21,6 +21,7 @@ mod backend;
 pub mod check_numerics;
 mod cpu_backend;
 pub mod cuda;
+pub mod cuda_graph;
 #[cfg(feature = "cuda")]
 mod cuda_backend;
 mod device;

@@ -5,27 +5,30 @@ use crate::layer::join_path;
 use crate::{Layer, MovingStatistics};
 
 /// The layers (by path) with moving statistics that have had fewer than
-/// `1 / (1 - momentum)` updates.
-fn young_layers(model: &dyn Layer) -> Vec<(String, MovingStatistics)> {
-    fn walk(layer: &dyn Layer, path: &str, out: &mut Vec<(String, MovingStatistics)>) {
-        if let Some(stats) = layer.moving_statistics() {
+/// `1 / (1 - momentum)` updates, counting `uncounted` more than the layers saw (the steps
+/// a CUDA graph replayed, which run no layer code).
+fn young_layers(model: &dyn Layer, uncounted: u64) -> Vec<(String, MovingStatistics)> {
+    fn walk(layer: &dyn Layer, path: &str, uncounted: u64, out: &mut Vec<(String, MovingStatistics)>) {
+        if let Some(mut stats) = layer.moving_statistics() {
+            stats.updates += uncounted;
             if stats.momentum < 1.0 && (stats.updates as f64) < 1.0 / (1.0 - stats.momentum) {
                 let name = if path.is_empty() { layer.name().to_string() } else { path.to_string() };
                 out.push((name, stats));
             }
         }
-        layer.visit_sublayers(&mut |name, sub| walk(sub, &join_path(path, name), out));
+        layer.visit_sublayers(&mut |name, sub| walk(sub, &join_path(path, name), uncounted, out));
     }
     let mut out = Vec::new();
-    walk(model, "", &mut out);
+    walk(model, "", uncounted, &mut out);
     out
 }
 
 /// The warning for `model`, if one of its layers' moving statistics are still young:
 /// names the layer whose initial values weigh the most, its update count and momentum,
-/// that weight, the updates needed, and the fix.
-pub(crate) fn batch_norm_warning(model: &dyn Layer) -> Option<String> {
-    let young = young_layers(model);
+/// that weight, the updates needed, and the fix. `uncounted`: updates the layers did not
+/// count (replayed CUDA-graph steps).
+pub(crate) fn batch_norm_warning(model: &dyn Layer, uncounted: u64) -> Option<String> {
+    let young = young_layers(model, uncounted);
     let (path, stats) = young
         .iter()
         .max_by(|a, b| a.1.momentum.powf(a.1.updates as f64).total_cmp(&b.1.momentum.powf(b.1.updates as f64)))?;

@@ -28,7 +28,8 @@
 //!   [`TerminateOnNaN`] asks to stop cleanly instead.
 //! - At the first validation, `fit` warns once (stderr, and [`History::warnings`]) when a
 //!   batch-normalization layer has seen fewer than about `1 / (1 - momentum)` updates.
-//! - [`train_step`] is one step of a hand-written loop.
+//! - [`train_step`] is one step of a hand-written loop; [`GraphedStep`] one replayed as a
+//!   CUDA graph (`FitOptions::cuda_graph` in `fit`).
 //!
 //! The flagship example keeps its explicit `GradientTape` loop, as the seed program does.
 
@@ -36,6 +37,7 @@ mod bn_warning;
 mod callback;
 mod callbacks;
 mod data;
+mod graphed;
 mod history;
 mod logs;
 mod metric;
@@ -50,6 +52,7 @@ pub use callbacks::{
     TerminateOnNaN,
 };
 pub use data::{split_loader, BatchIter, DataSource, TensorDataset};
+pub use graphed::{GraphedStep, GraphedStepStats};
 pub use history::History;
 pub use logs::Logs;
 pub use metric::{Metric, SparseCategoricalAccuracy, SparseMeanIoU};

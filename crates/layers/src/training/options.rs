@@ -28,6 +28,10 @@ pub struct FitOptions<'a> {
     /// Default: 1 on the CPU (reading costs nothing there), 25 on a GPU (the host then
     /// queues the next steps while the device works).
     pub sync_every: Option<u64>,
+    /// Capture the training step's forward and backward passes as a CUDA graph and replay
+    /// it (see [`GraphedStep`](super::GraphedStep); default false). On the CPU, or where
+    /// capture is impossible, steps run eagerly and the reason is printed once.
+    pub cuda_graph: bool,
     /// The callbacks, called in this order (the progress display after them).
     pub callbacks: Vec<Box<dyn Callback + 'a>>,
 }
@@ -42,6 +46,7 @@ impl Default for FitOptions<'_> {
             validation_split: None,
             verbose: 1,
             sync_every: None,
+            cuda_graph: false,
             callbacks: Vec::new(),
         }
     }
@@ -92,6 +97,12 @@ impl<'a> FitOptions<'a> {
     /// Reads the loss every `steps` steps.
     pub fn sync_every(mut self, steps: u64) -> Self {
         self.sync_every = Some(steps);
+        self
+    }
+
+    /// Sets `cuda_graph`: replay the training step as a CUDA graph.
+    pub fn cuda_graph(mut self, enabled: bool) -> Self {
+        self.cuda_graph = enabled;
         self
     }
 

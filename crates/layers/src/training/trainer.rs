@@ -1,6 +1,7 @@
 //! [`Trainer`]: Keras' `compile` + `fit` / `evaluate` / `predict` over any [`Layer`].
 
 use super::bn_warning::batch_norm_warning;
+use super::graphed::{GraphedStep, GraphedStepStats};
 use super::callback::{Callback, CallbackContext, FitParams};
 use super::callbacks::ProgressLogger;
 use super::metric::LossMean;
@@ -8,6 +9,7 @@ use super::step::train_step_with;
 use super::{DataSource, FitOptions, History, Logs, Metric};
 use crate::optimizers::Optimizer;
 use crate::{Error, Layer, Mode, Result};
+use std::cell::Cell;
 use tapegrad_tensor::{Device, Tensor, Variable};
 
 /// A loss: `(targets, predictions) -> scalar`, the losses module's argument order.
@@ -44,6 +46,7 @@ pub struct Trainer<'m> {
     metrics: Vec<Box<dyn Metric + 'm>>,
     device: Device,
     warned_batch_norm: bool,
+    graph_stats: Option<GraphedStepStats>,
 }
 
 impl<'m> Trainer<'m> {
@@ -61,6 +64,7 @@ impl<'m> Trainer<'m> {
             metrics: Vec::new(),
             device: Device::Cpu,
             warned_batch_norm: false,
+            graph_stats: None,
         }
     }
 
@@ -84,6 +88,12 @@ impl<'m> Trainer<'m> {
     /// The optimizer.
     pub fn optimizer(&self) -> &dyn Optimizer {
         self.optimizer.as_ref()
+    }
+
+    /// How the training steps of the last `fit` with `FitOptions::cuda_graph` ran (eager,
+    /// captured, replayed); None if no such `fit` ran.
+    pub fn graph_stats(&self) -> Option<GraphedStepStats> {
+        self.graph_stats
     }
 
     /// The optimizer, to change it or load its state.
@@ -117,13 +127,29 @@ impl<'m> Trainer<'m> {
         }
 
         let params = FitParams { epochs, initial_epoch, steps, verbose };
-        let Trainer { model, optimizer, loss, metrics, device, warned_batch_norm } = self;
+        let Trainer { model, optimizer, loss, metrics, device, warned_batch_norm, graph_stats } = self;
         let model: &dyn Layer = *model;
+        let loss: &LossFn<'_> = loss;
         let mut ctx = CallbackContext::new(model, optimizer.as_mut(), params);
         let mut history = History::default();
         each(&mut callbacks, |cb| cb.on_train_begin(&mut ctx))?;
         let mut last_logs = Logs::new();
-        let mut listing_checked = false;
+        let listing_checked = Cell::new(false);
+        let forward = |x: &Tensor, y: &Tensor| -> Result<(Tensor, Tensor)> {
+            // The first step also checks that the model lists every variable it uses (one
+            // it did not would never be trained or saved).
+            let predictions = if listing_checked.get() {
+                model.call(x, Mode::Train)?
+            } else {
+                let (predictions, read) = Variable::reads_during(|| model.call(x, Mode::Train));
+                let predictions = predictions?;
+                crate::layer::check_all_listed(model, &read)?;
+                listing_checked.set(true);
+                predictions
+            };
+            Ok((loss(y, &predictions)?, predictions))
+        };
+        let mut graphed = options.cuda_graph.then(|| GraphedStep::new().verbose(verbose > 0));
         for epoch in initial_epoch..epochs {
             each(&mut callbacks, |cb| cb.on_epoch_begin(&mut ctx, epoch))?;
             let mut loss_mean = LossMean::default();
@@ -135,20 +161,11 @@ impl<'m> Trainer<'m> {
                 last_step = step;
                 let (x, y) = batch?;
                 each(&mut callbacks, |cb| cb.on_train_batch_begin(&mut ctx, step))?;
-                let (batch_loss, predictions) = train_step_with(model, &mut *ctx.optimizer, || {
-                    // The first step also checks that the model lists every variable it
-                    // uses (one it did not would never be trained or saved).
-                    let predictions = if listing_checked {
-                        model.call(&x, Mode::Train)?
-                    } else {
-                        let (predictions, read) = Variable::reads_during(|| model.call(&x, Mode::Train));
-                        let predictions = predictions?;
-                        crate::layer::check_all_listed(model, &read)?;
-                        listing_checked = true;
-                        predictions
-                    };
-                    Ok((loss(&y, &predictions)?, predictions))
-                })?;
+                let (batch_loss, predictions) = match graphed.as_mut() {
+                    Some(step) => step.run(model, &mut *ctx.optimizer, &x, &y, forward)?,
+                    None => train_step_with(model, &mut *ctx.optimizer, || forward(&x, &y))?,
+                };
+                *graph_stats = graphed.as_ref().map(GraphedStep::stats);
                 loss_mean.update(&batch_loss, y.elem_count())?;
                 for m in metrics.iter_mut() {
                     m.update_state(&y, &predictions)?;
@@ -184,7 +201,8 @@ impl<'m> Trainer<'m> {
             if let Some(val) = validation {
                 if !*warned_batch_norm {
                     *warned_batch_norm = true;
-                    if let Some(warning) = batch_norm_warning(model) {
+                    let uncounted = graphed.as_ref().map_or(0, GraphedStep::uncounted_batch_norm_updates);
+                    if let Some(warning) = batch_norm_warning(model, uncounted) {
                         eprintln!("{warning}");
                         history.warnings.push(warning);
                     }

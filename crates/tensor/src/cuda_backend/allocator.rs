@@ -6,6 +6,12 @@
 //! a block freed on the host may still be read by kernels queued earlier, but whatever
 //! reuses it is queued after them on the same stream. Only returning memory to the driver
 //! (`empty_cache`, or the retry after an out-of-memory error) waits for the stream first.
+//!
+//! CUDA graphs (`graph.rs`): while a stream captures, blocks come only from the cache (a
+//! miss is an error, never a `cuMemAlloc`), and every block handed out belongs to the
+//! graph's private pool: freed, it goes back to that pool, which only the capture draws
+//! from, so no later tensor can be given memory that a replay writes. The pool returns to
+//! the shared cache when the graph is dropped.
 
 use crate::cuda::MemoryStats;
 use crate::{Device, Error, Result};
@@ -20,12 +26,22 @@ pub(crate) struct Block {
     pub(crate) ptr: sys::CUdeviceptr,
     /// The block's (rounded) size in bytes.
     pub(crate) size: usize,
+    /// The private pool of the CUDA graph whose capture allocated it (0: the shared cache).
+    pub(crate) pool: u64,
 }
+
+/// Free blocks by size.
+type FreeList = HashMap<usize, Vec<sys::CUdeviceptr>>;
 
 #[derive(Default)]
 struct Pool {
-    /// Free blocks by size.
-    free: HashMap<usize, Vec<sys::CUdeviceptr>>,
+    /// The shared cache.
+    free: FreeList,
+    /// The private pools of live graphs, by id.
+    private: HashMap<u64, FreeList>,
+    /// The pool of the capture under way, if any.
+    capturing: Option<u64>,
+    next_pool: u64,
     stats: MemoryStats,
 }
 
@@ -60,10 +76,13 @@ impl CachingAllocator {
         let size = round_size(bytes);
         let device = Device::Cuda(ctx.ordinal());
         let mut pool = self.lock();
+        if let Some(id) = pool.capturing {
+            return pool.allocate_for_capture(device, id, size, bytes);
+        }
         if let Some(ptr) = pool.free.get_mut(&size).and_then(Vec::pop) {
             pool.stats.cache_hits += 1;
             pool.note_in_use(size as isize);
-            return Ok(Block { ptr, size });
+            return Ok(Block { ptr, size, pool: 0 });
         }
         ctx.bind_to_thread().map_err(|e| Error::cuda(device, "cuCtxSetCurrent", e))?;
         // SAFETY: cuMemAlloc with the device's context current; the memory is uninitialised,
@@ -79,7 +98,7 @@ impl CachingAllocator {
                 pool.stats.device_allocations += 1;
                 pool.stats.reserved += size;
                 pool.note_in_use(size as isize);
-                Ok(Block { ptr, size })
+                Ok(Block { ptr, size, pool: 0 })
             }
             Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => {
                 let free = ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0);
@@ -97,11 +116,48 @@ impl CachingAllocator {
         }
     }
 
-    /// Returns a block to the cache (no driver call).
+    /// Returns a block to the cache it came from: its graph's private pool while that graph
+    /// lives, else the shared cache (no driver call).
     pub(crate) fn release(&self, block: &Block) {
         let mut pool = self.lock();
-        pool.free.entry(block.size).or_default().push(block.ptr);
+        let Pool { free, private, .. } = &mut *pool;
+        let list = private.get_mut(&block.pool).unwrap_or(free);
+        list.entry(block.size).or_default().push(block.ptr);
         pool.note_in_use(-(block.size as isize));
+    }
+
+    /// Starts serving allocations to a capture from a new private pool; returns its id.
+    /// Fails if a capture is already under way on this device.
+    pub(crate) fn begin_capture(&self, device: Device) -> Result<u64> {
+        let mut pool = self.lock();
+        if let Some(id) = pool.capturing {
+            return Err(Error::invalid(
+                "cuda graph capture",
+                format!("{device} is already capturing graph pool {id}; captures do not nest"),
+            ));
+        }
+        pool.next_pool += 1;
+        let id = pool.next_pool;
+        pool.private.insert(id, FreeList::new());
+        pool.capturing = Some(id);
+        Ok(id)
+    }
+
+    /// Ends the capture: allocations come from the shared cache again. The pool stays
+    /// private until [`CachingAllocator::drop_pool`].
+    pub(crate) fn end_capture(&self) {
+        self.lock().capturing = None;
+    }
+
+    /// Returns a graph's private pool to the shared cache (the graph is gone, so nothing
+    /// will write its blocks again); blocks still held by tensors go there when freed.
+    pub(crate) fn drop_pool(&self, id: u64) {
+        let mut pool = self.lock();
+        if let Some(list) = pool.private.remove(&id) {
+            for (size, ptrs) in list {
+                pool.free.entry(size).or_default().extend(ptrs);
+            }
+        }
     }
 
     /// Waits for the stream, then returns every cached block to the driver.
@@ -122,6 +178,25 @@ impl CachingAllocator {
 }
 
 impl Pool {
+    /// A block for a capture: from the graph's own pool, else from the shared cache (the
+    /// block then belongs to the graph); never from the driver, which a capture forbids.
+    fn allocate_for_capture(&mut self, device: Device, id: u64, size: usize, bytes: usize) -> Result<Block> {
+        let own = self.private.get_mut(&id).and_then(|l| l.get_mut(&size)).and_then(Vec::pop);
+        let Some(ptr) = own.or_else(|| self.free.get_mut(&size).and_then(Vec::pop)) else {
+            return Err(Error::invalid(
+                "cuda graph capture",
+                format!(
+                    "an allocation of {bytes} bytes on {device} found no cached block of {size} bytes, and \
+                     cuMemAlloc is not allowed while capturing (run the step eagerly once first, to warm \
+                     the allocator's cache)"
+                ),
+            ));
+        };
+        self.stats.cache_hits += 1;
+        self.note_in_use(size as isize);
+        Ok(Block { ptr, size, pool: id })
+    }
+
     fn note_in_use(&mut self, delta: isize) {
         self.stats.in_use = self.stats.in_use.saturating_add_signed(delta);
         self.stats.peak_in_use = self.stats.peak_in_use.max(self.stats.in_use);

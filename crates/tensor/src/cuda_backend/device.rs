@@ -16,6 +16,7 @@ use crate::{Device, Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 const DRIVER_HELP: &str = "install an NVIDIA driver (R580 or newer for CUDA 13), or put the folder holding \
@@ -61,6 +62,8 @@ pub(crate) struct CudaDevice {
     dnn: Mutex<Option<Dnn>>,
     /// Pinned buffers that uploads are staged through.
     staging: Mutex<staging::Ring>,
+    /// Whether the stream is capturing a CUDA graph (`graph.rs`).
+    capturing: AtomicBool,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -112,6 +115,7 @@ impl CudaDevice {
             blas: Mutex::default(),
             dnn: Mutex::default(),
             staging: Mutex::default(),
+            capturing: AtomicBool::new(false),
         })
     }
 
@@ -158,12 +162,43 @@ impl CudaDevice {
 
     /// Returns cached blocks to the driver (waits for queued work first).
     pub(crate) fn empty_cache(&self) -> Result<()> {
+        self.refuse_while_capturing("returning cached memory to the driver (empty_cache)")?;
         self.allocator.empty_cache(&self.ctx, &self.stream)
     }
 
     /// Waits until all queued work on this device is done.
     pub(crate) fn synchronize(&self) -> Result<()> {
+        self.refuse_while_capturing("waiting for the device (synchronize)")?;
         self.stream.synchronize().map_err(|e| Error::cuda(self.device(), "cuStreamSynchronize", e))
+    }
+
+    /// The caching allocator (graph capture gives it a private pool).
+    pub(crate) fn allocator(&self) -> &CachingAllocator {
+        &self.allocator
+    }
+
+    /// Marks the stream as capturing a graph, or not.
+    pub(crate) fn set_capturing(&self, capturing: bool) {
+        self.capturing.store(capturing, Ordering::SeqCst);
+    }
+
+    /// Whether the stream is capturing a graph.
+    pub(crate) fn is_capturing(&self) -> bool {
+        self.capturing.load(Ordering::SeqCst)
+    }
+
+    /// Fails, naming `what`, while the stream captures a graph: the driver forbids waiting
+    /// for the device and allocating then, and a copy from host memory would be replayed
+    /// from that memory long after the caller has reused it. The error ends up as the
+    /// reason a training step falls back to eager execution.
+    pub(crate) fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        if !self.is_capturing() {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "cuda graph capture",
+            format!("{what} on {} needs the host during the step, which a CUDA graph cannot replay", self.device()),
+        ))
     }
 
     /// A kernel entry point of one of our sources, compiled and loaded on first use.
@@ -225,6 +260,7 @@ impl CudaDevice {
     /// Queues a copy of `src` to device address `dst`, through a pinned staging buffer for
     /// mid-sized uploads (see `staging`); `src` may be dropped when this returns.
     pub(crate) fn upload(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.refuse_while_capturing(&format!("copying {} bytes from host memory", src.len()))?;
         self.bind()?;
         if staging::stages(src.len()) {
             return staging::upload(self, &mut lock(&self.staging), src, dst);

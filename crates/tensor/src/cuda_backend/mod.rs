@@ -11,6 +11,7 @@ pub(crate) mod blas;
 pub(crate) mod cpu_fallback;
 pub(crate) mod cudnn;
 pub(crate) mod device;
+pub(crate) mod graph;
 pub(crate) mod kernels;
 pub(crate) mod staging;
 
@@ -134,6 +135,7 @@ impl CudaStorage {
 
     /// Copies the buffer to the host, waiting for all work queued before.
     pub fn to_cpu(&self) -> Result<CpuStorage> {
+        self.device.refuse_while_capturing(&format!("reading {} x {} back to the host", self.len, self.dtype))?;
         let mut cpu = CpuStorage::zeros_for("copy to host", self.len, self.dtype)?;
         if let Some(block) = &self.block {
             self.device.bind()?;
