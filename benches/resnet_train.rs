@@ -4,14 +4,17 @@
 //! optimizer in PyTorch; docs/performance.md sets the two side by side.
 //!
 //! ```text
-//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda]
+//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--cuda-graph]
 //! ```
+//! `--cuda-graph` (with `--device cuda`): forward, loss and gradients replayed as a CUDA graph
+//! (`GraphedStep`, the batch copied into its static input each step), the Adam update eager.
 //! Threads: `RAYON_NUM_THREADS` (default: all cores).
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::time::Instant;
 use tapegrad::layers::models::ResNet;
 use tapegrad::layers::optimizers::{Adam, Optimizer};
+use tapegrad::layers::training::GraphedStep;
 use tapegrad::layers::{losses, InputSpec, Layer, Mode};
 use tapegrad::{DType, Device, GradientTape, Tensor};
 
@@ -30,6 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cuda" => Device::Cuda(0),
         other => return Err(format!("--device {other}: expected cpu or cuda").into()),
     };
+    let cuda_graph = args.iter().any(|a| a == "--cuda-graph");
+    if cuda_graph && device.is_cpu() {
+        return Err("--cuda-graph needs --device cuda".into());
+    }
     tapegrad::layers::random::set_seed(1234);
     let model = match arch.as_str() {
         "resnet18" => ResNet::seed([2, 2, 2, 2], 100),
@@ -45,7 +52,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vars = model.trainable_variables();
     // A step returns its loss without reading it: reading waits for the device, and
     // PyTorch's loop (resnet_train_torch.py) does not wait either.
+    let mut graphed = cuda_graph.then(GraphedStep::new);
     let mut step = || -> Result<Tensor, Box<dyn std::error::Error>> {
+        if let Some(graphed) = graphed.as_mut() {
+            let forward = |x: &Tensor, y: &Tensor| -> tapegrad::layers::Result<(Tensor, Tensor)> {
+                let logits = model.call(x, Mode::Train)?;
+                Ok((losses::sparse_categorical_crossentropy(y, &logits, true)?, logits))
+            };
+            return Ok(graphed.run(&model, &mut optimizer, &x, &y, forward)?.0);
+        }
         let tape = GradientTape::new();
         let loss = tape.record(|| losses::sparse_categorical_crossentropy(&y, &model.call(&x, Mode::Train)?, true))?;
         let grads = tape.gradient(&loss, &vars)?;
@@ -75,15 +90,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Device::Cpu => String::new(),
     };
+    drop(step);
     let images_per_sec = (batch * steps) as f64 / seconds;
+    let mode = match &graphed {
+        Some(g) => {
+            let s = g.stats();
+            let why = g.fallback_reason().map(|r| format!("; last eager step: {r}")).unwrap_or_default();
+            format!(" cuda-graph ({} replayed, {} captured, {} eager{why})", s.replays, s.captures, s.eager_steps)
+        }
+        None => String::new(),
+    };
     println!(
-        "tapegrad {arch} batch {batch} {device} threads {}: {:.1} ms/step, {images_per_sec:.1} images/s, last loss \
-         {loss:.4}{memory}",
+        "tapegrad {arch} batch {batch} {device}{mode} threads {}: {:.1} ms/step, {images_per_sec:.1} images/s, last \
+         loss {loss:.4}{memory}",
         rayon::current_num_threads(),
         seconds / steps as f64 * 1e3,
     );
     // One machine-readable line for scripts/gpu-check.sh's table.
-    let place = if device.is_cpu() { "cpu" } else { "cuda" };
+    let place = match (device.is_cpu(), cuda_graph) {
+        (true, _) => "cpu",
+        (false, false) => "cuda",
+        (false, true) => "cuda_graph",
+    };
     println!("RESULT train_{arch}_b{batch}_{place} {images_per_sec:.1} img/s");
     if let Device::Cuda(ordinal) = device {
         let peak = tapegrad::tensor::cuda::memory_stats(ordinal)?.peak_in_use as f64 / (1 << 20) as f64;

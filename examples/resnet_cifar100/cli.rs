@@ -51,6 +51,11 @@ pub struct Args {
     /// Where to train.
     #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
+    /// Capture the training step (forward, loss, gradients) as a CUDA graph once and replay
+    /// it at every later step; the optimizer runs eagerly. A step that cannot be replayed
+    /// (the last, partial batch) runs eagerly and says why. Needs a GPU.
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// Seed of weights, shuffling and augmentation.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
@@ -146,6 +151,9 @@ impl Args {
         }
         if self.max_steps == Some(0) {
             return Err(reject("--max-steps", 0, "must be at least 1 (a checkpoint is written after the last step)"));
+        }
+        if self.cuda_graph && self.device == DeviceKind::Cpu {
+            return Err(reject("--cuda-graph", "with --device cpu", "needs a GPU (--device cuda or auto)"));
         }
         if self.synthetic == Some(0) {
             return Err(reject("--synthetic", 0, "must be at least 1 image"));

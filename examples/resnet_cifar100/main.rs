@@ -5,6 +5,7 @@
 //! cargo run --release --example resnet_cifar100 -- --help
 //! cargo run --release --example resnet_cifar100 --features cuda            # on a GPU
 //! cargo run --release --example resnet_cifar100 -- --synthetic 2048 --epochs 2   # no download
+//! cargo run --release --example resnet_cifar100 --features cuda -- --cuda-graph  # replayed steps
 //! ```
 //!
 //! The loop reads as the seed's: call the model under a tape, take the gradient of the
@@ -31,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tapegrad::data::{DataLoader, LoaderConfig};
+use tapegrad::layers::training::GraphedStep;
 use tapegrad::layers::{checkpoint, metrics, InputSpec, Layer, Mode};
 use tapegrad::{Device, GradientTape, Tensor};
 
@@ -172,6 +174,12 @@ fn run(args: Args) -> AnyResult<()> {
     let (mut total_images, run_start) = (0u64, Instant::now());
     let mut train_seconds = 0.0;
     let max_steps = args.max_steps.unwrap_or(u64::MAX);
+    // --cuda-graph: the step below, captured once and replayed (the optimizer stays eager).
+    let mut graphed = args.cuda_graph.then(GraphedStep::new);
+    let forward = |x: &Tensor, y: &Tensor| -> tapegrad::layers::Result<(Tensor, Tensor)> {
+        let logits = model.call(x, Mode::Train)?;
+        Ok((loss_fn.sparse(y, &logits)?, logits))
+    };
     for epoch in step / steps_per_epoch.max(1)..args.epochs {
         if step >= max_steps || interrupted.load(Ordering::SeqCst) {
             break;
@@ -187,15 +195,17 @@ fn run(args: Args) -> AnyResult<()> {
         let mut pending: Option<(Tensor, Tensor)> = None;
         for (i, batch) in train.epoch(epoch)?.enumerate().skip(skip) {
             let (x, y) = batch.into_tensors(&device)?;
-            // The seed's step: forward under the tape, gradient, apply.
-            let tape = GradientTape::new();
-            let (loss, logits) = tape.record(|| {
-                let logits = model.call(&x, Mode::Train)?;
-                let loss = loss_fn.sparse(&y, &logits)?;
-                Ok((loss, logits))
-            })?;
-            let grads = tape.gradient(&loss, &model.trainable_variables())?;
-            optimizer.apply_gradients(&grads, &model.trainable_variables())?;
+            let (loss, logits) = if let Some(graphed) = graphed.as_mut() {
+                // Replayed: loss and logits are the graph's buffers, used before the next step.
+                graphed.run(&*model, optimizer.as_mut(), &x, &y, forward)?
+            } else {
+                // The seed's step: forward under the tape, gradient, apply.
+                let tape = GradientTape::new();
+                let (loss, logits) = tape.record(|| forward(&x, &y))?;
+                let grads = tape.gradient(&loss, &model.trainable_variables())?;
+                optimizer.apply_gradients(&grads, &model.trainable_variables())?;
+                (loss, logits)
+            };
 
             let n = y.elem_count();
             let batch_sums = (loss.mul_scalar(n as f64)?, metrics::correct_count_tensor(&y, &logits)?);
@@ -268,6 +278,16 @@ fn run(args: Args) -> AnyResult<()> {
         history.push(record.clone());
         report::write_epoch(&metrics_path, &record, &history)
             .map_err(|e| format!("--metrics {}: {e}", metrics_path.display()))?;
+    }
+    if let Some(graphed) = &graphed {
+        let s = graphed.stats();
+        println!(
+            "cuda graph: {} steps replayed, {} captured, {} eager{}",
+            s.replays,
+            s.captures,
+            s.eager_steps,
+            graphed.fallback_reason().map(|r| format!(" (last eager step: {r})")).unwrap_or_default()
+        );
     }
     if interrupted.load(Ordering::SeqCst) {
         println!("interrupted: checkpoint written to {} at step {step}", last.display());

@@ -12,6 +12,26 @@ use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{DType, Error, Result, Tensor};
 
+/// `0..depth` as i64 on `device`. On a GPU it is uploaded once per depth and kept: a
+/// training step then makes no host-to-device copy for its one-hot labels, which a CUDA
+/// graph could not capture (`cuda_graph`).
+fn class_indices(depth: usize, device: crate::Device) -> Result<Tensor> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: Mutex<Option<HashMap<(usize, crate::Device), Tensor>>> = Mutex::new(None);
+    if device.is_cpu() {
+        return Tensor::arange(0.0, depth as f64, 1.0, DType::I64, &device);
+    }
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(t) = cache.get(&(depth, device)) {
+        return Ok(t.clone());
+    }
+    let t = Tensor::arange(0.0, depth as f64, 1.0, DType::I64, &device)?;
+    cache.insert((depth, device), t.clone());
+    Ok(t)
+}
+
 impl Tensor {
     /// `log(softmax(x))` along `axis`, computed as `x - max - log(sum(exp(x - max)))`:
     /// finite for logits of any size.
@@ -60,7 +80,7 @@ impl Tensor {
                 return Err(Error::invalid("one_hot", format!("label {v} at index {i} is outside 0..{depth}")));
             }
         }
-        let classes = Tensor::arange(0.0, depth as f64, 1.0, DType::I64, &labels.device())?;
+        let classes = class_indices(depth, labels.device())?;
         labels.unsqueeze(-1)?.equal(&classes)?.cast(dtype)
     }
 

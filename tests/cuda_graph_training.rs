@@ -1,0 +1,270 @@
+//! Training steps replayed as a CUDA graph (`GraphedStep`, `FitOptions::cuda_graph`) against
+//! the same steps run eagerly, on the same device from the same weights and batches: the
+//! loss of every step, every variable (batch-norm moving statistics included) and the
+//! optimizer's state must be equal bit for bit, for a small CNN with batch norm and for the
+//! seed ResNet18 at a tiny batch. The fallback cases (a partial last batch, check_numerics,
+//! an op that reads the device on the host, the CPU) give their reason and train exactly as
+//! eager steps do.
+//!
+//! Without a usable GPU the tests print `SKIPPED <test>: <reason>` and pass; `REQUIRE_GPU=1`
+//! turns that into a failure. In CI they run on the emulated GPU (scripts/cuda-emu), whose
+//! graphs replay the recorded kernels.
+#![cfg(feature = "cuda")]
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::{Mutex, MutexGuard};
+use tapegrad::layers::models::ResNet;
+use tapegrad::layers::optimizers::{Adam, Optimizer};
+use tapegrad::layers::training::{
+    FitOptions, GraphedStep, GraphedStepStats, History, SparseCategoricalAccuracy, TensorDataset, Trainer,
+};
+use tapegrad::layers::{
+    losses, Activation, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, InputSpec, Layer, MaxPool2D, Mode,
+    Padding, Sequential,
+};
+use tapegrad::tensor::{check_numerics, cuda};
+use tapegrad::{DType, Device, Tensor};
+
+/// One test at a time: a capture records whatever any thread queues on the device's stream.
+static GPU_LOCK: Mutex<()> = Mutex::new(());
+
+fn gpu_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
+    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    match cuda::ensure_available(0) {
+        Ok(()) => Some((guard, Device::Cuda(0))),
+        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED {test}: {e}");
+            None
+        }
+    }
+}
+
+fn small_cnn() -> Sequential {
+    Sequential::new()
+        .add(Conv2D::new(8, 3).padding(Padding::Same).use_bias(false))
+        .add(BatchNormalization::new())
+        .add(Activation::relu())
+        .add(MaxPool2D::new(2))
+        .add(Conv2D::new(8, 3).padding(Padding::Same))
+        .add(BatchNormalization::new())
+        .add(Activation::relu())
+        .add(GlobalAveragePooling2D::new())
+        .add(Dense::new(3))
+}
+
+/// A model made by `make` with the weights seed 7 gives, built for `input` on `device`.
+fn built<M: Layer>(make: impl Fn() -> M, input: [usize; 4], device: Device) -> M {
+    tapegrad::layers::random::set_seed(7);
+    let model = make();
+    model.build(&InputSpec::new(input).with_device(device)).expect("build");
+    model
+}
+
+/// `sizes.len()` batches of images `[size, side, side, 3]` and labels in `0..classes`.
+fn batches(sizes: &[usize], side: usize, classes: i64, seed: u64) -> Vec<(Tensor, Tensor)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    sizes
+        .iter()
+        .map(|&n| {
+            let x = Tensor::rand_uniform([n, side, side, 3], -1.0, 1.0, DType::F32, &Device::Cpu, &mut rng).unwrap();
+            let labels: Vec<i64> = (0..n).map(|_| rng.random_range(0..classes)).collect();
+            (x, Tensor::from_vec(labels, [n], &Device::Cpu).unwrap())
+        })
+        .collect()
+}
+
+/// The loss and outputs of one step (the seed's loss: sparse cross-entropy from logits).
+fn seed_loss(model: &dyn Layer, x: &Tensor, y: &Tensor) -> tapegrad::layers::Result<(Tensor, Tensor)> {
+    let logits = model.call(x, Mode::Train)?;
+    Ok((losses::sparse_categorical_crossentropy(y, &logits, true)?, logits))
+}
+
+type StepFn = dyn Fn(&dyn Layer, &Tensor, &Tensor) -> tapegrad::layers::Result<(Tensor, Tensor)>;
+
+/// Everything a run leaves: each step's loss bits, every variable's and every optimizer
+/// slot's values (as bits, in the model's variable order).
+#[derive(Debug, PartialEq)]
+struct Trace {
+    losses: Vec<u32>,
+    variables: Vec<(String, Vec<u32>)>,
+    slots: Vec<Vec<Vec<u32>>>,
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+}
+
+fn trace(model: &dyn Layer, optimizer: &Adam, losses: Vec<u32>) -> Trace {
+    let variables = model.variables();
+    let slots = variables
+        .iter()
+        .filter(|v| v.trainable())
+        .map(|v| {
+            let slots = optimizer.slots().get(v).expect("a slot per trainable variable");
+            slots.iter().map(|s| bits(s.as_ref().expect("slot"))).collect()
+        })
+        .collect();
+    let variables = variables.iter().map(|v| (v.name().to_string(), bits(&v.value_untracked()))).collect();
+    Trace { losses, variables, slots }
+}
+
+/// Trains `model` on `data` (moved to `device` per step), eagerly or through a
+/// `GraphedStep`; returns the trace and the graphed step (when used).
+fn train(
+    model: &dyn Layer,
+    data: &[(Tensor, Tensor)],
+    device: Device,
+    graphed: Option<GraphedStep>,
+    step: &StepFn,
+) -> (Trace, Option<GraphedStep>) {
+    let mut optimizer = Adam::new(0.01);
+    let mut graphed = graphed;
+    let mut losses = Vec::new();
+    for (x, y) in data {
+        let (x, y) = (x.to_device(&device).unwrap(), y.to_device(&device).unwrap());
+        let (loss, _) = match graphed.as_mut() {
+            Some(g) => g
+                .run(model, &mut optimizer, &x, &y, |x: &Tensor, y: &Tensor| step(model, x, y))
+                .expect("graphed step"),
+            None => tapegrad::layers::training::train_step_with(model, &mut optimizer, || step(model, &x, &y))
+                .expect("eager step"),
+        };
+        losses.push(loss.to_scalar::<f32>().unwrap().to_bits());
+    }
+    (trace(model, &optimizer, losses), graphed)
+}
+
+/// Eager and graphed runs of `make`'s model on `data`: equal traces; the graphed step's
+/// statistics and last fallback reason.
+fn compare<M: Layer>(
+    make: impl Fn() -> M,
+    input: [usize; 4],
+    data: &[(Tensor, Tensor)],
+    device: Device,
+    step: &StepFn,
+) -> (GraphedStepStats, Option<String>) {
+    let eager_model = built(&make, input, device);
+    let (eager, _) = train(&eager_model, data, device, None, step);
+    let graph_model = built(&make, input, device);
+    let (graphed, g) = train(&graph_model, data, device, Some(GraphedStep::new()), step);
+    let g = g.unwrap();
+    assert_eq!(graphed.losses, eager.losses, "losses, step by step");
+    for ((name, a), (_, b)) in graphed.variables.iter().zip(&eager.variables) {
+        assert!(a == b, "variable {name} differs");
+    }
+    assert_eq!(graphed.slots, eager.slots, "optimizer slots");
+    assert_eq!(graphed, eager);
+    (g.stats(), g.fallback_reason().map(str::to_string))
+}
+
+fn stats(eager_steps: u64, captures: u64, replays: u64) -> GraphedStepStats {
+    GraphedStepStats { eager_steps, captures, replays }
+}
+
+#[test]
+fn replayed_small_cnn_steps_equal_eager_steps_bit_for_bit() {
+    let Some((_gpu, gpu)) = gpu_or_skip("replayed_small_cnn_steps_equal_eager_steps_bit_for_bit") else { return };
+    let data = batches(&[8; 6], 8, 3, 1);
+    let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss);
+    assert_eq!(s, stats(1, 1, 5), "warm-up, capture + replay, then replays");
+    assert_eq!(reason, None);
+}
+
+#[test]
+fn replayed_resnet18_steps_equal_eager_steps_bit_for_bit() {
+    let Some((_gpu, gpu)) = gpu_or_skip("replayed_resnet18_steps_equal_eager_steps_bit_for_bit") else { return };
+    let data = batches(&[2; 3], 32, 100, 2);
+    let (s, reason) = compare(|| ResNet::seed([2, 2, 2, 2], 100), [2, 32, 32, 3], &data, gpu, &seed_loss);
+    assert_eq!(s, stats(1, 1, 2));
+    assert_eq!(reason, None);
+}
+
+#[test]
+fn a_partial_batch_runs_eagerly_and_the_next_full_one_replays() {
+    let Some((_gpu, gpu)) = gpu_or_skip("a_partial_batch_runs_eagerly_and_the_next_full_one_replays") else {
+        return;
+    };
+    let data = batches(&[8, 8, 8, 3], 8, 3, 3);
+    let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss);
+    assert_eq!(s, stats(2, 1, 2));
+    let reason = reason.expect("the partial batch's reason");
+    assert!(reason.contains("x [3, 8, 8, 3]") && reason.contains("x [8, 8, 8, 3]"), "{reason}");
+    let data = batches(&[8, 8, 3, 8], 8, 3, 4);
+    let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss);
+    assert_eq!(s, stats(2, 1, 2));
+    assert_eq!(reason, None, "the last step replayed");
+}
+
+#[test]
+fn an_op_that_reads_the_device_on_the_host_falls_back_with_its_reason() {
+    let Some((_gpu, gpu)) = gpu_or_skip("an_op_that_reads_the_device_on_the_host_falls_back_with_its_reason") else {
+        return;
+    };
+    // gather reads its indices on the host: such a step cannot be captured.
+    let ids = Tensor::from_vec(vec![1i64, 0], [2], &gpu).unwrap();
+    let with_gather = move |model: &dyn Layer, x: &Tensor, y: &Tensor| {
+        let (loss, logits) = seed_loss(model, x, y)?;
+        let picked = logits.gather(&ids)?;
+        Ok((loss.add(&picked.sum_all()?.mul_scalar(1e-3)?)?, logits))
+    };
+    let data = batches(&[8; 4], 8, 3, 5);
+    let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, gpu, &with_gather);
+    assert_eq!(s, stats(4, 0, 0));
+    let reason = reason.expect("a reason");
+    assert!(reason.contains("capture failed") && reason.contains("back to the host"), "{reason}");
+}
+
+#[test]
+fn check_numerics_and_the_cpu_run_eagerly_with_their_reason() {
+    let Some((_gpu, gpu)) = gpu_or_skip("check_numerics_and_the_cpu_run_eagerly_with_their_reason") else { return };
+    let data = batches(&[8; 3], 8, 3, 6);
+    check_numerics::enable();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compare(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss)
+    }));
+    check_numerics::disable();
+    let (s, reason) = result.expect("check_numerics run");
+    assert_eq!(s, stats(3, 0, 0));
+    assert!(reason.unwrap().contains("check_numerics is on"));
+    let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, Device::Cpu, &seed_loss);
+    assert_eq!(s, stats(3, 0, 0));
+    assert!(reason.unwrap().contains("cpu"));
+}
+
+fn fit(device: Device, cuda_graph: bool) -> (Sequential, History, Option<GraphedStepStats>) {
+    let model = built(small_cnn, [16, 8, 8, 3], device);
+    let (x, y) = {
+        let all = batches(&[60], 8, 3, 7);
+        all.into_iter().next().unwrap()
+    };
+    let (vx, vy) = batches(&[20], 8, 3, 8).into_iter().next().unwrap();
+    // 60 examples in batches of 16: the last batch of each epoch is partial.
+    let train = TensorDataset::new(x, y, 16).unwrap().shuffle(3);
+    let val = TensorDataset::new(vx, vy, 16).unwrap();
+    let loss = |y: &Tensor, p: &Tensor| losses::sparse_categorical_crossentropy(y, p, true);
+    let mut trainer =
+        Trainer::new(&model, Adam::new(0.01), loss).metric(SparseCategoricalAccuracy::new()).device(device);
+    let options = FitOptions::new().epochs(2).validation_data(&val).verbose(0).sync_every(1).cuda_graph(cuda_graph);
+    let history = trainer.fit(&train, options).unwrap();
+    let stats = trainer.graph_stats();
+    drop(trainer);
+    (model, history, stats)
+}
+
+#[test]
+fn fit_with_cuda_graph_equals_fit_without() {
+    let Some((_gpu, gpu)) = gpu_or_skip("fit_with_cuda_graph_equals_fit_without") else { return };
+    let (eager_model, eager, none) = fit(gpu, false);
+    let (graph_model, graphed, stats) = fit(gpu, true);
+    assert_eq!(none, None);
+    // Per epoch: 3 full batches and a partial one; the first epoch warms up and captures.
+    assert_eq!(stats, Some(GraphedStepStats { eager_steps: 3, captures: 1, replays: 5 }));
+    for key in ["loss", "accuracy", "val_loss", "val_accuracy"] {
+        assert_eq!(graphed.get(key), eager.get(key), "{key}");
+    }
+    for (a, b) in graph_model.variables().iter().zip(eager_model.variables()) {
+        assert_eq!(bits(&a.value_untracked()), bits(&b.value_untracked()), "{}", a.name());
+    }
+}
