@@ -124,9 +124,9 @@ fn train(
     for (x, y) in data {
         let (x, y) = (x.to_device(&device).unwrap(), y.to_device(&device).unwrap());
         let (loss, _) = match graphed.as_mut() {
-            Some(g) => g
-                .run(model, &mut optimizer, &x, &y, |x: &Tensor, y: &Tensor| step(model, x, y))
-                .expect("graphed step"),
+            Some(g) => {
+                g.run(model, &mut optimizer, &x, &y, |x: &Tensor, y: &Tensor| step(model, x, y)).expect("graphed step")
+            }
             None => tapegrad::layers::training::train_step_with(model, &mut optimizer, || step(model, &x, &y))
                 .expect("eager step"),
         };

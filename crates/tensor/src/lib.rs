@@ -21,9 +21,9 @@ mod backend;
 pub mod check_numerics;
 mod cpu_backend;
 pub mod cuda;
-pub mod cuda_graph;
 #[cfg(feature = "cuda")]
 mod cuda_backend;
+pub mod cuda_graph;
 mod device;
 mod dtype;
 mod error;

@@ -242,8 +242,7 @@ impl GraphedStep {
             }
             State::Captured(c) if c.statics.signature == signature => self.replay(optimizer, x, y),
             State::Captured(c) => {
-                let reason =
-                    format!("the batch ({signature}) differs from the captured one ({})", c.statics.signature);
+                let reason = format!("the batch ({signature}) differs from the captured one ({})", c.statics.signature);
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
             State::Armed(statics) if statics.signature == signature => {

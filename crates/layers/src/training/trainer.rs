@@ -1,9 +1,9 @@
 //! [`Trainer`]: Keras' `compile` + `fit` / `evaluate` / `predict` over any [`Layer`].
 
 use super::bn_warning::batch_norm_warning;
-use super::graphed::{GraphedStep, GraphedStepStats};
 use super::callback::{Callback, CallbackContext, FitParams};
 use super::callbacks::ProgressLogger;
+use super::graphed::{GraphedStep, GraphedStepStats};
 use super::metric::LossMean;
 use super::step::train_step_with;
 use super::{DataSource, FitOptions, History, Logs, Metric};

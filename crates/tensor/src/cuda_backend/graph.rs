@@ -115,10 +115,8 @@ pub(crate) fn copy_device(dst: &CudaStorage, src: &CudaStorage) -> Result<()> {
     device.bind()?;
     // SAFETY: both buffers are live and hold `bytes()` bytes (equal lengths and dtypes);
     // the copy is queued on the device's one stream, after every earlier write of `src`.
-    unsafe {
-        cudarc::driver::result::memcpy_dtod_async(dst.ptr(), src.ptr(), dst.bytes(), device.stream().cu_stream())
-    }
-    .map_err(|e| Error::cuda(device.device(), "cuMemcpyDtoDAsync", e))
+    unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr(), src.ptr(), dst.bytes(), device.stream().cu_stream()) }
+        .map_err(|e| Error::cuda(device.device(), "cuMemcpyDtoDAsync", e))
 }
 
 /// Queues a copy of a host buffer into `dst`'s buffer (same length and dtype; checked by
