@@ -90,7 +90,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Device::Cpu => String::new(),
     };
-    drop(step);
     let images_per_sec = (batch * steps) as f64 / seconds;
     let mode = match &graphed {
         Some(g) => {

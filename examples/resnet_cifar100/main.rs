@@ -201,7 +201,7 @@ fn run(args: Args) -> AnyResult<()> {
             } else {
                 // The seed's step: forward under the tape, gradient, apply.
                 let tape = GradientTape::new();
-                let (loss, logits) = tape.record(|| forward(&x, &y))?;
+                let (loss, logits) = tape.record(|| Ok(forward(&x, &y)?))?;
                 let grads = tape.gradient(&loss, &model.trainable_variables())?;
                 optimizer.apply_gradients(&grads, &model.trainable_variables())?;
                 (loss, logits)

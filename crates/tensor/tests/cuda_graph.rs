@@ -111,7 +111,7 @@ fn the_driver_rejects_what_a_capture_forbids() {
         });
         let mut module = null_mut();
         let mut function = null_mut();
-        assert_eq!(sys::cuModuleLoadData(&mut module, b"emulated\0".as_ptr().cast()), SUCCESS);
+        assert_eq!(sys::cuModuleLoadData(&mut module, c"emulated".as_ptr().cast()), SUCCESS);
         assert_eq!(sys::cuModuleGetFunction(&mut function, module, c"strided_copy_b32".as_ptr()), SUCCESS);
         rejected("a launch on the legacy default stream", stream, IMPLICIT, || {
             sys::cuLaunchKernel(function, 1, 1, 1, 32, 1, 1, 0, null_mut(), null_mut(), null_mut())

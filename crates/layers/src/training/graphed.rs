@@ -21,6 +21,9 @@ use std::collections::HashSet;
 use tapegrad_tensor::cuda_graph::{copy_into, shares_buffer, CudaGraph};
 use tapegrad_tensor::{check_numerics, DType, Device, GradientTape, Tensor, Variable};
 
+/// A step's computation: `(x, y) -> (loss, outputs)`.
+type StepForward<'a> = dyn Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)> + 'a;
+
 /// How many steps a [`GraphedStep`] ran each way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GraphedStepStats {
@@ -283,7 +286,7 @@ impl GraphedStep {
         optimizer: &mut dyn Optimizer,
         x: &Tensor,
         y: &Tensor,
-        forward: &dyn Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>,
+        forward: &StepForward<'_>,
         reason: Option<String>,
     ) -> Result<(Tensor, Tensor)> {
         if let Some(reason) = &reason {
@@ -318,7 +321,7 @@ impl GraphedStep {
 fn capture(
     model: &dyn Layer,
     statics: Statics,
-    forward: &dyn Fn(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>,
+    forward: &StepForward<'_>,
 ) -> Result<Captured> {
     statics.refresh()?;
     let trainable = model.trainable_variables();
