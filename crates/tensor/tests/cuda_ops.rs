@@ -726,6 +726,43 @@ fn batch_norm_kernels_match_cpu() {
                 true,
                 |x| x[0].batch_norm_infer(Some(&x[1]), Some(&x[2]), &x[3], &x[1].add_scalar(0.5)?, 1e-3),
             ),
+            // The fused epilogues, forward and backward (the residual's gradient included).
+            case(
+                "bn relu 4-D f32",
+                &[(&[2, 15, 13, 3], F32, Normal), (&[3], F32, Positive), (&[3], F32, Normal)],
+                true,
+                |x| Ok(x[0].batch_norm_relu_train(Some(&x[1]), Some(&x[2]), 1e-3)?.0),
+            ),
+            case("bn relu 2-D f64 no affine", &[(&[600, 5], F64, Normal)], true, |x| {
+                Ok(x[0].batch_norm_relu_train(None, None, 1e-3)?.0)
+            }),
+            case(
+                "bn add relu 4-D f32",
+                &[
+                    (&[2, 15, 13, 3], F32, Normal),
+                    (&[3], F32, Positive),
+                    (&[3], F32, Normal),
+                    (&[2, 15, 13, 3], F32, Normal),
+                ],
+                true,
+                |x| Ok(x[0].batch_norm_add_relu_train(Some(&x[1]), Some(&x[2]), &x[3], 1e-3)?.0),
+            ),
+            case(
+                "bn add relu 4-D f64 gamma only",
+                &[(&[3, 5, 4, 7], F64, Normal), (&[7], F64, Positive), (&[3, 5, 4, 7], F64, Normal)],
+                true,
+                |x| Ok(x[0].batch_norm_add_relu_train(Some(&x[1]), None, &x[2], 1e-3)?.0),
+            ),
+            case("bn relu batch var", &[(&[700, 4], F32, Normal)], false, |x| {
+                Ok(x[0].add_scalar(1000.0)?.batch_norm_relu_train(None, None, 1e-3)?.2)
+            }),
+            // Many partial blocks per channel (300 > the merge block's 128 threads).
+            case(
+                "bn add relu, 300 partial blocks",
+                &[(&[300, 16, 16, 2], F32, Normal), (&[2], F32, Positive), (&[300, 16, 16, 2], F32, Normal)],
+                true,
+                |x| Ok(x[0].batch_norm_add_relu_train(Some(&x[1]), None, &x[2], 1e-3)?.0),
+            ),
         ],
     );
 }
