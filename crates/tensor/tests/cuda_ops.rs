@@ -811,3 +811,72 @@ fn optimizer_updates_match_cpu() {
         }
     }
 }
+
+#[test]
+fn multi_tensor_updates_equal_per_parameter_updates_bit_for_bit() {
+    use tapegrad_tensor::optim::{
+        adam_update, adam_update_many, sgd_update, sgd_update_many, AdamOperands, AdamStep, SgdOperands, SgdStep,
+    };
+    let Some((_lock, device)) = gpu_or_skip("multi_tensor_updates_equal_per_parameter_updates_bit_for_bit") else {
+        return;
+    };
+    let bits = |t: &Tensor| t.to_vec_f64().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let mut rng = StdRng::seed_from_u64(21);
+    // 45 parameters (two tables of at most 40), sizes across chunk edges, an empty one.
+    let sizes: Vec<usize> = (0..45).map(|i| [1, 7, 4096, 4097, 9000, 0, 130][i % 7] + i).collect();
+    for dtype in [F32, F64] {
+        let draw = |n: usize, rng: &mut StdRng| {
+            Tensor::rand_normal([n], 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap().to_device(&device).unwrap()
+        };
+        let params: Vec<Tensor> = sizes.iter().map(|&n| draw(n, &mut rng)).collect();
+        let grads: Vec<Tensor> = sizes.iter().map(|&n| draw(n, &mut rng)).collect();
+        // Every other parameter has state already (its second step); the rest start at zero.
+        let states: Vec<Option<Tensor>> =
+            sizes.iter().enumerate().map(|(i, &n)| (i % 2 == 0).then(|| draw(n, &mut rng).abs().unwrap())).collect();
+        for weight_decay in [0.0, 0.01] {
+            let step =
+                AdamStep { learning_rate: 0.003, step: 3, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, weight_decay };
+            let items: Vec<AdamOperands<'_>> = (0..sizes.len())
+                .map(|i| AdamOperands {
+                    param: &params[i],
+                    grad: &grads[i],
+                    m: states[i].as_ref(),
+                    v: states[i].as_ref(),
+                })
+                .collect();
+            let many = adam_update_many(&items, &step).unwrap();
+            for (it, (w, m, v)) in items.iter().zip(&many) {
+                let (w1, m1, v1) = adam_update(it.param, it.grad, it.m, it.v, &step).unwrap();
+                assert_eq!(w.device(), device);
+                assert_eq!(
+                    (bits(w), bits(m), bits(v)),
+                    (bits(&w1), bits(&m1), bits(&v1)),
+                    "adam {dtype} n={}",
+                    it.param.elem_count()
+                );
+            }
+        }
+        for (momentum, nesterov, weight_decay) in [(0.0, false, 0.0), (0.9, false, 0.0), (0.9, true, 1e-4)] {
+            let step = SgdStep { learning_rate: 0.05, momentum, nesterov, weight_decay };
+            let items: Vec<SgdOperands<'_>> = (0..sizes.len())
+                .map(|i| SgdOperands {
+                    param: &params[i],
+                    grad: &grads[i],
+                    velocity: states[i].as_ref().filter(|_| momentum != 0.0),
+                })
+                .collect();
+            let many = sgd_update_many(&items, &step).unwrap();
+            for (it, (w, vel)) in items.iter().zip(&many) {
+                let (w1, vel1) = sgd_update(it.param, it.grad, it.velocity, &step).unwrap();
+                assert_eq!(bits(w), bits(&w1), "sgd {dtype} momentum {momentum} nesterov {nesterov}");
+                assert_eq!(vel.as_ref().map(bits), vel1.as_ref().map(bits), "sgd velocity {dtype}");
+            }
+        }
+    }
+    // Mixed devices are an error naming both, before anything is computed.
+    let cpu = Tensor::ones([3], F32, &Device::Cpu).unwrap();
+    let gpu = cpu.to_device(&device).unwrap();
+    let step = SgdStep { learning_rate: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+    let err = sgd_update_many(&[SgdOperands { param: &gpu, grad: &cpu, velocity: None }], &step).unwrap_err();
+    assert!(err.to_string().contains("cuda") && err.to_string().contains("cpu"), "{err}");
+}
