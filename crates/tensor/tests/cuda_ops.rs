@@ -244,6 +244,8 @@ fn reductions_match_cpu() {
             case("one long row", &[(&[300_000], F32, Normal)], true, |x| x[0].sum_all()),
             case("column sum", &[(&[20_000, 3], F32, Normal)], true, |x| x[0].sum(&[0], false)),
             case("many columns", &[(&[300, 500], F32, Normal)], true, |x| x[0].sum(&[0], false)),
+            // 256 chunks of 64 rows x 256 columns: split beyond the old 32K-thread cap.
+            case("column sum split in 256 chunks", &[(&[16_384, 256], F32, Normal)], false, |x| x[0].sum(&[0], false)),
             case("max", &[(&[4, 5, 6], F32, Normal)], true, |x| x[0].max(&[1], false)),
             case("max long rows", &[(&[2, 50_000], F32, Normal)], true, |x| x[0].max(&[1], false)),
             case("min", &[(&[4, 5, 6], F32, Normal)], true, |x| x[0].min(&[0, 2], true)),
