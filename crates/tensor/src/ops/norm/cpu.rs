@@ -13,7 +13,7 @@
 //! gradients are bit-identical whatever rayon's scheduling and whatever the thread count
 //! (a `fold`/`reduce` would combine in the order threads happen to finish).
 
-use crate::backend::{BatchNormEpilogue, BatchNormSpec};
+use crate::backend::{BatchNormEpilogue, BatchNormGrads, BatchNormSpec};
 use crate::cpu_backend::alloc::{try_vec, try_with_capacity, try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
@@ -243,7 +243,7 @@ pub(crate) fn batch_norm_backward<T: FloatElement + ZeroBits>(
     var: &[T],
     output: Option<&[T]>,
     s: &BatchNormSpec,
-) -> Result<(Vec<T>, Vec<T>, Vec<T>, Option<Vec<T>>)> {
+) -> Result<BatchNormGrads<Vec<T>>> {
     const OP: &str = "batch_norm_backward";
     let (rows, c) = (s.rows, s.channels);
     let relu_output = match (s.epilogue, output) {
