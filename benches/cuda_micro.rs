@@ -4,6 +4,12 @@
 //! f32: forward alone, and forward plus both gradients; then all 21 layers together). `benches/cuda_micro_torch.py` measures the same work with PyTorch;
 //! `scripts/gpu-check.sh` runs both on one card and prints them side by side.
 //!
+//! Then the fused kernels (issue 14, section 3), in microseconds per call at the seed
+//! ResNet18's batch: conv bias through cuDNN's `cudnnAddTensor` beside the same convolution
+//! without bias followed by our broadcast-add kernel (and without bias at all); batch norm
+//! with ReLU, and with residual add and ReLU, fused and unfused (forward + backward); and an
+//! Adam step over ResNet18's 62 variables by the multi-tensor kernel and per variable.
+//!
 //! Output: one `RESULT <name> <value> <unit>` line per measurement. Without a usable GPU
 //! it prints `SKIPPED cuda_micro: <reason>` and exits 0 (1 under `REQUIRE_GPU=1`).
 //!
@@ -139,6 +145,7 @@ fn run(s: &Sizes) -> Result<()> {
     let t = seconds_per_call(|| logits.log_softmax(-1), s.budget)?;
     report(&format!("log_softmax_{}x1000_f32", s.softmax_rows), gb(2 * 4 * s.softmax_rows * 1000, t), "GB/s");
     convolutions(s)?;
+    fused_kernels(s)?;
     let stats = cuda::memory_stats(0)?;
     println!(
         "# allocator: {} device allocations, {} cache hits, {} MiB reserved, peak {} MiB in use",
@@ -147,6 +154,78 @@ fn run(s: &Sizes) -> Result<()> {
         stats.reserved >> 20,
         stats.peak_in_use >> 20
     );
+    Ok(())
+}
+
+/// Microseconds per call of `f` (see [`seconds_per_call`]).
+fn micros(f: impl FnMut() -> Result<Tensor>, budget: f64) -> Result<f64> {
+    Ok(seconds_per_call(f, budget)? * 1e6)
+}
+
+/// The forward and backward pass of `f` at `inputs` (all watched), to the first gradient.
+fn fwd_bwd(inputs: &[&Tensor], dy: &Tensor, f: impl Fn() -> Result<Tensor>) -> Result<Tensor> {
+    let tape = GradientTape::new();
+    for x in inputs {
+        tape.watch(x);
+    }
+    let y = tape.record(&f)?;
+    let grads = tape.gradient_with_output_gradient(&y, inputs, dy)?;
+    grads.into_iter().next().flatten().ok_or_else(|| tapegrad::Error::Tape("no gradient".into()))
+}
+
+/// Conv bias (cudnnAddTensor against our bias kernel), fused batch norm, multi-tensor Adam.
+fn fused_kernels(s: &Sizes) -> Result<()> {
+    use tapegrad::layers::{models::resnet18, InputSpec, Layer};
+    use tapegrad::tensor::optim::{adam_update, adam_update_many, AdamOperands, AdamStep};
+    // The 3x3 convolutions of the first stage: [b, 15, 15, 64] -> [b, 15, 15, 64].
+    let b = s.conv_batch;
+    let (x, kernel, bias) = (random(&[b, 15, 15, 64])?, random(&[64, 3, 3, 64])?, random(&[64])?);
+    let params = Conv2dParams { strides: (1, 1), padding: Padding::Same, dilation: (1, 1), groups: 1 };
+    let t = micros(|| x.conv2d(&kernel, None, &params), s.budget)?;
+    report(&format!("conv_nobias_3x3_64_15_b{b}"), t, "us");
+    let t = micros(|| x.conv2d(&kernel, Some(&bias), &params), s.budget)?;
+    report(&format!("conv_bias_cudnn_add_tensor_3x3_64_15_b{b}"), t, "us");
+    let t = micros(|| x.conv2d(&kernel, None, &params)?.add(&bias), s.budget)?;
+    report(&format!("conv_bias_nvrtc_add_3x3_64_15_b{b}"), t, "us");
+
+    // Batch norm at the same shape, forward + backward, fused and composed.
+    let (gamma, beta, residual, dy) =
+        (random(&[64])?, random(&[64])?, random(&[b, 15, 15, 64])?, random(&[b, 15, 15, 64])?);
+    let inputs = [&x, &gamma, &beta];
+    let t =
+        micros(|| fwd_bwd(&inputs, &dy, || Ok(x.batch_norm_relu_train(Some(&gamma), Some(&beta), 1e-3)?.0)), s.budget)?;
+    report(&format!("bn_relu_fused_fwdbwd_64_15_b{b}"), t, "us");
+    let t =
+        micros(|| fwd_bwd(&inputs, &dy, || x.batch_norm_train(Some(&gamma), Some(&beta), 1e-3)?.0.relu()), s.budget)?;
+    report(&format!("bn_relu_unfused_fwdbwd_64_15_b{b}"), t, "us");
+    let inputs = [&x, &gamma, &beta, &residual];
+    let fused = || Ok(x.batch_norm_add_relu_train(Some(&gamma), Some(&beta), &residual, 1e-3)?.0);
+    let t = micros(|| fwd_bwd(&inputs, &dy, fused), s.budget)?;
+    report(&format!("bn_add_relu_fused_fwdbwd_64_15_b{b}"), t, "us");
+    let unfused = || residual.add(&x.batch_norm_train(Some(&gamma), Some(&beta), 1e-3)?.0)?.relu();
+    let t = micros(|| fwd_bwd(&inputs, &dy, unfused), s.budget)?;
+    report(&format!("bn_add_relu_unfused_fwdbwd_64_15_b{b}"), t, "us");
+
+    // An Adam step over ResNet18's variables (second step: m and v present).
+    let model = resnet18(100);
+    model.build(&InputSpec::new([1, 32, 32, 3]).with_device(DEVICE))?;
+    let values: Vec<Tensor> = model.trainable_variables().iter().map(|v| v.value_untracked()).collect();
+    let grads: Vec<Tensor> = values.iter().map(|v| random(v.dims())).collect::<Result<_>>()?;
+    let state: Vec<Tensor> = grads.iter().map(|g| g.abs()).collect::<Result<_>>()?;
+    let step = AdamStep { learning_rate: 1e-3, step: 2, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, weight_decay: 0.0 };
+    let items: Vec<AdamOperands<'_>> = (0..values.len())
+        .map(|i| AdamOperands { param: &values[i], grad: &grads[i], m: Some(&state[i]), v: Some(&state[i]) })
+        .collect();
+    let first = |mut all: Vec<(Tensor, Tensor, Tensor)>| all.swap_remove(0).0;
+    let t = micros(|| Ok(first(adam_update_many(&items, &step)?)), s.budget)?;
+    report(&format!("adam_resnet18_{}vars_multi_tensor", items.len()), t, "us");
+    let per_variable = || -> Result<Tensor> {
+        let all: Vec<_> =
+            items.iter().map(|it| adam_update(it.param, it.grad, it.m, it.v, &step)).collect::<Result<_>>()?;
+        Ok(first(all))
+    };
+    let t = micros(per_variable, s.budget)?;
+    report(&format!("adam_resnet18_{}vars_per_variable", items.len()), t, "us");
     Ok(())
 }
 

@@ -11,7 +11,9 @@ import sys
 # Kernels whose threads cooperate within a block (__syncthreads, warp shuffles): the fake
 # driver runs their blocks with one OS thread per CUDA thread. Every other kernel runs its
 # threads one after another (it aborts if one of them synchronises after all).
-COOPERATIVE_PREFIXES = ("reduce_rows_", "log_softmax_", "gn_moments_", "gn_backward_sums_")
+COOPERATIVE_PREFIXES = (
+    "reduce_rows_", "log_softmax_", "gn_moments_", "gn_backward_sums_", "bn_merge_moments_", "bn_backward_merge_"
+)
 
 src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 here = pathlib.Path(__file__).resolve().parent

@@ -179,6 +179,21 @@ pub trait Layer: AsDynLayer + Send + Sync {
         traced(self.as_dyn_layer(), self.forward_many(inputs, mode))
     }
 
+    /// Layer fusion: this layer's [`call`](Layer::call) followed by a ReLU, as one fused
+    /// op, with the values and gradients of the two layers; `None` (the default) where the
+    /// layer has no fused form. [`Sequential`](crate::Sequential) uses it where the next
+    /// layer [`is_relu`](Layer::is_relu) (BatchNormalization implements it).
+    fn call_then_relu(&self, input: &Tensor, mode: Mode) -> Option<Result<Tensor>> {
+        let _ = (input, mode);
+        None
+    }
+
+    /// Whether the layer computes exactly the elementwise `relu` (values and gradient), so
+    /// that a preceding layer may fuse it through [`call_then_relu`](Layer::call_then_relu).
+    fn is_relu(&self) -> bool {
+        false
+    }
+
     /// The layer's name ("conv2d_3"); by default the short name of its Rust type.
     fn name(&self) -> &str {
         short_type_name(std::any::type_name::<Self>())

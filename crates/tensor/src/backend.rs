@@ -308,6 +308,25 @@ pub struct BatchNormSpec {
     pub channels: usize,
     /// Added to the variance before the square root.
     pub epsilon: f64,
+    /// What the kernels apply after the affine map, in the same pass.
+    pub epilogue: BatchNormEpilogue,
+}
+
+/// `(d_x, d_gamma, d_beta, d_residual)` of a batch-norm backward pass.
+pub type BatchNormGrads<S> = (S, S, S, Option<S>);
+
+/// The work a fused batch-norm kernel does after `bn(x) = (x - mean) * scale + shift`, so
+/// that a ResNet block's `BN - ReLU` and `BN - add - ReLU` are one forward and one backward
+/// pass each. ReLU is `v < 0 ? 0 : v` (NaN passes through), its gradient mask `y > 0`, as
+/// the elementwise `relu`'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchNormEpilogue {
+    /// `y = bn(x)`.
+    Identity,
+    /// `y = relu(bn(x))`.
+    Relu,
+    /// `y = relu(residual + bn(x))`, the residual a tensor of the input's shape.
+    AddRelu,
 }
 
 /// Group normalization of a buffer viewed as `[outer, spatial, groups, channels_per_group]`
@@ -407,26 +426,31 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// Training-mode batch normalization of `self` (`[rows, channels]`): returns
     /// `(y, mean, var)` where `mean` and `var` (`[channels]`, the variance biased: divided
     /// by `rows`) are the batch statistics and
-    /// `y = (x - mean) / sqrt(var + epsilon) * gamma + beta`. A missing `gamma` is 1, a
-    /// missing `beta` 0.
+    /// `y = (x - mean) / sqrt(var + epsilon) * gamma + beta`, followed by the spec's
+    /// epilogue. A missing `gamma` is 1, a missing `beta` 0; `residual` (`[rows,
+    /// channels]`) is given exactly when the epilogue is `AddRelu`.
     fn batch_norm_train(
         &self,
         gamma: Option<&Self>,
         beta: Option<&Self>,
+        residual: Option<&Self>,
         spec: &BatchNormSpec,
     ) -> Result<(Self, Self, Self)>;
     /// The gradient of [`batch_norm_train`](Self::batch_norm_train), fused: given the input
-    /// (`self`), the output gradient, `gamma` and the batch `mean` and `var` the forward
-    /// pass returned, returns `(d_x, d_gamma, d_beta)` (`d_gamma` and `d_beta` are
-    /// computed even where the forward pass had no gamma or beta).
+    /// (`self`), the output gradient, `gamma`, the batch `mean` and `var` the forward
+    /// pass returned, and (for a ReLU epilogue) its output `y`, returns `(d_x, d_gamma,
+    /// d_beta, d_residual)` (`d_gamma` and `d_beta` are computed even where the forward
+    /// pass had no gamma or beta; `d_residual`, the output gradient masked by `y > 0`, is
+    /// `Some` exactly for `AddRelu`).
     fn batch_norm_backward(
         &self,
         grad_out: &Self,
         gamma: Option<&Self>,
         mean: &Self,
         var: &Self,
+        output: Option<&Self>,
         spec: &BatchNormSpec,
-    ) -> Result<(Self, Self, Self)>;
+    ) -> Result<BatchNormGrads<Self>>;
     /// Row `indices[i]` of a table (`self`, `[rows, row_len]`) for each of the i64
     /// `indices` (all in `0..rows`; the op checks them): `[indices.len(), row_len]`.
     fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self>;

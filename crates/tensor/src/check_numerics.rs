@@ -136,6 +136,12 @@ impl OpOutputs for (Storage, Storage, Storage) {
     }
 }
 
+impl OpOutputs for (Storage, Storage, Storage, Option<Storage>) {
+    fn storages(&self) -> Vec<&Storage> {
+        [&self.0, &self.1, &self.2].into_iter().chain(self.3.as_ref()).collect()
+    }
+}
+
 impl OpOutputs for (Storage, Option<Storage>) {
     fn storages(&self) -> Vec<&Storage> {
         std::iter::once(&self.0).chain(self.1.as_ref()).collect()

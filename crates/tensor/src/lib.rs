@@ -40,6 +40,7 @@ pub use backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
     UnaryOp,
 };
+pub use backend::{BatchNormEpilogue, BatchNormGrads};
 pub use cpu_backend::CpuStorage;
 #[cfg(feature = "cuda")]
 pub use cuda_backend::CudaStorage;

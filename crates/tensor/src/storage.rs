@@ -1,6 +1,7 @@
 //! [`Storage`]: a tensor's buffer on whichever backend holds it, and the dispatch of
 //! each primitive kernel to that backend.
 
+use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
@@ -235,19 +236,20 @@ impl Storage {
         &self,
         gamma: Option<&Storage>,
         beta: Option<&Storage>,
+        residual: Option<&Storage>,
         spec: &BatchNormSpec,
     ) -> Result<(Storage, Storage, Storage)> {
+        const OP: &str = "batch_norm_train";
         match self {
             Storage::Cpu(x) => {
-                let (gamma, beta) = (cpu_operand("batch_norm_train", gamma)?, cpu_operand("batch_norm_train", beta)?);
-                let (y, mean, var) = x.batch_norm_train(gamma, beta, spec)?;
+                let (gamma, beta) = (cpu_operand(OP, gamma)?, cpu_operand(OP, beta)?);
+                let (y, mean, var) = x.batch_norm_train(gamma, beta, cpu_operand(OP, residual)?, spec)?;
                 Ok((Storage::Cpu(y), Storage::Cpu(mean), Storage::Cpu(var)))
             }
             #[cfg(feature = "cuda")]
             Storage::Cuda(x) => {
-                const OP: &str = "batch_norm_train";
                 let (gamma, beta) = (cuda_operand(OP, x, gamma)?, cuda_operand(OP, x, beta)?);
-                let (y, mean, var) = x.batch_norm_train(gamma, beta, spec)?;
+                let (y, mean, var) = x.batch_norm_train(gamma, beta, cuda_operand(OP, x, residual)?, spec)?;
                 Ok((Storage::Cuda(y), Storage::Cuda(mean), Storage::Cuda(var)))
             }
         }
@@ -259,18 +261,21 @@ impl Storage {
         gamma: Option<&Storage>,
         mean: &Storage,
         var: &Storage,
+        output: Option<&Storage>,
         spec: &BatchNormSpec,
-    ) -> Result<(Storage, Storage, Storage)> {
+    ) -> Result<BatchNormGrads<Storage>> {
         const OP: &str = "batch_norm_backward";
         match (self, grad_out, mean, var) {
             (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(mean), Storage::Cpu(var)) => {
-                let (dx, d_gamma, d_beta) = x.batch_norm_backward(dy, cpu_operand(OP, gamma)?, mean, var, spec)?;
-                Ok((Storage::Cpu(dx), Storage::Cpu(d_gamma), Storage::Cpu(d_beta)))
+                let (gamma, output) = (cpu_operand(OP, gamma)?, cpu_operand(OP, output)?);
+                let (dx, d_gamma, d_beta, d_res) = x.batch_norm_backward(dy, gamma, mean, var, output, spec)?;
+                Ok((Storage::Cpu(dx), Storage::Cpu(d_gamma), Storage::Cpu(d_beta), d_res.map(Storage::Cpu)))
             }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(mean), Storage::Cuda(var)) => {
-                let (dx, d_gamma, d_beta) = x.batch_norm_backward(dy, cuda_operand(OP, x, gamma)?, mean, var, spec)?;
-                Ok((Storage::Cuda(dx), Storage::Cuda(d_gamma), Storage::Cuda(d_beta)))
+                let (gamma, output) = (cuda_operand(OP, x, gamma)?, cuda_operand(OP, x, output)?);
+                let (dx, d_gamma, d_beta, d_res) = x.batch_norm_backward(dy, gamma, mean, var, output, spec)?;
+                Ok((Storage::Cuda(dx), Storage::Cuda(d_gamma), Storage::Cuda(d_beta), d_res.map(Storage::Cuda)))
             }
             #[allow(unreachable_patterns)]
             _ => Err(self.mismatch(OP, [Some(grad_out), Some(mean), Some(var)])),

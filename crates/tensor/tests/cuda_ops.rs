@@ -244,6 +244,8 @@ fn reductions_match_cpu() {
             case("one long row", &[(&[300_000], F32, Normal)], true, |x| x[0].sum_all()),
             case("column sum", &[(&[20_000, 3], F32, Normal)], true, |x| x[0].sum(&[0], false)),
             case("many columns", &[(&[300, 500], F32, Normal)], true, |x| x[0].sum(&[0], false)),
+            // 256 chunks of 64 rows x 256 columns: split beyond the old 32K-thread cap.
+            case("column sum split in 256 chunks", &[(&[16_384, 256], F32, Normal)], false, |x| x[0].sum(&[0], false)),
             case("max", &[(&[4, 5, 6], F32, Normal)], true, |x| x[0].max(&[1], false)),
             case("max long rows", &[(&[2, 50_000], F32, Normal)], true, |x| x[0].max(&[1], false)),
             case("min", &[(&[4, 5, 6], F32, Normal)], true, |x| x[0].min(&[0, 2], true)),
@@ -726,6 +728,43 @@ fn batch_norm_kernels_match_cpu() {
                 true,
                 |x| x[0].batch_norm_infer(Some(&x[1]), Some(&x[2]), &x[3], &x[1].add_scalar(0.5)?, 1e-3),
             ),
+            // The fused epilogues, forward and backward (the residual's gradient included).
+            case(
+                "bn relu 4-D f32",
+                &[(&[2, 15, 13, 3], F32, Normal), (&[3], F32, Positive), (&[3], F32, Normal)],
+                true,
+                |x| Ok(x[0].batch_norm_relu_train(Some(&x[1]), Some(&x[2]), 1e-3)?.0),
+            ),
+            case("bn relu 2-D f64 no affine", &[(&[600, 5], F64, Normal)], true, |x| {
+                Ok(x[0].batch_norm_relu_train(None, None, 1e-3)?.0)
+            }),
+            case(
+                "bn add relu 4-D f32",
+                &[
+                    (&[2, 15, 13, 3], F32, Normal),
+                    (&[3], F32, Positive),
+                    (&[3], F32, Normal),
+                    (&[2, 15, 13, 3], F32, Normal),
+                ],
+                true,
+                |x| Ok(x[0].batch_norm_add_relu_train(Some(&x[1]), Some(&x[2]), &x[3], 1e-3)?.0),
+            ),
+            case(
+                "bn add relu 4-D f64 gamma only",
+                &[(&[3, 5, 4, 7], F64, Normal), (&[7], F64, Positive), (&[3, 5, 4, 7], F64, Normal)],
+                true,
+                |x| Ok(x[0].batch_norm_add_relu_train(Some(&x[1]), None, &x[2], 1e-3)?.0),
+            ),
+            case("bn relu batch var", &[(&[700, 4], F32, Normal)], false, |x| {
+                Ok(x[0].add_scalar(1000.0)?.batch_norm_relu_train(None, None, 1e-3)?.2)
+            }),
+            // Many partial blocks per channel (300 > the merge block's 128 threads).
+            case(
+                "bn add relu, 300 partial blocks",
+                &[(&[300, 16, 16, 2], F32, Normal), (&[2], F32, Positive), (&[300, 16, 16, 2], F32, Normal)],
+                true,
+                |x| Ok(x[0].batch_norm_add_relu_train(Some(&x[1]), None, &x[2], 1e-3)?.0),
+            ),
         ],
     );
 }
@@ -773,4 +812,73 @@ fn optimizer_updates_match_cpu() {
             }
         }
     }
+}
+
+#[test]
+fn multi_tensor_updates_equal_per_parameter_updates_bit_for_bit() {
+    use tapegrad_tensor::optim::{
+        adam_update, adam_update_many, sgd_update, sgd_update_many, AdamOperands, AdamStep, SgdOperands, SgdStep,
+    };
+    let Some((_lock, device)) = gpu_or_skip("multi_tensor_updates_equal_per_parameter_updates_bit_for_bit") else {
+        return;
+    };
+    let bits = |t: &Tensor| t.to_vec_f64().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let mut rng = StdRng::seed_from_u64(21);
+    // 45 parameters (two tables of at most 40), sizes across chunk edges, an empty one.
+    let sizes: Vec<usize> = (0..45).map(|i| [1, 7, 4096, 4097, 9000, 0, 130][i % 7] + i).collect();
+    for dtype in [F32, F64] {
+        let draw = |n: usize, rng: &mut StdRng| {
+            Tensor::rand_normal([n], 0.0, 1.0, dtype, &Device::Cpu, rng).unwrap().to_device(&device).unwrap()
+        };
+        let params: Vec<Tensor> = sizes.iter().map(|&n| draw(n, &mut rng)).collect();
+        let grads: Vec<Tensor> = sizes.iter().map(|&n| draw(n, &mut rng)).collect();
+        // Every other parameter has state already (its second step); the rest start at zero.
+        let states: Vec<Option<Tensor>> =
+            sizes.iter().enumerate().map(|(i, &n)| (i % 2 == 0).then(|| draw(n, &mut rng).abs().unwrap())).collect();
+        for weight_decay in [0.0, 0.01] {
+            let step =
+                AdamStep { learning_rate: 0.003, step: 3, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, weight_decay };
+            let items: Vec<AdamOperands<'_>> = (0..sizes.len())
+                .map(|i| AdamOperands {
+                    param: &params[i],
+                    grad: &grads[i],
+                    m: states[i].as_ref(),
+                    v: states[i].as_ref(),
+                })
+                .collect();
+            let many = adam_update_many(&items, &step).unwrap();
+            for (it, (w, m, v)) in items.iter().zip(&many) {
+                let (w1, m1, v1) = adam_update(it.param, it.grad, it.m, it.v, &step).unwrap();
+                assert_eq!(w.device(), device);
+                assert_eq!(
+                    (bits(w), bits(m), bits(v)),
+                    (bits(&w1), bits(&m1), bits(&v1)),
+                    "adam {dtype} n={}",
+                    it.param.elem_count()
+                );
+            }
+        }
+        for (momentum, nesterov, weight_decay) in [(0.0, false, 0.0), (0.9, false, 0.0), (0.9, true, 1e-4)] {
+            let step = SgdStep { learning_rate: 0.05, momentum, nesterov, weight_decay };
+            let items: Vec<SgdOperands<'_>> = (0..sizes.len())
+                .map(|i| SgdOperands {
+                    param: &params[i],
+                    grad: &grads[i],
+                    velocity: states[i].as_ref().filter(|_| momentum != 0.0),
+                })
+                .collect();
+            let many = sgd_update_many(&items, &step).unwrap();
+            for (it, (w, vel)) in items.iter().zip(&many) {
+                let (w1, vel1) = sgd_update(it.param, it.grad, it.velocity, &step).unwrap();
+                assert_eq!(bits(w), bits(&w1), "sgd {dtype} momentum {momentum} nesterov {nesterov}");
+                assert_eq!(vel.as_ref().map(bits), vel1.as_ref().map(bits), "sgd velocity {dtype}");
+            }
+        }
+    }
+    // Mixed devices are an error naming both, before anything is computed.
+    let cpu = Tensor::ones([3], F32, &Device::Cpu).unwrap();
+    let gpu = cpu.to_device(&device).unwrap();
+    let step = SgdStep { learning_rate: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+    let err = sgd_update_many(&[SgdOperands { param: &gpu, grad: &cpu, velocity: None }], &step).unwrap_err();
+    assert!(err.to_string().contains("cuda") && err.to_string().contains("cpu"), "{err}");
 }

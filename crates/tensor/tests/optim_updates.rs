@@ -105,3 +105,24 @@ fn updates_report_bad_operands() -> Result<()> {
     assert!(err.contains("first moment") && err.contains("[6]"), "{err}");
     Ok(())
 }
+
+#[test]
+fn many_updates_check_every_operand_before_computing() {
+    use tapegrad_tensor::optim::{adam_update_many, sgd_update_many, AdamOperands, SgdOperands};
+    let dev = Device::Cpu;
+    let w = Tensor::ones([3], DType::F32, &dev).unwrap();
+    let bad = Tensor::ones([4], DType::F32, &dev).unwrap();
+    let step = AdamStep { learning_rate: 0.1, step: 1, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, weight_decay: 0.0 };
+    let ok = AdamOperands { param: &w, grad: &w, m: None, v: None };
+    let err = adam_update_many(&[ok, AdamOperands { grad: &bad, ..ok }], &step).unwrap_err().to_string();
+    assert!(err.contains("gradient") && err.contains("[4]") && err.contains("[3]"), "{err}");
+    let err = adam_update_many(&[ok], &AdamStep { beta_1: 1.0, ..step }).unwrap_err().to_string();
+    assert!(err.contains("beta_1") && err.contains('1'), "{err}");
+    // The CPU path gives each parameter's own update, in order.
+    let many = adam_update_many(&[ok, AdamOperands { grad: &w.mul_scalar(2.0).unwrap(), ..ok }], &step).unwrap();
+    assert_eq!(many.len(), 2);
+    let sgd = SgdStep { learning_rate: 0.5, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+    let out = sgd_update_many(&[SgdOperands { param: &w, grad: &w, velocity: None }], &sgd).unwrap();
+    assert_eq!(out[0].0.to_vec::<f32>().unwrap(), vec![0.5; 3]);
+    assert!(out[0].1.is_none());
+}

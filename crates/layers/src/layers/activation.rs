@@ -231,4 +231,8 @@ impl Layer for Activation {
     fn name(&self) -> &str {
         &self.name
     }
+
+    fn is_relu(&self) -> bool {
+        matches!(self.function, ActivationFn::Relu)
+    }
 }

@@ -3,6 +3,7 @@
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
+use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, MovingStatistics, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,14 @@ pub struct BatchNormalization {
     weights: OnceLock<BnWeights>,
     /// Training-mode calls that updated the moving statistics (see `moving_statistics`).
     updates: AtomicU64,
+}
+
+/// What [`BatchNormalization::compute`] applies after the normalisation.
+#[derive(Clone, Copy)]
+enum Epilogue<'a> {
+    Identity,
+    Relu,
+    AddRelu(&'a Tensor),
 }
 
 #[derive(Debug)]
@@ -162,7 +171,37 @@ impl BatchNormalization {
         })
     }
 
-    fn compute(&self, x: &Tensor, w: &BnWeights, mode: Mode) -> Result<Tensor> {
+    /// `relu(bn(x))` in one fused op in training (`Tensor::batch_norm_relu_train`), the
+    /// values and gradients of this layer followed by a ReLU bit for bit. In inference the
+    /// layer's output goes through `relu`. [`Sequential`](crate::Sequential) calls this
+    /// for a BatchNormalization followed by a ReLU layer.
+    pub fn call_relu(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+        let w = self.built(&InputSpec::from(input))?;
+        traced(self, self.compute(input, w, mode, Epilogue::Relu))
+    }
+
+    /// `relu(residual + bn(x))`, the end of a ResNet block, in one fused op in training
+    /// (`Tensor::batch_norm_add_relu_train`; the residual's gradient included), the values
+    /// and gradients of this layer, an `Add` and a ReLU bit for bit. `residual` must have
+    /// the input's shape.
+    pub fn call_add_relu(&self, input: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
+        let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+        if residual.shape() != input.shape() {
+            return Err(Error::layer(
+                &self.name,
+                format!(
+                    "the residual has shape {} but the input has shape {} (they must be equal)",
+                    residual.shape(),
+                    input.shape()
+                ),
+            ));
+        }
+        let w = self.built(&InputSpec::from(input))?;
+        traced(self, self.compute(input, w, mode, Epilogue::AddRelu(residual)))
+    }
+
+    fn compute(&self, x: &Tensor, w: &BnWeights, mode: Mode, epilogue: Epilogue<'_>) -> Result<Tensor> {
         let name = &self.name;
         let channels = w.moving_mean.value_untracked().elem_count();
         if x.rank() == 4 {
@@ -176,30 +215,40 @@ impl BatchNormalization {
             ));
         }
         // The ops take [N, C] or NHWC; other ranks are normalised as [rows, C].
-        let flat = if x.rank() == 2 || x.rank() == 4 {
-            x.clone()
-        } else {
-            x.reshape([x.elem_count() / channels, channels]).in_layer(name)?
+        let flatten = |t: &Tensor| {
+            if t.rank() == 2 || t.rank() == 4 {
+                Ok(t.clone())
+            } else {
+                t.reshape([t.elem_count() / channels, channels]).in_layer(name)
+            }
         };
+        let flat = flatten(x)?;
         let gamma = w.gamma.as_ref().map(Variable::value);
         let beta = w.beta.as_ref().map(Variable::value);
+        let (gamma, beta) = (gamma.as_ref(), beta.as_ref());
         let y = match mode {
             Mode::Train => {
-                let (y, mean, var) =
-                    flat.batch_norm_train(gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(name)?;
+                let (y, mean, var) = match epilogue {
+                    Epilogue::Identity => flat.batch_norm_train(gamma, beta, self.epsilon),
+                    Epilogue::Relu => flat.batch_norm_relu_train(gamma, beta, self.epsilon),
+                    Epilogue::AddRelu(residual) => {
+                        flat.batch_norm_add_relu_train(gamma, beta, &flatten(residual)?, self.epsilon)
+                    }
+                }
+                .in_layer(name)?;
                 let rows = x.elem_count() / channels;
                 self.update_moving_statistics(w, &mean, &var, rows).in_layer(name)?;
                 y
             }
-            Mode::Infer => flat
-                .batch_norm_infer(
-                    gamma.as_ref(),
-                    beta.as_ref(),
-                    &w.moving_mean.value_untracked(),
-                    &w.moving_variance.value_untracked(),
-                    self.epsilon,
-                )
-                .in_layer(name)?,
+            Mode::Infer => {
+                let (moving_mean, moving_var) = (w.moving_mean.value_untracked(), w.moving_variance.value_untracked());
+                let y = flat.batch_norm_infer(gamma, beta, &moving_mean, &moving_var, self.epsilon).in_layer(name)?;
+                match epilogue {
+                    Epilogue::Identity => y,
+                    Epilogue::Relu => y.relu().in_layer(name)?,
+                    Epilogue::AddRelu(residual) => flatten(residual)?.add(&y).and_then(|s| s.relu()).in_layer(name)?,
+                }
+            }
         };
         if y.shape() == x.shape() {
             Ok(y)
@@ -241,7 +290,11 @@ impl Default for BatchNormalization {
 impl Layer for BatchNormalization {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(input))?;
-        self.compute(input, w, mode)
+        self.compute(input, w, mode, Epilogue::Identity)
+    }
+
+    fn call_then_relu(&self, input: &Tensor, mode: Mode) -> Option<Result<Tensor>> {
+        Some(self.call_relu(input, mode))
     }
 
     fn name(&self) -> &str {

@@ -114,6 +114,11 @@ impl Layer for ReLU {
     fn name(&self) -> &str {
         &self.name
     }
+
+    fn is_relu(&self) -> bool {
+        // The options under which `relu_with` is the plain `relu`.
+        self.max_value.is_none() && self.negative_slope == 0.0 && self.threshold == 0.0
+    }
 }
 
 /// `x` for `x >= 0`, else `negative_slope * x` (Keras' `layers.LeakyReLU`, whose default

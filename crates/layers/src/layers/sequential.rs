@@ -1,11 +1,18 @@
 //! [`Sequential`]: layers applied one after another.
 
+use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{Layer, Mode, Result};
 use tapegrad_tensor::Tensor;
 
 /// A stack of layers, each fed the previous one's output (Keras' `Sequential`). Its
 /// layers are named "0", "1", ... in variable paths, as in PyTorch's `nn.Sequential`.
+///
+/// Layer fusion: where a layer with a fused ReLU form ([`Layer::call_then_relu`]; a
+/// [`BatchNormalization`](crate::BatchNormalization)) is followed by a plain ReLU
+/// ([`Layer::is_relu`]: `Activation::relu()`, a `ReLU` without options), the pair runs as
+/// one fused op with the same values and gradients; the ReLU layer still appears in
+/// summaries with its output shape.
 ///
 /// ```
 /// use tapegrad_layers::{Activation, Dense, Layer, Mode, Sequential};
@@ -88,8 +95,17 @@ impl Default for Sequential {
 impl Layer for Sequential {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut x = input.clone();
-        for layer in &self.layers {
+        let mut i = 0;
+        while let Some(layer) = self.layers.get(i) {
+            if let Some(relu) = self.layers.get(i + 1).filter(|next| next.is_relu()) {
+                if let Some(fused) = layer.call_then_relu(&x, mode) {
+                    x = traced(relu.as_ref(), fused)?;
+                    i += 2;
+                    continue;
+                }
+            }
             x = layer.call(&x, mode)?;
+            i += 1;
         }
         Ok(x)
     }

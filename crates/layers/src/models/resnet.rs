@@ -4,6 +4,7 @@
 //! [`BasicBlock`] is written the way a user writes a composite layer: a public struct of
 //! layers implementing [`Layer`], with `call` spelling out the seed's forward pass.
 
+use crate::layer::traced;
 use crate::naming::unique_name;
 use crate::{
     Activation, Add, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, Layer, MaxPool2D, Mode, Padding,
@@ -80,17 +81,16 @@ impl BasicBlock {
 
 impl Layer for BasicBlock {
     fn forward(&self, inputs: &Tensor, mode: Mode) -> Result<Tensor> {
+        // bn1 - relu and bn2 - add - relu each run as one fused op (the values and gradients
+        // of the separate layers, bit for bit); `relu` and `add` are traced for summaries.
         let out = self.conv1.call(inputs, mode)?;
-        let out = self.bn1.call(&out, mode)?;
-        let out = self.relu.call(&out, mode)?;
+        let out = traced(&self.relu, self.bn1.call_relu(&out, mode))?;
         let out = self.conv2.call(&out, mode)?;
-        let out = self.bn2.call(&out, mode)?;
         let shortcut = match &self.shortcut {
             Some(projection) => projection.call(inputs, mode)?,
             None => inputs.clone(),
         };
-        let output = self.add.call_many(&[&shortcut, &out], mode)?;
-        Ok(output.relu()?)
+        traced(&self.add, self.bn2.call_add_relu(&out, &shortcut, mode))
     }
 
     fn name(&self) -> &str {

@@ -1,7 +1,7 @@
 //! [`Adam`] and [`AdamW`], with Keras' defaults and epsilon placement.
 
 use super::shared::{core_methods, Core};
-use super::update::{adam_update, AdamStep};
+use super::update::{adam_update_many, AdamOperands, AdamStep};
 use super::{LearningRate, Optimizer};
 use crate::Result;
 use tapegrad_tensor::{Tensor, Variable};
@@ -75,11 +75,18 @@ impl Optimizer for Adam {
             epsilon: self.epsilon,
             weight_decay: self.weight_decay,
         };
-        self.core.apply(grads, variables, 2, step.validate(), |value, g, slots| {
-            let (value, m, v) = adam_update(value, g, slots[0].as_ref(), slots[1].as_ref(), &step)?;
-            slots[0] = Some(m);
-            slots[1] = Some(v);
-            Ok(value)
+        self.core.apply(grads, variables, 2, step.validate(), |items| {
+            let operands: Vec<AdamOperands<'_>> = items
+                .iter()
+                .map(|it| AdamOperands {
+                    param: &it.value,
+                    grad: it.grad,
+                    m: it.slots[0].as_ref(),
+                    v: it.slots[1].as_ref(),
+                })
+                .collect();
+            let updated = adam_update_many(&operands, &step)?;
+            Ok(updated.into_iter().map(|(value, m, v)| (value, vec![Some(m), Some(v)])).collect())
         })
     }
 

@@ -2,7 +2,7 @@
 //! weight decay.
 
 use super::shared::{core_methods, Core};
-use super::update::{sgd_update, SgdStep};
+use super::update::{sgd_update_many, SgdOperands, SgdStep};
 use super::{LearningRate, Optimizer};
 use crate::Result;
 use tapegrad_tensor::{Tensor, Variable};
@@ -68,10 +68,13 @@ impl Optimizer for Sgd {
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
         };
-        self.core.apply(grads, variables, 1, step.validate(), |value, g, slots| {
-            let (value, velocity) = sgd_update(value, g, slots[0].as_ref(), &step)?;
-            slots[0] = velocity;
-            Ok(value)
+        self.core.apply(grads, variables, 1, step.validate(), |items| {
+            let operands: Vec<SgdOperands<'_>> = items
+                .iter()
+                .map(|it| SgdOperands { param: &it.value, grad: it.grad, velocity: it.slots[0].as_ref() })
+                .collect();
+            let updated = sgd_update_many(&operands, &step)?;
+            Ok(updated.into_iter().map(|(value, velocity)| (value, vec![velocity])).collect())
         })
     }
 

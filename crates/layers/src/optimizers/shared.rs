@@ -27,29 +27,47 @@ impl Core {
     }
 
     /// One step. Validates everything first (the update's own hyperparameter `check`, the
-    /// clip norm, every gradient's shape, dtype and device), clips, then replaces each
-    /// variable with `update(value, gradient, its slot_count slots)`, which also updates the
-    /// slots, and counts the step.
+    /// clip norm, every gradient's shape, dtype and device), clips, then computes every
+    /// variable's new value and slots with one call of `update` (so that a device can
+    /// update all variables in a few launches: the tensor crate's `*_update_many`), and
+    /// only then assigns them and counts the step: a failed update changes nothing.
     pub(crate) fn apply(
         &mut self,
         grads: &[Option<Tensor>],
         variables: &[Variable],
         slot_count: usize,
         check: tapegrad_tensor::Result<()>,
-        mut update: impl FnMut(&Tensor, &Tensor, &mut [Option<Tensor>]) -> Result<Tensor>,
+        update: impl FnOnce(&[StepItem<'_>]) -> Result<Vec<(Tensor, Vec<Option<Tensor>>)>>,
     ) -> Result<()> {
         check_hyperparameters(self.name, &self.learning_rate, self.iterations, self.global_clipnorm, check)?;
         pair_gradients(self.name, grads, variables)?;
         let clipped = maybe_clip(grads, self.global_clipnorm)?;
         let grads = clipped.as_deref().unwrap_or(grads);
-        for (i, g, var) in pair_gradients(self.name, grads, variables)? {
-            let slots = self.slots.slots_mut(var, i, slot_count);
-            let value = update(&var.value_untracked(), g, slots)?;
+        let pairs = pair_gradients(self.name, grads, variables)?;
+        let items: Vec<StepItem<'_>> = pairs
+            .iter()
+            .map(|&(i, grad, var)| StepItem {
+                value: var.value_untracked(),
+                grad,
+                slots: self.slots.slots_mut(var, i, slot_count).to_vec(),
+            })
+            .collect();
+        let results = update(&items)?;
+        drop(items);
+        for (&(i, _, var), (value, slots)) in pairs.iter().zip(results) {
             var.assign(value)?;
+            self.slots.slots_mut(var, i, slot_count).clone_from_slice(&slots);
         }
         self.iterations += 1;
         Ok(())
     }
+}
+
+/// One variable's part of a step: its current value, gradient and slots.
+pub(crate) struct StepItem<'a> {
+    pub(crate) value: Tensor,
+    pub(crate) grad: &'a Tensor,
+    pub(crate) slots: Vec<Option<Tensor>>,
 }
 
 /// Inside `impl Optimizer for X`, the methods that only read or set X's [`Core`], which X

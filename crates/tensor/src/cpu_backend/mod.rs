@@ -14,6 +14,7 @@ pub(crate) fn is_nan<T: PartialOrd>(v: T) -> bool {
     v.partial_cmp(&v).is_none()
 }
 
+use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
@@ -334,6 +335,7 @@ impl BackendStorage for CpuStorage {
         &self,
         gamma: Option<&Self>,
         beta: Option<&Self>,
+        residual: Option<&Self>,
         spec: &BatchNormSpec,
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "batch_norm_train";
@@ -341,6 +343,7 @@ impl BackendStorage for CpuStorage {
             self.typed(OP)?,
             Self::typed_opt(gamma, OP)?,
             Self::typed_opt(beta, OP)?,
+            Self::typed_opt(residual, OP)?,
             spec
         )?))
     }
@@ -351,17 +354,30 @@ impl BackendStorage for CpuStorage {
         gamma: Option<&Self>,
         mean: &Self,
         var: &Self,
+        output: Option<&Self>,
         spec: &BatchNormSpec,
-    ) -> Result<(Self, Self, Self)> {
+    ) -> Result<BatchNormGrads<Self>> {
         const OP: &str = "batch_norm_backward";
-        Ok(float_kernel3!(self, OP, T => norm::cpu::batch_norm_backward::<T>(
-            self.typed(OP)?,
-            grad_out.typed(OP)?,
-            Self::typed_opt(gamma, OP)?,
-            mean.typed(OP)?,
-            var.typed(OP)?,
-            spec
-        )?))
+        macro_rules! backward {
+            ($t:ty, $variant:ident) => {{
+                let (dx, d_gamma, d_beta, d_res) = norm::cpu::batch_norm_backward::<$t>(
+                    self.typed(OP)?,
+                    grad_out.typed(OP)?,
+                    Self::typed_opt(gamma, OP)?,
+                    mean.typed(OP)?,
+                    var.typed(OP)?,
+                    Self::typed_opt(output, OP)?,
+                    spec,
+                )?;
+                let wrap = CpuStorage::$variant;
+                Ok((wrap(dx), wrap(d_gamma), wrap(d_beta), d_res.map(wrap)))
+            }};
+        }
+        match self.dtype() {
+            DType::F32 => backward!(f32, F32),
+            DType::F64 => backward!(f64, F64),
+            DType::I64 => Err(Error::UnsupportedDType { op: OP, dtype: DType::I64, expected: "f32 or f64" }),
+        }
     }
 
     fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self> {

@@ -15,6 +15,7 @@ pub(crate) mod graph;
 pub(crate) mod kernels;
 pub(crate) mod staging;
 
+use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
 use crate::backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
@@ -285,9 +286,10 @@ impl BackendStorage for CudaStorage {
         &self,
         gamma: Option<&Self>,
         beta: Option<&Self>,
+        residual: Option<&Self>,
         spec: &BatchNormSpec,
     ) -> Result<(Self, Self, Self)> {
-        norm::cuda::batch_norm_train(self, gamma, beta, spec)
+        norm::cuda::batch_norm_train(self, gamma, beta, residual, spec)
     }
 
     fn batch_norm_backward(
@@ -296,9 +298,10 @@ impl BackendStorage for CudaStorage {
         gamma: Option<&Self>,
         mean: &Self,
         var: &Self,
+        output: Option<&Self>,
         spec: &BatchNormSpec,
-    ) -> Result<(Self, Self, Self)> {
-        norm::cuda::batch_norm_backward(self, grad_out, gamma, mean, var, spec)
+    ) -> Result<BatchNormGrads<Self>> {
+        norm::cuda::batch_norm_backward(self, grad_out, gamma, mean, var, output, spec)
     }
 
     fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self> {

@@ -12,11 +12,11 @@
 //! | [`conv`] | conv2d over NHWC (strides, Valid/Same/explicit padding, dilation, bias), conv2d_transpose |
 //! | [`pool`] | max_pool2d, avg_pool2d, global_avg_pool2d, global_max_pool2d |
 //! | [`gather`] | gather (rows by i64 indices), scatter_add (its deterministic adjoint) |
-//! | [`norm`] | batch_norm_train (fused backward), batch_norm_infer |
+//! | [`norm`] | batch_norm_train (fused backward), batch_norm_relu_train, batch_norm_add_relu_train, batch_norm_infer |
 //! | [`pad`] | pad (constant, reflect; any rank) |
 //! | [`resize`] | resize of NHWC images by integer factors (nearest, bilinear) |
 //! | [`group_norm`] | layer_norm, group_norm (one primitive, fused backward) |
-//! | [`optim`] | fused optimizer updates: sgd_update, adam_update (AdamW with weight decay) |
+//! | [`optim`] | fused optimizer updates: sgd_update, adam_update (AdamW with weight decay), their multi-tensor `_many` forms |
 
 pub mod conv;
 pub mod elementwise;

@@ -5,15 +5,15 @@
 //! formats, so nothing is transposed. cuDNN pads symmetrically; TF's 'same' padding at
 //! stride 2 on an even size is not (one more row/column at the bottom/right). Such a
 //! convolution runs with the smaller padding in cuDNN on an input that is explicitly
-//! padded by the difference (two concatenations with zeros); the input gradient is
-//! computed for that padded input and cropped. The bias is added by `cudnnAddTensor`.
+//! padded by the difference (one launch of the pad kernel); the input gradient is
+//! computed for that padded input and cropped (one strided-copy launch). The bias is added by `cudnnAddTensor`.
 //! Where cuDNN has no algorithm for a configuration (some f64 ones), that primitive runs
 //! on the CPU instead (`cuda_backend/cpu_fallback.rs`), with the same results.
 
 use crate::backend::{Conv2dSpec, StridedLayout};
 use crate::cuda_backend::cudnn::Queued;
 use crate::cuda_backend::{cpu_fallback, CudaStorage};
-use crate::ops::layout;
+use crate::ops::pad::{self, PadMode, PadSpec};
 use crate::{BackendStorage, Error, Result, Shape};
 
 /// The padding cuDNN cannot express: how much each side exceeds the smaller of its pair.
@@ -53,28 +53,16 @@ fn symmetric(spec: &Conv2dSpec) -> (Conv2dSpec, ExtraPadding) {
     (sym, extra)
 }
 
-/// Rows of `inner` elements, `outer` of them, with `before` and `after` zeros around each.
-fn pad_rows(x: &CudaStorage, outer: usize, inner: usize, before: usize, after: usize) -> Result<CudaStorage> {
-    let device = x.cuda_device();
-    let zeros_before = CudaStorage::zeros(device, outer * before, x.dtype())?;
-    let zeros_after = CudaStorage::zeros(device, outer * after, x.dtype())?;
-    let mut parts = Vec::with_capacity(3);
-    let mut inners = Vec::with_capacity(3);
-    for (part, size) in [(&zeros_before, before), (x, inner), (&zeros_after, after)] {
-        if size > 0 {
-            parts.push(part);
-            inners.push(size);
-        }
-    }
-    layout::cuda::concat(&parts, outer, &inners)
-}
-
-/// The input `[n, h, w, c]` with the extra zero rows and columns.
+/// The input `[n, h, w, c]` with the extra zero rows and columns: one launch of the pad
+/// kernel (`ops/pad`; N and C unpadded), capture-safe like every kernel launch.
 fn pad_input(x: &CudaStorage, spec: &Conv2dSpec, e: ExtraPadding) -> Result<CudaStorage> {
     let (n, h, w, c) = (spec.batch, spec.in_h, spec.in_w, spec.in_channels);
-    let rows = pad_rows(x, n, h * w * c, e.top * w * c, e.bottom * w * c)?;
-    let h = h + e.top + e.bottom;
-    pad_rows(&rows, n * h, w * c, e.left * c, e.right * c)
+    let pad_spec = PadSpec {
+        in_dims: [n, h, w, c].into_iter().collect(),
+        pads: vec![(0, 0), (e.top, e.bottom), (e.left, e.right), (0, 0)],
+        mode: PadMode::Constant(0.0),
+    };
+    pad::cuda::pad(x, &pad_spec)
 }
 
 /// The input cuDNN reads: `x` itself, or (`Some`) its copy with the extra padding.

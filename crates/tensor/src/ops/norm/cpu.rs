@@ -13,7 +13,7 @@
 //! gradients are bit-identical whatever rayon's scheduling and whatever the thread count
 //! (a `fold`/`reduce` would combine in the order threads happen to finish).
 
-use crate::backend::BatchNormSpec;
+use crate::backend::{BatchNormEpilogue, BatchNormGrads, BatchNormSpec};
 use crate::cpu_backend::alloc::{try_vec, try_with_capacity, try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
@@ -162,13 +162,35 @@ fn column_mean_var<T: FloatElement + ZeroBits>(x: &[T], rows: usize, c: usize) -
     Ok(total.iter().map(|m| (m.mean, m.m2 / m.count)).unzip())
 }
 
-/// The training forward pass: `(y, mean, biased var)`.
+/// ReLU as the elementwise `relu` computes it: `v < 0` rather than `v > 0`, so NaN passes.
+fn relu<T: FloatElement>(v: T) -> T {
+    if v < T::zero() {
+        T::zero()
+    } else {
+        v
+    }
+}
+
+/// ReLU's gradient as the elementwise `relu`'s rule computes it, `dy * (y > 0)` with the
+/// mask a 1 or 0 of the element type, so the fused and unfused paths agree bit for bit.
+fn relu_grad<T: FloatElement>(dy: T, y: T) -> T {
+    dy * if y > T::zero() { T::one() } else { T::zero() }
+}
+
+/// A backend call whose operands do not fit its epilogue (the ops never make one).
+fn internal(op: &'static str, msg: &str) -> crate::Error {
+    crate::Error::invalid(op, format!("internal error: {msg}"))
+}
+
+/// The training forward pass: `(y, mean, biased var)`, the spec's epilogue applied to `y`.
 pub(crate) fn batch_norm_train<T: FloatElement + ZeroBits>(
     x: &[T],
     gamma: Option<&[T]>,
     beta: Option<&[T]>,
+    residual: Option<&[T]>,
     s: &BatchNormSpec,
 ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    const OP: &str = "batch_norm_train";
     let (rows, c) = (s.rows, s.channels);
     let row = |r: usize| &x[r * c..(r + 1) * c];
     let (mean, var) = column_mean_var(x, rows, c)?;
@@ -178,41 +200,89 @@ pub(crate) fn batch_norm_train<T: FloatElement + ZeroBits>(
     let scale: Vec<T> =
         (0..c).map(|ch| to_t(gamma.map_or(1.0, |g| g[ch].to_f64()) / (var[ch] + s.epsilon).sqrt())).collect();
     let shift: Vec<T> = (0..c).map(|ch| beta.map_or(T::zero(), |b| b[ch])).collect();
-    let y = map_rows("batch_norm_train", rows, c, |r, out| {
-        for ((((o, &v), &m), &sc), &sh) in out.iter_mut().zip(row(r)).zip(&mean_t).zip(&scale).zip(&shift) {
-            *o = (v - m) * sc + sh;
+    let affine = mean_t.iter().zip(&scale).zip(&shift);
+    // One loop per epilogue, so each inner loop is branch-free.
+    let y = match (s.epilogue, residual) {
+        (BatchNormEpilogue::Identity, None) => map_rows(OP, rows, c, |r, out| {
+            for ((o, &v), ((&m, &sc), &sh)) in out.iter_mut().zip(row(r)).zip(affine.clone()) {
+                *o = (v - m) * sc + sh;
+            }
+        })?,
+        (BatchNormEpilogue::Relu, None) => map_rows(OP, rows, c, |r, out| {
+            for ((o, &v), ((&m, &sc), &sh)) in out.iter_mut().zip(row(r)).zip(affine.clone()) {
+                *o = relu((v - m) * sc + sh);
+            }
+        })?,
+        (BatchNormEpilogue::AddRelu, Some(res)) if res.len() == x.len() => map_rows(OP, rows, c, |r, out| {
+            let res_row = &res[r * c..(r + 1) * c];
+            for (((o, &v), &rv), ((&m, &sc), &sh)) in out.iter_mut().zip(row(r)).zip(res_row).zip(affine.clone()) {
+                // residual + bn(x), the order in which the unfused `Add` layer sums them.
+                *o = relu(rv + ((v - m) * sc + sh));
+            }
+        })?,
+        (epilogue, residual) => {
+            return Err(internal(
+                OP,
+                &format!("epilogue {epilogue:?} with a residual of {:?} elements", residual.map(<[T]>::len)),
+            ))
         }
-    })?;
+    };
     Ok((y, mean_t, var.into_iter().map(to_t).collect()))
 }
 
-/// The fused backward pass: `(d_x, d_gamma, d_beta)`. With `xhat = (x - mean) * inv_std`,
-/// `d_beta = sum(dy)`, `d_gamma = sum(dy * xhat)` and
-/// `d_x = gamma * inv_std * (dy - d_beta / rows - xhat * d_gamma / rows)`.
+/// The fused backward pass: `(d_x, d_gamma, d_beta, d_residual)`. With `xhat = (x - mean) *
+/// inv_std` and `g` the output gradient masked by the ReLU (`dy * (y > 0)`, or `dy` for the
+/// identity epilogue), `d_beta = sum(g)`, `d_gamma = sum(g * xhat)`,
+/// `d_x = gamma * inv_std * (g - d_beta / rows - xhat * d_gamma / rows)`, and for
+/// `AddRelu` `d_residual = g`.
 pub(crate) fn batch_norm_backward<T: FloatElement + ZeroBits>(
     x: &[T],
     dy: &[T],
     gamma: Option<&[T]>,
     mean: &[T],
     var: &[T],
+    output: Option<&[T]>,
     s: &BatchNormSpec,
-) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+) -> Result<BatchNormGrads<Vec<T>>> {
     const OP: &str = "batch_norm_backward";
     let (rows, c) = (s.rows, s.channels);
+    let relu_output = match (s.epilogue, output) {
+        (BatchNormEpilogue::Identity, None) => None,
+        (BatchNormEpilogue::Relu | BatchNormEpilogue::AddRelu, Some(y)) if y.len() == x.len() => Some(y),
+        (epilogue, output) => {
+            return Err(internal(
+                OP,
+                &format!("epilogue {epilogue:?} with an output of {:?} elements", output.map(<[T]>::len)),
+            ))
+        }
+    };
     let f = |v: T| v.to_f64();
-    // One pass for both sums: acc[..c] += dy, acc[c..] += dy * (x - mean).
+    // One pass for both sums: acc[..c] += g, acc[c..] += g * (x - mean).
     let sums = column_sums::<T>(OP, rows, 2 * c, |r, acc| {
         let (sum_dy, sum_dy_xc) = acc.split_at_mut(c);
         let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for ((((a, b), &d), &v), &m) in sum_dy.iter_mut().zip(sum_dy_xc.iter_mut()).zip(dyr).zip(xr).zip(mean) {
-            *a = *a + d;
-            *b = *b + d * (v - m);
+        let sums = sum_dy.iter_mut().zip(sum_dy_xc.iter_mut());
+        match relu_output {
+            None => {
+                for (((a, b), &d), (&v, &m)) in sums.zip(dyr).zip(xr.iter().zip(mean)) {
+                    *a = *a + d;
+                    *b = *b + d * (v - m);
+                }
+            }
+            Some(y) => {
+                let yr = &y[r * c..(r + 1) * c];
+                for (((a, b), (&d, &yv)), (&v, &m)) in sums.zip(dyr.iter().zip(yr)).zip(xr.iter().zip(mean)) {
+                    let d = relu_grad(d, yv);
+                    *a = *a + d;
+                    *b = *b + d * (v - m);
+                }
+            }
         }
     })?;
     let inv_std: Vec<f64> = var.iter().map(|&v| 1.0 / (f(v) + s.epsilon).sqrt()).collect();
     let d_beta: Vec<f64> = sums[..c].to_vec();
     let d_gamma: Vec<f64> = (0..c).map(|ch| sums[c + ch] * inv_std[ch]).collect();
-    // d_x = k_dy * dy + k_x * (x - mean) + k_0, per channel.
+    // d_x = k_dy * g + k_x * (x - mean) + k_0, per channel.
     let inv_rows = 1.0 / rows as f64;
     let mut k_dy = try_with_capacity(OP, c)?;
     let mut k_x = try_with_capacity(OP, c)?;
@@ -224,14 +294,34 @@ pub(crate) fn batch_norm_backward<T: FloatElement + ZeroBits>(
         k_x.push(to_t::<T>(kx));
         k_0.push(to_t::<T>(-g * d_beta[ch] * inv_rows));
     }
+    let per_channel = || k_dy.iter().zip(&k_x).zip(&k_0).zip(mean);
     let dx = map_rows(OP, rows, c, |r, out| {
         let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        let per_channel = k_dy.iter().zip(&k_x).zip(&k_0).zip(mean);
-        for (((o, &d), &v), (((&kd, &kx), &k0), &m)) in out.iter_mut().zip(dyr).zip(xr).zip(per_channel) {
-            *o = kd * d + kx * (v - m) + k0;
+        match relu_output {
+            None => {
+                for (((o, &d), &v), (((&kd, &kx), &k0), &m)) in out.iter_mut().zip(dyr).zip(xr).zip(per_channel()) {
+                    *o = kd * d + kx * (v - m) + k0;
+                }
+            }
+            Some(y) => {
+                let yr = &y[r * c..(r + 1) * c];
+                let inputs = dyr.iter().zip(yr).zip(xr);
+                for ((o, ((&d, &yv), &v)), (((&kd, &kx), &k0), &m)) in out.iter_mut().zip(inputs).zip(per_channel()) {
+                    *o = kd * relu_grad(d, yv) + kx * (v - m) + k0;
+                }
+            }
         }
     })?;
-    Ok((dx, d_gamma.into_iter().map(to_t).collect(), d_beta.into_iter().map(to_t).collect()))
+    let d_residual = match (s.epilogue, relu_output) {
+        (BatchNormEpilogue::AddRelu, Some(y)) => Some(map_rows(OP, rows, c, |r, out| {
+            let (dyr, yr) = (&dy[r * c..(r + 1) * c], &y[r * c..(r + 1) * c]);
+            for ((o, &d), &yv) in out.iter_mut().zip(dyr).zip(yr) {
+                *o = relu_grad(d, yv);
+            }
+        })?),
+        _ => None,
+    };
+    Ok((dx, d_gamma.into_iter().map(to_t).collect(), d_beta.into_iter().map(to_t).collect(), d_residual))
 }
 
 #[cfg(test)]
@@ -245,12 +335,12 @@ mod tests {
         let x: Vec<f32> = (0..rows * c).map(|i| ((i * 7919) % 1009) as f32 * 1.1e-3 + 30.0).collect();
         let dy: Vec<f32> = (0..rows * c).map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5).collect();
         let gamma = [0.5f32, 1.5, -2.0];
-        let spec = BatchNormSpec { rows, channels: c, epsilon: 1e-3 };
+        let spec = BatchNormSpec { rows, channels: c, epsilon: 1e-3, epilogue: BatchNormEpilogue::Identity };
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                let (y, mean, var) = batch_norm_train(&x, Some(&gamma), None, &spec).unwrap();
-                let (dx, dg, db) = batch_norm_backward(&x, &dy, Some(&gamma), &mean, &var, &spec).unwrap();
+                let (y, mean, var) = batch_norm_train(&x, Some(&gamma), None, None, &spec).unwrap();
+                let (dx, dg, db, _) = batch_norm_backward(&x, &dy, Some(&gamma), &mean, &var, None, &spec).unwrap();
                 [y, mean, var, dx, dg, db].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
             })
         };

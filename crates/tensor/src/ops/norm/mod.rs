@@ -1,5 +1,9 @@
 //! Batch normalization: the training forward pass with batch statistics and its fused
-//! backward pass, and the inference forward pass from given statistics.
+//! backward pass, and the inference forward pass from given statistics. The training pass
+//! also comes fused with what follows it in a ResNet block: `relu(bn(x))` and
+//! `relu(residual + bn(x))`, one forward and one backward pass each instead of three or
+//! four (the same arithmetic in the same order, so the results equal the unfused ops'
+//! bit for bit).
 //!
 //! Channels are the last axis: NHWC input `[N, H, W, C]` is normalised over N, H and W,
 //! 2-D input `[N, C]` over N. The backward primitive computes `d_x`, `d_gamma` and
@@ -11,7 +15,7 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
-use crate::backend::BatchNormSpec;
+use crate::backend::{BatchNormEpilogue, BatchNormSpec};
 use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
@@ -22,6 +26,7 @@ fn batch_norm_spec(
     x: &Tensor,
     params: &[(&str, Option<&Tensor>)],
     epsilon: f64,
+    epilogue: BatchNormEpilogue,
 ) -> Result<BatchNormSpec> {
     x.check_float(op)?;
     if x.rank() != 2 && x.rank() != 4 {
@@ -55,7 +60,7 @@ fn batch_norm_spec(
     if !(epsilon.is_finite() && epsilon >= 0.0) {
         return Err(Error::invalid(op, format!("epsilon must be finite and non-negative, got {epsilon}")));
     }
-    Ok(BatchNormSpec { rows, channels, epsilon })
+    Ok(BatchNormSpec { rows, channels, epsilon, epilogue })
 }
 
 impl Tensor {
@@ -74,32 +79,48 @@ impl Tensor {
         beta: Option<&Tensor>,
         epsilon: f64,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let spec = batch_norm_spec("batch_norm_train", self, &[("gamma", gamma), ("beta", beta)], epsilon)?;
-        let stat_shape = Shape::new(&[spec.channels]);
-        let outputs = [self.shape(), &stat_shape, &stat_shape];
-        let (y, mean, var) = guarded("batch_norm_train", &[self], &outputs, self.dtype(), &self.device(), || {
-            self.storage().batch_norm_train(gamma.map(|g| g.storage()), beta.map(|b| b.storage()), &spec)
-        })?;
-        let y = Tensor::from_storage(y, self.shape().clone());
-        let mean = Tensor::from_storage(mean, stat_shape.clone());
-        let var = Tensor::from_storage(var, stat_shape);
-        let mut inputs = vec![self];
-        inputs.extend(gamma);
-        inputs.extend(beta);
-        let (x, gamma_t, has_beta) = (self.clone(), gamma.cloned(), beta.is_some());
-        let (saved_mean, saved_var) = (mean.clone(), var.clone());
-        record_op("batch_norm_train", &inputs, &y, move |g| {
-            let (dx, d_gamma, d_beta) = batch_norm_backward(&x, g, gamma_t.as_ref(), &saved_mean, &saved_var, spec)?;
-            let mut grads = vec![Some(dx)];
-            if gamma_t.is_some() {
-                grads.push(Some(d_gamma));
-            }
-            if has_beta {
-                grads.push(Some(d_beta));
-            }
-            Ok(grads)
-        });
-        Ok((y, mean, var))
+        batch_norm_train_fused("batch_norm_train", self, gamma, beta, None, BatchNormEpilogue::Identity, epsilon)
+    }
+
+    /// [`batch_norm_train`](Self::batch_norm_train) followed by ReLU, in one forward and
+    /// one backward pass: `y = relu(bn(x))`, where `relu` passes NaN through and its
+    /// gradient is `y > 0`, as [`relu`](Self::relu)'s. Returns `(y, batch_mean,
+    /// batch_var)`; the values and gradients equal those of `batch_norm_train` then
+    /// `relu` bit for bit.
+    pub fn batch_norm_relu_train(
+        &self,
+        gamma: Option<&Tensor>,
+        beta: Option<&Tensor>,
+        epsilon: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        batch_norm_train_fused("batch_norm_relu_train", self, gamma, beta, None, BatchNormEpilogue::Relu, epsilon)
+    }
+
+    /// The end of a ResNet block in one forward and one backward pass:
+    /// `y = relu(residual + bn(x))`, with `residual` of the input's shape (no
+    /// broadcasting). Returns `(y, batch_mean, batch_var)`; differentiable in `x`, `gamma`,
+    /// `beta` and `residual`, with the values and gradients of `batch_norm_train`, `add`
+    /// and `relu` bit for bit.
+    pub fn batch_norm_add_relu_train(
+        &self,
+        gamma: Option<&Tensor>,
+        beta: Option<&Tensor>,
+        residual: &Tensor,
+        epsilon: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "batch_norm_add_relu_train";
+        self.check_same(residual, OP)?;
+        if residual.shape() != self.shape() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the residual has shape {} but the input has shape {} (they must be equal)",
+                    residual.shape(),
+                    self.shape()
+                ),
+            ));
+        }
+        batch_norm_train_fused(OP, self, gamma, beta, Some(residual), BatchNormEpilogue::AddRelu, epsilon)
     }
 
     /// Inference-mode batch normalization from given statistics (the moving averages):
@@ -119,6 +140,7 @@ impl Tensor {
             self,
             &[("gamma", gamma), ("beta", beta), ("mean", Some(mean)), ("var", Some(var))],
             epsilon,
+            BatchNormEpilogue::Identity,
         )?;
         // Fold everything per-channel into one scale and one shift: two passes over x.
         let mut scale = var.add_scalar(epsilon)?.sqrt()?.recip()?;
@@ -133,40 +155,100 @@ impl Tensor {
     }
 }
 
-/// The fused batch-norm gradient. Its three outputs are recorded with a rule that
-/// reports that they cannot be differentiated again.
+/// The training pass with its epilogue (`residual` given exactly for `AddRelu`), recorded
+/// with the fused backward pass as its rule.
+fn batch_norm_train_fused(
+    op: &'static str,
+    x: &Tensor,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    epilogue: BatchNormEpilogue,
+    epsilon: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let spec = batch_norm_spec(op, x, &[("gamma", gamma), ("beta", beta)], epsilon, epilogue)?;
+    let stat_shape = Shape::new(&[spec.channels]);
+    let outputs = [x.shape(), &stat_shape, &stat_shape];
+    let (y, mean, var) = guarded(op, &[x], &outputs, x.dtype(), &x.device(), || {
+        x.storage().batch_norm_train(
+            gamma.map(|g| g.storage()),
+            beta.map(|b| b.storage()),
+            residual.map(|r| r.storage()),
+            &spec,
+        )
+    })?;
+    let y = Tensor::from_storage(y, x.shape().clone());
+    let mean = Tensor::from_storage(mean, stat_shape.clone());
+    let var = Tensor::from_storage(var, stat_shape);
+    let mut inputs = vec![x];
+    inputs.extend(gamma);
+    inputs.extend(beta);
+    inputs.extend(residual);
+    let (x, gamma_t, has_beta) = (x.clone(), gamma.cloned(), beta.is_some());
+    let (saved_mean, saved_var) = (mean.clone(), var.clone());
+    // The ReLU's mask is read from the output, which the next layer keeps alive anyway.
+    let saved_y = (epilogue != BatchNormEpilogue::Identity).then(|| y.clone());
+    record_op(op, &inputs, &y, move |g| {
+        let (dx, d_gamma, d_beta, d_residual) =
+            batch_norm_backward(&x, g, gamma_t.as_ref(), &saved_mean, &saved_var, saved_y.as_ref(), spec)?;
+        let mut grads = vec![Some(dx)];
+        if gamma_t.is_some() {
+            grads.push(Some(d_gamma));
+        }
+        if has_beta {
+            grads.push(Some(d_beta));
+        }
+        if d_residual.is_some() {
+            grads.push(d_residual);
+        }
+        Ok(grads)
+    });
+    Ok((y, mean, var))
+}
+
+/// The fused batch-norm gradient `(d_x, d_gamma, d_beta, d_residual)`. Its outputs are
+/// recorded with a rule that reports that they cannot be differentiated again.
 fn batch_norm_backward(
     x: &Tensor,
     grad_out: &Tensor,
     gamma: Option<&Tensor>,
     mean: &Tensor,
     var: &Tensor,
+    output: Option<&Tensor>,
     spec: BatchNormSpec,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+    const OP: &str = "batch_norm_backward";
     let stat_shape = Shape::new(&[spec.channels]);
-    let outputs = [x.shape(), &stat_shape, &stat_shape];
-    let (dx, d_gamma, d_beta) =
-        guarded("batch_norm_backward", &[x, grad_out], &outputs, x.dtype(), &x.device(), || {
-            x.storage().batch_norm_backward(
-                grad_out.storage(),
-                gamma.map(|g| g.storage()),
-                mean.storage(),
-                var.storage(),
-                &spec,
-            )
-        })?;
+    let with_residual = spec.epilogue == BatchNormEpilogue::AddRelu;
+    let mut outputs = vec![x.shape(), &stat_shape, &stat_shape];
+    if with_residual {
+        outputs.push(x.shape());
+    }
+    let (dx, d_gamma, d_beta, d_residual) = guarded(OP, &[x, grad_out], &outputs, x.dtype(), &x.device(), || {
+        x.storage().batch_norm_backward(
+            grad_out.storage(),
+            gamma.map(|g| g.storage()),
+            mean.storage(),
+            var.storage(),
+            output.map(|y| y.storage()),
+            &spec,
+        )
+    })?;
     let dx = Tensor::from_storage(dx, x.shape().clone());
     let d_gamma = Tensor::from_storage(d_gamma, stat_shape.clone());
     let d_beta = Tensor::from_storage(d_beta, stat_shape);
+    let d_residual = d_residual.map(|d| Tensor::from_storage(d, x.shape().clone()));
     let mut inputs = vec![x, grad_out];
     inputs.extend(gamma);
-    for out in [&dx, &d_gamma, &d_beta] {
-        record_op("batch_norm_backward", &inputs, out, |_| {
+    inputs.extend(output);
+    for out in [Some(&dx), Some(&d_gamma), Some(&d_beta), d_residual.as_ref()].into_iter().flatten() {
+        record_op(OP, &inputs, out, |_| {
             Err(Error::invalid(
-                "batch_norm_backward",
-                "the batch-norm gradient is not differentiable (no second-order gradients through batch_norm_train)",
+                OP,
+                "the batch-norm gradient is not differentiable (no second-order gradients through batch_norm_train \
+                 and its fused forms)",
             ))
         });
     }
-    Ok((dx, d_gamma, d_beta))
+    Ok((dx, d_gamma, d_beta, d_residual))
 }

@@ -1,8 +1,8 @@
 //! CUDA launch code of the fused optimizer updates; the kernels are in `optim.cu`. One
-//! launch per parameter tensor.
+//! launch per parameter tensor, or one per 40 parameters through the multi-tensor kernels.
 
 use super::{AdamStep, SgdStep};
-use crate::cuda_backend::kernels::{dtype_suffix, elementwise_config, KernelSource};
+use crate::cuda_backend::kernels::{block_per_task_config, dtype_suffix, elementwise_config, KernelSource, BLOCK};
 use crate::cuda_backend::{launch, CudaStorage};
 use crate::{BackendStorage, DType, Error, Result};
 
@@ -11,7 +11,7 @@ pub(crate) const KERNELS: KernelSource = KernelSource { name: "optim", source: i
 
 /// Every kernel name this file can launch.
 pub(crate) fn kernel_names() -> Vec<String> {
-    ["sgd_update", "adam_update"]
+    ["sgd_update", "adam_update", "sgd_update_multi", "adam_update_multi"]
         .iter()
         .flat_map(|k| [DType::F32, DType::F64].map(|d| format!("{k}_{}", dtype_suffix(d))))
         .collect()
@@ -120,4 +120,155 @@ pub(crate) fn adam_update(
         }
     }
     Ok((out, m_out, v_out))
+}
+
+/// Tensors per multi-tensor launch (`MT_MAX_TENSORS` in optim.cu).
+const MAX_TENSORS: usize = 40;
+/// Elements per block task of a multi-tensor launch (`MT_CHUNK` in optim.cu).
+const CHUNK: usize = 4096;
+
+/// `MultiTable<T>` of optim.cu: a kernel parameter (2,896 bytes), so a launch uploads
+/// nothing. Pointers are device addresses, 0 for an absent state.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MultiTable {
+    var: [u64; MAX_TENSORS],
+    grad: [u64; MAX_TENSORS],
+    state_a: [u64; MAX_TENSORS],
+    state_b: [u64; MAX_TENSORS],
+    out: [u64; MAX_TENSORS],
+    out_a: [u64; MAX_TENSORS],
+    out_b: [u64; MAX_TENSORS],
+    n: [u64; MAX_TENSORS],
+    first_chunk: [u64; MAX_TENSORS + 1],
+    count: u64,
+}
+
+// SAFETY: plain old data (u64 arrays, no padding) with the layout of optim.cu's
+// `MultiTable<T>` (pointers are 8 bytes on every CUDA platform).
+unsafe impl cudarc::driver::DeviceRepr for MultiTable {}
+
+/// One parameter of a multi-tensor update: its buffer, gradient and two optional states
+/// (Adam's m and v; SGD's velocity and none), and the outputs it gets.
+pub(crate) struct MultiItem<'a> {
+    pub var: &'a CudaStorage,
+    pub grad: &'a CudaStorage,
+    pub state_a: Option<&'a CudaStorage>,
+    pub state_b: Option<&'a CudaStorage>,
+}
+
+/// The new parameter and the new states of one [`MultiItem`].
+type MultiOutputs = (CudaStorage, Option<CudaStorage>, Option<CudaStorage>);
+
+/// Checks every item against the first (device, dtype) and its own operands, allocates
+/// the outputs (`outputs` of the three), and fills one table per `MAX_TENSORS` items;
+/// `launch(table)` queues each table's kernel. Empty tensors get outputs and no work.
+fn multi_update(
+    op: &'static str,
+    items: &[MultiItem<'_>],
+    outputs: [bool; 3],
+    mut launch: impl FnMut(&MultiTable, usize) -> Result<()>,
+) -> Result<Vec<MultiOutputs>> {
+    let Some(first) = items.first() else { return Ok(Vec::new()) };
+    let dtype = check(op, first.var, &[])?;
+    for item in items {
+        first.var.check_device(item.var, op)?;
+        first.var.check_dtype(item.var, op)?;
+        check(op, item.var, &[Some(item.grad), item.state_a, item.state_b])?;
+    }
+    let device = first.var.cuda_device();
+    let alloc = |wanted: bool, n: usize| wanted.then(|| CudaStorage::alloc(device, n, dtype)).transpose();
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let n = item.var.len();
+        results.push((CudaStorage::alloc(device, n, dtype)?, alloc(outputs[1], n)?, alloc(outputs[2], n)?));
+    }
+    let pairs: Vec<(&MultiItem<'_>, &MultiOutputs)> =
+        items.iter().zip(&results).filter(|(item, _)| item.var.len() > 0).collect();
+    for batch in pairs.chunks(MAX_TENSORS) {
+        let mut t = MultiTable {
+            var: [0; MAX_TENSORS],
+            grad: [0; MAX_TENSORS],
+            state_a: [0; MAX_TENSORS],
+            state_b: [0; MAX_TENSORS],
+            out: [0; MAX_TENSORS],
+            out_a: [0; MAX_TENSORS],
+            out_b: [0; MAX_TENSORS],
+            n: [0; MAX_TENSORS],
+            first_chunk: [0; MAX_TENSORS + 1],
+            count: batch.len() as u64,
+        };
+        for (k, (item, (out, out_a, out_b))) in batch.iter().enumerate() {
+            let n = item.var.len();
+            (t.var[k], t.grad[k], t.out[k]) = (item.var.ptr(), item.grad.ptr(), out.ptr());
+            (t.state_a[k], t.state_b[k]) = (optional_ptr(item.state_a), optional_ptr(item.state_b));
+            (t.out_a[k], t.out_b[k]) = (optional_ptr(out_a.as_ref()), optional_ptr(out_b.as_ref()));
+            t.n[k] = n as u64;
+            t.first_chunk[k + 1] = t.first_chunk[k] + n.div_ceil(CHUNK) as u64;
+        }
+        launch(&t, t.first_chunk[batch.len()] as usize)?;
+    }
+    Ok(results)
+}
+
+/// One Adam step for many parameters of one device and dtype, in one launch per
+/// `MAX_TENSORS` parameters; the per-element arithmetic is `adam_update`'s.
+pub(crate) fn adam_update_multi(items: &[MultiItem<'_>], p: &AdamStep) -> Result<Vec<MultiOutputs>> {
+    const OP: &str = "adam_update";
+    let c = p.coefficients();
+    let has_decay = u64::from(c.decay);
+    multi_update(OP, items, [true, true, true], |table, chunks| {
+        let device = items[0].var.cuda_device();
+        let dtype = items[0].var.dtype();
+        let (cfg, name) = (block_per_task_config(chunks, BLOCK), format!("adam_update_multi_{}", dtype_suffix(dtype)));
+        let table = *table;
+        // Kernel signature: (MultiTable<T> t, T lr_t, T one_minus_beta_1, T one_minus_beta_2, T epsilon,
+        // T decay_factor, u64 has_decay).
+        match dtype {
+            DType::F32 => {
+                let (lr_t, b1, b2, eps, decay) = (
+                    c.lr_t as f32,
+                    c.one_minus_beta_1 as f32,
+                    c.one_minus_beta_2 as f32,
+                    c.epsilon as f32,
+                    c.decay_factor as f32,
+                );
+                launch!(device, KERNELS, name, cfg; table, lr_t, b1, b2, eps, decay, has_decay);
+            }
+            _ => {
+                let (lr_t, b1, b2, eps, decay) =
+                    (c.lr_t, c.one_minus_beta_1, c.one_minus_beta_2, c.epsilon, c.decay_factor);
+                launch!(device, KERNELS, name, cfg; table, lr_t, b1, b2, eps, decay, has_decay);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// One SGD step for many parameters of one device and dtype, in one launch per
+/// `MAX_TENSORS` parameters; the per-element arithmetic is `sgd_update`'s.
+pub(crate) fn sgd_update_multi(items: &[MultiItem<'_>], p: &SgdStep) -> Result<Vec<MultiOutputs>> {
+    const OP: &str = "sgd_update";
+    let has_momentum = p.momentum != 0.0;
+    let (has_decay, has_momentum_flag, nesterov) =
+        (u64::from(p.weight_decay != 0.0), u64::from(has_momentum), u64::from(p.nesterov));
+    multi_update(OP, items, [true, has_momentum, false], |table, chunks| {
+        let device = items[0].var.cuda_device();
+        let dtype = items[0].var.dtype();
+        let (cfg, name) = (block_per_task_config(chunks, BLOCK), format!("sgd_update_multi_{}", dtype_suffix(dtype)));
+        let table = *table;
+        // Kernel signature: (MultiTable<T> t, T lr, T momentum, T decay, u64 has_decay, u64 has_momentum,
+        // u64 nesterov).
+        match dtype {
+            DType::F32 => {
+                let (lr, momentum, decay) = (p.learning_rate as f32, p.momentum as f32, p.weight_decay as f32);
+                launch!(device, KERNELS, name, cfg; table, lr, momentum, decay, has_decay, has_momentum_flag, nesterov);
+            }
+            _ => {
+                let (lr, momentum, decay) = (p.learning_rate, p.momentum, p.weight_decay);
+                launch!(device, KERNELS, name, cfg; table, lr, momentum, decay, has_decay, has_momentum_flag, nesterov);
+            }
+        }
+        Ok(())
+    })
 }

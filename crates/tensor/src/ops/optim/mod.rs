@@ -217,3 +217,134 @@ pub fn adam_update(
         Tensor::from_storage(v, shape),
     ))
 }
+
+/// One parameter's operands for [`adam_update_many`].
+#[derive(Clone, Copy, Debug)]
+pub struct AdamOperands<'a> {
+    /// The parameter.
+    pub param: &'a Tensor,
+    /// Its gradient.
+    pub grad: &'a Tensor,
+    /// The first moment (`None` on the first step).
+    pub m: Option<&'a Tensor>,
+    /// The second moment (`None` on the first step).
+    pub v: Option<&'a Tensor>,
+}
+
+/// One parameter's operands for [`sgd_update_many`].
+#[derive(Clone, Copy, Debug)]
+pub struct SgdOperands<'a> {
+    /// The parameter.
+    pub param: &'a Tensor,
+    /// Its gradient.
+    pub grad: &'a Tensor,
+    /// The velocity (`None` on the first step or without momentum).
+    pub velocity: Option<&'a Tensor>,
+}
+
+/// [`adam_update`] for many parameters with the same hyperparameters: the results of one
+/// `adam_update` per parameter, bit for bit, in order. On CUDA, parameters of one device and
+/// dtype are updated by one kernel launch per 40 (a table of pointers and sizes passed as
+/// the kernel's parameter, so nothing is uploaded) instead of one launch each. Everything
+/// is validated before anything is computed.
+pub fn adam_update_many(items: &[AdamOperands<'_>], step: &AdamStep) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
+    step.validate()?;
+    for it in items {
+        check_operands(
+            "adam_update",
+            it.param,
+            &[("gradient", Some(it.grad)), ("first moment", it.m), ("second moment", it.v)],
+        )?;
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(cuda) = multi::on_one_cuda_device(items.iter().map(|it| (it.param, it.grad, it.m, it.v))) {
+        let outputs = cuda::adam_update_multi(&cuda, step)?;
+        return multi::wrap(items.iter().map(|it| (it.param, it.grad)), outputs, |value, m, v| {
+            let (m, v) = (m.expect("adam has a first moment"), v.expect("adam has a second moment"));
+            (value, m, v)
+        });
+    }
+    items.iter().map(|it| adam_update(it.param, it.grad, it.m, it.v, step)).collect()
+}
+
+/// [`sgd_update`] for many parameters with the same hyperparameters: the results of one
+/// `sgd_update` per parameter, bit for bit, in order; on CUDA one launch per 40 parameters
+/// of one device and dtype (see [`adam_update_many`]).
+pub fn sgd_update_many(items: &[SgdOperands<'_>], step: &SgdStep) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+    step.validate()?;
+    for it in items {
+        check_operands("sgd_update", it.param, &[("gradient", Some(it.grad)), ("velocity", it.velocity)])?;
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(cuda) = multi::on_one_cuda_device(items.iter().map(|it| (it.param, it.grad, it.velocity, None))) {
+        let outputs = cuda::sgd_update_multi(&cuda, step)?;
+        return multi::wrap(items.iter().map(|it| (it.param, it.grad)), outputs, |value, velocity, _| {
+            (value, velocity)
+        });
+    }
+    items.iter().map(|it| sgd_update(it.param, it.grad, it.velocity, step)).collect()
+}
+
+/// The glue between tensors and the multi-tensor CUDA kernels.
+#[cfg(feature = "cuda")]
+mod multi {
+    use super::cuda::MultiItem;
+    use crate::storage::Storage;
+    use crate::{Result, Tensor};
+
+    /// The items as CUDA operands when every tensor is on one CUDA device with one dtype
+    /// (the operands were checked against their parameters); `None` sends them down the
+    /// per-parameter path.
+    pub(super) fn on_one_cuda_device<'a>(
+        items: impl Iterator<Item = (&'a Tensor, &'a Tensor, Option<&'a Tensor>, Option<&'a Tensor>)>,
+    ) -> Option<Vec<MultiItem<'a>>> {
+        let cuda = |t: &'a Tensor| match t.storage() {
+            Storage::Cuda(c) => Some(c),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+        let mut out = Vec::new();
+        let mut first: Option<&Tensor> = None;
+        for (param, grad, a, b) in items {
+            let same = first.is_none_or(|f| f.device() == param.device() && f.dtype() == param.dtype());
+            first.get_or_insert(param);
+            let item = MultiItem {
+                var: cuda(param)?,
+                grad: cuda(grad)?,
+                state_a: a.map(cuda).map_or(Some(None), |s| s.map(Some))?,
+                state_b: b.map(cuda).map_or(Some(None), |s| s.map(Some))?,
+            };
+            if !same {
+                return None;
+            }
+            out.push(item);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Tensors of the kernels' outputs (shaped as their parameters), each checked for
+    /// non-finite values as the per-parameter ops check theirs.
+    pub(super) fn wrap<'a, R>(
+        items: impl Iterator<Item = (&'a Tensor, &'a Tensor)>,
+        outputs: Vec<(
+            crate::cuda_backend::CudaStorage,
+            Option<crate::cuda_backend::CudaStorage>,
+            Option<crate::cuda_backend::CudaStorage>,
+        )>,
+        make: impl Fn(Tensor, Option<Tensor>, Option<Tensor>) -> R,
+    ) -> Result<Vec<R>> {
+        items
+            .zip(outputs)
+            .map(|((param, grad), (value, a, b))| {
+                let (value, a, b) = (Storage::Cuda(value), a.map(Storage::Cuda), b.map(Storage::Cuda));
+                let op = if b.is_some() { "adam_update" } else { "sgd_update" };
+                for s in [Some(&value), a.as_ref(), b.as_ref()].into_iter().flatten() {
+                    crate::check_numerics::check(op, &[param, grad], s)?;
+                }
+                let shape = param.shape().clone();
+                let t = |s: Storage| Tensor::from_storage(s, shape.clone());
+                Ok(make(t(value), a.map(t), b.map(t)))
+            })
+            .collect()
+    }
+}

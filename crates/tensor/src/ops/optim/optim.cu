@@ -4,22 +4,51 @@
 // first step (the state starts at zero); the hyperparameters come rounded to T.
 //   sgd_update_<dtype>   new value (and new velocity when momentum != 0)
 //   adam_update_<dtype>  new value, m and v
+//   sgd_update_multi_<dtype>, adam_update_multi_<dtype>: the same per-element functions
+//     over up to MT_MAX_TENSORS parameters in one launch. The table of pointers and sizes
+//     is a kernel parameter (copied into the launch, so nothing is uploaded and the launch
+//     is capture-safe; it stays under the 4 KiB parameter limit); each block takes chunks
+//     of MT_CHUNK elements of one tensor, found in the table's chunk prefix sums.
+
+#define MT_MAX_TENSORS 40
+#define MT_CHUNK 4096
+
+template <typename T>
+__device__ __forceinline__ void sgd_element(const T* var, const T* grad, const T* velocity, T* out, T* out_velocity,
+                                            u64 i, T lr, T momentum, T decay, u64 has_decay, u64 has_momentum,
+                                            u64 nesterov) {
+    const T g = has_decay ? grad[i] + var[i] * decay : grad[i];
+    const T lr_g = g * lr;
+    if (!has_momentum) {
+        out[i] = var[i] - lr_g;
+        return;
+    }
+    const T v = velocity ? velocity[i] * momentum - lr_g : -lr_g;
+    out[i] = nesterov ? (var[i] + v * momentum) - lr_g : var[i] + v;
+    out_velocity[i] = v;
+}
 
 template <typename T>
 __device__ __forceinline__ void sgd_update(const T* var, const T* grad, const T* velocity, T* out, T* out_velocity,
                                            u64 n, T lr, T momentum, T decay, u64 has_decay, u64 has_momentum,
                                            u64 nesterov) {
     GRID_STRIDE_LOOP(i, n) {
-        const T g = has_decay ? grad[i] + var[i] * decay : grad[i];
-        const T lr_g = g * lr;
-        if (!has_momentum) {
-            out[i] = var[i] - lr_g;
-            continue;
-        }
-        const T v = velocity ? velocity[i] * momentum - lr_g : -lr_g;
-        out[i] = nesterov ? (var[i] + v * momentum) - lr_g : var[i] + v;
-        out_velocity[i] = v;
+        sgd_element(var, grad, velocity, out, out_velocity, i, lr, momentum, decay, has_decay, has_momentum, nesterov);
     }
+}
+
+template <typename T>
+__device__ __forceinline__ void adam_element(const T* var, const T* grad, const T* m_in, const T* v_in, T* out,
+                                             T* m_out, T* v_out, u64 i, T lr_t, T one_minus_beta_1,
+                                             T one_minus_beta_2, T epsilon, T decay_factor, u64 has_decay) {
+    const T g = grad[i];
+    const T m = m_in ? m_in[i] + (g - m_in[i]) * one_minus_beta_1 : g * one_minus_beta_1;
+    const T g2 = g * g;
+    const T v = v_in ? v_in[i] + (g2 - v_in[i]) * one_minus_beta_2 : g2 * one_minus_beta_2;
+    const T w = has_decay ? var[i] * decay_factor : var[i];
+    out[i] = w - (m / (sqrt(v) + epsilon)) * lr_t;
+    m_out[i] = m;
+    v_out[i] = v;
 }
 
 template <typename T>
@@ -27,14 +56,38 @@ __device__ __forceinline__ void adam_update(const T* var, const T* grad, const T
                                             T* m_out, T* v_out, u64 n, T lr_t, T one_minus_beta_1,
                                             T one_minus_beta_2, T epsilon, T decay_factor, u64 has_decay) {
     GRID_STRIDE_LOOP(i, n) {
-        const T g = grad[i];
-        const T m = m_in ? m_in[i] + (g - m_in[i]) * one_minus_beta_1 : g * one_minus_beta_1;
-        const T g2 = g * g;
-        const T v = v_in ? v_in[i] + (g2 - v_in[i]) * one_minus_beta_2 : g2 * one_minus_beta_2;
-        const T w = has_decay ? var[i] * decay_factor : var[i];
-        out[i] = w - (m / (sqrt(v) + epsilon)) * lr_t;
-        m_out[i] = m;
-        v_out[i] = v;
+        adam_element(var, grad, m_in, v_in, out, m_out, v_out, i, lr_t, one_minus_beta_1, one_minus_beta_2, epsilon,
+                     decay_factor, has_decay);
+    }
+}
+
+// The parameters of one multi-tensor launch: per tensor, its operands (null where absent)
+// and length; first_chunk[k] is the index of tensor k's first chunk, first_chunk[count] the
+// total. Laid out as `MultiTable` in optim/cuda.rs.
+template <typename T>
+struct MultiTable {
+    const T* var[MT_MAX_TENSORS];
+    const T* grad[MT_MAX_TENSORS];
+    const T* state_a[MT_MAX_TENSORS];  // Adam's m, SGD's velocity
+    const T* state_b[MT_MAX_TENSORS];  // Adam's v
+    T* out[MT_MAX_TENSORS];
+    T* out_a[MT_MAX_TENSORS];
+    T* out_b[MT_MAX_TENSORS];
+    u64 n[MT_MAX_TENSORS];
+    u64 first_chunk[MT_MAX_TENSORS + 1];
+    u64 count;
+};
+
+// Calls element(k, i) for every element i of every tensor k of the table, a block per chunk.
+template <typename T, typename Element>
+__device__ __forceinline__ void for_each_chunk(const MultiTable<T>& t, Element element) {
+    const u64 chunks = t.first_chunk[t.count];
+    for (u64 chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
+        u64 k = 0;
+        while (chunk >= t.first_chunk[k + 1]) ++k;
+        const u64 lo = (chunk - t.first_chunk[k]) * MT_CHUNK;
+        const u64 hi = min(lo + MT_CHUNK, t.n[k]);
+        for (u64 i = lo + threadIdx.x; i < hi; i += blockDim.x) element(k, i);
     }
 }
 
@@ -52,5 +105,24 @@ __device__ __forceinline__ void adam_update(const T* var, const T* grad, const T
                     epsilon, decay_factor, has_decay);                                                         \
     }
 
+#define OPTIM_MULTI(T)                                                                                          \
+    extern "C" __global__ void sgd_update_multi_##T(const MultiTable<T> t, T lr, T momentum, T decay,          \
+                                                    u64 has_decay, u64 has_momentum, u64 nesterov) {           \
+        for_each_chunk(t, [&](u64 k, u64 i) {                                                                  \
+            sgd_element(t.var[k], t.grad[k], t.state_a[k], t.out[k], t.out_a[k], i, lr, momentum, decay,       \
+                        has_decay, has_momentum, nesterov);                                                    \
+        });                                                                                                    \
+    }                                                                                                          \
+    extern "C" __global__ void adam_update_multi_##T(const MultiTable<T> t, T lr_t, T one_minus_beta_1,        \
+                                                     T one_minus_beta_2, T epsilon, T decay_factor,            \
+                                                     u64 has_decay) {                                          \
+        for_each_chunk(t, [&](u64 k, u64 i) {                                                                  \
+            adam_element(t.var[k], t.grad[k], t.state_a[k], t.state_b[k], t.out[k], t.out_a[k], t.out_b[k], i, \
+                         lr_t, one_minus_beta_1, one_minus_beta_2, epsilon, decay_factor, has_decay);          \
+        });                                                                                                    \
+    }
+
 OPTIM(f32)
 OPTIM(f64)
+OPTIM_MULTI(f32)
+OPTIM_MULTI(f64)
