@@ -1,0 +1,256 @@
+//! Winograd convolution on the CPU: 3x3 kernels, stride 1, no dilation, one group, NHWC.
+//!
+//! The output is cut into `m x m` tiles (F(2x2,3x3): m = 2, F(4x4,3x3): m = 4); the
+//! tile's `(m + 2)^2` input pixels, transformed (`B^T d B`), meet the transformed kernel
+//! (`G g G^T`) elementwise, and the output transform (`A^T . A`) turns the products back
+//! into the tile. Summed over input channels, the elementwise products of the `(m + 2)^2`
+//! positions are `(m + 2)^2` independent GEMMs `[tiles, c_in] @ [c_in, c_out]`, run by the
+//! `gemm` crate: 16 products per 4 outputs (F2) or 36 per 16 (F4), against 9 per output
+//! for direct convolution, for the price of the two data transforms (see `transforms`).
+//!
+//! The batch is cut into chunks of whole images whose transformed input and products stay
+//! within [`CHUNK_BUDGET`] elements, allocated once per call (fallibly). Within a chunk
+//! each step runs in parallel: the input transform over images, the GEMMs over tile
+//! positions (each single-threaded), the output transform over images. The chunking
+//! depends on the shape alone and no sum crosses threads, so the result is the same for
+//! every thread count.
+//!
+//! Rounding: the transforms add and scale values before the products, so f32 results
+//! differ from direct convolution by more than one rounding (F4 more than F2);
+//! `docs/performance.md` has the measured errors. `select` only picks Winograd for f32.
+
+mod transforms;
+
+#[cfg(test)]
+mod tests;
+
+use super::cpu::{ensure_len, gemm_into, MatRef};
+use crate::backend::Conv2dSpec;
+use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
+use crate::{DType, Element, FloatElement, Result};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use transforms::{input_tile, kernel_tile, output_tile, Lane, Variant, F2, F4, LANES, MAX_ALPHA};
+
+/// Elements of one chunk's transformed input and products together (8 MiB of f32): large
+/// enough that each GEMM has a few hundred rows, small enough to bound the memory.
+const CHUNK_BUDGET: usize = 1 << 21;
+
+/// The Winograd variant a convolution runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tiling {
+    /// F(2x2,3x3).
+    F2,
+    /// F(4x4,3x3).
+    F4,
+}
+
+/// Whether `s` is a convolution Winograd computes: 3x3, stride 1, no dilation, one group.
+fn applies(s: &Conv2dSpec) -> bool {
+    (s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.dilation_h, s.dilation_w, s.groups) == (3, 3, 1, 1, 1, 1, 1)
+}
+
+/// The variant to run `s` with in element type `T`, or `None` for im2col + GEMM: f64
+/// keeps the exact direct convolution (the gradient checks rely on it); few channels make
+/// GEMMs too thin to pay for the transforms; and small maps waste most of a tile.
+pub(crate) fn select<T: FloatElement>(s: &Conv2dSpec) -> Option<Tiling> {
+    if T::DTYPE != DType::F32 || !applies(s) || s.in_channels < 16 || s.out_channels < 16 {
+        return None;
+    }
+    let side = s.out_h.min(s.out_w);
+    if side >= 6 {
+        Some(Tiling::F4)
+    } else if side >= 3 {
+        Some(Tiling::F2)
+    } else {
+        None
+    }
+}
+
+/// The forward convolution `[batch, out_h, out_w, c_out]` computed with `tiling`; `s`
+/// must be one `applies` accepts.
+pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+    tiling: Tiling,
+) -> Result<Vec<T>> {
+    assert!(applies(s), "winograd::conv2d: not a 3x3 stride-1 dense convolution");
+    match tiling {
+        Tiling::F2 => run::<F2, T>(x, kernel, bias, s),
+        Tiling::F4 => run::<F4, T>(x, kernel, bias, s),
+    }
+}
+
+/// Tile counts of one convolution under variant `V`.
+#[derive(Clone, Copy)]
+struct Tiles {
+    /// Tiles down and across one image.
+    rows: usize,
+    cols: usize,
+    /// Tile positions, `ALPHA^2`.
+    positions: usize,
+}
+
+impl Tiles {
+    fn new<V: Variant>(s: &Conv2dSpec) -> Self {
+        Tiles { rows: s.out_h.div_ceil(V::M), cols: s.out_w.div_ceil(V::M), positions: V::ALPHA * V::ALPHA }
+    }
+
+    fn per_image(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+fn run<V: Variant, T: FloatElement + ZeroBits>(
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    const OP: &str = "conv2d";
+    let (ci, co) = (s.in_channels, s.out_channels);
+    let out_image = s.out_h * s.out_w * co;
+    let mut out = try_zeros(OP, s.batch * out_image)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let tiles = Tiles::new::<V>(s);
+    let u = transform_kernel::<V, T>(kernel, s)?;
+    let per_image = tiles.positions * tiles.per_image() * (ci + co);
+    let chunk_images = (CHUNK_BUDGET / per_image).clamp(1, s.batch);
+    let (mut v, mut m) = (Vec::new(), Vec::new());
+    let chunk_tiles = chunk_images * tiles.per_image();
+    ensure_len(OP, &mut v, chunk_tiles * tiles.positions * ci)?;
+    ensure_len(OP, &mut m, chunk_tiles * tiles.positions * co)?;
+    for (chunk, dst) in out.chunks_mut(chunk_images * out_image).enumerate() {
+        let first = chunk * chunk_images;
+        let images = dst.len() / out_image;
+        let n = images * tiles.per_image();
+        // Transformed input, tile-major: [tile, position, c_in].
+        let v = &mut v[..n * tiles.positions * ci];
+        v.par_chunks_mut(tiles.per_image() * tiles.positions * ci)
+            .enumerate()
+            .for_each(|(b, v)| transform_image::<V, T>(&x[(first + b) * s.in_h * s.in_w * ci..], s, tiles, v));
+        // Products, position-major: [position, tile, c_out]; one GEMM per position.
+        let m = &mut m[..n * tiles.positions * co];
+        m.par_chunks_mut(n * co).enumerate().for_each(|(p, dst)| {
+            let lhs = MatRef { data: &v[p * ci..], row_stride: tiles.positions * ci, col_stride: 1 };
+            let rhs = MatRef::row_major(&u[p * ci * co..][..ci * co], co);
+            gemm_into(dst, co, (n, co, ci), lhs, rhs, false, Parallelism::None);
+        });
+        let m = &*m;
+        dst.par_chunks_mut(out_image)
+            .enumerate()
+            .for_each(|(b, dst)| untransform_image::<V, T>(m, (b, n), bias, s, tiles, dst));
+    }
+    Ok(out)
+}
+
+/// `G g G^T` of every (output, input) channel pair: `[position, c_in, c_out]`, each
+/// position's block the right-hand matrix of its GEMM. Computed in f64 and rounded once.
+fn transform_kernel<V: Variant, T: FloatElement + ZeroBits>(kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+    let (ci, co) = (s.in_channels, s.out_channels);
+    let mut u = try_zeros("conv2d", V::ALPHA * V::ALPHA * ci * co)?;
+    for o in 0..co {
+        for c in 0..ci {
+            let g = std::array::from_fn(|ky| std::array::from_fn(|kx| Element::to_f64(kernel[((o * 3 + ky) * 3 + kx) * ci + c])));
+            let t = kernel_tile::<V>(g);
+            for (r, row) in t.iter().enumerate().take(V::ALPHA) {
+                for (col, &value) in row.iter().enumerate().take(V::ALPHA) {
+                    u[((r * V::ALPHA + col) * ci + c) * co + o] = T::from_f64(value);
+                }
+            }
+        }
+    }
+    Ok(u)
+}
+
+/// The transformed tiles of one image `x` (`[in_h, in_w, c_in]` and beyond) into `v`
+/// (`[tile, position, c_in]`); pixels outside the image (padding, the last tiles'
+/// overhang) read as zeros.
+fn transform_image<V: Variant, T: FloatElement>(x: &[T], s: &Conv2dSpec, tiles: Tiles, v: &mut [T]) {
+    let ci = s.in_channels;
+    let mut tile_out = v.chunks_exact_mut(tiles.positions * ci);
+    for ty in 0..tiles.rows {
+        for tx in 0..tiles.cols {
+            let dst = tile_out.next().expect("v holds one block per tile");
+            let y0 = (ty * V::M) as isize - s.pad_top as isize;
+            let x0 = (tx * V::M) as isize - s.pad_left as isize;
+            for c0 in (0..ci).step_by(LANES) {
+                let width = LANES.min(ci - c0);
+                let mut d = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
+                for (r, row) in d.iter_mut().enumerate().take(V::ALPHA) {
+                    let iy = y0 + r as isize;
+                    if iy < 0 || iy >= s.in_h as isize {
+                        continue;
+                    }
+                    for (col, pixel) in row.iter_mut().enumerate().take(V::ALPHA) {
+                        let ix = x0 + col as isize;
+                        if ix >= 0 && ix < s.in_w as isize {
+                            let at = (iy as usize * s.in_w + ix as usize) * ci + c0;
+                            pixel[..width].copy_from_slice(&x[at..at + width]);
+                        }
+                    }
+                }
+                let t = input_tile::<V, T>(&d);
+                for r in 0..V::ALPHA {
+                    for col in 0..V::ALPHA {
+                        dst[(r * V::ALPHA + col) * ci + c0..][..width].copy_from_slice(&t[r][col][..width]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output tiles of image `b` of a chunk of `n` tiles from the products `m`
+/// (`[position, tile, c_out]`), plus the bias, into `dst` (`[out_h, out_w, c_out]`); the
+/// last tiles' overhang is dropped.
+fn untransform_image<V: Variant, T: FloatElement>(
+    m: &[T],
+    (b, n): (usize, usize),
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+    tiles: Tiles,
+    dst: &mut [T],
+) {
+    let co = s.out_channels;
+    for ty in 0..tiles.rows {
+        for tx in 0..tiles.cols {
+            let tile = (b * tiles.rows + ty) * tiles.cols + tx;
+            for c0 in (0..co).step_by(LANES) {
+                let width = LANES.min(co - c0);
+                let mut p = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
+                for (r, row) in p.iter_mut().enumerate().take(V::ALPHA) {
+                    for (col, lane) in row.iter_mut().enumerate().take(V::ALPHA) {
+                        let at = ((r * V::ALPHA + col) * n + tile) * co + c0;
+                        lane[..width].copy_from_slice(&m[at..at + width]);
+                    }
+                }
+                let y = output_tile::<V, T>(&p);
+                let mut shift: Lane<T> = [T::zero(); LANES];
+                if let Some(bias) = bias {
+                    shift[..width].copy_from_slice(&bias[c0..c0 + width]);
+                }
+                for (r, row) in y.iter().enumerate().take(V::M) {
+                    let oy = ty * V::M + r;
+                    if oy >= s.out_h {
+                        break;
+                    }
+                    for (col, lane) in row.iter().enumerate().take(V::M) {
+                        let ox = tx * V::M + col;
+                        if ox >= s.out_w {
+                            break;
+                        }
+                        let out = &mut dst[(oy * s.out_w + ox) * co + c0..][..width];
+                        for ((o, &y), &add) in out.iter_mut().zip(lane).zip(&shift) {
+                            *o = y + add;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
