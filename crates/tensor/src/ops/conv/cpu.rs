@@ -15,7 +15,9 @@
 //! few output pixels (the deep layers), it is one chunk and the GEMM is split instead. A
 //! 1x1 convolution with stride 1 and no padding needs no im2col: the input already is the
 //! column matrix. At stride 1 the input gradient runs as a convolution with the flipped
-//! kernel (see `backward_input_as_conv`).
+//! kernel (see `backward_input_as_conv`). Dense 3x3 stride-1 convolutions in f32 run with
+//! Winograd's algorithm instead where `winograd::select` picks it (forward, and so the
+//! flipped input gradient); the kernel gradient stays im2col + GEMM.
 //!
 //! A grouped convolution (`groups` > 1) runs these products once per group: the group's
 //! input channels gathered by im2col (`K = kh * kw * c_in / groups`), its block of kernel

@@ -19,6 +19,8 @@
 //! differ from direct convolution by more than one rounding (F4 more than F2);
 //! `docs/performance.md` has the measured errors. `select` only picks Winograd for f32.
 
+mod images;
+mod isa;
 mod transforms;
 
 #[cfg(test)]
@@ -27,10 +29,11 @@ mod tests;
 use super::cpu::{ensure_len, gemm_into, MatRef};
 use crate::backend::Conv2dSpec;
 use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
-use crate::{DType, Element, FloatElement, Result};
+use crate::{DType, FloatElement, Result};
 use gemm::Parallelism;
+use isa::Isa;
 use rayon::prelude::*;
-use transforms::{input_tile, kernel_tile, output_tile, Lane, Variant, F2, F4, LANES, MAX_ALPHA};
+use transforms::{Variant, F2, F4};
 
 /// Elements of one chunk's transformed input and products together (8 MiB of f32): large
 /// enough that each GEMM has a few hundred rows, small enough to bound the memory.
@@ -76,16 +79,28 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
     s: &Conv2dSpec,
     tiling: Tiling,
 ) -> Result<Vec<T>> {
+    conv2d_with(Isa::detect(), x, kernel, bias, s, tiling)
+}
+
+/// [`conv2d`] with its transforms compiled for `isa`.
+fn conv2d_with<T: FloatElement + ZeroBits>(
+    isa: Isa,
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+    tiling: Tiling,
+) -> Result<Vec<T>> {
     assert!(applies(s), "winograd::conv2d: not a 3x3 stride-1 dense convolution");
     match tiling {
-        Tiling::F2 => run::<F2, T>(x, kernel, bias, s),
-        Tiling::F4 => run::<F4, T>(x, kernel, bias, s),
+        Tiling::F2 => run::<F2, T>(isa, x, kernel, bias, s),
+        Tiling::F4 => run::<F4, T>(isa, x, kernel, bias, s),
     }
 }
 
 /// Tile counts of one convolution under variant `V`.
 #[derive(Clone, Copy)]
-struct Tiles {
+pub(super) struct Tiles {
     /// Tiles down and across one image.
     rows: usize,
     cols: usize,
@@ -104,6 +119,7 @@ impl Tiles {
 }
 
 fn run<V: Variant, T: FloatElement + ZeroBits>(
+    isa: Isa,
     x: &[T],
     kernel: &[T],
     bias: Option<&[T]>,
@@ -117,7 +133,7 @@ fn run<V: Variant, T: FloatElement + ZeroBits>(
         return Ok(out);
     }
     let tiles = Tiles::new::<V>(s);
-    let u = transform_kernel::<V, T>(kernel, s)?;
+    let u = images::transform_kernel::<V, T>(kernel, s)?;
     let per_image = tiles.positions * tiles.per_image() * (ci + co);
     let chunk_images = (CHUNK_BUDGET / per_image).clamp(1, s.batch);
     let (mut v, mut m) = (Vec::new(), Vec::new());
@@ -132,125 +148,18 @@ fn run<V: Variant, T: FloatElement + ZeroBits>(
         let v = &mut v[..n * tiles.positions * ci];
         v.par_chunks_mut(tiles.per_image() * tiles.positions * ci)
             .enumerate()
-            .for_each(|(b, v)| transform_image::<V, T>(&x[(first + b) * s.in_h * s.in_w * ci..], s, tiles, v));
+            .for_each(|(b, v)| isa.transform_image::<V, T>(&x[(first + b) * s.in_h * s.in_w * ci..], s, tiles, v));
         // Products, position-major: [position, tile, c_out]; one GEMM per position.
         let m = &mut m[..n * tiles.positions * co];
         m.par_chunks_mut(n * co).enumerate().for_each(|(p, dst)| {
             let lhs = MatRef { data: &v[p * ci..], row_stride: tiles.positions * ci, col_stride: 1 };
-            let rhs = MatRef::row_major(&u[p * ci * co..][..ci * co], co);
+            let rhs = MatRef { data: &u[p * co..], row_stride: tiles.positions * co, col_stride: 1 };
             gemm_into(dst, co, (n, co, ci), lhs, rhs, false, Parallelism::None);
         });
         let m = &*m;
         dst.par_chunks_mut(out_image)
             .enumerate()
-            .for_each(|(b, dst)| untransform_image::<V, T>(m, (b, n), bias, s, tiles, dst));
+            .for_each(|(b, dst)| isa.untransform_image::<V, T>(m, (b, n), bias, s, tiles, dst));
     }
     Ok(out)
-}
-
-/// `G g G^T` of every (output, input) channel pair: `[position, c_in, c_out]`, each
-/// position's block the right-hand matrix of its GEMM. Computed in f64 and rounded once.
-fn transform_kernel<V: Variant, T: FloatElement + ZeroBits>(kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
-    let (ci, co) = (s.in_channels, s.out_channels);
-    let mut u = try_zeros("conv2d", V::ALPHA * V::ALPHA * ci * co)?;
-    for o in 0..co {
-        for c in 0..ci {
-            let g = std::array::from_fn(|ky| std::array::from_fn(|kx| Element::to_f64(kernel[((o * 3 + ky) * 3 + kx) * ci + c])));
-            let t = kernel_tile::<V>(g);
-            for (r, row) in t.iter().enumerate().take(V::ALPHA) {
-                for (col, &value) in row.iter().enumerate().take(V::ALPHA) {
-                    u[((r * V::ALPHA + col) * ci + c) * co + o] = T::from_f64(value);
-                }
-            }
-        }
-    }
-    Ok(u)
-}
-
-/// The transformed tiles of one image `x` (`[in_h, in_w, c_in]` and beyond) into `v`
-/// (`[tile, position, c_in]`); pixels outside the image (padding, the last tiles'
-/// overhang) read as zeros.
-fn transform_image<V: Variant, T: FloatElement>(x: &[T], s: &Conv2dSpec, tiles: Tiles, v: &mut [T]) {
-    let ci = s.in_channels;
-    let mut tile_out = v.chunks_exact_mut(tiles.positions * ci);
-    for ty in 0..tiles.rows {
-        for tx in 0..tiles.cols {
-            let dst = tile_out.next().expect("v holds one block per tile");
-            let y0 = (ty * V::M) as isize - s.pad_top as isize;
-            let x0 = (tx * V::M) as isize - s.pad_left as isize;
-            for c0 in (0..ci).step_by(LANES) {
-                let width = LANES.min(ci - c0);
-                let mut d = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
-                for (r, row) in d.iter_mut().enumerate().take(V::ALPHA) {
-                    let iy = y0 + r as isize;
-                    if iy < 0 || iy >= s.in_h as isize {
-                        continue;
-                    }
-                    for (col, pixel) in row.iter_mut().enumerate().take(V::ALPHA) {
-                        let ix = x0 + col as isize;
-                        if ix >= 0 && ix < s.in_w as isize {
-                            let at = (iy as usize * s.in_w + ix as usize) * ci + c0;
-                            pixel[..width].copy_from_slice(&x[at..at + width]);
-                        }
-                    }
-                }
-                let t = input_tile::<V, T>(&d);
-                for r in 0..V::ALPHA {
-                    for col in 0..V::ALPHA {
-                        dst[(r * V::ALPHA + col) * ci + c0..][..width].copy_from_slice(&t[r][col][..width]);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The output tiles of image `b` of a chunk of `n` tiles from the products `m`
-/// (`[position, tile, c_out]`), plus the bias, into `dst` (`[out_h, out_w, c_out]`); the
-/// last tiles' overhang is dropped.
-fn untransform_image<V: Variant, T: FloatElement>(
-    m: &[T],
-    (b, n): (usize, usize),
-    bias: Option<&[T]>,
-    s: &Conv2dSpec,
-    tiles: Tiles,
-    dst: &mut [T],
-) {
-    let co = s.out_channels;
-    for ty in 0..tiles.rows {
-        for tx in 0..tiles.cols {
-            let tile = (b * tiles.rows + ty) * tiles.cols + tx;
-            for c0 in (0..co).step_by(LANES) {
-                let width = LANES.min(co - c0);
-                let mut p = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
-                for (r, row) in p.iter_mut().enumerate().take(V::ALPHA) {
-                    for (col, lane) in row.iter_mut().enumerate().take(V::ALPHA) {
-                        let at = ((r * V::ALPHA + col) * n + tile) * co + c0;
-                        lane[..width].copy_from_slice(&m[at..at + width]);
-                    }
-                }
-                let y = output_tile::<V, T>(&p);
-                let mut shift: Lane<T> = [T::zero(); LANES];
-                if let Some(bias) = bias {
-                    shift[..width].copy_from_slice(&bias[c0..c0 + width]);
-                }
-                for (r, row) in y.iter().enumerate().take(V::M) {
-                    let oy = ty * V::M + r;
-                    if oy >= s.out_h {
-                        break;
-                    }
-                    for (col, lane) in row.iter().enumerate().take(V::M) {
-                        let ox = tx * V::M + col;
-                        if ox >= s.out_w {
-                            break;
-                        }
-                        let out = &mut dst[(oy * s.out_w + ox) * co + c0..][..width];
-                        for ((o, &y), &add) in out.iter_mut().zip(lane).zip(&shift) {
-                            *o = y + add;
-                        }
-                    }
-                }
-            }
-        }
-    }
 }

@@ -1,6 +1,6 @@
 //! Both Winograd variants against a plain-loop direct convolution in f64.
 
-use super::{conv2d, select, Tiling};
+use super::{conv2d, conv2d_with, isa::Isa, select, Tiling};
 use crate::backend::Conv2dSpec;
 use crate::{Element, FloatElement};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -155,6 +155,23 @@ fn seed_errors() {
             let errs: Vec<f64> = (0..3).map(|seed| relative_error::<f32>(&s, tiling, true, seed)).collect();
             let worst = errs.iter().cloned().fold(0.0, f64::max);
             println!("{size}x{size} {c}->{c} {tiling:?}: max relative error {worst:.2e}");
+        }
+    }
+}
+
+#[test]
+fn every_instruction_set_gives_the_same_bits() {
+    let s = spec(3, (13, 11), (37, 21), [1, 1, 1, 1]);
+    let mut rng = StdRng::seed_from_u64(5);
+    let x: Vec<f32> = random(s.batch * s.in_h * s.in_w * s.in_channels, &mut rng).iter().map(|&v| v as f32).collect();
+    let k: Vec<f32> = random(s.out_channels * 9 * s.in_channels, &mut rng).iter().map(|&v| v as f32).collect();
+    let bias: Vec<f32> = random(s.out_channels, &mut rng).iter().map(|&v| v as f32).collect();
+    for tiling in [Tiling::F2, Tiling::F4] {
+        let portable = conv2d_with(Isa::Portable, &x, &k, Some(&bias), &s, tiling).unwrap();
+        for isa in Isa::available() {
+            let got = conv2d_with(isa, &x, &k, Some(&bias), &s, tiling).unwrap();
+            let same = got.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{tiling:?}: {isa:?} differs from the portable build");
         }
     }
 }

@@ -62,12 +62,7 @@ impl Variant for F2 {
     #[inline(always)]
     fn input<T: FloatElement>(d: &[Lane<T>; MAX_ALPHA]) -> [Lane<T>; MAX_ALPHA] {
         let [d0, d1, d2, d3, ..] = d;
-        padded([
-            lanes(|i| d0[i] - d2[i]),
-            lanes(|i| d1[i] + d2[i]),
-            lanes(|i| d2[i] - d1[i]),
-            lanes(|i| d1[i] - d3[i]),
-        ])
+        padded([lanes(|i| d0[i] - d2[i]), lanes(|i| d1[i] + d2[i]), lanes(|i| d2[i] - d1[i]), lanes(|i| d1[i] - d3[i])])
     }
 
     #[inline(always)]
