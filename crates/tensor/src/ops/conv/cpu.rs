@@ -336,13 +336,23 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
     bias: Option<&[T]>,
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
-    const OP: &str = "conv2d";
     if is_depthwise(s) {
         return depthwise_cpu::conv2d(x, kernel, bias, s);
     }
     if let Some(tiling) = winograd::select::<T>(s) {
         return winograd::conv2d(x, kernel, bias, s, tiling);
     }
+    conv2d_im2col(x, kernel, bias, s)
+}
+
+/// The forward convolution through im2col + GEMM, whatever the shape (not depthwise).
+pub(super) fn conv2d_im2col<T: FloatElement + ZeroBits>(
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    const OP: &str = "conv2d";
     let g = Geometry::new(s);
     let co = s.out_channels;
     let mut out = try_zeros(OP, s.batch * g.out_pixels * co)?;

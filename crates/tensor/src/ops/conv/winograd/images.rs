@@ -1,7 +1,7 @@
 //! The per-image steps of a Winograd convolution: the kernel transform, the input
 //! transform of an image's tiles, and the output transform back into its pixels.
 
-use super::transforms::{input_tile, kernel_tile, output_tile, Lane, Variant, LANES, MAX_ALPHA};
+use super::transforms::{block, block_mut, input_tile, kernel_tile, output_tile, Lane, Tile, Variant, LANES, ROW};
 use super::Tiles;
 use crate::backend::Conv2dSpec;
 use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
@@ -31,12 +31,46 @@ pub(super) fn transform_kernel<V: Variant, T: FloatElement + ZeroBits>(kernel: &
     Ok(u)
 }
 
+/// `src` (at most [`LANES`] values) into a block, zeros after it. A full block is one
+/// fixed-size copy: a copy of run-time length became a `memcpy` call. The partial
+/// block (a channel tail) is kept out of line, so that the full blocks' loops stay plain
+/// vector loads and stores (with it inlined, they compiled to masked scatters).
+#[inline(always)]
+fn load<T: FloatElement>(lane: &mut Lane<T>, src: &[T]) {
+    match src.first_chunk::<LANES>() {
+        Some(full) => *lane = *full,
+        None => load_partial(lane, src),
+    }
+}
+
+#[inline(never)]
+fn load_partial<T: FloatElement>(lane: &mut Lane<T>, src: &[T]) {
+    *lane = [T::zero(); LANES];
+    lane[..src.len()].copy_from_slice(src);
+}
+
+/// The first `dst.len()` (at most [`LANES`]) values of a block into `dst`.
+#[inline(always)]
+fn store<T: FloatElement>(dst: &mut [T], lane: &Lane<T>) {
+    match dst.first_chunk_mut::<LANES>() {
+        Some(full) => *full = *lane,
+        None => store_partial(dst, lane),
+    }
+}
+
+#[inline(never)]
+fn store_partial<T: FloatElement>(dst: &mut [T], lane: &Lane<T>) {
+    let width = dst.len();
+    dst.copy_from_slice(&lane[..width]);
+}
+
 /// The transformed tiles of one image `x` (`[in_h, in_w, c_in]` and beyond) into `v`
 /// (`[tile, position, c_in]`); pixels outside the image (padding, the last tiles'
 /// overhang) read as zeros.
 #[inline(always)]
 pub(super) fn transform_image<V: Variant, T: FloatElement>(x: &[T], s: &Conv2dSpec, tiles: Tiles, v: &mut [T]) {
     let ci = s.in_channels;
+    let mut d: Tile<T> = [[T::zero(); ROW]; super::transforms::MAX_ALPHA];
     let mut tile_out = v.chunks_exact_mut(tiles.positions * ci);
     for ty in 0..tiles.rows {
         for tx in 0..tiles.cols {
@@ -45,24 +79,23 @@ pub(super) fn transform_image<V: Variant, T: FloatElement>(x: &[T], s: &Conv2dSp
             let x0 = (tx * V::M) as isize - s.pad_left as isize;
             for c0 in (0..ci).step_by(LANES) {
                 let width = LANES.min(ci - c0);
-                let mut d = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
                 for (r, row) in d.iter_mut().enumerate().take(V::ALPHA) {
                     let iy = y0 + r as isize;
-                    if iy < 0 || iy >= s.in_h as isize {
-                        continue;
-                    }
-                    for (col, pixel) in row.iter_mut().enumerate().take(V::ALPHA) {
+                    for col in 0..V::ALPHA {
+                        let pixel = block_mut(row, col);
                         let ix = x0 + col as isize;
-                        if ix >= 0 && ix < s.in_w as isize {
+                        if iy >= 0 && iy < s.in_h as isize && ix >= 0 && ix < s.in_w as isize {
                             let at = (iy as usize * s.in_w + ix as usize) * ci + c0;
-                            pixel[..width].copy_from_slice(&x[at..at + width]);
+                            load(pixel, &x[at..at + width]);
+                        } else {
+                            *pixel = [T::zero(); LANES];
                         }
                     }
                 }
-                let t = input_tile::<V, T>(&d);
-                for r in 0..V::ALPHA {
+                input_tile::<V, T>(&mut d);
+                for (r, row) in d.iter().enumerate().take(V::ALPHA) {
                     for col in 0..V::ALPHA {
-                        dst[(r * V::ALPHA + col) * ci + c0..][..width].copy_from_slice(&t[r][col][..width]);
+                        store(&mut dst[(r * V::ALPHA + col) * ci + c0..][..width], &block(row, col));
                     }
                 }
             }
@@ -83,37 +116,36 @@ pub(super) fn untransform_image<V: Variant, T: FloatElement>(
     dst: &mut [T],
 ) {
     let co = s.out_channels;
+    let mut p: Tile<T> = [[T::zero(); ROW]; super::transforms::MAX_ALPHA];
     for ty in 0..tiles.rows {
         for tx in 0..tiles.cols {
             let tile = (b * tiles.rows + ty) * tiles.cols + tx;
             for c0 in (0..co).step_by(LANES) {
                 let width = LANES.min(co - c0);
-                let mut p = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
                 for (r, row) in p.iter_mut().enumerate().take(V::ALPHA) {
-                    for (col, lane) in row.iter_mut().enumerate().take(V::ALPHA) {
+                    for col in 0..V::ALPHA {
                         let at = ((r * V::ALPHA + col) * n + tile) * co + c0;
-                        lane[..width].copy_from_slice(&m[at..at + width]);
+                        load(block_mut(row, col), &m[at..at + width]);
                     }
                 }
-                let y = output_tile::<V, T>(&p);
+                output_tile::<V, T>(&mut p);
                 let mut shift: Lane<T> = [T::zero(); LANES];
                 if let Some(bias) = bias {
-                    shift[..width].copy_from_slice(&bias[c0..c0 + width]);
+                    load(&mut shift, &bias[c0..c0 + width]);
                 }
-                for (r, row) in y.iter().enumerate().take(V::M) {
+                for (r, row) in p.iter().enumerate().take(V::M) {
                     let oy = ty * V::M + r;
                     if oy >= s.out_h {
                         break;
                     }
-                    for (col, lane) in row.iter().enumerate().take(V::M) {
+                    for col in 0..V::M {
                         let ox = tx * V::M + col;
                         if ox >= s.out_w {
                             break;
                         }
-                        let out = &mut dst[(oy * s.out_w + ox) * co + c0..][..width];
-                        for ((o, &y), &add) in out.iter_mut().zip(lane).zip(&shift) {
-                            *o = y + add;
-                        }
+                        let lane = block(row, col);
+                        let y: Lane<T> = std::array::from_fn(|i| lane[i] + shift[i]);
+                        store(&mut dst[(oy * s.out_w + ox) * co + c0..][..width], &y);
                     }
                 }
             }

@@ -35,9 +35,9 @@ use isa::Isa;
 use rayon::prelude::*;
 use transforms::{Variant, F2, F4};
 
-/// Elements of one chunk's transformed input and products together (8 MiB of f32): large
-/// enough that each GEMM has a few hundred rows, small enough to bound the memory.
-const CHUNK_BUDGET: usize = 1 << 21;
+/// Elements of one chunk's transformed input and products together (2 MiB of f32): large
+/// enough that each GEMM has a hundred rows or more, small enough to stay in cache.
+const CHUNK_BUDGET: usize = 1 << 19;
 
 /// The Winograd variant a convolution runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,8 +60,11 @@ pub(crate) fn select<T: FloatElement>(s: &Conv2dSpec) -> Option<Tiling> {
     if T::DTYPE != DType::F32 || !applies(s) || s.in_channels < 16 || s.out_channels < 16 {
         return None;
     }
+    // Measured on the seed's shapes (docs/performance.md): F4 from 8x8 maps up, F2 at
+    // 4x4 (where F4's single tile costs more in transforms than it saves), im2col at 2x2
+    // (one F2 tile for four outputs: no fewer products than the 4 real taps of each).
     let side = s.out_h.min(s.out_w);
-    if side >= 6 {
+    if side >= 8 {
         Some(Tiling::F4)
     } else if side >= 3 {
         Some(Tiling::F2)

@@ -141,6 +141,8 @@ fn selection_keeps_f64_direct_and_skips_unsuited_shapes() {
     assert_eq!(select::<f32>(&dilated), None);
     let grouped = Conv2dSpec { groups: 2, ..seed_layer };
     assert_eq!(select::<f32>(&grouped), None);
+    assert_eq!(select::<f32>(&spec(64, (4, 4), (256, 256), [1, 1, 1, 1])), Some(Tiling::F2));
+    assert_eq!(select::<f32>(&spec(64, (2, 2), (512, 512), [1, 1, 1, 1])), None, "2x2 maps");
 }
 
 /// The f32 error of each variant on the seed ResNet18's stride-1 3x3 shapes (batch 2),
@@ -172,6 +174,44 @@ fn every_instruction_set_gives_the_same_bits() {
             let got = conv2d_with(isa, &x, &k, Some(&bias), &s, tiling).unwrap();
             let same = got.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{tiling:?}: {isa:?} differs from the portable build");
+        }
+    }
+}
+
+/// Forward times of im2col, F2 and F4 on the seed's shapes at batch 64 (minimum over
+/// interleaved repetitions), in 1- and 2-thread pools: the measurements behind `select`.
+/// `cargo test --release -p tapegrad-tensor --lib winograd::tests::seed_timings -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, printed"]
+fn seed_timings() {
+    use std::time::{Duration, Instant};
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for (size, c) in [(15, 64), (8, 128), (4, 256), (2, 512), (6, 128)] {
+            let s = spec(64, (size, size), (c, c), [1, 1, 1, 1]);
+            let mut rng = StdRng::seed_from_u64(1);
+            let x: Vec<f32> = random(s.batch * size * size * c, &mut rng).iter().map(|&v| v as f32).collect();
+            let k: Vec<f32> = random(c * 9 * c, &mut rng).iter().map(|&v| v as f32).collect();
+            let mut best = [Duration::MAX; 3];
+            pool.install(|| {
+                for _ in 0..12 {
+                    for (i, slot) in best.iter_mut().enumerate() {
+                        let t = Instant::now();
+                        let y = match i {
+                            0 => super::super::cpu::conv2d_im2col(&x, &k, None, &s),
+                            1 => conv2d(&x, &k, None, &s, Tiling::F2),
+                            _ => conv2d(&x, &k, None, &s, Tiling::F4),
+                        };
+                        std::hint::black_box(y.unwrap());
+                        *slot = (*slot).min(t.elapsed());
+                    }
+                }
+            });
+            let ms = best.map(|d| d.as_secs_f64() * 1e3);
+            println!(
+                "{threads} threads, {size}x{size} {c}->{c}: im2col {:.2} ms, F2 {:.2} ms, F4 {:.2} ms",
+                ms[0], ms[1], ms[2]
+            );
         }
     }
 }

@@ -27,10 +27,12 @@ pub(super) trait Variant {
     const M: usize;
     /// Input tile side `m + 2`.
     const ALPHA: usize;
-    /// `B^T d`: `ALPHA` input values to `ALPHA` transformed ones.
-    fn input<T: FloatElement>(d: &[Lane<T>; MAX_ALPHA]) -> [Lane<T>; MAX_ALPHA];
-    /// `A^T v`: `ALPHA` products to `M` outputs.
-    fn output<T: FloatElement>(v: &[Lane<T>; MAX_ALPHA]) -> [Lane<T>; MAX_ALPHA];
+    /// `B^T d`: `ALPHA` input values to `ALPHA` transformed ones (entries past `ALPHA`
+    /// pass through). By value: the arrays stay in registers, where references to
+    /// scratch arrays compiled to `memcpy` and `memset` calls.
+    fn input<T: FloatElement, const N: usize>(d: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA];
+    /// `A^T v`: `ALPHA` products to `M` outputs (entries past `M` are left over).
+    fn output<T: FloatElement, const N: usize>(v: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA];
     /// `G g`: 3 kernel taps to `ALPHA` transformed ones (in f64, rounded once at the end).
     fn kernel(g: [f64; 3]) -> [f64; MAX_ALPHA];
 }
@@ -43,16 +45,8 @@ pub(super) struct F4;
 
 /// `f(i)` for every lane.
 #[inline(always)]
-fn lanes<T: Copy>(f: impl Fn(usize) -> T) -> Lane<T> {
+fn lanes<T: Copy, const N: usize>(f: impl Fn(usize) -> T) -> [T; N] {
     std::array::from_fn(f)
-}
-
-/// The array with its first entries set from `values`, zeros after.
-#[inline(always)]
-fn padded<T: FloatElement, const N: usize>(values: [Lane<T>; N]) -> [Lane<T>; MAX_ALPHA] {
-    let mut out = [[T::zero(); LANES]; MAX_ALPHA];
-    out[..N].copy_from_slice(&values);
-    out
 }
 
 impl Variant for F2 {
@@ -60,15 +54,22 @@ impl Variant for F2 {
     const ALPHA: usize = 4;
 
     #[inline(always)]
-    fn input<T: FloatElement>(d: &[Lane<T>; MAX_ALPHA]) -> [Lane<T>; MAX_ALPHA] {
+    fn input<T: FloatElement, const N: usize>(d: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA] {
         let [d0, d1, d2, d3, ..] = d;
-        padded([lanes(|i| d0[i] - d2[i]), lanes(|i| d1[i] + d2[i]), lanes(|i| d2[i] - d1[i]), lanes(|i| d1[i] - d3[i])])
+        [
+            lanes(|i| d0[i] - d2[i]),
+            lanes(|i| d1[i] + d2[i]),
+            lanes(|i| d2[i] - d1[i]),
+            lanes(|i| d1[i] - d3[i]),
+            d[4],
+            d[5],
+        ]
     }
 
     #[inline(always)]
-    fn output<T: FloatElement>(v: &[Lane<T>; MAX_ALPHA]) -> [Lane<T>; MAX_ALPHA] {
-        let [v0, v1, v2, v3, ..] = v;
-        padded([lanes(|i| v0[i] + v1[i] + v2[i]), lanes(|i| v1[i] - v2[i] - v3[i])])
+    fn output<T: FloatElement, const N: usize>(v: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA] {
+        let [v0, v1, v2, v3, _, _] = v;
+        [lanes(|i| v0[i] + v1[i] + v2[i]), lanes(|i| v1[i] - v2[i] - v3[i]), v[2], v[3], v[4], v[5]]
     }
 
     fn kernel([g0, g1, g2]: [f64; 3]) -> [f64; MAX_ALPHA] {
@@ -81,38 +82,40 @@ impl Variant for F4 {
     const ALPHA: usize = 6;
 
     #[inline(always)]
-    fn input<T: FloatElement>(d: &[Lane<T>; MAX_ALPHA]) -> [Lane<T>; MAX_ALPHA] {
+    fn input<T: FloatElement, const N: usize>(d: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA] {
         let [d0, d1, d2, d3, d4, d5] = d;
         let (two, four, five) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(5.0));
         // Shared terms, as in Lavin & Gray: rows 1-2 and 3-4 differ in the sign of one pair.
-        let a = lanes(|i| d4[i] - four * d2[i]);
-        let b = lanes(|i| d3[i] - four * d1[i]);
-        let c = lanes(|i| d4[i] - d2[i]);
-        let e = lanes(|i| two * (d3[i] - d1[i]));
-        padded([
+        let a: [T; N] = lanes(|i| d4[i] - four * d2[i]);
+        let b: [T; N] = lanes(|i| d3[i] - four * d1[i]);
+        let c: [T; N] = lanes(|i| d4[i] - d2[i]);
+        let e: [T; N] = lanes(|i| two * (d3[i] - d1[i]));
+        [
             lanes(|i| four * d0[i] - five * d2[i] + d4[i]),
             lanes(|i| a[i] + b[i]),
             lanes(|i| a[i] - b[i]),
             lanes(|i| c[i] + e[i]),
             lanes(|i| c[i] - e[i]),
             lanes(|i| four * d1[i] - five * d3[i] + d5[i]),
-        ])
+        ]
     }
 
     #[inline(always)]
-    fn output<T: FloatElement>(v: &[Lane<T>; MAX_ALPHA]) -> [Lane<T>; MAX_ALPHA] {
+    fn output<T: FloatElement, const N: usize>(v: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA] {
         let [v0, v1, v2, v3, v4, v5] = v;
         let (two, four, eight) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
-        let sum12 = lanes(|i| v1[i] + v2[i]);
-        let diff12 = lanes(|i| v1[i] - v2[i]);
-        let sum34 = lanes(|i| v3[i] + v4[i]);
-        let diff34 = lanes(|i| v3[i] - v4[i]);
-        padded([
+        let sum12: [T; N] = lanes(|i| v1[i] + v2[i]);
+        let diff12: [T; N] = lanes(|i| v1[i] - v2[i]);
+        let sum34: [T; N] = lanes(|i| v3[i] + v4[i]);
+        let diff34: [T; N] = lanes(|i| v3[i] - v4[i]);
+        [
             lanes(|i| v0[i] + sum12[i] + sum34[i]),
             lanes(|i| diff12[i] + two * diff34[i]),
             lanes(|i| sum12[i] + four * sum34[i]),
             lanes(|i| diff12[i] + eight * diff34[i] + v5[i]),
-        ])
+            v[4],
+            v[5],
+        ]
     }
 
     fn kernel([g0, g1, g2]: [f64; 3]) -> [f64; MAX_ALPHA] {
@@ -127,44 +130,81 @@ impl Variant for F4 {
     }
 }
 
-/// `B^T d B` of one tile, `d[row][col]` its input pixels: `ALPHA x ALPHA` blocks.
+/// Values in one row of a tile: `MAX_ALPHA` blocks of [`LANES`] channels, block `j` at
+/// `j * LANES`.
+pub(super) const ROW: usize = MAX_ALPHA * LANES;
+
+/// One tile of blocks, row by row. Flat rows, so that the first 1-D pass (which combines
+/// whole rows) runs straight over them; arrays of blocks needed reshaping, which the
+/// compiler turned into gathers and scatters.
+pub(super) type Tile<T> = [[T; ROW]; MAX_ALPHA];
+
+/// Block `j` of a row.
 #[inline(always)]
-pub(super) fn input_tile<V: Variant, T: FloatElement>(
-    d: &[[Lane<T>; MAX_ALPHA]; MAX_ALPHA],
-) -> [[Lane<T>; MAX_ALPHA]; MAX_ALPHA] {
-    let mut columns = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
-    for col in 0..V::ALPHA {
-        let column = std::array::from_fn(|row| d[row][col]);
-        let t = V::input(&column);
-        for row in 0..V::ALPHA {
-            columns[row][col] = t[row];
-        }
-    }
-    let mut out = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
-    for row in 0..V::ALPHA {
-        out[row] = V::input(&columns[row]);
-    }
-    out
+pub(super) fn block<T: Copy>(row: &[T; ROW], j: usize) -> Lane<T> {
+    *row[j * LANES..].first_chunk().expect("a row holds MAX_ALPHA blocks")
 }
 
-/// `A^T v A` of one tile of products `v[row][col]`: `M x M` output blocks.
 #[inline(always)]
-pub(super) fn output_tile<V: Variant, T: FloatElement>(
-    v: &[[Lane<T>; MAX_ALPHA]; MAX_ALPHA],
-) -> [[Lane<T>; MAX_ALPHA]; MAX_ALPHA] {
-    let mut columns = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
-    for col in 0..V::ALPHA {
-        let column = std::array::from_fn(|row| v[row][col]);
-        let t = V::output(&column);
-        for row in 0..V::M {
-            columns[row][col] = t[row];
+pub(super) fn block_mut<T>(row: &mut [T; ROW], j: usize) -> &mut Lane<T> {
+    row[j * LANES..].first_chunk_mut().expect("a row holds MAX_ALPHA blocks")
+}
+
+/// `body` for rows `0..rows` (at most `MAX_ALPHA`), written out: as a loop, the compiler
+/// vectorised across rows, with gathers and scatters.
+macro_rules! each_row {
+    ($rows:expr, |$r:ident| $body:expr) => {{
+        let rows = $rows;
+        let $r = 0;
+        $body;
+        let $r = 1;
+        $body;
+        let $r = 2;
+        if $r < rows {
+            $body;
         }
+        let $r = 3;
+        if $r < rows {
+            $body;
+        }
+        let $r = 4;
+        if $r < rows {
+            $body;
+        }
+        let $r = 5;
+        if $r < rows {
+            $body;
+        }
+    }};
+}
+
+/// The second 1-D pass over one row: `f` combines its blocks.
+#[inline(always)]
+fn along_row<T: FloatElement>(
+    row: &mut [T; ROW],
+    keep: usize,
+    f: impl Fn([Lane<T>; MAX_ALPHA]) -> [Lane<T>; MAX_ALPHA],
+) {
+    let t = f(std::array::from_fn(|j| block(row, j)));
+    for (j, value) in t.into_iter().enumerate().take(keep) {
+        *block_mut(row, j) = value;
     }
-    let mut out = [[[T::zero(); LANES]; MAX_ALPHA]; MAX_ALPHA];
-    for row in 0..V::M {
-        out[row] = V::output(&columns[row]);
-    }
-    out
+}
+
+/// `B^T d B` of one tile, in place: `d` its input pixels, then its `ALPHA x ALPHA`
+/// transformed blocks. `B^T d` combines whole rows; `. B` the blocks within each row.
+#[inline(always)]
+pub(super) fn input_tile<V: Variant, T: FloatElement>(d: &mut Tile<T>) {
+    *d = V::input::<T, ROW>(*d);
+    each_row!(V::ALPHA, |r| along_row(&mut d[r], V::ALPHA, V::input::<T, LANES>));
+}
+
+/// `A^T v A` of one tile, in place: `v` its products, then its `M x M` output blocks in
+/// the top-left corner.
+#[inline(always)]
+pub(super) fn output_tile<V: Variant, T: FloatElement>(v: &mut Tile<T>) {
+    *v = V::output::<T, ROW>(*v);
+    each_row!(V::M, |r| along_row(&mut v[r], V::M, V::output::<T, LANES>));
 }
 
 /// `G g G^T` of one 3x3 kernel `g[row][col]`, in f64: `ALPHA x ALPHA`.
