@@ -62,10 +62,11 @@ fn direct(x: &[f64], k: &[f64], bias: Option<&[f64]>, s: &Conv2dSpec) -> Vec<f64
     y
 }
 
-/// Largest |winograd - reference| over the largest |reference|, with `tiling` in `T`.
+/// Largest |computed - reference| over the largest |reference|, computed with `tiling`
+/// (`None`: im2col + GEMM) in `T`.
 fn relative_error<T: FloatElement + crate::cpu_backend::alloc::ZeroBits>(
     s: &Conv2dSpec,
-    tiling: Tiling,
+    tiling: Option<Tiling>,
     with_bias: bool,
     seed: u64,
 ) -> f64 {
@@ -79,7 +80,11 @@ fn relative_error<T: FloatElement + crate::cpu_backend::alloc::ZeroBits>(
     let widen = |v: &[T]| -> Vec<f64> { v.iter().map(|&a| Element::to_f64(a)).collect() };
     let (xt, kt, bt) = (round(&x), round(&k), bias.map(round));
     let expected = direct(&widen(&xt), &widen(&kt), bt.as_deref().map(widen).as_deref(), s);
-    let got = conv2d(&xt, &kt, bt.as_deref(), s, tiling).expect("winograd");
+    let got = match tiling {
+        Some(tiling) => conv2d(&xt, &kt, bt.as_deref(), s, tiling),
+        None => super::super::cpu::conv2d_im2col(&xt, &kt, bt.as_deref(), s),
+    }
+    .expect("convolution");
     assert_eq!(got.len(), expected.len(), "output length");
     let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
     got.iter().zip(&expected).map(|(g, e)| (Element::to_f64(*g) - e).abs()).fold(0.0, f64::max) / scale
@@ -104,7 +109,7 @@ fn shapes() -> Vec<Conv2dSpec> {
 fn f64_matches_the_definition() {
     for (i, s) in shapes().iter().enumerate() {
         for tiling in [Tiling::F2, Tiling::F4] {
-            let err = relative_error::<f64>(s, tiling, i % 2 == 0, i as u64);
+            let err = relative_error::<f64>(s, Some(tiling), i % 2 == 0, i as u64);
             assert!(err < 1e-13, "{tiling:?} on shape {i}: f64 relative error {err:e}");
         }
     }
@@ -114,7 +119,7 @@ fn f64_matches_the_definition() {
 fn f32_error_is_bounded() {
     for (i, s) in shapes().iter().enumerate() {
         for (tiling, bound) in [(Tiling::F2, 2e-6), (Tiling::F4, 2e-5)] {
-            let err = relative_error::<f32>(s, tiling, i % 2 == 1, 100 + i as u64);
+            let err = relative_error::<f32>(s, Some(tiling), i % 2 == 1, 100 + i as u64);
             assert!(err < bound, "{tiling:?} on shape {i}: f32 relative error {err:e} over {bound:e}");
         }
     }
@@ -125,7 +130,7 @@ fn chunks_and_batches_agree() {
     // A batch that needs several chunks: each image's output must not depend on which chunk
     // (or which tile index inside it) computed it.
     let s = spec(9, (30, 30), (64, 64), [1, 1, 1, 1]);
-    let err = relative_error::<f64>(&s, Tiling::F4, true, 7);
+    let err = relative_error::<f64>(&s, Some(Tiling::F4), true, 7);
     assert!(err < 1e-13, "several chunks: f64 relative error {err:e}");
 }
 
@@ -145,18 +150,19 @@ fn selection_keeps_f64_direct_and_skips_unsuited_shapes() {
     assert_eq!(select::<f32>(&spec(64, (2, 2), (512, 512), [1, 1, 1, 1])), None, "2x2 maps");
 }
 
-/// The f32 error of each variant on the seed ResNet18's stride-1 3x3 shapes (batch 2),
-/// against f64 direct convolution, for docs/performance.md:
+/// The f32 error of each variant (and of im2col + GEMM) on the seed ResNet18's stride-1
+/// 3x3 shapes (batch 2), against f64 direct convolution, for docs/performance.md:
 /// `cargo test -p tapegrad-tensor --lib winograd::tests::seed_errors -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, printed"]
 fn seed_errors() {
     for (size, c) in [(15, 64), (8, 128), (4, 256), (2, 512)] {
         let s = spec(2, (size, size), (c, c), [1, 1, 1, 1]);
-        for tiling in [Tiling::F2, Tiling::F4] {
+        for tiling in [None, Some(Tiling::F2), Some(Tiling::F4)] {
             let errs: Vec<f64> = (0..3).map(|seed| relative_error::<f32>(&s, tiling, true, seed)).collect();
             let worst = errs.iter().cloned().fold(0.0, f64::max);
-            println!("{size}x{size} {c}->{c} {tiling:?}: max relative error {worst:.2e}");
+            let name = tiling.map_or("im2col".to_string(), |t| format!("{t:?}"));
+            println!("{size}x{size} {c}->{c} {name}: max relative error {worst:.2e}");
         }
     }
 }
