@@ -121,6 +121,9 @@ impl Tiles {
     }
 }
 
+/// The convolution under variant `V`, chunk by chunk: input transform, one GEMM per tile
+/// position, output transform. A chunk is at least one image, so an image larger than
+/// the budget gets a workspace of its own size and a serial transform.
 fn run<V: Variant, T: FloatElement + ZeroBits>(
     isa: Isa,
     x: &[T],
