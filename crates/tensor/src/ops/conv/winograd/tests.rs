@@ -184,8 +184,9 @@ fn every_instruction_set_gives_the_same_bits() {
     }
 }
 
-/// Forward times of im2col, F2 and F4 on the seed's shapes at batch 64 (minimum over
-/// interleaved repetitions), in 1- and 2-thread pools: the measurements behind `select`.
+/// Forward times of im2col, F2 and F4 on the seed's shapes (and two larger maps) at batch
+/// 64 (minimum over interleaved repetitions), in 1- and 2-thread pools: the measurements
+/// behind `select`.
 /// `cargo test --release -p tapegrad-tensor --lib winograd::tests::seed_timings -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, printed"]
@@ -193,7 +194,7 @@ fn seed_timings() {
     use std::time::{Duration, Instant};
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        for (size, c) in [(15, 64), (8, 128), (4, 256), (2, 512), (6, 128)] {
+        for (size, c) in [(15, 64), (8, 128), (4, 256), (2, 512), (6, 128), (30, 64), (32, 32)] {
             let s = spec(64, (size, size), (c, c), [1, 1, 1, 1]);
             let mut rng = StdRng::seed_from_u64(1);
             let x: Vec<f32> = random(s.batch * size * size * c, &mut rng).iter().map(|&v| v as f32).collect();
