@@ -32,7 +32,9 @@ enum Case {
 
 /// The seed ResNet18 (shared/seed/resnet_cifar100_tf.py): stem 3x3 valid on 32x32, then
 /// four stages whose first block has stride 2 (30 -> 15 -> 8 -> 4 -> 2), each block two
-/// 3x3 convolutions, the downsampling block a 1x1 stride-2 shortcut.
+/// 3x3 convolutions, the downsampling block a 1x1 stride-2 shortcut. The stride-1 3x3 rows
+/// with 64-256 channels run with Winograd (F4 at 15x15 and 8x8, F2 at 4x4); the 2x2 and
+/// 3-channel ones with im2col.
 fn cases() -> Vec<Case> {
     use Case::*;
     use Padding::{Same, Valid};
@@ -50,6 +52,8 @@ fn cases() -> Vec<Case> {
         Conv(256, 512, 3, 2, Same, 4),
         Conv(256, 512, 1, 2, Same, 4),
         Conv(512, 512, 3, 1, Same, 2),
+        // Not in the seed: Winograd F4 without padding, tiles overhanging a 13x13 output.
+        Conv(64, 64, 3, 1, Valid, 15),
         BatchNorm(64, 30),
         BatchNorm(64, 15),
         BatchNorm(128, 8),

@@ -1,6 +1,7 @@
 //! The convolution's three products give the same bits in 1-, 2- and 3-thread pools, on
 //! shapes that take each CPU path: a single chunk with a split GEMM, many chunks (the
-//! kernel gradient's batch sum cut into runs), groups, and the direct depthwise kernels.
+//! kernel gradient's batch sum cut into runs), groups, the direct depthwise kernels,
+//! and Winograd (F4 and F2).
 
 use rand::{rngs::StdRng, SeedableRng};
 use tapegrad_tensor::{Conv2dParams, DType, Device, GradientTape, Padding, Tensor};
@@ -60,4 +61,17 @@ fn grouped_many_chunks() {
 #[test]
 fn depthwise() {
     check("depthwise", [24, 20, 20, 48], [48, 3, 3, 1], 48, 1);
+}
+
+#[test]
+fn winograd_f4_several_chunks() {
+    // 15x15 outputs with 32 channels in f32: Winograd F(4x4,3x3), tiles overhanging the
+    // map, the batch cut into chunks; the input gradient is Winograd too.
+    check("winograd F4", [40, 15, 15, 32], [32, 3, 3, 32], 1, 1);
+}
+
+#[test]
+fn winograd_f2_small_map() {
+    // 4x4 outputs, channels off the 16-lane blocks: Winograd F(2x2,3x3).
+    check("winograd F2", [6, 4, 4, 24], [40, 3, 3, 24], 1, 1);
 }

@@ -15,14 +15,16 @@
 //! few output pixels (the deep layers), it is one chunk and the GEMM is split instead. A
 //! 1x1 convolution with stride 1 and no padding needs no im2col: the input already is the
 //! column matrix. At stride 1 the input gradient runs as a convolution with the flipped
-//! kernel (see `backward_input_as_conv`).
+//! kernel (see `backward_input_as_conv`). Dense 3x3 stride-1 convolutions in f32 run with
+//! Winograd's algorithm instead where `winograd::select` picks it (forward, and so the
+//! flipped input gradient); the kernel gradient stays im2col + GEMM.
 //!
 //! A grouped convolution (`groups` > 1) runs these products once per group: the group's
 //! input channels gathered by im2col (`K = kh * kw * c_in / groups`), its block of kernel
 //! rows, and its run of output channels written in place through the GEMM's strides. The
 //! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu/`).
 
-use super::depthwise_cpu;
+use super::{depthwise_cpu, winograd};
 use crate::backend::Conv2dSpec;
 use crate::cpu_backend::alloc::{host_oom, try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
@@ -319,7 +321,7 @@ fn add_assign<T: FloatElement>(dst: &mut [T], src: &[T]) {
 }
 
 /// Grows a reused column buffer to `len` elements (fallibly: its size is the user's shapes').
-fn ensure_len<T: FloatElement>(op: &'static str, col: &mut Vec<T>, len: usize) -> Result<()> {
+pub(super) fn ensure_len<T: FloatElement>(op: &'static str, col: &mut Vec<T>, len: usize) -> Result<()> {
     if col.len() < len {
         col.try_reserve_exact(len - col.len()).map_err(|_| host_oom::<T>(op, len))?;
         col.resize(len, T::zero());
@@ -334,10 +336,23 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
     bias: Option<&[T]>,
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
-    const OP: &str = "conv2d";
     if is_depthwise(s) {
         return depthwise_cpu::conv2d(x, kernel, bias, s);
     }
+    if let Some(tiling) = winograd::select::<T>(s) {
+        return winograd::conv2d(x, kernel, bias, s, tiling);
+    }
+    conv2d_im2col(x, kernel, bias, s)
+}
+
+/// The forward convolution through im2col + GEMM, whatever the shape (not depthwise).
+pub(super) fn conv2d_im2col<T: FloatElement + ZeroBits>(
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    const OP: &str = "conv2d";
     let g = Geometry::new(s);
     let co = s.out_channels;
     let mut out = try_zeros(OP, s.batch * g.out_pixels * co)?;
@@ -403,7 +418,11 @@ pub(super) fn backward_input_geometry(s: &Conv2dSpec) -> Option<Conv2dSpec> {
 /// whose inner dimension is only `c_out` and whose output is `kh*kw` times larger. Not for
 /// groups, where `c_in` is too small for the flipped GEMM to be efficient, or where the
 /// kernel is large against the column matrix.
-fn backward_input_as_conv(s: &Conv2dSpec) -> Option<Conv2dSpec> {
+fn backward_input_as_conv<T: FloatElement>(s: &Conv2dSpec) -> Option<Conv2dSpec> {
+    // Where Winograd runs the flipped convolution, it beats col2im at any kernel size.
+    if let Some(flipped) = backward_input_geometry(s).filter(|f| winograd::select::<T>(f).is_some()) {
+        return Some(flipped);
+    }
     // Its GEMM has c_in output columns: below a SIMD width (the 3-channel stem) it is slower.
     let wide = s.in_channels >= 16;
     // Flipping costs a pass over the kernel; col2im one over the column matrix. Deep layers
@@ -445,7 +464,7 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
     if is_depthwise(s) {
         return depthwise_cpu::conv2d_backward_input(dy, kernel, s);
     }
-    if let Some(transposed) = backward_input_as_conv(s) {
+    if let Some(transposed) = backward_input_as_conv::<T>(s) {
         return conv2d(dy, &flip_kernel(kernel, s)?, None, &transposed);
     }
     let g = Geometry::new(s);

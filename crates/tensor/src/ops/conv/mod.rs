@@ -14,6 +14,7 @@ pub(crate) mod cuda;
 mod depthwise_cpu;
 mod padding;
 mod transpose;
+mod winograd;
 
 pub use padding::Padding;
 pub(crate) use padding::SpatialAxis;
