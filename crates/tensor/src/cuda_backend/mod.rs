@@ -11,6 +11,7 @@ pub(crate) mod blas;
 pub(crate) mod cpu_fallback;
 pub(crate) mod cudnn;
 pub(crate) mod device;
+pub(crate) mod kernel_cache;
 pub(crate) mod kernels;
 pub(crate) mod staging;
 
