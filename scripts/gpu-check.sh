@@ -26,8 +26,9 @@
 # Environment: GPU_BUNDLE (default target/gpu-bundle), PYTHON (default python3, with
 # PyTorch), OUT (default: a temporary folder), GPU_CHECK_QUICK=1 (quick mode: batch 64
 # only, few steps, tiny micro-benchmark sizes), GPU_CHECK_BUDGET_S, and for the emulator
-# (scripts/cuda-emu, far slower than a GPU) GPU_CHECK_TRAIN_BATCHES (e.g. "4") and
-# GPU_CHECK_TRAIN_STEPS (e.g. "2").
+# (scripts/cuda-emu, far slower than a GPU) GPU_CHECK_TRAIN_BATCHES (e.g. "4"),
+# GPU_CHECK_TRAIN_STEPS (e.g. "2") and GPU_CHECK_FLAGSHIP (the flagship's arguments, e.g.
+# "--synthetic 64 --batch-size 16 --epochs 1 --dataset cifar10").
 #
 # Set for every stage: TAPEGRAD_CUDA_NO_CPU_FALLBACK=1 (an f32 convolution without a cuDNN
 # algorithm is an error, not a silent CPU run), REQUIRE_GPU=1 (a skipped GPU test fails),
@@ -53,13 +54,13 @@ if [[ "$quick" == 1 ]]; then
   train_batches=(${GPU_CHECK_TRAIN_BATCHES:-64})
   train_steps=(--steps "${GPU_CHECK_TRAIN_STEPS:-5}" --warmup 2)
   micro_flags=(--quick)
-  flagship=(--synthetic 256 --batch-size 64 --epochs 1 --dataset cifar10)
+  flagship=(${GPU_CHECK_FLAGSHIP:---synthetic 256 --batch-size 64 --epochs 1 --dataset cifar10})
 else
   budget="${GPU_CHECK_BUDGET_S:-450}"
   train_batches=(${GPU_CHECK_TRAIN_BATCHES:-64 256})
   train_steps=(--steps "${GPU_CHECK_TRAIN_STEPS:-20}" --warmup 5)
   micro_flags=()
-  flagship=(--synthetic 8192 --epochs 2)
+  flagship=(${GPU_CHECK_FLAGSHIP:---synthetic 8192 --epochs 2})
 fi
 deadline=$((SECONDS + budget))
 # Kept back at the end for the summary and the tarball.
@@ -159,7 +160,7 @@ fi
 # --- 1. preflight ----------------------------------------------------------------------
 preflight_ok=1
 run_stage preflight 60 env CUDA_LAUNCH_BLOCKING=1 "$bundle/cuda_preflight" --nocapture --test-threads=1 || preflight_ok=0
-grep -E '^preflight:|panicked|SKIPPED|error' "$logs/preflight.log" | head -30 | tee -a "$summary"
+grep -oE 'preflight: .*|panicked.*|SKIPPED.*|error.*' "$logs/preflight.log" | head -30 | tee -a "$summary"
 run_stage torch_preflight 60 "$py" - <<'PY'
 import os, torch
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
