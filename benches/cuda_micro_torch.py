@@ -123,11 +123,12 @@ def main():
     else:
         matmuls, conv_batch, n, rows, softmax_rows = (1024, 4096), 64, 1 << 26, 1 << 13, 1 << 16
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
+    set_tf32(args.tf32)
+    # Read back, so that the log shows what PyTorch took.
+    print(f"# allow_tf32: matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}")
     if args.tf32:
-        set_tf32(True)
         convolutions(conv_batch, "_tf32")
         return
-    set_tf32(False)
     for size in matmuls:
         a, b = random(size, size), random(size, size)
         for tf32 in (False, True):

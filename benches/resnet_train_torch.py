@@ -147,7 +147,8 @@ def main():
         extra = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
     print(
         f"torch {torch.__version__} {args.arch} batch {args.batch} {args.device} threads {torch.get_num_threads()} "
-        f"channels_last={args.channels_last} tf32={args.tf32} bf16={args.bf16} compile={args.compile} params={params}: {dt / args.steps * 1e3:.1f} ms/step, "
+        f"channels_last={args.channels_last} allow_tf32 (matmul, cudnn)={torch.backends.cuda.matmul.allow_tf32}, "
+        f"{torch.backends.cudnn.allow_tf32} bf16={args.bf16} compile={args.compile} params={params}: {dt / args.steps * 1e3:.1f} ms/step, "
         f"{ips:.1f} images/s, last loss {loss.item():.4f}{extra}"
     )
     # Machine-readable lines for scripts/gpu-check.sh's table (same names as resnet_train.rs).
