@@ -13,15 +13,24 @@
 #   target/gpu-bundle/resnet_train     training images/s of the seed ResNet (benches/resnet_train.rs)
 #   target/gpu-bundle/resnet_cifar100  the flagship, for a short training run on synthetic data
 #
-# (The NVRTC compile test is not in the bundle: CI runs it.) Then, on the GPU machine, from
-# the repository root: scripts/gpu-check.sh (with the device tool: carry target/gpu-bundle).
-# Needs python3 (to read cargo's JSON). GPU_BUNDLE_PROFILE=dev builds the dev-profile
-# binaries instead (quicker here, far larger: for scripts/cuda-emu, not for a device).
+# (The NVRTC compile test is not in the bundle: CI runs it.) The binaries (about 100 MiB,
+# each links the whole tensor crate) are packed into target/gpu-bundle/gpu-bundle.tar.xz
+# (xz finds the shared code: about a tenth of that), which scripts/gpu-check.sh unpacks;
+# their symbols stay, so that backtraces name functions. Then, on the GPU machine, from the
+# repository root: scripts/gpu-check.sh (with the device tool: carry target/gpu-bundle).
+# Needs python3 (to read cargo's JSON) and xz. GPU_BUNDLE_PROFILE=dev builds the dev-profile
+# binaries instead, unpacked in target/gpu-bundle (quicker here, far larger: for
+# scripts/cuda-emu, not for a device).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out=target/gpu-bundle
-rm -rf "$out"
-mkdir -p "$out"
+bundle=target/gpu-bundle
+dev=0
+[[ "${GPU_BUNDLE_PROFILE:-release}" == dev ]] && dev=1
+# Where the binaries go: the bundle itself (dev), or a folder that is packed into it.
+out=target/gpu-bundle-bin
+((dev)) && out="$bundle"
+rm -rf "$bundle" "$out"
+mkdir -p "$bundle" "$out"
 
 # Small binaries: no debug info in our code or the dependencies (the bundle travels).
 export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo
@@ -43,7 +52,7 @@ if wanted:
 
 cuda_tests=(cuda_preflight cuda_ops cuda_conv_algorithms cuda_activations cuda_gather cuda_group_norm cuda_grouped_conv
   cuda_resize_pad)
-if [[ "${GPU_BUNDLE_PROFILE:-release}" == dev ]]; then
+if ((dev)); then
   release=()
   # `cargo test` builds benches in the test profile (cargo build would use the bench one).
   bench_build=(test --no-run)
@@ -62,10 +71,14 @@ cargo build "${release[@]}" --features cuda --example resnet_cifar100 \
 cargo test "${release[@]}" --features cuda --test cuda_training --test cuda_fit --test torch_trajectory --no-run \
   --message-format=json-render-diagnostics | copy_executables cuda_training cuda_fit torch_trajectory
 
-size=$(du -sb "$out" | cut -f1)
 ls -l "$out"
-echo "build-gpu-bundle: $((size / 1024 / 1024)) MiB in $out" >&2
-if [[ "${GPU_BUNDLE_PROFILE:-release}" != dev ]] && (( size > 60 * 1024 * 1024 )); then
+if ((!dev)); then
+  echo "build-gpu-bundle: $(($(du -sb "$out" | cut -f1) / 1024 / 1024)) MiB of binaries; packing them" >&2
+  tar -C "$out" -cf - . | xz -9 -T2 > "$bundle/gpu-bundle.tar.xz"
+fi
+size=$(du -sb "$bundle" | cut -f1)
+echo "build-gpu-bundle: $((size / 1024 / 1024)) MiB in $bundle" >&2
+if ((!dev)) && ((size > 60 * 1024 * 1024)); then
   echo "build-gpu-bundle: over 60 MiB; the device tool carries at most 64 MiB" >&2
   exit 1
 fi

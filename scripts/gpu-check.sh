@@ -150,6 +150,17 @@ export PYTHONUNBUFFERED=1
 note "== gpu-check $(date -u +%FT%TZ) quick=$quick budget=${budget}s =="
 note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 note "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
+# The release bundle is one archive (scripts/build-gpu-bundle.sh); a dev bundle is unpacked.
+if [[ -f "$bundle/gpu-bundle.tar.xz" ]]; then
+  mkdir -p "$work/bundle"
+  if command -v xz > /dev/null; then
+    tar -xJf "$bundle/gpu-bundle.tar.xz" -C "$work/bundle"
+  else
+    "$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$bundle/gpu-bundle.tar.xz" "$work/bundle"
+  fi
+  bundle="$work/bundle"
+fi
 missing=()
 for bin in cuda_preflight cuda_ops cuda_micro resnet_train; do [[ -x "$bundle/$bin" ]] || missing+=("$bin"); done
 if ((${#missing[@]})); then
