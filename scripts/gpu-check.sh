@@ -17,7 +17,9 @@
 #   6. a short run of the flagship on synthetic data;
 #   7. full mode only, if time is left: PyTorch eager with bf16 autocast and torch.compile
 #      (reduce-overhead), the rows tapegrad's bf16 and CUDA-graph modes are to beat.
-# Each stage runs under `timeout` within an overall budget (GPU_CHECK_BUDGET_S: 450 s,
+# The bundle is target/gpu-bundle/gpu-bundle.tar.xz, unpacked into a temporary folder (or,
+# from GPU_BUNDLE_PROFILE=dev, the binaries themselves). Each stage runs under `timeout`
+# within an overall budget (GPU_CHECK_BUDGET_S: 450 s,
 # 170 s in quick mode); a stage that no longer fits is reported as skipped. Each table is
 # printed as soon as its stage ends, and all of them again at the end. Logs go to one
 # tarball, $OUT/gpu-check-logs.tar.gz (also written if the script is interrupted), with
@@ -115,8 +117,11 @@ run_stage() {
 
 # Failing tests of a libtest log, their panic messages, and the result lines.
 test_failures() {
-  grep -E -A3 '^test .* FAILED$|panicked at|tapegrad warning|^test result|^error|failed:' "$1" \
-    | grep -vE '^\s+(at |[0-9]+: )|^note: |^stack backtrace|^--$' | head -40
+  {
+    grep -E '^test .* FAILED$|^test result|^error' "$1"
+    grep -E -A3 'panicked at|tapegrad warning|failed:' "$1" \
+      | grep -vE '^\s*$|^\s+(at |[0-9]+: )|^note: |^stack backtrace|^--$|^test .* ok$'
+  } | head -40
 }
 
 # --- libraries -------------------------------------------------------------------------
@@ -196,7 +201,10 @@ fi
 if ((!preflight_ok)); then
   note ""
   note "== preflight FAILED: benchmarks skipped, diagnosis follows =="
-  { test_failures "$logs/preflight.log"; [[ -f "$logs/op_sweep.log" ]] && test_failures "$logs/op_sweep.log"; } | tee -a "$summary"
+  {
+    [[ "${outcome[preflight]}" == passed* ]] || test_failures "$logs/preflight.log"
+    [[ -f "$logs/op_sweep.log" ]] && test_failures "$logs/op_sweep.log"
+  } | tee -a "$summary"
   failing=$(grep -hE '^test .* FAILED$' "$logs/op_sweep.log" 2>/dev/null | awk '{print $2}')
   diag_env=(CUDA_LAUNCH_BLOCKING=1 RUST_BACKTRACE=1 CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr
     CUBLAS_LOGINFO_DBG=1 CUBLAS_LOGDEST_DBG=stderr)
