@@ -14,7 +14,9 @@
 //! it prints `SKIPPED cuda_micro: <reason>` and exits 0 (1 under `REQUIRE_GPU=1`).
 //!
 //! Run: `cargo bench --features cuda --bench cuda_micro`. With `--quick`, tiny sizes and
-//! few iterations: a smoke test of the binary (the figures mean nothing).
+//! few iterations: a smoke test of the binary (the figures mean nothing). With `--tf32`,
+//! only the convolutions, with TF32 allowed (`cuda::set_tf32(true)`), their names ending
+//! in `_tf32`; without it everything is strict f32 except the `matmul_*_tf32` rows.
 
 use std::time::Instant;
 use tapegrad::tensor::{cuda, Conv2dParams, DType, Device, GradientTape, Padding, Result, Tensor};
@@ -85,8 +87,9 @@ const RESNET18_CONVS: [ConvShape; 13] = [
     ("3x3_512_2", [2, 2, 512], 512, 3, 1, Padding::Same, 3),
 ];
 
-/// Forward (and forward + input and kernel gradients) of each ResNet18 convolution.
-fn convolutions(s: &Sizes) -> Result<()> {
+/// Forward (and forward + input and kernel gradients) of each ResNet18 convolution; every
+/// name ends in `suffix` (the precision).
+fn convolutions(s: &Sizes, suffix: &str) -> Result<()> {
     let (mut total_flops, mut total_seconds) = (0.0, 0.0);
     for (name, [h, w, c], filters, k, stride, padding, layers) in RESNET18_CONVS {
         let x = random(&[s.conv_batch, h, w, c])?;
@@ -96,7 +99,7 @@ fn convolutions(s: &Sizes) -> Result<()> {
         let dy = random(y.dims())?;
         let flops = 2.0 * (y.elem_count() * k * k * c) as f64;
         let t = seconds_per_call(|| x.conv2d(&kernel, None, &params), s.budget)?;
-        report(&format!("conv_{name}_fwd"), flops / t / 1e9, "GFLOP/s");
+        report(&format!("conv_{name}_fwd{suffix}"), flops / t / 1e9, "GFLOP/s");
         let step = || -> Result<Tensor> {
             let tape = GradientTape::new();
             tape.watch(&x);
@@ -106,15 +109,21 @@ fn convolutions(s: &Sizes) -> Result<()> {
             grads.into_iter().next().flatten().ok_or_else(|| tapegrad::Error::Tape("no input gradient".into()))
         };
         let t = seconds_per_call(step, s.budget)?;
-        report(&format!("conv_{name}_fwdbwd"), 3.0 * flops / t / 1e9, "GFLOP/s");
+        report(&format!("conv_{name}_fwdbwd{suffix}"), 3.0 * flops / t / 1e9, "GFLOP/s");
         total_flops += 3.0 * flops * layers as f64;
         total_seconds += t * layers as f64;
     }
-    report(&format!("resnet18_convs_b{}_fwdbwd", s.conv_batch), total_flops / total_seconds / 1e9, "GFLOP/s");
+    report(&format!("resnet18_convs_b{}_fwdbwd{suffix}", s.conv_batch), total_flops / total_seconds / 1e9, "GFLOP/s");
     Ok(())
 }
 
-fn run(s: &Sizes) -> Result<()> {
+fn run(s: &Sizes, tf32: bool) -> Result<()> {
+    if tf32 {
+        cuda::set_tf32(true);
+        let result = convolutions(s, "_tf32");
+        cuda::set_tf32(false);
+        return result;
+    }
     for n in s.matmul {
         let (a, b) = (random(&[n, n])?, random(&[n, n])?);
         for tf32 in [false, true] {
@@ -144,7 +153,7 @@ fn run(s: &Sizes) -> Result<()> {
     let logits = random(&[s.softmax_rows, 1000])?;
     let t = seconds_per_call(|| logits.log_softmax(-1), s.budget)?;
     report(&format!("log_softmax_{}x1000_f32", s.softmax_rows), gb(2 * 4 * s.softmax_rows * 1000, t), "GB/s");
-    convolutions(s)?;
+    convolutions(s, "")?;
     fused_kernels(s)?;
     let stats = cuda::memory_stats(0)?;
     println!(
@@ -247,7 +256,7 @@ fn main() {
             budget: 0.5,
         }
     };
-    if let Err(e) = run(&sizes) {
+    if let Err(e) = run(&sizes, std::env::args().any(|a| a == "--tf32")) {
         eprintln!("cuda_micro failed: {e}");
         std::process::exit(1);
     }

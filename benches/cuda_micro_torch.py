@@ -3,7 +3,16 @@
 Prints one `RESULT <name> <value> <unit>` line per measurement (same names and units);
 scripts/gpu-check.sh sets them beside ours. Timing: warm-ups, then a loop timed with the
 device synchronised before and after only, as in the Rust benchmark.
+
+Precision is always set explicitly (PyTorch's default lets cuDNN convolutions use TF32,
+while tapegrad's are strict f32 unless cuda::set_tf32(true)): strict f32 everywhere except
+the `matmul_*_tf32` rows; `--tf32` measures only the convolutions, with TF32 allowed in
+both matmuls and cuDNN, their names ending in `_tf32` (as `cuda_micro --tf32`). `--quick`
+uses cuda_micro's `--quick` sizes (a smoke test: the figures mean nothing).
+
+Usage: python benches/cuda_micro_torch.py [--quick] [--tf32]
 """
+import argparse
 import time
 
 import torch
@@ -12,7 +21,17 @@ import torch.nn.functional as F
 DEVICE = "cuda"
 
 
-def seconds_per_call(f, budget=0.5):
+# The budget per measurement in seconds (0 for --quick: five timed calls).
+BUDGET = 0.5
+
+
+def set_tf32(enabled):
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def seconds_per_call(f, budget=None):
+    budget = BUDGET if budget is None else budget
     for _ in range(3):
         f()
     torch.cuda.synchronize()
@@ -62,10 +81,10 @@ def tf_same(size, k, stride):
     return total // 2, total - total // 2
 
 
-def convolutions(batch=64):
-    """f32 (no TF32) channels_last convolutions, TF's padding: where it is asymmetric the
-    input is padded explicitly, as tapegrad does for cuDNN."""
-    torch.backends.cudnn.allow_tf32 = False
+def convolutions(batch, suffix):
+    """channels_last convolutions in the precision the caller set, TF's padding: where it
+    is asymmetric the input is padded explicitly, as tapegrad does for cuDNN. Every name
+    ends in `suffix`."""
     total_flops = total_seconds = 0.0
     for name, (h, w, c), filters, k, stride, padding, layers in RESNET18_CONVS:
         cl = torch.channels_last
@@ -84,39 +103,55 @@ def convolutions(batch=64):
             dy = random(*y.shape).contiguous(memory_format=cl)
             flops = 2 * y.numel() * k * k * c
             t = seconds_per_call(forward)
-        report(f"conv_{name}_fwd", flops / t / 1e9, "GFLOP/s")
+        report(f"conv_{name}_fwd{suffix}", flops / t / 1e9, "GFLOP/s")
         t = seconds_per_call(lambda: torch.autograd.grad(forward(), (x, weight), dy))
-        report(f"conv_{name}_fwdbwd", 3 * flops / t / 1e9, "GFLOP/s")
+        report(f"conv_{name}_fwdbwd{suffix}", 3 * flops / t / 1e9, "GFLOP/s")
         total_flops += 3 * flops * layers
         total_seconds += t * layers
-    report(f"resnet18_convs_b{batch}_fwdbwd", total_flops / total_seconds / 1e9, "GFLOP/s")
+    report(f"resnet18_convs_b{batch}_fwdbwd{suffix}", total_flops / total_seconds / 1e9, "GFLOP/s")
 
 
 def main():
-    for n in (1024, 4096):
-        a, b = random(n, n), random(n, n)
+    global BUDGET
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="cuda_micro's tiny --quick sizes")
+    p.add_argument("--tf32", action="store_true", help="only the convolutions, TF32 allowed")
+    args = p.parse_args()
+    # The sizes of cuda_micro.rs (full and --quick), so that the names match.
+    if args.quick:
+        matmuls, conv_batch, n, rows, softmax_rows, BUDGET = (64, 128), 2, 1 << 20, 256, 64, 0.0
+    else:
+        matmuls, conv_batch, n, rows, softmax_rows = (1024, 4096), 64, 1 << 26, 1 << 13, 1 << 16
+    print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
+    set_tf32(args.tf32)
+    # Read back, so that the log shows what PyTorch took.
+    print(f"# allow_tf32: matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}")
+    if args.tf32:
+        convolutions(conv_batch, "_tf32")
+        return
+    for size in matmuls:
+        a, b = random(size, size), random(size, size)
         for tf32 in (False, True):
             torch.backends.cuda.matmul.allow_tf32 = tf32
             t = seconds_per_call(lambda: a @ b)
-            report(f"matmul_{n}_{'tf32' if tf32 else 'f32'}", 2 * n**3 / t / 1e9, "GFLOP/s")
-    torch.backends.cuda.matmul.allow_tf32 = False
+            report(f"matmul_{size}_{'tf32' if tf32 else 'f32'}", 2 * size**3 / t / 1e9, "GFLOP/s")
+    set_tf32(False)
 
-    n = 1 << 26
     x, y = random(n), random(n)
     gb = lambda nbytes, t: nbytes / t / 1e9
-    report("add_64M_f32", gb(3 * 4 * n, seconds_per_call(lambda: x + y)), "GB/s")
-    report("exp_64M_f32", gb(2 * 4 * n, seconds_per_call(lambda: x.exp())), "GB/s")
-    report("sum_64M_f32", gb(4 * n, seconds_per_call(lambda: x.sum())), "GB/s")
-    rows = cols = 1 << 13
+    mi = n >> 20
+    report(f"add_{mi}M_f32", gb(3 * 4 * n, seconds_per_call(lambda: x + y)), "GB/s")
+    report(f"exp_{mi}M_f32", gb(2 * 4 * n, seconds_per_call(lambda: x.exp())), "GB/s")
+    report(f"sum_{mi}M_f32", gb(4 * n, seconds_per_call(lambda: x.sum())), "GB/s")
+    cols = rows
     m, bias = random(rows, cols), random(cols)
-    report("bias_add_8192x8192_f32", gb(2 * 4 * rows * cols, seconds_per_call(lambda: m + bias)), "GB/s")
-    report("column_sum_8192x8192_f32", gb(4 * rows * cols, seconds_per_call(lambda: m.sum(0))), "GB/s")
-    logits = random(1 << 16, 1000)
+    report(f"bias_add_{rows}x{cols}_f32", gb(2 * 4 * rows * cols, seconds_per_call(lambda: m + bias)), "GB/s")
+    report(f"column_sum_{rows}x{cols}_f32", gb(4 * rows * cols, seconds_per_call(lambda: m.sum(0))), "GB/s")
+    logits = random(softmax_rows, 1000)
     t = seconds_per_call(lambda: torch.log_softmax(logits, -1))
-    report("log_softmax_65536x1000_f32", gb(2 * 4 * (1 << 16) * 1000, t), "GB/s")
-    convolutions()
+    report(f"log_softmax_{softmax_rows}x1000_f32", gb(2 * 4 * softmax_rows * 1000, t), "GB/s")
+    convolutions(conv_batch, "")
 
 
 if __name__ == "__main__":
-    print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
     main()

@@ -4,7 +4,7 @@
 //! optimizer in PyTorch; docs/performance.md sets the two side by side.
 //!
 //! ```text
-//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--cuda-graph]
+//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--tf32] [--cuda-graph]
 //! ```
 //! `--cuda-graph` (with `--device cuda`): forward, loss and gradients replayed as a CUDA graph
 //! (`GraphedStep`, the batch copied into its static input each step), the Adam update eager.
@@ -28,6 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = arg(&args, "--batch", "64").parse()?;
     let steps: usize = arg(&args, "--steps", "10").parse()?;
     let warmup: usize = arg(&args, "--warmup", "3").parse()?;
+    // Strict f32 unless `--tf32` (as resnet_train_torch.py's flag); RESULT names say which.
+    let tf32 = args.iter().any(|a| a == "--tf32");
+    tapegrad::tensor::cuda::set_tf32(tf32);
+    let precision = if tf32 { "_tf32" } else { "" };
     let device = match arg(&args, "--device", "cpu").as_str() {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
@@ -111,10 +115,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (false, false) => "cuda",
         (false, true) => "cuda_graph",
     };
-    println!("RESULT train_{arch}_b{batch}_{place} {images_per_sec:.1} img/s");
+    println!("RESULT train_{arch}_b{batch}_{place}{precision} {images_per_sec:.1} img/s");
     if let Device::Cuda(ordinal) = device {
         let peak = tapegrad::tensor::cuda::memory_stats(ordinal)?.peak_in_use as f64 / (1 << 20) as f64;
-        println!("RESULT peak_memory_{arch}_b{batch}_{place} {peak:.0} MiB");
+        println!("RESULT peak_memory_{arch}_b{batch}_{place}{precision} {peak:.0} MiB");
     }
     Ok(())
 }

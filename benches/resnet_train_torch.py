@@ -7,8 +7,17 @@ momentum 0.01) and epsilon 1e-3, Adam(lr=3e-4, eps=1e-7), glorot-uniform kernels
 
 Usage:
   python benches/resnet_train_torch.py --device cpu --threads 2 --batch 64 --steps 10
-  python benches/resnet_train_torch.py --device cuda --batch 256 --channels-last
+  python benches/resnet_train_torch.py --device cuda --batch 256 --channels-last [--tf32]
 Prints: images/s over the timed steps (after warm-up), and peak GPU memory on CUDA.
+
+Precision is set explicitly on both switches, never left to PyTorch's defaults (which let
+cuDNN convolutions use TF32): strict f32 by default, as tapegrad computes by default;
+`--tf32` allows TF32 for matrix products and convolutions, to compare with
+`resnet_train --tf32` (tapegrad's cuda::set_tf32(true)). Its RESULT names end in `_tf32`.
+`--bf16` runs the forward pass and the loss under bf16 autocast (names end in `_bf16`);
+`--compile MODE` trains a `torch.compile(model, mode=MODE)` (compiled during the warm-up
+steps; names end in `_compile`): PyTorch's modes beside which tapegrad's bf16 and CUDA-graph
+modes are to be measured.
 """
 import argparse
 import math
@@ -92,21 +101,30 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 in matmuls and convolutions (default: strict f32)")
+    p.add_argument("--bf16", action="store_true", help="forward pass and loss under bf16 autocast")
+    p.add_argument("--compile", metavar="MODE", help="torch.compile mode, e.g. max-autotune or reduce-overhead")
     args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    precision = ("_tf32" if args.tf32 else "") + ("_bf16" if args.bf16 else "") + ("_compile" if args.compile else "")
     torch.set_num_threads(args.threads)
     torch.manual_seed(1234)
     dev = torch.device(args.device)
     model = ResNet([2, 2, 2, 2] if args.arch == "resnet18" else [3, 4, 6, 3]).to(dev)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if args.compile:
+        model = torch.compile(model, mode=args.compile)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, eps=1e-7)
     x = (torch.rand(args.batch, 3, 32, 32, device=dev) * 2 - 1).to(memory_format=fmt)
     y = torch.randint(0, 100, (args.batch,), device=dev)
 
     def step():
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -129,13 +147,15 @@ def main():
         extra = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
     print(
         f"torch {torch.__version__} {args.arch} batch {args.batch} {args.device} threads {torch.get_num_threads()} "
-        f"channels_last={args.channels_last} params={params}: {dt / args.steps * 1e3:.1f} ms/step, "
+        f"channels_last={args.channels_last} allow_tf32 (matmul, cudnn)={torch.backends.cuda.matmul.allow_tf32}, "
+        f"{torch.backends.cudnn.allow_tf32} bf16={args.bf16} compile={args.compile} params={params}: {dt / args.steps * 1e3:.1f} ms/step, "
         f"{ips:.1f} images/s, last loss {loss.item():.4f}{extra}"
     )
     # Machine-readable lines for scripts/gpu-check.sh's table (same names as resnet_train.rs).
-    print(f"RESULT train_{args.arch}_b{args.batch}_{dev.type} {ips:.1f} img/s")
+    print(f"RESULT train_{args.arch}_b{args.batch}_{dev.type}{precision} {ips:.1f} img/s")
     if dev.type == "cuda":
-        print(f"RESULT peak_memory_{args.arch}_b{args.batch}_{dev.type} {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        print(f"RESULT peak_memory_{args.arch}_b{args.batch}_{dev.type}{precision} {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,22 @@
 // The heuristics are made up so that the host code's choices are exercised: for f32 the
 // first entry wants tensor-op math (TF32; only for callers that allow it), then an
 // algorithm that needs a workspace; for f64 the first entry is NOT_SUPPORTED; f64 with a
-// dilation has no algorithm at all (so the caller's fallback runs). Convolutions whose
-// descriptor has tensor-op math round f32 operands to TF32 (10-bit mantissa), as a GPU
-// would. FAKE_CUDNN_TRACE=1 prints each call that computes.
+// dilation has no algorithm at all (so the caller's fallback runs). The backward
+// directions rank algorithm 0 first, which real cuDNN reports as non-deterministic (it
+// accumulates with atomics); here it flips the last bit of its first nonzero result on
+// every other call, so a caller that takes it cannot repeat its results bit for bit.
+// FAKE_CUDNN_NO_ALGO=DIR:C[,DIR:C...] (DIR one of fwd, bwd_data, bwd_filter, all) marks
+// the convolutions whose input has C channels as having no algorithm in that direction:
+// f32 heuristics rank only NOT_SUPPORTED entries, f64 heuristics fail with BAD_PARAM (real
+// cuDNN's f64 NHWC heuristics fail in several ways). It is read on every call, so a test
+// can set it. Convolutions whose descriptor has tensor-op math round f32 operands to TF32
+// (10-bit mantissa), as a GPU would. FAKE_CUDNN_TRACE=1 prints each call that computes.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace {
@@ -59,44 +67,90 @@ int check(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y) {
 // The made-up workspace of the "A" algorithms, in bytes.
 size_t workspace_a(const Tensor& y) { return 256 + 8 * count(y); }
 
-bool supported(const Tensor& x, const Conv& cv, int algo, int algo_a) {
+enum Direction { FWD, BWD_DATA, BWD_FILTER };
+
+// Whether FAKE_CUDNN_NO_ALGO marks this direction of a convolution whose input has
+// `channels` channels.
+bool marked(Direction dir, int channels) {
+    const char* spec = getenv("FAKE_CUDNN_NO_ALGO");
+    if (!spec) return false;
+    static const char* names[] = {"fwd", "bwd_data", "bwd_filter"};
+    std::string all(spec);
+    size_t start = 0;
+    while (start <= all.size()) {
+        size_t end = all.find(',', start);
+        if (end == std::string::npos) end = all.size();
+        std::string item = all.substr(start, end - start);
+        size_t colon = item.find(':');
+        if (colon != std::string::npos) {
+            std::string name = item.substr(0, colon);
+            if ((name == "all" || name == names[dir]) && atoi(item.c_str() + colon + 1) == channels) return true;
+        }
+        start = end + 1;
+    }
+    return false;
+}
+
+bool supported(Direction dir, const Tensor& x, const Conv& cv, int algo, int algo_a) {
     if (x.dtype == DOUBLE && (cv.dh > 1 || cv.dw > 1)) return false;
+    if (marked(dir, x.c)) return false;
     return !(x.dtype == DOUBLE && algo == algo_a);
 }
 
 // Real cuDNN reports the backward algorithms numbered 0 (BWD_DATA_ALGO_0,
 // BWD_FILTER_ALGO_0, which accumulate with atomics) as non-deterministic; so does this one.
-int heuristics(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo_a, int algo_b, int requested,
-               int* returned, Perf* out, bool backward = false) {
-    auto det = [&](int algo) { return backward && algo == 0 ? 0 : 1; };
+bool deterministic(Direction dir, int algo) { return dir == FWD || algo != 0; }
+
+int heuristics(Direction dir, const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo_a, int algo_b,
+               int requested, int* returned, Perf* out) {
     if (int e = check(x, w, cv, y)) return e;
     if (requested < 1 || !returned || !out) return BAD_PARAM;
+    if (x.dtype == DOUBLE && marked(dir, x.c)) return BAD_PARAM;
+    auto status = [&](int algo) { return supported(dir, x, cv, algo, algo_a) ? SUCCESS : NOT_SUPPORTED; };
     std::vector<Perf> all;
     size_t ws = workspace_a(y);
-    bool none = x.dtype == DOUBLE && (cv.dh > 1 || cv.dw > 1);
-    if (x.dtype == FLOAT) all.push_back({algo_a, SUCCESS, 1.0f, ws, det(algo_a), TENSOR_OP_MATH, {}});
-    all.push_back({algo_a, supported(x, cv, algo_a, algo_a) ? SUCCESS : NOT_SUPPORTED, 2.0f, ws, det(algo_a), cv.math, {}});
-    all.push_back({algo_b, none ? NOT_SUPPORTED : SUCCESS, 3.0f, 0, det(algo_b), x.dtype == FLOAT ? FMA_MATH : DEFAULT_MATH, {}});
+    Perf b{algo_b, status(algo_b), 0.5f, 0, deterministic(dir, algo_b), x.dtype == FLOAT ? FMA_MATH : DEFAULT_MATH, {}};
+    // The backward directions rank their non-deterministic algorithm first, as real
+    // cuDNN's heuristics may.
+    if (dir != FWD) all.push_back(b);
+    if (x.dtype == FLOAT)
+        all.push_back({algo_a, marked(dir, x.c) ? NOT_SUPPORTED : SUCCESS, 1.0f, ws, deterministic(dir, algo_a),
+                       TENSOR_OP_MATH, {}});
+    all.push_back({algo_a, status(algo_a), 2.0f, ws, deterministic(dir, algo_a), cv.math, {}});
+    if (dir == FWD) all.push_back(b);
     *returned = 0;
     for (size_t i = 0; i < all.size() && (int)i < requested; ++i) out[(*returned)++] = all[i];
     return SUCCESS;
 }
 
-int workspace_size(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo, int algo_a, int algo_b,
-                   size_t* size) {
+// What a non-deterministic algorithm does to its result: the last bit of the first
+// nonzero element flips on every other call of its direction (atomics summing in a
+// different order). Counted per direction: a training step calls each direction once.
+template <class T> void jitter(Direction dir, int algo, T* out, size_t n) {
+    static unsigned calls[3] = {0, 0, 0};
+    if (deterministic(dir, algo) || (calls[dir]++ & 1) == 0) return;
+    for (size_t i = 0; i < n; ++i)
+        if (out[i] != 0) {
+            out[i] = std::nextafter(out[i], out[i] > 0 ? (T)INFINITY : (T)-INFINITY);
+            return;
+        }
+}
+
+int workspace_size(Direction dir, const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo,
+                   int algo_a, int algo_b, size_t* size) {
     if (int e = check(x, w, cv, y)) return e;
     if (algo != algo_a && algo != algo_b) return BAD_PARAM;
-    if (!supported(x, cv, algo, algo_a)) return NOT_SUPPORTED;
+    if (!supported(dir, x, cv, algo, algo_a)) return NOT_SUPPORTED;
     *size = algo == algo_a ? workspace_a(y) : 0;
     return SUCCESS;
 }
 
 // Validates an execution's algorithm and workspace, and scribbles over the workspace.
-int check_run(const char* what, const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo, int algo_a,
-              int algo_b, void* ws, size_t ws_bytes) {
+int check_run(Direction dir, const char* what, const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo,
+              int algo_a, int algo_b, void* ws, size_t ws_bytes) {
     if (int e = check(x, w, cv, y)) return e;
     size_t need = 0;
-    if (int e = workspace_size(x, w, cv, y, algo, algo_a, algo_b, &need)) return e;
+    if (int e = workspace_size(dir, x, w, cv, y, algo, algo_a, algo_b, &need)) return e;
     if (ws_bytes < need || (need > 0 && !ws)) {
         fprintf(stderr, "fake cudnn: %s given a workspace of %zu bytes, needs %zu\n", what, ws_bytes, need);
         return BAD_PARAM;
@@ -210,6 +264,8 @@ void add_tensor(const Tensor& a, const T* ap, const Tensor& c, T* cp, const void
 #pragma GCC visibility push(default)
 extern "C" {
 int cudnnCreate(void** h) { *h = new int(0); return SUCCESS; }
+// 9.21.1 (cudarc 0.19's bindings), so a version report has something to print.
+size_t cudnnGetVersion() { return 92101; }
 int cudnnDestroy(void* h) { delete (int*)h; return SUCCESS; }
 int cudnnSetStream(void* h, void*) { return h ? SUCCESS : BAD_PARAM; }
 
@@ -253,31 +309,31 @@ int cudnnSetConvolutionMathType(Conv* d, int math) {
 
 int cudnnGetConvolutionForwardAlgorithm_v7(void*, Tensor* x, Filter* w, Conv* cv, Tensor* y, int requested, int* returned,
                                            Perf* perf) {
-    return heuristics(*x, *w, *cv, *y, FWD_A, FWD_B, requested, returned, perf);
+    return heuristics(FWD, *x, *w, *cv, *y, FWD_A, FWD_B, requested, returned, perf);
 }
 int cudnnGetConvolutionBackwardDataAlgorithm_v7(void*, Filter* w, Tensor* dy, Conv* cv, Tensor* dx, int requested,
                                                 int* returned, Perf* perf) {
-    return heuristics(*dx, *w, *cv, *dy, BWD_A, BWD_B, requested, returned, perf, true);
+    return heuristics(BWD_DATA, *dx, *w, *cv, *dy, BWD_A, BWD_B, requested, returned, perf);
 }
 int cudnnGetConvolutionBackwardFilterAlgorithm_v7(void*, Tensor* x, Tensor* dy, Conv* cv, Filter* dw, int requested,
                                                   int* returned, Perf* perf) {
-    return heuristics(*x, *dw, *cv, *dy, BWD_A, BWD_B, requested, returned, perf, true);
+    return heuristics(BWD_FILTER, *x, *dw, *cv, *dy, BWD_A, BWD_B, requested, returned, perf);
 }
 int cudnnGetConvolutionForwardWorkspaceSize(void*, Tensor* x, Filter* w, Conv* cv, Tensor* y, int algo, size_t* size) {
-    return workspace_size(*x, *w, *cv, *y, algo, FWD_A, FWD_B, size);
+    return workspace_size(FWD, *x, *w, *cv, *y, algo, FWD_A, FWD_B, size);
 }
 int cudnnGetConvolutionBackwardDataWorkspaceSize(void*, Filter* w, Tensor* dy, Conv* cv, Tensor* dx, int algo,
                                                  size_t* size) {
-    return workspace_size(*dx, *w, *cv, *dy, algo, BWD_A, BWD_B, size);
+    return workspace_size(BWD_DATA, *dx, *w, *cv, *dy, algo, BWD_A, BWD_B, size);
 }
 int cudnnGetConvolutionBackwardFilterWorkspaceSize(void*, Tensor* x, Tensor* dy, Conv* cv, Filter* dw, int algo,
                                                    size_t* size) {
-    return workspace_size(*x, *dw, *cv, *dy, algo, BWD_A, BWD_B, size);
+    return workspace_size(BWD_FILTER, *x, *dw, *cv, *dy, algo, BWD_A, BWD_B, size);
 }
 
 int cudnnConvolutionForward(void*, const void* alpha, Tensor* xd, const void* x, Filter* wd, const void* w, Conv* cv,
                             int algo, void* ws, size_t ws_bytes, const void* beta, Tensor* yd, void* y) {
-    if (int e = check_run("ConvolutionForward", *xd, *wd, *cv, *yd, algo, FWD_A, FWD_B, ws, ws_bytes)) return e;
+    if (int e = check_run(FWD, "ConvolutionForward", *xd, *wd, *cv, *yd, algo, FWD_A, FWD_B, ws, ws_bytes)) return e;
     if (xd->dtype == FLOAT)
         forward<float>(*xd, (const float*)x, *wd, (const float*)w, *cv, *yd, (float*)y, alpha, beta);
     else
@@ -286,20 +342,24 @@ int cudnnConvolutionForward(void*, const void* alpha, Tensor* xd, const void* x,
 }
 int cudnnConvolutionBackwardData(void*, const void* alpha, Filter* wd, const void* w, Tensor* dyd, const void* dy,
                                  Conv* cv, int algo, void* ws, size_t ws_bytes, const void* beta, Tensor* dxd, void* dx) {
-    if (int e = check_run("ConvolutionBackwardData", *dxd, *wd, *cv, *dyd, algo, BWD_A, BWD_B, ws, ws_bytes)) return e;
+    if (int e = check_run(BWD_DATA, "ConvolutionBackwardData", *dxd, *wd, *cv, *dyd, algo, BWD_A, BWD_B, ws, ws_bytes)) return e;
     if (dxd->dtype == FLOAT)
         backward_data<float>(*dxd, (float*)dx, *wd, (const float*)w, *cv, *dyd, (const float*)dy, alpha, beta);
     else
         backward_data<double>(*dxd, (double*)dx, *wd, (const double*)w, *cv, *dyd, (const double*)dy, alpha, beta);
+    if (dxd->dtype == FLOAT) jitter(BWD_DATA, algo, (float*)dx, count(*dxd));
+    else jitter(BWD_DATA, algo, (double*)dx, count(*dxd));
     return SUCCESS;
 }
 int cudnnConvolutionBackwardFilter(void*, const void* alpha, Tensor* xd, const void* x, Tensor* dyd, const void* dy,
                                    Conv* cv, int algo, void* ws, size_t ws_bytes, const void* beta, Filter* dwd, void* dw) {
-    if (int e = check_run("ConvolutionBackwardFilter", *xd, *dwd, *cv, *dyd, algo, BWD_A, BWD_B, ws, ws_bytes)) return e;
+    if (int e = check_run(BWD_FILTER, "ConvolutionBackwardFilter", *xd, *dwd, *cv, *dyd, algo, BWD_A, BWD_B, ws, ws_bytes)) return e;
     if (xd->dtype == FLOAT)
         backward_filter<float>(*xd, (const float*)x, *dwd, (float*)dw, *cv, *dyd, (const float*)dy, alpha, beta);
     else
         backward_filter<double>(*xd, (const double*)x, *dwd, (double*)dw, *cv, *dyd, (const double*)dy, alpha, beta);
+    if (xd->dtype == FLOAT) jitter(BWD_FILTER, algo, (float*)dw, count(*dwd));
+    else jitter(BWD_FILTER, algo, (double*)dw, count(*dwd));
     return SUCCESS;
 }
 

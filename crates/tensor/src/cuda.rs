@@ -31,7 +31,8 @@
 //! Each device gets one stream: ops are queued without waiting for the GPU, and only
 //! reading values back (`to_vec`, `to_scalar`, `to_device(&Device::Cpu)`) waits. Kernels
 //! are compiled by NVRTC the first time a family of ops runs in a process (about a
-//! second) and cached. Device memory comes from a caching allocator: freed buffers are
+//! second) and cached, in memory and on disk (`$TAPEGRAD_KERNEL_CACHE`, else
+//! `$XDG_CACHE_HOME/tapegrad/kernels` or `~/.cache/tapegrad/kernels`; `off` disables it). Device memory comes from a caching allocator: freed buffers are
 //! kept for reuse ([`memory_stats`], [`empty_cache`]).
 
 use crate::{Device, Result};
@@ -39,7 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "cuda")]
 pub use crate::cuda_backend::kernels::{
-    all_kernel_names, compile as compile_kernel, nvrtc_version, KernelSource, ALL_SOURCES,
+    all_kernel_names, compile as compile_kernel, kernel_cache_report, nvrtc_version, KernelSource, ALL_SOURCES,
 };
 
 /// Memory statistics of one device's allocator, in bytes of (rounded) blocks.

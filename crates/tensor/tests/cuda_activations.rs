@@ -1,5 +1,5 @@
 //! The activation ops (and erf, log1p, expm1) on CUDA against the CPU backend, forward and
-//! gradient, in f32 and f64.
+//! gradient, in f32 and f64, on inputs that include NaN, +/-Inf and +/-0.
 //!
 //! Without a usable GPU every test prints `SKIPPED <test>: <reason>` on stderr and passes;
 //! `REQUIRE_GPU=1` turns that into a failure.
@@ -47,14 +47,27 @@ fn forward_backward(f: Activation, x: &Tensor, w: &Tensor) -> Result<(Tensor, Te
     Ok((y, dx))
 }
 
-/// `|a - b| <= tol * (|b| + 1)` elementwise.
+/// `|a - b| <= tol * (|b| + 1)` elementwise; NaN and +/-Inf must match exactly.
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     let (g, w) = (got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let ok = a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * (b.abs() + 1.0);
+        let ok = if a.is_finite() && b.is_finite() {
+            a == b || (a - b).abs() <= tol * (b.abs() + 1.0)
+        } else {
+            a == b || (a.is_nan() && b.is_nan())
+        };
         assert!(ok, "{what}: element {i}: cuda {a} vs cpu {b} (tolerance {tol})");
     }
+}
+
+/// `x` with its first elements replaced by NaN, +/-Inf, +/-0 and +/-1e30: each activation
+/// must pass them on (forward and gradient) exactly as the CPU does.
+fn with_special_values(x: Tensor) -> Tensor {
+    let specials = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30];
+    let mut v = x.to_vec_f64().unwrap();
+    v[..specials.len()].copy_from_slice(&specials);
+    Tensor::from_vec(v, x.shape().clone(), &Device::Cpu).unwrap().cast(x.dtype()).unwrap()
 }
 
 #[test]
@@ -72,7 +85,7 @@ fn activations_match_cpu() {
     for dtype in [DType::F32, DType::F64] {
         // Math libraries differ by an ulp or two between host and device.
         let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
-        let x = Tensor::rand_normal([5, 67], 0.0, 4.0, dtype, &Device::Cpu, &mut rng).unwrap();
+        let x = with_special_values(Tensor::rand_normal([5, 67], 0.0, 4.0, dtype, &Device::Cpu, &mut rng).unwrap());
         let w = Tensor::rand_normal([5, 67], 0.0, 1.0, dtype, &Device::Cpu, &mut rng).unwrap();
         let (xg, wg) = (x.to_device(&gpu).unwrap(), w.to_device(&gpu).unwrap());
         for (name, f) in CASES {

@@ -39,7 +39,13 @@ enum Input {
     Labels(usize),
     /// Integers in -20..20, as i64.
     Ints,
+    /// Floats: normal with sd 3, every third element replaced in turn by NaN, +Inf, -Inf,
+    /// -0.0, 0.0 or +/-1e30 (a finite value that overflows on the way).
+    Special,
 }
+
+/// The values [`Input::Special`] mixes in, in order.
+const SPECIAL_VALUES: [f64; 7] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.0, 1e30, -1e30];
 
 /// One op applied to inputs of the given shapes.
 struct Case {
@@ -71,19 +77,33 @@ fn draw(shape: &[usize], dtype: DType, input: Input, rng: &mut StdRng) -> Result
         Input::Ints => {
             Tensor::from_vec((0..n).map(|_| rng.random_range(-20i64..20)).collect(), shape.to_vec(), &Device::Cpu)
         }
+        Input::Special => {
+            let normal = Tensor::rand_normal(shape.to_vec(), 0.0, 3.0, DType::F64, &Device::Cpu, rng)?.to_vec_f64()?;
+            let mixed: Vec<f64> = normal
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| if i % 3 == 0 { SPECIAL_VALUES[(i / 3) % SPECIAL_VALUES.len()] } else { v })
+                .collect();
+            Tensor::from_vec(mixed, shape.to_vec(), &Device::Cpu)?.cast(dtype)
+        }
     }
 }
 
 /// `|a - b| <= tol * (|b| + max|b|)` elementwise: relative to each value and to the
-/// tensor's scale (a sum near zero of large terms keeps the terms' rounding); i64 exact.
+/// tensor's finite scale (a sum near zero of large terms keeps the terms' rounding); i64
+/// exact. NaN and +/-Inf must match exactly (an infinite tolerance would accept anything).
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
     let (g, w) = (got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
     let tol = if want.dtype() == DType::I64 { 0.0 } else { tol };
-    let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let scale = w.iter().filter(|v| v.is_finite()).fold(0.0f64, |m, v| m.max(v.abs()));
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let ok = a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * (b.abs() + scale);
+        let ok = if a.is_finite() && b.is_finite() {
+            a == b || (a - b).abs() <= tol * (b.abs() + scale)
+        } else {
+            a == b || (a.is_nan() && b.is_nan())
+        };
         assert!(ok, "{what}: element {i} of {}: cuda {a} vs cpu {b} (tolerance {tol})", want.shape());
     }
 }
@@ -154,7 +174,7 @@ fn run_cases(test: &str, cases: &[Case]) {
 const F32: DType = DType::F32;
 const F64: DType = DType::F64;
 const I64: DType = DType::I64;
-use Input::{Ints, Labels, Normal, Positive};
+use Input::{Ints, Labels, Normal, Positive, Special};
 
 #[test]
 fn unary_ops_match_cpu() {
@@ -215,6 +235,57 @@ fn binary_ops_broadcast_like_cpu() {
             }),
         ],
     );
+}
+
+#[test]
+fn elementwise_ops_treat_nan_and_inf_like_cpu() {
+    // CUDA's relu once turned NaN into 0 (`v > 0 ? v : 0`); every elementwise op, its
+    // gradient, the casts and the max-like reductions must pass NaN and +/-Inf on as the CPU does.
+    let s: &[usize] = &[4, 21];
+    let x = |d: DType| -> [(&[usize], DType, Input); 1] { [(s, d, Special)] };
+    let xy = |d: DType| -> [(&[usize], DType, Input); 2] { [(s, d, Special), (&s[1..], d, Special)] };
+    let mut cases = Vec::new();
+    for d in [F32, F64] {
+        cases.extend([
+            case("neg", &x(d), true, |x| x[0].neg()),
+            case("exp", &x(d), true, |x| x[0].exp()),
+            case("log", &x(d), true, |x| x[0].log()),
+            case("sqrt", &x(d), true, |x| x[0].sqrt()),
+            case("square", &x(d), true, |x| x[0].square()),
+            case("relu", &x(d), true, |x| x[0].relu()),
+            case("sigmoid", &x(d), true, |x| x[0].sigmoid()),
+            case("tanh", &x(d), true, |x| x[0].tanh()),
+            case("abs", &x(d), true, |x| x[0].abs()),
+            case("sign", &x(d), false, |x| x[0].sign()),
+            case("recip", &x(d), true, |x| x[0].recip()),
+            case("powf", &x(d), true, |x| x[0].powf(2.5)),
+            case("clamp", &x(d), true, |x| x[0].clamp(-0.5, 0.7)),
+            case("affine", &x(d), true, |x| x[0].affine(1.5, -0.25)),
+            case("add", &xy(d), true, |x| x[0].add(&x[1])),
+            case("sub", &xy(d), true, |x| x[0].sub(&x[1])),
+            case("mul", &xy(d), true, |x| x[0].mul(&x[1])),
+            case("div", &xy(d), true, |x| x[0].div(&x[1])),
+            case("maximum", &xy(d), true, |x| x[0].maximum(&x[1])),
+            case("minimum", &xy(d), true, |x| x[0].minimum(&x[1])),
+            case("maximum, NaN on the right", &xy(d), true, |x| x[1].broadcast_to([4, 21])?.maximum(&x[0])),
+            case("comparisons", &xy(d), false, |x| {
+                let (a, b) = (&x[0], &x[1]);
+                a.lt(b)?
+                    .add(&a.ge(b)?.mul_scalar(2.0)?)?
+                    .add(&a.equal(b)?.mul_scalar(4.0)?)?
+                    .add(&a.not_equal(b)?.mul_scalar(8.0)?)?
+                    .add(&a.le(b)?.mul_scalar(16.0)?)?
+                    .add(&a.gt(b)?.mul_scalar(32.0)?)
+            }),
+            case("cast to i64", &x(d), false, |x| x[0].cast(I64)),
+            case("cast f32 f64", &x(d), true, |x| x[0].cast(F32)?.cast(F64)),
+            case("max min rows", &x(d), true, |x| x[0].max(&[1], false)?.add(&x[0].min(&[1], false)?)),
+            case("max min columns", &x(d), false, |x| x[0].max(&[0], false)?.add(&x[0].min(&[0], false)?)),
+            case("sum", &x(d), true, |x| x[0].sum(&[1], false)),
+            case("argmax argmin", &x(d), false, |x| x[0].argmax(1)?.add(&x[0].argmin(0)?.reshape([21, 1])?)),
+        ]);
+    }
+    run_cases("elementwise_ops_treat_nan_and_inf_like_cpu", &cases);
 }
 
 #[test]

@@ -13,7 +13,10 @@
 //! algorithm is taken only when no deterministic one is usable. f32 convolutions run in plain FMA math
 //! unless [`crate::cuda::set_tf32`] allows tensor cores. A direction with no usable
 //! algorithm (cuDNN supports few f64 NHWC configurations) has none, and the op falls
-//! back to the CPU for it.
+//! back to the CPU for it (`cpu_fallback.rs`: silent for f64, a warning or an error for
+//! f32). For f64 any heuristics or workspace-query failure counts as "no algorithm"
+//! (cuDNN 9 rejects unsupported f64 NHWC geometries with assorted statuses); for f32 only
+//! the "not supported" statuses do, and anything else is a hard error.
 
 use super::device::{lock, CudaDevice};
 use super::CudaStorage;
@@ -290,7 +293,7 @@ impl ConvPlan {
                 dnn::get_convolution_forward_workspace_size(handle, xd, wdd, conv.0, yd, algo)
             },
             &conv,
-            tf32,
+            (dtype, tf32),
             (device, "cudnnGetConvolutionForwardAlgorithm_v7"),
         )?;
         let backward_data = choose(
@@ -308,7 +311,7 @@ impl ConvPlan {
                 dnn::get_convolution_backward_data_workspace_size(handle, wdd, yd, conv.0, xd, algo)
             },
             &conv,
-            tf32,
+            (dtype, tf32),
             (device, "cudnnGetConvolutionBackwardDataAlgorithm_v7"),
         )?;
         let backward_filter = choose(
@@ -326,7 +329,7 @@ impl ConvPlan {
                 dnn::get_convolution_backward_filter_workspace_size(handle, xd, yd, conv.0, wdd, algo)
             },
             &conv,
-            tf32,
+            (dtype, tf32),
             (device, "cudnnGetConvolutionBackwardFilterAlgorithm_v7"),
         )?;
         Ok(ConvPlan { dtype, x, w: wd, y, bias, forward, backward_data, backward_filter })
@@ -345,14 +348,17 @@ fn choose<P: Copy, A: Copy>(
     rank: impl Fn(&P) -> Ranked<A>,
     workspace: impl Fn(A, &ConvDesc) -> std::result::Result<usize, dnn::CudnnError>,
     conv: &dyn Fn(sys::cudnnMathType_t) -> Result<ConvDesc>,
-    tf32: bool,
+    (dtype, tf32): (DType, bool),
     (device, op): (Device, &'static str),
 ) -> Result<Option<Choice<A>>> {
+    // f64 is a correctness path that the CPU can always take over; f32 is the fast path,
+    // where an unexpected status should stop the run rather than slow it down.
+    let no_algorithm = |e: &dnn::CudnnError| dtype == DType::F64 || is_not_supported(e);
     let mut results: Vec<std::mem::MaybeUninit<P>> = (0..MAX_ALGOS).map(|_| std::mem::MaybeUninit::uninit()).collect();
     let mut returned: c_int = 0;
     match heuristics(MAX_ALGOS as c_int, &mut returned, results.as_mut_ptr().cast()) {
         Ok(()) => {}
-        Err(e) if is_not_supported(&e) => return Ok(None),
+        Err(e) if no_algorithm(&e) => return Ok(None),
         Err(e) => return Err(Error::cuda(device, op, e)),
     }
     let returned = (returned.max(0) as usize).min(MAX_ALGOS);
@@ -373,7 +379,7 @@ fn choose<P: Copy, A: Copy>(
                 return Ok(Some(Choice { algo: ranked.algo, conv: desc, workspace: bytes }))
             }
             Ok(_) => continue,
-            Err(e) if is_not_supported(&e) => continue,
+            Err(e) if no_algorithm(&e) => continue,
             Err(e) => return Err(Error::cuda(device, "cudnnGetConvolutionWorkspaceSize", e)),
         }
     }

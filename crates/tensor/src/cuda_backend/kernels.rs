@@ -7,7 +7,9 @@
 //! compiled to a CUBIN for exactly that architecture (`sm_XY`): a CUBIN loads on any driver
 //! of the same CUDA major version, while PTX from a newer NVRTC than the driver would not.
 //! For a newer device, PTX for the newest known architecture is JIT-compiled by the driver.
+//! Compiled images are also kept on disk (`kernel_cache.rs`), so later processes skip NVRTC.
 
+use super::kernel_cache::{self, CacheKey};
 use crate::{Device, Error, Result};
 use cudarc::driver::LaunchConfig;
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
@@ -147,23 +149,37 @@ fn c_chars_to_string(chars: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Compiles a kernel source with NVRTC for `arch`: `"compute_XY"` gives PTX (text ending
-/// in a NUL byte), `"sm_XY"` a CUBIN. A compile error returns NVRTC's log in the message.
-pub fn compile(source: &KernelSource, arch: &str) -> Result<Vec<u8>> {
-    let device = Device::Cuda(0);
-    check_nvrtc(device)?;
-    let fail = |op: &'static str, e: nvrtc::NvrtcError| Error::cuda(device, op, format!("{}.cu: {e}", source.name));
-    let text = CString::new(format!("{PRELUDE}\n{}", source.source))
-        .map_err(|_| Error::invalid("nvrtc", format!("{}.cu contains a NUL byte", source.name)))?;
-    let file = CString::new(format!("{}.cu", source.name))
-        .map_err(|_| Error::invalid("nvrtc", format!("kernel name {:?} contains a NUL byte", source.name)))?;
-    let program = Program(nvrtc::create_program(&text, Some(&file)).map_err(|e| fail("nvrtcCreateProgram", e))?);
+/// The full text NVRTC compiles for a source.
+fn full_text(source: &KernelSource) -> String {
+    format!("{PRELUDE}\n{}", source.source)
+}
+
+/// The NVRTC options for `arch`.
+fn compile_options(arch: &str) -> Vec<String> {
     let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
     if let Some(dir) = include_path() {
         options.push(format!("--include-path={dir}"));
     }
+    options
+}
+
+/// Compiles a kernel source with NVRTC for `arch`: `"compute_XY"` gives PTX (text ending
+/// in a NUL byte), `"sm_XY"` a CUBIN. A compile error returns NVRTC's log in the message.
+pub fn compile(source: &KernelSource, arch: &str) -> Result<Vec<u8>> {
+    compile_text(source, &full_text(source), arch, &compile_options(arch))
+}
+
+fn compile_text(source: &KernelSource, text: &str, arch: &str, options: &[String]) -> Result<Vec<u8>> {
+    let device = Device::Cuda(0);
+    check_nvrtc(device)?;
+    let fail = |op: &'static str, e: nvrtc::NvrtcError| Error::cuda(device, op, format!("{}.cu: {e}", source.name));
+    let text =
+        CString::new(text).map_err(|_| Error::invalid("nvrtc", format!("{}.cu contains a NUL byte", source.name)))?;
+    let file = CString::new(format!("{}.cu", source.name))
+        .map_err(|_| Error::invalid("nvrtc", format!("kernel name {:?} contains a NUL byte", source.name)))?;
+    let program = Program(nvrtc::create_program(&text, Some(&file)).map_err(|e| fail("nvrtcCreateProgram", e))?);
     // SAFETY: the program is live (owned by `program`); `text` and `file` outlive it.
-    let compiled = unsafe { nvrtc::compile_program(program.0, &options) };
+    let compiled = unsafe { nvrtc::compile_program(program.0, options) };
     if let Err(e) = compiled {
         // SAFETY: as above.
         let log = unsafe { nvrtc::get_program_log(program.0) }.map(|l| c_chars_to_string(&l)).unwrap_or_default();
@@ -195,7 +211,7 @@ pub fn compile(source: &KernelSource, arch: &str) -> Result<Vec<u8>> {
 /// Compiled images by (source name, architecture).
 type ImageCache = HashMap<(&'static str, String), Arc<Vec<u8>>>;
 
-/// [`compile`], once per process for each (source, architecture).
+/// [`compile`], once per process for each (source, architecture), through the disk cache.
 pub(crate) fn compiled(source: &KernelSource, arch: &str) -> Result<Arc<Vec<u8>>> {
     static CACHE: LazyLock<Mutex<ImageCache>> = LazyLock::new(Default::default);
     // Holding the lock while compiling makes concurrent first uses wait for one compile.
@@ -203,9 +219,24 @@ pub(crate) fn compiled(source: &KernelSource, arch: &str) -> Result<Arc<Vec<u8>>
     if let Some(image) = cache.get(&(source.name, arch.to_string())) {
         return Ok(image.clone());
     }
-    let image = Arc::new(compile(source, arch)?);
+    let (text, options) = (full_text(source), compile_options(arch));
+    let key = CacheKey { name: source.name, arch, nvrtc: nvrtc_version()?, options: &options, text: &text };
+    let (image, _) = kernel_cache::load_or_compile(kernel_cache::folder().as_deref(), &key, || {
+        compile_text(source, &text, arch, &options)
+    })?;
+    let image = Arc::new(image);
     cache.insert((source.name, arch.to_string()), image.clone());
     Ok(image)
+}
+
+/// The kernel cache in one line: its folder (or that it is off) and how many images this
+/// process read from it and compiled (for scripts/gpu-check.sh's preflight).
+pub fn kernel_cache_report() -> String {
+    let (hits, compiles) = kernel_cache::counts();
+    match kernel_cache::folder() {
+        Some(dir) => format!("kernel cache {}: {hits} images read, {compiles} compiled", dir.display()),
+        None => format!("kernel cache off ({}=off or no HOME): {compiles} images compiled", kernel_cache::CACHE_VAR),
+    }
 }
 
 /// Threads per block of the elementwise kernels.

@@ -12,6 +12,7 @@ pub(crate) mod cpu_fallback;
 pub(crate) mod cudnn;
 pub(crate) mod device;
 pub(crate) mod graph;
+pub(crate) mod kernel_cache;
 pub(crate) mod kernels;
 pub(crate) mod staging;
 

@@ -8,7 +8,9 @@
 //! padded by the difference (one launch of the pad kernel); the input gradient is
 //! computed for that padded input and cropped (one strided-copy launch). The bias is added by `cudnnAddTensor`.
 //! Where cuDNN has no algorithm for a configuration (some f64 ones), that primitive runs
-//! on the CPU instead (`cuda_backend/cpu_fallback.rs`), with the same results.
+//! on the CPU instead (`cuda_backend/cpu_fallback.rs`), with the same results; for f32
+//! that warns once per geometry and direction, or fails under
+//! `TAPEGRAD_CUDA_NO_CPU_FALLBACK=1`.
 
 use crate::backend::{Conv2dSpec, StridedLayout};
 use crate::cuda_backend::cudnn::Queued;

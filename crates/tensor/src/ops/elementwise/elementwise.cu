@@ -45,7 +45,8 @@ __device__ __forceinline__ T unary_float(T v, T p0, T p1) {
     else if constexpr (OP == U_LOG) return log(v);
     else if constexpr (OP == U_SQRT) return sqrt(v);
     else if constexpr (OP == U_SQUARE) return v * v;
-    else if constexpr (OP == U_RELU) return v > zero ? v : zero;
+    // `v < 0`, not `v > 0`: NaN passes through, as on the CPU (a diverged run stays visible).
+    else if constexpr (OP == U_RELU) return v < zero ? zero : v;
     else if constexpr (OP == U_SIGMOID) return sigmoid_fn(v);
     else if constexpr (OP == U_TANH) return tanh(v);
     else if constexpr (OP == U_ABS) return fabs(v);
@@ -209,11 +210,26 @@ BINARY_ALL(gt, B_GT)
 BINARY_ALL(ge, B_GE)
 
 // ---- casts ----------------------------------------------------------------------------
-// Float to integer conversion truncates toward zero, saturates and maps NaN to 0 (PTX
-// cvt.rzi), which is what Rust's `as` does on the CPU.
+// Float to integer conversion truncates toward zero, saturates and maps NaN to 0, which is
+// what Rust's `as` does on the CPU. Spelt out rather than left to `(i64)v`: that is
+// undefined in C++ for NaN and out-of-range values (PTX's cvt.rzi happens to saturate, a
+// host compiler gives I64_MIN).
 
-#define CAST(A, B) \
-    extern "C" __global__ void cast_##A##_##B(const A* x, B* y, u64 n) { GRID_STRIDE_LOOP(i, n) { y[i] = (B)x[i]; } }
+template <typename A>
+__device__ __forceinline__ i64 float_to_i64(A v) {
+    if (v != v) return 0;
+    if (v >= A(9223372036854775808.0)) return I64_MAX;
+    if (v <= A(-9223372036854775808.0)) return I64_MIN;
+    return (i64)v;
+}
+template <typename B, typename A> __device__ __forceinline__ B cast_value(A v) { return (B)v; }
+template <> __device__ __forceinline__ i64 cast_value<i64, f32>(f32 v) { return float_to_i64(v); }
+template <> __device__ __forceinline__ i64 cast_value<i64, f64>(f64 v) { return float_to_i64(v); }
+
+#define CAST(A, B)                                                               \
+    extern "C" __global__ void cast_##A##_##B(const A* x, B* y, u64 n) {         \
+        GRID_STRIDE_LOOP(i, n) { y[i] = cast_value<B, A>(x[i]); }                \
+    }
 
 CAST(f32, f64)
 CAST(f32, i64)
