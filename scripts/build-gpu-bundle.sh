@@ -51,7 +51,7 @@ if wanted:
 }
 
 cuda_tests=(cuda_preflight cuda_ops cuda_conv_algorithms cuda_activations cuda_gather cuda_group_norm cuda_grouped_conv
-  cuda_resize_pad)
+  cuda_resize_pad cuda_graph)
 if ((dev)); then
   release=()
   # `cargo test` builds benches in the test profile (cargo build would use the bench one).
@@ -68,8 +68,8 @@ cargo "${bench_build[@]}" "${release[@]}" --features cuda --bench cuda_micro --b
   --message-format=json-render-diagnostics | copy_executables cuda_micro resnet_train
 cargo build "${release[@]}" --features cuda --example resnet_cifar100 \
   --message-format=json-render-diagnostics | copy_executables resnet_cifar100
-cargo test "${release[@]}" --features cuda --test cuda_training --test cuda_fit --test torch_trajectory --no-run \
-  --message-format=json-render-diagnostics | copy_executables cuda_training cuda_fit torch_trajectory
+cargo test "${release[@]}" --features cuda --test cuda_training --test cuda_fit --test cuda_graph_training --test torch_trajectory --no-run \
+  --message-format=json-render-diagnostics | copy_executables cuda_training cuda_fit cuda_graph_training torch_trajectory
 
 ls -l "$out"
 if ((!dev)); then

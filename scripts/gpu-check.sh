@@ -240,12 +240,14 @@ for path in sys.argv[1:]:
             cols[col][p[1]] = (float(p[2]), p[3])
 names = list(dict.fromkeys(n for c in cols.values() for n in c))
 def mode(name):
-    tags = {"_tf32": "TF32", "_bf16": "bf16-amp", "_compile": "compiled"}
+    tags = {"_graph": "graph", "_tf32": "TF32", "_bf16": "bf16-amp", "_compile": "compiled"}
     return "+".join(v for k, v in tags.items() if k in name) or "f32"
 print(f"\n{'training (seed ResNet18, Adam)':<36} {'mode':<9} {'tapegrad':>9} {'torch NCHW':>10} {'torch CL':>9} {'unit':<6} {'ratio':>6}")
 for name in names:
     precision = mode(name)
-    v = [cols[c].get(name, (None, ""))[0] for c in cols]
+    # A CUDA-graph row of ours stands beside PyTorch eager's row of the same batch.
+    eager = name.replace("_cuda_graph", "_cuda")
+    v = [cols[c].get(name, cols[c].get(eager, (None, "")) if c != "ours" else (None, ""))[0] for c in cols]
     unit = next(cols[c][name][1] for c in cols if name in cols[c])
     torch = [x for x in v[1:] if x]
     ratio = "-"
@@ -316,16 +318,17 @@ if ((preflight_ok)); then
   # --- 2. training at the first batch size, strict f32 -----------------------------------
   b="${train_batches[0]}"
   train ours "$b" ""
+  train ours "$b" "_graph" --cuda-graph
   train torch "$b" "_nchw"
   train torch "$b" "_cl" --channels-last
   training_table
 fi
 
 # --- 3. the GPU tests ----------------------------------------------------------------------
-all_tests=(cuda_ops cuda_conv_algorithms cuda_activations cuda_training cuda_gather cuda_group_norm cuda_grouped_conv
+all_tests=(cuda_ops cuda_conv_algorithms cuda_activations cuda_training cuda_graph cuda_graph_training cuda_gather cuda_group_norm cuda_grouped_conv
   cuda_resize_pad cuda_fit torch_trajectory)
 # Quick mode: the op tests, the convolution algorithms and one whole training step.
-[[ "$quick" == 1 ]] && all_tests=("${all_tests[@]:0:4}")
+[[ "$quick" == 1 ]] && all_tests=("${all_tests[@]:0:6}")
 tests=()
 for t in "${all_tests[@]}"; do
   [[ -x "$bundle/$t" ]] && tests+=("$t")
