@@ -347,3 +347,20 @@ fn timeout_from_env() -> Duration {
         .filter(|s| s.is_finite() && *s > 0.0)
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64)
 }
+
+impl Communicator {
+    /// [`all_reduce`](Self::all_reduce) that a recording [`GradientTape`] differentiates:
+    /// the gradient of a cross-rank sum (or mean) is the same all-reduce of the output's
+    /// gradients, run during the backward pass. Every rank must run the backward pass
+    /// (for SyncBatchNormalization's statistics: every rank's loss depends on them).
+    ///
+    /// [`GradientTape`]: tapegrad_tensor::GradientTape
+    pub fn all_reduce_differentiable(self: &Arc<Self>, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        let out = self.all_reduce(&tensor.detach(), op)?;
+        let comm = self.clone();
+        tapegrad_tensor::custom_gradient("all_reduce", &[tensor], &out, move |g| {
+            Ok(vec![Some(comm.all_reduce(g, op).map_err(tapegrad_tensor::Error::from)?)])
+        });
+        Ok(out)
+    }
+}

@@ -63,11 +63,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for tapegrad_tensor::Error {
-    /// A collective's error inside tensor code (a gradient hook): kept whole in the message.
+    /// A collective's error inside tensor code (a gradient hook or rule) travels whole, as
+    /// `External`, and can be downcast back.
     fn from(e: Error) -> Self {
         match e {
             Error::Tensor(t) => t,
-            other => tapegrad_tensor::Error::Invalid { op: "distributed", msg: other.to_string() },
+            other => tapegrad_tensor::Error::External(Box::new(other)),
         }
     }
 }

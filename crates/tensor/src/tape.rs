@@ -349,6 +349,21 @@ impl<T: GradientSource + ?Sized> GradientSource for &T {
     }
 }
 
+/// Records `output` on the recording tapes as an op of `inputs` whose gradient rule is
+/// `rule` (TF's `tf.custom_gradient`): given the output's gradient, one gradient per
+/// input (`None` for none), each of its input's shape. For ops the tensor crate cannot
+/// express, such as a collective across processes (a cross-rank all-reduce whose
+/// adjoint is another all-reduce). Compute `output` from detached inputs
+/// ([`Tensor::detach`]) so that the ops producing it record nothing themselves.
+pub fn custom_gradient(
+    op: &'static str,
+    inputs: &[&Tensor],
+    output: &Tensor,
+    rule: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+) {
+    record_op(op, inputs, output, rule);
+}
+
 /// Records an op on every recording tape that tracks one of its inputs. Only float
 /// outputs are differentiable; integer results are never recorded.
 pub(crate) fn record_op(

@@ -36,6 +36,7 @@ mod bn_warning;
 mod callback;
 mod callbacks;
 mod data;
+mod data_parallel;
 mod history;
 mod logs;
 mod metric;
@@ -50,6 +51,7 @@ pub use callbacks::{
     TerminateOnNaN,
 };
 pub use data::{split_loader, BatchIter, DataSource, TensorDataset};
+pub use data_parallel::{broadcast_model, data_parallel_step_with};
 pub use history::History;
 pub use logs::Logs;
 pub use metric::{Metric, SparseCategoricalAccuracy, SparseMeanIoU};

@@ -3,11 +3,14 @@
 use super::bn_warning::batch_norm_warning;
 use super::callback::{Callback, CallbackContext, FitParams};
 use super::callbacks::ProgressLogger;
+use super::data_parallel::{broadcast_model, data_parallel_step_with};
 use super::metric::LossMean;
 use super::step::train_step_with;
 use super::{DataSource, FitOptions, History, Logs, Metric};
 use crate::optimizers::Optimizer;
 use crate::{Error, Layer, Mode, Result};
+use std::sync::Arc;
+use tapegrad_distributed::DataParallel;
 use tapegrad_tensor::{Device, Tensor, Variable};
 
 /// A loss: `(targets, predictions) -> scalar`, the losses module's argument order.
@@ -44,6 +47,7 @@ pub struct Trainer<'m> {
     metrics: Vec<Box<dyn Metric + 'm>>,
     device: Device,
     warned_batch_norm: bool,
+    data_parallel: Option<Arc<DataParallel>>,
 }
 
 impl<'m> Trainer<'m> {
@@ -61,7 +65,18 @@ impl<'m> Trainer<'m> {
             metrics: Vec::new(),
             device: Device::Cpu,
             warned_batch_norm: false,
+            data_parallel: None,
         }
+    }
+
+    /// Trains as one rank of `dp`: before the first step the model is built on the first
+    /// batch and rank 0's variables are broadcast ([`broadcast_model`](super::broadcast_model)),
+    /// and every step applies gradients averaged over the ranks. Give each rank its shard of
+    /// the data (`LoaderConfig::shard`); the logged loss and metrics are this rank's, and
+    /// callbacks that write files (checkpoints, logs) belong on rank 0 only.
+    pub fn data_parallel(mut self, dp: Arc<DataParallel>) -> Self {
+        self.data_parallel = Some(dp);
+        self
     }
 
     /// Adds a metric, logged under its name (and `val_<name>` for validation).
@@ -117,13 +132,14 @@ impl<'m> Trainer<'m> {
         }
 
         let params = FitParams { epochs, initial_epoch, steps, verbose };
-        let Trainer { model, optimizer, loss, metrics, device, warned_batch_norm } = self;
+        let Trainer { model, optimizer, loss, metrics, device, warned_batch_norm, data_parallel } = self;
         let model: &dyn Layer = *model;
         let mut ctx = CallbackContext::new(model, optimizer.as_mut(), params);
         let mut history = History::default();
         each(&mut callbacks, |cb| cb.on_train_begin(&mut ctx))?;
         let mut last_logs = Logs::new();
         let mut listing_checked = false;
+        let mut replicas_synced = false;
         for epoch in initial_epoch..epochs {
             each(&mut callbacks, |cb| cb.on_epoch_begin(&mut ctx, epoch))?;
             let mut loss_mean = LossMean::default();
@@ -135,7 +151,11 @@ impl<'m> Trainer<'m> {
                 last_step = step;
                 let (x, y) = batch?;
                 each(&mut callbacks, |cb| cb.on_train_batch_begin(&mut ctx, step))?;
-                let (batch_loss, predictions) = train_step_with(model, &mut *ctx.optimizer, || {
+                if let (Some(dp), false) = (data_parallel.as_ref(), replicas_synced) {
+                    broadcast_model(dp, model, &x)?;
+                    replicas_synced = true;
+                }
+                let forward = || {
                     // The first step also checks that the model lists every variable it
                     // uses (one it did not would never be trained or saved).
                     let predictions = if listing_checked {
@@ -148,7 +168,11 @@ impl<'m> Trainer<'m> {
                         predictions
                     };
                     Ok((loss(&y, &predictions)?, predictions))
-                })?;
+                };
+                let (batch_loss, predictions) = match data_parallel.as_ref() {
+                    Some(dp) => data_parallel_step_with(dp, model, &mut *ctx.optimizer, forward)?,
+                    None => train_step_with(model, &mut *ctx.optimizer, forward)?,
+                };
                 loss_mean.update(&batch_loss, y.elem_count())?;
                 for m in metrics.iter_mut() {
                     m.update_state(&y, &predictions)?;
