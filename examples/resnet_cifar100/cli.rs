@@ -67,6 +67,10 @@ pub struct Args {
     /// and accuracy curves are drawn beside it (.svg).
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<PathBuf>,
+    /// Data-parallel training, one process per rank started by `mpirun -np N`:
+    /// `--batch-size` is per rank, rank 0 writes checkpoints and metrics.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub distributed: Option<DistributedKind>,
 }
 
 /// Network architectures.
@@ -109,6 +113,15 @@ pub enum DatasetKind {
     Cifar100,
     /// CIFAR-10.
     Cifar10,
+}
+
+/// Data-parallel backends.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DistributedKind {
+    /// MPI collectives on host copies of the gradients (needs `--features mpi`).
+    Mpi,
+    /// NCCL, one GPU per rank (not available in this build).
+    Nccl,
 }
 
 /// Devices.
