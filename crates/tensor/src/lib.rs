@@ -51,6 +51,6 @@ pub use ops::pad::PadMode;
 pub use ops::resize::Interpolation;
 pub use shape::Shape;
 pub use storage::Storage;
-pub use tape::{custom_gradient, GradientSource, GradientTape};
+pub use tape::{custom_gradient, GradientSource, GradientTape, ReadyHook};
 pub use tensor::{Tensor, TensorId};
 pub use variable::Variable;

@@ -23,6 +23,10 @@ use std::rc::Rc;
 /// one gradient per input out (`None` for an input that needs none, or has none).
 pub(crate) type GradFn = dyn Fn(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>;
 
+/// The callback of [`GradientTape::gradient_with_ready_hook`]: a source's index and its
+/// final gradient.
+pub type ReadyHook<'a> = &'a mut dyn FnMut(usize, &Tensor) -> Result<()>;
+
 /// One recorded op. Clones share the gradient rule.
 #[derive(Clone)]
 struct Node {
@@ -184,7 +188,7 @@ impl GradientTape {
         &self,
         target: &Tensor,
         sources: &[S],
-        on_ready: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+        on_ready: ReadyHook<'_>,
     ) -> Result<Vec<Option<Tensor>>> {
         if target.elem_count() != 1 {
             return Err(Error::Tape(format!(
@@ -200,7 +204,7 @@ impl GradientTape {
         target: &Tensor,
         sources: &[S],
         output_gradient: &Tensor,
-        mut on_ready: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
+        mut on_ready: Option<ReadyHook<'_>>,
     ) -> Result<Vec<Option<Tensor>>> {
         if output_gradient.shape() != target.shape() {
             return Err(Error::ShapeMismatch {
@@ -312,7 +316,6 @@ impl GradientTape {
             }
             report(index, &grads, &mut reported)?;
         }
-        drop(report);
         // Sources no recorded op reads (the target itself) are final only now.
         if let Some(hook) = on_ready.as_mut() {
             for (i, id) in source_ids.iter().enumerate() {
