@@ -6,6 +6,7 @@
 //! reader and downloader, the input pipeline).
 
 pub use tapegrad_data as data;
+pub use tapegrad_distributed as distributed;
 pub use tapegrad_layers as layers;
 pub use tapegrad_tensor as tensor;
 pub use tapegrad_tensor::{DType, Device, Error, GradientTape, Result, Shape, Tensor, Variable};

@@ -72,6 +72,10 @@ pub struct Args {
     /// and accuracy curves are drawn beside it (.svg).
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<PathBuf>,
+    /// Data-parallel training, one process per rank started by `mpirun -np N`:
+    /// `--batch-size` is per rank, rank 0 writes checkpoints and metrics.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub distributed: Option<DistributedKind>,
 }
 
 /// Network architectures.
@@ -116,6 +120,15 @@ pub enum DatasetKind {
     Cifar10,
 }
 
+/// Data-parallel backends.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DistributedKind {
+    /// MPI collectives on host copies of the gradients (needs `--features mpi`).
+    Mpi,
+    /// NCCL, one GPU per rank (not available in this build).
+    Nccl,
+}
+
 /// Devices.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -154,6 +167,13 @@ impl Args {
         }
         if self.cuda_graph && self.device == DeviceKind::Cpu {
             return Err(reject("--cuda-graph", "with --device cpu", "needs a GPU (--device cuda or auto)"));
+        }
+        if self.cuda_graph && self.distributed.is_some() {
+            return Err(reject(
+                "--cuda-graph",
+                "with --distributed",
+                "is not supported yet (the gradient all-reduce runs outside a captured step); drop one",
+            ));
         }
         if self.synthetic == Some(0) {
             return Err(reject("--synthetic", 0, "must be at least 1 image"));

@@ -13,6 +13,12 @@
 //! seed, the test set is evaluated in inference mode (BatchNormalization uses its moving
 //! statistics), which is what the seed meant to measure.
 //!
+//! Data-parallel: `mpirun -np N target/release/examples/resnet_cifar100 --distributed mpi`
+//! (built with `--features mpi`) trains one replica per process on its shard of each epoch,
+//! `--batch-size` images per rank, averaging gradients after every step; rank 0 prints,
+//! writes the checkpoints and the metrics, and every epoch's line gives each rank's and the
+//! global images/s.
+//!
 //! Exit codes: 0 done; 1 an error (named on stderr); 2 a bad command line; 3 the training
 //! diverged (a NaN or infinite loss: the run stops at the first one it reads, which on a
 //! GPU is every 25 steps, and never writes a non-finite checkpoint); 4 a checkpoint could
@@ -20,6 +26,7 @@
 //! `--resume` repeats the lost epoch once there is space).
 
 mod cli;
+mod distributed;
 mod report;
 mod setup;
 
@@ -31,7 +38,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tapegrad::data::{DataLoader, LoaderConfig};
+use tapegrad::data::{DataLoader, LoaderConfig, Shard};
+use tapegrad::distributed::DataParallel;
 use tapegrad::layers::training::GraphedStep;
 use tapegrad::layers::{checkpoint, metrics, InputSpec, Layer, Mode};
 use tapegrad::{Device, GradientTape, Tensor};
@@ -130,19 +138,36 @@ fn save_checkpoint(
 fn run(args: Args) -> AnyResult<()> {
     tapegrad::layers::random::set_seed(args.seed);
     let device = setup::device(args.device)?;
+    let comm = distributed::communicator(args.distributed)?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    // Rank 0 alone prints the model, progress and results, and writes files.
+    let writer = rank == 0;
+    let dp = DataParallel::new(comm.clone());
     let (train, test) = setup::datasets(&args)?;
     let model = setup::model(args.arch, train.num_classes());
     model.build(&InputSpec::new([args.batch_size, 32, 32, 3]).with_device(device))?;
-    println!("{}", tapegrad::layers::summary(&*model, &InputSpec::new([args.batch_size, 32, 32, 3]))?);
+    if writer {
+        println!("{}", tapegrad::layers::summary(&*model, &InputSpec::new([args.batch_size, 32, 32, 3]))?);
+    }
 
-    let train =
-        DataLoader::new(train, LoaderConfig::new(args.batch_size).shuffle(args.seed).augment(setup::augment(&args)))?;
+    let mut train_config = LoaderConfig::new(args.batch_size).shuffle(args.seed).augment(setup::augment(&args));
+    if world > 1 {
+        train_config = train_config.shard(Shard::new(rank, world)?);
+        if writer {
+            println!(
+                "data-parallel over {world} ranks ({}): {} images per step",
+                comm.backend(),
+                args.batch_size * world
+            );
+        }
+    }
+    let train = DataLoader::new(train, train_config)?;
     let test = DataLoader::new(test, LoaderConfig::new(args.batch_size))?;
     let steps_per_epoch = train.num_batches() as u64;
     let mut optimizer = setup::optimizer(&args, args.total_steps(steps_per_epoch)?)?;
     let loss_fn = setup::loss(&args);
 
-    if !args.eval_only {
+    if !args.eval_only && writer {
         args.prepare_checkpoint_dir()?;
     }
     let last = args.checkpoint_dir.join("last.safetensors");
@@ -157,7 +182,13 @@ fn run(args: Args) -> AnyResult<()> {
     let mut step = 0;
     if args.resume {
         step = checkpoint::load(&last, &*model, Some(optimizer.as_mut()))?.step;
-        println!("resumed from {} at step {step}", last.display());
+        if writer {
+            println!("resumed from {} at step {step}", last.display());
+        }
+    }
+    // Every replica starts from rank 0's weights (and, resumed, from the same file).
+    if world > 1 {
+        dp.broadcast_variables(&model.variables())?;
     }
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -167,7 +198,7 @@ fn run(args: Args) -> AnyResult<()> {
     let metrics_path = args.metrics_path();
     // A resumed run continues the file (and the best accuracy so far); a new run starts it anew.
     let mut history = if args.resume { report::read_history(&metrics_path) } else { Vec::new() };
-    if !args.resume && metrics_path.exists() {
+    if writer && !args.resume && metrics_path.exists() {
         std::fs::remove_file(&metrics_path).map_err(|e| format!("--metrics {}: {e}", metrics_path.display()))?;
     }
     let mut best_acc = history.iter().map(|r| r.test_acc).fold(f64::NEG_INFINITY, f64::max);
@@ -186,6 +217,9 @@ fn run(args: Args) -> AnyResult<()> {
         }
         let skip = (step - epoch * steps_per_epoch) as usize;
         let bar = progress_bar(steps_per_epoch, epoch, args.epochs);
+        if !writer {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         bar.set_position(skip as u64);
         let (mut loss_sum, mut correct, mut seen, epoch_start) = (0.0, 0usize, 0usize, Instant::now());
         // The epoch's sums stay on the device between reads: reading a value waits for the
@@ -202,7 +236,12 @@ fn run(args: Args) -> AnyResult<()> {
                 // The seed's step: forward under the tape, gradient, apply.
                 let tape = GradientTape::new();
                 let (loss, logits) = tape.record(|| Ok(forward(&x, &y)?))?;
-                let grads = tape.gradient(&loss, &model.trainable_variables())?;
+                // One process keeps the plain gradient (no host copies); ranks average theirs.
+                let grads = if world > 1 {
+                    dp.gradient(&tape, &loss, &model.trainable_variables())?
+                } else {
+                    tape.gradient(&loss, &model.trainable_variables())?
+                };
                 optimizer.apply_gradients(&grads, &model.trainable_variables())?;
                 (loss, logits)
             };
@@ -217,7 +256,8 @@ fn run(args: Args) -> AnyResult<()> {
             step += 1;
             bar.inc(1);
             let last_step = i + 1 == steps_per_epoch as usize;
-            let stop = step >= max_steps || interrupted.load(Ordering::SeqCst);
+            // Ranks stop together (Ctrl-C reaches them at different steps).
+            let stop = step >= max_steps || any_rank(&comm, interrupted.load(Ordering::SeqCst))?;
             if i % read_every == 0 || last_step || stop {
                 if let Some((l, c)) = pending.take() {
                     let l = l.to_scalar::<f32>()? as f64;
@@ -232,7 +272,7 @@ fn run(args: Args) -> AnyResult<()> {
                     correct as f64 / seen as f64
                 ));
             }
-            if i % 100 == 0 {
+            if i % 100 == 0 && writer {
                 // The seed prints this line every 100 steps: above the bar on a terminal,
                 // plainly when the output is piped (a hidden bar prints nothing).
                 let line = format!("{epoch} {i} loss: {:.6}", loss.to_scalar::<f32>()?);
@@ -249,15 +289,34 @@ fn run(args: Args) -> AnyResult<()> {
         bar.finish_and_clear();
         let seconds = epoch_start.elapsed().as_secs_f64();
         train_seconds += seconds;
+        let (per_rank, global_ips) = distributed::images_per_second(&comm, seen as f64 / seconds)?;
+        let (loss_sum, correct, seen) = if world > 1 {
+            distributed::global_sums(&comm, loss_sum, correct, seen)?
+        } else {
+            (loss_sum, correct, seen)
+        };
         total_images += seen as u64;
+        if world > 1 && writer {
+            let ranks: Vec<String> = per_rank.iter().map(|r| format!("{r:.0}")).collect();
+            println!(
+                "{epoch} images/s per rank [{}], global {global_ips:.0}; rank 0 spent {:.2} s in collectives",
+                ranks.join(", "),
+                comm.busy_time().as_secs_f64()
+            );
+        }
         // Best, then last, then the metrics line: a failed save leaves `last` and the metrics
         // at the previous epoch, so `--resume` repeats this epoch and writes all three again.
         let (test_loss, test_acc, test_top5) = evaluate(&*model, &test, &device, &loss_fn)?;
+        // Every rank evaluates (same weights, same result), so they stay in step.
         if test_acc > best_acc && test_loss.is_finite() {
-            save_checkpoint(&best, &*model, optimizer.as_ref(), step)?;
+            if writer {
+                save_checkpoint(&best, &*model, optimizer.as_ref(), step)?;
+            }
             best_acc = test_acc;
         }
-        save_checkpoint(&last, &*model, optimizer.as_ref(), step)?;
+        if writer {
+            save_checkpoint(&last, &*model, optimizer.as_ref(), step)?;
+        }
         let record = EpochRecord {
             epoch,
             steps: step,
@@ -266,16 +325,19 @@ fn run(args: Args) -> AnyResult<()> {
             test_loss,
             test_acc,
             test_top5,
-            images_per_sec: seen as f64 / seconds,
+            images_per_sec: global_ips,
             seconds,
             learning_rate: optimizer.learning_rate(),
         };
+        history.push(record.clone());
+        if !writer {
+            continue;
+        }
         println!(
             "{epoch} acc: {test_acc:.4}  (test loss {test_loss:.4}, top-5 {test_top5:.4}; train loss {:.4}, acc {:.4}; \
              {:.0} img/s)",
             record.train_loss, record.train_acc, record.images_per_sec
         );
-        history.push(record.clone());
         report::write_epoch(&metrics_path, &record, &history)
             .map_err(|e| format!("--metrics {}: {e}", metrics_path.display()))?;
     }
@@ -289,6 +351,9 @@ fn run(args: Args) -> AnyResult<()> {
             graphed.fallback_reason().map(|r| format!(" (last eager step: {r})")).unwrap_or_default()
         );
     }
+    if !writer {
+        return Ok(());
+    }
     if interrupted.load(Ordering::SeqCst) {
         println!("interrupted: checkpoint written to {} at step {step}", last.display());
     }
@@ -299,6 +364,15 @@ fn run(args: Args) -> AnyResult<()> {
         total_images as f64 / train_seconds.max(1e-9)
     );
     Ok(())
+}
+
+/// Whether `flag` is set on any rank (on one process: `flag`).
+fn any_rank(comm: &tapegrad::distributed::Communicator, flag: bool) -> AnyResult<bool> {
+    if comm.world_size() == 1 {
+        return Ok(flag);
+    }
+    let t = Tensor::from_vec(vec![flag as i64], [1], &Device::Cpu)?;
+    Ok(comm.all_reduce(&t, tapegrad::distributed::ReduceOp::Sum)?.to_vec::<i64>()?[0] > 0)
 }
 
 /// Test-set loss, top-1 and top-5 accuracy, in inference mode (no tape: nothing is recorded).

@@ -7,6 +7,7 @@ use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::prefetch::Prefetcher;
 use crate::scaling::{map_pixels, Scaling};
+use crate::shard::Shard;
 use crate::shuffle::{epoch_permutation, rng_for, STREAM_AUGMENT};
 use std::sync::Arc;
 
@@ -29,6 +30,9 @@ pub struct LoaderConfig {
     /// How many batches a background thread prepares ahead; 0 makes batches on the
     /// caller's thread.
     pub prefetch: usize,
+    /// The data-parallel rank's share of each epoch (`None`: the whole epoch). With
+    /// `drop_last`, the epoch's last `n % world_size` examples are left out too.
+    pub shard: Option<Shard>,
 }
 
 impl LoaderConfig {
@@ -43,6 +47,7 @@ impl LoaderConfig {
             scaling: Scaling::Symmetric,
             augment: Augment::default(),
             prefetch: 2,
+            shard: None,
         }
     }
 
@@ -77,6 +82,14 @@ impl LoaderConfig {
         self
     }
 
+    /// Makes only `shard`'s batches: its share of each epoch's permutation, which every
+    /// rank draws alike from the seed and the epoch (see [`Shard::select_with`]). Every
+    /// rank gets the same number of batches; augmentations differ between ranks.
+    pub fn shard(mut self, shard: Shard) -> Self {
+        self.shard = Some(shard);
+        self
+    }
+
     /// Prefetches `depth` batches on a background thread (0: none).
     pub fn prefetch(mut self, depth: usize) -> Self {
         self.prefetch = depth;
@@ -98,6 +111,14 @@ struct Plan {
     data: Arc<Dataset>,
     config: LoaderConfig,
     tables: Vec<[f32; 256]>,
+}
+
+impl Plan {
+    /// The examples one epoch visits on this rank.
+    fn examples_per_epoch(&self) -> usize {
+        let n = self.data.len();
+        self.config.shard.map_or(n, |s| s.len(n, self.config.drop_last))
+    }
 }
 
 impl DataLoader {
@@ -126,7 +147,7 @@ impl DataLoader {
 
     /// The number of batches in one epoch.
     pub fn num_batches(&self) -> usize {
-        let (n, b) = (self.plan.data.len(), self.plan.config.batch_size);
+        let (n, b) = (self.plan.examples_per_epoch(), self.plan.config.batch_size);
         if self.plan.config.drop_last {
             n / b
         } else {
@@ -163,6 +184,11 @@ impl EpochBatches {
     fn new(plan: Arc<Plan>, epoch: u64) -> Self {
         let n = plan.data.len();
         let order = if plan.config.shuffle { epoch_permutation(n, plan.config.seed, epoch) } else { (0..n).collect() };
+        let order = match plan.config.shard {
+            Some(shard) => shard.select_with(&order, plan.config.drop_last),
+            None => order,
+        };
+        let n = order.len();
         let b = plan.config.batch_size;
         let count = if plan.config.drop_last { n / b } else { n.div_ceil(b) };
         Self { plan, epoch, order, next: 0, count }
@@ -178,7 +204,10 @@ impl EpochBatches {
         let image_len = data.image_len();
         let mut images = Vec::with_capacity(indices.len() * image_len);
         let mut labels = Vec::with_capacity(indices.len());
-        let mut rng = rng_for(config.seed, STREAM_AUGMENT, self.epoch, index as u64);
+        // Batch `index` of rank r is the epoch's global batch `index * world + r`: ranks
+        // draw different augmentations, and one rank draws what it always did.
+        let global = config.shard.map_or(index, |s| index * s.world_size() + s.rank());
+        let mut rng = rng_for(config.seed, STREAM_AUGMENT, self.epoch, global as u64);
         let mut scratch = vec![0u8; image_len];
         for &i in &indices {
             let pixels = &data.images()[i * image_len..(i + 1) * image_len];

@@ -76,6 +76,10 @@ pub enum Error {
     /// Reading a dataset or making its batches failed.
     #[error(transparent)]
     Data(#[from] tapegrad_data::DataError),
+    /// A collective across data-parallel ranks failed (its message names the rank, the
+    /// collective, the shape and dtype).
+    #[error(transparent)]
+    Distributed(#[from] tapegrad_distributed::Error),
     /// Any other invalid argument, described in words.
     #[error("{0}")]
     Invalid(String),

@@ -72,6 +72,7 @@ pub use layers::relu::{LeakyReLU, ReLU, ELU};
 pub use layers::separable_conv2d::SeparableConv2D;
 pub use layers::sequential::Sequential;
 pub use layers::shape::{Permute, RepeatVector, Reshape};
+pub use layers::sync_batch_norm::SyncBatchNormalization;
 pub use layers::upsampling::UpSampling2D;
 pub use layers::zero_padding::ZeroPadding2D;
 pub use naming::unique_name;

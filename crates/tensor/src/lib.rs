@@ -53,6 +53,6 @@ pub use ops::pad::PadMode;
 pub use ops::resize::Interpolation;
 pub use shape::Shape;
 pub use storage::Storage;
-pub use tape::{GradientSource, GradientTape};
+pub use tape::{custom_gradient, GradientSource, GradientTape, ReadyHook};
 pub use tensor::{Tensor, TensorId};
 pub use variable::Variable;

@@ -23,6 +23,10 @@ use std::rc::Rc;
 /// one gradient per input out (`None` for an input that needs none, or has none).
 pub(crate) type GradFn = dyn Fn(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>;
 
+/// The callback of [`GradientTape::gradient_with_ready_hook`]: a source's index and its
+/// final gradient.
+pub type ReadyHook<'a> = &'a mut dyn FnMut(usize, &Tensor) -> Result<()>;
+
 /// One recorded op. Clones share the gradient rule.
 #[derive(Clone)]
 struct Node {
@@ -172,6 +176,36 @@ impl GradientTape {
         sources: &[S],
         output_gradient: &Tensor,
     ) -> Result<Vec<Option<Tensor>>> {
+        self.walk(target, sources, output_gradient, None)
+    }
+
+    /// [`gradient`](Self::gradient) that calls `on_ready(i, grad)` as soon as source `i`'s
+    /// gradient is final — after the last rule that adds to it has run, while the walk
+    /// goes on to earlier ops — so that work on it (a data-parallel all-reduce) overlaps
+    /// the rest of the backward pass. Sources that get no gradient are not reported; a
+    /// source listed twice is reported twice. An error from `on_ready` ends the walk.
+    pub fn gradient_with_ready_hook<S: GradientSource>(
+        &self,
+        target: &Tensor,
+        sources: &[S],
+        on_ready: ReadyHook<'_>,
+    ) -> Result<Vec<Option<Tensor>>> {
+        if target.elem_count() != 1 {
+            return Err(Error::Tape(format!(
+                "the target has shape {} but must be a single value; reduce it (sum/mean) first",
+                target.shape()
+            )));
+        }
+        self.walk(target, sources, &target.ones_like()?, Some(on_ready))
+    }
+
+    fn walk<S: GradientSource>(
+        &self,
+        target: &Tensor,
+        sources: &[S],
+        output_gradient: &Tensor,
+        mut on_ready: Option<ReadyHook<'_>>,
+    ) -> Result<Vec<Option<Tensor>>> {
         if output_gradient.shape() != target.shape() {
             return Err(Error::ShapeMismatch {
                 op: "GradientTape.gradient (output gradient vs target)",
@@ -214,12 +248,44 @@ impl GradientTape {
                 from_sources.insert(node.output);
             }
         }
+        // For the ready hook: the walk's last node that adds to each source's gradient is
+        // the first recorded node that reads it; once it has run, the gradient is final.
+        let mut ready_after: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut reported = vec![false; source_ids.len()];
+        if on_ready.is_some() {
+            let mut first_use: HashMap<TensorId, usize> = HashMap::new();
+            for (k, node) in nodes.iter().enumerate() {
+                for (id, _) in &node.inputs {
+                    first_use.entry(*id).or_insert(k);
+                }
+            }
+            for (i, id) in source_ids.iter().enumerate() {
+                if let Some(&k) = first_use.get(id) {
+                    ready_after.entry(k).or_default().push(i);
+                }
+            }
+        }
+        let mut report = |k: usize, grads: &HashMap<TensorId, Tensor>, reported: &mut [bool]| -> Result<()> {
+            if let (Some(hook), Some(ready)) = (on_ready.as_mut(), ready_after.get(&k)) {
+                for &i in ready {
+                    if let (true, Some(g)) = (tracked.contains(&source_ids[i]), grads.get(&source_ids[i])) {
+                        reported[i] = true;
+                        hook(i, g)?;
+                    }
+                }
+            }
+            Ok(())
+        };
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         grads.insert(target.id(), output_gradient.clone());
         let mut nodes = nodes;
         while let Some(Node { op, inputs, output, backward }) = nodes.pop() {
+            let index = nodes.len();
             let g = if keep.contains(&output) { grads.get(&output).cloned() } else { grads.remove(&output) };
-            let Some(g) = g else { continue };
+            let Some(g) = g else {
+                report(index, &grads, &mut reported)?;
+                continue;
+            };
             let needed: SmallVec<[bool; 4]> =
                 inputs.iter().map(|(id, _)| tracked.contains(id) && from_sources.contains(id)).collect();
             let input_grads = backward(&g, &needed)?;
@@ -248,6 +314,15 @@ impl GradientTape {
                 };
                 grads.insert(id, total);
             }
+            report(index, &grads, &mut reported)?;
+        }
+        // Sources no recorded op reads (the target itself) are final only now.
+        if let Some(hook) = on_ready.as_mut() {
+            for (i, id) in source_ids.iter().enumerate() {
+                if let (false, true, Some(g)) = (reported[i], tracked.contains(id), grads.get(id)) {
+                    hook(i, g)?;
+                }
+            }
         }
         Ok(source_ids.iter().map(|id| if tracked.contains(id) { grads.get(id).cloned() } else { None }).collect())
     }
@@ -275,6 +350,21 @@ impl<T: GradientSource + ?Sized> GradientSource for &T {
     fn source_id(&self) -> TensorId {
         (**self).source_id()
     }
+}
+
+/// Records `output` on the recording tapes as an op of `inputs` whose gradient rule is
+/// `rule` (TF's `tf.custom_gradient`): given the output's gradient, one gradient per
+/// input (`None` for none), each of its input's shape. For ops the tensor crate cannot
+/// express, such as a collective across processes (a cross-rank all-reduce whose
+/// adjoint is another all-reduce). Compute `output` from detached inputs
+/// ([`Tensor::detach`]) so that the ops producing it record nothing themselves.
+pub fn custom_gradient(
+    op: &'static str,
+    inputs: &[&Tensor],
+    output: &Tensor,
+    rule: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+) {
+    record_op(op, inputs, output, rule);
 }
 
 /// Records an op on every recording tape that tracks one of its inputs. Only float

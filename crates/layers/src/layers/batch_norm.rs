@@ -27,9 +27,9 @@ use tapegrad_tensor::{Shape, Tensor, Variable};
 /// `gamma` and `beta` are trainable; the moving statistics are not.
 #[derive(Debug)]
 pub struct BatchNormalization {
-    name: String,
-    momentum: f64,
-    epsilon: f64,
+    pub(crate) name: String,
+    pub(crate) momentum: f64,
+    pub(crate) epsilon: f64,
     center: bool,
     scale: bool,
     unbiased_moving_variance: bool,
@@ -42,18 +42,18 @@ pub struct BatchNormalization {
 
 /// What [`BatchNormalization::compute`] applies after the normalisation.
 #[derive(Clone, Copy)]
-enum Epilogue<'a> {
+pub(crate) enum Epilogue<'a> {
     Identity,
     Relu,
     AddRelu(&'a Tensor),
 }
 
 #[derive(Debug)]
-struct BnWeights {
-    gamma: Option<Variable>,
-    beta: Option<Variable>,
-    moving_mean: Variable,
-    moving_variance: Variable,
+pub(crate) struct BnWeights {
+    pub(crate) gamma: Option<Variable>,
+    pub(crate) beta: Option<Variable>,
+    pub(crate) moving_mean: Variable,
+    pub(crate) moving_variance: Variable,
 }
 
 impl BatchNormalization {
@@ -142,7 +142,7 @@ impl BatchNormalization {
         self.weights.get().map(|w| &w.moving_variance)
     }
 
-    fn built(&self, input: &InputSpec) -> Result<&BnWeights> {
+    pub(crate) fn built(&self, input: &InputSpec) -> Result<&BnWeights> {
         get_or_build(&self.weights, || {
             if !(0.0..=1.0).contains(&self.momentum) {
                 return Err(Error::layer(&self.name, format!("momentum must be in [0, 1], got {}", self.momentum)));
@@ -201,7 +201,7 @@ impl BatchNormalization {
         traced(self, self.compute(input, w, mode, Epilogue::AddRelu(residual)))
     }
 
-    fn compute(&self, x: &Tensor, w: &BnWeights, mode: Mode, epilogue: Epilogue<'_>) -> Result<Tensor> {
+    pub(crate) fn compute(&self, x: &Tensor, w: &BnWeights, mode: Mode, epilogue: Epilogue<'_>) -> Result<Tensor> {
         let name = &self.name;
         let channels = w.moving_mean.value_untracked().elem_count();
         if x.rank() == 4 {
@@ -259,7 +259,7 @@ impl BatchNormalization {
 
     /// `moving -= (moving - batch) * (1 - momentum)`, on detached values so that no tape
     /// records it.
-    fn update_moving_statistics(
+    pub(crate) fn update_moving_statistics(
         &self,
         w: &BnWeights,
         mean: &Tensor,

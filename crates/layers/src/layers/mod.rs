@@ -22,6 +22,7 @@ pub(crate) mod relu;
 pub(crate) mod separable_conv2d;
 pub(crate) mod sequential;
 pub(crate) mod shape;
+pub(crate) mod sync_batch_norm;
 pub(crate) mod upsampling;
 pub(crate) mod zero_padding;
 

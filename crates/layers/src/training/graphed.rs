@@ -318,11 +318,7 @@ impl GraphedStep {
 /// Captures the forward and backward pass of the step for `statics`' shapes. On failure
 /// every variable is set back to its buffer, which holds its value (what the failed
 /// capture assigned was never computed).
-fn capture(
-    model: &dyn Layer,
-    statics: Statics,
-    forward: &StepForward<'_>,
-) -> Result<Captured> {
+fn capture(model: &dyn Layer, statics: Statics, forward: &StepForward<'_>) -> Result<Captured> {
     statics.refresh()?;
     let trainable = model.trainable_variables();
     let captured = CudaGraph::capture(&statics.signature.device, || {

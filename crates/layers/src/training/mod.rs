@@ -37,6 +37,7 @@ mod bn_warning;
 mod callback;
 mod callbacks;
 mod data;
+mod data_parallel;
 mod graphed;
 mod history;
 mod logs;
@@ -52,6 +53,7 @@ pub use callbacks::{
     TerminateOnNaN,
 };
 pub use data::{split_loader, BatchIter, DataSource, TensorDataset};
+pub use data_parallel::{broadcast_model, data_parallel_step_with};
 pub use graphed::{GraphedStep, GraphedStepStats};
 pub use history::History;
 pub use logs::Logs;

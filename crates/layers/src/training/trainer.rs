@@ -3,6 +3,7 @@
 use super::bn_warning::batch_norm_warning;
 use super::callback::{Callback, CallbackContext, FitParams};
 use super::callbacks::ProgressLogger;
+use super::data_parallel::{broadcast_model, data_parallel_step_with};
 use super::graphed::{GraphedStep, GraphedStepStats};
 use super::metric::LossMean;
 use super::step::train_step_with;
@@ -10,6 +11,8 @@ use super::{DataSource, FitOptions, History, Logs, Metric};
 use crate::optimizers::Optimizer;
 use crate::{Error, Layer, Mode, Result};
 use std::cell::Cell;
+use std::sync::Arc;
+use tapegrad_distributed::DataParallel;
 use tapegrad_tensor::{Device, Tensor, Variable};
 
 /// A loss: `(targets, predictions) -> scalar`, the losses module's argument order.
@@ -47,6 +50,7 @@ pub struct Trainer<'m> {
     device: Device,
     warned_batch_norm: bool,
     graph_stats: Option<GraphedStepStats>,
+    data_parallel: Option<Arc<DataParallel>>,
 }
 
 impl<'m> Trainer<'m> {
@@ -65,7 +69,18 @@ impl<'m> Trainer<'m> {
             device: Device::Cpu,
             warned_batch_norm: false,
             graph_stats: None,
+            data_parallel: None,
         }
+    }
+
+    /// Trains as one rank of `dp`: before the first step the model is built on the first
+    /// batch and rank 0's variables are broadcast ([`broadcast_model`](super::broadcast_model)),
+    /// and every step applies gradients averaged over the ranks. Give each rank its shard of
+    /// the data (`LoaderConfig::shard`); the logged loss and metrics are this rank's, and
+    /// callbacks that write files (checkpoints, logs) belong on rank 0 only.
+    pub fn data_parallel(mut self, dp: Arc<DataParallel>) -> Self {
+        self.data_parallel = Some(dp);
+        self
     }
 
     /// Adds a metric, logged under its name (and `val_<name>` for validation).
@@ -108,6 +123,13 @@ impl<'m> Trainer<'m> {
     /// (`TerminateOnNaN`) asked to stop at that step.
     pub fn fit(&mut self, train: &dyn DataSource, options: FitOptions<'_>) -> Result<History> {
         options.validate()?;
+        if options.cuda_graph && self.data_parallel.is_some() {
+            return Err(Error::Invalid(
+                "fit: FitOptions::cuda_graph cannot be combined with Trainer::data_parallel (the gradient \
+                 all-reduce runs outside a captured step); drop one of them"
+                    .into(),
+            ));
+        }
         let FitOptions { epochs, steps_per_epoch, initial_epoch, validation_data, validation_split, verbose, .. } =
             options;
         let split = validation_split.map(|f| train.split(f)).transpose()?;
@@ -127,7 +149,7 @@ impl<'m> Trainer<'m> {
         }
 
         let params = FitParams { epochs, initial_epoch, steps, verbose };
-        let Trainer { model, optimizer, loss, metrics, device, warned_batch_norm, graph_stats } = self;
+        let Trainer { model, optimizer, loss, metrics, device, warned_batch_norm, graph_stats, data_parallel } = self;
         let model: &dyn Layer = *model;
         let loss: &LossFn<'_> = loss;
         let mut ctx = CallbackContext::new(model, optimizer.as_mut(), params);
@@ -150,6 +172,7 @@ impl<'m> Trainer<'m> {
             Ok((loss(y, &predictions)?, predictions))
         };
         let mut graphed = options.cuda_graph.then(|| GraphedStep::new().verbose(verbose > 0));
+        let mut replicas_synced = false;
         for epoch in initial_epoch..epochs {
             each(&mut callbacks, |cb| cb.on_epoch_begin(&mut ctx, epoch))?;
             let mut loss_mean = LossMean::default();
@@ -161,9 +184,14 @@ impl<'m> Trainer<'m> {
                 last_step = step;
                 let (x, y) = batch?;
                 each(&mut callbacks, |cb| cb.on_train_batch_begin(&mut ctx, step))?;
-                let (batch_loss, predictions) = match graphed.as_mut() {
-                    Some(step) => step.run(model, &mut *ctx.optimizer, &x, &y, forward)?,
-                    None => train_step_with(model, &mut *ctx.optimizer, || forward(&x, &y))?,
+                if let (Some(dp), false) = (data_parallel.as_ref(), replicas_synced) {
+                    broadcast_model(dp, model, &x)?;
+                    replicas_synced = true;
+                }
+                let (batch_loss, predictions) = match (data_parallel.as_ref(), graphed.as_mut()) {
+                    (Some(dp), _) => data_parallel_step_with(dp, model, &mut *ctx.optimizer, || forward(&x, &y))?,
+                    (None, Some(step)) => step.run(model, &mut *ctx.optimizer, &x, &y, forward)?,
+                    (None, None) => train_step_with(model, &mut *ctx.optimizer, || forward(&x, &y))?,
                 };
                 *graph_stats = graphed.as_ref().map(GraphedStep::stats);
                 loss_mean.update(&batch_loss, y.elem_count())?;

@@ -1,0 +1,41 @@
+//! Collective communication and data-parallel training for tapegrad.
+//!
+//! A [`Communicator`] is one rank's handle on a group: [`Communicator::local`] (a world
+//! of one, so everything runs without features), [`ThreadGroup`] (ranks as threads of
+//! one process) and, with the `mpi` feature, `Communicator::mpi` (one rank per process,
+//! started with `mpirun`). It offers `all_reduce` (sum, mean), `broadcast`, `all_gather`
+//! and `barrier` on f32, f64 and i64 tensors. Ranks that disagree about a collective's
+//! shape or dtype get an [`Error::Mismatch`] naming both; a collective that does not
+//! complete within the communicator's timeout (a dead rank) is an [`Error::Timeout`].
+//!
+//! [`DataParallel`] averages gradients over the ranks in buckets, starting each bucket's
+//! all-reduce as the tape's backward walk finishes its gradients, so communication
+//! overlaps the rest of the backward pass.
+//!
+//! ```
+//! use tapegrad_distributed::{Communicator, ReduceOp};
+//! use tapegrad_tensor::{Device, Tensor};
+//! # fn main() -> tapegrad_distributed::Result<()> {
+//! let comm = Communicator::local()?;
+//! let g = Tensor::from_vec(vec![1.0f32, 2.0], [2], &Device::Cpu)?;
+//! let mean = comm.all_reduce(&g, ReduceOp::Mean)?;
+//! assert_eq!(mean.to_vec::<f32>()?, vec![1.0, 2.0]);
+//! # Ok(())
+//! # }
+//! ```
+
+mod buffer;
+mod communicator;
+mod data_parallel;
+mod error;
+mod header;
+#[cfg(feature = "mpi")]
+mod mpi_backend;
+mod threads;
+mod transport;
+
+pub use buffer::HostBuffer;
+pub use communicator::{Communicator, PendingCollective, ReduceOp, DEFAULT_TIMEOUT};
+pub use data_parallel::{DataParallel, StepReport};
+pub use error::{Error, Result};
+pub use threads::ThreadGroup;

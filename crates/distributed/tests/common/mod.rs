@@ -1,0 +1,83 @@
+//! A small MLP trained by hand-written SGD through `DataParallel`, for the threads and
+//! MPI tests: every rank starts from its own random weights (so rank 0's broadcast
+//! matters) and takes its slice of each global batch.
+
+use tapegrad_distributed::{DataParallel, ReduceOp};
+use tapegrad_tensor::{Device, GradientTape, Tensor, Variable};
+
+/// Features per example.
+pub const IN: usize = 3;
+/// Outputs per example.
+pub const OUT: usize = 2;
+
+/// Example `i`'s features and targets: a fixed, nonlinear pattern.
+fn example(i: usize) -> ([f32; IN], [f32; OUT]) {
+    let t = i as f32;
+    let x = [(t * 0.37).sin(), (t * 0.11).cos(), ((t * 0.05) % 1.0) - 0.5];
+    (x, [x[0] * x[1] + 0.3, x[2] - x[0] * 0.5])
+}
+
+fn rows(start: usize, count: usize) -> (Tensor, Tensor) {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for i in start..start + count {
+        let (x, y) = example(i);
+        xs.extend(x);
+        ys.extend(y);
+    }
+    (
+        Tensor::from_vec(xs, [count, IN], &Device::Cpu).unwrap(),
+        Tensor::from_vec(ys, [count, OUT], &Device::Cpu).unwrap(),
+    )
+}
+
+/// The model's variables, drawn from `seed`.
+pub fn init(seed: u64) -> Vec<Variable> {
+    let draw = |k: u64, n: usize| -> Vec<f32> {
+        (0..n).map(|i| (((seed * 7919 + k * 131 + i as u64 * 17) % 1000) as f32 / 1000.0 - 0.5) * 0.8).collect()
+    };
+    let v = |name: &str, k, dims: Vec<usize>| {
+        let n = dims.iter().product();
+        Variable::new(name, Tensor::from_vec(draw(k, n), dims, &Device::Cpu).unwrap(), true)
+    };
+    vec![v("w1", 1, vec![IN, 8]), v("b1", 2, vec![8]), v("w2", 3, vec![8, OUT]), v("b2", 4, vec![OUT])]
+}
+
+/// `steps` SGD steps on global batches of `global_batch` rows, this rank taking its
+/// `global_batch / world` rows of each; returns the global mean loss of every step and
+/// the final weights.
+pub fn train(dp: &DataParallel, global_batch: usize, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let vars = init(dp.rank() as u64 + 1);
+    dp.broadcast_variables(&vars).unwrap();
+    let local = global_batch / dp.world_size();
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        let (x, y) = rows(step * global_batch + dp.rank() * local, local);
+        let tape = GradientTape::new();
+        let loss = tape
+            .record(|| {
+                let h = x.matmul(&vars[0].value())?.add(&vars[1].value())?.tanh()?;
+                let p = h.matmul(&vars[2].value())?.add(&vars[3].value())?;
+                p.sub(&y)?.square()?.mean_all()
+            })
+            .unwrap();
+        let grads = dp.gradient(&tape, &loss, &vars).unwrap();
+        for (v, g) in vars.iter().zip(&grads) {
+            let g = g.as_ref().expect("every variable has a gradient");
+            v.assign(v.value_untracked().sub(&g.mul_scalar(0.5).unwrap()).unwrap()).unwrap();
+        }
+        let global = dp.communicator().all_reduce(&loss, ReduceOp::Mean).unwrap();
+        losses.push(global.to_scalar::<f32>().unwrap());
+    }
+    (losses, vars.iter().map(|v| v.value_untracked().to_vec::<f32>().unwrap()).collect())
+}
+
+/// Asserts two runs agree within f32 rounding (the sums are associated differently).
+pub fn assert_close(a: &(Vec<f32>, Vec<Vec<f32>>), b: &(Vec<f32>, Vec<Vec<f32>>)) {
+    let close = |x: f32, y: f32| (x - y).abs() <= 1e-5 + 1e-4 * y.abs();
+    assert!(a.0.iter().zip(&b.0).all(|(x, y)| close(*x, *y)), "losses differ: {:?} vs {:?}", a.0, b.0);
+    for (va, vb) in a.1.iter().zip(&b.1) {
+        assert!(va.iter().zip(vb).all(|(x, y)| close(*x, *y)), "weights differ: {va:?} vs {vb:?}");
+    }
+    // Training moved: the comparison is not between two untouched initialisations.
+    assert!(a.0.last() < a.0.first(), "the loss did not decrease: {:?}", a.0);
+}

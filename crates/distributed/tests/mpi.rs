@@ -1,0 +1,118 @@
+//! The MPI backend for real: each test starts itself under
+//! `mpirun --allow-run-as-root --oversubscribe -np 2` and checks, on every rank, the
+//! collectives' results, the disagreement errors, data-parallel training against one
+//! process, and that a rank that stops answering makes the other time out.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use tapegrad_distributed::{Communicator, DataParallel, Error, ReduceOp};
+use tapegrad_tensor::{DType, Device, Tensor};
+
+fn under_mpirun() -> bool {
+    std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMI_SIZE").is_some()
+}
+
+/// Runs test `name` of this binary on 2 ranks; returns whether mpirun succeeded and
+/// what the ranks printed.
+fn launch(name: &str, timeout_s: &str) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env("TAPEGRAD_COLLECTIVE_TIMEOUT_S", timeout_s)
+        .output()
+        .expect("mpirun must be installed (apt-get install openmpi-bin libopenmpi-dev)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// In the test process: starts the ranks and requires success. Under mpirun: runs `body`.
+fn on_two_ranks(name: &str, body: impl FnOnce(Arc<Communicator>)) {
+    if under_mpirun() {
+        let comm = Arc::new(Communicator::mpi().unwrap());
+        assert_eq!(comm.world_size(), 2);
+        let rank = comm.rank();
+        body(comm.clone());
+        // The last handle goes here: MPI is finalised before the process ends.
+        drop(comm);
+        println!("RANK-{rank}-PASSED");
+    } else {
+        let (ok, text) = launch(name, "60");
+        assert!(ok && text.contains("RANK-0-PASSED") && text.contains("RANK-1-PASSED"), "{text}");
+    }
+}
+
+#[test]
+fn mpi_collectives() {
+    on_two_ranks("mpi_collectives", |comm| {
+        let r = comm.rank();
+        let x = Tensor::from_vec(vec![r as f32 + 0.5, -2.0 * r as f32, 3.0], [3], &Device::Cpu).unwrap();
+        assert_eq!(comm.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), vec![2.0, -2.0, 6.0]);
+        assert_eq!(comm.all_reduce(&x, ReduceOp::Mean).unwrap().to_vec::<f32>().unwrap(), vec![1.0, -1.0, 3.0]);
+        let x64 = Tensor::from_vec(vec![r as f64 * 0.1; 4], [2, 2], &Device::Cpu).unwrap();
+        let s64 = comm.all_reduce(&x64, ReduceOp::Sum).unwrap();
+        assert_eq!((s64.dims(), s64.to_vec::<f64>().unwrap()), (&[2usize, 2][..], vec![0.1; 4]));
+        let xi = Tensor::from_vec(vec![r as i64 * 5 + 1], [1], &Device::Cpu).unwrap();
+        assert_eq!(comm.all_reduce(&xi, ReduceOp::Sum).unwrap().to_vec::<i64>().unwrap(), vec![7]);
+        assert_eq!(comm.broadcast(&x, 1).unwrap().to_vec::<f32>().unwrap(), vec![1.5, -2.0, 3.0]);
+        let g = comm.all_gather(&x).unwrap();
+        assert_eq!(g.dims(), &[2, 3]);
+        assert_eq!(g.to_vec::<f32>().unwrap(), vec![0.5, 0.0, 3.0, 1.5, -2.0, 3.0]);
+        comm.barrier().unwrap();
+        // Disagreeing shapes: the same error on both ranks, and the communicator goes on.
+        let dims = if r == 0 { vec![2, 3] } else { vec![6] };
+        let bad = Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap();
+        let err = comm.all_reduce(&bad, ReduceOp::Sum).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Mismatch { .. }) && msg.contains("[2, 3]") && msg.contains("[6]"), "{msg}");
+        assert!(msg.contains(&format!("rank {r}")), "{msg}");
+        assert_eq!(comm.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), vec![2.0, -2.0, 6.0]);
+    });
+}
+
+#[test]
+fn mpi_data_parallel_equals_one_process_with_the_combined_batch() {
+    on_two_ranks("mpi_data_parallel_equals_one_process_with_the_combined_batch", |comm| {
+        let single = common::train(&DataParallel::new(Arc::new(Communicator::local().unwrap())), 8, 6);
+        let dp = DataParallel::new(comm.clone()).with_bucket_bytes(40).unwrap();
+        let run = common::train(&dp, 8, 6);
+        common::assert_close(&run, &single);
+        assert!(dp.last_step().started_during_backward >= 1, "{:?}", dp.last_step());
+        // The replicas hold bit-identical weights.
+        let mine: Vec<f32> = run.1.concat();
+        let n = mine.len();
+        let both = comm.all_gather(&Tensor::from_vec(mine, [n], &Device::Cpu).unwrap()).unwrap();
+        let both = both.to_vec::<f32>().unwrap();
+        assert_eq!(
+            both[..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            both[n..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+    });
+}
+
+#[test]
+fn mpi_a_rank_that_stops_answering_makes_the_other_time_out() {
+    if under_mpirun() {
+        let comm = Communicator::mpi().unwrap();
+        if comm.rank() == 1 {
+            // Never joins the collective; mpirun ends this process once rank 0 is gone.
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            std::process::exit(0);
+        }
+        let x = Tensor::zeros([5], DType::F32, &Device::Cpu).unwrap();
+        let started = std::time::Instant::now();
+        let err = comm.all_reduce(&x, ReduceOp::Sum).unwrap_err();
+        println!("RANK-0-TIMEOUT after {:?}: {err}", started.elapsed());
+        // The communicator's thread is stuck in MPI: end without finalising, as a
+        // program that reports the error and exits would.
+        std::process::exit(0);
+    }
+    let started = std::time::Instant::now();
+    let (_, text) = launch("mpi_a_rank_that_stops_answering_makes_the_other_time_out", "2");
+    assert!(text.contains("RANK-0-TIMEOUT"), "{text}");
+    assert!(text.contains("rank 0: all_reduce(sum) of a f32 tensor of shape [5] did not complete within 2s"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
