@@ -57,6 +57,10 @@ fn flagship_rejects_bad_values_naming_option_and_value() {
         (&["--label-smoothing=-0.1"], &["--label-smoothing -0.1"]),
         (&["--label-smoothing", "nan"], &["--label-smoothing NaN"]),
         (&["--cuda-graph"], &["--cuda-graph with --device cpu", "needs a GPU"]),
+        (
+            &["--cuda-graph", "--device", "cuda", "--distributed", "mpi"],
+            &["--cuda-graph with --distributed", "not supported"],
+        ),
     ];
     for (extra, parts) in cases {
         let args = smoke(dir.path(), extra);
