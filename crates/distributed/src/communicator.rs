@@ -302,18 +302,22 @@ impl PendingCollective {
 
     /// The result as a host buffer.
     pub fn wait_buffer(self) -> Result<HostBuffer> {
+        let timed_out = |timeout| {
+            self.broken.store(true, Ordering::Release);
+            Err(Error::Timeout {
+                rank: self.rank,
+                collective: self.collective.name(),
+                shape: self.shape.to_string(),
+                dtype: self.dtype.to_string(),
+                timeout,
+            })
+        };
         match self.rx.recv_timeout(self.timeout) {
+            Err(mpsc::RecvTimeoutError::Timeout) => timed_out(self.timeout),
+            // A transport that timed out itself (a rendezvous a peer never joined) is the
+            // same event as this wait timing out: one error, naming this collective.
+            Ok(Err(Error::Timeout { timeout, .. })) => timed_out(timeout),
             Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.broken.store(true, Ordering::Release);
-                Err(Error::Timeout {
-                    rank: self.rank,
-                    collective: self.collective.name(),
-                    shape: self.shape.to_string(),
-                    dtype: self.dtype.to_string(),
-                    timeout: self.timeout,
-                })
-            }
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Backend {
                 backend: "communicator",
                 msg: format!("rank {}: {}: the communicator's thread stopped", self.rank, self.collective.name()),

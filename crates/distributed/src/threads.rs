@@ -66,9 +66,14 @@ impl Rendezvous {
 
     /// Every rank's buffer, in rank order.
     fn exchange(&self, rank: usize, buf: HostBuffer) -> Result<Vec<HostBuffer>> {
-        let lost = || Error::Backend {
-            backend: "threads",
-            msg: format!("rank {rank}: the other ranks did not arrive within {:?}", self.timeout),
+        // The caller's PendingCollective restates this with the collective, shape and
+        // dtype; which of the two waits notices a dead rank first is a race.
+        let lost = || Error::Timeout {
+            rank,
+            collective: "exchange",
+            shape: String::new(),
+            dtype: String::new(),
+            timeout: self.timeout,
         };
         let poisoned = || Error::Backend { backend: "threads", msg: "a rank panicked during a collective".into() };
         let state = self.state.lock().map_err(|_| poisoned())?;

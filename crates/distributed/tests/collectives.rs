@@ -124,6 +124,22 @@ fn a_dead_rank_makes_the_others_time_out_with_an_error() {
 }
 
 #[test]
+fn a_dead_rank_noticed_by_the_transport_first_is_the_same_timeout_error() {
+    // The group's rendezvous gives up after 200 ms, the caller's wait only after 30 s: the
+    // transport's own timeout must still surface as a Timeout naming the collective.
+    let mut comms = ThreadGroup::communicators(2, Duration::from_millis(200)).unwrap();
+    let survivor = comms.remove(0).with_timeout(Duration::from_secs(30));
+    drop(comms);
+    let started = Instant::now();
+    let err = survivor.broadcast(&t(vec![1.0; 6], &[2, 3]), 0).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    assert!(matches!(err, Error::Timeout { rank: 0, .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("broadcast") && msg.contains("[2, 3]") && msg.contains("200ms"), "{msg}");
+    assert!(survivor.barrier().unwrap_err().to_string().contains("timed out"));
+}
+
+#[test]
 fn local_world_returns_its_input() {
     let comm = Communicator::local().unwrap();
     assert_eq!((comm.rank(), comm.world_size()), (0, 1));
