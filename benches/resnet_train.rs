@@ -4,8 +4,10 @@
 //! optimizer in PyTorch; docs/performance.md sets the two side by side.
 //!
 //! ```text
-//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--tf32] [--cuda-graph]
+//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--tf32] [--cuda-graph] [--inference]
 //! ```
+//! `--inference`: forward passes only, in inference mode (moving statistics, no tape), the
+//! work of `Trainer::predict`; the RESULT name starts with `infer_` instead of `train_`.
 //! `--cuda-graph` (with `--device cuda`): forward, loss and gradients replayed as a CUDA graph
 //! (`GraphedStep`, the batch copied into its static input each step), the Adam update eager.
 //! Threads: `RAYON_NUM_THREADS` (default: all cores).
@@ -41,6 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if cuda_graph && device.is_cpu() {
         return Err("--cuda-graph needs --device cuda".into());
     }
+    let inference = args.iter().any(|a| a == "--inference");
+    if inference && cuda_graph {
+        return Err("--inference times forward passes only; --cuda-graph graphs training steps".into());
+    }
     tapegrad::layers::random::set_seed(1234);
     let model = match arch.as_str() {
         "resnet18" => ResNet::seed([2, 2, 2, 2], 100),
@@ -58,6 +64,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // PyTorch's loop (resnet_train_torch.py) does not wait either.
     let mut graphed = cuda_graph.then(GraphedStep::new);
     let mut step = || -> Result<Tensor, Box<dyn std::error::Error>> {
+        if inference {
+            return Ok(model.call(&x, Mode::Infer)?);
+        }
         if let Some(graphed) = graphed.as_mut() {
             let forward = |x: &Tensor, y: &Tensor| -> tapegrad::layers::Result<(Tensor, Tensor)> {
                 let logits = model.call(x, Mode::Train)?;
@@ -72,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(loss)
     };
     for _ in 0..warmup {
-        step()?.to_scalar::<f32>()?;
+        step()?.mean_all()?.to_scalar::<f32>()?;
     }
     if let Device::Cuda(ordinal) = device {
         tapegrad::tensor::cuda::reset_peak_memory(ordinal)?;
@@ -83,7 +92,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         last = Some(step()?);
     }
     let loss = match last {
-        Some(loss) => loss.to_scalar::<f32>()?, // waits for the queued steps
+        // Waits for the queued steps; in inference mode the "loss" is the logits' mean.
+        Some(out) => out.mean_all()?.to_scalar::<f32>()?,
         None => f32::NAN,
     };
     let seconds = start.elapsed().as_secs_f64();
@@ -103,9 +113,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => String::new(),
     };
+    let work = if inference { "inference" } else { "training" };
     println!(
-        "tapegrad {arch} batch {batch} {device}{mode} threads {}: {:.1} ms/step, {images_per_sec:.1} images/s, last \
-         loss {loss:.4}{memory}",
+        "tapegrad {arch} {work} batch {batch} {device}{mode} threads {}: {:.1} ms/step, {images_per_sec:.1} images/s, \
+         last loss {loss:.4}{memory}",
         rayon::current_num_threads(),
         seconds / steps as f64 * 1e3,
     );
@@ -115,10 +126,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (false, false) => "cuda",
         (false, true) => "cuda_graph",
     };
-    println!("RESULT train_{arch}_b{batch}_{place}{precision} {images_per_sec:.1} img/s");
+    let kind = if inference { "infer" } else { "train" };
+    println!("RESULT {kind}_{arch}_b{batch}_{place}{precision} {images_per_sec:.1} img/s");
     if let Device::Cuda(ordinal) = device {
         let peak = tapegrad::tensor::cuda::memory_stats(ordinal)?.peak_in_use as f64 / (1 << 20) as f64;
-        println!("RESULT peak_memory_{arch}_b{batch}_{place}{precision} {peak:.0} MiB");
+        let mem = if inference { "peak_memory_infer" } else { "peak_memory" };
+        println!("RESULT {mem}_{arch}_b{batch}_{place}{precision} {peak:.0} MiB");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ momentum 0.01) and epsilon 1e-3, Adam(lr=3e-4, eps=1e-7), glorot-uniform kernels
 Usage:
   python benches/resnet_train_torch.py --device cpu --threads 2 --batch 64 --steps 10
   python benches/resnet_train_torch.py --device cuda --batch 256 --channels-last [--tf32]
+  python benches/resnet_train_torch.py --device cpu --threads 2 --batch 256 --inference --channels-last
 Prints: images/s over the timed steps (after warm-up), and peak GPU memory on CUDA.
 
 Precision is set explicitly on both switches, never left to PyTorch's defaults (which let
@@ -103,6 +104,7 @@ def main():
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in matmuls and convolutions (default: strict f32)")
     p.add_argument("--bf16", action="store_true", help="forward pass and loss under bf16 autocast")
+    p.add_argument("--inference", action="store_true", help="forward passes only, model.eval() under torch.inference_mode()")
     p.add_argument("--compile", metavar="MODE", help="torch.compile mode, e.g. max-autotune or reduce-overhead")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
@@ -121,7 +123,11 @@ def main():
     x = (torch.rand(args.batch, 3, 32, 32, device=dev) * 2 - 1).to(memory_format=fmt)
     y = torch.randint(0, 100, (args.batch,), device=dev)
 
-    def step():
+    def infer():
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            return model(x).float().mean()
+
+    def train_step():
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -129,6 +135,10 @@ def main():
         loss.backward()
         opt.step()
         return loss
+
+    if args.inference:
+        model.eval()
+    step = infer if args.inference else train_step
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
@@ -145,17 +155,20 @@ def main():
     extra = ""
     if dev.type == "cuda":
         extra = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    work = "inference" if args.inference else "training"
     print(
-        f"torch {torch.__version__} {args.arch} batch {args.batch} {args.device} threads {torch.get_num_threads()} "
+        f"torch {torch.__version__} {args.arch} {work} batch {args.batch} {args.device} threads {torch.get_num_threads()} "
         f"channels_last={args.channels_last} allow_tf32 (matmul, cudnn)={torch.backends.cuda.matmul.allow_tf32}, "
         f"{torch.backends.cudnn.allow_tf32} bf16={args.bf16} compile={args.compile} params={params}: {dt / args.steps * 1e3:.1f} ms/step, "
         f"{ips:.1f} images/s, last loss {loss.item():.4f}{extra}"
     )
     # Machine-readable lines for scripts/gpu-check.sh's table (same names as resnet_train.rs).
-    print(f"RESULT train_{args.arch}_b{args.batch}_{dev.type}{precision} {ips:.1f} img/s")
+    kind = "infer" if args.inference else "train"
+    print(f"RESULT {kind}_{args.arch}_b{args.batch}_{dev.type}{precision} {ips:.1f} img/s")
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
-        print(f"RESULT peak_memory_{args.arch}_b{args.batch}_{dev.type}{precision} {peak:.0f} MiB")
+        mem = "peak_memory_infer" if args.inference else "peak_memory"
+        print(f"RESULT {mem}_{args.arch}_b{args.batch}_{dev.type}{precision} {peak:.0f} MiB")
 
 
 if __name__ == "__main__":
