@@ -33,6 +33,7 @@ mod storage;
 mod tape;
 mod tensor;
 pub mod testing;
+mod utilities;
 mod variable;
 
 pub use backend::GroupNormSpec;

@@ -1,8 +1,8 @@
 //! [`Tensor`]: an immutable, reference-counted n-dimensional array on a device.
 
-use crate::cpu_backend::alloc::try_with_capacity;
 use crate::cpu_backend::CpuStorage;
 use crate::ops::output_guard::check_outputs;
+use crate::utilities::alloc::try_with_capacity;
 use crate::{DType, Device, Element, Error, Result, Shape, Storage};
 use rand::Rng;
 use rand_distr::{Distribution, Normal, Uniform};

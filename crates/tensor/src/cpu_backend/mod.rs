@@ -3,17 +3,6 @@
 //! This file only routes each primitive of [`BackendStorage`] to its kernel, which lives
 //! beside its op (`ops/<family>/cpu.rs`), and matches on the dtype.
 
-pub(crate) mod alloc;
-mod parallel;
-
-pub(crate) use parallel::PAR_MIN_LEN;
-
-/// Whether a value is NaN, for generic element types (integers never are).
-#[inline(always)]
-pub(crate) fn is_nan<T: PartialOrd>(v: T) -> bool {
-    v.partial_cmp(&v).is_none()
-}
-
 use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
 use crate::backend::{
@@ -25,6 +14,7 @@ use crate::ops::optim::{AdamStep, SgdStep};
 use crate::ops::pad::{self, PadSpec};
 use crate::ops::resize::{self, ResizeSpec};
 use crate::ops::{conv, elementwise, gather, layout, matmul, norm, optim, pool, reduce, softmax};
+use crate::utilities::{alloc, PAR_MIN_LEN};
 use crate::{DType, Element, Error, Result, Shape};
 
 /// A contiguous host buffer of one dtype.

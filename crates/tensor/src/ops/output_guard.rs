@@ -105,7 +105,7 @@ mod tests {
         assert!(check_outputs("add", &[&shape, &Shape::new(&[4])], DType::F64, &Device::Cpu).is_ok());
         let s = Shape::new(&[2, 3]);
         let err = guarded::<crate::Storage>("op", &[], &[&s], DType::F32, &Device::Cpu, || {
-            Err(crate::cpu_backend::alloc::host_oom::<f32>("kernel", 6))
+            Err(crate::utilities::alloc::host_oom::<f32>("kernel", 6))
         })
         .unwrap_err();
         assert!(err.to_string().contains("for output shape [2, 3] of f32"), "{err}");

@@ -26,7 +26,7 @@
 
 use super::{depthwise_cpu, winograd};
 use crate::backend::Conv2dSpec;
-use crate::cpu_backend::alloc::{host_oom, try_zeros, ZeroBits};
+use crate::utilities::alloc::{host_oom, try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;

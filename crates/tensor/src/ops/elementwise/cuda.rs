@@ -3,7 +3,7 @@
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::cuda_backend::kernels::{dtype_suffix, elementwise_config, KernelSource};
 use crate::cuda_backend::{launch, CudaStorage, MAX_DIMS};
-use crate::ops::elementwise::cpu::coalesce;
+use crate::utilities::coalesce::coalesce;
 use crate::{DType, Error, Result, Shape};
 use cudarc::driver::DeviceRepr;
 

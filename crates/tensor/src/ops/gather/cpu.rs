@@ -1,7 +1,7 @@
 //! CPU kernels of gather and of the segmented row sum under scatter_add.
 
-use crate::cpu_backend::alloc::{try_with_capacity, try_zeros, ZeroBits};
-use crate::cpu_backend::PAR_MIN_LEN;
+use crate::utilities::alloc::{try_with_capacity, try_zeros, ZeroBits};
+use crate::utilities::PAR_MIN_LEN;
 use crate::{Error, Result};
 use num_traits::Float;
 use rayon::prelude::*;

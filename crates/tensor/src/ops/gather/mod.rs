@@ -13,9 +13,9 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
-use crate::cpu_backend::alloc::{try_vec, try_zeros};
 use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
+use crate::utilities::alloc::{try_vec, try_zeros};
 use crate::{DType, Error, Result, Shape, Tensor};
 use std::sync::Arc;
 

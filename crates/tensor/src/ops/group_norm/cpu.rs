@@ -10,8 +10,8 @@
 //! spread loses nothing.
 
 use crate::backend::GroupNormSpec;
-use crate::cpu_backend::alloc::{try_vec, try_zeros};
-use crate::cpu_backend::PAR_MIN_LEN;
+use crate::utilities::alloc::{try_vec, try_zeros};
+use crate::utilities::PAR_MIN_LEN;
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
 

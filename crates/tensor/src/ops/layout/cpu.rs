@@ -1,9 +1,9 @@
 //! CPU kernels of the layout ops.
 
 use crate::backend::StridedLayout;
-use crate::cpu_backend::alloc::{try_vec, try_with_capacity};
-use crate::cpu_backend::PAR_MIN_LEN;
-use crate::ops::elementwise::cpu::coalesce;
+use crate::utilities::alloc::{try_vec, try_with_capacity};
+use crate::utilities::coalesce::coalesce;
+use crate::utilities::PAR_MIN_LEN;
 use crate::Result;
 use rayon::prelude::*;
 

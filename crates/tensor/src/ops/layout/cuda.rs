@@ -4,7 +4,7 @@ use crate::backend::StridedLayout;
 use crate::cuda_backend::device::CudaDevice;
 use crate::cuda_backend::kernels::{elementwise_config, KernelSource};
 use crate::cuda_backend::{launch, CudaStorage, MAX_DIMS};
-use crate::ops::elementwise::cpu::coalesce;
+use crate::utilities::coalesce::coalesce;
 use crate::{BackendStorage, DType, Error, Result};
 use cudarc::driver::DeviceRepr;
 use std::sync::Arc;

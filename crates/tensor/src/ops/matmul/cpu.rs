@@ -5,7 +5,7 @@ use crate::backend::MatmulSpec;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
+use crate::utilities::alloc::{try_zeros, ZeroBits};
 use crate::Result;
 
 /// Below this many multiply-adds per product, a batch runs one product per thread

@@ -14,7 +14,7 @@
 //! (a `fold`/`reduce` would combine in the order threads happen to finish).
 
 use crate::backend::{BatchNormEpilogue, BatchNormGrads, BatchNormSpec};
-use crate::cpu_backend::alloc::{try_vec, try_with_capacity, try_zeros, ZeroBits};
+use crate::utilities::alloc::{try_vec, try_with_capacity, try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
 

@@ -2,7 +2,7 @@
 //! reads the parameter, gradient and state once and writes the new ones.
 
 use super::{AdamStep, SgdStep};
-use crate::cpu_backend::alloc::try_with_capacity;
+use crate::utilities::alloc::try_with_capacity;
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

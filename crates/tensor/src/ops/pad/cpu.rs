@@ -2,7 +2,7 @@
 //! gather), the last axis handled as three contiguous runs (before, copy, after).
 
 use super::{PadMode, PadSpec};
-use crate::cpu_backend::alloc::try_vec;
+use crate::utilities::alloc::try_vec;
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
 use smallvec::SmallVec;

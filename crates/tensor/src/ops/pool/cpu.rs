@@ -6,7 +6,7 @@
 //! (whose gradients are disjoint) in parallel.
 
 use crate::backend::Pool2dSpec;
-use crate::cpu_backend::alloc::{host_oom, try_vec};
+use crate::utilities::alloc::{host_oom, try_vec};
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
 

@@ -9,8 +9,8 @@
 //! [`reduce`]), so CPU training is bit-reproducible whatever the thread count.
 
 use crate::backend::{ArgReduceOp, ReduceOp};
-use crate::cpu_backend::alloc::{try_vec, try_with_capacity};
-use crate::cpu_backend::{is_nan, PAR_MIN_LEN};
+use crate::utilities::alloc::{try_vec, try_with_capacity};
+use crate::utilities::{is_nan, PAR_MIN_LEN};
 use crate::{Result, Shape};
 use rayon::prelude::*;
 

@@ -2,7 +2,7 @@
 //! time, output rows (forward) or input rows (the adjoint's gather) in parallel.
 
 use super::{reader_range, tap, weight_of, Interpolation, ResizeSpec, Tap};
-use crate::cpu_backend::alloc::{try_vec, try_with_capacity};
+use crate::utilities::alloc::{try_vec, try_with_capacity};
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
 

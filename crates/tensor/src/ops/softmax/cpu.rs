@@ -1,7 +1,7 @@
 //! CPU kernel of log_softmax over the last axis.
 
-use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
-use crate::cpu_backend::PAR_MIN_LEN;
+use crate::utilities::alloc::{try_zeros, ZeroBits};
+use crate::utilities::PAR_MIN_LEN;
 use crate::Result;
 use num_traits::Float;
 use rayon::prelude::*;

@@ -4,7 +4,7 @@
 
 use super::lanes::{lanes, lanes_mut, madd, mul_add_block, mul_add_lanes, LANES};
 use super::{Depthwise, PIXELS};
-use crate::cpu_backend::alloc::try_vec;
+use crate::utilities::alloc::try_vec;
 use crate::FloatElement;
 use crate::Result;
 

@@ -30,7 +30,7 @@ mod tests;
 
 use super::cpu::backward_input_geometry;
 use crate::backend::Conv2dSpec;
-use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
+use crate::utilities::alloc::{try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
 use backward_input::Readers;
 use rayon::prelude::*;

@@ -4,7 +4,7 @@
 use super::transforms::{block, block_mut, input_tile, kernel_tile, output_tile, Lane, Tile, Variant, LANES, ROW};
 use super::Tiles;
 use crate::backend::Conv2dSpec;
-use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
+use crate::utilities::alloc::{try_zeros, ZeroBits};
 use crate::{Element, FloatElement, Result};
 use rayon::prelude::*;
 

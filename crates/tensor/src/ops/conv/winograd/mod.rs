@@ -28,7 +28,7 @@ mod tests;
 
 use super::cpu::{ensure_len, gemm_into, MatRef};
 use crate::backend::Conv2dSpec;
-use crate::cpu_backend::alloc::{try_zeros, ZeroBits};
+use crate::utilities::alloc::{try_zeros, ZeroBits};
 use crate::{DType, FloatElement, Result};
 use gemm::Parallelism;
 use isa::Isa;

@@ -64,7 +64,7 @@ fn direct(x: &[f64], k: &[f64], bias: Option<&[f64]>, s: &Conv2dSpec) -> Vec<f64
 
 /// Largest |computed - reference| over the largest |reference|, computed with `tiling`
 /// (`None`: im2col + GEMM) in `T`.
-fn relative_error<T: FloatElement + crate::cpu_backend::alloc::ZeroBits>(
+fn relative_error<T: FloatElement + crate::utilities::alloc::ZeroBits>(
     s: &Conv2dSpec,
     tiling: Option<Tiling>,
     with_bias: bool,

@@ -1,0 +1,15 @@
+//! Helpers that the kernels of every op and both backends share: fallible host allocation,
+//! the serial/parallel threshold, NaN tests and dimension merging. This module sits below
+//! `ops/` and the backends and imports neither.
+
+pub(crate) mod alloc;
+pub(crate) mod coalesce;
+mod parallel;
+
+pub(crate) use parallel::PAR_MIN_LEN;
+
+/// Whether a value is NaN, for generic element types (integers never are).
+#[inline(always)]
+pub(crate) fn is_nan<T: PartialOrd>(v: T) -> bool {
+    v.partial_cmp(&v).is_none()
+}
