@@ -113,7 +113,9 @@ impl Header {
             format!("rank {ndims}, {} elements", words[4])
         };
         if words[2] == REFUSED {
-            return format!("{collective} of a {dtype} tensor of shape {shape}, which it refused (its tensor is not on its GPU)");
+            return format!(
+                "{collective} of a {dtype} tensor of shape {shape}, which it refused (its tensor is not on its GPU)"
+            );
         }
         format!("{collective} of a {dtype} tensor of shape {shape} (root {})", words[2])
     }

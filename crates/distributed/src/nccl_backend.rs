@@ -339,7 +339,9 @@ impl Communicator {
         if failures > 0 {
             return Err(Error::Backend {
                 backend: "nccl",
-                msg: format!("rank {rank}: {failures} other rank(s) could not open their GPU or libnccl (see their errors)"),
+                msg: format!(
+                    "rank {rank}: {failures} other rank(s) could not open their GPU or libnccl (see their errors)"
+                ),
             });
         }
         // Rank 0's id, as 16 words (the others' words are ignored by the broadcast).
@@ -366,7 +368,10 @@ impl Communicator {
         // SAFETY: `comm` is writable; the id is rank 0's; this thread's current context is
         // the rank's device (raw::stream binds it).
         unsafe { nccl::comm_init_rank(&mut comm, host.world_size() as i32, id, rank as i32) }.map_err(|e| {
-            Error::Backend { backend: "nccl", msg: format!("rank {rank}: ncclCommInitRank on cuda:{ordinal} failed: {}", name(e)) }
+            Error::Backend {
+                backend: "nccl",
+                msg: format!("rank {rank}: ncclCommInitRank on cuda:{ordinal} failed: {}", name(e)),
+            }
         })?;
         Ok(host.with_nccl(NcclRank { comm: Mutex::new(Handle(comm)), ordinal, aborted: AtomicBool::new(false) }))
     }

@@ -146,26 +146,35 @@ fn two_gpus_with_batch_b_equal_one_gpu_with_batch_2b() {
     assert_eq!(runs[0].0 .1, runs[1].0 .1, "the replicas' weights differ");
 }
 
-/// The collectives the fake libnccl has queued on `device` so far.
-fn queued_on(device: usize) -> usize {
-    let needle = format!(" device={device} ");
-    std::fs::read_to_string(trace_path()).unwrap_or_default().lines().filter(|l| l.contains(&needle)).count()
+/// The collectives of `counts` elements the fake libnccl has queued on `device` so far
+/// (other tests of this process queue collectives of other sizes meanwhile).
+fn queued_on(device: usize, counts: &[usize]) -> usize {
+    let on_device = format!(" device={device} ");
+    std::fs::read_to_string(trace_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&on_device) && counts.iter().any(|c| l.contains(&format!(" count={c} "))))
+        .count()
 }
 
 #[test]
 fn bucket_all_reduces_are_queued_before_the_backward_pass_ends() {
     if std::env::var("TAPEGRAD_EMU_DEVICES").is_err() {
-        eprintln!("SKIPPED bucket_all_reduces_are_queued_before_the_backward_pass_ends: needs the fake libnccl's trace");
+        eprintln!(
+            "SKIPPED bucket_all_reduces_are_queued_before_the_backward_pass_ends: needs the fake libnccl's trace"
+        );
         return;
     }
     let Some(comms) = group("bucket_all_reduces_are_queued_before_the_backward_pass_ends", 2) else { return };
     let seen = on_ranks(comms, |rank, comm| {
         let dev = Device::Cuda(rank);
         let dp = DataParallel::new(Arc::new(comm)).with_bucket_bytes(16).unwrap();
-        let w1 = Variable::new("w1", Tensor::ones([4, 8], DType::F32, &dev).unwrap(), true);
-        let w2 = Variable::new("w2", Tensor::ones([8, 8], DType::F32, &dev).unwrap(), true);
-        let w3 = Variable::new("w3", Tensor::ones([8, 1], DType::F32, &dev).unwrap(), true);
-        let x = Tensor::ones([2, 4], DType::F32, &dev).unwrap().mul_scalar(0.1).unwrap();
+        // Sizes no other test uses (35, 63 and 9 elements): one bucket each.
+        let counts = [35, 63, 9];
+        let w1 = Variable::new("w1", Tensor::ones([5, 7], DType::F32, &dev).unwrap(), true);
+        let w2 = Variable::new("w2", Tensor::ones([7, 9], DType::F32, &dev).unwrap(), true);
+        let w3 = Variable::new("w3", Tensor::ones([9, 1], DType::F32, &dev).unwrap(), true);
+        let x = Tensor::ones([2, 5], DType::F32, &dev).unwrap().mul_scalar(0.1).unwrap();
         // The first op's gradient rule runs last in the backward walk: it counts the
         // collectives queued on this GPU by then, and its own gradient is the walk's last.
         let at_end = Arc::new(std::sync::Mutex::new(None));
@@ -176,15 +185,15 @@ fn bucket_all_reduces_are_queued_before_the_backward_pass_ends() {
                 let marked = w.detach();
                 let slot = at_end.clone();
                 custom_gradient("mark_end_of_backward", &[&w], &marked, move |g| {
-                    *slot.lock().unwrap() = Some(queued_on(rank));
+                    *slot.lock().unwrap() = Some(queued_on(rank, &counts));
                     Ok(vec![Some(g.clone())])
                 });
                 x.matmul(&marked)?.tanh()?.matmul(&w2.value())?.tanh()?.matmul(&w3.value())?.sum_all()
             })
             .unwrap();
-        let before = queued_on(rank);
+        let before = queued_on(rank, &counts);
         dp.gradient(&tape, &loss, &[&w1, &w2, &w3]).unwrap();
-        let after = queued_on(rank);
+        let after = queued_on(rank, &counts);
         let at_end = at_end.lock().unwrap().expect("the marker's rule ran");
         (before, at_end, after, dp.last_step())
     });

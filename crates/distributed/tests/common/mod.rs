@@ -24,10 +24,7 @@ fn rows(start: usize, count: usize, device: &Device) -> (Tensor, Tensor) {
         xs.extend(x);
         ys.extend(y);
     }
-    (
-        Tensor::from_vec(xs, [count, IN], device).unwrap(),
-        Tensor::from_vec(ys, [count, OUT], device).unwrap(),
-    )
+    (Tensor::from_vec(xs, [count, IN], device).unwrap(), Tensor::from_vec(ys, [count, OUT], device).unwrap())
 }
 
 /// The model's variables, drawn from `seed`.

@@ -35,7 +35,12 @@ impl DeviceBuffer {
             }
             _ => Err(Error::invalid(
                 op,
-                format!("needs a CUDA tensor, got a {} tensor of shape {} on {}", tensor.dtype(), tensor.shape(), tensor.device()),
+                format!(
+                    "needs a CUDA tensor, got a {} tensor of shape {} on {}",
+                    tensor.dtype(),
+                    tensor.shape(),
+                    tensor.device()
+                ),
             )),
         }
     }
