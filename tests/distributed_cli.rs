@@ -29,7 +29,8 @@ fn nccl_without_the_features_says_how_to_build_it() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--distributed nccl"), "{stderr}");
     assert!(
-        stderr.contains("--features mpi,nccl") && stderr.contains("--distributed mpi") || stderr.contains("--device cuda"),
+        stderr.contains("--features mpi,nccl") && stderr.contains("--distributed mpi")
+            || stderr.contains("--device cuda"),
         "{stderr}"
     );
 }
