@@ -14,14 +14,18 @@ use tapegrad_tensor::{custom_gradient, DType, Device, GradientTape, Tensor, Vari
 
 /// The fake libnccl's trace of queued collectives (read by the overlap test).
 fn trace_path() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("tapegrad-nccl-trace-{}.txt", std::process::id()))
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nccl-trace-{}.txt", std::process::id()))
 }
 
 /// `n` NCCL ranks on cuda:0..n, or None (after saying why) when this machine cannot.
 fn group(test: &str, n: usize) -> Option<Vec<Communicator>> {
     static TRACE: Once = Once::new();
     // Set once, before any test reaches the CUDA or NCCL libraries (which read it).
-    TRACE.call_once(|| std::env::set_var("TAPEGRAD_EMU_NCCL_TRACE", trace_path()));
+    TRACE.call_once(|| {
+        if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_some() {
+            std::env::set_var("TAPEGRAD_EMU_NCCL_TRACE", trace_path());
+        }
+    });
     let have = tapegrad_tensor::cuda::device_count();
     let result = if have < n {
         Err(format!("needs {n} CUDA device(s), found {have}"))
