@@ -12,6 +12,8 @@
 #   target/gpu-bundle/torch_trajectory six training steps against PyTorch's trajectory (CPU and GPU)
 #   target/gpu-bundle/resnet_train     training images/s of the seed ResNet (benches/resnet_train.rs)
 #   target/gpu-bundle/resnet_cifar100  the flagship, for a short training run on synthetic data
+#   target/gpu-bundle/nccl             the NCCL backend's tests (crates/distributed/tests/nccl.rs); on one
+#                                      GPU gpu-check.sh runs its single-rank all-reduce and data-parallel step
 #
 # (The NVRTC compile test is not in the bundle: CI runs it.) The binaries (about 100 MiB,
 # each links the whole tensor crate) are packed into target/gpu-bundle/gpu-bundle.tar.xz
@@ -70,6 +72,9 @@ cargo build "${release[@]}" --features cuda --example resnet_cifar100 \
   --message-format=json-render-diagnostics | copy_executables resnet_cifar100
 cargo test "${release[@]}" --features cuda --test cuda_training --test cuda_fit --test cuda_graph_training --test torch_trajectory --no-run \
   --message-format=json-render-diagnostics | copy_executables cuda_training cuda_fit cuda_graph_training torch_trajectory
+# libnccl is loaded at run time, so this builds without NCCL installed.
+cargo test "${release[@]}" -p tapegrad-distributed --features nccl --test nccl --no-run \
+  --message-format=json-render-diagnostics | copy_executables nccl
 
 ls -l "$out"
 if ((!dev)); then

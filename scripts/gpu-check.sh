@@ -10,7 +10,9 @@
 #      library search path, PyTorch's own libraries.
 #   2. training images/s and peak memory of the seed ResNet18 at batch 64 beside PyTorch
 #      eager (NCHW and channels_last), strict f32 on both sides;
-#   3. every GPU test binary (CUDA_LAUNCH_BLOCKING=1, so a kernel fault names its kernel);
+#   3. every GPU test binary (CUDA_LAUNCH_BLOCKING=1, so a kernel fault names its kernel),
+#      and a 1-GPU NCCL run (a single-rank communicator's all-reduce and data-parallel
+#      steps, tests/nccl.rs), skipped with the reason when no libnccl is found;
 #   4. the micro-benchmarks beside PyTorch's (benches/cuda_micro*.{rs,py}), strict f32;
 #   5. full mode only: batch 256, the TF32 rows (ours with cuda::set_tf32(true), PyTorch
 #      with allow_tf32 on both switches), the TF32 convolution micro-benchmarks;
@@ -37,8 +39,10 @@
 # TAPEGRAD_KERNEL_CACHE (one NVRTC cache for all the processes of this run).
 #
 # Libraries: the NVIDIA wheels of the Python install (nvidia/cu13/lib, nvidia/cudnn/lib,
-# ...) come first on LD_LIBRARY_PATH, then CUDA_HOME's lib64; every `stubs` folder is
-# dropped, so neither a toolkit's nor a stub libcuda.so shadows the driver's.
+# nvidia/nccl/lib, ...) come first on LD_LIBRARY_PATH, then CUDA_HOME's lib64; every `stubs`
+# folder is dropped, so neither a toolkit's nor a stub libcuda.so shadows the driver's.
+# cudarc loads `libnccl.so`, the wheels ship `libnccl.so.2`: the NCCL stage links one to
+# the other in a folder of its own.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bundle="${GPU_BUNDLE:-target/gpu-bundle}"
@@ -337,6 +341,30 @@ for t in "${tests[@]}"; do
   run_stage "test_$t" 180 env CUDA_LAUNCH_BLOCKING=1 "$bundle/$t" --test-threads=1
 done
 test_table
+
+# NCCL on one GPU: a single-rank communicator (the 2-GPU tests run on the emulator in CI).
+nccl_lib=""
+for d in "${path[@]}"; do
+  for f in "$d/libnccl.so" "$d/libnccl.so.2"; do
+    [[ -e "$f" && -z "$nccl_lib" ]] && nccl_lib="$f"
+  done
+done
+[[ -z "$nccl_lib" ]] && nccl_lib="$(ldconfig -p 2>/dev/null | grep -oE '/[^ ]*libnccl\.so(\.2)?$' | head -1)"
+if [[ ! -x "$bundle/nccl" ]]; then
+  note "stage test_nccl: skipped (no nccl binary in the bundle; rebuild it with scripts/build-gpu-bundle.sh)"
+elif [[ -z "$nccl_lib" ]]; then
+  note "stage test_nccl: skipped (no libnccl.so or libnccl.so.2 on LD_LIBRARY_PATH or in ldconfig's cache;" \
+    "pip install nvidia-nccl-cu12, or apt-get install libnccl2)"
+else
+  nccl_dir="$work/nccl-lib"
+  mkdir -p "$nccl_dir"
+  ln -sf "$nccl_lib" "$nccl_dir/libnccl.so"
+  note "nccl: $nccl_lib"
+  run_stage test_nccl 90 env CUDA_LAUNCH_BLOCKING=1 LD_LIBRARY_PATH="$nccl_dir:$LD_LIBRARY_PATH" \
+    "$bundle/nccl" --test-threads=1 single_rank_all_reduce_and_data_parallel_step bad_groups_are_refused_naming_the_problem
+  grep -E '^test |^test result' "$logs/test_nccl.log" | tee -a "$summary"
+  [[ "${outcome[test_nccl]}" == passed* ]] || test_failures "$logs/test_nccl.log" | sed 's/^/    /' | tee -a "$summary"
+fi
 
 if ((preflight_ok)); then
   # --- 4. micro-benchmarks, strict f32 ---------------------------------------------------

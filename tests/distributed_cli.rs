@@ -21,11 +21,18 @@ fn stderr_of(backend: &str) -> (Option<i32>, String) {
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// `cargo test --workspace` builds the example without NCCL and MPI: `--distributed nccl`
+/// says how to build it and names the alternative. (With them, `--device cpu` is refused.)
 #[test]
-fn nccl_is_refused_with_the_alternative() {
+fn nccl_without_the_features_says_how_to_build_it() {
     let (code, stderr) = stderr_of("nccl");
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("--distributed nccl") && stderr.contains("--distributed mpi"), "{stderr}");
+    assert!(stderr.contains("--distributed nccl"), "{stderr}");
+    assert!(
+        stderr.contains("--features mpi,nccl") && stderr.contains("--distributed mpi")
+            || stderr.contains("--device cuda"),
+        "{stderr}"
+    );
 }
 
 /// `cargo test --workspace` builds the example without MPI: `--distributed mpi` says how

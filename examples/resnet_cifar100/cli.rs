@@ -125,7 +125,8 @@ pub enum DatasetKind {
 pub enum DistributedKind {
     /// MPI collectives on host copies of the gradients (needs `--features mpi`).
     Mpi,
-    /// NCCL, one GPU per rank (not available in this build).
+    /// NCCL, one GPU per rank (the local rank's), gradients reduced on the GPUs (needs
+    /// `--features mpi,nccl`).
     Nccl,
 }
 

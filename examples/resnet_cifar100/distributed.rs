@@ -13,10 +13,22 @@ pub fn communicator(kind: Option<DistributedKind>) -> AnyResult<Arc<Communicator
     match kind {
         None => Ok(Arc::new(Communicator::local()?)),
         Some(DistributedKind::Mpi) => mpi(),
-        Some(DistributedKind::Nccl) => Err("--distributed nccl: the NCCL backend is not part of this build yet; \
-                                            use --distributed mpi (gradients are averaged on the host)"
-            .into()),
+        Some(DistributedKind::Nccl) => nccl(),
     }
+}
+
+/// One rank per `mpirun` process, on the GPU of its local rank, reducing there with NCCL.
+#[cfg(all(feature = "mpi", feature = "nccl"))]
+fn nccl() -> AnyResult<Arc<Communicator>> {
+    Ok(Arc::new(Communicator::nccl_from_mpi()?))
+}
+
+#[cfg(not(all(feature = "mpi", feature = "nccl")))]
+fn nccl() -> AnyResult<Arc<Communicator>> {
+    Err("--distributed nccl: this program was built without NCCL and MPI; rebuild with `--features mpi,nccl` \
+         (MPI starts the ranks and hands out NCCL's id; libnccl.so is loaded at run time) and start it with \
+         `mpirun -np <GPUs>`, or use --distributed mpi (gradients averaged on the host)"
+        .into())
 }
 
 #[cfg(feature = "mpi")]

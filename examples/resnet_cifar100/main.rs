@@ -17,7 +17,9 @@
 //! (built with `--features mpi`) trains one replica per process on its shard of each epoch,
 //! `--batch-size` images per rank, averaging gradients after every step; rank 0 prints,
 //! writes the checkpoints and the metrics, and every epoch's line gives each rank's and the
-//! global images/s.
+//! global images/s. `--distributed nccl` (built with `--features mpi,nccl`, started the same
+//! way with one process per GPU) trains each rank on its local GPU and averages the
+//! gradients there with NCCL.
 //!
 //! Exit codes: 0 done; 1 an error (named on stderr); 2 a bad command line; 3 the training
 //! diverged (a NaN or infinite loss: the run stops at the first one it reads, which on a
@@ -137,8 +139,15 @@ fn save_checkpoint(
 
 fn run(args: Args) -> AnyResult<()> {
     tapegrad::layers::random::set_seed(args.seed);
-    let device = setup::device(args.device)?;
     let comm = distributed::communicator(args.distributed)?;
+    // An NCCL rank trains on its own GPU; other backends on the one --device names.
+    let device = match comm.reduction_device() {
+        Some(_) if args.device == cli::DeviceKind::Cpu => {
+            return Err("--distributed nccl reduces CUDA tensors: use --device cuda (or auto)".into())
+        }
+        Some(gpu) => gpu,
+        None => setup::device(args.device)?,
+    };
     let (rank, world) = (comm.rank(), comm.world_size());
     // Rank 0 alone prints the model, progress and results, and writes files.
     let writer = rank == 0;

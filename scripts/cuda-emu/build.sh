@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/cuda-emu/build.sh — builds a fake CUDA driver + cuBLAS that run tapegrad's kernels on
-# the host, into target/cuda-emu/ (libcuda.so, libcublas.so and libcudnn.so, one library).
+# the host, into target/cuda-emu/ (libcuda.so, libcublas.so, libcudnn.so and libnccl.so, one
+# library; TAPEGRAD_EMU_DEVICES=n gives it n devices, between which fake_nccl.cpp reduces).
 #
 # Why: without a GPU, the CUDA backend's host code (cudarc calls, allocator, launch
 # arguments, kernel names, reduction plans, the cuBLAS mapping) and its kernels' index
@@ -32,9 +33,13 @@ renames=()
 for name in "${WRAPPED[@]}"; do renames+=("-D$name=emu_eager_$name"); done
 g++ -std=c++20 -O2 -fPIC -c -w -fvisibility=hidden -I"$here" "${renames[@]}" -o "$out/fake_cudnn.o" "$here/fake_cudnn.cpp"
 g++ -std=c++20 -O2 -fPIC -shared -w -fvisibility=hidden -I"$here" -o "$out/libtapegrad_cuda_emu.so" \
-  "$here/fake_driver.cpp" "$here/fake_graph.cpp" "$here/fake_cudnn_capture.cpp" "$out/fake_cudnn.o" \
+  "$here/fake_driver.cpp" "$here/fake_graph.cpp" "$here/fake_cudnn_capture.cpp" "$here/fake_nccl.cpp" "$out/fake_cudnn.o" \
   "$out"/k_*.cpp -lpthread
 ln -sf libtapegrad_cuda_emu.so "$out/libcuda.so"
 ln -sf libtapegrad_cuda_emu.so "$out/libcublas.so"
 ln -sf libtapegrad_cuda_emu.so "$out/libcudnn.so"
+# The fake NCCL (fake_nccl.cpp) is in the same library, so it sees the fake driver's
+# devices; cudarc loads `libnccl.so`, real installs ship `libnccl.so.2`: both names.
+ln -sf libtapegrad_cuda_emu.so "$out/libnccl.so"
+ln -sf libtapegrad_cuda_emu.so "$out/libnccl.so.2"
 rm -f "$out/libcuda.so.1"

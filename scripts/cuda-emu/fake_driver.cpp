@@ -1,4 +1,7 @@
 // A fake libcuda + libcublas that runs tapegrad's kernels on the host (see build.sh).
+// TAPEGRAD_EMU_DEVICES=n (default 1, at most 8) gives n devices, each with its own context
+// and streams, which threads may drive at once (kernels run one at a time: fake_graph.cpp's
+// emu_stream_work holds one lock while work runs); fake_nccl.cpp reduces across them.
 // Device pointers are host pointers; every call completes before it returns, which is
 // what a single in-order stream guarantees anyway, except while a stream captures a graph:
 // then work queued on it is recorded and checked as a real driver would (fake_graph.cpp). Only the entry points cudarc calls for
@@ -11,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <atomic>
 
 thread_local dim3 threadIdx, blockIdx;
 thread_local std::unique_ptr<EmuParamCopy>* emu_param_copy = nullptr;
@@ -60,15 +64,42 @@ static int check_dims(int ta, int tb, int m, int n, int k, int lda, int ldb, int
     if (lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m) { fprintf(stderr, "fake cublas: bad leading dims\n"); return 7; }
     return 0;
 }
+// Devices: contexts are 0x1000 + 0x100 * ordinal; streams remember their context's device.
+static const int MAX_DEVICES = 8;
+static thread_local void* current_ctx = nullptr;
+static std::atomic<uint64_t> kernel_launches[MAX_DEVICES];
+static std::mutex streams_mutex;
+static std::map<void*, int> stream_devices;
+static std::atomic<uintptr_t> next_stream{0x2000};
+int emu_device_count() {
+    static int n = [] {
+        const char* s = getenv("TAPEGRAD_EMU_DEVICES");
+        int v = s ? atoi(s) : 1;
+        return v < 1 ? 1 : v > MAX_DEVICES ? MAX_DEVICES : v;
+    }();
+    return n;
+}
+int emu_current_device() {
+    uintptr_t c = (uintptr_t)current_ctx;
+    return c < 0x1000 ? 0 : int((c - 0x1000) / 0x100);
+}
+static int stream_device(void* s) {
+    std::lock_guard<std::mutex> lock(streams_mutex);
+    auto it = stream_devices.find(s);
+    return it == stream_devices.end() ? emu_current_device() : it->second;
+}
+uint64_t emu_kernel_launches(int device) {
+    return device >= 0 && device < MAX_DEVICES ? kernel_launches[device].load() : 0;
+}
+
 #pragma GCC visibility push(default)
 extern "C" {
 typedef int CUresult;
-static thread_local void* current_ctx = nullptr;
 
 CUresult cuInit(unsigned) { return 0; }
-CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
-CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return 101; *d = 0; return 0; }
-CUresult cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = (void*)0x1000; return 0; }
+CUresult cuDeviceGetCount(int* n) { *n = emu_device_count(); return 0; }
+CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal < 0 || ordinal >= emu_device_count()) return 101; *d = ordinal; return 0; }
+CUresult cuDevicePrimaryCtxRetain(void** ctx, int d) { *ctx = (void*)(uintptr_t)(0x1000 + 0x100 * d); return 0; }
 CUresult cuDevicePrimaryCtxRelease_v2(int) { return 0; }
 CUresult cuDeviceGetAttribute(int* v, int attr, int) {
     switch (attr) { case 75: *v = 9; break; case 76: *v = 0; break; case 16: *v = 132; break; default: *v = 0; }
@@ -76,7 +107,12 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int) {
 }
 CUresult cuCtxGetCurrent(void** ctx) { *ctx = current_ctx; return 0; }
 CUresult cuCtxSetCurrent(void* ctx) { current_ctx = ctx; return 0; }
-CUresult cuStreamCreate(void** s, unsigned) { *s = (void*)0x2000; return 0; }
+CUresult cuStreamCreate(void** s, unsigned) {
+    *s = (void*)(next_stream += 0x10);
+    std::lock_guard<std::mutex> lock(streams_mutex);
+    stream_devices[*s] = emu_current_device();
+    return 0;
+}
 CUresult cuStreamSynchronize(void*) { return emu_forbidden_during_capture("cuStreamSynchronize"); }
 CUresult cuCtxSynchronize() { return emu_forbidden_during_capture("cuCtxSynchronize"); }
 CUresult cuStreamDestroy_v2(void*) { return 0; }
@@ -89,7 +125,7 @@ CUresult cuModuleGetFunction(void** f, void*, const char* name) {
     return 0;
 }
 static const size_t LIMIT = size_t(8) << 30;
-static size_t allocated = 0;
+static std::atomic<size_t> allocated{0};
 CUresult cuMemAlloc_v2(uint64_t* p, size_t bytes) {
     if (int e = emu_forbidden_during_capture("cuMemAlloc")) return e;
     if (bytes == 0) return 1;
@@ -181,7 +217,11 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     KernelEntry* k = (KernelEntry*)f;
     if (gx == 0 || bx == 0 || gy != 1 || gz != 1 || by != 1 || bz != 1 || shmem != 0 || extra) return 1;
     if (bx > 1024 || gx > 2147483647u) return 1;
-    if (!emu_records(stream)) return emu_stream_work(stream, [&] { return run_kernel(k, gx, bx, params); });
+    if (!emu_records(stream)) {
+        int device = stream_device(stream);
+        if (device >= 0 && device < MAX_DEVICES) kernel_launches[device]++;
+        return emu_stream_work(stream, [&] { return run_kernel(k, gx, bx, params); });
+    }
     // Captured: the arguments are copied now (the caller's may be gone when the graph runs).
     auto copy = std::make_shared<std::unique_ptr<EmuParamCopy>>();
     emu_param_copy = copy.get();

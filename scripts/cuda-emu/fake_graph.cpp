@@ -64,6 +64,10 @@ int emu_stream_work(void* stream, EmuWork work) {
             }
         }
     }
+    // Threads driving different devices share the kernels' globals (blockDim, shared
+    // memory): work runs one piece at a time.
+    static std::recursive_mutex running;
+    std::lock_guard<std::recursive_mutex> lock(running);
     return work();
 }
 

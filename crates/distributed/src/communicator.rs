@@ -34,6 +34,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 struct Job {
     header: Header,
     buf: HostBuffer,
+    /// Only the header exchange (an NCCL rank's host side: its data goes over NCCL).
+    header_only: bool,
     reply: mpsc::SyncSender<Result<HostBuffer>>,
 }
 
@@ -54,11 +56,14 @@ pub struct Communicator {
     broken: Arc<AtomicBool>,
     timeout: Duration,
     busy_nanos: Arc<AtomicU64>,
+    /// The NCCL side of an NCCL rank: data goes there, headers through the host backend.
+    #[cfg(feature = "nccl")]
+    nccl: Option<crate::nccl_backend::NcclRank>,
 }
 
 impl std::fmt::Debug for Communicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Communicator({} rank {} of {})", self.backend, self.rank, self.world_size)
+        write!(f, "Communicator({} rank {} of {})", self.backend(), self.rank, self.world_size)
     }
 }
 
@@ -89,7 +94,7 @@ impl Communicator {
                 let _ = ready_tx.send(Ok((transport.rank(), transport.world_size(), transport.name())));
                 for job in jobs_rx {
                     let start = Instant::now();
-                    let result = run(transport.as_mut(), &job.header, job.buf);
+                    let result = run(transport.as_mut(), &job.header, job.buf, job.header_only);
                     busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     let _ = job.reply.send(result);
                 }
@@ -109,7 +114,26 @@ impl Communicator {
             broken: Arc::new(AtomicBool::new(false)),
             timeout: timeout_from_env(),
             busy_nanos,
+            #[cfg(feature = "nccl")]
+            nccl: None,
         })
+    }
+
+    /// Makes this host communicator the header channel of an NCCL rank.
+    #[cfg(feature = "nccl")]
+    pub(crate) fn with_nccl(mut self, rank: crate::nccl_backend::NcclRank) -> Communicator {
+        self.nccl = Some(rank);
+        self
+    }
+
+    /// The GPU this rank's collectives reduce on: `Some(cuda:i)` for an NCCL rank, `None`
+    /// for host backends (which copy device tensors through the host).
+    pub fn reduction_device(&self) -> Option<Device> {
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            return Some(Device::Cuda(n.ordinal()));
+        }
+        None
     }
 
     /// This process's rank, `0..world_size`.
@@ -122,8 +146,12 @@ impl Communicator {
         self.world_size
     }
 
-    /// The backend's name (`local`, `threads`, `mpi`).
+    /// The backend's name (`local`, `threads`, `mpi`, `nccl`).
     pub fn backend(&self) -> &'static str {
+        #[cfg(feature = "nccl")]
+        if self.nccl.is_some() {
+            return "nccl";
+        }
         self.backend
     }
 
@@ -158,6 +186,10 @@ impl Communicator {
             ReduceOp::Sum => Collective::AllReduceSum,
             ReduceOp::Mean => Collective::AllReduceMean,
         };
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            return self.nccl_collective(n, collective, tensor, 0);
+        }
         self.start(collective, tensor.dims().to_vec(), tensor.device(), HostBuffer::from_tensor(tensor)?, 0)
     }
 
@@ -169,6 +201,11 @@ impl Communicator {
             ReduceOp::Mean => Collective::AllReduceMean,
         };
         let dims = vec![buf.len()];
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            let t = buf.into_tensor(dims, &Device::Cuda(n.ordinal()))?;
+            return self.nccl_collective(n, collective, &t, 0);
+        }
         self.start(collective, dims, Device::Cpu, buf, 0)
     }
 
@@ -181,6 +218,10 @@ impl Communicator {
                 collective: "broadcast",
                 msg: format!("root {root} is outside the world of {} ranks", self.world_size),
             });
+        }
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            return self.nccl_collective(n, Collective::Broadcast, tensor, root)?.wait();
         }
         self.start(
             Collective::Broadcast,
@@ -195,12 +236,21 @@ impl Communicator {
     /// Every rank's `tensor` (one shape on every rank), concatenated along a new leading
     /// axis: a tensor of shape `[world_size, ...shape]`, rank 0's first.
     pub fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            return self.nccl_collective(n, Collective::AllGather, tensor, 0)?.wait();
+        }
         self.start(Collective::AllGather, tensor.dims().to_vec(), tensor.device(), HostBuffer::from_tensor(tensor)?, 0)?
             .wait()
     }
 
-    /// Returns once every rank has called it.
+    /// Returns once every rank has called it (for NCCL ranks: once every rank's host has;
+    /// work queued on the GPUs before may still be running).
     pub fn barrier(&self) -> Result<()> {
+        #[cfg(feature = "nccl")]
+        if self.nccl.is_some() {
+            return self.exchange_header(Collective::Barrier, vec![0], DType::I64, 0);
+        }
         self.start(Collective::Barrier, vec![0], Device::Cpu, HostBuffer::I64(Vec::new()), 0)?.wait_buffer()?;
         Ok(())
     }
@@ -214,9 +264,72 @@ impl Communicator {
         root: usize,
     ) -> Result<PendingCollective> {
         let header = Header { collective, dtype: buf.dtype(), dims, root };
+        self.send(header, buf, device, false)
+    }
+
+    /// Exchanges a header only (an NCCL rank's check before it queues the data).
+    #[cfg(feature = "nccl")]
+    fn exchange_header(&self, collective: Collective, dims: Vec<usize>, dtype: DType, root: usize) -> Result<()> {
+        let header = Header { collective, dtype, dims, root };
+        let result = self.send(header, HostBuffer::I64(Vec::new()), Device::Cpu, true).and_then(|p| p.wait_buffer());
+        if let (Err(Error::Timeout { .. }), Some(n)) = (&result, &self.nccl) {
+            // A peer is gone: collectives already queued on the GPU would wait for it forever.
+            n.abort();
+        }
+        result.map(|_| ())
+    }
+
+    /// An NCCL collective: the header over the host, then the data queued on the GPU.
+    #[cfg(feature = "nccl")]
+    fn nccl_collective(
+        &self,
+        n: &crate::nccl_backend::NcclRank,
+        collective: Collective,
+        tensor: &Tensor,
+        root: usize,
+    ) -> Result<PendingCollective> {
+        let what = crate::nccl_backend::What {
+            rank: self.rank,
+            collective: collective.name(),
+            dtype: tensor.dtype(),
+            shape: tensor.shape(),
+        };
+        if let Err(refused) = n.check_device(tensor, &what) {
+            // The others are told in the header exchange, so none of them waits on its GPU
+            // for this rank's data.
+            let _ =
+                self.exchange_header(collective, tensor.dims().to_vec(), tensor.dtype(), crate::header::REFUSED_ROOT);
+            return Err(refused);
+        }
+        self.exchange_header(collective, tensor.dims().to_vec(), tensor.dtype(), root)?;
+        let out = match collective {
+            Collective::AllReduceSum => n.all_reduce(tensor, false, &what)?,
+            Collective::AllReduceMean => n.all_reduce(tensor, true, &what)?,
+            Collective::Broadcast => n.broadcast(tensor, root, &what)?,
+            Collective::AllGather => n.all_gather(tensor, self.world_size, &what)?,
+            Collective::Barrier => tensor.clone(),
+        };
+        let (_, rx) = mpsc::sync_channel(1);
+        Ok(PendingCollective {
+            rx,
+            ready: Some(out),
+            rank: self.rank,
+            world_size: self.world_size,
+            collective,
+            shape: tensor.shape().clone(),
+            dtype: tensor.dtype(),
+            device: tensor.device(),
+            timeout: self.timeout,
+            broken: self.broken.clone(),
+        })
+    }
+
+    fn send(&self, header: Header, buf: HostBuffer, device: Device, header_only: bool) -> Result<PendingCollective> {
+        let collective = header.collective;
         let shape = Shape::from(header.dims.clone());
         let pending = |rx| PendingCollective {
             rx,
+            ready: None,
             rank: self.rank,
             world_size: self.world_size,
             collective,
@@ -243,7 +356,7 @@ impl Communicator {
             .lock()
             .map_err(|_| Error::Backend { backend: self.backend, msg: "the job queue's lock is poisoned".into() })?
             .as_ref()
-            .map(|jobs| jobs.send(Job { header: header.clone(), buf, reply }).is_ok())
+            .map(|jobs| jobs.send(Job { header: header.clone(), buf, reply, header_only }).is_ok())
             .unwrap_or(false);
         if !sent {
             return Err(Error::Backend {
@@ -275,6 +388,8 @@ impl Drop for Communicator {
 #[must_use = "a started collective must be waited for"]
 pub struct PendingCollective {
     rx: mpsc::Receiver<Result<HostBuffer>>,
+    /// An NCCL collective's result, already queued on the GPU.
+    ready: Option<Tensor>,
     rank: usize,
     world_size: usize,
     collective: Collective,
@@ -287,7 +402,10 @@ pub struct PendingCollective {
 
 impl PendingCollective {
     /// The result as a tensor on the input's device.
-    pub fn wait(self) -> Result<Tensor> {
+    pub fn wait(mut self) -> Result<Tensor> {
+        if let Some(t) = self.ready.take() {
+            return Ok(t);
+        }
         let device = self.device;
         let shape = match self.collective {
             Collective::AllGather => {
@@ -301,7 +419,10 @@ impl PendingCollective {
     }
 
     /// The result as a host buffer.
-    pub fn wait_buffer(self) -> Result<HostBuffer> {
+    pub fn wait_buffer(mut self) -> Result<HostBuffer> {
+        if let Some(t) = self.ready.take() {
+            return HostBuffer::from_tensor(&t);
+        }
         let timed_out = |timeout| {
             self.broken.store(true, Ordering::Release);
             Err(Error::Timeout {
@@ -327,9 +448,12 @@ impl PendingCollective {
 }
 
 /// Runs one collective on the communicator's thread: headers first, then the data.
-fn run(t: &mut dyn Transport, header: &Header, buf: HostBuffer) -> Result<HostBuffer> {
+fn run(t: &mut dyn Transport, header: &Header, buf: HostBuffer, header_only: bool) -> Result<HostBuffer> {
     let rank = t.rank();
     header.check_agreement(rank, |h| t.all_gather(h))?;
+    if header_only {
+        return Ok(buf);
+    }
     match header.collective {
         Collective::AllReduceSum => t.all_reduce_sum(buf),
         Collective::AllReduceMean => {
@@ -344,7 +468,7 @@ fn run(t: &mut dyn Transport, header: &Header, buf: HostBuffer) -> Result<HostBu
 }
 
 /// `TAPEGRAD_COLLECTIVE_TIMEOUT_S` (seconds, may be fractional), else the default.
-fn timeout_from_env() -> Duration {
+pub(crate) fn timeout_from_env() -> Duration {
     std::env::var("TAPEGRAD_COLLECTIVE_TIMEOUT_S")
         .ok()
         .and_then(|s| s.trim().parse::<f64>().ok())

@@ -68,8 +68,33 @@ struct Slot {
 
 /// Gradients gathered until the bucket is full.
 struct Bucket {
-    buf: HostBuffer,
+    data: BucketData,
     slots: Vec<Slot>,
+}
+
+/// A bucket's elements: host copies for host backends; for an NCCL rank, the flattened
+/// gradients on its GPU, concatenated there when the bucket is sent (no host round trip).
+enum BucketData {
+    Host(HostBuffer),
+    Device { parts: Vec<Tensor>, len: usize, dtype: DType },
+}
+
+impl BucketData {
+    fn len(&self) -> usize {
+        match self {
+            BucketData::Host(b) => b.len(),
+            BucketData::Device { len, .. } => *len,
+        }
+    }
+    fn dtype(&self) -> DType {
+        match self {
+            BucketData::Host(b) => b.dtype(),
+            BucketData::Device { dtype, .. } => *dtype,
+        }
+    }
+    fn on_device(&self) -> bool {
+        matches!(self, BucketData::Device { .. })
+    }
 }
 
 impl DataParallel {
@@ -136,36 +161,60 @@ impl DataParallel {
     ) -> Result<Vec<Option<Tensor>>> {
         let started = Instant::now();
         let mut report = StepReport::default();
-        let mut in_flight: Vec<(PendingCollective, Vec<Slot>)> = Vec::new();
+        let mut in_flight: Vec<(PendingCollective, Vec<Slot>, bool)> = Vec::new();
         let mut bucket: Option<Bucket> = None;
+        let reduction_device = self.comm.reduction_device();
         let mut flush =
-            |bucket: &mut Option<Bucket>, in_flight: &mut Vec<(PendingCollective, Vec<Slot>)>| -> Result<()> {
+            |bucket: &mut Option<Bucket>, in_flight: &mut Vec<(PendingCollective, Vec<Slot>, bool)>| -> Result<()> {
                 if let Some(b) = bucket.take() {
-                    report.bytes += b.buf.len() * elem_bytes(b.buf.dtype());
-                    let pending = self.comm.all_reduce_buffer_start(b.buf, ReduceOp::Mean)?;
-                    in_flight.push((pending, b.slots));
+                    report.bytes += b.data.len() * elem_bytes(b.data.dtype());
+                    let (pending, on_device) = match b.data {
+                        BucketData::Host(buf) => (self.comm.all_reduce_buffer_start(buf, ReduceOp::Mean)?, false),
+                        BucketData::Device { parts, .. } => {
+                            let flat = match parts.as_slice() {
+                                [one] => one.clone(),
+                                _ => Tensor::concat(&parts.iter().collect::<Vec<_>>(), 0)?,
+                            };
+                            (self.comm.all_reduce_start(&flat, ReduceOp::Mean)?, true)
+                        }
+                    };
+                    in_flight.push((pending, b.slots, on_device));
                 }
                 Ok(())
             };
         let grads = {
             let mut on_ready = |source: usize, g: &Tensor| -> tapegrad_tensor::Result<()> {
-                let host = HostBuffer::from_tensor(g)?;
-                if bucket.as_ref().is_some_and(|b| b.buf.dtype() != host.dtype()) {
+                let on_device = reduction_device == Some(g.device());
+                if bucket.as_ref().is_some_and(|b| b.data.dtype() != g.dtype() || b.data.on_device() != on_device) {
                     flush(&mut bucket, &mut in_flight)?;
                 }
                 let b = bucket.get_or_insert_with(|| Bucket {
-                    buf: HostBuffer::with_capacity(host.dtype(), self.bucket_bytes / elem_bytes(host.dtype()) + 1),
+                    data: if on_device {
+                        BucketData::Device { parts: Vec::new(), len: 0, dtype: g.dtype() }
+                    } else {
+                        BucketData::Host(HostBuffer::with_capacity(
+                            g.dtype(),
+                            self.bucket_bytes / elem_bytes(g.dtype()) + 1,
+                        ))
+                    },
                     slots: Vec::new(),
                 });
+                let n = g.shape().elem_count();
                 b.slots.push(Slot {
                     source,
-                    offset: b.buf.len(),
-                    len: host.len(),
+                    offset: b.data.len(),
+                    len: n,
                     shape: g.shape().clone(),
                     device: g.device(),
                 });
-                b.buf.extend(&host)?;
-                if b.buf.len() * elem_bytes(b.buf.dtype()) >= self.bucket_bytes {
+                match &mut b.data {
+                    BucketData::Host(buf) => buf.extend(&HostBuffer::from_tensor(g)?)?,
+                    BucketData::Device { parts, len, .. } => {
+                        parts.push(g.reshape([n])?);
+                        *len += n;
+                    }
+                }
+                if b.data.len() * elem_bytes(b.data.dtype()) >= self.bucket_bytes {
                     flush(&mut bucket, &mut in_flight)?;
                 }
                 Ok(())
@@ -177,10 +226,17 @@ impl DataParallel {
         let backward = started.elapsed();
         let mut grads = grads;
         let buckets = in_flight.len();
-        for (pending, slots) in in_flight {
-            let averaged = pending.wait_buffer()?;
-            for s in slots {
-                grads[s.source] = Some(averaged.slice(s.offset, s.len).into_tensor(s.shape, &s.device)?);
+        for (pending, slots, on_device) in in_flight {
+            if on_device {
+                let averaged = pending.wait()?;
+                for s in slots {
+                    grads[s.source] = Some(averaged.narrow(0, s.offset, s.len)?.reshape(s.shape)?);
+                }
+            } else {
+                let averaged = pending.wait_buffer()?;
+                for s in slots {
+                    grads[s.source] = Some(averaged.slice(s.offset, s.len).into_tensor(s.shape, &s.device)?);
+                }
             }
         }
         report.buckets = buckets;

@@ -11,6 +11,13 @@ const MAX_DIMS: usize = 10;
 /// Words in a header.
 pub(crate) const WORDS: usize = 6 + MAX_DIMS;
 
+/// The root word of a rank that refuses its own call (an NCCL rank given a tensor on
+/// another GPU): it still exchanges headers, so the others fail instead of waiting for it.
+pub(crate) const REFUSED: i64 = -1;
+/// The `root` that encodes as [`REFUSED`].
+#[cfg(feature = "nccl")]
+pub(crate) const REFUSED_ROOT: usize = usize::MAX;
+
 /// What one rank is about to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Header {
@@ -105,6 +112,11 @@ impl Header {
         } else {
             format!("rank {ndims}, {} elements", words[4])
         };
+        if words[2] == REFUSED {
+            return format!(
+                "{collective} of a {dtype} tensor of shape {shape}, which it refused (its tensor is not on its GPU)"
+            );
+        }
         format!("{collective} of a {dtype} tensor of shape {shape} (root {})", words[2])
     }
 

@@ -8,6 +8,15 @@
 //! shape or dtype get an [`Error::Mismatch`] naming both; a collective that does not
 //! complete within the communicator's timeout (a dead rank) is an [`Error::Timeout`].
 //!
+//! With the `nccl` feature (which implies `cuda`), `Communicator::nccl_group(&[0, 1])`
+//! makes one communicator per GPU of this process and, with `mpi` too,
+//! `Communicator::nccl_from_mpi()` one rank per `mpirun` process. Their collectives take
+//! CUDA tensors on the rank's GPU and reduce them there with NCCL, queued on the tensor's
+//! stream (no host copy, no wait for the GPU); headers are still compared on the host
+//! first, and a timeout aborts the NCCL communicator. libnccl is loaded at run time
+//! (`libnccl.so`: link it to the `libnccl.so.2` that NCCL packages and PyTorch's
+//! nvidia-nccl wheels ship).
+//!
 //! [`DataParallel`] averages gradients over the ranks in buckets, starting each bucket's
 //! all-reduce as the tape's backward walk finishes its gradients, so communication
 //! overlaps the rest of the backward pass.
@@ -31,6 +40,8 @@ mod error;
 mod header;
 #[cfg(feature = "mpi")]
 mod mpi_backend;
+#[cfg(feature = "nccl")]
+mod nccl_backend;
 mod threads;
 mod transport;
 

@@ -42,6 +42,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use crate::cuda_backend::kernels::{
     all_kernel_names, compile as compile_kernel, kernel_cache_report, nvrtc_version, KernelSource, ALL_SOURCES,
 };
+/// Device addresses and streams for libraries that queue their own work (NCCL).
+#[cfg(feature = "cuda")]
+pub use crate::cuda_backend::raw;
 
 /// Memory statistics of one device's allocator, in bytes of (rounded) blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

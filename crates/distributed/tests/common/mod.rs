@@ -17,27 +17,24 @@ fn example(i: usize) -> ([f32; IN], [f32; OUT]) {
     (x, [x[0] * x[1] + 0.3, x[2] - x[0] * 0.5])
 }
 
-fn rows(start: usize, count: usize) -> (Tensor, Tensor) {
+fn rows(start: usize, count: usize, device: &Device) -> (Tensor, Tensor) {
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for i in start..start + count {
         let (x, y) = example(i);
         xs.extend(x);
         ys.extend(y);
     }
-    (
-        Tensor::from_vec(xs, [count, IN], &Device::Cpu).unwrap(),
-        Tensor::from_vec(ys, [count, OUT], &Device::Cpu).unwrap(),
-    )
+    (Tensor::from_vec(xs, [count, IN], device).unwrap(), Tensor::from_vec(ys, [count, OUT], device).unwrap())
 }
 
 /// The model's variables, drawn from `seed`.
-pub fn init(seed: u64) -> Vec<Variable> {
+pub fn init(seed: u64, device: &Device) -> Vec<Variable> {
     let draw = |k: u64, n: usize| -> Vec<f32> {
         (0..n).map(|i| (((seed * 7919 + k * 131 + i as u64 * 17) % 1000) as f32 / 1000.0 - 0.5) * 0.8).collect()
     };
     let v = |name: &str, k, dims: Vec<usize>| {
         let n = dims.iter().product();
-        Variable::new(name, Tensor::from_vec(draw(k, n), dims, &Device::Cpu).unwrap(), true)
+        Variable::new(name, Tensor::from_vec(draw(k, n), dims, device).unwrap(), true)
     };
     vec![v("w1", 1, vec![IN, 8]), v("b1", 2, vec![8]), v("w2", 3, vec![8, OUT]), v("b2", 4, vec![OUT])]
 }
@@ -46,12 +43,17 @@ pub fn init(seed: u64) -> Vec<Variable> {
 /// `global_batch / world` rows of each; returns the global mean loss of every step and
 /// the final weights.
 pub fn train(dp: &DataParallel, global_batch: usize, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let vars = init(dp.rank() as u64 + 1);
+    train_on(dp, global_batch, steps, &Device::Cpu)
+}
+
+/// [`train`] with the data and weights on `device`.
+pub fn train_on(dp: &DataParallel, global_batch: usize, steps: usize, device: &Device) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let vars = init(dp.rank() as u64 + 1, device);
     dp.broadcast_variables(&vars).unwrap();
     let local = global_batch / dp.world_size();
     let mut losses = Vec::new();
     for step in 0..steps {
-        let (x, y) = rows(step * global_batch + dp.rank() * local, local);
+        let (x, y) = rows(step * global_batch + dp.rank() * local, local, device);
         let tape = GradientTape::new();
         let loss = tape
             .record(|| {

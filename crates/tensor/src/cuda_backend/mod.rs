@@ -14,6 +14,7 @@ pub(crate) mod device;
 pub(crate) mod graph;
 pub(crate) mod kernel_cache;
 pub(crate) mod kernels;
+pub mod raw;
 pub(crate) mod staging;
 
 use crate::backend::BatchNormGrads;

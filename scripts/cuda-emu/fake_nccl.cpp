@@ -1,0 +1,309 @@
+// A fake libnccl for the emulated GPU (see build.sh): communicators over the fake driver's
+// devices in one process, collectives reduced on the host (device pointers are host
+// pointers here).
+//
+// Stream order: the fake driver runs every piece of work when it is queued, so when a
+// collective is called everything queued before it on its stream has run. A collective
+// therefore waits, at the call, until every rank of its communicator has called the same
+// collective (ranks are threads: one per device, or one thread inside ncclGroupStart/End
+// calling for all of them), then the last to arrive computes the result into every rank's
+// receive buffer and all return: work queued after the call sees the result, as on a GPU.
+// Under stream capture a collective is refused (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+// invalidates the capture, and the call returns ncclInvalidUsage): the fake cannot replay
+// a rendezvous inside a graph, and tapegrad never captures one.
+//
+// What real NCCL checks and the fake checks too: ranks whose collectives disagree (kind,
+// count, dtype, op, root) get ncclInvalidUsage (real NCCL would hang or return garbage:
+// tapegrad's header exchange must catch that first), and a rank that never arrives is
+// given up after TAPEGRAD_EMU_NCCL_TIMEOUT_S seconds (default 60; real NCCL waits on
+// the GPU forever, until ncclCommAbort, which wakes the fake's waiters too).
+//
+// TAPEGRAD_EMU_NCCL_TRACE=<file> appends one line per collective call, with the number
+// of kernel launches the fake driver has run so far on the caller's device, so a test can
+// check that all-reduces were queued between the backward pass's kernels.
+#include "capture.h"
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+// From fake_driver.cpp: the device of the calling thread's current context, the number of
+// devices, and the kernel launches run so far on a device.
+int emu_current_device();
+int emu_device_count();
+uint64_t emu_kernel_launches(int device);
+
+namespace {
+enum Result : int { Success = 0, SystemError = 2, InternalError = 3, InvalidArgument = 4, InvalidUsage = 5, Timeout = 8 };
+enum Kind : int { AllReduce, Broadcast, AllGather };
+const char* kind_name(int k) { return k == AllReduce ? "ncclAllReduce" : k == Broadcast ? "ncclBroadcast" : "ncclAllGather"; }
+enum DataType : int { Int64 = 4, Float32 = 7, Float64 = 8 };
+enum RedOp : int { Sum = 0, Avg = 4 };
+
+struct Clique;
+struct Comm {
+    std::shared_ptr<Clique> clique;
+    int rank = 0, device = 0;
+    uint64_t seq = 0;  // collectives this rank has called
+    std::atomic<int> async_error{Success};
+};
+
+struct Op {
+    int kind = 0, dtype = 0, op = 0, root = 0;
+    size_t count = 0;
+    const void* send = nullptr;
+    void* recv = nullptr;
+};
+
+struct Round {
+    std::vector<Op> ops;
+    std::vector<bool> arrived;
+    int count = 0;
+    bool done = false;
+    int result = Success;
+};
+
+struct Clique {
+    int nranks = 0;
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::map<uint64_t, Round> rounds;
+    std::vector<Comm*> comms;
+    bool aborted = false;
+    int joined = 0;  // ncclCommInitRank
+};
+
+size_t elem_size(int dtype) { return dtype == Float32 ? 4 : 8; }
+
+template <typename T> void reduce(const std::vector<Op>& ops, int op, int n) {
+    size_t count = ops[0].count;
+    std::vector<T> acc(count, T(0));
+    for (auto& o : ops)  // in rank order: the same bits on every rank
+        for (size_t i = 0; i < count; ++i) acc[i] += static_cast<const T*>(o.send)[i];
+    if (op == Avg)
+        for (auto& x : acc) x /= T(n);
+    for (auto& o : ops) memcpy(o.recv, acc.data(), count * sizeof(T));
+}
+
+int execute(Round& r, int n) {
+    const Op& first = r.ops[0];
+    for (auto& o : r.ops)
+        if (o.kind != first.kind || o.count != first.count || o.dtype != first.dtype || o.op != first.op ||
+            o.root != first.root) {
+            fprintf(stderr, "fake nccl: ranks disagree about a collective (%s of %zu elements vs %s of %zu)\n",
+                    kind_name(first.kind), first.count, kind_name(o.kind), o.count);
+            return InvalidUsage;
+        }
+    size_t bytes = first.count * elem_size(first.dtype);
+    switch (first.kind) {
+        case AllReduce:
+            if (first.dtype == Float32) reduce<float>(r.ops, first.op, n);
+            else if (first.dtype == Float64) reduce<double>(r.ops, first.op, n);
+            else reduce<int64_t>(r.ops, first.op, n);
+            break;
+        case Broadcast: {
+            std::vector<char> root(bytes);
+            memcpy(root.data(), r.ops[first.root].send, bytes);
+            for (auto& o : r.ops) memcpy(o.recv, root.data(), bytes);
+            break;
+        }
+        case AllGather: {
+            std::vector<char> all(bytes * n);
+            for (int i = 0; i < n; ++i) memcpy(all.data() + bytes * i, r.ops[i].send, bytes);
+            for (auto& o : r.ops) memcpy(o.recv, all.data(), bytes * n);
+            break;
+        }
+    }
+    return Success;
+}
+
+double timeout_s() {
+    const char* s = getenv("TAPEGRAD_EMU_NCCL_TIMEOUT_S");
+    double t = s ? atof(s) : 0;
+    return t > 0 ? t : 60;
+}
+
+void trace(const Comm* c, const Op& op) {
+    static std::mutex m;
+    const char* path = getenv("TAPEGRAD_EMU_NCCL_TRACE");
+    if (!path) return;
+    std::lock_guard<std::mutex> lock(m);
+    if (FILE* f = fopen(path, "a")) {
+        fprintf(f, "%s device=%d rank=%d count=%zu kernels=%llu\n", kind_name(op.kind), c->device, c->rank, op.count,
+                (unsigned long long)emu_kernel_launches(c->device));
+        fclose(f);
+    }
+}
+
+// Deposits each (comm, op) in its round, runs rounds that become complete, and waits until
+// all of this call's rounds are done.
+int submit(const std::vector<std::pair<Comm*, Op>>& calls) {
+    std::vector<std::pair<std::shared_ptr<Clique>, uint64_t>> mine;
+    for (auto& [c, op] : calls) {
+        auto& cl = c->clique;
+        std::lock_guard<std::mutex> lock(cl->mutex);
+        if (cl->aborted) return InvalidUsage;
+        uint64_t seq = c->seq++;
+        Round& r = cl->rounds[seq];
+        if (r.ops.empty()) { r.ops.resize(cl->nranks); r.arrived.assign(cl->nranks, false); }
+        r.ops[c->rank] = op;
+        r.arrived[c->rank] = true;
+        if (++r.count == cl->nranks) {
+            r.result = execute(r, cl->nranks);
+            r.done = true;
+            cl->changed.notify_all();
+        }
+        mine.push_back({cl, seq});
+    }
+    int result = Success;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
+    for (auto& [cl, seq] : mine) {
+        std::unique_lock<std::mutex> lock(cl->mutex);
+        bool ok = cl->changed.wait_until(lock, deadline, [&] { return cl->rounds[seq].done || cl->aborted; });
+        Round& r = cl->rounds[seq];
+        if (!ok || !r.done) {
+            if (!cl->aborted) fprintf(stderr, "fake nccl: a rank never joined collective #%llu\n", (unsigned long long)seq);
+            result = cl->aborted ? InvalidUsage : Timeout;
+            continue;
+        }
+        if (r.result != Success) result = r.result;
+        // The last rank to leave forgets the round.
+        if (--r.count == 0) cl->rounds.erase(seq);
+    }
+    return result;
+}
+
+thread_local int group_depth = 0;
+thread_local std::vector<std::pair<Comm*, Op>> group_calls;
+
+int enqueue(Comm* c, Op op, void* stream) {
+    if (!c) return InvalidArgument;
+    if (op.dtype != Float32 && op.dtype != Float64 && op.dtype != Int64) return InvalidArgument;
+    if (op.kind == AllReduce && op.op != Sum && op.op != Avg) return InvalidArgument;
+    if (op.root < 0 || op.root >= c->clique->nranks) return InvalidArgument;
+    if (op.count > 0 && (!op.send || !op.recv)) return InvalidArgument;
+    if (emu_records(stream)) {
+        emu_uncapturable("an NCCL collective (the fake libnccl cannot replay one)");
+        return InvalidUsage;
+    }
+    if (int e = c->async_error.load()) return e;
+    trace(c, op);
+    if (group_depth > 0) {
+        group_calls.push_back({c, op});
+        return Success;
+    }
+    int r = submit({{c, op}});
+    if (r != Success) c->async_error = r;
+    return r;
+}
+
+std::mutex ids_mutex;
+std::map<std::string, std::shared_ptr<Clique>> by_id;
+std::atomic<uint64_t> next_id{1};
+}  // namespace
+
+#pragma GCC visibility push(default)
+extern "C" {
+typedef struct { char internal[128]; } ncclUniqueId;
+
+int ncclGetVersion(int* v) { *v = 23000; return Success; }
+const char* ncclGetErrorString(int r) { return r == Success ? "no error" : "fake nccl error"; }
+const char* ncclGetLastError(void*) { return "fake nccl"; }
+int ncclGetUniqueId(ncclUniqueId* id) {
+    memset(id->internal, 0, sizeof(id->internal));
+    snprintf(id->internal, sizeof(id->internal), "fake-nccl-%llu", (unsigned long long)next_id++);
+    return Success;
+}
+
+int ncclCommInitAll(Comm** comms, int ndev, const int* devlist) {
+    if (!comms || ndev <= 0) return InvalidArgument;
+    auto cl = std::make_shared<Clique>();
+    cl->nranks = ndev;
+    for (int i = 0; i < ndev; ++i) {
+        int d = devlist ? devlist[i] : i;
+        if (d < 0 || d >= emu_device_count()) return InvalidArgument;
+        for (int j = 0; j < i; ++j)
+            if ((devlist ? devlist[j] : j) == d) return InvalidUsage;  // one rank per device
+    }
+    for (int i = 0; i < ndev; ++i) {
+        comms[i] = new Comm;
+        comms[i]->clique = cl;
+        comms[i]->rank = i;
+        comms[i]->device = devlist ? devlist[i] : i;
+        cl->comms.push_back(comms[i]);
+    }
+    return Success;
+}
+
+// Ranks of one id join one clique; the call returns once all have joined (as NCCL's does).
+int ncclCommInitRank(Comm** comm, int nranks, ncclUniqueId id, int rank) {
+    if (!comm || nranks <= 0 || rank < 0 || rank >= nranks) return InvalidArgument;
+    std::shared_ptr<Clique> cl;
+    {
+        std::lock_guard<std::mutex> lock(ids_mutex);
+        auto& slot = by_id[std::string(id.internal, strnlen(id.internal, sizeof(id.internal)))];
+        if (!slot) { slot = std::make_shared<Clique>(); slot->nranks = nranks; slot->comms.assign(nranks, nullptr); }
+        cl = slot;
+    }
+    std::unique_lock<std::mutex> lock(cl->mutex);
+    if (cl->nranks != nranks || cl->comms[rank]) return InvalidUsage;
+    Comm* c = new Comm;
+    c->clique = cl;
+    c->rank = rank;
+    c->device = emu_current_device();
+    cl->comms[rank] = c;
+    cl->joined++;
+    cl->changed.notify_all();
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
+    if (!cl->changed.wait_until(lock, deadline, [&] { return cl->joined == cl->nranks; })) return Timeout;
+    *comm = c;
+    return Success;
+}
+
+int ncclCommDestroy(Comm* c) { delete c; return Success; }
+int ncclCommAbort(Comm* c) {
+    if (!c) return Success;
+    {
+        std::lock_guard<std::mutex> lock(c->clique->mutex);
+        c->clique->aborted = true;
+        c->clique->changed.notify_all();
+    }
+    delete c;
+    return Success;
+}
+int ncclCommGetAsyncError(Comm* c, int* e) { if (!c || !e) return InvalidArgument; *e = c->async_error.load(); return Success; }
+int ncclCommCount(const Comm* c, int* n) { *n = c->clique->nranks; return Success; }
+int ncclCommCuDevice(const Comm* c, int* d) { *d = c->device; return Success; }
+int ncclCommUserRank(const Comm* c, int* r) { *r = c->rank; return Success; }
+
+int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int op, Comm* c, void* stream) {
+    return enqueue(c, Op{AllReduce, dtype, op, 0, count, send, recv}, stream);
+}
+int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int root, Comm* c, void* stream) {
+    return enqueue(c, Op{Broadcast, dtype, 0, root, count, send, recv}, stream);
+}
+int ncclAllGather(const void* send, void* recv, size_t count, int dtype, Comm* c, void* stream) {
+    return enqueue(c, Op{AllGather, dtype, 0, 0, count, send, recv}, stream);
+}
+int ncclGroupStart() { ++group_depth; return Success; }
+int ncclGroupEnd() {
+    if (group_depth == 0) return InvalidUsage;
+    if (--group_depth > 0) return Success;
+    auto calls = std::move(group_calls);
+    group_calls.clear();
+    if (calls.empty()) return Success;
+    int r = submit(calls);
+    if (r != Success)
+        for (auto& [c, _] : calls) c->async_error = r;
+    return r;
+}
+}
+#pragma GCC visibility pop
