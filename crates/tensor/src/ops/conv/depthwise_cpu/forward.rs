@@ -2,6 +2,7 @@
 //! taps.
 
 use super::columns::interior_columns;
+use super::forward_3x3;
 use super::lanes::{lanes, lanes_mut, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
 use super::{Depthwise, PIXELS};
 use crate::ops::conv::cpu::taps;
@@ -10,7 +11,8 @@ use crate::FloatElement;
 /// The rows `ky0..ky1` of the kernel that output row `oy` reads, and the first input row.
 pub(super) type RowTaps = (usize, usize, usize);
 
-/// One output row `(image, oy)`: `dst` is `[out_w, c_out]`, written once (never read: the
+/// One output row `(image, oy)` plus `bias` (`[c_out]`, zeros where the op has none): `dst`
+/// is `[out_w, c_out]`, written once (never read: the
 /// freshly allocated output is not in cache, and reading it stalled every pixel).
 ///
 /// The full channel blocks go [`PIXELS`] pixels at a time; the channel tail and depth
@@ -19,7 +21,7 @@ pub(super) type RowTaps = (usize, usize, usize);
 pub(super) fn forward_row<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     x: &[T],
-    bias: Option<&[T]>,
+    bias: &[T],
     row: usize,
     dst: &mut [T],
 ) {
@@ -29,6 +31,15 @@ pub(super) fn forward_row<T: FloatElement, const FUSED: bool>(
     let img = &x[b * d.in_image()..][..d.in_image()];
     let rows = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
     let full = d.full_blocks();
+    if forward_3x3::applies(d) {
+        forward_3x3::row::<T, FUSED>(d, img, bias, rows, full, dst);
+        if full < co {
+            for p in 0..s.out_w {
+                forward_pixel::<T, FUSED>(d, img, bias, rows, p, full, &mut dst[p * co..][..co]);
+            }
+        }
+        return;
+    }
     let (lo, hi) = interior_columns(s);
     let wide = full > 0 && s.kernel_w == 3;
     let mut ox = 0;
@@ -66,7 +77,7 @@ const WIDE: usize = 8;
 fn forward_interior_3<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     img: &[T],
-    bias: Option<&[T]>,
+    bias: &[T],
     (ky0, ky1, iy0): RowTaps,
     ox: usize,
     full: usize,
@@ -80,7 +91,7 @@ fn forward_interior_3<T: FloatElement, const FUSED: bool>(
     // The last tap of the last pixel ends inside the row.
     let span = (WIDE - 1) * sw + 2 * dw + full;
     for start in (0..full).step_by(LANES) {
-        let mut acc = [bias.map_or([T::zero(); LANES], |b| *lanes(&b[start..])); WIDE];
+        let mut acc = [*lanes(&bias[start..]); WIDE];
         for ky in ky0..ky1 {
             let iy = iy0 + (ky - ky0) * s.dilation_h;
             let window = &img[(iy * s.in_w * c + first)..][..span];
@@ -105,7 +116,7 @@ fn forward_interior_3<T: FloatElement, const FUSED: bool>(
 fn forward_group<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     img: &[T],
-    bias: Option<&[T]>,
+    bias: &[T],
     (ky0, ky1, iy0): RowTaps,
     (ox, n): (usize, usize),
     full: usize,
@@ -116,7 +127,7 @@ fn forward_group<T: FloatElement, const FUSED: bool>(
     let (lo, hi) = interior_columns(s);
     let inside = n == PIXELS && ox >= lo && ox + PIXELS <= hi;
     for start in (0..full).step_by(LANES) {
-        let mut acc = [bias.map_or([T::zero(); LANES], |b| *lanes(&b[start..])); PIXELS];
+        let mut acc = [*lanes(&bias[start..]); PIXELS];
         for ky in ky0..ky1 {
             let iy = iy0 + (ky - ky0) * s.dilation_h;
             let input_row = &img[iy * s.in_w * c..][..s.in_w * c];
@@ -144,7 +155,7 @@ fn forward_group<T: FloatElement, const FUSED: bool>(
 fn forward_pixel<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     img: &[T],
-    bias: Option<&[T]>,
+    bias: &[T],
     (ky0, ky1, iy0): RowTaps,
     ox: usize,
     from: usize,
@@ -159,10 +170,7 @@ fn forward_pixel<T: FloatElement, const FUSED: bool>(
     };
     let kernel = |ky: usize, kx: usize| &d.taps_kernel[(ky * s.kernel_w + kx) * co..][..co];
     let y = &mut y[from..];
-    match bias {
-        Some(b) => y.copy_from_slice(&b[from..]),
-        None => y.fill(T::zero()),
-    }
+    y.copy_from_slice(&bias[from..]);
     for ky in ky0..ky1 {
         for kx in kx0..kx1 {
             if d.m == 1 {

@@ -10,7 +10,8 @@
 //! compiler keeps in SIMD registers. The row functions are compiled three times: for
 //! AVX-512, for AVX2 (both with FMA) and for any CPU, chosen at run time ([`Isa`]).
 //!
-//! - forward ([`forward`]): each output row `(image, oy)` is one task.
+//! - forward ([`forward`]): each output row `(image, oy)` is one task. A 3x3 kernel at
+//!   stride 1 ([`forward_3x3`]) keeps its kernel rows in registers for the whole row.
 //! - input gradient ([`backward_input`]): gathered, not scattered: each input row is one
 //!   task, and each input pixel sums the output pixels that read it (`dy * kernel`), so no
 //!   two tasks write the same element. At stride 1 and multiplier 1 it is the forward
@@ -24,6 +25,7 @@ mod backward_filter;
 mod backward_input;
 mod columns;
 mod forward;
+mod forward_3x3;
 mod lanes;
 #[cfg(test)]
 mod tests;
@@ -113,7 +115,7 @@ mod simd {
                 pub(in super::super) fn forward_row<T: FloatElement>(
                     d: &Depthwise<'_, T>,
                     x: &[T],
-                    bias: Option<&[T]>,
+                    bias: &[T],
                     row: usize,
                     dst: &mut [T],
                 ) {
@@ -220,6 +222,17 @@ fn forward_with<T: FloatElement + ZeroBits>(
     const OP: &str = "conv2d";
     let taps_kernel = tap_major(OP, kernel, s)?;
     let d = Depthwise { s, taps_kernel: &taps_kernel, m: s.out_channels / s.in_channels };
+    // No bias is a bias of zeros (the same sums): each row then starts from a plain load,
+    // where choosing between a bias block and zeros per channel block compiled to a
+    // stack round trip that stalled.
+    let zero_bias;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zero_bias = try_zeros(OP, s.out_channels)?;
+            &zero_bias[..]
+        }
+    };
     let row_len = s.out_w * s.out_channels;
     let mut out = try_zeros(OP, s.batch * s.out_h * row_len)?;
     if out.is_empty() {
