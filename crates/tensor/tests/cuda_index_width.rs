@@ -23,13 +23,14 @@ fn workload(device: &Device) -> Result<Vec<(&'static str, Vec<u32>)>> {
     let on = |t: Tensor| t.to_device(device);
     let x = on(ramp(&[2, 7, 5, 6], 0.0))?;
     let row = on(ramp(&[1, 1, 5, 1], 3.0))?;
-    let mut out: Vec<(&'static str, Tensor)> = Vec::new();
-    // Strided copies: a permutation and a narrowed view (each copies into a new buffer).
-    out.push(("permute", x.permute(&[3, 1, 0, 2])?));
-    out.push(("narrow", x.narrow(2, 1, 3)?));
-    out.push(("concat", Tensor::concat(&[&x, &x.mul_scalar(2.0)?, &x.narrow(3, 0, 2)?], 3)?));
-    out.push(("broadcast add", x.add(&row)?));
-    out.push(("broadcast div", row.div(&x.add_scalar(5.0)?)?));
+    let mut out: Vec<(&'static str, Tensor)> = vec![
+        // Strided copies: a permutation and a narrowed view (each copies into a new buffer).
+        ("permute", x.permute(&[3, 1, 0, 2])?),
+        ("narrow", x.narrow(2, 1, 3)?),
+        ("concat", Tensor::concat(&[&x, &x.mul_scalar(2.0)?, &x.narrow(3, 0, 2)?], 3)?),
+        ("broadcast add", x.add(&row)?),
+        ("broadcast div", row.div(&x.add_scalar(5.0)?)?),
+    ];
     // Pooling and batch norm, forward and backward.
     let tape = GradientTape::new();
     tape.watch(&x);

@@ -113,10 +113,9 @@ impl Ring {
             // SAFETY: the event and the pinned buffer belong to this ring; the buffer is
             // freed only once the event recorded after its last copy has passed.
             unsafe {
-                if !slot.recorded || driver::event::synchronize(slot.event).is_ok() {
-                    if !slot.host.is_null() {
-                        let _ = driver::free_host(slot.host.cast());
-                    }
+                let done = !slot.recorded || driver::event::synchronize(slot.event).is_ok();
+                if done && !slot.host.is_null() {
+                    let _ = driver::free_host(slot.host.cast());
                 }
                 let _ = driver::event::destroy(slot.event);
             }
