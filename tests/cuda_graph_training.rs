@@ -2,9 +2,11 @@
 //! the same steps run eagerly, on the same device from the same weights and batches: the
 //! loss of every step, every variable (batch-norm moving statistics included) and the
 //! optimizer's state must be equal bit for bit, for a small CNN with batch norm and for the
-//! seed ResNet18 at a tiny batch. The fallback cases (a partial last batch, check_numerics,
-//! an op that reads the device on the host, the CPU) give their reason and train exactly as
-//! eager steps do.
+//! seed ResNet18 at a tiny batch, with the optimizer's update inside the graph (Adam, AdamW
+//! and SGD with momentum, under a learning-rate schedule that changes every step) and
+//! after it (an optimizer without graph support). The fallback cases (a partial last
+//! batch, check_numerics, an op that reads the device on the host, Dropout's host-drawn
+//! mask, the CPU) give their reason and train exactly as eager steps do.
 //!
 //! Without a usable GPU the tests print `SKIPPED <test>: <reason>` and pass; `REQUIRE_GPU=1`
 //! turns that into a failure. In CI they run on the emulated GPU (scripts/cuda-emu), whose
@@ -15,13 +17,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::{Mutex, MutexGuard};
 use tapegrad::layers::models::ResNet;
-use tapegrad::layers::optimizers::{Adam, Optimizer};
+use tapegrad::layers::optimizers::schedules::CosineDecay;
+use tapegrad::layers::optimizers::{Adam, AdamW, LearningRate, Optimizer, Sgd, SlotTable};
 use tapegrad::layers::training::{
     FitOptions, GraphedStep, GraphedStepStats, History, SparseCategoricalAccuracy, TensorDataset, Trainer,
 };
 use tapegrad::layers::{
-    losses, Activation, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, InputSpec, Layer, MaxPool2D, Mode,
-    Padding, Sequential,
+    losses, Activation, BatchNormalization, Conv2D, Dense, Dropout, GlobalAveragePooling2D, InputSpec, Layer,
+    MaxPool2D, Mode, Padding, Sequential,
 };
 use tapegrad::tensor::{check_numerics, cuda};
 use tapegrad::{DType, Device, Tensor};
@@ -95,7 +98,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
     t.to_vec::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
 }
 
-fn trace(model: &dyn Layer, optimizer: &Adam, losses: Vec<u32>) -> Trace {
+fn trace(model: &dyn Layer, optimizer: &dyn Optimizer, losses: Vec<u32>) -> Trace {
     let variables = model.variables();
     let slots = variables
         .iter()
@@ -109,6 +112,13 @@ fn trace(model: &dyn Layer, optimizer: &Adam, losses: Vec<u32>) -> Trace {
     Trace { losses, variables, slots }
 }
 
+/// Makes the optimizer of a run.
+type MakeOptimizer = dyn Fn() -> Box<dyn Optimizer>;
+
+fn adam() -> Box<dyn Optimizer> {
+    Box::new(Adam::new(0.01))
+}
+
 /// Trains `model` on `data` (moved to `device` per step), eagerly or through a
 /// `GraphedStep`; returns the trace and the graphed step (when used).
 fn train(
@@ -117,22 +127,25 @@ fn train(
     device: Device,
     graphed: Option<GraphedStep>,
     step: &StepFn,
+    make_optimizer: &MakeOptimizer,
 ) -> (Trace, Option<GraphedStep>) {
-    let mut optimizer = Adam::new(0.01);
+    let mut optimizer = make_optimizer();
+    let optimizer = optimizer.as_mut();
     let mut graphed = graphed;
     let mut losses = Vec::new();
     for (x, y) in data {
         let (x, y) = (x.to_device(&device).unwrap(), y.to_device(&device).unwrap());
         let (loss, _) = match graphed.as_mut() {
             Some(g) => {
-                g.run(model, &mut optimizer, &x, &y, |x: &Tensor, y: &Tensor| step(model, x, y)).expect("graphed step")
+                g.run(model, optimizer, &x, &y, |x: &Tensor, y: &Tensor| step(model, x, y)).expect("graphed step")
             }
-            None => tapegrad::layers::training::train_step_with(model, &mut optimizer, || step(model, &x, &y))
+            None => tapegrad::layers::training::train_step_with(model, optimizer, || step(model, &x, &y))
                 .expect("eager step"),
         };
         losses.push(loss.to_scalar::<f32>().unwrap().to_bits());
     }
-    (trace(model, &optimizer, losses), graphed)
+    assert_eq!(optimizer.iterations(), data.len() as u64, "every step counted");
+    (trace(model, optimizer, losses), graphed)
 }
 
 /// Eager and graphed runs of `make`'s model on `data`: equal traces; the graphed step's
@@ -144,10 +157,23 @@ fn compare<M: Layer>(
     device: Device,
     step: &StepFn,
 ) -> (GraphedStepStats, Option<String>) {
+    compare_with(make, input, data, device, step, &adam).0
+}
+
+/// [`compare`] with the optimizer `make_optimizer` gives; also whether the graph held the
+/// update.
+fn compare_with<M: Layer>(
+    make: impl Fn() -> M,
+    input: [usize; 4],
+    data: &[(Tensor, Tensor)],
+    device: Device,
+    step: &StepFn,
+    make_optimizer: &MakeOptimizer,
+) -> ((GraphedStepStats, Option<String>), bool) {
     let eager_model = built(&make, input, device);
-    let (eager, _) = train(&eager_model, data, device, None, step);
+    let (eager, _) = train(&eager_model, data, device, None, step, make_optimizer);
     let graph_model = built(&make, input, device);
-    let (graphed, g) = train(&graph_model, data, device, Some(GraphedStep::new()), step);
+    let (graphed, g) = train(&graph_model, data, device, Some(GraphedStep::new()), step, make_optimizer);
     let g = g.unwrap();
     assert_eq!(graphed.losses, eager.losses, "losses, step by step");
     for ((name, a), (_, b)) in graphed.variables.iter().zip(&eager.variables) {
@@ -155,7 +181,7 @@ fn compare<M: Layer>(
     }
     assert_eq!(graphed.slots, eager.slots, "optimizer slots");
     assert_eq!(graphed.variables.len(), eager.variables.len());
-    (g.stats(), g.fallback_reason().map(str::to_string))
+    ((g.stats(), g.fallback_reason().map(str::to_string)), g.updates_in_graph())
 }
 
 fn stats(eager_steps: u64, captures: u64, replays: u64) -> GraphedStepStats {
@@ -166,9 +192,122 @@ fn stats(eager_steps: u64, captures: u64, replays: u64) -> GraphedStepStats {
 fn replayed_small_cnn_steps_equal_eager_steps_bit_for_bit() {
     let Some((_gpu, gpu)) = gpu_or_skip("replayed_small_cnn_steps_equal_eager_steps_bit_for_bit") else { return };
     let data = batches(&[8; 6], 8, 3, 1);
-    let (s, reason) = compare(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss);
+    let ((s, reason), in_graph) = compare_with(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss, &adam);
     assert_eq!(s, stats(2, 1, 4), "two warm-up steps, capture + replay, then replays");
     assert_eq!(reason, None);
+    assert!(in_graph, "Adam's update is captured with the step");
+}
+
+/// A learning rate that differs at every step of these tests (cosine decay over 20 steps).
+fn schedule() -> LearningRate {
+    CosineDecay::new(0.05, 20).into()
+}
+
+#[test]
+fn captured_updates_with_a_schedule_equal_eager_steps_bit_for_bit() {
+    let Some((_gpu, gpu)) = gpu_or_skip("captured_updates_with_a_schedule_equal_eager_steps_bit_for_bit") else {
+        return;
+    };
+    let data = batches(&[8; 7], 8, 3, 11);
+    fn adam_schedule() -> Box<dyn Optimizer> {
+        Box::new(Adam::new(schedule()))
+    }
+    fn adamw_schedule() -> Box<dyn Optimizer> {
+        Box::new(AdamW::new(schedule()).weight_decay(0.1))
+    }
+    fn sgd_momentum() -> Box<dyn Optimizer> {
+        Box::new(Sgd::new(schedule()).momentum(0.9).weight_decay(1e-3))
+    }
+    fn sgd_nesterov() -> Box<dyn Optimizer> {
+        Box::new(Sgd::new(schedule()).momentum(0.9).nesterov(true))
+    }
+    let optimizers: [(&str, &MakeOptimizer); 4] = [
+        ("adam", &adam_schedule),
+        ("adamw", &adamw_schedule),
+        ("sgd momentum", &sgd_momentum),
+        ("sgd nesterov", &sgd_nesterov),
+    ];
+    for (name, make_optimizer) in optimizers {
+        let ((s, reason), in_graph) = compare_with(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss, make_optimizer);
+        assert_eq!(s, stats(2, 1, 5), "{name}");
+        assert_eq!(reason, None, "{name}");
+        assert!(in_graph, "{name}: the update is in the graph");
+    }
+}
+
+/// An optimizer without CUDA-graph support (the trait's defaults): Adam behind a wrapper.
+struct HostOnly(Adam);
+
+impl Optimizer for HostOnly {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn apply_gradients(
+        &mut self,
+        grads: &[Option<Tensor>],
+        variables: &[tapegrad::Variable],
+    ) -> tapegrad::layers::Result<()> {
+        self.0.apply_gradients(grads, variables)
+    }
+    fn iterations(&self) -> u64 {
+        self.0.iterations()
+    }
+    fn set_iterations(&mut self, iterations: u64) {
+        self.0.set_iterations(iterations)
+    }
+    fn learning_rate(&self) -> f64 {
+        self.0.learning_rate()
+    }
+    fn set_learning_rate(&mut self, learning_rate: LearningRate) {
+        self.0.set_learning_rate(learning_rate)
+    }
+    fn slot_names(&self) -> &'static [&'static str] {
+        self.0.slot_names()
+    }
+    fn slots(&self) -> &SlotTable {
+        self.0.slots()
+    }
+    fn slots_mut(&mut self) -> &mut SlotTable {
+        self.0.slots_mut()
+    }
+}
+
+#[test]
+fn an_optimizer_without_graph_support_updates_after_each_replay() {
+    let Some((_gpu, gpu)) = gpu_or_skip("an_optimizer_without_graph_support_updates_after_each_replay") else {
+        return;
+    };
+    let data = batches(&[8; 5], 8, 3, 12);
+    fn host_only() -> Box<dyn Optimizer> {
+        Box::new(HostOnly(Adam::new(schedule())))
+    }
+    let ((s, reason), in_graph) = compare_with(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss, &host_only);
+    assert_eq!(s, stats(2, 1, 3));
+    assert_eq!(reason, None);
+    assert!(!in_graph, "the update runs eagerly after the replay");
+}
+
+#[test]
+fn a_failed_capture_leaves_dropout_drawing_what_eager_steps_draw() {
+    let Some((_gpu, gpu)) = gpu_or_skip("a_failed_capture_leaves_dropout_drawing_what_eager_steps_draw") else {
+        return;
+    };
+    // Dropout draws its mask on the host and uploads it: the capture fails, after the
+    // forward pass drew one mask. The eager steps after it must draw what an eager run
+    // draws, or the two runs' losses differ.
+    let with_dropout = || {
+        Sequential::new()
+            .add(Conv2D::new(8, 3).padding(Padding::Same))
+            .add(BatchNormalization::new())
+            .add(Activation::relu())
+            .add(Dropout::new(0.5))
+            .add(GlobalAveragePooling2D::new())
+            .add(Dense::new(3))
+    };
+    let data = batches(&[8; 5], 8, 3, 13);
+    let (s, reason) = compare(with_dropout, [8, 8, 8, 3], &data, gpu, &seed_loss);
+    assert_eq!(s, stats(5, 0, 0));
+    assert!(reason.expect("a reason").contains("capture failed"));
 }
 
 #[test]

@@ -51,8 +51,8 @@ pub struct Args {
     /// Where to train.
     #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
-    /// Capture the training step (forward, loss, gradients) as a CUDA graph once and replay
-    /// it at every later step; the optimizer runs eagerly. A step that cannot be replayed
+    /// Capture the training step (forward, loss, gradients, optimizer update) as a CUDA graph
+    /// once and replay it at every later step. A step that cannot be replayed
     /// (the last, partial batch) runs eagerly and says why. Needs a GPU.
     #[arg(long)]
     pub cuda_graph: bool,

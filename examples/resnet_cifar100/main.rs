@@ -214,7 +214,7 @@ fn run(args: Args) -> AnyResult<()> {
     let (mut total_images, run_start) = (0u64, Instant::now());
     let mut train_seconds = 0.0;
     let max_steps = args.max_steps.unwrap_or(u64::MAX);
-    // --cuda-graph: the step below, captured once and replayed (the optimizer stays eager).
+    // --cuda-graph: the step below, optimizer update included, captured once and replayed.
     let mut graphed = args.cuda_graph.then(GraphedStep::new);
     let forward = |x: &Tensor, y: &Tensor| -> tapegrad::layers::Result<(Tensor, Tensor)> {
         let logits = model.call(x, Mode::Train)?;

@@ -194,6 +194,22 @@ pub trait Layer: AsDynLayer + Send + Sync {
         false
     }
 
+    /// Host-side state that [`forward`](Layer::forward) advances (`Dropout`'s random
+    /// generator, batch norm's count of moving-statistics updates), not counting
+    /// sublayers'; `None` (the default) for a layer without any. A CUDA-graph capture
+    /// ([`GraphedStep`](crate::training::GraphedStep)) runs the forward pass's host code
+    /// without computing anything, so it saves this before and gives it back with
+    /// [`restore_host_state`](Layer::restore_host_state) after.
+    fn host_state(&self) -> Option<Box<dyn std::any::Any>> {
+        None
+    }
+
+    /// Sets the state [`host_state`](Layer::host_state) returned back; anything else is
+    /// ignored.
+    fn restore_host_state(&self, state: &dyn std::any::Any) {
+        let _ = state;
+    }
+
     /// The layer's name ("conv2d_3"); by default the short name of its Rust type.
     fn name(&self) -> &str {
         short_type_name(std::any::type_name::<Self>())

@@ -36,7 +36,7 @@
 //! kept for reuse ([`memory_stats`], [`empty_cache`]).
 
 use crate::{Device, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[cfg(feature = "cuda")]
 pub use crate::cuda_backend::kernels::{
@@ -74,6 +74,28 @@ pub fn set_tf32(enabled: bool) {
 /// Whether TF32 math is enabled for f32 matrix products and convolutions (see [`set_tf32`]).
 pub fn tf32_enabled() -> bool {
     TF32.load(Ordering::Relaxed)
+}
+
+/// Kernels whose every index (elements of the output and of the buffers they read) is below
+/// this use 32-bit index arithmetic: 2^31, so `index + grid stride` cannot wrap.
+pub const DEFAULT_INDEX32_LIMIT: usize = 1 << 31;
+
+static INDEX32_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_INDEX32_LIMIT);
+
+/// Sets the size from which the index-heavy CUDA kernels (strided copies, concatenation,
+/// broadcast binary ops, pooling, batch norm's elementwise passes) switch from 32-bit to
+/// 64-bit index arithmetic, for every device and every launch after the call. The 32-bit
+/// forms spend several times fewer instructions on the per-element `/` and `%`; the result
+/// is the same bit for bit. Tests lower it (to 0: always 64-bit) to exercise the forms a
+/// tensor of 2^31 elements would take; values above [`DEFAULT_INDEX32_LIMIT`] are capped
+/// to it.
+pub fn set_index32_limit(limit: usize) {
+    INDEX32_LIMIT.store(limit.min(DEFAULT_INDEX32_LIMIT), Ordering::Relaxed);
+}
+
+/// The limit [`set_index32_limit`] set.
+pub fn index32_limit() -> usize {
+    INDEX32_LIMIT.load(Ordering::Relaxed)
 }
 
 /// Succeeds if CUDA device `ordinal` can run tapegrad's ops: the crate was built with the

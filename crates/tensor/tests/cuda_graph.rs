@@ -112,7 +112,7 @@ fn the_driver_rejects_what_a_capture_forbids() {
         let mut module = null_mut();
         let mut function = null_mut();
         assert_eq!(sys::cuModuleLoadData(&mut module, c"emulated".as_ptr().cast()), SUCCESS);
-        assert_eq!(sys::cuModuleGetFunction(&mut function, module, c"strided_copy_b32".as_ptr()), SUCCESS);
+        assert_eq!(sys::cuModuleGetFunction(&mut function, module, c"strided_copy_u32_b32".as_ptr()), SUCCESS);
         rejected("a launch on the legacy default stream", stream, IMPLICIT, || {
             sys::cuLaunchKernel(function, 1, 1, 1, 32, 1, 1, 0, null_mut(), null_mut(), null_mut())
         });
@@ -286,4 +286,135 @@ fn bad_arguments_are_errors() {
     assert!(err.contains("must be a CUDA tensor"), "{err}");
     copy_into(&a, &Tensor::ones([4, 3], DType::F32, &Device::Cpu).unwrap()).unwrap();
     assert_eq!(a.to_vec::<f32>().unwrap(), vec![1.0; 12]);
+}
+
+/// A parameter-like tensor of `n` elements on `device` (a different ramp per `seed`).
+fn param(n: usize, seed: f32, device: &Device) -> Tensor {
+    let values: Vec<f32> = (0..n).map(|i| ((i as f32 + seed) * 0.71).cos() * 0.3).collect();
+    Tensor::from_vec(values, [n], device).unwrap()
+}
+
+/// Private copies of `ts` on their device (the in-place updates overwrite what they get).
+fn copies(ts: &[Tensor]) -> Vec<Tensor> {
+    ts.iter()
+        .map(|t| {
+            let c = t.zeros_like().unwrap();
+            copy_into(&c, t).unwrap();
+            c
+        })
+        .collect()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+}
+
+#[test]
+fn captured_optimizer_updates_read_each_steps_values_from_the_device() {
+    use tapegrad_tensor::optim::{
+        adam_update_many, adam_update_many_in_place, sgd_update_many, sgd_update_many_in_place, AdamOperands, AdamStep,
+        SgdOperands, SgdStep, StepScalars,
+    };
+    let Some((_gpu, gpu)) = gpu_or_skip("captured_optimizer_updates_read_each_steps_values_from_the_device") else {
+        return;
+    };
+    // Sizes across a chunk boundary and an empty tensor; more than one table (40) of them.
+    let sizes: Vec<usize> = (0..43).map(|k| [5, 4097, 0, 130][k % 4]).collect();
+    let grads: Vec<Tensor> = sizes.iter().enumerate().map(|(k, &n)| param(n, k as f32 + 0.5, &gpu)).collect();
+    let start: Vec<Tensor> = sizes.iter().enumerate().map(|(k, &n)| param(n, k as f32, &gpu)).collect();
+    let lr = |t: u64| 0.02 / (1.0 + t as f64); // a different learning rate every step
+    let adam = |t: u64| AdamStep {
+        learning_rate: lr(t),
+        step: t,
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-7,
+        weight_decay: 0.01,
+    };
+    let sgd = |t: u64| SgdStep { learning_rate: lr(t), momentum: 0.9, nesterov: true, weight_decay: 1e-3 };
+
+    // One eager Adam step on (w, m, v); m and v empty on the first.
+    let eager = |w: &[Tensor], m: &[Tensor], v: &[Tensor], t: u64| {
+        let items: Vec<AdamOperands<'_>> = (0..sizes.len())
+            .map(|k| AdamOperands { param: &w[k], grad: &grads[k], m: m.get(k), v: v.get(k) })
+            .collect();
+        let out = adam_update_many(&items, &adam(t)).unwrap();
+        let w: Vec<Tensor> = out.iter().map(|o| o.0.clone()).collect();
+        let m: Vec<Tensor> = out.iter().map(|o| o.1.clone()).collect();
+        let v: Vec<Tensor> = out.iter().map(|o| o.2.clone()).collect();
+        (w, m, v)
+    };
+    // Step 1 makes the state; the graph's buffers start from its results.
+    let mut reference = eager(&start, &[], &[], 1);
+    let (gw, gm, gv) = (copies(&reference.0), copies(&reference.1), copies(&reference.2));
+    let scalars = StepScalars::new(&gpu, DType::F32).unwrap();
+    let items: Vec<AdamOperands<'_>> = (0..sizes.len())
+        .map(|k| AdamOperands { param: &gw[k], grad: &grads[k], m: Some(&gm[k]), v: Some(&gv[k]) })
+        .collect();
+    let (graph, ()) = CudaGraph::capture(&gpu, || adam_update_many_in_place(&items, &adam(2), &scalars)).unwrap();
+    // Each replay, with its step's values written first, equals the eager step.
+    for t in 2..=5 {
+        scalars.write_adam(&adam(t)).unwrap();
+        graph.replay().unwrap();
+        reference = eager(&reference.0, &reference.1, &reference.2, t);
+        for k in 0..sizes.len() {
+            assert_eq!(bits(&gw[k]), bits(&reference.0[k]), "adam step {t}, parameter {k}");
+            assert_eq!(bits(&gm[k]), bits(&reference.1[k]), "adam step {t}, m {k}");
+            assert_eq!(bits(&gv[k]), bits(&reference.2[k]), "adam step {t}, v {k}");
+        }
+    }
+    drop(graph);
+
+    // SGD with momentum. Nesterov is a launch flag, fixed at capture: every step uses it.
+    let first = sgd(1);
+    let items: Vec<SgdOperands<'_>> =
+        (0..sizes.len()).map(|k| SgdOperands { param: &start[k], grad: &grads[k], velocity: None }).collect();
+    let out = sgd_update_many(&items, &first).unwrap();
+    let w: Vec<Tensor> = out.iter().map(|(a, _)| a.clone()).collect();
+    let vel: Vec<Tensor> = out.iter().map(|(_, b)| b.clone().unwrap()).collect();
+    let (gw, gvel) = (copies(&w), copies(&vel));
+    let scalars = StepScalars::new(&gpu, DType::F32).unwrap();
+    let items: Vec<SgdOperands<'_>> =
+        (0..sizes.len()).map(|k| SgdOperands { param: &gw[k], grad: &grads[k], velocity: Some(&gvel[k]) }).collect();
+    let (graph, ()) = CudaGraph::capture(&gpu, || sgd_update_many_in_place(&items, &sgd(2), &scalars)).unwrap();
+    let mut reference = (w, vel);
+    for t in 2..=5 {
+        let step = sgd(t);
+        scalars.write_sgd(&step).unwrap();
+        graph.replay().unwrap();
+        let items: Vec<SgdOperands<'_>> = (0..sizes.len())
+            .map(|k| SgdOperands { param: &reference.0[k], grad: &grads[k], velocity: Some(&reference.1[k]) })
+            .collect();
+        let out = sgd_update_many(&items, &step).unwrap();
+        reference =
+            (out.iter().map(|(a, _)| a.clone()).collect(), out.iter().map(|(_, b)| b.clone().unwrap()).collect());
+        for k in 0..sizes.len() {
+            assert_eq!(bits(&gw[k]), bits(&reference.0[k]), "sgd step {t}, parameter {k}");
+            assert_eq!(bits(&gvel[k]), bits(&reference.1[k]), "sgd step {t}, velocity {k}");
+        }
+    }
+}
+
+#[test]
+fn bad_in_place_updates_are_errors() {
+    use tapegrad_tensor::optim::{adam_update_many_in_place, AdamOperands, AdamStep, StepScalars};
+    let Some((_gpu, gpu)) = gpu_or_skip("bad_in_place_updates_are_errors") else { return };
+    let err = StepScalars::new(&Device::Cpu, DType::F32).unwrap_err().to_string();
+    assert!(err.contains("need a CUDA device, got cpu"), "{err}");
+    let err = StepScalars::new(&gpu, DType::I64).unwrap_err().to_string();
+    assert!(err.contains("i64"), "{err}");
+    let scalars = StepScalars::new(&gpu, DType::F32).unwrap();
+    let step = AdamStep { learning_rate: 0.1, step: 1, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, weight_decay: 0.0 };
+    let w = param(10, 0.0, &gpu);
+    let missing = [AdamOperands { param: &w, grad: &w, m: None, v: None }];
+    let err = adam_update_many_in_place(&missing, &step, &scalars).unwrap_err().to_string();
+    assert!(err.contains("first state of parameter #0 is missing"), "{err}");
+    let w64 = w.cast(DType::F64).unwrap();
+    let wrong = [AdamOperands { param: &w64, grad: &w64, m: Some(&w64), v: Some(&w64) }];
+    let err = adam_update_many_in_place(&wrong, &step, &scalars).unwrap_err().to_string();
+    assert!(err.contains("parameter #0 is f64") && err.contains("step values are f32"), "{err}");
+    let err = scalars.write_adam(&AdamStep { learning_rate: f64::NAN, ..step }).unwrap_err().to_string();
+    assert!(err.contains("learning_rate"), "{err}");
+    let err = CudaGraph::capture(&gpu, || scalars.write_adam(&step)).unwrap_err().to_string();
+    assert!(err.contains("writing a step's values"), "{err}");
 }

@@ -297,6 +297,16 @@ impl Layer for BatchNormalization {
         Some(self.call_relu(input, mode))
     }
 
+    fn host_state(&self) -> Option<Box<dyn std::any::Any>> {
+        Some(Box::new(self.updates.load(Ordering::Relaxed)))
+    }
+
+    fn restore_host_state(&self, state: &dyn std::any::Any) {
+        if let Some(&updates) = state.downcast_ref::<u64>() {
+            self.updates.store(updates, Ordering::Relaxed);
+        }
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -72,6 +72,16 @@ impl Layer for Dropout {
         self.compute(input, mode)
     }
 
+    fn host_state(&self) -> Option<Box<dyn std::any::Any>> {
+        Some(Box::new(self.rng.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+    }
+
+    fn restore_host_state(&self, state: &dyn std::any::Any) {
+        if let Some(rng) = state.downcast_ref::<StdRng>() {
+            *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = rng.clone();
+        }
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

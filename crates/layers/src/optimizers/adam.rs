@@ -4,6 +4,7 @@ use super::shared::{core_methods, Core};
 use super::update::{adam_update_many, AdamOperands, AdamStep};
 use super::{LearningRate, Optimizer};
 use crate::Result;
+use tapegrad_tensor::optim::adam_update_many_in_place;
 use tapegrad_tensor::{Tensor, Variable};
 
 /// Adam (Keras' `optimizers.Adam`): beta_1 0.9, beta_2 0.999, epsilon 1e-7, bias
@@ -61,31 +62,52 @@ impl Adam {
     fn core_mut(&mut self) -> &mut Core {
         &mut self.core
     }
-}
 
-impl Optimizer for Adam {
-    core_methods!();
-
-    fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
-        let step = AdamStep {
+    /// The hyperparameters of the coming step.
+    fn step(&self) -> AdamStep {
+        AdamStep {
             learning_rate: self.core.current_learning_rate(),
             step: self.core.iterations.saturating_add(1),
             beta_1: self.beta_1,
             beta_2: self.beta_2,
             epsilon: self.epsilon,
             weight_decay: self.weight_decay,
-        };
+        }
+    }
+}
+
+/// Adam's slots as the operands of an update.
+fn operands<'a>(items: &'a [super::shared::StepItem<'_>]) -> Vec<AdamOperands<'a>> {
+    items
+        .iter()
+        .map(|it| AdamOperands { param: &it.value, grad: it.grad, m: it.slots[0].as_ref(), v: it.slots[1].as_ref() })
+        .collect()
+}
+
+impl Optimizer for Adam {
+    core_methods!();
+
+    fn supports_graph_update(&self) -> bool {
+        true
+    }
+
+    fn prepare_graph_update(&mut self, variables: &[Variable]) -> Result<()> {
+        let step = self.step();
+        self.core.graph_scalars(variables, step.validate())?.write_adam(&step)?;
+        Ok(())
+    }
+
+    fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
+        let step = self.step();
+        self.core.capture(grads, variables, step.validate(), |items, scalars| {
+            Ok(adam_update_many_in_place(&operands(items), &step, scalars)?)
+        })
+    }
+
+    fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
+        let step = self.step();
         self.core.apply(grads, variables, 2, step.validate(), |items| {
-            let operands: Vec<AdamOperands<'_>> = items
-                .iter()
-                .map(|it| AdamOperands {
-                    param: &it.value,
-                    grad: it.grad,
-                    m: it.slots[0].as_ref(),
-                    v: it.slots[1].as_ref(),
-                })
-                .collect();
-            let updated = adam_update_many(&operands, &step)?;
+            let updated = adam_update_many(&operands(items), &step)?;
             Ok(updated.into_iter().map(|(value, m, v)| (value, vec![Some(m), Some(v)])).collect())
         })
     }
@@ -149,6 +171,18 @@ impl Optimizer for AdamW {
 
     fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
         self.0.apply_gradients(grads, variables)
+    }
+
+    fn supports_graph_update(&self) -> bool {
+        self.0.supports_graph_update()
+    }
+
+    fn prepare_graph_update(&mut self, variables: &[Variable]) -> Result<()> {
+        self.0.prepare_graph_update(variables)
+    }
+
+    fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
+        self.0.capture_update(grads, variables)
     }
 
     fn slot_names(&self) -> &'static [&'static str] {

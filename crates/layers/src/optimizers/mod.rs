@@ -33,6 +33,14 @@ pub use slots::SlotTable;
 use crate::{Error, Result};
 use tapegrad_tensor::{Tensor, Variable};
 
+/// The error of an optimizer that cannot run its update inside a CUDA graph.
+fn no_graph_update(optimizer: &str) -> Error {
+    Error::Optimizer {
+        optimizer: optimizer.to_string(),
+        msg: "this optimizer cannot run its update inside a CUDA graph (supports_graph_update is false)".into(),
+    }
+}
+
 /// What every optimizer provides.
 pub trait Optimizer {
     /// The optimizer's name ("Adam"); checkpoints record it.
@@ -66,6 +74,41 @@ pub trait Optimizer {
 
     /// The per-variable state, for checkpoint loading.
     fn slots_mut(&mut self) -> &mut SlotTable;
+
+    /// Whether the update can be captured in a CUDA graph with the step
+    /// ([`capture_update`](Optimizer::capture_update),
+    /// [`prepare_graph_update`](Optimizer::prepare_graph_update)); false by default, and
+    /// then a [`GraphedStep`](crate::training::GraphedStep) applies the gradients eagerly
+    /// after each replay. [`Sgd`], [`Adam`] and [`AdamW`] support it.
+    fn supports_graph_update(&self) -> bool {
+        false
+    }
+
+    /// Writes the values of the coming step (the learning rate at
+    /// [`iterations`](Optimizer::iterations), and for Adam the bias correction of step
+    /// `iterations + 1`) into the small device buffer that a captured update reads, making
+    /// the buffer on first use (on the device and in the dtype of `variables`, which must
+    /// share both). Queued on the device's stream, so the update replayed next reads them.
+    /// Validates them as [`apply_gradients`](Optimizer::apply_gradients) does. Counts
+    /// nothing: the caller counts the step ([`set_iterations`](Optimizer::set_iterations))
+    /// once its replay is queued.
+    fn prepare_graph_update(&mut self, variables: &[Variable]) -> Result<()> {
+        let _ = variables;
+        Err(no_graph_update(self.name()))
+    }
+
+    /// During a CUDA-graph capture, queues the update of `variables` from `grads` **in
+    /// place**: the variables' current values and the optimizer's slots are overwritten at
+    /// each replay, with the step's values read from the buffer that
+    /// [`prepare_graph_update`](Optimizer::prepare_graph_update) writes (call it once
+    /// before the capture, and before each replay). Assigns and counts nothing; every
+    /// variable with a gradient must already have its slots (an ordinary step made them).
+    /// The values and slots must be buffers no one else reads:
+    /// [`GraphedStep`](crate::training::GraphedStep) makes private copies.
+    fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
+        let _ = (grads, variables);
+        Err(no_graph_update(self.name()))
+    }
 }
 
 /// Checks the two lists of an `apply_gradients` call and pairs the gradients that are

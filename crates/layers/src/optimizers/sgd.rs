@@ -5,6 +5,7 @@ use super::shared::{core_methods, Core};
 use super::update::{sgd_update_many, SgdOperands, SgdStep};
 use super::{LearningRate, Optimizer};
 use crate::Result;
+use tapegrad_tensor::optim::sgd_update_many_in_place;
 use tapegrad_tensor::{Tensor, Variable};
 
 /// Stochastic gradient descent (Keras' `optimizers.SGD`; formulas in
@@ -56,24 +57,47 @@ impl Sgd {
     fn core_mut(&mut self) -> &mut Core {
         &mut self.core
     }
+
+    /// The hyperparameters of the coming step.
+    fn step(&self) -> SgdStep {
+        SgdStep {
+            learning_rate: self.core.current_learning_rate(),
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+/// SGD's slot as the operands of an update.
+fn operands<'a>(items: &'a [super::shared::StepItem<'_>]) -> Vec<SgdOperands<'a>> {
+    items.iter().map(|it| SgdOperands { param: &it.value, grad: it.grad, velocity: it.slots[0].as_ref() }).collect()
 }
 
 impl Optimizer for Sgd {
     core_methods!();
 
+    fn supports_graph_update(&self) -> bool {
+        true
+    }
+
+    fn prepare_graph_update(&mut self, variables: &[Variable]) -> Result<()> {
+        let step = self.step();
+        self.core.graph_scalars(variables, step.validate())?.write_sgd(&step)?;
+        Ok(())
+    }
+
+    fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
+        let step = self.step();
+        self.core.capture(grads, variables, step.validate(), |items, scalars| {
+            Ok(sgd_update_many_in_place(&operands(items), &step, scalars)?)
+        })
+    }
+
     fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
-        let step = SgdStep {
-            learning_rate: self.core.current_learning_rate(),
-            momentum: self.momentum,
-            nesterov: self.nesterov,
-            weight_decay: self.weight_decay,
-        };
+        let step = self.step();
         self.core.apply(grads, variables, 1, step.validate(), |items| {
-            let operands: Vec<SgdOperands<'_>> = items
-                .iter()
-                .map(|it| SgdOperands { param: &it.value, grad: it.grad, velocity: it.slots[0].as_ref() })
-                .collect();
-            let updated = sgd_update_many(&operands, &step)?;
+            let updated = sgd_update_many(&operands(items), &step)?;
             Ok(updated.into_iter().map(|(value, velocity)| (value, vec![velocity])).collect())
         })
     }

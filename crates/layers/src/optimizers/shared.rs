@@ -3,7 +3,8 @@
 //! optimizer is its hyperparameters and one per-variable update.
 
 use super::{check_hyperparameters, maybe_clip, pair_gradients, LearningRate, SlotTable};
-use crate::Result;
+use crate::{Error, Result};
+use tapegrad_tensor::optim::StepScalars;
 use tapegrad_tensor::{Tensor, Variable};
 
 /// The shared state of an optimizer.
@@ -14,11 +15,20 @@ pub(crate) struct Core {
     pub(crate) global_clipnorm: Option<f64>,
     pub(crate) iterations: u64,
     pub(crate) slots: SlotTable,
+    /// The device buffer of the per-step values a captured update reads (CUDA graphs).
+    pub(crate) graph_scalars: Option<StepScalars>,
 }
 
 impl Core {
     pub(crate) fn new(name: &'static str, learning_rate: LearningRate) -> Self {
-        Core { name, learning_rate, global_clipnorm: None, iterations: 0, slots: SlotTable::default() }
+        Core {
+            name,
+            learning_rate,
+            global_clipnorm: None,
+            iterations: 0,
+            slots: SlotTable::default(),
+            graph_scalars: None,
+        }
     }
 
     /// The learning rate of the coming step.
@@ -60,6 +70,75 @@ impl Core {
         }
         self.iterations += 1;
         Ok(())
+    }
+}
+
+impl Core {
+    /// Validates the coming step's hyperparameters (`check`: the update's own validation)
+    /// and returns the device buffer for `variables`' device and dtype, made on first use.
+    pub(crate) fn graph_scalars(
+        &mut self,
+        variables: &[Variable],
+        check: tapegrad_tensor::Result<()>,
+    ) -> Result<&StepScalars> {
+        check_hyperparameters(self.name, &self.learning_rate, self.iterations, self.global_clipnorm, check)?;
+        let Some(first) = variables.first().map(Variable::value_untracked) else {
+            return Err(self.fail("a CUDA-graph update needs at least one variable".into()));
+        };
+        let (device, dtype) = (first.device(), first.dtype());
+        for v in variables {
+            let value = v.value_untracked();
+            if value.device() != device || value.dtype() != dtype {
+                return Err(self.fail(format!(
+                    "a CUDA-graph update needs every variable on one device with one dtype: {} is {} on {}, {} is {} on {}",
+                    variables[0].name(),
+                    dtype,
+                    device,
+                    v.name(),
+                    value.dtype(),
+                    value.device()
+                )));
+            }
+        }
+        if !self.graph_scalars.as_ref().is_some_and(|s| s.device() == device && s.dtype() == dtype) {
+            self.graph_scalars = Some(StepScalars::new(&device, dtype)?);
+        }
+        Ok(self.graph_scalars.as_ref().expect("made just above"))
+    }
+
+    /// Queues, during a capture, one in-place update (`update(items, scalars)`) of every
+    /// variable with a gradient; validates as [`Core::apply`] does, assigns and counts
+    /// nothing. Every such variable must have its slots.
+    pub(crate) fn capture(
+        &mut self,
+        grads: &[Option<Tensor>],
+        variables: &[Variable],
+        check: tapegrad_tensor::Result<()>,
+        update: impl FnOnce(&[StepItem<'_>], &StepScalars) -> Result<()>,
+    ) -> Result<()> {
+        check_hyperparameters(self.name, &self.learning_rate, self.iterations, self.global_clipnorm, check)?;
+        pair_gradients(self.name, grads, variables)?;
+        let clipped = maybe_clip(grads, self.global_clipnorm)?;
+        let grads = clipped.as_deref().unwrap_or(grads);
+        let pairs = pair_gradients(self.name, grads, variables)?;
+        let mut items = Vec::with_capacity(pairs.len());
+        for &(_, grad, var) in &pairs {
+            let Some(slots) = self.slots.get(var) else {
+                return Err(self.fail(format!(
+                    "{} has no optimizer state yet (an ordinary step makes it before a capture)",
+                    var.name()
+                )));
+            };
+            items.push(StepItem { value: var.value_untracked(), grad, slots: slots.to_vec() });
+        }
+        let Some(scalars) = &self.graph_scalars else {
+            return Err(self.fail("prepare_graph_update must run before the capture (it makes the step buffer)".into()));
+        };
+        update(&items, scalars)
+    }
+
+    fn fail(&self, msg: String) -> Error {
+        Error::Optimizer { optimizer: self.name.to_string(), msg }
     }
 }
 

@@ -1,22 +1,34 @@
-//! [`GraphedStep`]: a training step whose forward and backward passes are captured once as
-//! a CUDA graph and replayed at every later step, with eager fallback.
+//! [`GraphedStep`]: a training step whose forward pass, backward pass and optimizer update
+//! are captured once as a CUDA graph and replayed at every later step, with eager fallback.
 //!
-//! What the graph holds, and why the optimizer is not in it: the optimizers pass their
-//! per-step values (the learning rate of a schedule, Adam's bias correction `lr * sqrt(1 -
-//! beta_2^t) / (1 - beta_1^t)`) to their kernels as host scalars, which a graph freezes at
-//! capture. So the graph runs the forward pass, the loss and the gradients into fixed
-//! buffers; the optimizer then runs eagerly on those gradients (one launch per variable,
-//! or one for all of them with a multi-tensor update), exactly as in [`train_step_with`]
-//! (super::train_step_with), which keeps its state and arithmetic bit for bit.
+//! The optimizer's update is in the graph when the optimizer supports it
+//! ([`Optimizer::supports_graph_update`]: `Sgd`, `Adam`, `AdamW`). A graph freezes the host
+//! scalars of its kernels, but the learning rate of a schedule and Adam's bias correction
+//! `lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)` change every step; so the captured update
+//! reads them from a small device buffer of the optimizer, which the host writes before
+//! each replay ([`Optimizer::prepare_graph_update`]: an asynchronous copy from pinned
+//! memory, queued before the replay like the batch's copy into the static inputs). The
+//! host computes them exactly as an eager step does, and the update runs the eager
+//! kernels' arithmetic, in place on the variables' and the slots' static buffers: replayed
+//! steps equal eager ones bit for bit. With another optimizer, the graph ends with the
+//! gradients and the update runs eagerly after each replay, as in
+//! [`train_step_with`](super::train_step_with).
 //!
-//! Fixed addresses: the graph reads every variable of the model from a static buffer
-//! made at capture; before each replay, a variable whose value is another tensor (the
-//! optimizer's new value, a loaded checkpoint) is copied into its buffer on the device and
-//! set to it. Variables the step itself assigns (batch-norm moving statistics) are written
-//! back into their buffers by copies at the end of the graph.
+//! Fixed addresses: the graph reads every variable of the model, and every slot of the
+//! optimizer (momentum, Adam's moments), from a static buffer made before the capture;
+//! before each replay, a variable or slot whose value is another tensor (an eager step's
+//! new value, a loaded checkpoint) is copied into its buffer on the device and set to it.
+//! Variables the step itself assigns (batch-norm moving statistics) are written back into
+//! their buffers by copies at the end of the graph.
+//!
+//! Host state that a forward pass advances (`Dropout`'s generator, batch norm's update
+//! counter; [`Layer::host_state`]) is saved before the capture and restored after it: the
+//! capture computes nothing, so an eager step that replaces a failed capture draws the
+//! same masks as without graphs, and a replay is counted once.
 
 use crate::optimizers::Optimizer;
 use crate::{Error, Layer, Result};
+use std::any::Any;
 use std::collections::HashSet;
 use tapegrad_tensor::cuda_graph::{copy_into, shares_buffer, CudaGraph};
 use tapegrad_tensor::{check_numerics, DType, Device, GradientTape, Tensor, Variable};
@@ -75,8 +87,11 @@ pub struct GraphedStepStats {
 /// run again at capture, and the graph replays what it queued), returning `(loss,
 /// outputs)`. The returned tensors, and the gradients, live in the graph's buffers: the
 /// next step overwrites them, so read or accumulate them before it. Values of variables
-/// the step assigns (batch-norm statistics) are overwritten in place by the next replay
-/// too; copy one to keep it.
+/// (weights, batch-norm statistics) and of the optimizer's slots are overwritten in place
+/// by the next replay too; copy one to keep it. The optimizer counts every replayed step
+/// and takes its learning rate at that step, as an eager step would; its state may be
+/// replaced between steps (a loaded checkpoint is copied into the graph's buffers), but not
+/// cleared (the next step then starts over: two eager steps and a new capture).
 pub struct GraphedStep {
     state: State,
     reason: Option<String>,
@@ -126,34 +141,80 @@ struct Statics {
     y: Tensor,
     /// Every variable of the model, with the buffer the graph reads it from.
     variables: Vec<(Variable, Tensor)>,
+    /// Every slot of the optimizer for a trainable variable: the variable, the slot's
+    /// index, the number of slots, and the buffer the graph reads and writes it in.
+    slots: Vec<(Variable, usize, usize, Tensor)>,
+    /// Whether the optimizer's update goes into the graph.
+    update_in_graph: bool,
+}
+
+/// A private copy of `t` on its device.
+fn private_copy(t: &Tensor) -> Result<Tensor> {
+    let buffer = t.zeros_like()?;
+    copy_into(&buffer, t)?;
+    Ok(buffer)
 }
 
 impl Statics {
     /// Private copies of the inputs and of every variable's value (so that the replays'
     /// in-place writes never reach a tensor someone holds), each variable set to its copy.
-    fn new(model: &dyn Layer, x: &Tensor, y: &Tensor, signature: Signature) -> Result<Statics> {
-        let copy = |t: &Tensor| -> Result<Tensor> {
-            let buffer = t.zeros_like()?;
-            copy_into(&buffer, t)?;
-            Ok(buffer)
-        };
+    /// When the optimizer's update can be captured, its slots get private buffers too, and
+    /// its device buffer of per-step values is made: all before the eager step that leaves
+    /// the allocator's cache as the capture needs it.
+    fn new(
+        model: &dyn Layer,
+        optimizer: &mut dyn Optimizer,
+        x: &Tensor,
+        y: &Tensor,
+        signature: Signature,
+    ) -> Result<Statics> {
         let mut variables = Vec::new();
         for variable in model.variables() {
-            let buffer = copy(&variable.value_untracked())?;
+            let buffer = private_copy(&variable.value_untracked())?;
             variable.assign(buffer.clone())?;
             variables.push((variable, buffer));
         }
-        Ok(Statics { signature, x: copy(x)?, y: copy(y)?, variables })
+        let mut slots = Vec::new();
+        // Not capturable (variables of several dtypes or devices): the update stays eager.
+        let update_in_graph =
+            optimizer.supports_graph_update() && optimizer.prepare_graph_update(&model.trainable_variables()).is_ok();
+        if update_in_graph {
+            let count = optimizer.slot_names().len();
+            for variable in model.trainable_variables() {
+                let Some(values) = optimizer.slots().get(&variable).map(<[Option<Tensor>]>::to_vec) else { continue };
+                for (index, value) in values.iter().enumerate() {
+                    let Some(value) = value else { continue };
+                    let buffer = private_copy(value)?;
+                    optimizer.slots_mut().set(&variable, count, index, buffer.clone());
+                    slots.push((variable.clone(), index, count, buffer));
+                }
+            }
+        }
+        Ok(Statics { signature, x: private_copy(x)?, y: private_copy(y)?, variables, slots, update_in_graph })
     }
 
-    /// Copies every variable whose value is another tensor (the optimizer's new value, a
-    /// loaded checkpoint) into its buffer, and sets the variable to it.
-    fn refresh(&self) -> Result<()> {
+    /// Copies every variable and slot whose value is another tensor (an eager step's new
+    /// value, a loaded checkpoint) into its buffer, and sets the variable or slot to it.
+    /// Fails when a slot the graph updates is gone (the optimizer's state was cleared).
+    fn refresh(&self, optimizer: &mut dyn Optimizer) -> Result<()> {
         for (variable, buffer) in &self.variables {
             let value = variable.value_untracked();
             if !shares_buffer(&value, buffer) {
                 copy_into(buffer, &value)?;
                 variable.assign(buffer.clone())?;
+            }
+        }
+        for (variable, index, count, buffer) in &self.slots {
+            let value = optimizer.slots().get(variable).and_then(|s| s.get(*index).cloned().flatten());
+            let Some(value) = value else {
+                return Err(Error::Invalid(format!(
+                    "GraphedStep: slot {index} of {} is gone from the optimizer's state",
+                    variable.name()
+                )));
+            };
+            if !shares_buffer(&value, buffer) {
+                copy_into(buffer, &value)?;
+                optimizer.slots_mut().set(variable, *count, *index, buffer.clone());
             }
         }
         Ok(())
@@ -168,6 +229,8 @@ struct Captured {
     loss: Tensor,
     outputs: Tensor,
     grads: Vec<Option<Tensor>>,
+    /// Whether the optimizer's update is in the graph (else it runs after each replay).
+    update_in_graph: bool,
 }
 
 impl Default for GraphedStep {
@@ -209,8 +272,16 @@ impl GraphedStep {
         matches!(self.state, State::Captured(_))
     }
 
+    /// Whether the captured graph holds the optimizer's update (false before a capture,
+    /// and for an optimizer without [`Optimizer::supports_graph_update`], whose update
+    /// runs eagerly after each replay).
+    pub fn updates_in_graph(&self) -> bool {
+        matches!(&self.state, State::Captured(c) if c.update_in_graph)
+    }
+
     /// The batch-norm updates that the layers' own counters did not see (one per replay):
-    /// a replay runs no host code, so `BatchNormalization` cannot count it.
+    /// a replay runs no host code, so `BatchNormalization` cannot count it (and the
+    /// capture's host code is not counted: the counters are restored after it).
     pub(crate) fn uncounted_batch_norm_updates(&self) -> u64 {
         self.stats.replays
     }
@@ -243,7 +314,14 @@ impl GraphedStep {
                 let reason = reason.clone();
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
-            State::Captured(c) if c.statics.signature == signature => self.replay(optimizer, x, y),
+            State::Captured(c) if c.statics.signature == signature => match c.statics.refresh(optimizer) {
+                Ok(()) => self.replay(optimizer, x, y),
+                Err(e) => {
+                    // The optimizer's state was reset: start over (warm up, capture again).
+                    self.state = State::Cold;
+                    self.eager(model, optimizer, x, y, &forward, Some(e.to_string()))
+                }
+            },
             State::Captured(c) => {
                 let reason = format!("the batch ({signature}) differs from the captured one ({})", c.statics.signature);
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
@@ -252,7 +330,7 @@ impl GraphedStep {
                 let State::Armed(statics) = std::mem::replace(&mut self.state, State::Cold) else {
                     unreachable!("matched just above")
                 };
-                match capture(model, *statics, &forward) {
+                match capture(model, optimizer, *statics, &forward) {
                     Ok(captured) => {
                         self.stats.captures += 1;
                         self.state = State::Captured(Box::new(captured));
@@ -270,7 +348,7 @@ impl GraphedStep {
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
             State::Warm(warm) if *warm == signature => {
-                self.state = State::Armed(Box::new(Statics::new(model, x, y, signature)?));
+                self.state = State::Armed(Box::new(Statics::new(model, optimizer, x, y, signature)?));
                 self.eager(model, optimizer, x, y, &forward, None)
             }
             State::Cold | State::Warm(_) => {
@@ -303,11 +381,16 @@ impl GraphedStep {
         let State::Captured(c) = &self.state else {
             return Err(Error::Invalid("GraphedStep: replay without a captured graph (internal error)".into()));
         };
-        c.statics.refresh()?;
         copy_into(&c.statics.x, x)?;
         copy_into(&c.statics.y, y)?;
-        c.graph.replay()?;
-        optimizer.apply_gradients(&c.grads, &c.trainable)?;
+        if c.update_in_graph {
+            optimizer.prepare_graph_update(&c.trainable)?;
+            c.graph.replay()?;
+            optimizer.set_iterations(optimizer.iterations() + 1);
+        } else {
+            c.graph.replay()?;
+            optimizer.apply_gradients(&c.grads, &c.trainable)?;
+        }
         let out = (c.loss.clone(), c.outputs.clone());
         self.reason = None;
         self.stats.replays += 1;
@@ -315,16 +398,27 @@ impl GraphedStep {
     }
 }
 
-/// Captures the forward and backward pass of the step for `statics`' shapes. On failure
-/// every variable is set back to its buffer, which holds its value (what the failed
-/// capture assigned was never computed).
-fn capture(model: &dyn Layer, statics: Statics, forward: &StepForward<'_>) -> Result<Captured> {
-    statics.refresh()?;
+/// Captures the step for `statics`' shapes: forward and backward, and the optimizer's
+/// update when it supports it. On failure every variable is set back to its buffer, which
+/// holds its value (what the failed capture assigned was never computed); either way the
+/// layers' host state is restored to what it was before the capture.
+fn capture(
+    model: &dyn Layer,
+    optimizer: &mut dyn Optimizer,
+    statics: Statics,
+    forward: &StepForward<'_>,
+) -> Result<Captured> {
+    statics.refresh(optimizer)?;
     let trainable = model.trainable_variables();
+    let update_in_graph = statics.update_in_graph;
+    let host_state = save_host_state(model);
     let captured = CudaGraph::capture(&statics.signature.device, || {
         let tape = GradientTape::new();
         let (loss, outputs) = tape.record(|| forward(&statics.x, &statics.y).map_err(tapegrad_tensor::Error::from))?;
         let grads = tape.gradient(&loss, &trainable)?;
+        if update_in_graph {
+            optimizer.capture_update(&grads, &trainable).map_err(tapegrad_tensor::Error::from)?;
+        }
         // What the step assigned (batch-norm statistics) goes back to the buffers the next
         // replay reads.
         for (variable, buffer) in &statics.variables {
@@ -335,9 +429,32 @@ fn capture(model: &dyn Layer, statics: Statics, forward: &StepForward<'_>) -> Re
         }
         Ok((loss, outputs, grads))
     });
+    restore_host_state(model, host_state);
     for (variable, buffer) in &statics.variables {
         variable.assign(buffer.clone())?;
     }
     let (graph, (loss, outputs, grads)) = captured?;
-    Ok(Captured { statics, graph, trainable, loss, outputs, grads })
+    Ok(Captured { statics, graph, trainable, loss, outputs, grads, update_in_graph })
+}
+
+/// The host state of every layer of `model` (itself and its sublayers, depth first).
+fn save_host_state(model: &dyn Layer) -> Vec<Option<Box<dyn Any>>> {
+    fn walk(layer: &dyn Layer, out: &mut Vec<Option<Box<dyn Any>>>) {
+        out.push(layer.host_state());
+        layer.visit_sublayers(&mut |_, sub| walk(sub, out));
+    }
+    let mut out = Vec::new();
+    walk(model, &mut out);
+    out
+}
+
+/// Gives every layer back the state [`save_host_state`] took, in the same order.
+fn restore_host_state(model: &dyn Layer, states: Vec<Option<Box<dyn Any>>>) {
+    fn walk(layer: &dyn Layer, states: &mut std::vec::IntoIter<Option<Box<dyn Any>>>) {
+        if let Some(Some(state)) = states.next() {
+            layer.restore_host_state(state.as_ref());
+        }
+        layer.visit_sublayers(&mut |_, sub| walk(sub, states));
+    }
+    walk(model, &mut states.into_iter());
 }

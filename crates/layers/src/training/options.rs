@@ -28,7 +28,7 @@ pub struct FitOptions<'a> {
     /// Default: 1 on the CPU (reading costs nothing there), 25 on a GPU (the host then
     /// queues the next steps while the device works).
     pub sync_every: Option<u64>,
-    /// Capture the training step's forward and backward passes as a CUDA graph and replay
+    /// Capture the training step (forward and backward passes, optimizer update) as a CUDA graph and replay
     /// it (see [`GraphedStep`](super::GraphedStep); default false). On the CPU, or where
     /// capture is impossible, steps run eagerly and the reason is printed once.
     pub cuda_graph: bool,

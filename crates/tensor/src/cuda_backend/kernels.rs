@@ -244,6 +244,17 @@ pub(crate) const BLOCK: u32 = 256;
 /// Enough blocks to fill any current GPU; the kernels' grid-stride loops cover the rest.
 const MAX_GRID: usize = 1 << 16;
 
+/// The index width of a kernel variant (its name's `_u32` / `_u64` part) for a launch whose
+/// largest index, of any buffer it touches, is below `extent` (see
+/// [`crate::cuda::set_index32_limit`]).
+pub(crate) fn index_width(extent: usize) -> &'static str {
+    if extent < crate::cuda::index32_limit() {
+        "u32"
+    } else {
+        "u64"
+    }
+}
+
 /// A 1-D launch of `n` (> 0) independent elements with grid-stride loops.
 pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID) as u32;

@@ -17,6 +17,14 @@ typedef unsigned long long u64;
 #define GRID_STRIDE_LOOP(i, n) \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)(n); i += (u64)blockDim.x * gridDim.x)
 
+// The same loop in index type I (u32 or u64). Kernels doing `/` and `%` per element come
+// in both widths (entry points `..._u32_...` and `..._u64_...`): the host picks u32 when
+// every index of the launch is below 2^31 (kernels.rs `index_width`), so that `i + stride`
+// cannot wrap, and the divisions are 32-bit ones, several times cheaper than 64-bit.
+#define INDEX_LOOP(I, i, n)                                                                            \
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x, i##_stride = (I)blockDim.x * (I)gridDim.x; \
+         i < (I)(n); i += i##_stride)
+
 // Reductions within a block of a multiple of 32 threads (at most 1024). The result is
 // valid in every thread. `scratch` holds 32 values; callers pass one array per call site
 // and the function synchronises before reading and after writing it, so the array can be

@@ -100,3 +100,25 @@ pub(crate) fn upload(device: &CudaDevice, ring: &mut Ring, src: &[u8], dst: sys:
     slot.recorded = true;
     Ok(())
 }
+
+impl Ring {
+    /// Frees the pinned buffers and events, after their last copies have finished. For a
+    /// ring that is dropped (the device's own ring lives as long as the process). Leaks
+    /// them instead while the stream captures, which forbids waiting for an event.
+    pub(crate) fn release(&mut self, device: &CudaDevice) {
+        if device.is_capturing() || device.bind().is_err() {
+            return;
+        }
+        for slot in self.slots.drain(..) {
+            // SAFETY: the event and the pinned buffer belong to this ring; the buffer is
+            // freed only once the event recorded after its last copy has passed.
+            unsafe {
+                let done = !slot.recorded || driver::event::synchronize(slot.event).is_ok();
+                if done && !slot.host.is_null() {
+                    let _ = driver::free_host(slot.host.cast());
+                }
+                let _ = driver::event::destroy(slot.event);
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! CUDA launch code of the elementwise ops; the kernels are in `elementwise.cu`.
 
 use crate::backend::{BinaryOp, UnaryOp};
-use crate::cuda_backend::kernels::{dtype_suffix, elementwise_config, KernelSource};
+use crate::cuda_backend::kernels::{dtype_suffix, elementwise_config, index_width, KernelSource};
 use crate::cuda_backend::{launch, CudaStorage, MAX_DIMS};
 use crate::utilities::coalesce::coalesce;
 use crate::{DType, Error, Result, Shape};
@@ -81,8 +81,10 @@ fn binary_op_name(op: BinaryOp) -> &'static str {
     }
 }
 
-fn binary_kernel(op: BinaryOp, dtype: DType, broadcast: bool) -> String {
-    let suffix = if broadcast { "_bcast" } else { "" };
+/// A binary kernel's name: the flat form, or the broadcast one in index width `index`
+/// ("u32" or "u64").
+fn binary_kernel(op: BinaryOp, dtype: DType, broadcast: Option<&str>) -> String {
+    let suffix = broadcast.map_or(String::new(), |index| format!("_bcast_{index}"));
     format!("binary_{}_{}{suffix}", binary_op_name(op), dtype_suffix(dtype))
 }
 
@@ -104,8 +106,9 @@ pub(crate) fn kernel_names() -> Vec<String> {
     }
     for op in ALL_BINARY {
         for dtype in ALL_DTYPES {
-            names.push(binary_kernel(op, dtype, false));
-            names.push(binary_kernel(op, dtype, true));
+            names.push(binary_kernel(op, dtype, None));
+            names.push(binary_kernel(op, dtype, Some("u32")));
+            names.push(binary_kernel(op, dtype, Some("u64")));
         }
     }
     for from in ALL_DTYPES {
@@ -209,7 +212,7 @@ pub(crate) fn binary(
     };
     if let Some((a_step, b_step)) = steps {
         // Kernel signature: (const T* a, const T* b, T* out, u64 n, u64 a_step, u64 b_step).
-        launch!(device, KERNELS, binary_kernel(op, a.dtype(), false), cfg; pa, pb, po, n64, a_step, b_step);
+        launch!(device, KERNELS, binary_kernel(op, a.dtype(), None), cfg; pa, pb, po, n64, a_step, b_step);
         return Ok(out);
     }
     let (dims, sa, sb) =
@@ -231,8 +234,10 @@ pub(crate) fn binary(
         meta.lhs_strides[i] = sa[d] as u64;
         meta.rhs_strides[i] = sb[d] as u64;
     }
+    // Every index is below n: the operands are no larger than the output.
+    let name = binary_kernel(op, a.dtype(), Some(index_width(n)));
     // Kernel signature: (const T* a, const T* b, T* out, u64 n, BroadcastMeta m).
-    launch!(device, KERNELS, binary_kernel(op, a.dtype(), true), cfg; pa, pb, po, n64, meta);
+    launch!(device, KERNELS, name, cfg; pa, pb, po, n64, meta);
     Ok(out)
 }
 

@@ -176,23 +176,37 @@ struct BroadcastMeta {
     u64 rhs_strides[MAX_DIMS];
 };
 
+// Broadcast operand offsets of output element i, in index type I (u32 when every index
+// of the launch fits, see INDEX_LOOP).
+template <int OP, typename T, typename I>
+__device__ __forceinline__ void binary_bcast(const T* a, const T* b, T* out, u64 n, const BroadcastMeta& m) {
+    INDEX_LOOP(I, i, n) {
+        I rem = i, ia = 0, ib = 0;
+#pragma unroll 1
+        for (u64 d = 0; d < m.rank; ++d) {
+            const I dim = (I)m.dims[d];
+            const I q = rem / dim;
+            const I idx = rem - q * dim;
+            rem = q;
+            ia += idx * (I)m.lhs_strides[d];
+            ib += idx * (I)m.rhs_strides[d];
+        }
+        out[i] = binary_fn<OP, T>(a[ia], b[ib]);
+    }
+}
+
 #define BINARY(NAME, CODE, T)                                                                           \
     extern "C" __global__ void binary_##NAME##_##T(const T* a, const T* b, T* out, u64 n, u64 a_step,     \
                                                    u64 b_step) {                                         \
         GRID_STRIDE_LOOP(i, n) { out[i] = binary_fn<CODE, T>(a[i * a_step], b[i * b_step]); }             \
     }                                                                                                     \
-    extern "C" __global__ void binary_##NAME##_##T##_bcast(const T* a, const T* b, T* out, u64 n,         \
-                                                           const BroadcastMeta m) {                      \
-        GRID_STRIDE_LOOP(i, n) {                                                                          \
-            u64 rem = i, ia = 0, ib = 0;                                                                  \
-            _Pragma("unroll 1") for (u64 d = 0; d < m.rank; ++d) {                                        \
-                const u64 idx = rem % m.dims[d];                                                          \
-                rem /= m.dims[d];                                                                         \
-                ia += idx * m.lhs_strides[d];                                                             \
-                ib += idx * m.rhs_strides[d];                                                             \
-            }                                                                                             \
-            out[i] = binary_fn<CODE, T>(a[ia], b[ib]);                                                    \
-        }                                                                                                 \
+    extern "C" __global__ void binary_##NAME##_##T##_bcast_u32(const T* a, const T* b, T* out, u64 n,     \
+                                                               const BroadcastMeta m) {                  \
+        binary_bcast<CODE, T, u32>(a, b, out, n, m);                                                      \
+    }                                                                                                     \
+    extern "C" __global__ void binary_##NAME##_##T##_bcast_u64(const T* a, const T* b, T* out, u64 n,     \
+                                                               const BroadcastMeta m) {                  \
+        binary_bcast<CODE, T, u64>(a, b, out, n, m);                                                      \
     }
 #define BINARY_ALL(NAME, CODE) BINARY(NAME, CODE, f32) BINARY(NAME, CODE, f64) BINARY(NAME, CODE, i64)
 

@@ -2,7 +2,7 @@
 
 use crate::backend::StridedLayout;
 use crate::cuda_backend::device::CudaDevice;
-use crate::cuda_backend::kernels::{elementwise_config, KernelSource};
+use crate::cuda_backend::kernels::{elementwise_config, index_width, KernelSource};
 use crate::cuda_backend::{launch, CudaStorage, MAX_DIMS};
 use crate::utilities::coalesce::coalesce;
 use crate::{BackendStorage, DType, Error, Result};
@@ -24,7 +24,12 @@ fn width(dtype: DType) -> &'static str {
 pub(crate) fn kernel_names() -> Vec<String> {
     ["b32", "b64"]
         .iter()
-        .flat_map(|w| [format!("strided_copy_{w}"), format!("concat_part_{w}"), format!("fill_{w}")])
+        .flat_map(|w| {
+            let indexed = ["u32", "u64"]
+                .iter()
+                .flat_map(move |i| [format!("strided_copy_{i}_{w}"), format!("concat_part_{i}_{w}")]);
+            indexed.chain([format!("fill_{w}")])
+        })
         .collect()
 }
 
@@ -71,7 +76,9 @@ pub(crate) fn strided_copy(x: &CudaStorage, l: &StridedLayout) -> Result<CudaSto
     }
     let (src, dst, n64) = (x.ptr(), out.ptr(), n as u64);
     // Kernel signature: (const T* x, T* y, u64 n, StridedMeta m).
-    launch!(device, KERNELS, format!("strided_copy_{}", width(x.dtype())), elementwise_config(n); src, dst, n64, meta);
+    // Every index is below n (the output) or x.len() (the source buffer, checked above).
+    let name = format!("strided_copy_{}_{}", index_width(n.max(x.len())), width(x.dtype()));
+    launch!(device, KERNELS, name, elementwise_config(n); src, dst, n64, meta);
     Ok(out)
 }
 
@@ -90,7 +97,8 @@ pub(crate) fn concat(parts: &[&CudaStorage], outer: usize, inners: &[usize]) -> 
     let total: usize = inners.iter().sum();
     let device = first.cuda_device();
     let out = CudaStorage::alloc(device, outer * total, first.dtype())?;
-    let name = format!("concat_part_{}", width(first.dtype()));
+    // Every index is below outer * total (the output).
+    let name = format!("concat_part_{}_{}", index_width(outer * total), width(first.dtype()));
     let mut col = 0usize;
     for (p, &inner) in parts.iter().zip(inners) {
         if outer * inner > 0 {

@@ -7,7 +7,9 @@
 //! applies the epilogue (ReLU, residual add).
 
 use crate::backend::{BatchNormEpilogue, BatchNormGrads, BatchNormSpec};
-use crate::cuda_backend::kernels::{block_per_task_config, dtype_suffix, elementwise_config, KernelSource};
+use crate::cuda_backend::kernels::{
+    block_per_task_config, dtype_suffix, elementwise_config, index_width, KernelSource,
+};
 use crate::cuda_backend::{launch, CudaStorage};
 use crate::{BackendStorage, DType, Error, Result};
 
@@ -18,8 +20,6 @@ pub(crate) const KERNELS: KernelSource = KernelSource { name: "norm", source: in
 const BLOCK_ROWS: usize = 256;
 /// Threads of a per-channel merge block (`BN_MERGE_THREADS` in norm.cu).
 const MERGE_THREADS: u32 = 128;
-/// Elementwise passes over fewer elements than this index in 32 bits (see norm.cu).
-const U32_INDEX_LIMIT: usize = 1 << 31;
 
 const KINDS: [&str; 4] = ["bn_partial_moments", "bn_merge_moments", "bn_backward_partial", "bn_backward_merge"];
 /// The elementwise passes, each in a 32- and a 64-bit index variant.
@@ -31,8 +31,9 @@ pub(crate) fn kernel_names() -> Vec<String> {
         .iter()
         .flat_map(|&d| {
             let plain = KINDS.iter().map(move |k| kernel(k, d));
-            let indexed =
-                INDEXED_KINDS.iter().flat_map(move |k| [indexed_kernel(k, 1, d), indexed_kernel(k, usize::MAX, d)]);
+            let indexed = INDEXED_KINDS
+                .iter()
+                .flat_map(move |k| ["u32", "u64"].map(|index| format!("{k}_{index}_{}", dtype_suffix(d))));
             plain.chain(indexed)
         })
         .collect()
@@ -44,8 +45,7 @@ fn kernel(kind: &str, dtype: DType) -> String {
 
 /// The variant of an elementwise pass over `n` elements.
 fn indexed_kernel(kind: &str, n: usize, dtype: DType) -> String {
-    let index = if n < U32_INDEX_LIMIT { "u32" } else { "u64" };
-    format!("{kind}_{index}_{}", dtype_suffix(dtype))
+    format!("{kind}_{}_{}", index_width(n), dtype_suffix(dtype))
 }
 
 /// The epilogue's code in norm.cu.

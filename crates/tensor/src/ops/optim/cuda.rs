@@ -11,10 +11,17 @@ pub(crate) const KERNELS: KernelSource = KernelSource { name: "optim", source: i
 
 /// Every kernel name this file can launch.
 pub(crate) fn kernel_names() -> Vec<String> {
-    ["sgd_update", "adam_update", "sgd_update_multi", "adam_update_multi"]
-        .iter()
-        .flat_map(|k| [DType::F32, DType::F64].map(|d| format!("{k}_{}", dtype_suffix(d))))
-        .collect()
+    [
+        "sgd_update",
+        "adam_update",
+        "sgd_update_multi",
+        "adam_update_multi",
+        "sgd_update_multi_dev",
+        "adam_update_multi_dev",
+    ]
+    .iter()
+    .flat_map(|k| [DType::F32, DType::F64].map(|d| format!("{k}_{}", dtype_suffix(d))))
+    .collect()
 }
 
 /// Checks devices, dtypes (a float) and lengths of the parameter and its operands.
@@ -167,7 +174,7 @@ fn multi_update(
     op: &'static str,
     items: &[MultiItem<'_>],
     outputs: [bool; 3],
-    mut launch: impl FnMut(&MultiTable, usize) -> Result<()>,
+    launch: impl FnMut(&MultiTable, usize) -> Result<()>,
 ) -> Result<Vec<MultiOutputs>> {
     let Some(first) = items.first() else { return Ok(Vec::new()) };
     let dtype = check(op, first.var, &[])?;
@@ -183,9 +190,24 @@ fn multi_update(
         let n = item.var.len();
         results.push((CudaStorage::alloc(device, n, dtype)?, alloc(outputs[1], n)?, alloc(outputs[2], n)?));
     }
-    let pairs: Vec<(&MultiItem<'_>, &MultiOutputs)> =
-        items.iter().zip(&results).filter(|(item, _)| item.var.len() > 0).collect();
-    for batch in pairs.chunks(MAX_TENSORS) {
+    let targets: Vec<(&MultiItem<'_>, [u64; 3])> = items
+        .iter()
+        .zip(&results)
+        .map(|(item, (out, a, b))| (item, [out.ptr(), optional_ptr(a.as_ref()), optional_ptr(b.as_ref())]))
+        .collect();
+    launch_tables(&targets, launch)?;
+    Ok(results)
+}
+
+/// Fills one table per `MAX_TENSORS` non-empty items, each item writing to its three
+/// target addresses (new buffers, or its own operands for an update in place), and calls
+/// `launch(table, chunks)` for each.
+fn launch_tables(
+    targets: &[(&MultiItem<'_>, [u64; 3])],
+    mut launch: impl FnMut(&MultiTable, usize) -> Result<()>,
+) -> Result<()> {
+    let nonempty: Vec<&(&MultiItem<'_>, [u64; 3])> = targets.iter().filter(|(item, _)| item.var.len() > 0).collect();
+    for batch in nonempty.chunks(MAX_TENSORS) {
         let mut t = MultiTable {
             var: [0; MAX_TENSORS],
             grad: [0; MAX_TENSORS],
@@ -198,17 +220,85 @@ fn multi_update(
             first_chunk: [0; MAX_TENSORS + 1],
             count: batch.len() as u64,
         };
-        for (k, (item, (out, out_a, out_b))) in batch.iter().enumerate() {
+        for (k, (item, [out, out_a, out_b])) in batch.iter().enumerate() {
             let n = item.var.len();
-            (t.var[k], t.grad[k], t.out[k]) = (item.var.ptr(), item.grad.ptr(), out.ptr());
+            (t.var[k], t.grad[k], t.out[k]) = (item.var.ptr(), item.grad.ptr(), *out);
             (t.state_a[k], t.state_b[k]) = (optional_ptr(item.state_a), optional_ptr(item.state_b));
-            (t.out_a[k], t.out_b[k]) = (optional_ptr(out_a.as_ref()), optional_ptr(out_b.as_ref()));
+            (t.out_a[k], t.out_b[k]) = (*out_a, *out_b);
             t.n[k] = n as u64;
             t.first_chunk[k + 1] = t.first_chunk[k] + n.div_ceil(CHUNK) as u64;
         }
         launch(&t, t.first_chunk[batch.len()] as usize)?;
     }
-    Ok(results)
+    Ok(())
+}
+
+/// Checks the items of an update in place (one device and dtype, that of `scalars`, with
+/// the states given by `states`) and launches it over them, each item writing its own
+/// operands; `launch(table, chunks)` queues one table's kernel.
+fn multi_update_in_place(
+    op: &'static str,
+    items: &[MultiItem<'_>],
+    scalars: &CudaStorage,
+    states: [bool; 2],
+    launch: impl FnMut(&MultiTable, usize) -> Result<()>,
+) -> Result<()> {
+    for (i, item) in items.iter().enumerate() {
+        scalars.check_device(item.var, op)?;
+        scalars.check_dtype(item.var, op)?;
+        check(op, item.var, &[Some(item.grad), item.state_a, item.state_b])?;
+        for (present, wanted, name) in
+            [(item.state_a.is_some(), states[0], "first"), (item.state_b.is_some(), states[1], "second")]
+        {
+            if present != wanted {
+                let what = if wanted {
+                    "is missing (run one ordinary update first, which creates it)"
+                } else {
+                    "is not used by this update"
+                };
+                return Err(Error::invalid(op, format!("the {name} state of parameter #{i} {what}")));
+            }
+        }
+    }
+    let targets: Vec<(&MultiItem<'_>, [u64; 3])> = items
+        .iter()
+        .map(|item| (item, [item.var.ptr(), optional_ptr(item.state_a), optional_ptr(item.state_b)]))
+        .collect();
+    launch_tables(&targets, launch)
+}
+
+/// One Adam step in place for many parameters of one device and dtype, reading the
+/// step's values from the device buffer `scalars` when the kernels run (see
+/// `in_place.rs`); the per-element arithmetic is `adam_update`'s.
+pub(crate) fn adam_update_multi_in_place(items: &[MultiItem<'_>], p: &AdamStep, scalars: &CudaStorage) -> Result<()> {
+    const OP: &str = "adam_update_many_in_place";
+    let has_decay = u64::from(p.coefficients().decay);
+    let (device, dtype, s) = (scalars.cuda_device(), scalars.dtype(), scalars.ptr());
+    let name = format!("adam_update_multi_dev_{}", dtype_suffix(dtype));
+    multi_update_in_place(OP, items, scalars, [true, true], |table, chunks| {
+        let (cfg, table) = (block_per_task_config(chunks, BLOCK), *table);
+        // Kernel signature: (MultiTable<T> t, const T* s, u64 has_decay).
+        launch!(device, KERNELS, name, cfg; table, s, has_decay);
+        Ok(())
+    })
+}
+
+/// One SGD step in place for many parameters of one device and dtype, reading the
+/// step's values from the device buffer `scalars` when the kernels run; the per-element
+/// arithmetic is `sgd_update`'s.
+pub(crate) fn sgd_update_multi_in_place(items: &[MultiItem<'_>], p: &SgdStep, scalars: &CudaStorage) -> Result<()> {
+    const OP: &str = "sgd_update_many_in_place";
+    let has_momentum = p.momentum != 0.0;
+    let (has_decay, has_momentum_flag, nesterov) =
+        (u64::from(p.weight_decay != 0.0), u64::from(has_momentum), u64::from(p.nesterov));
+    let (device, dtype, s) = (scalars.cuda_device(), scalars.dtype(), scalars.ptr());
+    let name = format!("sgd_update_multi_dev_{}", dtype_suffix(dtype));
+    multi_update_in_place(OP, items, scalars, [has_momentum, false], |table, chunks| {
+        let (cfg, table) = (block_per_task_config(chunks, BLOCK), *table);
+        // Kernel signature: (MultiTable<T> t, const T* s, u64 has_decay, u64 has_momentum, u64 nesterov).
+        launch!(device, KERNELS, name, cfg; table, s, has_decay, has_momentum_flag, nesterov);
+        Ok(())
+    })
 }
 
 /// One Adam step for many parameters of one device and dtype, in one launch per

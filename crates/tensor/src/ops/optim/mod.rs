@@ -11,6 +11,10 @@
 //! [`adam_update`], in the same order and in the parameter's dtype, with the
 //! hyperparameters rounded to that dtype as `mul_scalar` would round them.
 //!
+//! For CUDA graphs, [`adam_update_many_in_place`] and [`sgd_update_many_in_place`] run the
+//! same arithmetic in place, reading each step's learning rate and bias correction from a
+//! device buffer ([`StepScalars`]) that the host writes before each replay.
+//!
 //! ```
 //! use tapegrad_tensor::optim::{adam_update, AdamStep};
 //! use tapegrad_tensor::{Device, Tensor};
@@ -29,6 +33,9 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod in_place;
+
+pub use in_place::{adam_update_many_in_place, sgd_update_many_in_place, StepScalars};
 
 use crate::ops::output_guard::guarded;
 use crate::{Error, Result, Tensor};

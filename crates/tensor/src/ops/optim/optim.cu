@@ -9,6 +9,13 @@
 //     is a kernel parameter (copied into the launch, so nothing is uploaded and the launch
 //     is capture-safe; it stays under the 4 KiB parameter limit); each block takes chunks
 //     of MT_CHUNK elements of one tensor, found in the table's chunk prefix sums.
+//   sgd_update_multi_dev_<dtype>, adam_update_multi_dev_<dtype>: the multi-tensor updates
+//     with the per-step values read from a small device buffer `s` when the kernel runs
+//     (SGD: lr, momentum, decay; Adam: lr_t, 1 - beta_1, 1 - beta_2, epsilon,
+//     decay_factor), so that a CUDA graph replays them with each step's learning rate and
+//     bias correction. The host writes `s` before each replay (optim/in_place.rs). The
+//     updates run in place there (out == var, out_a == state_a, ...): each element is read
+//     before it is written, by the thread that writes it.
 
 #define MT_MAX_TENSORS 40
 #define MT_CHUNK 4096
@@ -122,7 +129,27 @@ __device__ __forceinline__ void for_each_chunk(const MultiTable<T>& t, Element e
         });                                                                                                    \
     }
 
+#define OPTIM_MULTI_DEV(T)                                                                                      \
+    extern "C" __global__ void sgd_update_multi_dev_##T(const MultiTable<T> t, const T* s, u64 has_decay,      \
+                                                        u64 has_momentum, u64 nesterov) {                      \
+        const T lr = s[0], momentum = s[1], decay = s[2];                                                      \
+        for_each_chunk(t, [&](u64 k, u64 i) {                                                                  \
+            sgd_element(t.var[k], t.grad[k], t.state_a[k], t.out[k], t.out_a[k], i, lr, momentum, decay,       \
+                        has_decay, has_momentum, nesterov);                                                    \
+        });                                                                                                    \
+    }                                                                                                          \
+    extern "C" __global__ void adam_update_multi_dev_##T(const MultiTable<T> t, const T* s, u64 has_decay) {   \
+        const T lr_t = s[0], one_minus_beta_1 = s[1], one_minus_beta_2 = s[2], epsilon = s[3],                 \
+                decay_factor = s[4];                                                                           \
+        for_each_chunk(t, [&](u64 k, u64 i) {                                                                  \
+            adam_element(t.var[k], t.grad[k], t.state_a[k], t.state_b[k], t.out[k], t.out_a[k], t.out_b[k], i, \
+                         lr_t, one_minus_beta_1, one_minus_beta_2, epsilon, decay_factor, has_decay);          \
+        });                                                                                                    \
+    }
+
 OPTIM(f32)
 OPTIM(f64)
 OPTIM_MULTI(f32)
 OPTIM_MULTI(f64)
+OPTIM_MULTI_DEV(f32)
+OPTIM_MULTI_DEV(f64)

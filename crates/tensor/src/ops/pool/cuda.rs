@@ -1,7 +1,7 @@
 //! CUDA launch code of max and average pooling; the kernels are in `pool.cu`.
 
 use crate::backend::Pool2dSpec;
-use crate::cuda_backend::kernels::{dtype_suffix, elementwise_config, KernelSource};
+use crate::cuda_backend::kernels::{dtype_suffix, elementwise_config, index_width, KernelSource};
 use crate::cuda_backend::{launch, CudaStorage};
 use crate::{BackendStorage, DType, Error, Result};
 use cudarc::driver::DeviceRepr;
@@ -14,7 +14,9 @@ pub(crate) fn kernel_names() -> Vec<String> {
     let mut names = Vec::new();
     for dtype in [DType::F32, DType::F64] {
         for kind in ["max_pool2d", "avg_pool2d", "max_pool2d_backward", "avg_pool2d_backward"] {
-            names.push(format!("{kind}_{}", dtype_suffix(dtype)));
+            for index in ["u32", "u64"] {
+                names.push(format!("{kind}_{index}_{}", dtype_suffix(dtype)));
+            }
         }
     }
     names
@@ -69,6 +71,12 @@ fn output_len(s: &Pool2dSpec) -> usize {
     s.batch * s.out_h * s.out_w * s.channels
 }
 
+/// The name of kernel `kind` for `dtype`, in the index width the geometry allows (every
+/// index of a pooling is below the input's or the output's length).
+fn kernel(kind: &str, dtype: DType, s: &Pool2dSpec) -> String {
+    format!("{kind}_{}_{}", index_width(input_len(s).max(output_len(s))), dtype_suffix(dtype))
+}
+
 /// Checks the dtype (a float) and that each buffer has the length the geometry implies.
 fn check(op: &'static str, buffers: &[(&CudaStorage, usize)], s: &Pool2dSpec) -> Result<DType> {
     let dtype = buffers[0].0.dtype();
@@ -96,7 +104,7 @@ fn forward(kind: &'static str, x: &CudaStorage, s: &Pool2dSpec) -> Result<CudaSt
     }
     let (src, dst, geom) = (x.ptr(), out.ptr(), PoolGeom::new(s));
     // Kernel signature: (const T* x, T* y, PoolGeom g).
-    launch!(device, KERNELS, format!("{kind}_{}", dtype_suffix(dtype)), elementwise_config(n); src, dst, geom);
+    launch!(device, KERNELS, kernel(kind, dtype, s), elementwise_config(n); src, dst, geom);
     Ok(out)
 }
 
@@ -124,7 +132,7 @@ pub(crate) fn max_pool2d_backward(
     }
     let (px, py, pdy, pdx, geom) = (x.ptr(), y.ptr(), dy.ptr(), dx.ptr(), PoolGeom::new(s));
     // Kernel signature: (const T* x, const T* y, const T* dy, T* dx, PoolGeom g).
-    launch!(device, KERNELS, format!("{OP}_{}", dtype_suffix(dtype)), elementwise_config(n); px, py, pdy, pdx, geom);
+    launch!(device, KERNELS, kernel(OP, dtype, s), elementwise_config(n); px, py, pdy, pdx, geom);
     Ok(dx)
 }
 
@@ -143,6 +151,6 @@ pub(crate) fn avg_pool2d_backward(dy: &CudaStorage, s: &Pool2dSpec) -> Result<Cu
     }
     let (pdy, pdx, geom) = (dy.ptr(), dx.ptr(), PoolGeom::new(s));
     // Kernel signature: (const T* dy, T* dx, PoolGeom g).
-    launch!(device, KERNELS, format!("{OP}_{}", dtype_suffix(dtype)), elementwise_config(n); pdy, pdx, geom);
+    launch!(device, KERNELS, kernel(OP, dtype, s), elementwise_config(n); pdy, pdx, geom);
     Ok(dx)
 }

@@ -2,6 +2,8 @@
 // Max and average pooling over NHWC, forward and backward, matching ops/pool/cpu.rs.
 //   max_pool2d_<dtype>, avg_pool2d_<dtype>                  a thread per output element
 //   max_pool2d_backward_<dtype>, avg_pool2d_backward_<dtype> a thread per input element
+// each as `<kind>_u32_<dtype>` and `<kind>_u64_<dtype>`: index arithmetic in 32 or 64 bits
+// (see INDEX_LOOP in the prelude).
 // The backward passes gather (each input element sums the output gradients of the windows
 // that contain it, in row-major window order, as the CPU adds them) instead of scattering
 // with atomics: no races, and the same result on every run.
@@ -36,12 +38,26 @@ __device__ __forceinline__ void windows_containing(i64 i, u64 stride, u64 pad, u
     *hi = h;
 }
 
-template <typename T>
+// Splits flat NHWC index t of a [*, h, w, c] tensor into (b, y, x, ch), dividing in index
+// type I (u32 when the launch's indices fit, see INDEX_LOOP).
+template <typename I>
+__device__ __forceinline__ void split_nhwc(I t, u64 h, u64 w, u64 c, u64* b, u64* y, u64* x, u64* ch) {
+    const I ci = (I)c, wi = (I)w, hi = (I)h;
+    const I pixel = t / ci;
+    const I row = pixel / wi;
+    const I image = row / hi;
+    *ch = (u64)(t - pixel * ci);
+    *x = (u64)(pixel - row * wi);
+    *y = (u64)(row - image * hi);
+    *b = (u64)image;
+}
+
+template <typename T, typename I>
 __device__ __forceinline__ void max_pool2d_forward(const T* x, T* y, PoolGeom g) {
     const u64 c = g.channels;
-    GRID_STRIDE_LOOP(t, g.batch * g.out_h * g.out_w * c) {
-        const u64 ch = t % c, pixel = t / c;
-        const u64 ox = pixel % g.out_w, oy = (pixel / g.out_w) % g.out_h, b = pixel / (g.out_w * g.out_h);
+    INDEX_LOOP(I, t, g.batch * g.out_h * g.out_w * c) {
+        u64 b, oy, ox, ch;
+        split_nhwc<I>(t, g.out_h, g.out_w, c, &b, &oy, &ox, &ch);
         i64 y0, y1, x0, x1;
         pool_window(oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
         pool_window(ox, g.stride_w, g.pad_left, g.window_w, g.in_w, &x0, &x1);
@@ -58,12 +74,12 @@ __device__ __forceinline__ void max_pool2d_forward(const T* x, T* y, PoolGeom g)
     }
 }
 
-template <typename T>
+template <typename T, typename I>
 __device__ __forceinline__ void avg_pool2d_forward(const T* x, T* y, PoolGeom g) {
     const u64 c = g.channels;
-    GRID_STRIDE_LOOP(t, g.batch * g.out_h * g.out_w * c) {
-        const u64 ch = t % c, pixel = t / c;
-        const u64 ox = pixel % g.out_w, oy = (pixel / g.out_w) % g.out_h, b = pixel / (g.out_w * g.out_h);
+    INDEX_LOOP(I, t, g.batch * g.out_h * g.out_w * c) {
+        u64 b, oy, ox, ch;
+        split_nhwc<I>(t, g.out_h, g.out_w, c, &b, &oy, &ox, &ch);
         i64 y0, y1, x0, x1;
         pool_window(oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
         pool_window(ox, g.stride_w, g.pad_left, g.window_w, g.in_w, &x0, &x1);
@@ -78,16 +94,16 @@ __device__ __forceinline__ void avg_pool2d_forward(const T* x, T* y, PoolGeom g)
 
 // Input element (iy, ix) receives window o's gradient iff it is the first element of the
 // window, in row-major order, equal to the window's maximum y[o].
-template <typename T>
+template <typename T, typename I>
 __device__ __forceinline__ void max_pool2d_backward(const T* x, const T* y, const T* dy, T* dx, PoolGeom g) {
     const u64 c = g.channels;
-    GRID_STRIDE_LOOP(t, g.batch * g.in_h * g.in_w * c) {
-        const u64 ch = t % c, pixel = t / c;
-        const i64 ix = (i64)(pixel % g.in_w), iy = (i64)((pixel / g.in_w) % g.in_h);
-        const u64 b = pixel / (g.in_w * g.in_h);
+    INDEX_LOOP(I, t, g.batch * g.in_h * g.in_w * c) {
+        u64 b, y_, x_, ch;
+        split_nhwc<I>(t, g.in_h, g.in_w, c, &b, &y_, &x_, &ch);
+        const i64 ix = (i64)x_, iy = (i64)y_;
         const T* img = x + b * g.in_h * g.in_w * c + ch;
         const u64 out_base = b * g.out_h * g.out_w * c + ch;
-        const T v = x[t];
+        const T v = x[(u64)t];
         i64 oy0, oy1, ox0, ox1;
         windows_containing(iy, g.stride_h, g.pad_top, g.window_h, g.out_h, &oy0, &oy1);
         windows_containing(ix, g.stride_w, g.pad_left, g.window_w, g.out_w, &ox0, &ox1);
@@ -116,13 +132,13 @@ __device__ __forceinline__ void max_pool2d_backward(const T* x, const T* y, cons
     }
 }
 
-template <typename T>
+template <typename T, typename I>
 __device__ __forceinline__ void avg_pool2d_backward(const T* dy, T* dx, PoolGeom g) {
     const u64 c = g.channels;
-    GRID_STRIDE_LOOP(t, g.batch * g.in_h * g.in_w * c) {
-        const u64 ch = t % c, pixel = t / c;
-        const i64 ix = (i64)(pixel % g.in_w), iy = (i64)((pixel / g.in_w) % g.in_h);
-        const u64 b = pixel / (g.in_w * g.in_h);
+    INDEX_LOOP(I, t, g.batch * g.in_h * g.in_w * c) {
+        u64 b, y_, x_, ch;
+        split_nhwc<I>(t, g.in_h, g.in_w, c, &b, &y_, &x_, &ch);
+        const i64 ix = (i64)x_, iy = (i64)y_;
         const u64 out_base = b * g.out_h * g.out_w * c + ch;
         i64 oy0, oy1, ox0, ox1;
         windows_containing(iy, g.stride_h, g.pad_top, g.window_h, g.out_h, &oy0, &oy1);
@@ -142,15 +158,22 @@ __device__ __forceinline__ void avg_pool2d_backward(const T* dy, T* dx, PoolGeom
     }
 }
 
-#define POOL(T)                                                                                              \
-    extern "C" __global__ void max_pool2d_##T(const T* x, T* y, PoolGeom g) { max_pool2d_forward(x, y, g); } \
-    extern "C" __global__ void avg_pool2d_##T(const T* x, T* y, PoolGeom g) { avg_pool2d_forward(x, y, g); } \
-    extern "C" __global__ void max_pool2d_backward_##T(const T* x, const T* y, const T* dy, T* dx, PoolGeom g) { \
-        max_pool2d_backward(x, y, dy, dx, g);                                                                 \
-    }                                                                                                         \
-    extern "C" __global__ void avg_pool2d_backward_##T(const T* dy, T* dx, PoolGeom g) {                       \
-        avg_pool2d_backward(dy, dx, g);                                                                       \
+#define POOL_INDEXED(T, I)                                                                                    \
+    extern "C" __global__ void max_pool2d_##I##_##T(const T* x, T* y, PoolGeom g) {                              \
+        max_pool2d_forward<T, I>(x, y, g);                                                                       \
+    }                                                                                                            \
+    extern "C" __global__ void avg_pool2d_##I##_##T(const T* x, T* y, PoolGeom g) {                              \
+        avg_pool2d_forward<T, I>(x, y, g);                                                                       \
+    }                                                                                                            \
+    extern "C" __global__ void max_pool2d_backward_##I##_##T(const T* x, const T* y, const T* dy, T* dx,         \
+                                                             PoolGeom g) {                                       \
+        max_pool2d_backward<T, I>(x, y, dy, dx, g);                                                              \
+    }                                                                                                            \
+    extern "C" __global__ void avg_pool2d_backward_##I##_##T(const T* dy, T* dx, PoolGeom g) {                   \
+        avg_pool2d_backward<T, I>(dy, dx, g);                                                                    \
     }
 
-POOL(f32)
-POOL(f64)
+POOL_INDEXED(f32, u32)
+POOL_INDEXED(f32, u64)
+POOL_INDEXED(f64, u32)
+POOL_INDEXED(f64, u64)
