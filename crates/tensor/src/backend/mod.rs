@@ -7,11 +7,13 @@
 //! every backend. A kernel is implemented next to the op that uses it, in
 //! `ops/<family>/cpu.rs` (and `cuda.rs`).
 
-use crate::ops::optim::{AdamStep, SgdStep};
+pub(crate) mod optim_step;
+
 use crate::ops::pad::PadSpec;
 use crate::ops::resize::ResizeSpec;
 use crate::shape::Dims;
 use crate::{DType, Result, Shape};
+pub(crate) use optim_step::{AdamStep, SgdStep};
 
 /// Elementwise functions of one tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
