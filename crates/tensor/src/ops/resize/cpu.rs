@@ -32,9 +32,11 @@ fn scaled_taps<T: FloatElement>(
     channels: usize,
 ) -> Result<Vec<(usize, usize, T, T)>> {
     let mut t = try_with_capacity(op, out)?;
-    t.extend(taps(op, out, factor, n, interpolation)?.into_iter().map(|t| {
-        (t.i0 * channels, t.i1 * channels, cast::<T>(t.w0), cast::<T>(t.w1))
-    }));
+    t.extend(
+        taps(op, out, factor, n, interpolation)?
+            .into_iter()
+            .map(|t| (t.i0 * channels, t.i1 * channels, cast::<T>(t.w0), cast::<T>(t.w1))),
+    );
     Ok(t)
 }
 
