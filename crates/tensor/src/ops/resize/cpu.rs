@@ -135,9 +135,9 @@ impl<T: FloatElement> Readers<T> {
 
 /// The adjoint: every input pixel is the weighted sum of the output gradients that read
 /// it, gathered in ascending output order (as resize.cu), so no two tasks write the same
-/// element and no atomics are needed. Separable as the forward: for each input row, the
-/// output rows that read it are first summed (weighted) into a row buffer, in passes over
-/// whole rows, then each input pixel sums the buffer's pixels that read it.
+/// element and no atomics are needed. Bilinear is separable as the forward: for each input
+/// row, the output rows that read it are first summed (weighted) into a row buffer, in
+/// passes over whole rows, then each input pixel sums the buffer's pixels that read it.
 pub(crate) fn resize_backward<T: FloatElement + ZeroBits>(dy: &[T], s: &ResizeSpec) -> Result<Vec<T>> {
     const OP: &str = "resize_backward";
     let c = s.channels;
@@ -156,6 +156,21 @@ pub(crate) fn resize_backward<T: FloatElement + ZeroBits>(dy: &[T], s: &ResizeSp
     tasks.try_for_each_init(Vec::new, |sum, (r, dst)| {
         let (b, iy) = (r / s.in_h, r % s.in_h);
         let g = &dy[b * out_image..(b + 1) * out_image];
+        if s.interpolation == Interpolation::Nearest {
+            // Weights of 1 and no overlap: summing straight into `dst` reads each output
+            // gradient once, where the row buffer would add a pass.
+            for &(oy, _) in rows.of(iy) {
+                let g_row = &g[oy * out_row..][..out_row];
+                for (ix, pixel) in dst.chunks_exact_mut(c).enumerate() {
+                    for &(ox, _) in cols.of(ix) {
+                        for (d, &v) in pixel.iter_mut().zip(&g_row[ox * c..][..c]) {
+                            *d = *d + v;
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
         ensure_len(OP, sum, out_row)?;
         let sum = &mut sum[..out_row];
         let mut readers = rows.of(iy).iter();
