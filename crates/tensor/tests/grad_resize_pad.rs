@@ -103,4 +103,41 @@ proptest! {
         }
         second_order(|x| x[0].conv2d_transpose(&x[1], None, &params), &[x, k])?;
     }
+
+    /// Kernel size == stride: the windows tile the output, so the kernels of
+    /// ops/conv/patch_cpu/ run (leftover rows and columns with output_padding). Also checks
+    /// the needs-gradient masks: each input's gradient alone equals the one computed with
+    /// all three.
+    #[test]
+    fn conv2d_transpose_tiling_windows(
+        (n, h, w, c, f) in (1usize..=2, 1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3),
+        (kh, kw) in (1usize..=3, 1usize..=3),
+        padding in prop_oneof![Just(Padding::Valid), Just(Padding::Same)],
+        with_output_padding in any::<bool>(),
+    ) {
+        prop_assume!(kh * kw > 1);
+        let output_padding = with_output_padding.then_some((kh - 1, kw - 1));
+        let params = Conv2dTransposeParams { strides: (kh, kw), padding, output_padding, ..Default::default() };
+        let x = t64(values(&[n, h, w, c], 0.2), &[n, h, w, c]);
+        let k = t64(values(&[c, kh, kw, f], 1.1), &[c, kh, kw, f]);
+        let b = t64(values(&[f], 2.3), &[f]);
+        prop_assume!(x.conv2d_transpose(&k, None, &params).is_ok());
+        let f_all = |x: &[Tensor]| x[0].conv2d_transpose(&x[1], Some(&x[2]), &params);
+        let inputs = [x.clone(), k.clone(), b];
+        gradcheck(f_all, &inputs)?;
+        second_order(|x| x[0].conv2d_transpose(&x[1], None, &params), &[x, k])?;
+        let grads = |sources: &[&Tensor]| -> Vec<Vec<f64>> {
+            let tape = GradientTape::new();
+            for t in &inputs {
+                tape.watch(t);
+            }
+            let y = tape.record(|| f_all(&inputs)?.mul(&f_all(&inputs)?)?.sum_all()).unwrap();
+            let g = tape.gradient(&y, sources).unwrap();
+            g.into_iter().map(|g| g.unwrap().to_vec::<f64>().unwrap()).collect()
+        };
+        let all = grads(&[&inputs[0], &inputs[1], &inputs[2]]);
+        for (i, t) in inputs.iter().enumerate() {
+            prop_assert_eq!(&grads(&[t])[0], &all[i], "gradient {} alone", i);
+        }
+    }
 }

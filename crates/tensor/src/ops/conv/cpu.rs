@@ -22,9 +22,10 @@
 //! A grouped convolution (`groups` > 1) runs these products once per group: the group's
 //! input channels gathered by im2col (`K = kh * kw * c_in / groups`), its block of kernel
 //! rows, and its run of output channels written in place through the GEMM's strides. The
-//! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu/`).
+//! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu/`), and so
+//! has a convolution whose windows tile its input, kernel size == stride (`patch_cpu/`).
 
-use super::{depthwise_cpu, winograd};
+use super::{depthwise_cpu, patch_cpu, winograd};
 use crate::backend::Conv2dSpec;
 use crate::utilities::alloc::{host_oom, try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
@@ -190,6 +191,12 @@ impl Geometry {
         }
     }
 
+    /// Whether the passes around a chunk's GEMM (im2col, col2im) run over its images in
+    /// parallel: where the GEMM itself is split, i.e. the batch is one chunk.
+    fn split_passes(&self) -> bool {
+        matches!(self.gemm_par, Parallelism::Rayon(_))
+    }
+
     /// The rows of a chunk's input read in place as a pointwise convolution's column
     /// matrix for group `group`: `[images * pixels, group_in]`, rows `c_in` apart.
     fn pointwise_cols<'a, T>(
@@ -235,7 +242,9 @@ pub(super) fn taps(
 
 /// Writes the patch rows of `images` images starting at `first` into `col`
 /// (`[images * out_pixels, patch]`), reading the channels of group `group`, zeros where
-/// the kernel reads padding.
+/// the kernel reads padding. When the whole batch is one chunk (its GEMM split across the
+/// threads), the images are gathered in parallel too: otherwise this pass would run on
+/// one thread.
 fn im2col<T: FloatElement>(
     x: &[T],
     s: &Conv2dSpec,
@@ -244,35 +253,46 @@ fn im2col<T: FloatElement>(
     group: usize,
     col: &mut [T],
 ) {
+    let per_image = g.out_pixels * g.patch;
+    let col = &mut col[..images * per_image];
+    if g.split_passes() && images > 1 {
+        col.par_chunks_mut(per_image).enumerate().for_each(|(i, c)| im2col_image(x, s, g, first + i, group, c));
+    } else {
+        for (i, c) in col.chunks_mut(per_image.max(1)).enumerate() {
+            im2col_image(x, s, g, first + i, group, c);
+        }
+    }
+}
+
+/// [`im2col`] of image `b` into its `out_pixels` patch rows.
+fn im2col_image<T: FloatElement>(x: &[T], s: &Conv2dSpec, g: &Geometry, b: usize, group: usize, col: &mut [T]) {
     let (c, cg, c0) = (s.in_channels, g.group_in, group * g.group_in);
     let mut rows = col.chunks_exact_mut(g.patch);
-    for b in first..first + images {
-        let img = &x[b * g.in_image..(b + 1) * g.in_image];
-        for oy in 0..s.out_h {
-            let (ky0, ky1, iy0) = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
-            for ox in 0..s.out_w {
-                let (kx0, kx1, ix0) = taps(ox, s.stride_w, s.pad_left, s.dilation_w, s.kernel_w, s.in_w);
-                let row = rows.next().expect("col holds images * out_pixels rows");
-                let kernel_row = s.kernel_w * cg;
-                for ky in 0..s.kernel_h {
-                    let dst = &mut row[ky * kernel_row..(ky + 1) * kernel_row];
-                    if ky < ky0 || ky >= ky1 {
-                        dst.fill(T::zero());
-                        continue;
-                    }
-                    let iy = iy0 + (ky - ky0) * s.dilation_h;
-                    dst[..kx0 * cg].fill(T::zero());
-                    dst[kx1 * cg..].fill(T::zero());
-                    let src_row = &img[iy * s.in_w * c..(iy + 1) * s.in_w * c];
-                    if s.dilation_w == 1 && cg == c {
-                        // Adjacent taps read adjacent pixels: one copy.
-                        let len = (kx1 - kx0) * c;
-                        dst[kx0 * c..kx1 * c].copy_from_slice(&src_row[ix0 * c..ix0 * c + len]);
-                    } else {
-                        for kx in kx0..kx1 {
-                            let ix = ix0 + (kx - kx0) * s.dilation_w;
-                            dst[kx * cg..(kx + 1) * cg].copy_from_slice(&src_row[ix * c + c0..][..cg]);
-                        }
+    let img = &x[b * g.in_image..(b + 1) * g.in_image];
+    for oy in 0..s.out_h {
+        let (ky0, ky1, iy0) = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
+        for ox in 0..s.out_w {
+            let (kx0, kx1, ix0) = taps(ox, s.stride_w, s.pad_left, s.dilation_w, s.kernel_w, s.in_w);
+            let row = rows.next().expect("col holds images * out_pixels rows");
+            let kernel_row = s.kernel_w * cg;
+            for ky in 0..s.kernel_h {
+                let dst = &mut row[ky * kernel_row..(ky + 1) * kernel_row];
+                if ky < ky0 || ky >= ky1 {
+                    dst.fill(T::zero());
+                    continue;
+                }
+                let iy = iy0 + (ky - ky0) * s.dilation_h;
+                dst[..kx0 * cg].fill(T::zero());
+                dst[kx1 * cg..].fill(T::zero());
+                let src_row = &img[iy * s.in_w * c..(iy + 1) * s.in_w * c];
+                if s.dilation_w == 1 && cg == c {
+                    // Adjacent taps read adjacent pixels: one copy.
+                    let len = (kx1 - kx0) * c;
+                    dst[kx0 * c..kx1 * c].copy_from_slice(&src_row[ix0 * c..ix0 * c + len]);
+                } else {
+                    for kx in kx0..kx1 {
+                        let ix = ix0 + (kx - kx0) * s.dilation_w;
+                        dst[kx * cg..(kx + 1) * cg].copy_from_slice(&src_row[ix * c + c0..][..cg]);
                     }
                 }
             }
@@ -282,30 +302,41 @@ fn im2col<T: FloatElement>(
 
 /// Adds each patch row of `col` back into the input positions (channels of group
 /// `group`) it was read from: the adjoint of [`im2col`]. `dx` holds the `images` images
-/// of the chunk.
+/// of the chunk; they are scattered in parallel where [`im2col`] gathers in parallel.
 fn col2im_add<T: FloatElement>(col: &[T], s: &Conv2dSpec, g: &Geometry, (images, group): (usize, usize), dx: &mut [T]) {
+    let per_image = g.out_pixels * g.patch;
+    let (col, dx) = (&col[..images * per_image], &mut dx[..images * g.in_image]);
+    if g.split_passes() && images > 1 {
+        let pairs = col.par_chunks(per_image).zip(dx.par_chunks_mut(g.in_image));
+        pairs.for_each(|(c, img)| col2im_add_image(c, s, g, group, img));
+    } else {
+        for (c, img) in col.chunks(per_image.max(1)).zip(dx.chunks_mut(g.in_image.max(1))) {
+            col2im_add_image(c, s, g, group, img);
+        }
+    }
+}
+
+/// [`col2im_add`] of one image's patch rows into that image.
+fn col2im_add_image<T: FloatElement>(col: &[T], s: &Conv2dSpec, g: &Geometry, group: usize, img: &mut [T]) {
     let (c, cg, c0) = (s.in_channels, g.group_in, group * g.group_in);
     let mut rows = col.chunks_exact(g.patch);
-    for b in 0..images {
-        let img = &mut dx[b * g.in_image..(b + 1) * g.in_image];
-        for oy in 0..s.out_h {
-            let (ky0, ky1, iy0) = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
-            for ox in 0..s.out_w {
-                let (kx0, kx1, ix0) = taps(ox, s.stride_w, s.pad_left, s.dilation_w, s.kernel_w, s.in_w);
-                let row = rows.next().expect("col holds images * out_pixels rows");
-                let kernel_row = s.kernel_w * cg;
-                for ky in ky0..ky1 {
-                    let src = &row[ky * kernel_row..(ky + 1) * kernel_row];
-                    let iy = iy0 + (ky - ky0) * s.dilation_h;
-                    let dst_row = &mut img[iy * s.in_w * c..(iy + 1) * s.in_w * c];
-                    if s.dilation_w == 1 && cg == c {
-                        let len = (kx1 - kx0) * c;
-                        add_assign(&mut dst_row[ix0 * c..ix0 * c + len], &src[kx0 * c..kx1 * c]);
-                    } else {
-                        for kx in kx0..kx1 {
-                            let ix = ix0 + (kx - kx0) * s.dilation_w;
-                            add_assign(&mut dst_row[ix * c + c0..][..cg], &src[kx * cg..(kx + 1) * cg]);
-                        }
+    for oy in 0..s.out_h {
+        let (ky0, ky1, iy0) = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
+        for ox in 0..s.out_w {
+            let (kx0, kx1, ix0) = taps(ox, s.stride_w, s.pad_left, s.dilation_w, s.kernel_w, s.in_w);
+            let row = rows.next().expect("col holds images * out_pixels rows");
+            let kernel_row = s.kernel_w * cg;
+            for ky in ky0..ky1 {
+                let src = &row[ky * kernel_row..(ky + 1) * kernel_row];
+                let iy = iy0 + (ky - ky0) * s.dilation_h;
+                let dst_row = &mut img[iy * s.in_w * c..(iy + 1) * s.in_w * c];
+                if s.dilation_w == 1 && cg == c {
+                    let len = (kx1 - kx0) * c;
+                    add_assign(&mut dst_row[ix0 * c..ix0 * c + len], &src[kx0 * c..kx1 * c]);
+                } else {
+                    for kx in kx0..kx1 {
+                        let ix = ix0 + (kx - kx0) * s.dilation_w;
+                        add_assign(&mut dst_row[ix * c + c0..][..cg], &src[kx * cg..(kx + 1) * cg]);
                     }
                 }
             }
@@ -338,6 +369,9 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
 ) -> Result<Vec<T>> {
     if is_depthwise(s) {
         return depthwise_cpu::conv2d(x, kernel, bias, s);
+    }
+    if patch_cpu::applies(s) {
+        return patch_cpu::conv2d(x, kernel, bias, s);
     }
     if let Some(tiling) = winograd::select::<T>(s) {
         return winograd::conv2d(x, kernel, bias, s, tiling);
@@ -460,13 +494,25 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
     kernel: &[T],
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
-    const OP: &str = "conv2d_backward_input";
     if is_depthwise(s) {
         return depthwise_cpu::conv2d_backward_input(dy, kernel, s);
+    }
+    if patch_cpu::applies(s) {
+        return patch_cpu::conv2d_backward_input(dy, kernel, s);
     }
     if let Some(transposed) = backward_input_as_conv::<T>(s) {
         return conv2d(dy, &flip_kernel(kernel, s)?, None, &transposed);
     }
+    backward_input_col2im(dy, kernel, s)
+}
+
+/// The input gradient through GEMM then col2im, whatever the shape (not depthwise).
+pub(super) fn backward_input_col2im<T: FloatElement + ZeroBits>(
+    dy: &[T],
+    kernel: &[T],
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    const OP: &str = "conv2d_backward_input";
     let g = Geometry::new(s);
     let co = s.out_channels;
     let mut dx = try_zeros(OP, s.batch * g.in_image)?;
@@ -500,10 +546,18 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
 /// buffer, and the buffers are added in run order: the result depends on the shape only,
 /// not on the thread count or rayon's scheduling.
 pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
-    const OP: &str = "conv2d_backward_filter";
     if is_depthwise(s) {
         return depthwise_cpu::conv2d_backward_filter(x, dy, s);
     }
+    if patch_cpu::applies(s) {
+        return patch_cpu::conv2d_backward_filter(x, dy, s);
+    }
+    backward_filter_im2col(x, dy, s)
+}
+
+/// The kernel gradient through im2col + GEMM, whatever the shape (not depthwise).
+pub(super) fn backward_filter_im2col<T: FloatElement + ZeroBits>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+    const OP: &str = "conv2d_backward_filter";
     let (g, workers) = Geometry::for_kernel_gradient(s);
     let co = s.out_channels;
     let chunks = s.batch.div_ceil(g.chunk_images);

@@ -13,6 +13,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 mod depthwise_cpu;
 mod padding;
+mod patch_cpu;
 mod transpose;
 mod winograd;
 
