@@ -235,6 +235,47 @@ fn captured_updates_with_a_schedule_equal_eager_steps_bit_for_bit() {
     }
 }
 
+#[test]
+fn a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale() {
+    let Some((_gpu, gpu)) = gpu_or_skip("a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale") else {
+        return;
+    };
+    // Plain SGD keeps no slots, so only the step buffer tells the old optimizer from the
+    // new one: a replay of the old graph would read the dropped buffer's learning rate.
+    let data = batches(&[8; 9], 8, 3, 17);
+    let run = |graphed: Option<&mut GraphedStep>| {
+        let model = built(small_cnn, [8, 8, 8, 3], gpu);
+        let mut graphed = graphed;
+        let mut optimizer: Box<dyn Optimizer> = Box::new(Sgd::new(0.05));
+        let mut losses = Vec::new();
+        for (i, (x, y)) in data.iter().enumerate() {
+            if i == 4 {
+                optimizer = Box::new(Sgd::new(0.2));
+                optimizer.set_iterations(4);
+            }
+            let (x, y) = (x.to_device(&gpu).unwrap(), y.to_device(&gpu).unwrap());
+            let step = |x: &Tensor, y: &Tensor| seed_loss(&model, x, y);
+            let (loss, _) = match graphed.as_deref_mut() {
+                Some(g) => g.run(&model, optimizer.as_mut(), &x, &y, step).unwrap(),
+                None => {
+                    tapegrad::layers::training::train_step_with(&model, optimizer.as_mut(), || step(&x, &y)).unwrap()
+                }
+            };
+            losses.push(loss.to_scalar::<f32>().unwrap().to_bits());
+        }
+        let variables: Vec<Vec<u32>> = model.variables().iter().map(|v| bits(&v.value_untracked())).collect();
+        (losses, variables)
+    };
+    let eager = run(None);
+    let mut g = GraphedStep::new().verbose(false);
+    let graphed = run(Some(&mut g));
+    assert_eq!(graphed.0, eager.0, "losses, step by step");
+    assert!(graphed.1 == eager.1, "variables");
+    // Steps 0-1 warm up, 2 captures and replays, 3 replays; the new optimizer at step 4
+    // sends the step back to the start (4 eager, 5-6 warm up), 7 captures again, 7-8 replay.
+    assert_eq!(g.stats(), stats(5, 2, 4));
+}
+
 /// An optimizer without CUDA-graph support (the trait's defaults): Adam behind a wrapper.
 struct HostOnly(Adam);
 

@@ -4,7 +4,7 @@ use super::shared::{core_methods, Core};
 use super::update::{adam_update_many, AdamOperands, AdamStep};
 use super::{LearningRate, Optimizer};
 use crate::Result;
-use tapegrad_tensor::optim::adam_update_many_in_place;
+use tapegrad_tensor::optim::{adam_update_many_in_place, StepScalars};
 use tapegrad_tensor::{Tensor, Variable};
 
 /// Adam (Keras' `optimizers.Adam`): beta_1 0.9, beta_2 0.999, epsilon 1e-7, bias
@@ -97,6 +97,10 @@ impl Optimizer for Adam {
         Ok(())
     }
 
+    fn graph_update_buffer(&self) -> Option<u64> {
+        self.core.graph_scalars.as_ref().map(StepScalars::id)
+    }
+
     fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
         let step = self.step();
         self.core.capture(grads, variables, step.validate(), |items, scalars| {
@@ -179,6 +183,10 @@ impl Optimizer for AdamW {
 
     fn prepare_graph_update(&mut self, variables: &[Variable]) -> Result<()> {
         self.0.prepare_graph_update(variables)
+    }
+
+    fn graph_update_buffer(&self) -> Option<u64> {
+        self.0.graph_update_buffer()
     }
 
     fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {

@@ -97,6 +97,16 @@ pub trait Optimizer {
         Err(no_graph_update(self.name()))
     }
 
+    /// The [`id`](tapegrad_tensor::optim::StepScalars::id) of the device buffer that
+    /// [`prepare_graph_update`](Optimizer::prepare_graph_update) writes, once it is made;
+    /// `None` before, and for optimizers without a captured update. A
+    /// [`GraphedStep`](crate::training::GraphedStep) whose graph reads another buffer (a
+    /// new optimizer, or one whose buffer was remade for another dtype or device) captures
+    /// again rather than replay an update that reads stale values.
+    fn graph_update_buffer(&self) -> Option<u64> {
+        None
+    }
+
     /// During a CUDA-graph capture, queues the update of `variables` from `grads` **in
     /// place**: the variables' current values and the optimizer's slots are overwritten at
     /// each replay, with the step's values read from the buffer that

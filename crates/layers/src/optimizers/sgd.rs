@@ -5,7 +5,7 @@ use super::shared::{core_methods, Core};
 use super::update::{sgd_update_many, SgdOperands, SgdStep};
 use super::{LearningRate, Optimizer};
 use crate::Result;
-use tapegrad_tensor::optim::sgd_update_many_in_place;
+use tapegrad_tensor::optim::{sgd_update_many_in_place, StepScalars};
 use tapegrad_tensor::{Tensor, Variable};
 
 /// Stochastic gradient descent (Keras' `optimizers.SGD`; formulas in
@@ -85,6 +85,10 @@ impl Optimizer for Sgd {
         let step = self.step();
         self.core.graph_scalars(variables, step.validate())?.write_sgd(&step)?;
         Ok(())
+    }
+
+    fn graph_update_buffer(&self) -> Option<u64> {
+        self.core.graph_scalars.as_ref().map(StepScalars::id)
     }
 
     fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {

@@ -231,6 +231,30 @@ struct Captured {
     grads: Vec<Option<Tensor>>,
     /// Whether the optimizer's update is in the graph (else it runs after each replay).
     update_in_graph: bool,
+    /// The optimizer's step buffer that the captured update reads.
+    update_buffer: Option<u64>,
+}
+
+impl Captured {
+    /// Readies a replay: every variable and slot back in its buffer, and, when the update
+    /// is in the graph, this step's values written into the buffer the graph reads. Fails
+    /// (and the step starts over) when the optimizer's state was cleared or its step buffer
+    /// is not the captured one: another optimizer, or its buffer remade for another dtype
+    /// or device; the graph would otherwise read values no one writes.
+    fn prepare(&self, optimizer: &mut dyn Optimizer) -> Result<()> {
+        self.statics.refresh(optimizer)?;
+        if self.update_in_graph {
+            optimizer.prepare_graph_update(&self.trainable)?;
+            if optimizer.graph_update_buffer() != self.update_buffer {
+                return Err(Error::Invalid(
+                    "GraphedStep: the optimizer's step buffer is not the one the graph was captured with (another \
+                     optimizer, or one also used for variables of another dtype or device)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for GraphedStep {
@@ -314,10 +338,11 @@ impl GraphedStep {
                 let reason = reason.clone();
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
-            State::Captured(c) if c.statics.signature == signature => match c.statics.refresh(optimizer) {
+            State::Captured(c) if c.statics.signature == signature => match c.prepare(optimizer) {
                 Ok(()) => self.replay(optimizer, x, y),
                 Err(e) => {
-                    // The optimizer's state was reset: start over (warm up, capture again).
+                    // The optimizer's state was reset, or it is another optimizer: start over (warm up,
+                    // capture again).
                     self.state = State::Cold;
                     self.eager(model, optimizer, x, y, &forward, Some(e.to_string()))
                 }
@@ -333,7 +358,10 @@ impl GraphedStep {
                 match capture(model, optimizer, *statics, &forward) {
                     Ok(captured) => {
                         self.stats.captures += 1;
+                        // This step's values, as before every replay.
+                        let prepared = captured.prepare(optimizer);
                         self.state = State::Captured(Box::new(captured));
+                        prepared?;
                         self.replay(optimizer, x, y)
                     }
                     Err(e) => {
@@ -384,7 +412,7 @@ impl GraphedStep {
         copy_into(&c.statics.x, x)?;
         copy_into(&c.statics.y, y)?;
         if c.update_in_graph {
-            optimizer.prepare_graph_update(&c.trainable)?;
+            // The step's values were written by `Captured::prepare`.
             c.graph.replay()?;
             optimizer.set_iterations(optimizer.iterations() + 1);
         } else {
@@ -434,7 +462,8 @@ fn capture(
         variable.assign(buffer.clone())?;
     }
     let (graph, (loss, outputs, grads)) = captured?;
-    Ok(Captured { statics, graph, trainable, loss, outputs, grads, update_in_graph })
+    let update_buffer = optimizer.graph_update_buffer();
+    Ok(Captured { statics, graph, trainable, loss, outputs, grads, update_in_graph, update_buffer })
 }
 
 /// The host state of every layer of `model` (itself and its sublayers, depth first).

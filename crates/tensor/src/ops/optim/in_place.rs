@@ -30,6 +30,7 @@ const LEN: usize = 8;
 pub struct StepScalars {
     device: Device,
     dtype: DType,
+    id: u64,
     #[cfg(feature = "cuda")]
     inner: cuda::Scalars,
 }
@@ -39,6 +40,9 @@ impl std::fmt::Debug for StepScalars {
         write!(f, "StepScalars({}, {})", self.device, self.dtype)
     }
 }
+
+/// The next [`StepScalars::id`].
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl StepScalars {
     /// A zeroed buffer on `device` (a CUDA device) for parameters of `dtype` (f32 or f64).
@@ -51,13 +55,25 @@ impl StepScalars {
         match device {
             Device::Cpu => Err(Error::invalid(OP, "device-resident step values need a CUDA device, got cpu")),
             #[cfg(feature = "cuda")]
-            Device::Cuda(n) => Ok(StepScalars { device: *device, dtype, inner: cuda::Scalars::new(*n, dtype)? }),
+            Device::Cuda(n) => Ok(StepScalars {
+                device: *device,
+                dtype,
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                inner: cuda::Scalars::new(*n, dtype)?,
+            }),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(n) => Err(Error::DeviceUnavailable {
                 device: Device::Cuda(*n),
                 msg: "tapegrad was built without the `cuda` feature; rebuild with `--features cuda`".into(),
             }),
         }
+    }
+
+    /// A number identifying this buffer, never given to another one in this process: a
+    /// captured graph reads the buffer it was captured with, and this tells whether a
+    /// buffer being written is that one.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The device holding the buffer.
