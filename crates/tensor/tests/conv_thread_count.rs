@@ -1,7 +1,7 @@
 //! The convolution's three products give the same bits in 1-, 2- and 3-thread pools, on
 //! shapes that take each CPU path: a single chunk with a split GEMM, many chunks (the
 //! kernel gradient's batch sum cut into runs), groups, the direct depthwise kernels,
-//! and Winograd (F4 and F2).
+//! Winograd (F4 and F2), and windows that tile the input (kernel == stride).
 
 use rand::{rngs::StdRng, SeedableRng};
 use tapegrad_tensor::{Conv2dParams, DType, Device, GradientTape, Padding, Tensor};
@@ -29,9 +29,13 @@ fn products(threads: usize, x: &Tensor, k: &Tensor, p: &Conv2dParams) -> [Vec<u3
 }
 
 fn check(name: &str, x_shape: [usize; 4], k_shape: [usize; 4], groups: usize, stride: usize) {
+    check_padded(name, x_shape, k_shape, groups, stride, Padding::Same)
+}
+
+fn check_padded(name: &str, x_shape: [usize; 4], k_shape: [usize; 4], groups: usize, stride: usize, padding: Padding) {
     let x = random(&x_shape, 1);
     let k = random(&k_shape, 2);
-    let p = Conv2dParams { strides: (stride, stride), padding: Padding::Same, groups, ..Default::default() };
+    let p = Conv2dParams { strides: (stride, stride), padding, groups, ..Default::default() };
     let one = products(1, &x, &k, &p);
     for threads in [2, 3] {
         let many = products(threads, &x, &k, &p);
@@ -74,4 +78,12 @@ fn winograd_f4_several_chunks() {
 fn winograd_f2_small_map() {
     // 4x4 outputs, channels off the 16-lane blocks: Winograd F(2x2,3x3).
     check("winograd F2", [6, 4, 4, 24], [40, 3, 3, 24], 1, 1);
+}
+
+#[test]
+fn windows_that_tile_the_input() {
+    // 2x2 stride 2 'valid': one GEMM around a space-to-depth gather, in runs of output rows.
+    check_padded("kernel == stride", [5, 16, 16, 24], [32, 2, 2, 24], 1, 2, Padding::Valid);
+    // One-pixel output rows: 8 rows of 1 pixel, the runs' GEMMs as short as they get.
+    check_padded("kernel == stride, one-pixel rows", [1, 16, 2, 8], [12, 2, 2, 8], 1, 2, Padding::Valid);
 }

@@ -27,6 +27,10 @@ use rayon::prelude::*;
 /// Elements of one run's buffer, at most (256 KiB of f32): it stays in a core's L2.
 const RUN_BUDGET: usize = 1 << 16;
 
+/// Runs the rows are split into at least (where there are that many), enough to keep 16
+/// threads busy.
+const MIN_RUNS: usize = 16;
+
 /// Runs (partial sums) the kernel gradient's sum over pixels is cut into, at most.
 const FILTER_RUNS: usize = 16;
 
@@ -80,10 +84,11 @@ impl Tiles {
     }
 
     /// Output rows per run for the forward pass and the input gradient: within the
-    /// budget, and at least a few runs per thread where there are enough rows.
+    /// budget, and at least [`MIN_RUNS`] runs where there are enough rows. Set by the shape
+    /// alone, never by the thread count: the GEMM's row count decides its blocking, and
+    /// with it the bits of the result, which must not change with the pool's size.
     fn run_rows(&self) -> usize {
-        let threads = rayon::current_num_threads().max(1);
-        self.budget_rows().min(self.rows.div_ceil(4 * threads)).max(1)
+        self.budget_rows().min(self.rows.div_ceil(MIN_RUNS)).max(1)
     }
 
     /// Element offset in the input of the block row `ky` of output row `r`, pixel 0.
