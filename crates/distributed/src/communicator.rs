@@ -294,20 +294,30 @@ impl Communicator {
             dtype: tensor.dtype(),
             shape: tensor.shape(),
         };
-        if let Err(refused) = n.check_device(tensor, &what) {
-            // The others are told in the header exchange, so none of them waits on its GPU
-            // for this rank's data.
-            let _ =
-                self.exchange_header(collective, tensor.dims().to_vec(), tensor.dtype(), crate::header::REFUSED_ROOT);
-            return Err(refused);
-        }
+        let out_dims = match collective {
+            Collective::AllGather => std::iter::once(self.world_size).chain(tensor.dims().iter().copied()).collect(),
+            _ => tensor.dims().to_vec(),
+        };
+        let prepared = match collective {
+            Collective::Barrier => None,
+            _ => match n.prepare(tensor, out_dims, &what) {
+                Ok(p) => Some(p),
+                Err(refused) => {
+                    // The others are told in the header exchange, so none of them waits on
+                    // its GPU for this rank's data.
+                    let refused_root = crate::header::REFUSED_ROOT;
+                    let _ = self.exchange_header(collective, tensor.dims().to_vec(), tensor.dtype(), refused_root);
+                    return Err(refused);
+                }
+            },
+        };
         self.exchange_header(collective, tensor.dims().to_vec(), tensor.dtype(), root)?;
-        let out = match collective {
-            Collective::AllReduceSum => n.all_reduce(tensor, false, &what)?,
-            Collective::AllReduceMean => n.all_reduce(tensor, true, &what)?,
-            Collective::Broadcast => n.broadcast(tensor, root, &what)?,
-            Collective::AllGather => n.all_gather(tensor, self.world_size, &what)?,
-            Collective::Barrier => tensor.clone(),
+        let out = match (collective, prepared) {
+            (Collective::AllReduceSum, Some(p)) => n.all_reduce(p, false, &what)?,
+            (Collective::AllReduceMean, Some(p)) => n.all_reduce(p, true, &what)?,
+            (Collective::Broadcast, Some(p)) => n.broadcast(p, root, &what)?,
+            (Collective::AllGather, Some(p)) => n.all_gather(p, &what)?,
+            _ => tensor.clone(),
         };
         let (_, rx) = mpsc::sync_channel(1);
         Ok(PendingCollective {

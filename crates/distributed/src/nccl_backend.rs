@@ -8,9 +8,16 @@
 //! so ranks that disagree about a shape or dtype get [`Error::Mismatch`] before anything is
 //! queued on a GPU, and a rank that never arrives (dead, stuck) makes the others'
 //! header exchange time out; the NCCL communicator is then aborted (`ncclCommAbort`), so
-//! collectives already queued on the GPU cannot hang it. The header exchange waits for
-//! the other ranks' hosts, never for a GPU: the data's collective is only queued, and
+//! collectives already queued on the GPU end rather than wait for it. What can fail on one
+//! rank alone (uploading the input, allocating the output, a capture in progress, NCCL's
+//! asynchronous error state) is done before the header exchange, and announced in it, so
+//! no rank queues a collective that another will never join. The header exchange waits
+//! for the other ranks' hosts, never for a GPU: the data's collective is only queued, and
 //! the caller goes on queueing work (the backward pass of earlier layers) while it runs.
+//!
+//! Not guarded: a rank that dies after the header exchange of the last collective before
+//! a host read (`to_vec`) leaves the others' read waiting on their GPU; no watchdog thread
+//! polls the queued collectives yet.
 
 use crate::communicator::Communicator;
 use crate::{Error, Result};
@@ -93,51 +100,83 @@ impl NcclRank {
         self.ordinal
     }
 
-    /// Aborts the NCCL communicator (a collective timed out): collectives queued on the
-    /// GPU that wait for a dead peer end instead of hanging the stream.
+    /// Aborts the NCCL communicator (a collective timed out or failed): collectives queued
+    /// on the GPU that wait for a dead peer end instead of hanging the stream.
     pub(crate) fn abort(&self) {
+        // The flag changes under the lock, so a collective that holds the lock never uses
+        // a handle aborted meanwhile (`with_comm` checks the flag after locking).
+        let Ok(h) = self.comm.lock() else { return };
         if self.aborted.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Ok(h) = self.comm.lock() {
-            // SAFETY: the handle came from ncclCommInit*, and is aborted once (the flag).
-            let _ = unsafe { nccl::comm_abort(h.0) };
-        }
+        // SAFETY: the handle came from ncclCommInit*, and is aborted once (the flag).
+        let _ = unsafe { nccl::comm_abort(h.0) };
     }
 
     /// Runs `call` with the communicator, the stream and the device's context current,
-    /// after checking NCCL's asynchronous error state (a failed peer, a network error).
+    /// after checking NCCL's asynchronous error state (a failed peer, a network error). A
+    /// failed call aborts the communicator: the other ranks may already have queued their
+    /// part of the collective.
     fn with_comm(
         &self,
         what: &What<'_>,
         call: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> std::result::Result<nccl::NcclStatus, nccl::NcclError>,
     ) -> Result<()> {
-        if self.aborted.load(Ordering::Acquire) {
-            return Err(what.fail("NCCL", "the communicator was aborted after an earlier collective failed"));
-        }
-        raw::refuse_while_capturing(self.ordinal, what.collective).map_err(Error::Tensor)?;
         let stream = raw::stream(self.ordinal)? as sys::cudaStream_t;
         let h = self.comm.lock().map_err(|_| what.fail("NCCL", "the communicator's lock is poisoned"))?;
+        if let Err(e) = self.check_usable(h.0, what) {
+            drop(h);
+            self.abort();
+            return Err(e);
+        }
+        let result = call(h.0, stream).map(|_| ()).map_err(|e| what.fail("NCCL", name(e)));
+        drop(h);
+        if result.is_err() {
+            self.abort();
+        }
+        result
+    }
+
+    /// Fails when the communicator was aborted or NCCL reports an asynchronous error.
+    /// `comm` is the locked handle.
+    fn check_usable(&self, comm: sys::ncclComm_t, what: &What<'_>) -> Result<()> {
+        if self.aborted.load(Ordering::Acquire) {
+            return Err(aborted(what));
+        }
         let mut state = sys::ncclResult_t::ncclSuccess;
-        // SAFETY: the handle is live (not aborted, checked above) and `state` is writable.
-        unsafe { sys::ncclCommGetAsyncError(h.0, &mut state) }
+        // SAFETY: the handle is live (not aborted, checked above under the caller's lock)
+        // and `state` is writable.
+        unsafe { sys::ncclCommGetAsyncError(comm, &mut state) }
             .result()
             .map_err(|e| what.fail("ncclCommGetAsyncError", name(e)))?;
         if state != sys::ncclResult_t::ncclSuccess {
-            drop(h);
-            self.abort();
             return Err(what.fail("an earlier NCCL collective", format!("{state:?} (the communicator is aborted)")));
         }
-        call(h.0, stream).map(|_| ()).map_err(|e| what.fail("NCCL", name(e)))
+        Ok(())
     }
 
-    /// The tensor on this rank's GPU (a CPU tensor is uploaded).
-    fn on_device(&self, t: &Tensor, what: &What<'_>) -> Result<DeviceBuffer> {
+    /// Everything of a collective that can fail on this rank alone, done before the header
+    /// exchange so that a failure is announced to the other ranks there instead of leaving
+    /// them waiting on their GPUs for this rank's part: the device and capture checks,
+    /// NCCL's error state, the input on this rank's GPU (a CPU tensor is uploaded) and the
+    /// output buffer (`out_dims`).
+    pub(crate) fn prepare(&self, t: &Tensor, out_dims: Vec<usize>, what: &What<'_>) -> Result<Prepared> {
         self.check_device(t, what)?;
-        match t.device() {
-            Device::Cpu => Ok(DeviceBuffer::of(&t.to_device(&Device::Cuda(self.ordinal))?, what.collective)?),
-            _ => Ok(DeviceBuffer::of(t, what.collective)?),
+        raw::refuse_while_capturing(self.ordinal, what.collective).map_err(Error::Tensor)?;
+        {
+            let h = self.comm.lock().map_err(|_| what.fail("NCCL", "the communicator's lock is poisoned"))?;
+            if let Err(e) = self.check_usable(h.0, what) {
+                drop(h);
+                self.abort();
+                return Err(e);
+            }
         }
+        let input = match t.device() {
+            Device::Cpu => DeviceBuffer::of(&t.to_device(&Device::Cuda(self.ordinal))?, what.collective)?,
+            _ => DeviceBuffer::of(t, what.collective)?,
+        };
+        let out = raw::uninit(out_dims, t.dtype(), self.ordinal)?;
+        Ok(Prepared { input, out, dtype: t.dtype(), device: t.device() })
     }
 
     /// Fails for a tensor on another GPU than this rank's.
@@ -156,11 +195,9 @@ impl NcclRank {
         }
     }
 
-    /// Sum (`mean: false`) or mean of `t` over the ranks, queued on the stream.
-    pub(crate) fn all_reduce(&self, t: &Tensor, mean: bool, what: &What<'_>) -> Result<Tensor> {
-        let input = self.on_device(t, what)?;
-        let out = raw::uninit(t.shape().clone(), t.dtype(), self.ordinal)?;
-        if !input.is_empty() {
+    /// Sum (`mean: false`) or mean over the ranks, queued on the stream.
+    pub(crate) fn all_reduce(&self, p: Prepared, mean: bool, what: &What<'_>) -> Result<Tensor> {
+        if !p.input.is_empty() {
             let op = if mean { sys::ncclRedOp_t::ncclAvg } else { sys::ncclRedOp_t::ncclSum };
             self.with_comm(what, |comm, stream| {
                 // SAFETY: both buffers are live device buffers of `len` elements of the
@@ -169,10 +206,10 @@ impl NcclRank {
                 // (later reuse is ordered after it on the same stream).
                 unsafe {
                     nccl::all_reduce(
-                        input.ptr() as *const _,
-                        out.ptr() as *mut _,
-                        input.len(),
-                        nccl_dtype(t.dtype()),
+                        p.input.ptr() as *const _,
+                        p.out.ptr() as *mut _,
+                        p.input.len(),
+                        nccl_dtype(p.dtype),
                         op,
                         comm,
                         stream,
@@ -180,22 +217,20 @@ impl NcclRank {
                 }
             })?;
         }
-        back_to(out.into_tensor(), t)
+        p.finish()
     }
 
-    /// Rank `root`'s `t` on every rank.
-    pub(crate) fn broadcast(&self, t: &Tensor, root: usize, what: &What<'_>) -> Result<Tensor> {
-        let input = self.on_device(t, what)?;
-        let out = raw::uninit(t.shape().clone(), t.dtype(), self.ordinal)?;
-        if !input.is_empty() {
+    /// Rank `root`'s tensor on every rank.
+    pub(crate) fn broadcast(&self, p: Prepared, root: usize, what: &What<'_>) -> Result<Tensor> {
+        if !p.input.is_empty() {
             self.with_comm(what, |comm, stream| {
                 // SAFETY: as in all_reduce.
                 unsafe {
                     nccl::broadcast(
-                        input.ptr() as *const _,
-                        out.ptr() as *mut _,
-                        input.len(),
-                        nccl_dtype(t.dtype()),
+                        p.input.ptr() as *const _,
+                        p.out.ptr() as *mut _,
+                        p.input.len(),
+                        nccl_dtype(p.dtype),
                         root as i32,
                         comm,
                         stream,
@@ -203,41 +238,53 @@ impl NcclRank {
                 }
             })?;
         }
-        back_to(out.into_tensor(), t)
+        p.finish()
     }
 
-    /// Every rank's `t`, stacked on a new leading axis of length `world_size`.
-    pub(crate) fn all_gather(&self, t: &Tensor, world_size: usize, what: &What<'_>) -> Result<Tensor> {
-        let input = self.on_device(t, what)?;
-        let mut dims = vec![world_size];
-        dims.extend_from_slice(t.dims());
-        let out = raw::uninit(dims, t.dtype(), self.ordinal)?;
-        if !input.is_empty() {
+    /// Every rank's tensor, stacked on a new leading axis (`out` was prepared with it).
+    pub(crate) fn all_gather(&self, p: Prepared, what: &What<'_>) -> Result<Tensor> {
+        if !p.input.is_empty() {
             self.with_comm(what, |comm, stream| {
                 // SAFETY: as in all_reduce; `out` holds world_size * len elements.
                 unsafe {
                     nccl::all_gather(
-                        input.ptr() as *const _,
-                        out.ptr() as *mut _,
-                        input.len(),
-                        nccl_dtype(t.dtype()),
+                        p.input.ptr() as *const _,
+                        p.out.ptr() as *mut _,
+                        p.input.len(),
+                        nccl_dtype(p.dtype),
                         comm,
                         stream,
                     )
                 }
             })?;
         }
-        back_to(out.into_tensor(), t)
+        p.finish()
     }
 }
 
-/// The result on the input's device (a CPU input gets a CPU result).
-fn back_to(out: Tensor, input: &Tensor) -> Result<Tensor> {
-    if input.device() == out.device() {
-        Ok(out)
-    } else {
-        Ok(out.to_device(&input.device())?)
+/// A collective's input and output on this rank's GPU ([`NcclRank::prepare`]).
+pub(crate) struct Prepared {
+    input: DeviceBuffer,
+    out: DeviceBuffer,
+    dtype: DType,
+    /// Where the caller's tensor was, and where the result goes back to.
+    device: Device,
+}
+
+impl Prepared {
+    /// The output, on the input's device.
+    fn finish(self) -> Result<Tensor> {
+        let out = self.out.into_tensor();
+        if out.device() == self.device {
+            Ok(out)
+        } else {
+            Ok(out.to_device(&self.device)?)
+        }
     }
+}
+
+fn aborted(what: &What<'_>) -> Error {
+    what.fail("NCCL", "the communicator was aborted after an earlier collective failed")
 }
 
 impl Drop for NcclRank {
