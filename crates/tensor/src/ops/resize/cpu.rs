@@ -134,10 +134,12 @@ impl<T: FloatElement> Readers<T> {
 }
 
 /// The adjoint: every input pixel is the weighted sum of the output gradients that read
-/// it, gathered in ascending output order (as resize.cu), so no two tasks write the same
-/// element and no atomics are needed. Bilinear is separable as the forward: for each input
-/// row, the output rows that read it are first summed (weighted) into a row buffer, in
-/// passes over whole rows, then each input pixel sums the buffer's pixels that read it.
+/// it, gathered (never scattered), so no two tasks write the same element and no atomics
+/// are needed. Bilinear is separable as the forward: for each input row, the output rows
+/// that read it are first summed (weighted) into a row buffer, in passes over whole rows,
+/// then each input pixel sums the buffer's pixels that read it. The order of the sums
+/// differs from resize.cu's (one sum over the 2-D window per input pixel), so the two
+/// backends agree to rounding, not bit for bit.
 pub(crate) fn resize_backward<T: FloatElement + ZeroBits>(dy: &[T], s: &ResizeSpec) -> Result<Vec<T>> {
     const OP: &str = "resize_backward";
     let c = s.channels;
