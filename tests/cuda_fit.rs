@@ -15,19 +15,8 @@ use tapegrad::layers::{
     losses, Activation, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, InputSpec, Layer, Padding,
     Sequential,
 };
-use tapegrad::tensor::cuda;
+use tapegrad::tensor::testing::cuda_device_or_skip;
 use tapegrad::{DType, Device, Tensor};
-
-fn gpu_or_skip(test: &str) -> Option<Device> {
-    match cuda::ensure_available(0) {
-        Ok(()) => Some(Device::Cuda(0)),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
 
 fn model() -> Sequential {
     Sequential::new()
@@ -80,7 +69,7 @@ fn fit_on(device: Device, weights_from: Option<&Sequential>) -> (Sequential, His
 
 #[test]
 fn fit_on_cuda_matches_fit_on_the_cpu() {
-    let Some(gpu) = gpu_or_skip("fit_on_cuda_matches_fit_on_the_cpu") else { return };
+    let Some(gpu) = cuda_device_or_skip("fit_on_cuda_matches_fit_on_the_cpu") else { return };
     let (cpu_model, cpu) = fit_on(Device::Cpu, None);
     // Same initial weights: the CPU model's first values, rebuilt with the same seed.
     let (initial, _) = {

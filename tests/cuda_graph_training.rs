@@ -15,7 +15,6 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::{Mutex, MutexGuard};
 use tapegrad::layers::models::ResNet;
 use tapegrad::layers::optimizers::schedules::CosineDecay;
 use tapegrad::layers::optimizers::{Adam, AdamW, LearningRate, Optimizer, Sgd, SlotTable};
@@ -26,23 +25,9 @@ use tapegrad::layers::{
     losses, Activation, BatchNormalization, Conv2D, Dense, Dropout, GlobalAveragePooling2D, InputSpec, Layer,
     MaxPool2D, Mode, Padding, Sequential,
 };
-use tapegrad::tensor::{check_numerics, cuda};
+use tapegrad::tensor::check_numerics;
+use tapegrad::tensor::testing::cuda_or_skip;
 use tapegrad::{DType, Device, Tensor};
-
-/// One test at a time: a capture records whatever any thread queues on the device's stream.
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-fn gpu_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
-    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match cuda::ensure_available(0) {
-        Ok(()) => Some((guard, Device::Cuda(0))),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
 
 fn small_cnn() -> Sequential {
     Sequential::new()
@@ -190,7 +175,7 @@ fn stats(eager_steps: u64, captures: u64, replays: u64) -> GraphedStepStats {
 
 #[test]
 fn replayed_small_cnn_steps_equal_eager_steps_bit_for_bit() {
-    let Some((_gpu, gpu)) = gpu_or_skip("replayed_small_cnn_steps_equal_eager_steps_bit_for_bit") else { return };
+    let Some((_gpu, gpu)) = cuda_or_skip("replayed_small_cnn_steps_equal_eager_steps_bit_for_bit") else { return };
     let data = batches(&[8; 6], 8, 3, 1);
     let ((s, reason), in_graph) = compare_with(small_cnn, [8, 8, 8, 3], &data, gpu, &seed_loss, &adam);
     assert_eq!(s, stats(2, 1, 4), "two warm-up steps, capture + replay, then replays");
@@ -205,7 +190,7 @@ fn schedule() -> LearningRate {
 
 #[test]
 fn captured_updates_with_a_schedule_equal_eager_steps_bit_for_bit() {
-    let Some((_gpu, gpu)) = gpu_or_skip("captured_updates_with_a_schedule_equal_eager_steps_bit_for_bit") else {
+    let Some((_gpu, gpu)) = cuda_or_skip("captured_updates_with_a_schedule_equal_eager_steps_bit_for_bit") else {
         return;
     };
     let data = batches(&[8; 7], 8, 3, 11);
@@ -237,7 +222,7 @@ fn captured_updates_with_a_schedule_equal_eager_steps_bit_for_bit() {
 
 #[test]
 fn a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale() {
-    let Some((_gpu, gpu)) = gpu_or_skip("a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale") else {
+    let Some((_gpu, gpu)) = cuda_or_skip("a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale") else {
         return;
     };
     // Plain SGD keeps no slots, so only the step buffer tells the old optimizer from the
@@ -315,7 +300,7 @@ impl Optimizer for HostOnly {
 
 #[test]
 fn an_optimizer_without_graph_support_updates_after_each_replay() {
-    let Some((_gpu, gpu)) = gpu_or_skip("an_optimizer_without_graph_support_updates_after_each_replay") else {
+    let Some((_gpu, gpu)) = cuda_or_skip("an_optimizer_without_graph_support_updates_after_each_replay") else {
         return;
     };
     let data = batches(&[8; 5], 8, 3, 12);
@@ -330,7 +315,7 @@ fn an_optimizer_without_graph_support_updates_after_each_replay() {
 
 #[test]
 fn a_failed_capture_leaves_dropout_drawing_what_eager_steps_draw() {
-    let Some((_gpu, gpu)) = gpu_or_skip("a_failed_capture_leaves_dropout_drawing_what_eager_steps_draw") else {
+    let Some((_gpu, gpu)) = cuda_or_skip("a_failed_capture_leaves_dropout_drawing_what_eager_steps_draw") else {
         return;
     };
     // Dropout draws its mask on the host and uploads it: the capture fails, after the
@@ -353,7 +338,7 @@ fn a_failed_capture_leaves_dropout_drawing_what_eager_steps_draw() {
 
 #[test]
 fn replayed_resnet18_steps_equal_eager_steps_bit_for_bit() {
-    let Some((_gpu, gpu)) = gpu_or_skip("replayed_resnet18_steps_equal_eager_steps_bit_for_bit") else { return };
+    let Some((_gpu, gpu)) = cuda_or_skip("replayed_resnet18_steps_equal_eager_steps_bit_for_bit") else { return };
     let data = batches(&[2; 4], 32, 100, 2);
     let (s, reason) = compare(|| ResNet::seed([2, 2, 2, 2], 100), [2, 32, 32, 3], &data, gpu, &seed_loss);
     assert_eq!(s, stats(2, 1, 2));
@@ -362,7 +347,7 @@ fn replayed_resnet18_steps_equal_eager_steps_bit_for_bit() {
 
 #[test]
 fn a_partial_batch_runs_eagerly_and_the_next_full_one_replays() {
-    let Some((_gpu, gpu)) = gpu_or_skip("a_partial_batch_runs_eagerly_and_the_next_full_one_replays") else {
+    let Some((_gpu, gpu)) = cuda_or_skip("a_partial_batch_runs_eagerly_and_the_next_full_one_replays") else {
         return;
     };
     let data = batches(&[8, 8, 8, 8, 3], 8, 3, 3);
@@ -379,7 +364,7 @@ fn a_partial_batch_runs_eagerly_and_the_next_full_one_replays() {
 
 #[test]
 fn an_op_that_reads_the_device_on_the_host_falls_back_with_its_reason() {
-    let Some((_gpu, gpu)) = gpu_or_skip("an_op_that_reads_the_device_on_the_host_falls_back_with_its_reason") else {
+    let Some((_gpu, gpu)) = cuda_or_skip("an_op_that_reads_the_device_on_the_host_falls_back_with_its_reason") else {
         return;
     };
     // gather reads its indices on the host: such a step cannot be captured.
@@ -398,7 +383,7 @@ fn an_op_that_reads_the_device_on_the_host_falls_back_with_its_reason() {
 
 #[test]
 fn check_numerics_and_the_cpu_run_eagerly_with_their_reason() {
-    let Some((_gpu, gpu)) = gpu_or_skip("check_numerics_and_the_cpu_run_eagerly_with_their_reason") else { return };
+    let Some((_gpu, gpu)) = cuda_or_skip("check_numerics_and_the_cpu_run_eagerly_with_their_reason") else { return };
     let data = batches(&[8; 3], 8, 3, 6);
     check_numerics::enable();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -435,7 +420,7 @@ fn fit(device: Device, cuda_graph: bool) -> (Sequential, History, Option<Graphed
 
 #[test]
 fn fit_with_cuda_graph_equals_fit_without() {
-    let Some((_gpu, gpu)) = gpu_or_skip("fit_with_cuda_graph_equals_fit_without") else { return };
+    let Some((_gpu, gpu)) = cuda_or_skip("fit_with_cuda_graph_equals_fit_without") else { return };
     let (eager_model, eager, none) = fit(gpu, false);
     let (graph_model, graphed, stats) = fit(gpu, true);
     assert_eq!(none, None);

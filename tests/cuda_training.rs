@@ -12,21 +12,10 @@ use rand::{Rng, SeedableRng};
 use tapegrad::layers::models::ResNet;
 use tapegrad::layers::optimizers::{Adam, Optimizer};
 use tapegrad::layers::{losses, InputSpec, Layer, Mode};
-use tapegrad::tensor::cuda;
+use tapegrad::tensor::testing::cuda_device_or_skip;
 use tapegrad::{DType, Device, GradientTape, Tensor, Variable};
 
 const LEARNING_RATE: f64 = 1e-3;
-
-fn gpu_or_skip(test: &str) -> Option<Device> {
-    match cuda::ensure_available(0) {
-        Ok(()) => Some(Device::Cuda(0)),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
 
 /// The seed ResNet18 built for `device`, with the CPU model's weights copied in.
 fn resnet18_on(device: Device, batch: usize, weights_from: Option<&ResNet>) -> ResNet {
@@ -85,7 +74,7 @@ fn values(vars: &[Variable]) -> Vec<(String, Vec<f64>)> {
 
 #[test]
 fn resnet18_training_step_matches_the_cpu() {
-    let Some(gpu) = gpu_or_skip("resnet18_training_step_matches_the_cpu") else { return };
+    let Some(gpu) = cuda_device_or_skip("resnet18_training_step_matches_the_cpu") else { return };
     let batch = 4;
     let cpu_model = resnet18_on(Device::Cpu, batch, None);
     let gpu_model = resnet18_on(gpu, batch, Some(&cpu_model));
@@ -121,7 +110,7 @@ fn resnet18_training_step_matches_the_cpu() {
 
 #[test]
 fn summary_of_a_model_built_on_the_gpu() {
-    let Some(gpu) = gpu_or_skip("summary_of_a_model_built_on_the_gpu") else { return };
+    let Some(gpu) = cuda_device_or_skip("summary_of_a_model_built_on_the_gpu") else { return };
     let model = ResNet::seed([2, 2, 2, 2], 100);
     model.build(&InputSpec::new([2, 32, 32, 3]).with_device(gpu)).expect("build");
     // The spec names only the shape (on the CPU); the trace runs where the weights are.

@@ -13,24 +13,8 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::{Mutex, MutexGuard};
-use tapegrad_tensor::{cuda, Conv2dParams, DType, Device, GradientTape, Padding, Result, Tensor};
-
-/// Serialises the tests: they set process-wide environment variables that the fallback
-/// and the fake cuDNN read.
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-fn gpu_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
-    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match cuda::ensure_available(0) {
-        Ok(()) => Some((guard, Device::Cuda(0))),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
+use tapegrad_tensor::testing::cuda_or_skip;
+use tapegrad_tensor::{Conv2dParams, DType, Device, GradientTape, Padding, Result, Tensor};
 
 /// Whether the loaded cuDNN is the emulator's (its library is mapped into this process).
 fn emulated() -> bool {
@@ -116,7 +100,7 @@ fn check_against_cpu(what: &str, x: &Tensor, k: &Tensor, device: Device, tol: f6
 #[test]
 fn f32_directions_without_an_algorithm_fall_back_or_fail_under_the_switch() {
     let test = "f32_directions_without_an_algorithm_fall_back_or_fail_under_the_switch";
-    let Some((_lock, device)) = gpu_or_skip(test) else { return };
+    let Some((_lock, device)) = cuda_or_skip(test) else { return };
     if !emulated() {
         eprintln!("SKIPPED {test}: needs the emulated GPU's marked shapes (scripts/cuda-emu)");
         return;
@@ -147,7 +131,7 @@ fn f32_directions_without_an_algorithm_fall_back_or_fail_under_the_switch() {
 #[test]
 fn f64_heuristics_failures_fall_back_even_under_the_switch() {
     let test = "f64_heuristics_failures_fall_back_even_under_the_switch";
-    let Some((_lock, device)) = gpu_or_skip(test) else { return };
+    let Some((_lock, device)) = cuda_or_skip(test) else { return };
     if !emulated() {
         eprintln!("SKIPPED {test}: needs the emulated GPU's marked shapes (scripts/cuda-emu)");
         return;
@@ -163,7 +147,7 @@ fn f64_heuristics_failures_fall_back_even_under_the_switch() {
 fn conv_results_and_gradients_repeat_bit_for_bit() {
     // cuDNN may rank an atomics-based backward algorithm first (the emulator's fake does,
     // and makes it flip a bit on every other call); the deterministic one must be chosen.
-    let Some((_lock, device)) = gpu_or_skip("conv_results_and_gradients_repeat_bit_for_bit") else { return };
+    let Some((_lock, device)) = cuda_or_skip("conv_results_and_gradients_repeat_bit_for_bit") else { return };
     let (x, k) = operands(6, DType::F32, 6);
     let (xg, kg) = (x.to_device(&device).unwrap(), k.to_device(&device).unwrap());
     let bits = |ts: [Tensor; 3]| -> Vec<Vec<u64>> {

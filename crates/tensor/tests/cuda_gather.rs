@@ -6,23 +6,8 @@
 //! `REQUIRE_GPU=1` turns that into a failure (scripts/cuda-emu/run.sh sets it).
 #![cfg(feature = "cuda")]
 
-use std::sync::{Mutex, MutexGuard};
-use tapegrad_tensor::{cuda, DType, Device, GradientTape, Result, Tensor};
-
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-/// The GPU (with the lock held), or `None` after printing why there is none.
-fn gpu_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
-    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match cuda::ensure_available(0) {
-        Ok(()) => Some((guard, Device::Cuda(0))),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
+use tapegrad_tensor::testing::cuda_or_skip;
+use tapegrad_tensor::{DType, Device, GradientTape, Result, Tensor};
 
 /// A table `[rows, 3, 5]` and `[4, 6]` indices into it that repeat (rows < 24).
 fn case(dtype: DType, rows: usize) -> Result<(Tensor, Tensor)> {
@@ -59,7 +44,7 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
 
 #[test]
 fn gather_and_its_gradient_match_the_cpu() {
-    let Some((_lock, gpu)) = gpu_or_skip("gather_and_its_gradient_match_the_cpu") else { return };
+    let Some((_lock, gpu)) = cuda_or_skip("gather_and_its_gradient_match_the_cpu") else { return };
     for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-12)] {
         let (table, ids) = case(dtype, 5).unwrap();
         let (y_cpu, g_cpu) = gather_and_grad(&table, &ids).unwrap();
@@ -76,7 +61,7 @@ fn gather_and_its_gradient_match_the_cpu() {
 
 #[test]
 fn scatter_add_matches_the_cpu_bit_for_bit_at_every_run() {
-    let Some((_lock, gpu)) = gpu_or_skip("scatter_add_matches_the_cpu_bit_for_bit_at_every_run") else { return };
+    let Some((_lock, gpu)) = cuda_or_skip("scatter_add_matches_the_cpu_bit_for_bit_at_every_run") else { return };
     // Values of mixed magnitude, so a different summation order would change the bits.
     let n = 3000;
     let values: Vec<f32> = (0..n * 8).map(|i| ((i as f32) * 0.37).sin() * 10f32.powi((i % 7) as i32 - 3)).collect();
@@ -94,7 +79,7 @@ fn scatter_add_matches_the_cpu_bit_for_bit_at_every_run() {
 
 #[test]
 fn an_index_outside_the_table_is_an_error_on_the_gpu() {
-    let Some((_lock, gpu)) = gpu_or_skip("an_index_outside_the_table_is_an_error_on_the_gpu") else { return };
+    let Some((_lock, gpu)) = cuda_or_skip("an_index_outside_the_table_is_an_error_on_the_gpu") else { return };
     let (table, _) = case(DType::F32, 4).unwrap();
     let table = table.to_device(&gpu).unwrap();
     let bad = Tensor::from_vec(vec![0i64, 3, 4], [3], &gpu).unwrap();

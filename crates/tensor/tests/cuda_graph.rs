@@ -15,30 +15,14 @@
 
 use cudarc::driver::{sys, CudaContext};
 use std::ptr::null_mut;
-use std::sync::{Mutex, MutexGuard};
 use tapegrad_tensor::cuda_graph::{copy_into, is_capturing, CudaGraph};
 use tapegrad_tensor::{cuda, DType, Device, Error, Result, Tensor};
-
-/// One test at a time: a capture records whatever any thread queues on the device's stream.
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-/// The GPU (with the lock held), or `None` after printing why there is none.
-fn gpu_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
-    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match cuda::ensure_available(0) {
-        Ok(()) => Some((guard, Device::Cuda(0))),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
 
 use sys::cudaError_enum::{
     CUDA_ERROR_STREAM_CAPTURE_IMPLICIT as IMPLICIT, CUDA_ERROR_STREAM_CAPTURE_INVALIDATED as INVALIDATED,
     CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED as UNSUPPORTED, CUDA_SUCCESS as SUCCESS,
 };
+use tapegrad_tensor::testing::cuda_or_skip;
 
 /// A raw stream of the driver (context current on this thread).
 fn raw_stream() -> (std::sync::Arc<CudaContext>, sys::CUstream) {
@@ -86,7 +70,7 @@ fn rejected(what: &str, stream: sys::CUstream, expected: sys::CUresult, call: im
 
 #[test]
 fn the_driver_rejects_what_a_capture_forbids() {
-    let Some(_gpu) = gpu_or_skip("the_driver_rejects_what_a_capture_forbids") else { return };
+    let Some(_gpu) = cuda_or_skip("the_driver_rejects_what_a_capture_forbids") else { return };
     let (_ctx, stream) = raw_stream();
     let buffer = device_alloc(4096);
     let mut event = null_mut();
@@ -129,7 +113,7 @@ fn the_driver_rejects_what_a_capture_forbids() {
 
 #[test]
 fn captured_work_runs_at_each_replay_not_at_capture() {
-    let Some(_gpu) = gpu_or_skip("captured_work_runs_at_each_replay_not_at_capture") else { return };
+    let Some(_gpu) = cuda_or_skip("captured_work_runs_at_each_replay_not_at_capture") else { return };
     let (_ctx, stream) = raw_stream();
     let (a, b) = (device_alloc(64), device_alloc(64));
     // SAFETY: raw driver calls on live buffers of 64 bytes and a 64-byte pinned buffer.
@@ -183,7 +167,7 @@ fn work(x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor)> {
 
 #[test]
 fn a_replay_computes_the_eager_result_from_the_current_inputs() {
-    let Some((_gpu, gpu)) = gpu_or_skip("a_replay_computes_the_eager_result_from_the_current_inputs") else {
+    let Some((_gpu, gpu)) = cuda_or_skip("a_replay_computes_the_eager_result_from_the_current_inputs") else {
         return;
     };
     let n = 5000;
@@ -205,7 +189,7 @@ fn a_replay_computes_the_eager_result_from_the_current_inputs() {
 
 #[test]
 fn memory_a_graph_writes_is_not_handed_out_while_it_lives() {
-    let Some((_gpu, gpu)) = gpu_or_skip("memory_a_graph_writes_is_not_handed_out_while_it_lives") else { return };
+    let Some((_gpu, gpu)) = cuda_or_skip("memory_a_graph_writes_is_not_handed_out_while_it_lives") else { return };
     let n = 3000;
     let x = ramp(n, 1.0, &gpu);
     x.mul_scalar(3.0).unwrap();
@@ -239,7 +223,7 @@ fn capture_fails(gpu: &Device, needle: &str, f: impl FnOnce() -> Result<Tensor>)
 
 #[test]
 fn what_needs_the_host_fails_the_capture_with_its_name() {
-    let Some((_gpu, gpu)) = gpu_or_skip("what_needs_the_host_fails_the_capture_with_its_name") else { return };
+    let Some((_gpu, gpu)) = cuda_or_skip("what_needs_the_host_fails_the_capture_with_its_name") else { return };
     let x = ramp(700, 1.0, &gpu);
     x.exp().unwrap();
     capture_fails(&gpu, "back to the host", || {
@@ -269,7 +253,7 @@ fn what_needs_the_host_fails_the_capture_with_its_name() {
 
 #[test]
 fn bad_arguments_are_errors() {
-    let Some((_gpu, gpu)) = gpu_or_skip("bad_arguments_are_errors") else { return };
+    let Some((_gpu, gpu)) = cuda_or_skip("bad_arguments_are_errors") else { return };
     let err = CudaGraph::capture(&Device::Cpu, || Ok(())).unwrap_err().to_string();
     assert!(err.contains("need a CUDA device, got cpu"), "{err}");
     let a = Tensor::zeros([4, 3], DType::F32, &gpu).unwrap();
@@ -315,7 +299,7 @@ fn captured_optimizer_updates_read_each_steps_values_from_the_device() {
         adam_update_many, adam_update_many_in_place, sgd_update_many, sgd_update_many_in_place, AdamOperands, AdamStep,
         SgdOperands, SgdStep, StepScalars,
     };
-    let Some((_gpu, gpu)) = gpu_or_skip("captured_optimizer_updates_read_each_steps_values_from_the_device") else {
+    let Some((_gpu, gpu)) = cuda_or_skip("captured_optimizer_updates_read_each_steps_values_from_the_device") else {
         return;
     };
     // Sizes across a chunk boundary and an empty tensor; more than one table (40) of them.
@@ -398,7 +382,7 @@ fn captured_optimizer_updates_read_each_steps_values_from_the_device() {
 #[test]
 fn bad_in_place_updates_are_errors() {
     use tapegrad_tensor::optim::{adam_update_many_in_place, AdamOperands, AdamStep, StepScalars};
-    let Some((_gpu, gpu)) = gpu_or_skip("bad_in_place_updates_are_errors") else { return };
+    let Some((_gpu, gpu)) = cuda_or_skip("bad_in_place_updates_are_errors") else { return };
     let err = StepScalars::new(&Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(err.contains("need a CUDA device, got cpu"), "{err}");
     let err = StepScalars::new(&gpu, DType::I64).unwrap_err().to_string();

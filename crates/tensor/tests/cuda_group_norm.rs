@@ -10,23 +10,8 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::{Mutex, MutexGuard};
-use tapegrad_tensor::{cuda, DType, Device, GradientTape, Result, Tensor};
-
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-/// The GPU (with the lock held), or `None` after printing why there is none.
-fn gpu_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
-    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match cuda::ensure_available(0) {
-        Ok(()) => Some((guard, Device::Cuda(0))),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
+use tapegrad_tensor::testing::cuda_or_skip;
+use tapegrad_tensor::{DType, Device, GradientTape, Result, Tensor};
 
 /// Which op, with which affine parameters.
 #[derive(Clone, Copy, Debug)]
@@ -113,7 +98,7 @@ fn check(c: &Case, device: Device, seed: u64) {
 #[test]
 fn group_and_layer_norm_match_cpu() {
     use DType::{F32, F64};
-    let Some((_lock, device)) = gpu_or_skip("group_and_layer_norm_match_cpu") else { return };
+    let Some((_lock, device)) = cuda_or_skip("group_and_layer_norm_match_cpu") else { return };
     let cases = [
         // 2 * 9 * 11 = 198 rows: the parameter gradients have one partial block.
         Case {
@@ -215,7 +200,7 @@ fn group_and_layer_norm_match_cpu() {
 
 #[test]
 fn bad_operands_on_cuda_are_errors() {
-    let Some((_lock, device)) = gpu_or_skip("bad_operands_on_cuda_are_errors") else { return };
+    let Some((_lock, device)) = cuda_or_skip("bad_operands_on_cuda_are_errors") else { return };
     let x = Tensor::zeros([2, 3, 4], DType::F32, &device).unwrap();
     let err = x.group_norm(3, None, None, 1e-3).unwrap_err().to_string();
     assert!(err.contains("groups = 3") && err.contains("4 channels"), "{err}");

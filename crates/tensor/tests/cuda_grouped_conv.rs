@@ -9,18 +9,8 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tapegrad_tensor::{cuda, Conv2dParams, DType, Device, GradientTape, Padding, Tensor};
-
-fn gpu_or_skip(test: &str) -> Option<Device> {
-    match cuda::ensure_available(0) {
-        Ok(()) => Some(Device::Cuda(0)),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
+use tapegrad_tensor::testing::cuda_device_or_skip;
+use tapegrad_tensor::{Conv2dParams, DType, Device, GradientTape, Padding, Tensor};
 
 /// The output and the gradients of `sum(conv2d(x, k, b) * weights)` for x, k, b.
 fn forward_and_gradients(x: &Tensor, k: &Tensor, b: &Tensor, w: &Tensor, p: &Conv2dParams) -> Vec<Vec<f64>> {
@@ -38,7 +28,7 @@ fn forward_and_gradients(x: &Tensor, k: &Tensor, b: &Tensor, w: &Tensor, p: &Con
 
 #[test]
 fn grouped_and_depthwise_convolutions_match_cpu() {
-    let Some(device) = gpu_or_skip("grouped_and_depthwise_convolutions_match_cpu") else { return };
+    let Some(device) = cuda_device_or_skip("grouped_and_depthwise_convolutions_match_cpu") else { return };
     let same = Padding::Same;
     let explicit = Padding::Explicit { top: 2, bottom: 0, left: 1, right: 1 };
     // (input [n, h, w, c], groups, outputs, kernel, stride, dilation, padding, dtype)

@@ -10,23 +10,11 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+use tapegrad_tensor::testing::cuda_or_skip;
 use tapegrad_tensor::{cuda, Conv2dParams, DType, Device, Error, GradientTape, Padding, Result, Tensor};
 
 static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-/// The GPU (with the lock held), or `None` after printing why there is none.
-fn gpu_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
-    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match cuda::ensure_available(0) {
-        Ok(()) => Some((guard, Device::Cuda(0))),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
 
 /// How to draw an input.
 #[derive(Clone, Copy, Debug)]
@@ -165,7 +153,7 @@ fn check(c: &Case, device: Device, seed: u64) {
 }
 
 fn run_cases(test: &str, cases: &[Case]) {
-    let Some((_lock, device)) = gpu_or_skip(test) else { return };
+    let Some((_lock, device)) = cuda_or_skip(test) else { return };
     for (i, c) in cases.iter().enumerate() {
         check(c, device, 1000 + i as u64);
     }
@@ -451,7 +439,7 @@ fn conv_pool_and_batch_norm_match_cpu() {
 
 #[test]
 fn tf32_matmul_is_close() {
-    let Some((_lock, device)) = gpu_or_skip("tf32_matmul_is_close") else { return };
+    let Some((_lock, device)) = cuda_or_skip("tf32_matmul_is_close") else { return };
     /// Turns TF32 off again even if the test fails.
     struct Reset;
     impl Drop for Reset {
@@ -543,7 +531,7 @@ fn conv2d_through_cudnn_matches_cpu() {
 
 #[test]
 fn tf32_conv2d_is_close_and_plain_f32_stays_exact() {
-    let Some((_lock, device)) = gpu_or_skip("tf32_conv2d_is_close_and_plain_f32_stays_exact") else { return };
+    let Some((_lock, device)) = cuda_or_skip("tf32_conv2d_is_close_and_plain_f32_stays_exact") else { return };
     /// Turns TF32 off again even if the test fails.
     struct Reset;
     impl Drop for Reset {
@@ -568,7 +556,9 @@ fn tf32_conv2d_is_close_and_plain_f32_stays_exact() {
 
 #[test]
 fn repeated_conv_step_allocates_only_in_its_first_iteration() {
-    let Some((_lock, device)) = gpu_or_skip("repeated_conv_step_allocates_only_in_its_first_iteration") else { return };
+    let Some((_lock, device)) = cuda_or_skip("repeated_conv_step_allocates_only_in_its_first_iteration") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(19);
     let mut upload = |shape: &[usize]| {
         Tensor::rand_normal(shape.to_vec(), 0.0, 0.1, F32, &Device::Cpu, &mut rng).unwrap().to_device(&device).unwrap()
@@ -618,7 +608,7 @@ fn training_step(x: &Tensor, labels: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Ten
 
 #[test]
 fn repeated_workload_allocates_only_in_its_first_iteration() {
-    let Some((_lock, device)) = gpu_or_skip("repeated_workload_allocates_only_in_its_first_iteration") else { return };
+    let Some((_lock, device)) = cuda_or_skip("repeated_workload_allocates_only_in_its_first_iteration") else { return };
     let mut rng = StdRng::seed_from_u64(11);
     let mut upload = |shape: [usize; 2]| {
         Tensor::rand_normal(shape, 0.0, 0.1, F32, &Device::Cpu, &mut rng).unwrap().to_device(&device).unwrap()
@@ -644,7 +634,7 @@ fn repeated_workload_allocates_only_in_its_first_iteration() {
 
 #[test]
 fn out_of_memory_is_an_error_naming_the_sizes() {
-    let Some((_lock, device)) = gpu_or_skip("out_of_memory_is_an_error_naming_the_sizes") else { return };
+    let Some((_lock, device)) = cuda_or_skip("out_of_memory_is_an_error_naming_the_sizes") else { return };
     let one = Tensor::ones([1, 1], F32, &device).unwrap();
     // 2^40 f32 values (4 TiB), materialised on the device only.
     let err = one.broadcast_to([1 << 20, 1 << 20]).expect_err("4 TiB does not fit");
@@ -660,7 +650,7 @@ fn out_of_memory_is_an_error_naming_the_sizes() {
 
 #[test]
 fn constants_are_filled_on_the_device() {
-    let Some((_lock, device)) = gpu_or_skip("constants_are_filled_on_the_device") else { return };
+    let Some((_lock, device)) = cuda_or_skip("constants_are_filled_on_the_device") else { return };
     for (value, dtype) in [(2.5, F32), (-1.25, F64), (-3.0, I64), (0.0, F32), (7.9, I64)] {
         let got = Tensor::full(value, [3, 70_001], dtype, &device).unwrap();
         let want = Tensor::full(value, [3, 70_001], dtype, &Device::Cpu).unwrap();
@@ -671,7 +661,7 @@ fn constants_are_filled_on_the_device() {
 
 #[test]
 fn devices_do_not_mix() {
-    let Some((_lock, device)) = gpu_or_skip("devices_do_not_mix") else { return };
+    let Some((_lock, device)) = cuda_or_skip("devices_do_not_mix") else { return };
     assert_eq!(Device::cuda_if_available(), Device::Cuda(0));
     let a = Tensor::ones([2], F32, &device).unwrap();
     let b = Tensor::ones([2], F32, &Device::Cpu).unwrap();
@@ -737,7 +727,7 @@ fn pool_kernels_match_cpu() {
 /// window on both backends.
 #[test]
 fn max_pool_ties_go_to_the_first_maximum_like_cpu() {
-    let Some((_lock, device)) = gpu_or_skip("max_pool_ties_go_to_the_first_maximum_like_cpu") else { return };
+    let Some((_lock, device)) = cuda_or_skip("max_pool_ties_go_to_the_first_maximum_like_cpu") else { return };
     use rand::Rng;
     let mut rng = StdRng::seed_from_u64(7);
     for dtype in [F32, F64] {
@@ -843,7 +833,7 @@ fn batch_norm_kernels_match_cpu() {
 #[test]
 fn optimizer_updates_match_cpu() {
     use tapegrad_tensor::optim::{adam_update, sgd_update, AdamStep, SgdStep};
-    let Some((_lock, device)) = gpu_or_skip("optimizer_updates_match_cpu") else { return };
+    let Some((_lock, device)) = cuda_or_skip("optimizer_updates_match_cpu") else { return };
     let mut rng = StdRng::seed_from_u64(11);
     let to_gpu = |t: &Tensor| t.to_device(&device).unwrap();
     let close = |what: &str, g: &Tensor, c: &Tensor, dtype: DType| {
@@ -890,7 +880,7 @@ fn multi_tensor_updates_equal_per_parameter_updates_bit_for_bit() {
     use tapegrad_tensor::optim::{
         adam_update, adam_update_many, sgd_update, sgd_update_many, AdamOperands, AdamStep, SgdOperands, SgdStep,
     };
-    let Some((_lock, device)) = gpu_or_skip("multi_tensor_updates_equal_per_parameter_updates_bit_for_bit") else {
+    let Some((_lock, device)) = cuda_or_skip("multi_tensor_updates_equal_per_parameter_updates_bit_for_bit") else {
         return;
     };
     let bits = |t: &Tensor| t.to_vec_f64().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();

@@ -7,25 +7,10 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::{Mutex, MutexGuard};
+use tapegrad_tensor::testing::cuda_or_skip;
 use tapegrad_tensor::{
-    cuda, Conv2dTransposeParams, DType, Device, GradientTape, Interpolation, PadMode, Padding, Result, Tensor,
+    Conv2dTransposeParams, DType, Device, GradientTape, Interpolation, PadMode, Padding, Result, Tensor,
 };
-
-static GPU_LOCK: Mutex<()> = Mutex::new(());
-
-/// The GPU (with the lock held), or `None` after printing why there is none.
-fn gpu_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
-    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match cuda::ensure_available(0) {
-        Ok(()) => Some((guard, Device::Cuda(0))),
-        Err(e) if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") => panic!("{test}: REQUIRE_GPU=1 but {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            None
-        }
-    }
-}
 
 type Op = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
 
@@ -72,7 +57,7 @@ fn compare(device: Device, name: &str, dtype: DType, shapes: &[&[usize]], f: Op)
 
 #[test]
 fn pad_matches_cpu() {
-    let Some((_lock, device)) = gpu_or_skip("pad_matches_cpu") else { return };
+    let Some((_lock, device)) = cuda_or_skip("pad_matches_cpu") else { return };
     for dtype in [DType::F32, DType::F64] {
         let nhwc: &[usize] = &[2, 5, 6, 3];
         compare(
@@ -115,7 +100,7 @@ fn pad_matches_cpu() {
 
 #[test]
 fn resize_matches_cpu() {
-    let Some((_lock, device)) = gpu_or_skip("resize_matches_cpu") else { return };
+    let Some((_lock, device)) = cuda_or_skip("resize_matches_cpu") else { return };
     for dtype in [DType::F32, DType::F64] {
         for interp in [Interpolation::Nearest, Interpolation::Bilinear] {
             for factors in [(2, 2), (3, 1), (1, 4)] {
@@ -134,7 +119,7 @@ fn resize_matches_cpu() {
 
 #[test]
 fn resize_backward_is_deterministic() {
-    let Some((_lock, device)) = gpu_or_skip("resize_backward_is_deterministic") else { return };
+    let Some((_lock, device)) = cuda_or_skip("resize_backward_is_deterministic") else { return };
     let mut rng = StdRng::seed_from_u64(3);
     let x = Tensor::rand_normal([2, 16, 16, 8], 0.0, 1.0, DType::F32, &device, &mut rng).unwrap();
     let w = Tensor::rand_normal([2, 32, 32, 8], 0.0, 1.0, DType::F32, &device, &mut rng).unwrap();
@@ -146,7 +131,7 @@ fn resize_backward_is_deterministic() {
 
 #[test]
 fn conv2d_transpose_matches_cpu() {
-    let Some((_lock, device)) = gpu_or_skip("conv2d_transpose_matches_cpu") else { return };
+    let Some((_lock, device)) = cuda_or_skip("conv2d_transpose_matches_cpu") else { return };
     let cases: &[(usize, usize, Padding, Option<usize>)] = &[
         (2, 2, Padding::Valid, None),
         (3, 2, Padding::Same, None),
@@ -176,7 +161,7 @@ fn conv2d_transpose_matches_cpu() {
 
 #[test]
 fn errors_are_the_cpus() {
-    let Some((_lock, device)) = gpu_or_skip("errors_are_the_cpus") else { return };
+    let Some((_lock, device)) = cuda_or_skip("errors_are_the_cpus") else { return };
     let x = Tensor::zeros([1, 3, 3, 2], DType::F32, &device).unwrap();
     let e = x.pad(&[(0, 0), (3, 0), (0, 0), (0, 0)], PadMode::Reflect).unwrap_err().to_string();
     assert!(e.contains("reflect padding (3, 0)") && e.contains("size 3"), "{e}");

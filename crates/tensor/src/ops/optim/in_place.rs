@@ -42,6 +42,7 @@ impl std::fmt::Debug for StepScalars {
 }
 
 /// The next [`StepScalars::id`].
+#[cfg(feature = "cuda")]
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl StepScalars {

@@ -14,6 +14,13 @@
 //! thousands), a small gradient element cannot be resolved more finely than that by any
 //! step. Inputs should avoid kinks (relu at 0, ties of max) by a margin much larger than
 //! `h`.
+//!
+//! [`cuda_or_skip`] and [`cuda_device_or_skip`] give a test the CUDA device, or skip it
+//! with a printed reason where there is none.
+
+mod gpu;
+
+pub use gpu::{cuda_device_or_skip, cuda_or_skip};
 
 use crate::{DType, Error, GradientTape, Result, Tensor};
 
