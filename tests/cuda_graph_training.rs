@@ -261,6 +261,64 @@ fn a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale() {
     assert_eq!(g.stats(), stats(5, 2, 4));
 }
 
+#[test]
+fn slots_made_by_the_arming_step_are_the_graphs_buffers_and_follow_replacements() {
+    let Some((_gpu, gpu)) =
+        cuda_or_skip("slots_made_by_the_arming_step_are_the_graphs_buffers_and_follow_replacements")
+    else {
+        return;
+    };
+    // The optimizer's state is cleared after the warm-up step, so every slot is made by the
+    // arming step; after the capture each slot is replaced by half its value (as a loaded
+    // checkpoint would). The replays must update the replacements: an untracked slot would
+    // leave the graph updating the old tensor while the optimizer holds the new one.
+    let data = batches(&[8; 6], 8, 3, 23);
+    let run = |graphed: Option<&mut GraphedStep>| {
+        let model = built(small_cnn, [8, 8, 8, 3], gpu);
+        let mut graphed = graphed;
+        let mut optimizer: Box<dyn Optimizer> = Box::new(Adam::new(0.01));
+        let mut losses = Vec::new();
+        for (i, (x, y)) in data.iter().enumerate() {
+            if i == 1 {
+                optimizer.slots_mut().clear();
+            }
+            if i == 4 {
+                let count = optimizer.slot_names().len();
+                let replaced: Vec<_> = optimizer
+                    .slots()
+                    .iter()
+                    .flat_map(|(v, slots)| {
+                        let v = v.clone();
+                        slots.iter().enumerate().map(move |(k, s)| (v.clone(), k, s.clone().expect("slot")))
+                    })
+                    .collect();
+                for (variable, k, value) in replaced {
+                    optimizer.slots_mut().set(&variable, count, k, value.mul_scalar(0.5).unwrap());
+                }
+            }
+            let (x, y) = (x.to_device(&gpu).unwrap(), y.to_device(&gpu).unwrap());
+            let step = |x: &Tensor, y: &Tensor| seed_loss(&model, x, y);
+            let (loss, _) = match graphed.as_deref_mut() {
+                Some(g) => g.run(&model, optimizer.as_mut(), &x, &y, step).unwrap(),
+                None => {
+                    tapegrad::layers::training::train_step_with(&model, optimizer.as_mut(), || step(&x, &y)).unwrap()
+                }
+            };
+            losses.push(loss.to_scalar::<f32>().unwrap().to_bits());
+        }
+        trace(&model, optimizer.as_ref(), losses)
+    };
+    let eager = run(None);
+    let mut g = GraphedStep::new().verbose(false);
+    let graphed = run(Some(&mut g));
+    assert_eq!(g.stats(), stats(2, 1, 4), "steps 0-1 eager, 2 captured, 2-5 replayed");
+    assert_eq!(graphed.losses, eager.losses, "losses, step by step");
+    assert_eq!(graphed.slots, eager.slots, "optimizer slots");
+    for ((name, a), (_, b)) in graphed.variables.iter().zip(&eager.variables) {
+        assert!(a == b, "variable {name} differs");
+    }
+}
+
 /// An optimizer without CUDA-graph support (the trait's defaults): Adam behind a wrapper.
 struct HostOnly(Adam);
 

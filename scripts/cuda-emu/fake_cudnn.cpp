@@ -17,6 +17,11 @@
 // cuDNN's f64 NHWC heuristics fail in several ways). It is read on every call, so a test
 // can set it. Convolutions whose descriptor has tensor-op math round f32 operands to TF32
 // (10-bit mantissa), as a GPU would. FAKE_CUDNN_TRACE=1 prints each call that computes.
+// The measured rankings (cudnnFind*AlgorithmEx) run every supported candidate once on the
+// caller's buffers (so a buffer too small for the descriptors shows) and rank algorithm
+// "B" (no workspace) fastest, unlike the heuristics' forward ranking, so a caller that
+// measures chooses differently; an algorithm whose workspace exceeds the one offered is
+// reported as failing to allocate.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -26,7 +31,7 @@
 #include <vector>
 
 namespace {
-enum : int { SUCCESS = 0, BAD_PARAM = 2000, NOT_SUPPORTED = 3000 };
+enum : int { SUCCESS = 0, BAD_PARAM = 2000, NOT_SUPPORTED = 3000, DEVICE_ALLOCATION_FAILED = 4004 };
 enum : int { FLOAT = 0, DOUBLE = 1 };
 enum : int { NCHW = 0, NHWC = 1 };
 enum : int { CONVOLUTION = 0, CROSS_CORRELATION = 1 };
@@ -120,6 +125,29 @@ int heuristics(Direction dir, const Tensor& x, const Filter& w, const Conv& cv, 
     if (dir == FWD) all.push_back(b);
     *returned = 0;
     for (size_t i = 0; i < all.size() && (int)i < requested; ++i) out[(*returned)++] = all[i];
+    return SUCCESS;
+}
+
+// cudnnFind*AlgorithmEx: `run(algo)` computes the direction with that algorithm and returns
+// its status; the successful algorithms come first, fastest ("B") first.
+template <class Run>
+int find(Direction dir, const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, int algo_a, int algo_b,
+         int requested, int* returned, Perf* out, void* ws, size_t ws_bytes, Run run) {
+    if (int e = check(x, w, cv, y)) return e;
+    if (requested < 1 || !returned || !out || (ws_bytes > 0 && !ws)) return BAD_PARAM;
+    if (x.dtype == DOUBLE && marked(dir, x.c)) return BAD_PARAM;
+    std::vector<Perf> ok, failed;
+    for (int algo : {algo_b, algo_a}) {
+        size_t memory = algo == algo_a ? workspace_a(y) : 0;
+        int status = !supported(dir, x, cv, algo, algo_a) ? NOT_SUPPORTED
+                     : memory > ws_bytes                  ? DEVICE_ALLOCATION_FAILED
+                                                          : run(algo);
+        Perf p{algo, status, algo == algo_b ? 0.25f : 0.5f, memory, deterministic(dir, algo), cv.math, {}};
+        (status == SUCCESS ? ok : failed).push_back(p);
+    }
+    ok.insert(ok.end(), failed.begin(), failed.end());
+    *returned = 0;
+    for (size_t i = 0; i < ok.size() && (int)i < requested; ++i) out[(*returned)++] = ok[i];
     return SUCCESS;
 }
 
@@ -363,6 +391,43 @@ int cudnnConvolutionBackwardFilter(void*, const void* alpha, Tensor* xd, const v
     return SUCCESS;
 }
 
+// The measured rankings; alpha = 1 and beta = 0 in the data's scaling type.
+int cudnnFindConvolutionForwardAlgorithmEx(void* h, Tensor* xd, const void* x, Filter* wd, const void* w, Conv* cv,
+                                           Tensor* yd, void* y, int requested, int* returned, Perf* perf, void* ws,
+                                           size_t ws_bytes) {
+    const double one = 1.0, zero = 0.0;
+    const float onef = 1.0f, zerof = 0.0f;
+    bool f64 = xd->dtype == DOUBLE;
+    const void* a = f64 ? (const void*)&one : (const void*)&onef;
+    const void* b = f64 ? (const void*)&zero : (const void*)&zerof;
+    return find(FWD, *xd, *wd, *cv, *yd, FWD_A, FWD_B, requested, returned, perf, ws, ws_bytes, [&](int algo) {
+        return cudnnConvolutionForward(h, a, xd, x, wd, w, cv, algo, ws, ws_bytes, b, yd, y);
+    });
+}
+int cudnnFindConvolutionBackwardDataAlgorithmEx(void* h, Filter* wd, const void* w, Tensor* dyd, const void* dy, Conv* cv,
+                                                Tensor* dxd, void* dx, int requested, int* returned, Perf* perf, void* ws,
+                                                size_t ws_bytes) {
+    const double one = 1.0, zero = 0.0;
+    const float onef = 1.0f, zerof = 0.0f;
+    bool f64 = dxd->dtype == DOUBLE;
+    const void* a = f64 ? (const void*)&one : (const void*)&onef;
+    const void* b = f64 ? (const void*)&zero : (const void*)&zerof;
+    return find(BWD_DATA, *dxd, *wd, *cv, *dyd, BWD_A, BWD_B, requested, returned, perf, ws, ws_bytes, [&](int algo) {
+        return cudnnConvolutionBackwardData(h, a, wd, w, dyd, dy, cv, algo, ws, ws_bytes, b, dxd, dx);
+    });
+}
+int cudnnFindConvolutionBackwardFilterAlgorithmEx(void* h, Tensor* xd, const void* x, Tensor* dyd, const void* dy,
+                                                  Conv* cv, Filter* dwd, void* dw, int requested, int* returned,
+                                                  Perf* perf, void* ws, size_t ws_bytes) {
+    const double one = 1.0, zero = 0.0;
+    const float onef = 1.0f, zerof = 0.0f;
+    bool f64 = xd->dtype == DOUBLE;
+    const void* a = f64 ? (const void*)&one : (const void*)&onef;
+    const void* b = f64 ? (const void*)&zero : (const void*)&zerof;
+    return find(BWD_FILTER, *xd, *dwd, *cv, *dyd, BWD_A, BWD_B, requested, returned, perf, ws, ws_bytes, [&](int algo) {
+        return cudnnConvolutionBackwardFilter(h, a, xd, x, dyd, dy, cv, algo, ws, ws_bytes, b, dwd, dw);
+    });
+}
 int cudnnAddTensor(void*, const void* alpha, Tensor* ad, const void* a, const void* beta, Tensor* cd, void* c) {
     if (!ad->set || !cd->set || ad->dtype != cd->dtype) return BAD_PARAM;
     if ((ad->n != 1 && ad->n != cd->n) || (ad->c != 1 && ad->c != cd->c) || (ad->h != 1 && ad->h != cd->h) ||

@@ -20,6 +20,12 @@ int emu_eager_cudnnConvolutionBackwardData(void*, const void*, void*, const void
 int emu_eager_cudnnConvolutionBackwardFilter(void*, const void*, void*, const void*, void*, const void*, void*, int,
                                              void*, size_t, const void*, void*, void*);
 int emu_eager_cudnnAddTensor(void*, const void*, void*, const void*, const void*, void*, void*);
+int emu_eager_cudnnFindConvolutionForwardAlgorithmEx(void*, void*, const void*, void*, const void*, void*, void*, void*,
+                                                     int, int*, void*, void*, size_t);
+int emu_eager_cudnnFindConvolutionBackwardDataAlgorithmEx(void*, void*, const void*, void*, const void*, void*, void*,
+                                                          void*, int, int*, void*, void*, size_t);
+int emu_eager_cudnnFindConvolutionBackwardFilterAlgorithmEx(void*, void*, const void*, void*, const void*, void*, void*,
+                                                            void*, int, int*, void*, void*, size_t);
 }
 
 namespace {
@@ -91,6 +97,31 @@ int cudnnConvolutionBackwardFilter(void* h, const void* alpha, void* xd, const v
     return emu_stream_work(stream_of(h), [=] {
         return emu_eager_cudnnConvolutionBackwardFilter(h, s.a(), xd, x, dyd, dy, cv, algo, ws, wsb, s.b(), dwd, dw);
     });
+}
+// Measuring runs the convolutions and waits for them: what a capture forbids. It runs
+// eagerly (after the stream's earlier work, which the fake has already run).
+constexpr int EXECUTION_FAILED_CUDA_DRIVER = 5001;
+int refuse_find(void* h, const char* what) {
+    if (!emu_records(stream_of(h))) return 0;
+    emu_uncapturable(what);
+    return EXECUTION_FAILED_CUDA_DRIVER;
+}
+int cudnnFindConvolutionForwardAlgorithmEx(void* h, void* xd, const void* x, void* wd, const void* w, void* cv, void* yd,
+                                           void* y, int req, int* ret, void* perf, void* ws, size_t wsb) {
+    if (int e = refuse_find(h, "cudnnFindConvolutionForwardAlgorithmEx")) return e;
+    return emu_eager_cudnnFindConvolutionForwardAlgorithmEx(h, xd, x, wd, w, cv, yd, y, req, ret, perf, ws, wsb);
+}
+int cudnnFindConvolutionBackwardDataAlgorithmEx(void* h, void* wd, const void* w, void* dyd, const void* dy, void* cv,
+                                                void* dxd, void* dx, int req, int* ret, void* perf, void* ws, size_t wsb) {
+    if (int e = refuse_find(h, "cudnnFindConvolutionBackwardDataAlgorithmEx")) return e;
+    return emu_eager_cudnnFindConvolutionBackwardDataAlgorithmEx(h, wd, w, dyd, dy, cv, dxd, dx, req, ret, perf, ws, wsb);
+}
+int cudnnFindConvolutionBackwardFilterAlgorithmEx(void* h, void* xd, const void* x, void* dyd, const void* dy, void* cv,
+                                                  void* dwd, void* dw, int req, int* ret, void* perf, void* ws,
+                                                  size_t wsb) {
+    if (int e = refuse_find(h, "cudnnFindConvolutionBackwardFilterAlgorithmEx")) return e;
+    return emu_eager_cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x, dyd, dy, cv, dwd, dw, req, ret, perf, ws,
+                                                                   wsb);
 }
 int cudnnAddTensor(void* h, const void* alpha, void* ad, const void* a, const void* beta, void* cd, void* c) {
     Scaling s(cd, alpha, beta);

@@ -76,6 +76,24 @@ pub fn tf32_enabled() -> bool {
     TF32.load(Ordering::Relaxed)
 }
 
+static CUDNN_BENCHMARK: AtomicBool = AtomicBool::new(false);
+
+/// Lets cuDNN pick each convolution's algorithms by timing them (PyTorch's
+/// `torch.backends.cudnn.benchmark`): the first convolution of each new geometry runs every
+/// candidate algorithm once on scratch buffers and waits for them, and the fastest
+/// deterministic one that fits is kept for that geometry. Worth it when the shapes repeat
+/// (a training loop); off by default, when cuDNN's heuristics choose without running
+/// anything. It applies to every device and to geometries first seen after the call; a
+/// geometry first seen while a graph is being captured is ranked by the heuristics.
+pub fn set_cudnn_benchmark(enabled: bool) {
+    CUDNN_BENCHMARK.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether convolution algorithms are chosen by measurement (see [`set_cudnn_benchmark`]).
+pub fn cudnn_benchmark_enabled() -> bool {
+    CUDNN_BENCHMARK.load(Ordering::Relaxed)
+}
+
 /// Kernels whose every index (elements of the output and of the buffers they read) is below
 /// this use 32-bit index arithmetic: 2^31, so `index + grid stride` cannot wrap.
 pub const DEFAULT_INDEX32_LIMIT: usize = 1 << 31;

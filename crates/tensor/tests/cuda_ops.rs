@@ -10,11 +10,8 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::Mutex;
-use tapegrad_tensor::testing::cuda_or_skip;
+use tapegrad_tensor::testing::{cuda_or_skip, gpu_lock};
 use tapegrad_tensor::{cuda, Conv2dParams, DType, Device, Error, GradientTape, Padding, Result, Tensor};
-
-static GPU_LOCK: Mutex<()> = Mutex::new(());
 
 /// How to draw an input.
 #[derive(Clone, Copy, Debug)]
@@ -469,13 +466,28 @@ fn conv_with(x: &[Tensor], strides: (usize, usize), padding: Padding, dilation: 
 
 #[test]
 fn conv2d_through_cudnn_matches_cpu() {
-    // Forward and all gradients (input, kernel, bias). TF 'same' is asymmetric where the
-    // total padding is odd (stride 2 on an even size, a 2x2 kernel at stride 1); cuDNN pads
-    // symmetrically, so those cases exercise the explicit pad and the crop. On the
-    // emulator, f64 with a dilation has no cuDNN algorithm (the CPU fallback runs).
+    run_cases("conv2d_through_cudnn_matches_cpu", &conv2d_cases());
+}
+
+#[test]
+fn conv2d_with_measured_algorithms_matches_cpu() {
+    // cudnn.benchmark: every geometry's algorithms are chosen by cudnnFind*AlgorithmEx on
+    // scratch buffers (the emulator's measurement runs each candidate, and ranks the
+    // forward pass differently from its heuristics). Plans of other tests are not reused:
+    // measured plans have their own key.
+    cuda::set_cudnn_benchmark(true);
+    run_cases("conv2d_with_measured_algorithms_matches_cpu", &conv2d_cases());
+    cuda::set_cudnn_benchmark(false);
+}
+
+/// Forward and all gradients (input, kernel, bias). TF 'same' is asymmetric where the
+/// total padding is odd (stride 2 on an even size, a 2x2 kernel at stride 1); cuDNN pads
+/// symmetrically, so those cases exercise the explicit pad and the crop. On the
+/// emulator, f64 with a dilation has no cuDNN algorithm (the CPU fallback runs).
+fn conv2d_cases() -> Vec<Case> {
     let bias = |c: usize, dtype: DType| (vec![c], dtype, Normal);
     let x = |shape: &[usize], dtype: DType| (shape.to_vec(), dtype, Normal);
-    let cases = vec![
+    vec![
         conv_case("3x3 same stride 1, bias", vec![x(&[2, 5, 5, 3], F32), x(&[4, 3, 3, 3], F32), bias(4, F32)], |t| {
             conv_with(t, (1, 1), Padding::Same, (1, 1))
         }),
@@ -525,8 +537,7 @@ fn conv2d_through_cudnn_matches_cpu() {
             vec![x(&[1, 7, 7, 2], F64), x(&[2, 3, 3, 2], F64)],
             |t| conv_with(t, (2, 2), Padding::Same, (2, 2)),
         ),
-    ];
-    run_cases("conv2d_through_cudnn_matches_cpu", &cases);
+    ]
 }
 
 #[test]
@@ -676,7 +687,7 @@ fn devices_do_not_mix() {
 
 #[test]
 fn without_a_gpu_cuda_is_an_error_not_a_panic() {
-    let _lock = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _lock = gpu_lock();
     if cuda::ensure_available(0).is_ok() {
         eprintln!("SKIPPED without_a_gpu_cuda_is_an_error_not_a_panic: a GPU is available");
         return;

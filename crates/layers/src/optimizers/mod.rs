@@ -184,11 +184,3 @@ pub(crate) fn check_hyperparameters(
     }
     Ok(())
 }
-
-/// Applies `global_clipnorm` (when set) to the gradients of one step.
-pub(crate) fn maybe_clip(grads: &[Option<Tensor>], clipnorm: Option<f64>) -> Result<Option<Vec<Option<Tensor>>>> {
-    match clipnorm {
-        Some(c) => Ok(Some(clip_by_global_norm(grads, c)?.0)),
-        None => Ok(None),
-    }
-}

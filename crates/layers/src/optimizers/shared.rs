@@ -2,8 +2,9 @@
 //! step count, global clip norm, per-variable slots, and the step loop), so that an
 //! optimizer is its hyperparameters and one per-variable update.
 
-use super::{check_hyperparameters, maybe_clip, pair_gradients, LearningRate, SlotTable};
+use super::{check_hyperparameters, clip_by_global_norm, pair_gradients, LearningRate, SlotTable};
 use crate::{Error, Result};
+use std::borrow::Cow;
 use tapegrad_tensor::optim::StepScalars;
 use tapegrad_tensor::{Tensor, Variable};
 
@@ -36,6 +37,26 @@ impl Core {
         self.learning_rate.at(self.iterations)
     }
 
+    /// The gradients a step uses: validates the hyperparameters (`check`: the update's
+    /// own validation) and, when a global clip norm is set, every gradient against its
+    /// variable (the norm needs them to match) before clipping. Without clipping the
+    /// caller's pairing is the validation, so the gradients are paired once per step.
+    fn checked_gradients<'g>(
+        &self,
+        grads: &'g [Option<Tensor>],
+        variables: &[Variable],
+        check: tapegrad_tensor::Result<()>,
+    ) -> Result<Cow<'g, [Option<Tensor>]>> {
+        check_hyperparameters(self.name, &self.learning_rate, self.iterations, self.global_clipnorm, check)?;
+        match self.global_clipnorm {
+            None => Ok(Cow::Borrowed(grads)),
+            Some(clipnorm) => {
+                pair_gradients(self.name, grads, variables)?;
+                Ok(Cow::Owned(clip_by_global_norm(grads, clipnorm)?.0))
+            }
+        }
+    }
+
     /// One step. Validates everything first (the update's own hyperparameter `check`, the
     /// clip norm, every gradient's shape, dtype and device), clips, then computes every
     /// variable's new value and slots with one call of `update` (so that a device can
@@ -49,11 +70,8 @@ impl Core {
         check: tapegrad_tensor::Result<()>,
         update: impl FnOnce(&[StepItem<'_>]) -> Result<Vec<(Tensor, Vec<Option<Tensor>>)>>,
     ) -> Result<()> {
-        check_hyperparameters(self.name, &self.learning_rate, self.iterations, self.global_clipnorm, check)?;
-        pair_gradients(self.name, grads, variables)?;
-        let clipped = maybe_clip(grads, self.global_clipnorm)?;
-        let grads = clipped.as_deref().unwrap_or(grads);
-        let pairs = pair_gradients(self.name, grads, variables)?;
+        let grads = self.checked_gradients(grads, variables, check)?;
+        let pairs = pair_gradients(self.name, &grads, variables)?;
         let items: Vec<StepItem<'_>> = pairs
             .iter()
             .map(|&(i, grad, var)| StepItem {
@@ -116,11 +134,8 @@ impl Core {
         check: tapegrad_tensor::Result<()>,
         update: impl FnOnce(&[StepItem<'_>], &StepScalars) -> Result<()>,
     ) -> Result<()> {
-        check_hyperparameters(self.name, &self.learning_rate, self.iterations, self.global_clipnorm, check)?;
-        pair_gradients(self.name, grads, variables)?;
-        let clipped = maybe_clip(grads, self.global_clipnorm)?;
-        let grads = clipped.as_deref().unwrap_or(grads);
-        let pairs = pair_gradients(self.name, grads, variables)?;
+        let grads = self.checked_gradients(grads, variables, check)?;
+        let pairs = pair_gradients(self.name, &grads, variables)?;
         let mut items = Vec::with_capacity(pairs.len());
         for &(_, grad, var) in &pairs {
             let Some(slots) = self.slots.get(var) else {

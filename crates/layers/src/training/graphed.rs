@@ -174,23 +174,46 @@ impl Statics {
             variable.assign(buffer.clone())?;
             variables.push((variable, buffer));
         }
-        let mut slots = Vec::new();
         // Not capturable (variables of several dtypes or devices): the update stays eager.
         let update_in_graph =
             optimizer.supports_graph_update() && optimizer.prepare_graph_update(&model.trainable_variables()).is_ok();
-        if update_in_graph {
-            let count = optimizer.slot_names().len();
-            for variable in model.trainable_variables() {
-                let Some(values) = optimizer.slots().get(&variable).map(<[Option<Tensor>]>::to_vec) else { continue };
-                for (index, value) in values.iter().enumerate() {
-                    let Some(value) = value else { continue };
-                    let buffer = private_copy(value)?;
-                    optimizer.slots_mut().set(&variable, count, index, buffer.clone());
-                    slots.push((variable.clone(), index, count, buffer));
+        let mut statics = Statics {
+            signature,
+            x: private_copy(x)?,
+            y: private_copy(y)?,
+            variables,
+            slots: Vec::new(),
+            update_in_graph,
+        };
+        statics.track_slots(model, optimizer)?;
+        Ok(statics)
+    }
+
+    /// Gives every slot of a trainable variable that has no buffer yet a private one
+    /// (when the update goes into the graph). Run when arming and again just before the
+    /// capture: the arming eager step makes the slots of a variable whose first gradient
+    /// comes then, and an untracked slot would be updated in place in a buffer that
+    /// [`Statics::refresh`] never checks, so a slot the user replaced later would be
+    /// silently ignored by the replays.
+    fn track_slots(&mut self, model: &dyn Layer, optimizer: &mut dyn Optimizer) -> Result<()> {
+        if !self.update_in_graph {
+            return Ok(());
+        }
+        let count = optimizer.slot_names().len();
+        for variable in model.trainable_variables() {
+            let Some(values) = optimizer.slots().get(&variable).map(<[Option<Tensor>]>::to_vec) else { continue };
+            for (index, value) in values.iter().enumerate() {
+                let Some(value) = value else { continue };
+                let tracked = self.slots.iter().any(|(v, i, _, _)| *i == index && v.same_as(&variable));
+                if tracked {
+                    continue;
                 }
+                let buffer = private_copy(value)?;
+                optimizer.slots_mut().set(&variable, count, index, buffer.clone());
+                self.slots.push((variable.clone(), index, count, buffer));
             }
         }
-        Ok(Statics { signature, x: private_copy(x)?, y: private_copy(y)?, variables, slots, update_in_graph })
+        Ok(())
     }
 
     /// Copies every variable and slot whose value is another tensor (an eager step's new
@@ -352,9 +375,14 @@ impl GraphedStep {
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
             State::Armed(statics) if statics.signature == signature => {
-                let State::Armed(statics) = std::mem::replace(&mut self.state, State::Cold) else {
+                let State::Armed(mut statics) = std::mem::replace(&mut self.state, State::Cold) else {
                     unreachable!("matched just above")
                 };
+                if let Err(e) = statics.track_slots(model, optimizer).and_then(|()| statics.refresh(optimizer)) {
+                    // The optimizer's state was cleared since the arming step: start over, as a
+                    // replay would.
+                    return self.eager(model, optimizer, x, y, &forward, Some(e.to_string()));
+                }
                 match capture(model, optimizer, *statics, &forward) {
                     Ok(captured) => {
                         self.stats.captures += 1;
@@ -427,16 +455,17 @@ impl GraphedStep {
 }
 
 /// Captures the step for `statics`' shapes: forward and backward, and the optimizer's
-/// update when it supports it. On failure every variable is set back to its buffer, which
-/// holds its value (what the failed capture assigned was never computed); either way the
-/// layers' host state is restored to what it was before the capture.
+/// update when it supports it. Every variable and slot must be in its buffer
+/// ([`Statics::track_slots`], then [`Statics::refresh`]). On failure every variable is set
+/// back to its buffer, which holds its value (what the failed capture assigned was never
+/// computed); either way the layers' host state is restored to what it was before the
+/// capture.
 fn capture(
     model: &dyn Layer,
     optimizer: &mut dyn Optimizer,
     statics: Statics,
     forward: &StepForward<'_>,
 ) -> Result<Captured> {
-    statics.refresh(optimizer)?;
     let trainable = model.trainable_variables();
     let update_in_graph = statics.update_in_graph;
     let host_state = save_host_state(model);

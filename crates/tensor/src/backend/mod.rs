@@ -8,12 +8,14 @@
 //! `ops/<family>/cpu.rs` (and `cuda.rs`).
 
 pub(crate) mod optim_step;
+pub(crate) mod pad_spec;
+pub(crate) mod resize_spec;
 
-use crate::ops::pad::PadSpec;
-use crate::ops::resize::ResizeSpec;
 use crate::shape::Dims;
 use crate::{DType, Result, Shape};
 pub(crate) use optim_step::{AdamStep, SgdStep};
+pub use pad_spec::PadSpec;
+pub use resize_spec::ResizeSpec;
 
 /// Elementwise functions of one tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]

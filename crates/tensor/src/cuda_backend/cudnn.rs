@@ -17,6 +17,13 @@
 //! f32). For f64 any heuristics or workspace-query failure counts as "no algorithm"
 //! (cuDNN 9 rejects unsupported f64 NHWC geometries with assorted statuses); for f32 only
 //! the "not supported" statuses do, and anything else is a hard error.
+//!
+//! With [`crate::cuda::set_cudnn_benchmark`] (PyTorch's `cudnn.benchmark`), a new plan's
+//! ranking comes from measurement instead (`cudnnFind*AlgorithmEx` on scratch buffers, once
+//! per plan, fastest first) and goes through the same choice: the fastest deterministic
+//! algorithm that fits. Measuring runs the convolutions and waits for them, so it never
+//! happens while the stream captures a graph (that plan is ranked by the heuristics), and a
+//! measurement that fails falls back to the heuristics' ranking.
 
 use super::device::{lock, CudaDevice};
 use super::CudaStorage;
@@ -79,13 +86,15 @@ impl Dnn {
 
     /// The plan for a convolution whose padding is symmetric (`pad_top == pad_bottom`,
     /// `pad_left == pad_right`), made on first use.
-    pub(crate) fn plan(&self, device: Device, spec: &Conv2dSpec, dtype: DType) -> Result<Arc<ConvPlan>> {
+    pub(crate) fn plan(&self, device: &Arc<CudaDevice>, spec: &Conv2dSpec, dtype: DType) -> Result<Arc<ConvPlan>> {
         let tf32 = dtype == DType::F32 && crate::cuda::tf32_enabled();
-        let key = PlanKey { spec: *spec, dtype, tf32 };
+        let measured = crate::cuda::cudnn_benchmark_enabled() && !device.is_capturing();
+        let key = PlanKey { spec: *spec, dtype, tf32, measured };
         if let Some(plan) = lock(&self.plans).get(&key) {
             return Ok(plan.clone());
         }
-        let plan = Arc::new(ConvPlan::new(self.handle, device, spec, dtype, tf32)?);
+        let scratch = if measured { Some(Scratch::new(device, spec, dtype)?) } else { None };
+        let plan = Arc::new(ConvPlan::new(self.handle, device.device(), spec, dtype, tf32, scratch.as_ref())?);
         lock(&self.plans).insert(key, plan.clone());
         Ok(plan)
     }
@@ -103,6 +112,47 @@ struct PlanKey {
     spec: Conv2dSpec,
     dtype: DType,
     tf32: bool,
+    /// Ranked by measurement (benchmark mode) rather than by the heuristics.
+    measured: bool,
+}
+
+/// The workspace offered to the measured algorithms (the heuristics' choice may take up to
+/// [`WORKSPACE_LIMIT`]): an algorithm that needs more is reported as failing to allocate and
+/// is not chosen. The block goes back to the caching allocator (`cuda::empty_cache` frees it).
+const FIND_WORKSPACE: usize = 256 << 20;
+
+/// Buffers of one plan's geometry for measuring its algorithms: input and filter zeroed
+/// (no NaN or denormal skews a timing), output and workspace uninitialised. Every direction
+/// writes one of them, so no user buffer is touched.
+struct Scratch {
+    x: CudaStorage,
+    w: CudaStorage,
+    y: CudaStorage,
+    workspace: CudaStorage,
+}
+
+impl Scratch {
+    fn new(device: &Arc<CudaDevice>, s: &Conv2dSpec, dtype: DType) -> Result<Scratch> {
+        let product = |dims: [usize; 4], what: &str| {
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| Error::invalid("conv2d", format!("the {what} {dims:?} overflows the address space")))
+        };
+        let x = product([s.batch, s.in_h, s.in_w, s.in_channels], "input")?;
+        let w = product([s.out_channels, s.kernel_h, s.kernel_w, s.in_channels / s.groups.max(1)], "kernel")?;
+        let y = product([s.batch, s.out_h, s.out_w, s.out_channels], "output")?;
+        Ok(Scratch {
+            x: CudaStorage::zeros(device, x, dtype)?,
+            w: CudaStorage::zeros(device, w, dtype)?,
+            y: CudaStorage::alloc(device, y, dtype)?,
+            workspace: workspace(device, FIND_WORKSPACE)?,
+        })
+    }
+
+    fn ptrs(&self) -> (*mut c_void, *mut c_void, *mut c_void, *mut c_void) {
+        let p = |b: &CudaStorage| b.ptr() as *mut c_void;
+        (p(&self.x), p(&self.w), p(&self.y), p(&self.workspace))
+    }
 }
 
 /// A tensor descriptor, destroyed on drop.
@@ -202,7 +252,16 @@ struct Ranked<A> {
 }
 
 impl ConvPlan {
-    fn new(handle: sys::cudnnHandle_t, device: Device, s: &Conv2dSpec, dtype: DType, tf32: bool) -> Result<ConvPlan> {
+    /// The plan of `s`, each direction ranked by measurement on `scratch` when given, else by
+    /// cuDNN's heuristics.
+    fn new(
+        handle: sys::cudnnHandle_t,
+        device: Device,
+        s: &Conv2dSpec,
+        dtype: DType,
+        tf32: bool,
+        scratch: Option<&Scratch>,
+    ) -> Result<ConvPlan> {
         let cuda_err = |op: &'static str| move |e: dnn::CudnnError| Error::cuda(device, op, e);
         let dt = data_type(dtype)?;
         let [n, h, w, c] = [
@@ -275,11 +334,36 @@ impl ConvPlan {
         };
         let probe = conv(base_math)?;
         let (xd, yd, wdd, cd) = (x.0, y.0, wd.0, probe.0);
+        let scratch = scratch.map(Scratch::ptrs);
+        // A failed measurement leaves the heuristics' ranking (it only ever saves time).
+        let measured = |find: sys::cudnnStatus_t| find == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
 
         // SAFETY (the three closures below): every descriptor is live and describes this
-        // geometry; the result buffers have room for `requested` entries.
+        // geometry; the result buffers have room for `requested` entries; the scratch
+        // buffers are as large as the descriptors say and the workspace holds
+        // FIND_WORKSPACE bytes.
         let forward = choose(
             |requested, returned, results: *mut sys::cudnnConvolutionFwdAlgoPerf_t| unsafe {
+                if let Some((sx, sw, sy, ws)) = scratch {
+                    let find = sys::cudnnFindConvolutionForwardAlgorithmEx(
+                        handle,
+                        xd,
+                        sx,
+                        wdd,
+                        sw,
+                        cd,
+                        yd,
+                        sy,
+                        requested,
+                        returned,
+                        results,
+                        ws,
+                        FIND_WORKSPACE,
+                    );
+                    if measured(find) {
+                        return Ok(());
+                    }
+                }
                 dnn::get_convolution_forward_algorithm(handle, xd, wdd, cd, yd, requested, returned, results)
             },
             |p| Ranked {
@@ -298,6 +382,26 @@ impl ConvPlan {
         )?;
         let backward_data = choose(
             |requested, returned, results: *mut sys::cudnnConvolutionBwdDataAlgoPerf_t| unsafe {
+                if let Some((sx, sw, sy, ws)) = scratch {
+                    let find = sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                        handle,
+                        wdd,
+                        sw,
+                        yd,
+                        sy,
+                        cd,
+                        xd,
+                        sx,
+                        requested,
+                        returned,
+                        results,
+                        ws,
+                        FIND_WORKSPACE,
+                    );
+                    if measured(find) {
+                        return Ok(());
+                    }
+                }
                 dnn::get_convolution_backward_data_algorithm(handle, wdd, yd, cd, xd, requested, returned, results)
             },
             |p| Ranked {
@@ -316,6 +420,26 @@ impl ConvPlan {
         )?;
         let backward_filter = choose(
             |requested, returned, results: *mut sys::cudnnConvolutionBwdFilterAlgoPerf_t| unsafe {
+                if let Some((sx, sw, sy, ws)) = scratch {
+                    let find = sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                        handle,
+                        xd,
+                        sx,
+                        yd,
+                        sy,
+                        cd,
+                        wdd,
+                        sw,
+                        requested,
+                        returned,
+                        results,
+                        ws,
+                        FIND_WORKSPACE,
+                    );
+                    if measured(find) {
+                        return Ok(());
+                    }
+                }
                 dnn::get_convolution_backward_filter_algorithm(handle, xd, yd, cd, wdd, requested, returned, results)
             },
             |p| Ranked {
@@ -339,7 +463,8 @@ impl ConvPlan {
 /// Up to this many heuristic results are read per direction (cuDNN has at most 8 algorithms).
 const MAX_ALGOS: usize = 8;
 
-/// The first algorithm of the heuristics' ranking that is deterministic, supported, has an
+/// The first algorithm of the ranking (the heuristics', or the measured one: fastest first)
+/// that is deterministic, supported, has an
 /// allowed math type, and whose workspace (queried again with the descriptor set to its
 /// math type) is within the limit; failing that, the first such non-deterministic one.
 /// `Ok(None)` when there is none.
@@ -573,6 +698,61 @@ impl Dnn {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::testing::cuda_or_skip;
+
+    #[test]
+    fn benchmark_mode_measures_each_geometry_once_and_takes_the_fastest_deterministic_algorithm() {
+        let test = "benchmark_mode_measures_each_geometry_once_and_takes_the_fastest_deterministic_algorithm";
+        let Some((_lock, Device::Cuda(ordinal))) = cuda_or_skip(test) else { return };
+        let device = CudaDevice::get(ordinal).unwrap();
+        let spec = |batch| Conv2dSpec {
+            batch,
+            in_h: 6,
+            in_w: 5,
+            in_channels: 3,
+            out_channels: 4,
+            groups: 1,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride_h: 1,
+            stride_w: 1,
+            dilation_h: 1,
+            dilation_w: 1,
+            pad_top: 1,
+            pad_bottom: 1,
+            pad_left: 1,
+            pad_right: 1,
+            out_h: 6,
+            out_w: 5,
+        };
+        use sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1 as DATA_1;
+        use sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 as FILTER_1;
+        use sys::cudnnConvolutionFwdAlgo_t::{
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM as FWD_0,
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM as FWD_1,
+        };
+        let algos = |plan: &ConvPlan| {
+            (
+                plan.forward.as_ref().map(|c| c.algo),
+                plan.backward_data.as_ref().map(|c| c.algo),
+                plan.backward_filter.as_ref().map(|c| c.algo),
+            )
+        };
+        let plan = |batch| device.with_dnn(|dnn| dnn.plan(&device, &spec(batch), DType::F32)).unwrap();
+        // The fake cuDNN's heuristics rank the forward algorithm 1 first; its measurement
+        // finds algorithm 0 faster. Backward, 0 is faster but not deterministic: 1 either way.
+        let ranked = plan(7);
+        assert_eq!(algos(&ranked), (Some(FWD_1), Some(DATA_1), Some(FILTER_1)));
+        crate::cuda::set_cudnn_benchmark(true);
+        let measured = plan(7);
+        let again = plan(7);
+        crate::cuda::set_cudnn_benchmark(false);
+        assert_eq!(algos(&measured), (Some(FWD_0), Some(DATA_1), Some(FILTER_1)));
+        assert!(Arc::ptr_eq(&measured, &again), "one measurement per geometry");
+        assert!(Arc::ptr_eq(&ranked, &plan(7)), "the heuristics' plan is kept beside the measured one");
+    }
+
     #[test]
     fn the_missing_library_message_says_how_to_get_it() {
         let msg = super::unavailable_message();

@@ -28,6 +28,12 @@ pub fn cuda_device_or_skip(test: &str) -> Option<Device> {
 /// test are not mixed with another's). A test that panicked does not poison it for the
 /// others.
 pub fn cuda_or_skip(test: &str) -> Option<(MutexGuard<'static, ()>, Device)> {
-    let guard = GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = gpu_lock();
     cuda_device_or_skip(test).map(|device| (guard, device))
+}
+
+/// The lock [`cuda_or_skip`] holds, for a test that decides for itself what to do with or
+/// without a device (one that checks the error raised where there is none).
+pub fn gpu_lock() -> MutexGuard<'static, ()> {
+    GPU_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

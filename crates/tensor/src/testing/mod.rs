@@ -20,7 +20,7 @@
 
 mod gpu;
 
-pub use gpu::{cuda_device_or_skip, cuda_or_skip};
+pub use gpu::{cuda_device_or_skip, cuda_or_skip, gpu_lock};
 
 use crate::{DType, Error, GradientTape, Result, Tensor};
 

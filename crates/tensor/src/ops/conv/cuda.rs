@@ -142,7 +142,7 @@ pub(crate) fn conv2d(
     let padded = padded_for_cudnn(x, spec, extra)?;
     let input = padded.as_ref().unwrap_or(x);
     let queued = device.with_dnn(|dnn| {
-        let plan = dnn.plan(device.device(), &sym, x.dtype())?;
+        let plan = dnn.plan(device, &sym, x.dtype())?;
         let queued = dnn.forward(device, &plan, input.ptr(), k.ptr(), y.ptr())?;
         if let (Queued::Done, Some(b)) = (queued, b) {
             dnn.add_bias(device, &plan, b.ptr(), y.ptr())?;
@@ -166,7 +166,7 @@ pub(crate) fn conv2d_backward_input(dy: &CudaStorage, k: &CudaStorage, spec: &Co
         return Ok(dx);
     }
     let queued = device.with_dnn(|dnn| {
-        let plan = dnn.plan(device.device(), &sym, dy.dtype())?;
+        let plan = dnn.plan(device, &sym, dy.dtype())?;
         dnn.backward_data(device, &plan, k.ptr(), dy.ptr(), dx.ptr())
     })?;
     match queued {
@@ -190,7 +190,7 @@ pub(crate) fn conv2d_backward_filter(x: &CudaStorage, dy: &CudaStorage, spec: &C
     let padded = padded_for_cudnn(x, spec, extra)?;
     let input = padded.as_ref().unwrap_or(x);
     let queued = device.with_dnn(|dnn| {
-        let plan = dnn.plan(device.device(), &sym, x.dtype())?;
+        let plan = dnn.plan(device, &sym, x.dtype())?;
         dnn.backward_filter(device, &plan, input.ptr(), dy.ptr(), dk.ptr())
     })?;
     match queued {

@@ -13,63 +13,11 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 
+pub use crate::backend::resize_spec::{Interpolation, ResizeSpec};
 use crate::ops::conv::check_nhwc;
 use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
 use crate::{Error, Result, Shape, Tensor};
-
-/// How [`Tensor::resize`] computes a new pixel (Keras' `interpolation`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Interpolation {
-    /// The nearest input pixel: each pixel repeated `factor` times (Keras' default).
-    #[default]
-    Nearest,
-    /// Linear along each axis between the two nearest input pixels, with half-pixel
-    /// centres.
-    Bilinear,
-}
-
-impl Interpolation {
-    /// Keras' name: "nearest" or "bilinear".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Interpolation::Nearest => "nearest",
-            Interpolation::Bilinear => "bilinear",
-        }
-    }
-}
-
-/// The geometry of a resize of an NHWC input `[batch, in_h, in_w, channels]` by integer
-/// factors; the output is `[batch, in_h * factor_h, in_w * factor_w, channels]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ResizeSpec {
-    /// Images in the batch.
-    pub batch: usize,
-    /// Input height.
-    pub in_h: usize,
-    /// Input width.
-    pub in_w: usize,
-    /// Channels (resized independently).
-    pub channels: usize,
-    /// Vertical factor (at least 1).
-    pub factor_h: usize,
-    /// Horizontal factor (at least 1).
-    pub factor_w: usize,
-    /// Nearest or bilinear.
-    pub interpolation: Interpolation,
-}
-
-impl ResizeSpec {
-    /// Output height.
-    pub fn out_h(&self) -> usize {
-        self.in_h * self.factor_h
-    }
-
-    /// Output width.
-    pub fn out_w(&self) -> usize {
-        self.in_w * self.factor_w
-    }
-}
 
 /// What output pixel `o` reads along one axis: `w0 * x[i0] + w1 * x[i1]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
