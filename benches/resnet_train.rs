@@ -4,7 +4,7 @@
 //! optimizer in PyTorch; docs/performance.md sets the two side by side.
 //!
 //! ```text
-//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--tf32] [--cuda-graph] [--inference]
+//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--tf32] [--cudnn-benchmark] [--cuda-graph] [--inference]
 //! ```
 //! `--inference`: forward passes only, in inference mode (moving statistics, no tape), the
 //! work of `Trainer::predict`; the RESULT name starts with `infer_` instead of `train_`.
@@ -33,7 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Strict f32 unless `--tf32` (as resnet_train_torch.py's flag); RESULT names say which.
     let tf32 = args.iter().any(|a| a == "--tf32");
     tapegrad::tensor::cuda::set_tf32(tf32);
-    let precision = if tf32 { "_tf32" } else { "" };
+    // cuDNN algorithms chosen by measurement (PyTorch's cudnn.benchmark; the torch twin's
+    // flag of the same name); RESULT names end in `_bench`.
+    let benchmark = args.iter().any(|a| a == "--cudnn-benchmark");
+    tapegrad::tensor::cuda::set_cudnn_benchmark(benchmark);
+    let precision = format!("{}{}", if tf32 { "_tf32" } else { "" }, if benchmark { "_bench" } else { "" });
     let device = match arg(&args, "--device", "cpu").as_str() {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),

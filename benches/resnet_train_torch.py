@@ -103,13 +103,17 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in matmuls and convolutions (default: strict f32)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark = True (resnet_train --cudnn-benchmark); RESULT names end in _bench")
     p.add_argument("--bf16", action="store_true", help="forward pass and loss under bf16 autocast")
     p.add_argument("--inference", action="store_true", help="forward passes only, model.eval() under torch.inference_mode()")
     p.add_argument("--compile", metavar="MODE", help="torch.compile mode, e.g. max-autotune or reduce-overhead")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
-    precision = ("_tf32" if args.tf32 else "") + ("_bf16" if args.bf16 else "") + ("_compile" if args.compile else "")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    precision = (("_tf32" if args.tf32 else "") + ("_bench" if args.cudnn_benchmark else "") + ("_bf16" if args.bf16 else "")
+                 + ("_compile" if args.compile else ""))
     torch.set_num_threads(args.threads)
     torch.manual_seed(1234)
     dev = torch.device(args.device)

@@ -15,7 +15,8 @@
 #      steps, tests/nccl.rs), skipped with the reason when no libnccl is found;
 #   4. the micro-benchmarks beside PyTorch's (benches/cuda_micro*.{rs,py}), strict f32;
 #   5. full mode only: batch 256, the TF32 rows (ours with cuda::set_tf32(true), PyTorch
-#      with allow_tf32 on both switches), the TF32 convolution micro-benchmarks;
+#      with allow_tf32 on both switches), the rows with cuDNN algorithms chosen by measurement
+#      (--cudnn-benchmark, cudnn.benchmark on both sides), the TF32 convolution micro-benchmarks;
 #   6. a short run of the flagship on synthetic data;
 #   7. full mode only, if time is left: PyTorch eager with bf16 autocast and torch.compile
 #      (reduce-overhead), the rows tapegrad's bf16 and CUDA-graph modes are to beat.
@@ -244,7 +245,7 @@ for path in sys.argv[1:]:
             cols[col][p[1]] = (float(p[2]), p[3])
 names = list(dict.fromkeys(n for c in cols.values() for n in c))
 def mode(name):
-    tags = {"_graph": "graph", "_tf32": "TF32", "_bf16": "bf16-amp", "_compile": "compiled"}
+    tags = {"_graph": "graph", "_tf32": "TF32", "_bench": "measured", "_bf16": "bf16-amp", "_compile": "compiled"}
     return "+".join(v for k, v in tags.items() if k in name) or "f32"
 print(f"\n{'training (seed ResNet18, Adam)':<36} {'mode':<9} {'tapegrad':>9} {'torch NCHW':>10} {'torch CL':>9} {'unit':<6} {'ratio':>6}")
 for name in names:
@@ -382,6 +383,9 @@ if ((preflight_ok)); then
     b="${train_batches[0]}"
     train ours "$b" "_tf32" --tf32
     train torch "$b" "_cl_tf32" --channels-last --tf32
+    # cuDNN algorithms chosen by measurement on both sides (cudnn.benchmark).
+    train ours "$b" "_bench" --cudnn-benchmark
+    train torch "$b" "_cl_bench" --channels-last --cudnn-benchmark
     training_table
     run_stage micro_ours_tf32 60 "$bundle/cuda_micro" --tf32
     run_stage micro_torch_tf32 60 "$py" benches/cuda_micro_torch.py --tf32

@@ -208,6 +208,29 @@ fn memory_a_graph_writes_is_not_handed_out_while_it_lives() {
     assert_eq!(cuda::memory_stats(0).unwrap().device_allocations, before);
 }
 
+#[test]
+fn a_geometry_first_seen_in_benchmark_mode_during_a_capture_is_not_measured() {
+    let Some((_gpu, gpu)) = cuda_or_skip("a_geometry_first_seen_in_benchmark_mode_during_a_capture_is_not_measured")
+    else {
+        return;
+    };
+    // Measuring (cudnnFind*) runs the convolutions and waits for them, which a capture
+    // forbids (the emulator refuses it): in a capture the heuristics' plan is used.
+    let x = Tensor::from_vec(ramp(2 * 7 * 6 * 3, 1.0, &Device::Cpu).to_vec::<f32>().unwrap(), [2, 7, 6, 3], &gpu);
+    let k = Tensor::from_vec(ramp(4 * 3 * 3 * 3, 0.5, &Device::Cpu).to_vec::<f32>().unwrap(), [4, 3, 3, 3], &gpu);
+    let (x, k) = (x.unwrap(), k.unwrap());
+    let params = tapegrad_tensor::Conv2dParams { padding: tapegrad_tensor::Padding::Same, ..Default::default() };
+    let conv = || x.conv2d(&k, None, &params);
+    let eager = conv().unwrap(); // the heuristics' plan made, kernels loaded
+    drop(conv().unwrap()); // the capture's blocks cached
+    cuda::set_cudnn_benchmark(true);
+    let captured = CudaGraph::capture(&gpu, conv);
+    cuda::set_cudnn_benchmark(false);
+    let (graph, y) = captured.unwrap();
+    graph.replay().unwrap();
+    assert_eq!(y.to_vec::<f32>().unwrap(), eager.to_vec::<f32>().unwrap());
+}
+
 /// A capture of `f` must fail with an error whose message contains `needle`; afterwards the
 /// device works eagerly and captures again.
 fn capture_fails(gpu: &Device, needle: &str, f: impl FnOnce() -> Result<Tensor>) {
