@@ -37,6 +37,8 @@
 // Test hooks: TAPEGRAD_EMU_NCCL_DIE=<device>:<n> makes the n-th collective called on that
 // device (counting from 1) never return, as if the rank's process died after its host part
 // (tapegrad's header exchange) and before its GPU joined: the other ranks' part waits.
+// TAPEGRAD_EMU_NCCL_FAIL_UNIQUE_ID=1 makes ncclGetUniqueId fail (ncclSystemError), as when
+// rank 0 of `Communicator::nccl_from_mpi` cannot make the id.
 // TAPEGRAD_EMU_NCCL_TRACE=<file> appends one line per collective call, with the number
 // of kernel launches the fake driver has run so far on the caller's device, so a test can
 // check that all-reduces were queued between the backward pass's kernels.
@@ -340,6 +342,7 @@ int ncclGetVersion(int* v) { *v = 23000; return Success; }
 const char* ncclGetErrorString(int r) { return r == Success ? "no error" : "fake nccl error"; }
 const char* ncclGetLastError(void*) { return "fake nccl"; }
 int ncclGetUniqueId(ncclUniqueId* id) {
+    if (const char* fail = getenv("TAPEGRAD_EMU_NCCL_FAIL_UNIQUE_ID"); fail && strcmp(fail, "1") == 0) return SystemError;
     memset(id->internal, 0, sizeof(id->internal));
     snprintf(id->internal, sizeof(id->internal), "fake-nccl-%llu", (unsigned long long)next_id++);
     return Success;

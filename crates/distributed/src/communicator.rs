@@ -256,7 +256,8 @@ impl Communicator {
         #[cfg(feature = "nccl")]
         if let Some(n) = &self.nccl {
             let shape = Shape::from(vec![0]);
-            let what = crate::nccl_backend::What { rank: self.rank, collective: "barrier", dtype: DType::I64, shape: &shape };
+            let what =
+                crate::nccl_backend::What { rank: self.rank, collective: "barrier", dtype: DType::I64, shape: &shape };
             if let Err(failed) = n.check(&what) {
                 // An aborted communicator (the watchdog fired) is reported here too, and
                 // announced so that the other ranks do not wait for this one.

@@ -127,6 +127,8 @@ impl NcclRank {
     /// is gone): collectives queued on the GPU that wait for it end instead of hanging the
     /// stream, and the stream is marked failed if one was still queued.
     pub(crate) fn abort(&self, cause: &Error) {
+        // The device's context, current for ncclCommAbort and the events' destruction.
+        let _ = raw::stream(self.ordinal);
         self.shared.lock().abort(Failure::Other(cause.to_string()), self.ordinal);
     }
 
@@ -143,7 +145,7 @@ impl NcclRank {
             return Err(failure.error());
         }
         let Some(comm) = st.comm() else { return Err(aborted(what)) };
-        if let Some(msg) = st.async_error(what.rank) {
+        if let Some(msg) = st.async_error() {
             let e = what.fail("an earlier NCCL collective", format!("{msg}; the communicator is aborted"));
             st.abort(Failure::Other(e.to_string()), self.ordinal);
             return Err(e);
@@ -434,7 +436,10 @@ impl Communicator {
         }
         let words = host.broadcast(&Tensor::from_vec(words, [17], &Device::Cpu)?, 0)?.to_vec::<i64>()?;
         if let Some(Err(e)) = made {
-            return Err(Error::Backend { backend: "nccl", msg: format!("rank 0: ncclGetUniqueId failed: {}", name(e)) });
+            return Err(Error::Backend {
+                backend: "nccl",
+                msg: format!("rank 0: ncclGetUniqueId failed: {}", name(e)),
+            });
         }
         if words[0] != 0 {
             return Err(Error::Backend {

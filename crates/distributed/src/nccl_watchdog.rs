@@ -166,17 +166,17 @@ impl State {
         Ok(())
     }
 
-    /// NCCL's asynchronous error (a failed peer or network), as a message naming `rank`.
-    pub(crate) fn async_error(&self, rank: usize) -> Option<String> {
+    /// NCCL's asynchronous error (a failed peer or network), as a message.
+    pub(crate) fn async_error(&self) -> Option<String> {
         let comm = self.comm()?;
         let mut state = sys::ncclResult_t::ncclSuccess;
         // SAFETY: the handle is live (not aborted or destroyed: `comm` is Some, and the
         // caller holds the lock) and `state` is writable.
         if let Err(e) = unsafe { sys::ncclCommGetAsyncError(comm, &mut state) }.result() {
-            return Some(format!("rank {rank}: ncclCommGetAsyncError failed: {:?}", e.0));
+            return Some(format!("ncclCommGetAsyncError failed: {:?}", e.0));
         }
         (state != sys::ncclResult_t::ncclSuccess)
-            .then(|| format!("rank {rank}: NCCL reports an asynchronous error: {state:?} (a peer or the network failed)"))
+            .then(|| format!("NCCL reports an asynchronous error: {state:?} (a peer or the network failed)"))
     }
 
     /// One look at the queued collectives: aborts the communicator when one failed or has
@@ -191,7 +191,9 @@ impl State {
             return false;
         }
         let Some(oldest) = self.queued.front() else { return false };
-        if let Some(msg) = self.async_error(oldest.what.rank) {
+        if let Some(msg) = self.async_error() {
+            let w = &oldest.what;
+            let msg = format!("rank {}: {} of a {} tensor of shape {}: {msg}", w.rank, w.collective, w.dtype, w.shape);
             self.abort(Failure::Other(msg), ordinal);
             return false;
         }
@@ -273,6 +275,9 @@ impl Shared {
     /// Waits until nothing is queued, aborting the communicator when a collective fails or
     /// times out, then destroys it (unless it was aborted) and stops the watchdog.
     pub(crate) fn close(&self) {
+        // The device's context, current for ncclCommDestroy and the events' destruction
+        // (the last owner of this state drops them on this thread).
+        let _ = raw::stream(self.ordinal);
         let mut st = self.lock();
         while st.poll(self.ordinal) {
             let interval = poll_interval(st.timeout);
