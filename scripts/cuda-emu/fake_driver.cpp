@@ -248,7 +248,8 @@ CUresult cuMemFreeHost(void* p) {
 CUresult cuEventCreate(void** e, unsigned) { *e = new EmuEvent; return 0; }
 CUresult cuEventRecord(void* e, void* s) {
     if (!e) return 400;  // CUDA_ERROR_INVALID_HANDLE
-    if (emu_records(s)) return emu_stream_work(s, [] { return 0; });
+    // Recorded while capturing (or refused on the legacy stream then), as stream work is.
+    if (emu_records(s) || (!s && emu_capturing())) return emu_stream_work(s, [] { return 0; });
     // Not stream work: recording never waits, the event passes when the fences do.
     ((EmuEvent*)e)->fences = fences_of(s);
     return 0;
