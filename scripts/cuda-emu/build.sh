@@ -7,7 +7,8 @@
 # arguments, kernel names, reduction plans, the cuBLAS mapping) and its kernels' index
 # arithmetic still run end to end: crates/tensor/tests/cuda_ops.rs compares every op with
 # the CPU backend. The kernels are the real .cu sources compiled with g++ behind emu.h;
-# kernels run synchronously (one stream is in order anyway); cuBLAS is a naive
+# kernels run synchronously (one stream is in order anyway; only the fake NCCL's queued
+# collectives complete later, pending.h); cuBLAS is a naive
 # column-major GEMM; cuDNN's convolutions are naive loops (fake_cudnn.cpp). Stream capture
 # and graph replay record and replay that work, and reject what a real driver rejects
 # during capture (fake_graph.cpp, capture.h). NVRTC (real,

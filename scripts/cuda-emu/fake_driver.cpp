@@ -4,10 +4,15 @@
 // emu_stream_work holds one lock while work runs); fake_nccl.cpp reduces across them.
 // Device pointers are host pointers; every call completes before it returns, which is
 // what a single in-order stream guarantees anyway, except while a stream captures a graph:
-// then work queued on it is recorded and checked as a real driver would (fake_graph.cpp). Only the entry points cudarc calls for
-// tapegrad are here: a missing one makes cudarc panic with "Missing symbol ...".
+// then work queued on it is recorded and checked as a real driver would (fake_graph.cpp),
+// and except for work that completes later (the fake libnccl's queued collectives), which
+// later work, synchronisation and events on its stream wait for (pending.h). Only the
+// entry points cudarc calls for tapegrad are here: a missing one makes cudarc panic with
+// "Missing symbol ...".
 #include "emu.h"
 #include "capture.h"
+#include "pending.h"
+#include <condition_variable>
 #include <map>
 #include <string>
 #include <thread>
@@ -92,6 +97,59 @@ uint64_t emu_kernel_launches(int device) {
     return device >= 0 && device < MAX_DEVICES ? kernel_launches[device].load() : 0;
 }
 
+// ---- Work that completes later (pending.h) ----
+struct EmuFence {
+    std::mutex mutex;
+    std::condition_variable signalled;
+    bool done = false;
+};
+std::shared_ptr<EmuFence> emu_fence_new() { return std::make_shared<EmuFence>(); }
+void emu_fence_signal(EmuFence& f) {
+    std::lock_guard<std::mutex> lock(f.mutex);
+    f.done = true;
+    f.signalled.notify_all();
+}
+bool emu_fence_done(EmuFence& f) {
+    std::lock_guard<std::mutex> lock(f.mutex);
+    return f.done;
+}
+static void fence_wait(EmuFence& f) {
+    std::unique_lock<std::mutex> lock(f.mutex);
+    f.signalled.wait(lock, [&] { return f.done; });
+}
+using Fences = std::vector<std::shared_ptr<EmuFence>>;
+// The fences held on each stream and not yet seen signalled (under streams_mutex).
+static std::map<void*, Fences> stream_fences;
+// The stream's unsignalled fences (those seen signalled are forgotten).
+static Fences fences_of(void* s) {
+    std::lock_guard<std::mutex> lock(streams_mutex);
+    auto it = stream_fences.find(s);
+    if (it == stream_fences.end()) return {};
+    Fences& f = it->second;
+    std::erase_if(f, [](auto& x) { return emu_fence_done(*x); });
+    return f;
+}
+void emu_stream_hold(void* s, std::shared_ptr<EmuFence> f) {
+    std::lock_guard<std::mutex> lock(streams_mutex);
+    stream_fences[s].push_back(std::move(f));
+}
+void emu_stream_wait(void* s) {
+    if (!s) return;
+    for (auto& f : fences_of(s)) fence_wait(*f);
+}
+// Waits for every stream of `device`.
+static void device_wait(int device) {
+    std::vector<void*> streams;
+    {
+        std::lock_guard<std::mutex> lock(streams_mutex);
+        for (auto& [s, d] : stream_devices)
+            if (d == device) streams.push_back(s);
+    }
+    for (void* s : streams) emu_stream_wait(s);
+}
+// An event: the fences its stream held when it was recorded.
+struct EmuEvent { Fences fences; };
+
 #pragma GCC visibility push(default)
 extern "C" {
 typedef int CUresult;
@@ -113,8 +171,16 @@ CUresult cuStreamCreate(void** s, unsigned) {
     stream_devices[*s] = emu_current_device();
     return 0;
 }
-CUresult cuStreamSynchronize(void*) { return emu_forbidden_during_capture("cuStreamSynchronize"); }
-CUresult cuCtxSynchronize() { return emu_forbidden_during_capture("cuCtxSynchronize"); }
+CUresult cuStreamSynchronize(void* s) {
+    if (int e = emu_forbidden_during_capture("cuStreamSynchronize")) return e;
+    emu_stream_wait(s);
+    return 0;
+}
+CUresult cuCtxSynchronize() {
+    if (int e = emu_forbidden_during_capture("cuCtxSynchronize")) return e;
+    device_wait(emu_current_device());
+    return 0;
+}
 CUresult cuStreamDestroy_v2(void*) { return 0; }
 CUresult cuModuleLoadData(void** m, const void* image) { if (!image) return 1; *m = (void*)0x3000; return 0; }
 CUresult cuModuleUnload(void*) { return 0; }
@@ -139,7 +205,13 @@ CUresult cuMemAlloc_v2(uint64_t* p, size_t bytes) {
     return 0;
 }
 CUresult cuMemFree_v2(uint64_t p) {
-    if (int e = emu_forbidden_during_capture("cuMemFree")) return e; char* m = (char*)p - 8; allocated -= *(size_t*)m; free(m); return 0; }
+    if (int e = emu_forbidden_during_capture("cuMemFree")) return e;
+    device_wait(emu_current_device());  // queued work may still write the memory
+    char* m = (char*)p - 8;
+    allocated -= *(size_t*)m;
+    free(m);
+    return 0;
+}
 CUresult cuMemGetInfo_v2(size_t* free_, size_t* total) { *free_ = LIMIT - allocated; *total = LIMIT; return 0; }
 // A captured copy reads (or writes) the host buffer when the graph runs, so it must be
 // page-locked memory, which outlives the call; a copy from pageable memory cannot be captured.
@@ -157,8 +229,9 @@ CUresult cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t n, void* s) {
 CUresult cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void* s) {
     return emu_stream_work(s, [=] { memset((void*)dst, v, n); return 0; });
 }
-// Pinned host memory and events (upload staging): plain host memory, remembered as pinned;
-// copies are synchronous, so an event has always passed.
+// Pinned host memory and events (upload staging, the NCCL watchdog): plain host memory,
+// remembered as pinned; copies are synchronous, so an event has passed unless its stream
+// held a fence (pending.h) when it was recorded.
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
     if (int e = emu_forbidden_during_capture("cuMemHostAlloc")) return e;
     *p = malloc(bytes ? bytes : 1);
@@ -172,10 +245,30 @@ CUresult cuMemFreeHost(void* p) {
     free(p);
     return 0;
 }
-CUresult cuEventCreate(void** e, unsigned) { *e = malloc(1); return 0; }
-CUresult cuEventRecord(void*, void* s) { return emu_stream_work(s, [] { return 0; }); }
-CUresult cuEventSynchronize(void*) { return emu_forbidden_during_capture("cuEventSynchronize"); }
-CUresult cuEventDestroy_v2(void* e) { free(e); return 0; }
+CUresult cuEventCreate(void** e, unsigned) { *e = new EmuEvent; return 0; }
+CUresult cuEventRecord(void* e, void* s) {
+    if (!e) return 400;  // CUDA_ERROR_INVALID_HANDLE
+    // Recorded while capturing (or refused on the legacy stream then), as stream work is.
+    if (emu_records(s) || (!s && emu_capturing())) return emu_stream_work(s, [] { return 0; });
+    // Not stream work: recording never waits, the event passes when the fences do.
+    ((EmuEvent*)e)->fences = fences_of(s);
+    return 0;
+}
+CUresult cuEventQuery(void* e) {
+    if (!e) return 400;
+    if (int err = emu_forbidden_during_capture("cuEventQuery")) return err;
+    for (auto& f : ((EmuEvent*)e)->fences)
+        if (!emu_fence_done(*f)) return 600;  // CUDA_ERROR_NOT_READY
+    return 0;
+}
+CUresult cuEventSynchronize(void* e) {
+    if (!e) return 400;
+    if (int err = emu_forbidden_during_capture("cuEventSynchronize")) return err;
+    for (auto& f : ((EmuEvent*)e)->fences) fence_wait(*f);
+    return 0;
+}
+// A real driver lets an event be destroyed before it passes (resources go when it does).
+CUresult cuEventDestroy_v2(void* e) { delete (EmuEvent*)e; return 0; }
 CUresult cuGetErrorString(int, const char** s) { *s = "fake cuda error"; return 0; }
 CUresult cuGetErrorName(int, const char** s) { *s = "CUDA_ERROR_FAKE"; return 0; }
 

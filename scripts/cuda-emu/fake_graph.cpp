@@ -11,6 +11,7 @@
 // synchronisation, copies between the device and pageable host memory, and work on the
 // legacy default stream. FAKE_CUDA_TRACE_CAPTURE=1 prints why a capture was invalidated.
 #include "capture.h"
+#include "pending.h"
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -64,6 +65,9 @@ int emu_stream_work(void* stream, EmuWork work) {
             }
         }
     }
+    // Stream order: work that completes later (a queued collective, pending.h) comes first.
+    // Waited for before taking `running`: the peer whose part completes it may be running.
+    emu_stream_wait(stream);
     // Threads driving different devices share the kernels' globals (blockDim, shared
     // memory): work runs one piece at a time.
     static std::recursive_mutex running;

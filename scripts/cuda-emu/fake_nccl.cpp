@@ -3,25 +3,47 @@
 // pointers here).
 //
 // Stream order: the fake driver runs every piece of work when it is queued, so when a
-// collective is called everything queued before it on its stream has run. A collective
-// therefore waits, at the call, until every rank of its communicator has called the same
-// collective (ranks are threads: one per device, or one thread inside ncclGroupStart/End
-// calling for all of them), then the last to arrive computes the result into every rank's
-// receive buffer and all return: work queued after the call sees the result, as on a GPU.
+// collective is called everything queued before it on its stream has run. By default a
+// collective therefore waits, at the call, until every rank of its communicator has called
+// the same collective (ranks are threads: one per device, or one thread inside
+// ncclGroupStart/End calling for all of them), then the last to arrive computes the result
+// into every rank's receive buffer and all return: work queued after the call sees the
+// result, as on a GPU. A rank that never arrives is given up after
+// TAPEGRAD_EMU_NCCL_TIMEOUT_S seconds (default 60; real NCCL waits on the GPU forever, until
+// ncclCommAbort, which wakes the fake's waiters too): the call returns ncclRemoteError, its
+// part is taken out of the round (a late peer must not write into buffers the caller may
+// have freed meanwhile), and the communicator reports the error from then on
+// (ncclCommGetAsyncError).
+//
+// Queued mode (TAPEGRAD_EMU_NCCL_QUEUE=1), as on a GPU: the call returns at once and the
+// collective is a fence on the stream (pending.h) that the last rank to arrive signals after
+// computing the result; until then the stream's later work, its synchronisation and events
+// recorded after it wait (cuEventQuery: not ready). A rank that never arrives leaves the
+// stream stuck, with no timeout, until ncclCommAbort, which signals the fences without
+// computing anything (the receive buffers keep whatever they held), as a real abort makes
+// stuck NCCL kernels return. ncclCommDestroy waits, also without a timeout, until the
+// rank's queued collectives are done (real NCCL's does too: only ncclCommAbort does not).
+// Ranks whose collectives disagree make every rank of the round report ncclInvalidUsage
+// through ncclCommGetAsyncError (the callers had returned already).
+//
 // Under stream capture a collective is refused (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
 // invalidates the capture, and the call returns ncclInvalidUsage): the fake cannot replay
 // a rendezvous inside a graph, and tapegrad never captures one.
 //
 // What real NCCL checks and the fake checks too: ranks whose collectives disagree (kind,
 // count, dtype, op, root) get ncclInvalidUsage (real NCCL would hang or return garbage:
-// tapegrad's header exchange must catch that first), and a rank that never arrives is
-// given up after TAPEGRAD_EMU_NCCL_TIMEOUT_S seconds (default 60; real NCCL waits on
-// the GPU forever, until ncclCommAbort, which wakes the fake's waiters too).
+// tapegrad's header exchange must catch that first).
 //
+// Test hooks: TAPEGRAD_EMU_NCCL_DIE=<device>:<n> makes the n-th collective called on that
+// device (counting from 1) never return, as if the rank's process died after its host part
+// (tapegrad's header exchange) and before its GPU joined: the other ranks' part waits.
+// TAPEGRAD_EMU_NCCL_FAIL_UNIQUE_ID=1 makes ncclGetUniqueId fail (ncclSystemError), as when
+// rank 0 of `Communicator::nccl_from_mpi` cannot make the id.
 // TAPEGRAD_EMU_NCCL_TRACE=<file> appends one line per collective call, with the number
 // of kernel launches the fake driver has run so far on the caller's device, so a test can
 // check that all-reduces were queued between the backward pass's kernels.
 #include "capture.h"
+#include "pending.h"
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -33,6 +55,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 // From fake_driver.cpp: the device of the calling thread's current context, the number of
@@ -42,7 +65,7 @@ int emu_device_count();
 uint64_t emu_kernel_launches(int device);
 
 namespace {
-enum Result : int { Success = 0, SystemError = 2, InternalError = 3, InvalidArgument = 4, InvalidUsage = 5, Timeout = 8 };
+enum Result : int { Success = 0, SystemError = 2, InternalError = 3, InvalidArgument = 4, InvalidUsage = 5, RemoteError = 6 };
 enum Kind : int { AllReduce, Broadcast, AllGather };
 const char* kind_name(int k) { return k == AllReduce ? "ncclAllReduce" : k == Broadcast ? "ncclBroadcast" : "ncclAllGather"; }
 enum DataType : int { Int64 = 4, Float32 = 7, Float64 = 8 };
@@ -63,9 +86,12 @@ struct Op {
     void* recv = nullptr;
 };
 
+// One collective of a clique: each rank's part, as it arrives.
 struct Round {
     std::vector<Op> ops;
     std::vector<bool> arrived;
+    // Queued mode: the fence on each waiting rank's stream.
+    std::vector<std::shared_ptr<EmuFence>> fences;
     int count = 0;
     bool done = false;
     int result = Success;
@@ -77,9 +103,19 @@ struct Clique {
     std::condition_variable changed;
     std::map<uint64_t, Round> rounds;
     std::vector<Comm*> comms;
+    // Queued mode: each rank's collectives not yet done (ncclCommDestroy waits for them).
+    std::vector<int> queued;
     bool aborted = false;
     int joined = 0;  // ncclCommInitRank
 };
+
+bool queued_mode() {
+    static const bool q = [] {
+        const char* s = getenv("TAPEGRAD_EMU_NCCL_QUEUE");
+        return s && *s && strcmp(s, "0") != 0;
+    }();
+    return q;
+}
 
 size_t elem_size(int dtype) { return dtype == Float32 ? 4 : 8; }
 
@@ -125,6 +161,27 @@ int execute(Round& r, int n) {
     return Success;
 }
 
+// Signals a round's fences and forgets them (the ranks' streams go on). Under the clique's lock.
+void release_fences(Clique& cl, Round& r) {
+    for (int i = 0; i < cl.nranks; ++i)
+        if (r.fences[i]) {
+            emu_fence_signal(*r.fences[i]);
+            r.fences[i].reset();
+            cl.queued[i]--;
+        }
+}
+
+// Runs a round whose every part has arrived. Under the clique's lock.
+void complete(Clique& cl, Round& r) {
+    r.result = execute(r, cl.nranks);
+    r.done = true;
+    if (r.result != Success)  // nobody waits at the call in queued mode: report it as NCCL does
+        for (Comm* c : cl.comms)
+            if (c) c->async_error = r.result;
+    release_fences(cl, r);
+    cl.changed.notify_all();
+}
+
 double timeout_s() {
     const char* s = getenv("TAPEGRAD_EMU_NCCL_TIMEOUT_S");
     double t = s ? atof(s) : 0;
@@ -143,46 +200,102 @@ void trace(const Comm* c, const Op& op) {
     }
 }
 
-// Deposits each (comm, op) in its round, runs rounds that become complete, and waits until
-// all of this call's rounds are done.
-int submit(const std::vector<std::pair<Comm*, Op>>& calls) {
-    std::vector<std::pair<std::shared_ptr<Clique>, uint64_t>> mine;
-    for (auto& [c, op] : calls) {
+// TAPEGRAD_EMU_NCCL_DIE=<device>:<n>: whether this call is the n-th on that device.
+bool dies_here(int device) {
+    static int die_device = -1;
+    static long die_call = 0;
+    static std::atomic<long> calls[64];
+    static bool parsed = [] {
+        if (const char* s = getenv("TAPEGRAD_EMU_NCCL_DIE")) sscanf(s, "%d:%ld", &die_device, &die_call);
+        return true;
+    }();
+    (void)parsed;
+    if (device != die_device || device < 0 || device >= 64) return false;
+    return ++calls[device] == die_call;
+}
+
+struct Call {
+    Comm* comm;
+    Op op;
+    void* stream;
+};
+
+// Deposits each call's part in its round and runs rounds that become complete. Blocking
+// mode: waits until all of this call's rounds are done (or the timeout passes). Queued
+// mode: the parts that wait for peers become fences on their streams, and the call returns.
+int submit(const std::vector<Call>& calls) {
+    const bool queue = queued_mode();
+    // Stream order: what was queued before the collective has run before it starts.
+    if (queue)
+        for (auto& call : calls) emu_stream_wait(call.stream);
+    struct Mine {
+        std::shared_ptr<Clique> clique;
+        uint64_t seq;
+        int rank;
+    };
+    std::vector<Mine> mine;
+    std::vector<std::pair<void*, std::shared_ptr<EmuFence>>> holds;
+    for (auto& [c, op, stream] : calls) {
         auto& cl = c->clique;
         std::lock_guard<std::mutex> lock(cl->mutex);
         if (cl->aborted) return InvalidUsage;
         uint64_t seq = c->seq++;
         Round& r = cl->rounds[seq];
-        if (r.ops.empty()) { r.ops.resize(cl->nranks); r.arrived.assign(cl->nranks, false); }
+        if (r.ops.empty()) {
+            r.ops.resize(cl->nranks);
+            r.arrived.assign(cl->nranks, false);
+            r.fences.resize(cl->nranks);
+        }
         r.ops[c->rank] = op;
         r.arrived[c->rank] = true;
         if (++r.count == cl->nranks) {
-            r.result = execute(r, cl->nranks);
-            r.done = true;
-            cl->changed.notify_all();
+            complete(*cl, r);
+            if (queue) cl->rounds.erase(seq);
+        } else if (queue) {
+            r.fences[c->rank] = emu_fence_new();
+            cl->queued[c->rank]++;
+            holds.push_back({stream, r.fences[c->rank]});
         }
-        mine.push_back({cl, seq});
+        if (!queue) mine.push_back({cl, seq, c->rank});
     }
+    // A fence signalled meanwhile (the last peer arrived) holds nothing up.
+    for (auto& [stream, fence] : holds) emu_stream_hold(stream, fence);
+    if (queue) return Success;
     int result = Success;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
-    for (auto& [cl, seq] : mine) {
+    for (auto& [cl, seq, rank] : mine) {
         std::unique_lock<std::mutex> lock(cl->mutex);
-        bool ok = cl->changed.wait_until(lock, deadline, [&] { return cl->rounds[seq].done || cl->aborted; });
-        Round& r = cl->rounds[seq];
-        if (!ok || !r.done) {
-            if (!cl->aborted) fprintf(stderr, "fake nccl: a rank never joined collective #%llu\n", (unsigned long long)seq);
-            result = cl->aborted ? InvalidUsage : Timeout;
+        // (ncclCommAbort forgets the rounds.)
+        auto done = [&] {
+            auto it = cl->rounds.find(seq);
+            return cl->aborted || it == cl->rounds.end() || it->second.done;
+        };
+        cl->changed.wait_until(lock, deadline, done);
+        auto it = cl->rounds.find(seq);
+        if (cl->aborted || it == cl->rounds.end()) {
+            result = InvalidUsage;
+            continue;
+        }
+        Round& r = it->second;
+        if (!r.done) {
+            fprintf(stderr, "fake nccl: a rank never joined collective #%llu\n", (unsigned long long)seq);
+            // This rank's part leaves the round: a late peer must not compute into buffers
+            // the caller frees once the call has failed.
+            r.ops[rank] = Op{};
+            r.arrived[rank] = false;
+            if (--r.count == 0) cl->rounds.erase(it);
+            result = RemoteError;
             continue;
         }
         if (r.result != Success) result = r.result;
         // The last rank to leave forgets the round.
-        if (--r.count == 0) cl->rounds.erase(seq);
+        if (--r.count == 0) cl->rounds.erase(it);
     }
     return result;
 }
 
 thread_local int group_depth = 0;
-thread_local std::vector<std::pair<Comm*, Op>> group_calls;
+thread_local std::vector<Call> group_calls;
 
 int enqueue(Comm* c, Op op, void* stream) {
     if (!c) return InvalidArgument;
@@ -195,12 +308,17 @@ int enqueue(Comm* c, Op op, void* stream) {
         return InvalidUsage;
     }
     if (int e = c->async_error.load()) return e;
+    if (dies_here(c->device)) {
+        fprintf(stderr, "fake nccl: TAPEGRAD_EMU_NCCL_DIE: the rank on device %d dies in %s\n", c->device,
+                kind_name(op.kind));
+        for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
     trace(c, op);
     if (group_depth > 0) {
-        group_calls.push_back({c, op});
+        group_calls.push_back({c, op, stream});
         return Success;
     }
-    int r = submit({{c, op}});
+    int r = submit({{c, op, stream}});
     if (r != Success) c->async_error = r;
     return r;
 }
@@ -208,6 +326,12 @@ int enqueue(Comm* c, Op op, void* stream) {
 std::mutex ids_mutex;
 std::map<std::string, std::shared_ptr<Clique>> by_id;
 std::atomic<uint64_t> next_id{1};
+
+// Forgets a rank that is destroyed or aborted (its clique may outlive it).
+void leave(Comm* c) {
+    for (auto& x : c->clique->comms)
+        if (x == c) x = nullptr;
+}
 }  // namespace
 
 #pragma GCC visibility push(default)
@@ -218,6 +342,7 @@ int ncclGetVersion(int* v) { *v = 23000; return Success; }
 const char* ncclGetErrorString(int r) { return r == Success ? "no error" : "fake nccl error"; }
 const char* ncclGetLastError(void*) { return "fake nccl"; }
 int ncclGetUniqueId(ncclUniqueId* id) {
+    if (const char* fail = getenv("TAPEGRAD_EMU_NCCL_FAIL_UNIQUE_ID"); fail && strcmp(fail, "1") == 0) return SystemError;
     memset(id->internal, 0, sizeof(id->internal));
     snprintf(id->internal, sizeof(id->internal), "fake-nccl-%llu", (unsigned long long)next_id++);
     return Success;
@@ -227,6 +352,7 @@ int ncclCommInitAll(Comm** comms, int ndev, const int* devlist) {
     if (!comms || ndev <= 0) return InvalidArgument;
     auto cl = std::make_shared<Clique>();
     cl->nranks = ndev;
+    cl->queued.assign(ndev, 0);
     for (int i = 0; i < ndev; ++i) {
         int d = devlist ? devlist[i] : i;
         if (d < 0 || d >= emu_device_count()) return InvalidArgument;
@@ -250,7 +376,12 @@ int ncclCommInitRank(Comm** comm, int nranks, ncclUniqueId id, int rank) {
     {
         std::lock_guard<std::mutex> lock(ids_mutex);
         auto& slot = by_id[std::string(id.internal, strnlen(id.internal, sizeof(id.internal)))];
-        if (!slot) { slot = std::make_shared<Clique>(); slot->nranks = nranks; slot->comms.assign(nranks, nullptr); }
+        if (!slot) {
+            slot = std::make_shared<Clique>();
+            slot->nranks = nranks;
+            slot->comms.assign(nranks, nullptr);
+            slot->queued.assign(nranks, 0);
+        }
         cl = slot;
     }
     std::unique_lock<std::mutex> lock(cl->mutex);
@@ -263,18 +394,34 @@ int ncclCommInitRank(Comm** comm, int nranks, ncclUniqueId id, int rank) {
     cl->joined++;
     cl->changed.notify_all();
     auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
-    if (!cl->changed.wait_until(lock, deadline, [&] { return cl->joined == cl->nranks; })) return Timeout;
+    if (!cl->changed.wait_until(lock, deadline, [&] { return cl->joined == cl->nranks; })) return RemoteError;
     *comm = c;
     return Success;
 }
 
-int ncclCommDestroy(Comm* c) { delete c; return Success; }
+// Waits (queued mode: without a timeout) until the rank's queued collectives are done.
+int ncclCommDestroy(Comm* c) {
+    if (!c) return InvalidArgument;
+    {
+        std::unique_lock<std::mutex> lock(c->clique->mutex);
+        c->clique->changed.wait(lock, [&] { return c->clique->aborted || c->clique->queued[c->rank] == 0; });
+        leave(c);
+    }
+    delete c;
+    return Success;
+}
+// Ends the clique's collectives: waiters at the call return, queued ones are signalled
+// without computing anything (their streams go on, their receive buffers are garbage).
 int ncclCommAbort(Comm* c) {
     if (!c) return Success;
     {
         std::lock_guard<std::mutex> lock(c->clique->mutex);
-        c->clique->aborted = true;
-        c->clique->changed.notify_all();
+        Clique& cl = *c->clique;
+        cl.aborted = true;
+        for (auto& [_, r] : cl.rounds) release_fences(cl, r);
+        cl.rounds.clear();
+        leave(c);
+        cl.changed.notify_all();
     }
     delete c;
     return Success;
@@ -302,7 +449,7 @@ int ncclGroupEnd() {
     if (calls.empty()) return Success;
     int r = submit(calls);
     if (r != Success)
-        for (auto& [c, _] : calls) c->async_error = r;
+        for (auto& call : calls) call.comm->async_error = r;
     return r;
 }
 }

@@ -167,9 +167,15 @@ impl Communicator {
         self.timeout
     }
 
-    /// Sets the limit on one collective. Every rank should use the same.
+    /// Sets the limit on one collective. Every rank should use the same. For an NCCL rank
+    /// it also limits how long a collective queued on the GPU may take before the watchdog
+    /// aborts the communicator.
     pub fn with_timeout(mut self, timeout: Duration) -> Communicator {
         self.timeout = timeout;
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            n.set_timeout(timeout);
+        }
         self
     }
 
@@ -248,7 +254,16 @@ impl Communicator {
     /// work queued on the GPUs before may still be running).
     pub fn barrier(&self) -> Result<()> {
         #[cfg(feature = "nccl")]
-        if self.nccl.is_some() {
+        if let Some(n) = &self.nccl {
+            let shape = Shape::from(vec![0]);
+            let what =
+                crate::nccl_backend::What { rank: self.rank, collective: "barrier", dtype: DType::I64, shape: &shape };
+            if let Err(failed) = n.check(&what) {
+                // An aborted communicator (the watchdog fired) is reported here too, and
+                // announced so that the other ranks do not wait for this one.
+                let _ = self.exchange_header(Collective::Barrier, vec![0], DType::I64, crate::header::REFUSED_ROOT);
+                return Err(failed);
+            }
             return self.exchange_header(Collective::Barrier, vec![0], DType::I64, 0);
         }
         self.start(Collective::Barrier, vec![0], Device::Cpu, HostBuffer::I64(Vec::new()), 0)?.wait_buffer()?;
@@ -272,9 +287,9 @@ impl Communicator {
     fn exchange_header(&self, collective: Collective, dims: Vec<usize>, dtype: DType, root: usize) -> Result<()> {
         let header = Header { collective, dtype, dims, root };
         let result = self.send(header, HostBuffer::I64(Vec::new()), Device::Cpu, true).and_then(|p| p.wait_buffer());
-        if let (Err(Error::Timeout { .. }), Some(n)) = (&result, &self.nccl) {
+        if let (Err(e @ Error::Timeout { .. }), Some(n)) = (&result, &self.nccl) {
             // A peer is gone: collectives already queued on the GPU would wait for it forever.
-            n.abort();
+            n.abort(e);
         }
         result.map(|_| ())
     }

@@ -114,7 +114,8 @@ impl Header {
         };
         if words[2] == REFUSED {
             return format!(
-                "{collective} of a {dtype} tensor of shape {shape}, which it refused (its tensor is not on its GPU)"
+                "{collective} of a {dtype} tensor of shape {shape}, which it refused (see its error: a tensor not on \
+                 its GPU, or its NCCL communicator failed)"
             );
         }
         format!("{collective} of a {dtype} tensor of shape {shape} (root {})", words[2])

@@ -13,7 +13,9 @@
 //! `Communicator::nccl_from_mpi()` one rank per `mpirun` process. Their collectives take
 //! CUDA tensors on the rank's GPU and reduce them there with NCCL, queued on the tensor's
 //! stream (no host copy, no wait for the GPU); headers are still compared on the host
-//! first, and a timeout aborts the NCCL communicator. libnccl is loaded at run time
+//! first, and a timeout aborts the NCCL communicator; a watchdog thread aborts it too when
+//! a queued collective does not complete in time (a rank died after the header exchange),
+//! and a host read waiting on that GPU then fails instead of hanging. libnccl is loaded at run time
 //! (`libnccl.so`: link it to the `libnccl.so.2` that NCCL packages and PyTorch's
 //! nvidia-nccl wheels ship).
 //!
@@ -42,6 +44,8 @@ mod header;
 mod mpi_backend;
 #[cfg(feature = "nccl")]
 mod nccl_backend;
+#[cfg(feature = "nccl")]
+mod nccl_watchdog;
 mod threads;
 mod transport;
 

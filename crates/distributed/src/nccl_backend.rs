@@ -6,8 +6,8 @@
 //! An NCCL rank keeps a host communicator beside its NCCL one (the in-process rendezvous
 //! of [`crate::ThreadGroup`], or MPI): every collective first exchanges its header there,
 //! so ranks that disagree about a shape or dtype get [`Error::Mismatch`] before anything is
-//! queued on a GPU, and a rank that never arrives (dead, stuck) makes the others'
-//! header exchange time out; the NCCL communicator is then aborted (`ncclCommAbort`), so
+//! queued on a GPU, and a rank that never arrives (dead, stuck) makes the others' header
+//! exchange time out; the NCCL communicator is then aborted (`ncclCommAbort`), so
 //! collectives already queued on the GPU end rather than wait for it. What can fail on one
 //! rank alone (uploading the input, allocating the output, a capture in progress, NCCL's
 //! asynchronous error state) is done before the header exchange, and announced in it, so
@@ -15,15 +15,21 @@
 //! for the other ranks' hosts, never for a GPU: the data's collective is only queued, and
 //! the caller goes on queueing work (the backward pass of earlier layers) while it runs.
 //!
-//! Not guarded: a rank that dies after the header exchange of the last collective before
-//! a host read (`to_vec`) leaves the others' read waiting on their GPU; no watchdog thread
-//! polls the queued collectives yet.
+//! A rank that dies after the header exchange (its GPU never joins the collective) is the
+//! watchdog's ([`crate::nccl_watchdog`]): every queued collective is followed by an event,
+//! and one that has not passed within the timeout aborts the communicator, after marking
+//! the stream failed so that a host read waiting behind it returns [`Error::Timeout`].
+//! Dropping a rank waits (at most the timeout) for its queued collectives, then destroys
+//! the communicator, or aborts it when they failed: `ncclCommDestroy` would wait for a
+//! dead peer forever.
 
 use crate::communicator::Communicator;
+use crate::nccl_watchdog::{self as watchdog, Described, Failure, Shared, State};
 use crate::{Error, Result};
 use cudarc::nccl::{result as nccl, sys};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 use tapegrad_tensor::cuda::raw::{self, DeviceBuffer};
 use tapegrad_tensor::{DType, Device, Shape, Tensor};
 
@@ -46,18 +52,11 @@ fn name(e: nccl::NcclError) -> String {
     format!("{:?}", e.0)
 }
 
-/// A communicator handle. NCCL lets any thread use it, one call at a time: the mutex
-/// around it serialises the calls.
-struct Handle(sys::ncclComm_t);
-// SAFETY: an ncclComm_t is a pointer to NCCL's own state, usable from any thread as long
-// as calls on it do not overlap, which the Mutex around every use guarantees.
-unsafe impl Send for Handle {}
-
-/// One rank's NCCL communicator and its GPU.
+/// One rank's NCCL communicator, its GPU and its watchdog.
 pub(crate) struct NcclRank {
-    comm: Mutex<Handle>,
+    shared: Arc<Shared>,
     ordinal: usize,
-    aborted: AtomicBool,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for NcclRank {
@@ -75,6 +74,11 @@ pub(crate) struct What<'a> {
 }
 
 impl What<'_> {
+    /// The collective, owned (for the watchdog).
+    fn describe(&self) -> Described {
+        Described { rank: self.rank, collective: self.collective, dtype: self.dtype, shape: self.shape.to_string() }
+    }
+
     fn fail(&self, call: &str, e: impl std::fmt::Display) -> Error {
         Error::Backend {
             backend: "nccl",
@@ -95,64 +99,81 @@ fn nccl_dtype(dtype: DType) -> sys::ncclDataType_t {
 }
 
 impl NcclRank {
+    /// Rank `rank`'s communicator `comm` on CUDA device `ordinal`, with its watchdog
+    /// (collectives not completed within `timeout` abort it). The communicator is
+    /// destroyed if the watchdog cannot start.
+    fn new(comm: sys::ncclComm_t, rank: usize, ordinal: usize, timeout: Duration) -> Result<NcclRank> {
+        let shared = Shared::new(comm, ordinal, timeout);
+        match watchdog::spawn(shared.clone(), rank) {
+            Ok(handle) => Ok(NcclRank { shared, ordinal, watchdog: Some(handle) }),
+            Err(e) => {
+                shared.close();
+                Err(e)
+            }
+        }
+    }
+
     /// The GPU this rank's collectives run on.
     pub(crate) fn ordinal(&self) -> usize {
         self.ordinal
     }
 
-    /// Aborts the NCCL communicator (a collective timed out or failed): collectives queued
-    /// on the GPU that wait for a dead peer end instead of hanging the stream.
-    pub(crate) fn abort(&self) {
-        // The flag changes under the lock, so a collective that holds the lock never uses
-        // a handle aborted meanwhile (`with_comm` checks the flag after locking).
-        let Ok(h) = self.comm.lock() else { return };
-        if self.aborted.swap(true, Ordering::AcqRel) {
-            return;
+    /// Changes the limit on a queued collective (the communicator's timeout).
+    pub(crate) fn set_timeout(&self, timeout: Duration) {
+        self.shared.set_timeout(timeout);
+    }
+
+    /// Aborts the NCCL communicator because of `cause` (a header exchange timed out: a peer
+    /// is gone): collectives queued on the GPU that wait for it end instead of hanging the
+    /// stream, and the stream is marked failed if one was still queued.
+    pub(crate) fn abort(&self, cause: &Error) {
+        // The device's context, current for ncclCommAbort and the events' destruction.
+        let _ = raw::stream(self.ordinal);
+        self.shared.lock().abort(Failure::Other(cause.to_string()), self.ordinal);
+    }
+
+    /// Fails when the communicator was aborted (with the reason) or NCCL reports an
+    /// asynchronous error (which aborts it).
+    pub(crate) fn check(&self, what: &What<'_>) -> Result<()> {
+        self.usable(&mut self.shared.lock(), what).map(|_| ())
+    }
+
+    /// The live handle, or the error when the communicator was aborted or NCCL reports an
+    /// asynchronous error (which aborts it). `st` is the locked state.
+    fn usable(&self, st: &mut State, what: &What<'_>) -> Result<sys::ncclComm_t> {
+        if let Some(failure) = st.failure() {
+            return Err(failure.error());
         }
-        // SAFETY: the handle came from ncclCommInit*, and is aborted once (the flag).
-        let _ = unsafe { nccl::comm_abort(h.0) };
+        let Some(comm) = st.comm() else { return Err(aborted(what)) };
+        if let Some(msg) = st.async_error() {
+            let e = what.fail("an earlier NCCL collective", format!("{msg}; the communicator is aborted"));
+            st.abort(Failure::Other(e.to_string()), self.ordinal);
+            return Err(e);
+        }
+        Ok(comm)
     }
 
     /// Runs `call` with the communicator, the stream and the device's context current,
-    /// after checking NCCL's asynchronous error state (a failed peer, a network error). A
-    /// failed call aborts the communicator: the other ranks may already have queued their
-    /// part of the collective.
+    /// after checking NCCL's asynchronous error state (a failed peer, a network error),
+    /// and has the watchdog track the queued collective. A failed call aborts the
+    /// communicator: the other ranks may already have queued their part of the collective.
     fn with_comm(
         &self,
         what: &What<'_>,
         call: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> std::result::Result<nccl::NcclStatus, nccl::NcclError>,
     ) -> Result<()> {
-        let stream = raw::stream(self.ordinal)? as sys::cudaStream_t;
-        let h = self.comm.lock().map_err(|_| what.fail("NCCL", "the communicator's lock is poisoned"))?;
-        if let Err(e) = self.check_usable(h.0, what) {
-            drop(h);
-            self.abort();
-            return Err(e);
+        let stream = raw::stream(self.ordinal)?;
+        let mut st = self.shared.lock();
+        let comm = self.usable(&mut st, what)?;
+        let queued = call(comm, stream as sys::cudaStream_t)
+            .map_err(|e| what.fail("NCCL", name(e)))
+            .and_then(|_| st.track(stream, what.describe()).map_err(|msg| what.fail("the watchdog's event", msg)));
+        if let Err(e) = &queued {
+            st.abort(Failure::Other(e.to_string()), self.ordinal);
         }
-        let result = call(h.0, stream).map(|_| ()).map_err(|e| what.fail("NCCL", name(e)));
-        drop(h);
-        if result.is_err() {
-            self.abort();
-        }
-        result
-    }
-
-    /// Fails when the communicator was aborted or NCCL reports an asynchronous error.
-    /// `comm` is the locked handle.
-    fn check_usable(&self, comm: sys::ncclComm_t, what: &What<'_>) -> Result<()> {
-        if self.aborted.load(Ordering::Acquire) {
-            return Err(aborted(what));
-        }
-        let mut state = sys::ncclResult_t::ncclSuccess;
-        // SAFETY: the handle is live (not aborted, checked above under the caller's lock)
-        // and `state` is writable.
-        unsafe { sys::ncclCommGetAsyncError(comm, &mut state) }
-            .result()
-            .map_err(|e| what.fail("ncclCommGetAsyncError", name(e)))?;
-        if state != sys::ncclResult_t::ncclSuccess {
-            return Err(what.fail("an earlier NCCL collective", format!("{state:?} (the communicator is aborted)")));
-        }
-        Ok(())
+        drop(st);
+        self.shared.notify();
+        queued
     }
 
     /// Everything of a collective that can fail on this rank alone, done before the header
@@ -163,14 +184,7 @@ impl NcclRank {
     pub(crate) fn prepare(&self, t: &Tensor, out_dims: Vec<usize>, what: &What<'_>) -> Result<Prepared> {
         self.check_device(t, what)?;
         raw::refuse_while_capturing(self.ordinal, what.collective).map_err(Error::Tensor)?;
-        {
-            let h = self.comm.lock().map_err(|_| what.fail("NCCL", "the communicator's lock is poisoned"))?;
-            if let Err(e) = self.check_usable(h.0, what) {
-                drop(h);
-                self.abort();
-                return Err(e);
-            }
-        }
+        self.check(what)?;
         let input = match t.device() {
             Device::Cpu => DeviceBuffer::of(&t.to_device(&Device::Cuda(self.ordinal))?, what.collective)?,
             _ => DeviceBuffer::of(t, what.collective)?,
@@ -283,18 +297,19 @@ impl Prepared {
     }
 }
 
+/// A call on a communicator that is gone (only a dropped rank has none, and none is used).
 fn aborted(what: &What<'_>) -> Error {
-    what.fail("NCCL", "the communicator was aborted after an earlier collective failed")
+    what.fail("NCCL", "the communicator is no longer usable")
 }
 
 impl Drop for NcclRank {
+    /// Waits for the queued collectives (at most the timeout: the watchdog's rule), then
+    /// destroys the communicator, or has aborted it when one failed or timed out
+    /// (`ncclCommDestroy` would wait for a dead peer forever), and stops the watchdog.
     fn drop(&mut self) {
-        if self.aborted.load(Ordering::Acquire) {
-            return;
-        }
-        if let Ok(h) = self.comm.lock() {
-            // SAFETY: the handle is live and not aborted; nothing uses it after this.
-            let _ = unsafe { nccl::comm_destroy(h.0) };
+        self.shared.close();
+        if let Some(handle) = self.watchdog.take() {
+            let _ = handle.join();
         }
     }
 }
@@ -348,12 +363,25 @@ impl Communicator {
             backend: "nccl",
             msg: format!("ncclCommInitAll over cuda:{devices:?} failed: {}", name(e)),
         })?;
-        let ranks: Vec<NcclRank> = comms
-            .into_iter()
-            .zip(devices)
-            .map(|(c, &ordinal)| NcclRank { comm: Mutex::new(Handle(c)), ordinal, aborted: AtomicBool::new(false) })
-            .collect();
-        let hosts = crate::ThreadGroup::communicators(n, crate::communicator::timeout_from_env())?;
+        let timeout = crate::communicator::timeout_from_env();
+        // Each communicator gets its rank (and watchdog) at once, so that an error below
+        // drops (destroys) the ones made so far.
+        let mut ranks = Vec::with_capacity(n);
+        let mut comms = comms.into_iter();
+        for (rank, &ordinal) in devices.iter().enumerate() {
+            let comm = comms.next().expect("ncclCommInitAll made one communicator per device");
+            match NcclRank::new(comm, rank, ordinal, timeout) {
+                Ok(r) => ranks.push(r),
+                Err(e) => {
+                    for c in comms {
+                        // SAFETY: made by ncclCommInitAll, unused, destroyed once.
+                        let _ = unsafe { nccl::comm_destroy(c) };
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let hosts = crate::ThreadGroup::communicators(n, timeout)?;
         Ok(hosts.into_iter().zip(ranks).map(|(host, rank)| host.with_nccl(rank)).collect())
     }
 }
@@ -391,21 +419,42 @@ impl Communicator {
                 ),
             });
         }
-        // Rank 0's id, as 16 words (the others' words are ignored by the broadcast).
-        let mut words = vec![0i64; 16];
-        if rank == 0 {
-            let id = nccl::get_uniqueid().map_err(|e| Error::Backend {
+        // Rank 0's status and id, as 1 + 16 words (the others' words are ignored by the
+        // broadcast): a rank 0 that cannot make the id still broadcasts, so the others fail
+        // naming its failure instead of waiting in the broadcast.
+        let mut words = vec![0i64; 17];
+        let made = if rank == 0 { Some(nccl::get_uniqueid()) } else { None };
+        match &made {
+            Some(Ok(id)) => {
+                for (w, chunk) in words[1..].iter_mut().zip(id.internal.chunks(8)) {
+                    let bytes: Vec<u8> = chunk.iter().map(|&c| c as u8).collect();
+                    *w = i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+                }
+            }
+            Some(Err(e)) => words[0] = e.0 as i64,
+            None => {}
+        }
+        let words = host.broadcast(&Tensor::from_vec(words, [17], &Device::Cpu)?, 0)?.to_vec::<i64>()?;
+        if let Some(Err(e)) = made {
+            return Err(Error::Backend {
                 backend: "nccl",
                 msg: format!("rank 0: ncclGetUniqueId failed: {}", name(e)),
-            })?;
-            for (w, chunk) in words.iter_mut().zip(id.internal.chunks(8)) {
-                let bytes: Vec<u8> = chunk.iter().map(|&c| c as u8).collect();
-                *w = i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-            }
+            });
         }
-        let words = host.broadcast(&Tensor::from_vec(words, [16], &Device::Cpu)?, 0)?.to_vec::<i64>()?;
+        if words[0] != 0 {
+            return Err(Error::Backend {
+                backend: "nccl",
+                msg: format!(
+                    "rank {rank}: rank 0 could not make the NCCL id (ncclGetUniqueId failed there with NCCL result \
+                     {}: {}; see rank 0's error)",
+                    words[0],
+                    result_name(words[0])
+                ),
+            });
+        }
+        let words = &words[1..];
         let mut id = sys::ncclUniqueId { internal: [0; 128] };
-        for (chunk, w) in id.internal.chunks_mut(8).zip(&words) {
+        for (chunk, w) in id.internal.chunks_mut(8).zip(words) {
             for (c, b) in chunk.iter_mut().zip(w.to_le_bytes()) {
                 *c = b as std::ffi::c_char;
             }
@@ -420,6 +469,22 @@ impl Communicator {
                 msg: format!("rank {rank}: ncclCommInitRank on cuda:{ordinal} failed: {}", name(e)),
             }
         })?;
-        Ok(host.with_nccl(NcclRank { comm: Mutex::new(Handle(comm)), ordinal, aborted: AtomicBool::new(false) }))
+        let timeout = host.timeout();
+        Ok(host.with_nccl(NcclRank::new(comm, rank, ordinal, timeout)?))
+    }
+}
+
+/// The name of an `ncclResult_t` value received as a number (from rank 0).
+#[cfg(feature = "mpi")]
+fn result_name(code: i64) -> &'static str {
+    match code {
+        1 => "ncclUnhandledCudaError",
+        2 => "ncclSystemError",
+        3 => "ncclInternalError",
+        4 => "ncclInvalidArgument",
+        5 => "ncclInvalidUsage",
+        6 => "ncclRemoteError",
+        7 => "ncclInProgress",
+        _ => "an NCCL result this build does not know",
     }
 }

@@ -17,12 +17,18 @@ fn under_mpirun() -> bool {
 /// Runs test `name` of this binary on 2 ranks; returns whether mpirun succeeded and
 /// what the ranks printed.
 fn launch(name: &str, timeout_s: &str) -> (bool, String) {
+    launch_with(name, timeout_s, &[])
+}
+
+/// [`launch`] with more environment variables for the ranks.
+fn launch_with(name: &str, timeout_s: &str, env: &[(&str, &str)]) -> (bool, String) {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
         .arg(exe)
         .args([name, "--exact", "--test-threads=1", "--nocapture"])
         .env("TAPEGRAD_COLLECTIVE_TIMEOUT_S", timeout_s)
+        .envs(env.iter().copied())
         .output()
         .expect("mpirun must be installed (apt-get install openmpi-bin libopenmpi-dev)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -115,4 +121,35 @@ fn mpi_a_rank_that_stops_answering_makes_the_other_time_out() {
     assert!(text.contains("RANK-0-TIMEOUT"), "{text}");
     assert!(text.contains("rank 0: all_reduce(sum) of a f32 tensor of shape [5] did not complete within 2s"), "{text}");
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// With `nccl` too, on the emulated GPU (`scripts/cuda-emu/run.sh`, whose fake libnccl can
+/// fail `ncclGetUniqueId`): rank 0 cannot make the NCCL id, and rank 1 learns it from the
+/// broadcast that carries the id instead of waiting there.
+#[cfg(feature = "nccl")]
+#[test]
+fn mpi_nccl_a_failing_unique_id_on_rank_0_fails_every_rank_naming_it() {
+    if under_mpirun() {
+        let err = Communicator::nccl_from_mpi().unwrap_err();
+        // (The failed constructor has finalised MPI: its host communicator was dropped.)
+        println!("RANK-ERROR {err}");
+        return;
+    }
+    if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
+        eprintln!("SKIPPED: needs the fake libnccl (TAPEGRAD_EMU_DEVICES=1 scripts/cuda-emu/run.sh)");
+        return;
+    }
+    let started = std::time::Instant::now();
+    let (_, text) = launch_with(
+        "mpi_nccl_a_failing_unique_id_on_rank_0_fails_every_rank_naming_it",
+        "60",
+        &[("TAPEGRAD_EMU_NCCL_FAIL_UNIQUE_ID", "1")],
+    );
+    assert!(text.contains("RANK-ERROR nccl: rank 0: ncclGetUniqueId failed: ncclSystemError"), "{text}");
+    assert!(
+        text.contains("RANK-ERROR nccl: rank 1: rank 0 could not make the NCCL id (ncclGetUniqueId failed there with NCCL result 2: ncclSystemError"),
+        "{text}"
+    );
+    // Well within the 60 s a rank waiting for a broadcast that never comes would take.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
 }

@@ -3,10 +3,17 @@
 //! (`TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh`), where the fake also records when each
 //! collective was queued; scripts/gpu-check.sh runs the single-rank test on a real GPU.
 //!
+//! On the emulator the fake libnccl runs in queued mode (`TAPEGRAD_EMU_NCCL_QUEUE=1`, set
+//! here unless the environment sets it; `0` runs the tests with collectives that wait at
+//! the call): a collective completes on the stream once every rank's part has arrived, as
+//! on a GPU, so reads wait on the stream and the watchdog's events pass late.
+//! `dead_peer` checks what happens when a rank dies after the header exchange.
+//!
 //! Without enough CUDA devices or libnccl a test prints why and passes; `REQUIRE_GPU=1`
 //! turns that into a failure.
 
 mod common;
+mod dead_peer;
 
 use std::sync::{Arc, Once};
 use tapegrad_distributed::{Communicator, DataParallel, Error, ReduceOp};
@@ -24,6 +31,9 @@ fn group(test: &str, n: usize) -> Option<Vec<Communicator>> {
     TRACE.call_once(|| {
         if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_some() {
             std::env::set_var("TAPEGRAD_EMU_NCCL_TRACE", trace_path());
+            if std::env::var_os("TAPEGRAD_EMU_NCCL_QUEUE").is_none() {
+                std::env::set_var("TAPEGRAD_EMU_NCCL_QUEUE", "1");
+            }
         }
     });
     let have = tapegrad_tensor::cuda::device_count();

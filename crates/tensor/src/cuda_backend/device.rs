@@ -64,7 +64,13 @@ pub(crate) struct CudaDevice {
     staging: Mutex<staging::Ring>,
     /// Whether the stream is capturing a CUDA graph (`graph.rs`).
     capturing: AtomicBool,
+    /// Set when work another library queued on the stream failed ([`super::raw::fail_stream`]):
+    /// makes the error every later wait for the device reports.
+    failed: OnceLock<StreamFailure>,
 }
+
+/// Makes the error a failed stream reports (a fresh value for each wait).
+pub(crate) type StreamFailure = Box<dyn Fn() -> Error + Send + Sync>;
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,6 +122,7 @@ impl CudaDevice {
             dnn: Mutex::default(),
             staging: Mutex::default(),
             capturing: AtomicBool::new(false),
+            failed: OnceLock::new(),
         })
     }
 
@@ -166,10 +173,20 @@ impl CudaDevice {
         self.allocator.empty_cache(&self.ctx, &self.stream)
     }
 
-    /// Waits until all queued work on this device is done.
+    /// Waits until all queued work on this device is done. Fails after the wait when the
+    /// stream was marked failed ([`Self::fail`]): what it computed is not to be read.
     pub(crate) fn synchronize(&self) -> Result<()> {
         self.refuse_while_capturing("waiting for the device (synchronize)")?;
-        self.stream.synchronize().map_err(|e| Error::cuda(self.device(), "cuStreamSynchronize", e))
+        self.stream.synchronize().map_err(|e| Error::cuda(self.device(), "cuStreamSynchronize", e))?;
+        match self.failed.get() {
+            Some(error) => Err(error()),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the stream failed; the first mark stays ([`super::raw::fail_stream`]).
+    pub(crate) fn fail(&self, error: StreamFailure) {
+        let _ = self.failed.set(error);
     }
 
     /// The caching allocator (graph capture gives it a private pool).

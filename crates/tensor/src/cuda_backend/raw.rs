@@ -5,6 +5,8 @@
 //! Every op on a device is queued on that device's one stream, so work another library
 //! queues on [`stream`] runs after everything queued before it and before everything
 //! queued after it: no synchronisation with the host is needed to read or fill a buffer.
+//! When such work cannot complete as queued (an NCCL collective aborted while it waited
+//! for a dead peer), [`fail_stream`] makes the device's host reads report it.
 
 use super::device::CudaDevice;
 use super::CudaStorage;
@@ -107,4 +109,17 @@ pub fn stream(ordinal: usize) -> Result<RawStream> {
 /// library work that the graph's replay would not reproduce.
 pub fn refuse_while_capturing(ordinal: usize, what: &str) -> Result<()> {
     CudaDevice::get(ordinal)?.refuse_while_capturing(what)
+}
+
+/// Marks CUDA device `ordinal`'s stream as failed: work another library queued on it did
+/// not complete as queued (an NCCL collective aborted while it waited for a peer that died),
+/// so what that work wrote, and everything the stream computed from it, is garbage. From
+/// then on every wait for the device (`to_vec` and the other reads back to the host,
+/// [`crate::cuda::synchronize`]) fails, after the wait, with the error `error` makes; a wait
+/// already under way reports it too, so mark the stream before making the stuck work end.
+/// The mark stays for the life of the process (later work may have read the garbage);
+/// only the first mark counts. Queued work, uploads and allocations are not refused.
+pub fn fail_stream(ordinal: usize, error: impl Fn() -> Error + Send + Sync + 'static) -> Result<()> {
+    CudaDevice::get(ordinal)?.fail(Box::new(error));
+    Ok(())
 }

@@ -1,0 +1,153 @@
+//! A rank that dies after the header exchange, on the emulated GPUs: the fake libnccl in
+//! queued mode (`TAPEGRAD_EMU_NCCL_QUEUE=1`: a collective waits on the stream for its peers,
+//! as on a GPU) with `TAPEGRAD_EMU_NCCL_DIE=1:<n>` (rank 1's n-th collective never returns,
+//! as if its process died after its host had exchanged the header). Only the watchdog can
+//! then end rank 0's wait: without it the host read (or the communicator's destruction)
+//! hangs forever.
+//!
+//! Each scenario runs in a child process (this test binary, filtered to one ignored test):
+//! the dead rank's thread stays stuck and rank 0's stream stays marked failed for the rest
+//! of the process, and a hang must fail the test after a limit instead of stalling the run.
+
+use crate::group;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tapegrad_distributed::{Communicator, Error, ReduceOp};
+use tapegrad_tensor::{Device, Tensor};
+
+/// How long a collective may take in the children before the watchdog aborts it.
+const TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a child may run before it counts as hung (its own work takes a few seconds).
+const HANG: Duration = Duration::from_secs(90);
+
+/// Runs the ignored test `child` in a child process with rank 1 dying at its `die`-th
+/// collective; fails if it fails or has not ended within [`HANG`].
+fn run_child(child: &str, die: u32) {
+    if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
+        eprintln!("SKIPPED {child}: needs the fake libnccl's queued mode and TAPEGRAD_EMU_NCCL_DIE");
+        return;
+    }
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{child}-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut process = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", child, "--ignored", "--nocapture", "--test-threads=1"])
+        .env("TAPEGRAD_EMU_NCCL_QUEUE", "1")
+        .env("TAPEGRAD_EMU_NCCL_DIE", format!("1:{die}"))
+        .env_remove("TAPEGRAD_EMU_NCCL_TRACE")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = process.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > HANG {
+            process.kill().unwrap();
+            process.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    match status {
+        None => panic!("{child} hung: killed after {HANG:?}\n{output}"),
+        Some(s) => assert!(s.success() && output.contains("1 passed"), "{child} failed ({s}):\n{output}"),
+    }
+}
+
+/// Rank 0 and rank 1 of a group with the short timeout.
+fn two_ranks(test: &str) -> (Communicator, Communicator) {
+    let mut comms = group(test, 2).expect("REQUIRE_GPU=1 makes group() fail instead").into_iter();
+    let mut next = || comms.next().unwrap().with_timeout(TIMEOUT);
+    (next(), next())
+}
+
+fn input(rank: usize) -> Tensor {
+    Tensor::from_vec(vec![1.0f32 + rank as f32, 2.0, 3.0], [3], &Device::Cuda(rank)).unwrap()
+}
+
+/// Starts rank 1 on its own thread: one all-reduce, then one that never returns (it dies
+/// inside the NCCL call, after the header exchange). The thread is never joined.
+fn rank1_dies_at_its_second_collective(comm: Communicator) -> std::sync::mpsc::Receiver<Vec<f32>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let x = input(1);
+        tx.send(comm.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap()).unwrap();
+        let _ = comm.all_reduce(&x, ReduceOp::Sum);
+        unreachable!("TAPEGRAD_EMU_NCCL_DIE=1:2 keeps rank 1 in its second collective");
+    });
+    rx
+}
+
+/// Whether `e` is (or carries) a timeout naming rank 0's all-reduce of the f32 [3] tensor.
+fn names_the_timed_out_all_reduce(msg: &str) {
+    for part in ["rank 0", "all_reduce(sum)", "f32", "[3]", "did not complete within 1.5s"] {
+        assert!(msg.contains(part), "{part:?} missing in: {msg}");
+    }
+}
+
+#[test]
+fn a_rank_that_dies_after_the_header_exchange_fails_the_others_host_read() {
+    run_child("dead_peer::child_host_read", 2);
+}
+
+#[test]
+#[ignore = "run in a child process by a_rank_that_dies_after_the_header_exchange_fails_the_others_host_read"]
+fn child_host_read() {
+    let (c0, c1) = two_ranks("dead_peer::child_host_read");
+    let rank1 = rank1_dies_at_its_second_collective(c1);
+    let x = input(0);
+    // Queued mode works when both ranks join: the read waits on the stream for rank 1.
+    let first = c0.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(first, vec![3.0, 4.0, 6.0]);
+    assert_eq!(rank1.recv().unwrap(), first);
+    // Rank 1 passes this header exchange, then dies: the all-reduce is queued on rank 0's
+    // stream and never completes; the read behind it fails once the watchdog aborts.
+    let second = c0.all_reduce(&x, ReduceOp::Sum).unwrap();
+    let start = Instant::now();
+    let err = second.to_vec::<f32>().unwrap_err();
+    let waited = start.elapsed();
+    assert!(waited >= TIMEOUT.mul_f64(0.9) && waited < TIMEOUT + Duration::from_secs(10), "{waited:?}: {err}");
+    names_the_timed_out_all_reduce(&err.to_string());
+    let tapegrad_tensor::Error::External(inner) = &err else { panic!("not the collective's error: {err:?}") };
+    assert!(matches!(inner.downcast_ref::<Error>(), Some(Error::Timeout { rank: 0, .. })), "{err:?}");
+    // The next call on the communicator reports the same timeout (after announcing its
+    // refusal, which the dead rank never answers: one more timeout).
+    let next = c0.all_reduce(&x, ReduceOp::Sum).unwrap_err();
+    assert!(matches!(next, Error::Timeout { rank: 0, .. }), "{next:?}");
+    names_the_timed_out_all_reduce(&next.to_string());
+    let barrier = c0.barrier().unwrap_err();
+    assert!(matches!(barrier, Error::Timeout { rank: 0, .. }), "{barrier:?}");
+    // What the stream computed after the aborted collective is not to be read either.
+    let later = x.add(&x).unwrap().to_vec::<f32>().unwrap_err();
+    names_the_timed_out_all_reduce(&later.to_string());
+    // The communicator was aborted, not destroyed: dropping it does not wait for rank 1.
+    let start = Instant::now();
+    drop(c0);
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+}
+
+#[test]
+fn dropping_a_rank_whose_peer_died_does_not_wait_forever() {
+    run_child("dead_peer::child_drop", 2);
+}
+
+#[test]
+#[ignore = "run in a child process by dropping_a_rank_whose_peer_died_does_not_wait_forever"]
+fn child_drop() {
+    let (c0, c1) = two_ranks("dead_peer::child_drop");
+    let rank1 = rank1_dies_at_its_second_collective(c1);
+    let x = input(0);
+    assert_eq!(c0.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), rank1.recv().unwrap());
+    // Queued, never completed, not read: dropping the rank right away must not leave
+    // ncclCommDestroy waiting for rank 1 forever; it waits the timeout, then aborts.
+    let _pending = c0.all_reduce(&x, ReduceOp::Sum).unwrap();
+    let start = Instant::now();
+    drop(c0);
+    let waited = start.elapsed();
+    assert!(waited >= TIMEOUT.mul_f64(0.9) && waited < TIMEOUT + Duration::from_secs(10), "{waited:?}");
+}
