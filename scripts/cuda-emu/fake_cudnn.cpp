@@ -128,6 +128,16 @@ int heuristics(Direction dir, const Tensor& x, const Filter& w, const Conv& cv, 
     return SUCCESS;
 }
 
+// alpha = 1 and beta = 0 in the scaling type of `t`'s data (doubles for DOUBLE, else floats).
+struct Unit {
+    double one_d = 1.0, zero_d = 0.0;
+    float one_f = 1.0f, zero_f = 0.0f;
+    bool f64;
+    explicit Unit(const Tensor& t) : f64(t.dtype == DOUBLE) {}
+    const void* one() const { return f64 ? (const void*)&one_d : (const void*)&one_f; }
+    const void* zero() const { return f64 ? (const void*)&zero_d : (const void*)&zero_f; }
+};
+
 // cudnnFind*AlgorithmEx: `run(algo)` computes the direction with that algorithm and returns
 // its status; the successful algorithms come first, fastest ("B") first.
 template <class Run>
@@ -391,41 +401,29 @@ int cudnnConvolutionBackwardFilter(void*, const void* alpha, Tensor* xd, const v
     return SUCCESS;
 }
 
-// The measured rankings; alpha = 1 and beta = 0 in the data's scaling type.
+// The measured rankings.
 int cudnnFindConvolutionForwardAlgorithmEx(void* h, Tensor* xd, const void* x, Filter* wd, const void* w, Conv* cv,
                                            Tensor* yd, void* y, int requested, int* returned, Perf* perf, void* ws,
                                            size_t ws_bytes) {
-    const double one = 1.0, zero = 0.0;
-    const float onef = 1.0f, zerof = 0.0f;
-    bool f64 = xd->dtype == DOUBLE;
-    const void* a = f64 ? (const void*)&one : (const void*)&onef;
-    const void* b = f64 ? (const void*)&zero : (const void*)&zerof;
+    Unit u(*xd);
     return find(FWD, *xd, *wd, *cv, *yd, FWD_A, FWD_B, requested, returned, perf, ws, ws_bytes, [&](int algo) {
-        return cudnnConvolutionForward(h, a, xd, x, wd, w, cv, algo, ws, ws_bytes, b, yd, y);
+        return cudnnConvolutionForward(h, u.one(), xd, x, wd, w, cv, algo, ws, ws_bytes, u.zero(), yd, y);
     });
 }
 int cudnnFindConvolutionBackwardDataAlgorithmEx(void* h, Filter* wd, const void* w, Tensor* dyd, const void* dy, Conv* cv,
                                                 Tensor* dxd, void* dx, int requested, int* returned, Perf* perf, void* ws,
                                                 size_t ws_bytes) {
-    const double one = 1.0, zero = 0.0;
-    const float onef = 1.0f, zerof = 0.0f;
-    bool f64 = dxd->dtype == DOUBLE;
-    const void* a = f64 ? (const void*)&one : (const void*)&onef;
-    const void* b = f64 ? (const void*)&zero : (const void*)&zerof;
+    Unit u(*dxd);
     return find(BWD_DATA, *dxd, *wd, *cv, *dyd, BWD_A, BWD_B, requested, returned, perf, ws, ws_bytes, [&](int algo) {
-        return cudnnConvolutionBackwardData(h, a, wd, w, dyd, dy, cv, algo, ws, ws_bytes, b, dxd, dx);
+        return cudnnConvolutionBackwardData(h, u.one(), wd, w, dyd, dy, cv, algo, ws, ws_bytes, u.zero(), dxd, dx);
     });
 }
 int cudnnFindConvolutionBackwardFilterAlgorithmEx(void* h, Tensor* xd, const void* x, Tensor* dyd, const void* dy,
                                                   Conv* cv, Filter* dwd, void* dw, int requested, int* returned,
                                                   Perf* perf, void* ws, size_t ws_bytes) {
-    const double one = 1.0, zero = 0.0;
-    const float onef = 1.0f, zerof = 0.0f;
-    bool f64 = xd->dtype == DOUBLE;
-    const void* a = f64 ? (const void*)&one : (const void*)&onef;
-    const void* b = f64 ? (const void*)&zero : (const void*)&zerof;
+    Unit u(*xd);
     return find(BWD_FILTER, *xd, *dwd, *cv, *dyd, BWD_A, BWD_B, requested, returned, perf, ws, ws_bytes, [&](int algo) {
-        return cudnnConvolutionBackwardFilter(h, a, xd, x, dyd, dy, cv, algo, ws, ws_bytes, b, dwd, dw);
+        return cudnnConvolutionBackwardFilter(h, u.one(), xd, x, dyd, dy, cv, algo, ws, ws_bytes, u.zero(), dwd, dw);
     });
 }
 int cudnnAddTensor(void*, const void* alpha, Tensor* ad, const void* a, const void* beta, Tensor* cd, void* c) {
