@@ -25,7 +25,7 @@
 //! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu/`), and so
 //! has a convolution whose windows tile its input, kernel size == stride (`patch_cpu/`).
 
-use super::{depthwise_cpu, patch_cpu, winograd};
+use super::{depthwise_cpu, patch_cpu, phase_cpu, winograd};
 use crate::backend::Conv2dSpec;
 use crate::utilities::alloc::{host_oom, try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
@@ -499,6 +499,9 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
     }
     if patch_cpu::applies(s) {
         return patch_cpu::conv2d_backward_input(dy, kernel, s);
+    }
+    if phase_cpu::applies(s) {
+        return phase_cpu::conv2d_backward_input(dy, kernel, s);
     }
     if let Some(transposed) = backward_input_as_conv::<T>(s) {
         return conv2d(dy, &flip_kernel(kernel, s)?, None, &transposed);

@@ -14,6 +14,7 @@ pub(crate) mod cuda;
 mod depthwise_cpu;
 mod padding;
 mod patch_cpu;
+mod phase_cpu;
 mod transpose;
 mod winograd;
 

@@ -12,6 +12,7 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod nearest_cpu;
 
 use crate::ops::conv::check_nhwc;
 use crate::ops::output_guard::guarded;
