@@ -1,7 +1,8 @@
 //! The convolution's three products give the same bits in 1-, 2- and 3-thread pools, on
 //! shapes that take each CPU path: a single chunk with a split GEMM, many chunks (the
 //! kernel gradient's batch sum cut into runs), groups, the direct depthwise kernels,
-//! Winograd (F4 and F2), and windows that tile the input (kernel == stride).
+//! Winograd (F4 and F2), windows that tile the input (kernel == stride), and strided
+//! input gradients as phase convolutions.
 
 use rand::{rngs::StdRng, SeedableRng};
 use tapegrad_tensor::{Conv2dParams, DType, Device, GradientTape, Padding, Tensor};
@@ -86,4 +87,14 @@ fn windows_that_tile_the_input() {
     check_padded("kernel == stride", [5, 16, 16, 24], [32, 2, 2, 24], 1, 2, Padding::Valid);
     // One-pixel output rows: 8 rows of 1 pixel, the runs' GEMMs as short as they get.
     check_padded("kernel == stride, one-pixel rows", [1, 16, 2, 8], [12, 2, 2, 8], 1, 2, Padding::Valid);
+}
+
+#[test]
+fn strided_input_gradient_as_phases() {
+    // 3x3 stride 2 'same' on 32x32 (the convolution behind a U-Net's Conv2DTranspose): the
+    // input gradient runs as four phase convolutions, in runs of bands that do not divide
+    // the 5 x 16 bands evenly.
+    check("3x3 stride 2 phases", [5, 32, 32, 24], [40, 3, 3, 24], 1, 2);
+    // 5x5 stride 3 'valid' on 17x17: phases of 2 and 1 taps, rows no tap reaches.
+    check_padded("5x5 stride 3 phases", [3, 17, 17, 16], [8, 5, 5, 16], 1, 3, Padding::Valid);
 }

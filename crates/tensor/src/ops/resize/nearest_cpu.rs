@@ -143,7 +143,8 @@ mod tests {
             let y = resize(&x, &s).unwrap();
             assert_eq!(y.len(), s.batch * s.out_h() * s.out_w() * c);
             for (i, &v) in y.iter().enumerate() {
-                let (ch, ox, oy, b) = (i % c, i / c % s.out_w(), i / c / s.out_w() % s.out_h(), i / c / s.out_w() / s.out_h());
+                let (ch, ox, oy, b) =
+                    (i % c, i / c % s.out_w(), i / c / s.out_w() % s.out_h(), i / c / s.out_w() / s.out_h());
                 let src = ((b * s.in_h + oy / s.factor_h) * s.in_w + ox / s.factor_w) * c + ch;
                 assert_eq!(v, x[src], "{s:?} at {i}");
             }
@@ -158,7 +159,8 @@ mod tests {
             let dx = resize_backward(&dy, &s).unwrap();
             let mut expected = vec![0.0; s.batch * s.in_h * s.in_w * c];
             for (i, &v) in dy.iter().enumerate() {
-                let (ch, ox, oy, b) = (i % c, i / c % s.out_w(), i / c / s.out_w() % s.out_h(), i / c / s.out_w() / s.out_h());
+                let (ch, ox, oy, b) =
+                    (i % c, i / c % s.out_w(), i / c / s.out_w() % s.out_h(), i / c / s.out_w() / s.out_h());
                 expected[((b * s.in_h + oy / s.factor_h) * s.in_w + ox / s.factor_w) * c + ch] += v;
             }
             assert_eq!(dx, expected, "{s:?}");

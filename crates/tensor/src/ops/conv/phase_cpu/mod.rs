@@ -106,21 +106,24 @@ impl Phases {
         }
         Ok(packed)
     }
+}
 
-    /// Bands per run: the widest phase's gather within the budget, and at least
-    /// [`MIN_RUNS`] runs where there are enough bands. Set by the shape alone: the GEMM's
-    /// row count decides its blocking, and with it the bits of the result.
-    fn run_bands(&self, s: &Conv2dSpec) -> usize {
-        let taps = |p: &[Phase]| p.iter().map(|p| p.taps.len()).max().unwrap_or(0);
-        let band = s.in_w.div_ceil(s.stride_w) * taps(&self.rows) * taps(&self.cols) * s.out_channels;
-        let total = s.batch * self.bands;
-        (RUN_BUDGET / band.max(1)).min(total.div_ceil(MIN_RUNS)).max(1)
-    }
+/// Bands per run, from the elements of one band's gather: within the budget, and at least
+/// [`MIN_RUNS`] runs where there are enough bands. Set by the shape alone: the GEMM's row
+/// count decides its blocking, and with it the bits of the result.
+fn run_bands(band: usize, bands: usize) -> usize {
+    (RUN_BUDGET / band.max(1)).min(bands.div_ceil(MIN_RUNS)).max(1)
 }
 
 /// Gathers the `dy` pixels that phase `(py, px)` reads for row `q` of image `b`, one
 /// patch `[(ty, tx, co)]` per column `q_x`, zeros where a tap falls outside `dy`.
-fn gather<T: FloatElement>(dy: &[T], s: &Conv2dSpec, (py, px): (&Phase, &Phase), (b, q): (usize, usize), col: &mut [T]) {
+fn gather<T: FloatElement>(
+    dy: &[T],
+    s: &Conv2dSpec,
+    (py, px): (&Phase, &Phase),
+    (b, q): (usize, usize),
+    col: &mut [T],
+) {
     let co = s.out_channels;
     let patch = py.taps.len() * px.taps.len() * co;
     let image = &dy[b * s.out_h * s.out_w * co..][..s.out_h * s.out_w * co];
@@ -163,11 +166,14 @@ pub(super) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
     for image in dx.chunks_exact_mut(in_image) {
         bands.extend(image.chunks_mut(s.stride_h * in_row));
     }
-    let run = phases.run_bands(s);
+    let taps = |p: &[Phase]| p.iter().map(|p| p.taps.len()).max().unwrap_or(0);
+    let band = s.in_w.div_ceil(s.stride_w) * taps(&phases.rows) * taps(&phases.cols) * co;
+    let run = run_bands(band, s.batch * phases.bands);
     bands.par_chunks_mut(run).enumerate().try_for_each_init(
         || (Vec::new(), Vec::new()),
         |(col, out), (i, bands)| {
-            for (p, (py, px)) in phases.rows.iter().flat_map(|py| phases.cols.iter().map(move |px| (py, px))).enumerate()
+            for (p, (py, px)) in
+                phases.rows.iter().flat_map(|py| phases.cols.iter().map(move |px| (py, px))).enumerate()
             {
                 let taps = py.taps.len() * px.taps.len();
                 if taps == 0 {
