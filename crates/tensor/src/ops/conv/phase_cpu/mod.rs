@@ -29,9 +29,14 @@ use rayon::prelude::*;
 /// Elements of one run's gather buffer, at most (512 KiB of f32).
 const RUN_BUDGET: usize = 1 << 17;
 
-/// Runs the bands are split into at least (where there are that many), enough to keep 16
-/// threads busy.
+/// Runs the bands are split into at least (where there are that many and their GEMMs
+/// keep [`MIN_PIXELS`] rows), enough to keep 16 threads busy.
 const MIN_RUNS: usize = 16;
+
+/// GEMM rows (input pixels of one phase) per run, at least, within the budget: below
+/// this, packing the sub-kernel for each GEMM costs more than the extra runs save (at the
+/// U-Net's 8x8 maps, 16 runs of 64 rows ran 12% slower on one thread than col2im).
+const MIN_PIXELS: usize = 256;
 
 /// Whether the input gradient of a convolution runs here: a dense (one group) strided
 /// convolution whose input has enough channels to fill the GEMM's columns (below a SIMD
@@ -108,11 +113,13 @@ impl Phases {
     }
 }
 
-/// Bands per run, from the elements of one band's gather: within the budget, and at least
-/// [`MIN_RUNS`] runs where there are enough bands. Set by the shape alone: the GEMM's row
-/// count decides its blocking, and with it the bits of the result.
-fn run_bands(band: usize, bands: usize) -> usize {
-    (RUN_BUDGET / band.max(1)).min(bands.div_ceil(MIN_RUNS)).max(1)
+/// Bands per run, from the elements of one band's gather and its pixels per phase:
+/// within the budget, at least [`MIN_PIXELS`] GEMM rows, otherwise enough for
+/// [`MIN_RUNS`] runs. Set by the shape alone: the GEMM's row count decides its blocking,
+/// and with it the bits of the result.
+fn run_bands(band: usize, pixels: usize, bands: usize) -> usize {
+    let budget = (RUN_BUDGET / band.max(1)).max(1);
+    bands.div_ceil(MIN_RUNS).max(MIN_PIXELS.div_ceil(pixels.max(1))).min(budget)
 }
 
 /// Gathers the `dy` pixels that phase `(py, px)` reads for row `q` of image `b`, one
@@ -167,8 +174,8 @@ pub(super) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
         bands.extend(image.chunks_mut(s.stride_h * in_row));
     }
     let taps = |p: &[Phase]| p.iter().map(|p| p.taps.len()).max().unwrap_or(0);
-    let band = s.in_w.div_ceil(s.stride_w) * taps(&phases.rows) * taps(&phases.cols) * co;
-    let run = run_bands(band, s.batch * phases.bands);
+    let pixels = s.in_w.div_ceil(s.stride_w);
+    let run = run_bands(pixels * taps(&phases.rows) * taps(&phases.cols) * co, pixels, s.batch * phases.bands);
     bands.par_chunks_mut(run).enumerate().try_for_each_init(
         || (Vec::new(), Vec::new()),
         |(col, out), (i, bands)| {
