@@ -24,6 +24,8 @@
 //! rows, and its run of output channels written in place through the GEMM's strides. The
 //! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu/`), and so
 //! has a convolution whose windows tile its input, kernel size == stride (`patch_cpu/`).
+//! A dense strided convolution's input gradient (a strided transposed convolution) runs
+//! as stride-1 phase convolutions (`phase_cpu/`) instead of GEMM then col2im.
 
 use super::{depthwise_cpu, patch_cpu, phase_cpu, winograd};
 use crate::backend::Conv2dSpec;

@@ -14,7 +14,9 @@
 //!
 //! The work is cut into runs of bands (`stride_h` input rows of one image, one row `q` of
 //! every phase), by the shape alone, so that every output element's sum runs in the same
-//! order whatever the thread count.
+//! order whatever the thread count. The kernel gradient and the input gradient of the
+//! transposed convolution (a strided convolution's kernel gradient and forward pass) read
+//! no inserted zeros: they stay im2col + GEMM (cpu.rs).
 
 #[cfg(test)]
 mod tests;
