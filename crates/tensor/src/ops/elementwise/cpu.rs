@@ -300,6 +300,26 @@ pub(crate) fn broadcast_map<T: Copy + Send + Sync, U: ZeroBits + Send + Sync>(
     let inner = dims[rank - 1];
     let (ia, ib) = (sa[rank - 1], sb[rank - 1]);
     let mut result = try_zeros::<U>(op, n)?;
+    if rank == 2 && (ia, ib) == (1, 1) && sa[0] == inner && sb[0] == 0 {
+        // A vector along the last axis (a bias over NHWC pixels): its rows, a few
+        // channels long, are too short for the per-row offsets below; tasks of many rows
+        // zip each with the vector instead.
+        let rows_per_task = (PAR_MIN_LEN / inner).max(1);
+        let task = |(t, chunk): (usize, &mut [U])| {
+            let a = &a[t * rows_per_task * inner..][..chunk.len()];
+            for (o, x) in chunk.chunks_exact_mut(inner).zip(a.chunks_exact(inner)) {
+                for ((o, &x), &y) in o.iter_mut().zip(x).zip(&b[..inner]) {
+                    *o = f(x, y);
+                }
+            }
+        };
+        if n < PAR_MIN_LEN {
+            task((0, &mut result));
+        } else {
+            result.par_chunks_mut(rows_per_task * inner).enumerate().for_each(task);
+        }
+        return Ok(result);
+    }
     let row = |(r, chunk): (usize, &mut [U])| {
         // Offsets of this row's first element in a and b.
         let (mut oa, mut ob, mut rem) = (0usize, 0usize, r);

@@ -1,8 +1,9 @@
-//! CPU kernels of resizing over NHWC: whole pixel vectors of `channels` elements at a
-//! time, output rows (forward) or input rows (the adjoint's gather) in parallel, each
-//! separable (rows first, into a row buffer, then pixels).
+//! CPU kernels of bilinear resizing over NHWC: whole pixel vectors of `channels` elements
+//! at a time, output rows (forward) or input rows (the adjoint's gather) in parallel, each
+//! separable (rows first, into a row buffer, then pixels). Nearest, a replication, has
+//! its own kernels (nearest_cpu.rs).
 
-use super::{reader_range, tap, weight_of, Interpolation, ResizeSpec, Tap};
+use super::{nearest_cpu, reader_range, tap, weight_of, Interpolation, ResizeSpec, Tap};
 use crate::utilities::alloc::{host_oom, try_with_capacity, try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
@@ -55,6 +56,9 @@ fn ensure_len<T: FloatElement>(op: &'static str, buf: &mut Vec<T>, len: usize) -
 /// the four-tap formula takes four, and the buffer stays in L1.
 pub(crate) fn resize<T: FloatElement + ZeroBits>(x: &[T], s: &ResizeSpec) -> Result<Vec<T>> {
     const OP: &str = "resize";
+    if s.interpolation == Interpolation::Nearest {
+        return nearest_cpu::resize(x, s);
+    }
     let c = s.channels;
     let (out_h, out_w) = (s.out_h(), s.out_w());
     // Every element is written below: the zero pages are never filled here.
@@ -73,30 +77,21 @@ pub(crate) fn resize<T: FloatElement + ZeroBits>(x: &[T], s: &ResizeSpec) -> Res
         let img = &x[b * in_image..(b + 1) * in_image];
         let ty = rows[oy];
         let row0 = &img[ty.i0 * in_row..][..in_row];
-        match s.interpolation {
-            Interpolation::Nearest => {
-                for (pixel, &(i0, ..)) in dst.chunks_exact_mut(c).zip(&cols) {
-                    pixel.copy_from_slice(&row0[i0..i0 + c]);
-                }
+        // w1 == 0 means w0 == 1 exactly: the row itself.
+        let v: &[T] = if ty.w1 == 0.0 {
+            row0
+        } else {
+            let row1 = &img[ty.i1 * in_row..][..in_row];
+            let (w0, w1) = (cast::<T>(ty.w0), cast::<T>(ty.w1));
+            ensure_len(OP, blend, in_row)?;
+            for ((d, &a), &b) in blend[..in_row].iter_mut().zip(row0).zip(row1) {
+                *d = w0 * a + w1 * b;
             }
-            Interpolation::Bilinear => {
-                // w1 == 0 means w0 == 1 exactly: the row itself.
-                let v: &[T] = if ty.w1 == 0.0 {
-                    row0
-                } else {
-                    let row1 = &img[ty.i1 * in_row..][..in_row];
-                    let (w0, w1) = (cast::<T>(ty.w0), cast::<T>(ty.w1));
-                    ensure_len(OP, blend, in_row)?;
-                    for ((d, &a), &b) in blend[..in_row].iter_mut().zip(row0).zip(row1) {
-                        *d = w0 * a + w1 * b;
-                    }
-                    &blend[..in_row]
-                };
-                for (pixel, &(i0, i1, w0, w1)) in dst.chunks_exact_mut(c).zip(&cols) {
-                    for ((d, &a), &b) in pixel.iter_mut().zip(&v[i0..i0 + c]).zip(&v[i1..i1 + c]) {
-                        *d = w0 * a + w1 * b;
-                    }
-                }
+            &blend[..in_row]
+        };
+        for (pixel, &(i0, i1, w0, w1)) in dst.chunks_exact_mut(c).zip(&cols) {
+            for ((d, &a), &b) in pixel.iter_mut().zip(&v[i0..i0 + c]).zip(&v[i1..i1 + c]) {
+                *d = w0 * a + w1 * b;
             }
         }
         Ok(())
@@ -142,6 +137,9 @@ impl<T: FloatElement> Readers<T> {
 /// backends agree to rounding, not bit for bit.
 pub(crate) fn resize_backward<T: FloatElement + ZeroBits>(dy: &[T], s: &ResizeSpec) -> Result<Vec<T>> {
     const OP: &str = "resize_backward";
+    if s.interpolation == Interpolation::Nearest {
+        return nearest_cpu::resize_backward(dy, s);
+    }
     let c = s.channels;
     let mut dx = try_zeros(OP, s.batch * s.in_h * s.in_w * c)?;
     if dx.is_empty() {
@@ -158,21 +156,6 @@ pub(crate) fn resize_backward<T: FloatElement + ZeroBits>(dy: &[T], s: &ResizeSp
     tasks.try_for_each_init(Vec::new, |sum, (r, dst)| {
         let (b, iy) = (r / s.in_h, r % s.in_h);
         let g = &dy[b * out_image..(b + 1) * out_image];
-        if s.interpolation == Interpolation::Nearest {
-            // Weights of 1 and no overlap: summing straight into `dst` reads each output
-            // gradient once, where the row buffer would add a pass.
-            for &(oy, _) in rows.of(iy) {
-                let g_row = &g[oy * out_row..][..out_row];
-                for (ix, pixel) in dst.chunks_exact_mut(c).enumerate() {
-                    for &(ox, _) in cols.of(ix) {
-                        for (d, &v) in pixel.iter_mut().zip(&g_row[ox * c..][..c]) {
-                            *d = *d + v;
-                        }
-                    }
-                }
-            }
-            return Ok(());
-        }
         ensure_len(OP, sum, out_row)?;
         let sum = &mut sum[..out_row];
         let mut readers = rows.of(iy).iter();

@@ -12,6 +12,7 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod nearest_cpu;
 
 pub use crate::backend::resize_spec::{Interpolation, ResizeSpec};
 use crate::ops::conv::check_nhwc;
