@@ -1,9 +1,7 @@
 //! The kernel gradient of one output row, summed into a `[kh * kw, c_out]` accumulator.
 
 use super::columns::{interior_columns, reading_columns};
-use super::lanes::{
-    block, block_mut, lanes, lanes_mut, mul_add, mul_add_block, mul_add_lanes, mul_add_spread, register_width, LANES,
-};
+use super::lanes::{lanes, lanes_mut, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
 use super::{Depthwise, PIXELS};
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
@@ -12,7 +10,7 @@ use crate::FloatElement;
 /// (`[kh * kw, c_out]`): 3x3 kernels over full channel blocks by [`row_3x3`], everything
 /// else by [`row_any`].
 #[inline(always)]
-pub(super) fn backward_filter_row<T: FloatElement, const FUSED: bool, const REG: usize>(
+pub(super) fn backward_filter_row<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     x: &[T],
     dy: &[T],
@@ -21,12 +19,7 @@ pub(super) fn backward_filter_row<T: FloatElement, const FUSED: bool, const REG:
 ) {
     let s = d.s;
     let done = if s.kernel_h == K && s.kernel_w == K && d.full_blocks() > 0 {
-        match register_width::<T>(REG) {
-            16 => row_3x3::<T, FUSED, 16>(d, x, dy, row, acc),
-            8 => row_3x3::<T, FUSED, 8>(d, x, dy, row, acc),
-            4 => row_3x3::<T, FUSED, 4>(d, x, dy, row, acc),
-            _ => row_3x3::<T, FUSED, 2>(d, x, dy, row, acc),
-        }
+        row_3x3::<T, FUSED>(d, x, dy, row, acc);
         d.full_blocks()
     } else {
         0
@@ -37,13 +30,11 @@ pub(super) fn backward_filter_row<T: FloatElement, const FUSED: bool, const REG:
 /// The kernel size [`row_3x3`] is for.
 const K: usize = 3;
 
-/// A 3x3 kernel's gradient over the full channel blocks, in blocks of `W` channels (one
-/// register: nine blocks of [`LANES`] would not fit the AVX registers): the nine taps' sums
-/// of a block stay in registers for the whole row, and each output pixel's gradient is
-/// loaded once for all of them. Each tap sums its columns in order, so the order depends
-/// on the shape only.
+/// A 3x3 kernel's gradient over the full channel blocks: the nine taps' sums of a block
+/// stay in registers for the whole row, and each output pixel's gradient is loaded once for
+/// all of them. Each tap sums its columns in order, so the order depends on the shape only.
 #[inline(always)]
-fn row_3x3<T: FloatElement, const FUSED: bool, const W: usize>(d: &Depthwise<'_, T>, x: &[T], dy: &[T], row: usize, acc: &mut [T]) {
+fn row_3x3<T: FloatElement, const FUSED: bool>(d: &Depthwise<'_, T>, x: &[T], dy: &[T], row: usize, acc: &mut [T]) {
     let s = d.s;
     let (c, co) = (s.in_channels, s.out_channels);
     let (b, oy) = (row / s.out_h, row % s.out_h);
@@ -54,11 +45,11 @@ fn row_3x3<T: FloatElement, const FUSED: bool, const W: usize>(d: &Depthwise<'_,
         (ky0..ky1).contains(&ky).then(|| &img[(iy0 + (ky - ky0) * s.dilation_h) * s.in_w * c..][..s.in_w * c])
     });
     let (lo, hi) = interior_columns(s);
-    for start in (0..d.full_blocks()).step_by(W) {
-        let mut sums: [[[T; W]; K]; K] =
-            std::array::from_fn(|ky| std::array::from_fn(|kx| *block(&acc[(ky * K + kx) * co + start..])));
+    for start in (0..d.full_blocks()).step_by(LANES) {
+        let mut sums: [[[T; LANES]; K]; K] =
+            std::array::from_fn(|ky| std::array::from_fn(|kx| *lanes(&acc[(ky * K + kx) * co + start..])));
         for ox in 0..s.out_w {
-            let g = block::<T, W>(&grad[ox * co + start..]);
+            let g = lanes(&grad[ox * co + start..]);
             let inside = ox >= lo && ox < hi;
             for (sums, input_row) in sums.iter_mut().zip(&input_rows) {
                 let Some(input_row) = input_row else { continue };
@@ -68,13 +59,13 @@ fn row_3x3<T: FloatElement, const FUSED: bool, const W: usize>(d: &Depthwise<'_,
                     if !inside && (at < s.pad_left || at - s.pad_left >= s.in_w) {
                         continue;
                     }
-                    mul_add::<T, FUSED, W>(sum, &input_row[(at - s.pad_left) * c + start..], g);
+                    mul_add_lanes::<T, FUSED>(sum, &input_row[(at - s.pad_left) * c + start..], g);
                 }
             }
         }
         for (ky, sums) in sums.iter().enumerate() {
             for (kx, sum) in sums.iter().enumerate() {
-                *block_mut(&mut acc[(ky * K + kx) * co + start..]) = *sum;
+                *lanes_mut(&mut acc[(ky * K + kx) * co + start..]) = *sum;
             }
         }
     }

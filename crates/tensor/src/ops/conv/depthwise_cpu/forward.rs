@@ -15,7 +15,7 @@ pub(super) type RowTaps = (usize, usize, usize);
 /// none): `dst` is `[rows, out_w, c_out]`. A 3x3 kernel at stride 1 goes to
 /// [`forward_3x3`] (its channel tail here), anything else row by row.
 #[inline(always)]
-pub(super) fn forward_rows<T: FloatElement, const FUSED: bool, const REG: usize>(
+pub(super) fn forward_rows<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     x: &[T],
     bias: &[T],
@@ -31,7 +31,7 @@ pub(super) fn forward_rows<T: FloatElement, const FUSED: bool, const REG: usize>
     if forward_3x3::applies(d) {
         let img = &x[b * d.in_image()..][..d.in_image()];
         let full = d.full_blocks();
-        forward_3x3::rows::<T, FUSED, REG>(d, img, bias, oy0..oy0 + n, full, dst);
+        forward_3x3::rows::<T, FUSED>(d, img, bias, oy0..oy0 + n, full, dst);
         for (oy, dst) in (oy0..oy0 + n).zip(dst.chunks_exact_mut(row_len)).filter(|_| full < co) {
             let rows = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
             for p in 0..s.out_w {
@@ -46,8 +46,8 @@ pub(super) fn forward_rows<T: FloatElement, const FUSED: bool, const REG: usize>
 }
 
 /// One output row `(image, oy)` plus `bias` (`[c_out]`, zeros where the op has none): `dst`
-/// is `[out_w, c_out]`, written once (never read: the
-/// freshly allocated output is not in cache, and reading it stalled every pixel).
+/// is `[out_w, c_out]`, written once, never read (reading the output before writing it
+/// stalled every pixel).
 ///
 /// The full channel blocks go [`PIXELS`] pixels at a time; the channel tail and depth
 /// multipliers above 1 one pixel at a time.

@@ -2,10 +2,10 @@
 //! blocks): MobileNet's stride-1 layers, and the input gradient of every stride-1 3x3 layer
 //! (the forward pass over `dy` with the kernel flipped).
 //!
-//! Channels go in blocks of one register (`W` values: 8 f32 with AVX2, 16 with AVX-512),
-//! so that the nine taps of a block, the bias and [`GROUP`] accumulators all stay in
-//! registers (blocks of [`LANES`] took eighteen AVX registers for the taps alone, and
-//! spilled). Per output row and block, the interior pixels go [`GROUP`] at a time: per
+//! Channels go in blocks of [`LANES`] (`W`). Blocks of one AVX register (8 f32) were
+//! measured slower: four pixels then make only four independent chains of multiply-adds,
+//! too few to cover their latency. Per output row and block, the interior pixels go
+//! [`GROUP`] at a time: per
 //! kernel row, `GROUP + 2` input vectors feed `3 * GROUP` multiply-adds, with no column
 //! test. Which kernel rows and columns a row or a border pixel reads is a constant of the
 //! function that computes it (the common cases are matched to instances), not a test per
@@ -14,7 +14,7 @@
 //! order (kernel row, then column), whichever path computes it.
 
 use super::columns::interior_columns;
-use super::lanes::{block, block_mut, mul_add, register_width, LANES};
+use super::lanes::{block, block_mut, mul_add, LANES};
 use super::Depthwise;
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
@@ -33,9 +33,9 @@ pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
 }
 
 /// Channels `0..full` of output rows `oys` of one image (`img`; `dst` is
-/// `[oys.len(), out_w, c_out]`), with register blocks of a `reg`-byte register.
+/// `[oys.len(), out_w, c_out]`).
 #[inline(always)]
-pub(super) fn rows<T: FloatElement, const FUSED: bool, const REG: usize>(
+pub(super) fn rows<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     img: &[T],
     bias: &[T],
@@ -43,15 +43,10 @@ pub(super) fn rows<T: FloatElement, const FUSED: bool, const REG: usize>(
     full: usize,
     dst: &mut [T],
 ) {
-    match register_width::<T>(REG) {
-        16 => rows_w::<T, FUSED, 16>(d, img, bias, oys, full, dst),
-        8 => rows_w::<T, FUSED, 8>(d, img, bias, oys, full, dst),
-        4 => rows_w::<T, FUSED, 4>(d, img, bias, oys, full, dst),
-        _ => rows_w::<T, FUSED, 2>(d, img, bias, oys, full, dst),
-    }
+    rows_w::<T, FUSED, LANES>(d, img, bias, oys, full, dst)
 }
 
-/// [`rows`] with blocks of `W` channels.
+/// [`rows`] with blocks of `W` channels (a divisor of [`LANES`]).
 #[inline(always)]
 fn rows_w<T: FloatElement, const FUSED: bool, const W: usize>(
     d: &Depthwise<'_, T>,

@@ -38,9 +38,7 @@ pub(super) fn mul_add_lanes<T: FloatElement, const FUSED: bool>(acc: &mut [T; LA
     mul_add::<T, FUSED, LANES>(acc, a, b)
 }
 
-/// A block of `W` values: one SIMD register where `W` is the register width, which the
-/// 3x3 kernels use so that their nine taps fit the register file (nine blocks of
-/// [`LANES`] are eighteen AVX registers, more than there are).
+/// A block of `W` values (a divisor of [`LANES`]), fixed-size as [`lanes`].
 #[inline(always)]
 pub(super) fn block<T, const W: usize>(s: &[T]) -> &[T; W] {
     s.first_chunk().expect("a full block holds W values")
@@ -57,21 +55,6 @@ pub(super) fn mul_add<T: FloatElement, const FUSED: bool, const W: usize>(acc: &
     let a = block::<T, W>(a);
     for i in 0..W {
         acc[i] = madd::<T, FUSED>(acc[i], a[i], b[i]);
-    }
-}
-
-/// The block width that fills one register of `reg` bytes with `T`s, as a divisor of
-/// [`LANES`] (so the full [`LANES`] blocks split into whole register blocks).
-pub(super) const fn register_width<T>(reg: usize) -> usize {
-    let w = reg / std::mem::size_of::<T>();
-    if w >= LANES {
-        LANES
-    } else if w >= 8 {
-        8
-    } else if w >= 4 {
-        4
-    } else {
-        2
     }
 }
 

@@ -7,9 +7,8 @@
 //! The kernel `[c * m, kh, kw, 1]` is first transposed to `[kh * kw, c * m]` (tap-major),
 //! so that a tap's weights are contiguous too. Channels run in fixed blocks of
 //! [`lanes::LANES`], and [`PIXELS`] neighbouring pixels at a time, whose accumulators the
-//! compiler keeps in SIMD registers; the 3x3 kernels, which keep nine taps in registers,
-//! split a block into blocks of one register. The row functions are compiled three times:
-//! for AVX-512, for AVX2 (both with FMA) and for any CPU, chosen at run time ([`Isa`]).
+//! compiler keeps in SIMD registers. The row functions are compiled three times: for
+//! AVX-512, for AVX2 (both with FMA) and for any CPU, chosen at run time ([`Isa`]).
 //!
 //! - forward ([`forward`]): each task is a band of output rows of one image (its size set
 //!   by the shape, [`band_rows`]), written into an output that is not zeroed first
@@ -106,11 +105,10 @@ macro_rules! dispatch {
     };
 }
 
-/// The row functions compiled for each instruction set (the same code): with FMA or not,
-/// and the register width in bytes that the 3x3 kernels size their channel blocks by.
+/// The row functions compiled for each instruction set (the same code), with FMA or not.
 mod simd {
     macro_rules! compiled_for {
-        ($name:ident, $fused:literal, $reg:literal $(, $features:literal)?) => {
+        ($name:ident, $fused:literal $(, $features:literal)?) => {
             pub(super) mod $name {
                 use super::super::{backward_filter, backward_input, forward, Depthwise, Readers};
                 use crate::FloatElement;
@@ -123,7 +121,7 @@ mod simd {
                     first: usize,
                     dst: &mut [T],
                 ) {
-                    forward::forward_rows::<T, $fused, $reg>(d, x, bias, first, dst)
+                    forward::forward_rows::<T, $fused>(d, x, bias, first, dst)
                 }
 
                 $(#[target_feature(enable = $features)])?
@@ -145,17 +143,16 @@ mod simd {
                     row: usize,
                     acc: &mut [T],
                 ) {
-                    backward_filter::backward_filter_row::<T, $fused, $reg>(d, x, dy, row, acc)
+                    backward_filter::backward_filter_row::<T, $fused>(d, x, dy, row, acc)
                 }
             }
         };
     }
     #[cfg(target_arch = "x86_64")]
-    compiled_for!(avx512, true, 64, "avx512f,avx2,fma");
+    compiled_for!(avx512, true, "avx512f,avx2,fma");
     #[cfg(target_arch = "x86_64")]
-    compiled_for!(avx2, true, 32, "avx2,fma");
-    // 16 bytes: SSE2 and NEON registers.
-    compiled_for!(portable, false, 16);
+    compiled_for!(avx2, true, "avx2,fma");
+    compiled_for!(portable, false);
 }
 
 /// The shared read-only state of one depthwise op.
