@@ -56,7 +56,7 @@ fn rows_w<T: FloatElement, const FUSED: bool, const W: usize>(
     full: usize,
     dst: &mut [T],
 ) {
-    debug_assert!(full % LANES == 0 && LANES % W == 0);
+    debug_assert!(full.is_multiple_of(LANES) && LANES.is_multiple_of(W));
     let s = d.s;
     let row_len = s.out_w * s.out_channels;
     for (oy, dst) in oys.zip(dst.chunks_exact_mut(row_len)) {

@@ -256,7 +256,7 @@ const TASK_BYTES: usize = 16 << 10;
 /// element is written by one task, from the same sums).
 fn band_rows(out_h: usize, row_bytes: usize) -> usize {
     let most = (TASK_BYTES / row_bytes.max(1)).clamp(1, out_h.max(1));
-    (1..=most).rev().find(|n| out_h % n == 0).unwrap_or(1)
+    (1..=most).rev().find(|&n| out_h.is_multiple_of(n)).unwrap_or(1)
 }
 
 /// The input gradient of a depthwise convolution: `[batch, in_h, in_w, c_in]`.

@@ -160,7 +160,7 @@ fn forward_bands_divide_the_rows_and_stay_near_the_task_size() {
     for out_h in 1..40 {
         for row_bytes in [4, 100, 4096, 16 << 10, 1 << 20] {
             let band = band_rows(out_h, row_bytes);
-            assert!(band >= 1 && out_h % band == 0, "out_h {out_h}, row bytes {row_bytes}: band {band}");
+            assert!(band >= 1 && out_h.is_multiple_of(band), "out_h {out_h}, row bytes {row_bytes}: band {band}");
             assert!(band == 1 || band * row_bytes <= TASK_BYTES, "out_h {out_h}, row bytes {row_bytes}: band {band}");
         }
     }
