@@ -5,9 +5,8 @@
 //! Channels go in blocks of [`LANES`] (`W`). Blocks of one AVX register (8 f32) were
 //! measured slower: four pixels then make only four independent chains of multiply-adds,
 //! too few to cover their latency. Per output row and block, the interior pixels go
-//! [`GROUP`] at a time: per
-//! kernel row, `GROUP + 2` input vectors feed `3 * GROUP` multiply-adds, with no column
-//! test. Which kernel rows and columns a row or a border pixel reads is a constant of the
+//! [`GROUP`] at a time: per kernel row, `GROUP + 2` input vectors feed `3 * GROUP`
+//! multiply-adds, with no column test. Which kernel rows and columns a row or a border pixel reads is a constant of the
 //! function that computes it (the common cases are matched to instances), not a test per
 //! tap; taps that would read padding are skipped, not multiplied by zero, so an infinite
 //! input or weight gives what the naive sum gives. Every pixel sums its taps in the same
@@ -83,7 +82,7 @@ struct Row<'a, T> {
 }
 
 impl<T: FloatElement> Row<'_, T> {
-    /// The row with kernel rows `KY0..KY0 + R`, whose taps stay in registers per block.
+    /// The row with kernel rows `KY0..KY0 + R`, whose taps are fixed per block.
     #[inline(always)]
     fn rows<const FUSED: bool, const W: usize, const KY0: usize, const R: usize>(&self, dst: &mut [T]) {
         let s = self.d.s;
@@ -91,8 +90,11 @@ impl<T: FloatElement> Row<'_, T> {
         let input: [&[T]; R] = std::array::from_fn(|r| &self.img[(self.iy0 + r) * in_w * c..][..in_w * c]);
         let (lo, hi) = interior_columns(s);
         for start in (0..self.full).step_by(W) {
-            let k: [[[T; W]; 3]; R] = std::array::from_fn(|r| {
-                std::array::from_fn(|kx| *block(&self.d.taps_kernel[((KY0 + r) * 3 + kx) * co + start..]))
+            // References, not copies: building an array of copies per row and block
+            // compiled to a `memcpy` onto the stack, 12% of the samples at 4x4 maps; the
+            // multiply-adds read the weights from L1 (or registers) either way.
+            let k: [[&[T; W]; 3]; R] = std::array::from_fn(|r| {
+                std::array::from_fn(|kx| block(&self.d.taps_kernel[((KY0 + r) * 3 + kx) * co + start..]))
             });
             let b = *block::<T, W>(&self.bias[start..]);
             let at = |ix: usize| ix * c + start;
@@ -172,7 +174,7 @@ impl<T: FloatElement> Row<'_, T> {
 /// became library calls.
 #[inline(always)]
 fn pixel<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, const KX0: usize, const KX1: usize>(
-    k: &[[[T; W]; 3]; R],
+    k: &[[&[T; W]; 3]; R],
     bias: [T; W],
     input: &[&[T]; R],
     at: usize,
@@ -181,7 +183,7 @@ fn pixel<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, con
     let mut acc = bias;
     for (k, input) in k.iter().zip(input) {
         for kx in KX0..KX1 {
-            mul_add::<T, FUSED, W>(&mut acc, &input[at + (kx - KX0) * c..], &k[kx]);
+            mul_add::<T, FUSED, W>(&mut acc, &input[at + (kx - KX0) * c..], k[kx]);
         }
     }
     acc
