@@ -65,6 +65,9 @@ fn grouped_many_chunks() {
 #[test]
 fn depthwise() {
     check("depthwise", [24, 20, 20, 48], [48, 3, 3, 1], 48, 1);
+    // Small maps (forward bands of whole images, border columns only) and stride 2.
+    check("depthwise, 4x4 maps", [16, 4, 4, 80], [80, 3, 3, 1], 80, 1);
+    check("depthwise, stride 2", [8, 9, 9, 40], [40, 3, 3, 1], 40, 2);
 }
 
 #[test]

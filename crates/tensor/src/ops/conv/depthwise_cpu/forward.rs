@@ -1,5 +1,5 @@
-//! The forward pass: each output row `(image, oy)` is one task; each output pixel sums its
-//! taps.
+//! The forward pass: each task is a band of output rows of one image; each output pixel
+//! sums its taps.
 
 use super::columns::interior_columns;
 use super::forward_3x3;
@@ -11,14 +11,48 @@ use crate::FloatElement;
 /// The rows `ky0..ky1` of the kernel that output row `oy` reads, and the first input row.
 pub(super) type RowTaps = (usize, usize, usize);
 
+/// Output rows `first..` of one image plus `bias` (`[c_out]`, zeros where the op has
+/// none): `dst` is `[rows, out_w, c_out]`. A 3x3 kernel at stride 1 goes to
+/// [`forward_3x3`] (its channel tail here), anything else row by row.
+#[inline(always)]
+pub(super) fn forward_rows<T: FloatElement, const FUSED: bool>(
+    d: &Depthwise<'_, T>,
+    x: &[T],
+    bias: &[T],
+    first: usize,
+    dst: &mut [T],
+) {
+    let s = d.s;
+    let co = s.out_channels;
+    let row_len = s.out_w * co;
+    let (b, oy0) = (first / s.out_h, first % s.out_h);
+    let n = dst.len() / row_len;
+    debug_assert!(oy0 + n <= s.out_h, "a band stays inside one image");
+    if forward_3x3::applies(d) {
+        let img = &x[b * d.in_image()..][..d.in_image()];
+        let full = d.full_blocks();
+        forward_3x3::rows::<T, FUSED>(d, img, bias, oy0..oy0 + n, full, dst);
+        for (oy, dst) in (oy0..oy0 + n).zip(dst.chunks_exact_mut(row_len)).filter(|_| full < co) {
+            let rows = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
+            for p in 0..s.out_w {
+                forward_pixel::<T, FUSED>(d, img, bias, rows, p, full, &mut dst[p * co..][..co]);
+            }
+        }
+        return;
+    }
+    for (i, dst) in dst.chunks_exact_mut(row_len).enumerate() {
+        forward_row::<T, FUSED>(d, x, bias, first + i, dst);
+    }
+}
+
 /// One output row `(image, oy)` plus `bias` (`[c_out]`, zeros where the op has none): `dst`
-/// is `[out_w, c_out]`, written once (never read: the
-/// freshly allocated output is not in cache, and reading it stalled every pixel).
+/// is `[out_w, c_out]`, written once, never read (reading the output before writing it
+/// stalled every pixel).
 ///
 /// The full channel blocks go [`PIXELS`] pixels at a time; the channel tail and depth
 /// multipliers above 1 one pixel at a time.
 #[inline(always)]
-pub(super) fn forward_row<T: FloatElement, const FUSED: bool>(
+fn forward_row<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     x: &[T],
     bias: &[T],
@@ -31,15 +65,6 @@ pub(super) fn forward_row<T: FloatElement, const FUSED: bool>(
     let img = &x[b * d.in_image()..][..d.in_image()];
     let rows = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
     let full = d.full_blocks();
-    if forward_3x3::applies(d) {
-        forward_3x3::row::<T, FUSED>(d, img, bias, rows, full, dst);
-        if full < co {
-            for p in 0..s.out_w {
-                forward_pixel::<T, FUSED>(d, img, bias, rows, p, full, &mut dst[p * co..][..co]);
-            }
-        }
-        return;
-    }
     let (lo, hi) = interior_columns(s);
     let wide = full > 0 && s.kernel_w == 3;
     let mut ox = 0;

@@ -2,23 +2,27 @@
 //! blocks): MobileNet's stride-1 layers, and the input gradient of every stride-1 3x3 layer
 //! (the forward pass over `dy` with the kernel flipped).
 //!
-//! Per channel block, the kernel rows that the output row reads stay in registers for the
-//! whole row (up to nine vectors), and the interior pixels go [`GROUP`] at a time: per
-//! kernel row, `GROUP + 2` input vectors feed `3 * GROUP` multiply-adds, with no column test.
-//! The border pixels (the taps that would read padding are skipped, not multiplied by zero,
-//! so an infinite input or weight gives what the naive sum gives) and the last few interior
-//! pixels go one at a time.
+//! Channels go in blocks of [`LANES`] (`W`). Blocks of one AVX register (8 f32) were
+//! measured slower: four pixels then make only four independent chains of multiply-adds,
+//! too few to cover their latency. Per output row and block, the interior pixels go
+//! [`GROUP`] at a time: per kernel row, `GROUP + 2` input vectors feed `3 * GROUP`
+//! multiply-adds, with no column test. Which kernel rows and columns a row or a border pixel reads is a constant of the
+//! function that computes it (the common cases are matched to instances), not a test per
+//! tap; taps that would read padding are skipped, not multiplied by zero, so an infinite
+//! input or weight gives what the naive sum gives. Every pixel sums its taps in the same
+//! order (kernel row, then column), whichever path computes it.
 
 use super::columns::interior_columns;
-use super::forward::RowTaps;
-use super::lanes::{lanes, lanes_mut, mul_add_lanes, LANES};
+use super::lanes::{block, block_mut, mul_add, LANES};
 use super::Depthwise;
+use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
+use std::ops::Range;
 
 /// Output pixels computed together in the interior.
 const GROUP: usize = 4;
 
-/// Whether [`row`] computes this op's full channel blocks.
+/// Whether [`rows`] computes this op's full channel blocks.
 pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
     let s = d.s;
     d.full_blocks() > 0
@@ -27,95 +31,159 @@ pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
         && (s.dilation_h, s.dilation_w) == (1, 1)
 }
 
-/// Channels `0..full` of one output row (`dst` is `[out_w, c_out]`) whose kernel rows
-/// `ky0..ky1` read input rows `iy0..`.
+/// Channels `0..full` of output rows `oys` of one image (`img`; `dst` is
+/// `[oys.len(), out_w, c_out]`).
 #[inline(always)]
-pub(super) fn row<T: FloatElement, const FUSED: bool>(
+pub(super) fn rows<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     img: &[T],
     bias: &[T],
-    (ky0, ky1, iy0): RowTaps,
+    oys: Range<usize>,
     full: usize,
     dst: &mut [T],
 ) {
-    // The kernel rows as a constant count, so that their registers are a fixed array.
-    match ky1 - ky0 {
-        3 => rows::<T, FUSED, 3>(d, img, bias, (ky0, iy0), full, dst),
-        2 => rows::<T, FUSED, 2>(d, img, bias, (ky0, iy0), full, dst),
-        1 => rows::<T, FUSED, 1>(d, img, bias, (ky0, iy0), full, dst),
-        _ => rows::<T, FUSED, 0>(d, img, bias, (ky0, iy0), full, dst),
+    rows_w::<T, FUSED, LANES>(d, img, bias, oys, full, dst)
+}
+
+/// [`rows`] with blocks of `W` channels (a divisor of [`LANES`]).
+#[inline(always)]
+fn rows_w<T: FloatElement, const FUSED: bool, const W: usize>(
+    d: &Depthwise<'_, T>,
+    img: &[T],
+    bias: &[T],
+    oys: Range<usize>,
+    full: usize,
+    dst: &mut [T],
+) {
+    debug_assert!(full.is_multiple_of(LANES) && LANES.is_multiple_of(W));
+    let s = d.s;
+    let row_len = s.out_w * s.out_channels;
+    for (oy, dst) in oys.zip(dst.chunks_exact_mut(row_len)) {
+        let (ky0, ky1, iy0) = taps(oy, 1, s.pad_top, 1, 3, s.in_h);
+        let r = Row { d, img, bias, iy0, full };
+        // Kernel rows `KY0..KY0 + R` as constants: the middle rows, the top and bottom
+        // rows of 'same' padding. Anything else reads its kernel from memory.
+        match (ky0, ky1 - ky0) {
+            (0, 3) => r.rows::<FUSED, W, 0, 3>(dst),
+            (1, 2) => r.rows::<FUSED, W, 1, 2>(dst),
+            (0, 2) => r.rows::<FUSED, W, 0, 2>(dst),
+            _ => r.any::<FUSED, W>((ky0, ky1), dst),
+        }
     }
 }
 
-/// [`row`] with `R` kernel rows `ky0..ky0 + R`.
-#[inline(always)]
-fn rows<T: FloatElement, const FUSED: bool, const R: usize>(
-    d: &Depthwise<'_, T>,
-    img: &[T],
-    bias: &[T],
-    (ky0, iy0): (usize, usize),
+/// One output row: its image, bias, first input row and full channels.
+struct Row<'a, T> {
+    d: &'a Depthwise<'a, T>,
+    img: &'a [T],
+    bias: &'a [T],
+    iy0: usize,
     full: usize,
-    dst: &mut [T],
-) {
-    let s = d.s;
-    let (c, co, pad) = (s.in_channels, s.out_channels, s.pad_left);
-    let input_rows: [&[T]; R] = std::array::from_fn(|r| &img[(iy0 + r) * s.in_w * c..][..s.in_w * c]);
-    let (lo, hi) = interior_columns(s);
-    for start in (0..full).step_by(LANES) {
-        let k: [[[T; LANES]; 3]; R] = std::array::from_fn(|r| {
-            std::array::from_fn(|kx| *lanes(&d.taps_kernel[((ky0 + r) * 3 + kx) * co + start..]))
-        });
-        let b = *lanes(&bias[start..]);
-        for ox in (0..lo).chain(hi..s.out_w) {
-            *lanes_mut(&mut dst[ox * co + start..]) =
-                pixel::<T, FUSED, R>(&k, b, (&input_rows, start, c), ox, (pad, s.in_w));
-        }
-        let mut ox = lo;
-        while ox + GROUP <= hi {
-            // Every tap of these pixels reads a real column: ox >= pad.
-            let first = ox - pad;
-            let mut acc = [b; GROUP];
-            for (k, input_row) in k.iter().zip(&input_rows) {
-                let window = &input_row[first * c..][..(GROUP + 2) * c];
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    for (kx, k) in k.iter().enumerate() {
-                        mul_add_lanes::<T, FUSED>(acc, &window[(p + kx) * c + start..], k);
+}
+
+impl<T: FloatElement> Row<'_, T> {
+    /// The row with kernel rows `KY0..KY0 + R`, whose taps are fixed per block.
+    #[inline(always)]
+    fn rows<const FUSED: bool, const W: usize, const KY0: usize, const R: usize>(&self, dst: &mut [T]) {
+        let s = self.d.s;
+        let (c, co, pad, in_w) = (s.in_channels, s.out_channels, s.pad_left, s.in_w);
+        let input: [&[T]; R] = std::array::from_fn(|r| &self.img[(self.iy0 + r) * in_w * c..][..in_w * c]);
+        let (lo, hi) = interior_columns(s);
+        for start in (0..self.full).step_by(W) {
+            // References, not copies: building an array of copies per row and block
+            // compiled to a `memcpy` onto the stack, 12% of the samples at 4x4 maps; the
+            // multiply-adds read the weights from L1 (or registers) either way.
+            let k: [[&[T; W]; 3]; R] = std::array::from_fn(|r| {
+                std::array::from_fn(|kx| block(&self.d.taps_kernel[((KY0 + r) * 3 + kx) * co + start..]))
+            });
+            let b = *block::<T, W>(&self.bias[start..]);
+            let at = |ix: usize| ix * c + start;
+            for ox in (0..lo).chain(hi..s.out_w) {
+                let (kx0, kx1, ix0) = taps(ox, 1, pad, 1, 3, in_w);
+                let y = match (kx0, kx1) {
+                    (1, 3) => pixel::<T, FUSED, W, R, 1, 3>(&k, b, &input, at(ix0), c),
+                    (0, 2) => pixel::<T, FUSED, W, R, 0, 2>(&k, b, &input, at(ix0), c),
+                    _ => self.pixel_any::<FUSED, W>((KY0, KY0 + R), (kx0, kx1, ix0), start),
+                };
+                *block_mut(&mut dst[ox * co + start..]) = y;
+            }
+            let mut ox = lo;
+            while ox + GROUP <= hi {
+                // Every tap of these pixels reads a real column: ox >= pad.
+                let window = at(ox - pad);
+                let mut acc = [b; GROUP];
+                for (k, input) in k.iter().zip(&input) {
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        for (kx, k) in k.iter().enumerate() {
+                            mul_add::<T, FUSED, W>(acc, &input[window + (p + kx) * c..], k);
+                        }
                     }
                 }
+                for (p, acc) in acc.iter().enumerate() {
+                    *block_mut(&mut dst[(ox + p) * co + start..]) = *acc;
+                }
+                ox += GROUP;
             }
-            for (p, acc) in acc.iter().enumerate() {
-                *lanes_mut(&mut dst[(ox + p) * co + start..]) = *acc;
+            for ox in ox..hi {
+                *block_mut(&mut dst[ox * co + start..]) = pixel::<T, FUSED, W, R, 0, 3>(&k, b, &input, at(ox - pad), c);
             }
-            ox += GROUP;
         }
-        for ox in ox..hi {
-            *lanes_mut(&mut dst[ox * co + start..]) =
-                pixel::<T, FUSED, R>(&k, b, (&input_rows, start, c), ox, (pad, s.in_w));
+    }
+
+    /// The row with kernel rows `ky0..ky1` known at run time only (an input fewer than
+    /// three rows high, or padding above 1): the kernel is read from memory, so that
+    /// indexing it at run time does not move [`Row::rows`]' registers to the stack.
+    #[inline(always)]
+    fn any<const FUSED: bool, const W: usize>(&self, (ky0, ky1): (usize, usize), dst: &mut [T]) {
+        let s = self.d.s;
+        for start in (0..self.full).step_by(W) {
+            for ox in 0..s.out_w {
+                let cols = taps(ox, 1, s.pad_left, 1, 3, s.in_w);
+                *block_mut(&mut dst[ox * s.out_channels + start..]) =
+                    self.pixel_any::<FUSED, W>((ky0, ky1), cols, start);
+            }
         }
+    }
+
+    /// One pixel reading kernel rows `ky0..ky1` and columns `kx0..kx1` (input column `ix0`
+    /// first), its kernel read from memory.
+    #[inline(always)]
+    fn pixel_any<const FUSED: bool, const W: usize>(
+        &self,
+        (ky0, ky1): (usize, usize),
+        (kx0, kx1, ix0): (usize, usize, usize),
+        start: usize,
+    ) -> [T; W] {
+        let s = self.d.s;
+        let (c, co) = (s.in_channels, s.out_channels);
+        let mut acc = *block::<T, W>(&self.bias[start..]);
+        for ky in ky0..ky1 {
+            let iy = self.iy0 + ky - ky0;
+            for kx in kx0..kx1 {
+                let x = &self.img[(iy * s.in_w + ix0 + kx - kx0) * c + start..];
+                mul_add::<T, FUSED, W>(&mut acc, x, block(&self.d.taps_kernel[(ky * 3 + kx) * co + start..]));
+            }
+        }
+        acc
     }
 }
 
-/// One output pixel `ox`, any column, of the block at `start` (`c` input channels): taps
-/// that would read padding (`pad` columns left of `0..in_w`) are skipped. A function, not
-/// a closure: a closure is compiled without the caller's target features, and its
-/// multiply-adds became library calls.
+/// One output pixel of the block whose first tap (column `KX0`) reads `input[r][at..]`,
+/// over kernel columns `KX0..KX1` (`c` input channels). A function, not a closure: a
+/// closure is compiled without the caller's target features, and its multiply-adds
+/// became library calls.
 #[inline(always)]
-fn pixel<T: FloatElement, const FUSED: bool, const R: usize>(
-    k: &[[[T; LANES]; 3]; R],
-    bias: [T; LANES],
-    (input_rows, start, c): (&[&[T]; R], usize, usize),
-    ox: usize,
-    (pad, in_w): (usize, usize),
-) -> [T; LANES] {
+fn pixel<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, const KX0: usize, const KX1: usize>(
+    k: &[[&[T; W]; 3]; R],
+    bias: [T; W],
+    input: &[&[T]; R],
+    at: usize,
+    c: usize,
+) -> [T; W] {
     let mut acc = bias;
-    for (k, input_row) in k.iter().zip(input_rows) {
-        for (kx, k) in k.iter().enumerate() {
-            // Input column plus pad.
-            let at = ox + kx;
-            if at < pad || at - pad >= in_w {
-                continue;
-            }
-            mul_add_lanes::<T, FUSED>(&mut acc, &input_row[(at - pad) * c + start..], k);
+    for (k, input) in k.iter().zip(input) {
+        for kx in KX0..KX1 {
+            mul_add::<T, FUSED, W>(&mut acc, &input[at + (kx - KX0) * c..], k[kx]);
         }
     }
     acc

@@ -35,8 +35,25 @@ pub(super) fn lanes_mut<T>(s: &mut [T]) -> &mut [T; LANES] {
 /// `acc[i] += a[i] * b[i]` over one full block.
 #[inline(always)]
 pub(super) fn mul_add_lanes<T: FloatElement, const FUSED: bool>(acc: &mut [T; LANES], a: &[T], b: &[T; LANES]) {
-    let a = lanes(a);
-    for i in 0..LANES {
+    mul_add::<T, FUSED, LANES>(acc, a, b)
+}
+
+/// A block of `W` values (a divisor of [`LANES`]), fixed-size as [`lanes`].
+#[inline(always)]
+pub(super) fn block<T, const W: usize>(s: &[T]) -> &[T; W] {
+    s.first_chunk().expect("a full block holds W values")
+}
+
+#[inline(always)]
+pub(super) fn block_mut<T, const W: usize>(s: &mut [T]) -> &mut [T; W] {
+    s.first_chunk_mut().expect("a full block holds W values")
+}
+
+/// `acc[i] += a[i] * b[i]` over a block of `W` values.
+#[inline(always)]
+pub(super) fn mul_add<T: FloatElement, const FUSED: bool, const W: usize>(acc: &mut [T; W], a: &[T], b: &[T; W]) {
+    let a = block::<T, W>(a);
+    for i in 0..W {
         acc[i] = madd::<T, FUSED>(acc[i], a[i], b[i]);
     }
 }

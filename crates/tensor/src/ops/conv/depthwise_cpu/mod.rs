@@ -10,16 +10,18 @@
 //! compiler keeps in SIMD registers. The row functions are compiled three times: for
 //! AVX-512, for AVX2 (both with FMA) and for any CPU, chosen at run time ([`Isa`]).
 //!
-//! - forward ([`forward`]): each output row `(image, oy)` is one task. A 3x3 kernel at
-//!   stride 1 ([`forward_3x3`]) keeps its kernel rows in registers for the whole row.
+//! - forward ([`forward`]): each task is a band of output rows of one image (its size set
+//!   by the shape, [`band_rows`]), written into an output that is not zeroed first
+//!   ([`output`]). A 3x3 kernel at stride 1 ([`forward_3x3`]) keeps its taps in registers
+//!   for the whole row.
 //! - input gradient ([`backward_input`]): gathered, not scattered: each input row is one
 //!   task, and each input pixel sums the output pixels that read it (`dy * kernel`), so no
 //!   two tasks write the same element. At stride 1 and multiplier 1 it is the forward
 //!   pass over `dy` with the kernel flipped in space instead, which is faster.
-//! - kernel gradient ([`backward_filter`]): the output rows are cut into [`FILTER_CHUNKS`] fixed runs (the cut
-//!   depends on the shape only); each run sums into its own buffer, and the buffers are
-//!   added in run order, so the result does not depend on the thread count or on rayon's
-//!   scheduling.
+//! - kernel gradient ([`backward_filter`]): the output rows are cut into [`FILTER_CHUNKS`]
+//!   fixed runs (the cut depends on the shape only); each run sums into its own buffer,
+//!   and the buffers are added in run order, so the result does not depend on the thread
+//!   count or on rayon's scheduling.
 
 mod backward_filter;
 mod backward_input;
@@ -27,6 +29,7 @@ mod columns;
 mod forward;
 mod forward_3x3;
 mod lanes;
+mod output;
 #[cfg(test)]
 mod tests;
 
@@ -87,9 +90,9 @@ impl Isa {
     }
 }
 
-/// Runs a row function compiled for `isa`: `dispatch!(isa, forward::forward_row(args))`.
+/// Runs a row function compiled for `isa`: `dispatch!(isa, forward_rows(args))`.
 macro_rules! dispatch {
-    ($isa:expr, $module:ident :: $f:ident ( $($arg:expr),* $(,)? )) => {
+    ($isa:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
         match $isa {
             // SAFETY: `Isa::detect` saw these features on this CPU.
             #[cfg(target_arch = "x86_64")]
@@ -97,32 +100,31 @@ macro_rules! dispatch {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { simd::avx2::$f($($arg),*) },
-            Isa::Portable => $module::$f::<_, false>($($arg),*),
+            Isa::Portable => simd::portable::$f($($arg),*),
         }
     };
 }
 
-/// The row functions compiled for wider registers and FMA (the same code).
-#[cfg(target_arch = "x86_64")]
+/// The row functions compiled for each instruction set (the same code), with FMA or not.
 mod simd {
     macro_rules! compiled_for {
-        ($name:ident, $features:literal) => {
+        ($name:ident, $fused:literal $(, $features:literal)?) => {
             pub(super) mod $name {
                 use super::super::{backward_filter, backward_input, forward, Depthwise, Readers};
                 use crate::FloatElement;
 
-                #[target_feature(enable = $features)]
-                pub(in super::super) fn forward_row<T: FloatElement>(
+                $(#[target_feature(enable = $features)])?
+                pub(in super::super) fn forward_rows<T: FloatElement>(
                     d: &Depthwise<'_, T>,
                     x: &[T],
                     bias: &[T],
-                    row: usize,
+                    first: usize,
                     dst: &mut [T],
                 ) {
-                    forward::forward_row::<T, true>(d, x, bias, row, dst)
+                    forward::forward_rows::<T, $fused>(d, x, bias, first, dst)
                 }
 
-                #[target_feature(enable = $features)]
+                $(#[target_feature(enable = $features)])?
                 pub(in super::super) fn backward_input_row<T: FloatElement>(
                     d: &Depthwise<'_, T>,
                     dy: &[T],
@@ -130,10 +132,10 @@ mod simd {
                     row: usize,
                     dst: &mut [T],
                 ) {
-                    backward_input::backward_input_row::<T, true>(d, dy, readers, row, dst)
+                    backward_input::backward_input_row::<T, $fused>(d, dy, readers, row, dst)
                 }
 
-                #[target_feature(enable = $features)]
+                $(#[target_feature(enable = $features)])?
                 pub(in super::super) fn backward_filter_row<T: FloatElement>(
                     d: &Depthwise<'_, T>,
                     x: &[T],
@@ -141,13 +143,16 @@ mod simd {
                     row: usize,
                     acc: &mut [T],
                 ) {
-                    backward_filter::backward_filter_row::<T, true>(d, x, dy, row, acc)
+                    backward_filter::backward_filter_row::<T, $fused>(d, x, dy, row, acc)
                 }
             }
         };
     }
-    compiled_for!(avx512, "avx512f,avx2,fma");
-    compiled_for!(avx2, "avx2,fma");
+    #[cfg(target_arch = "x86_64")]
+    compiled_for!(avx512, true, "avx512f,avx2,fma");
+    #[cfg(target_arch = "x86_64")]
+    compiled_for!(avx2, true, "avx2,fma");
+    compiled_for!(portable, false);
 }
 
 /// The shared read-only state of one depthwise op.
@@ -234,14 +239,24 @@ fn forward_with<T: FloatElement + ZeroBits>(
         }
     };
     let row_len = s.out_w * s.out_channels;
-    let mut out = try_zeros(OP, s.batch * s.out_h * row_len)?;
-    if out.is_empty() {
-        return Ok(out);
-    }
-    out.par_chunks_mut(row_len)
-        .enumerate()
-        .for_each(|(row, dst)| dispatch!(isa, forward::forward_row(&d, x, bias, row, dst)));
-    Ok(out)
+    let band = band_rows(s.out_h, row_len * std::mem::size_of::<T>());
+    output::par_filled(OP, s.batch * s.out_h * row_len, band * row_len, |task, dst| {
+        dispatch!(isa, forward_rows(&d, x, bias, task * band, dst))
+    })
+}
+
+/// Output bytes a forward task aims at: enough that the per-task work (scheduling, the
+/// row set-up) is small beside the pixels, few enough that its input and output rows stay
+/// in the first cache levels.
+const TASK_BYTES: usize = 16 << 10;
+
+/// The output rows of one forward task: the largest divisor of `out_h` whose rows hold at
+/// most [`TASK_BYTES`] (one row at least), so that a task never crosses images. Set by the
+/// shape only, never by the thread count (the results do not depend on it anyway: each
+/// element is written by one task, from the same sums).
+fn band_rows(out_h: usize, row_bytes: usize) -> usize {
+    let most = (TASK_BYTES / row_bytes.max(1)).clamp(1, out_h.max(1));
+    (1..=most).rev().find(|&n| out_h.is_multiple_of(n)).unwrap_or(1)
 }
 
 /// The input gradient of a depthwise convolution: `[batch, in_h, in_w, c_in]`.
@@ -272,7 +287,7 @@ fn backward_input_with<T: FloatElement + ZeroBits>(isa: Isa, dy: &[T], kernel: &
     }
     dx.par_chunks_mut(row_len)
         .enumerate()
-        .for_each(|(row, dst)| dispatch!(isa, backward_input::backward_input_row(&d, dy, (&rows, &cols), row, dst)));
+        .for_each(|(row, dst)| dispatch!(isa, backward_input_row(&d, dy, (&rows, &cols), row, dst)));
     Ok(dx)
 }
 
@@ -293,7 +308,7 @@ fn backward_filter_with<T: FloatElement + ZeroBits>(isa: Isa, x: &[T], dy: &[T],
         .map(|chunk| {
             let mut acc = try_zeros(OP, taps * co)?;
             for row in chunk * per_chunk..((chunk + 1) * per_chunk).min(rows) {
-                dispatch!(isa, backward_filter::backward_filter_row(&d, x, dy, row, &mut acc));
+                dispatch!(isa, backward_filter_row(&d, x, dy, row, &mut acc));
             }
             Ok(acc)
         })
