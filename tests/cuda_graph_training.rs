@@ -220,6 +220,31 @@ fn captured_updates_with_a_schedule_equal_eager_steps_bit_for_bit() {
     }
 }
 
+/// Trains `small_cnn` (seed 7) on `data` on `gpu`, eagerly or through `graphed`, starting
+/// with `optimizer`; `before(i, optimizer)` runs before step `i` (to swap or edit the
+/// optimizer). Returns the model, the optimizer and each step's loss bits.
+fn small_cnn_steps(
+    data: &[(Tensor, Tensor)],
+    gpu: Device,
+    mut graphed: Option<&mut GraphedStep>,
+    mut optimizer: Box<dyn Optimizer>,
+    before: impl Fn(usize, &mut Box<dyn Optimizer>),
+) -> (Sequential, Box<dyn Optimizer>, Vec<u32>) {
+    let model = built(small_cnn, [8, 8, 8, 3], gpu);
+    let mut losses = Vec::new();
+    for (i, (x, y)) in data.iter().enumerate() {
+        before(i, &mut optimizer);
+        let (x, y) = (x.to_device(&gpu).unwrap(), y.to_device(&gpu).unwrap());
+        let step = |x: &Tensor, y: &Tensor| seed_loss(&model, x, y);
+        let (loss, _) = match graphed.as_deref_mut() {
+            Some(g) => g.run(&model, optimizer.as_mut(), &x, &y, step).unwrap(),
+            None => tapegrad::layers::training::train_step_with(&model, optimizer.as_mut(), || step(&x, &y)).unwrap(),
+        };
+        losses.push(loss.to_scalar::<f32>().unwrap().to_bits());
+    }
+    (model, optimizer, losses)
+}
+
 #[test]
 fn a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale() {
     let Some((_gpu, gpu)) = cuda_or_skip("a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale") else {
@@ -229,25 +254,12 @@ fn a_new_optimizer_after_a_capture_is_captured_again_not_replayed_stale() {
     // new one: a replay of the old graph would read the dropped buffer's learning rate.
     let data = batches(&[8; 9], 8, 3, 17);
     let run = |graphed: Option<&mut GraphedStep>| {
-        let model = built(small_cnn, [8, 8, 8, 3], gpu);
-        let mut graphed = graphed;
-        let mut optimizer: Box<dyn Optimizer> = Box::new(Sgd::new(0.05));
-        let mut losses = Vec::new();
-        for (i, (x, y)) in data.iter().enumerate() {
+        let (model, _, losses) = small_cnn_steps(&data, gpu, graphed, Box::new(Sgd::new(0.05)), |i, optimizer| {
             if i == 4 {
-                optimizer = Box::new(Sgd::new(0.2));
+                *optimizer = Box::new(Sgd::new(0.2));
                 optimizer.set_iterations(4);
             }
-            let (x, y) = (x.to_device(&gpu).unwrap(), y.to_device(&gpu).unwrap());
-            let step = |x: &Tensor, y: &Tensor| seed_loss(&model, x, y);
-            let (loss, _) = match graphed.as_deref_mut() {
-                Some(g) => g.run(&model, optimizer.as_mut(), &x, &y, step).unwrap(),
-                None => {
-                    tapegrad::layers::training::train_step_with(&model, optimizer.as_mut(), || step(&x, &y)).unwrap()
-                }
-            };
-            losses.push(loss.to_scalar::<f32>().unwrap().to_bits());
-        }
+        });
         let variables: Vec<Vec<u32>> = model.variables().iter().map(|v| bits(&v.value_untracked())).collect();
         (losses, variables)
     };
@@ -274,38 +286,26 @@ fn slots_made_by_the_arming_step_are_the_graphs_buffers_and_follow_replacements(
     // leave the graph updating the old tensor while the optimizer holds the new one.
     let data = batches(&[8; 6], 8, 3, 23);
     let run = |graphed: Option<&mut GraphedStep>| {
-        let model = built(small_cnn, [8, 8, 8, 3], gpu);
-        let mut graphed = graphed;
-        let mut optimizer: Box<dyn Optimizer> = Box::new(Adam::new(0.01));
-        let mut losses = Vec::new();
-        for (i, (x, y)) in data.iter().enumerate() {
-            if i == 1 {
-                optimizer.slots_mut().clear();
-            }
-            if i == 4 {
-                let count = optimizer.slot_names().len();
-                let replaced: Vec<_> = optimizer
-                    .slots()
-                    .iter()
-                    .flat_map(|(v, slots)| {
-                        let v = v.clone();
-                        slots.iter().enumerate().map(move |(k, s)| (v.clone(), k, s.clone().expect("slot")))
-                    })
-                    .collect();
-                for (variable, k, value) in replaced {
-                    optimizer.slots_mut().set(&variable, count, k, value.mul_scalar(0.5).unwrap());
+        let (model, optimizer, losses) =
+            small_cnn_steps(&data, gpu, graphed, Box::new(Adam::new(0.01)), |i, optimizer| {
+                if i == 1 {
+                    optimizer.slots_mut().clear();
                 }
-            }
-            let (x, y) = (x.to_device(&gpu).unwrap(), y.to_device(&gpu).unwrap());
-            let step = |x: &Tensor, y: &Tensor| seed_loss(&model, x, y);
-            let (loss, _) = match graphed.as_deref_mut() {
-                Some(g) => g.run(&model, optimizer.as_mut(), &x, &y, step).unwrap(),
-                None => {
-                    tapegrad::layers::training::train_step_with(&model, optimizer.as_mut(), || step(&x, &y)).unwrap()
+                if i == 4 {
+                    let count = optimizer.slot_names().len();
+                    let replaced: Vec<_> = optimizer
+                        .slots()
+                        .iter()
+                        .flat_map(|(v, slots)| {
+                            let v = v.clone();
+                            slots.iter().enumerate().map(move |(k, s)| (v.clone(), k, s.clone().expect("slot")))
+                        })
+                        .collect();
+                    for (variable, k, value) in replaced {
+                        optimizer.slots_mut().set(&variable, count, k, value.mul_scalar(0.5).unwrap());
+                    }
                 }
-            };
-            losses.push(loss.to_scalar::<f32>().unwrap().to_bits());
-        }
+            });
         trace(&model, optimizer.as_ref(), losses)
     };
     let eager = run(None);
