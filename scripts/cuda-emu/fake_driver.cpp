@@ -246,8 +246,17 @@ CUresult cuMemFreeHost(void* p) {
     return 0;
 }
 CUresult cuEventCreate(void** e, unsigned) { *e = new EmuEvent; return 0; }
+// The fake libnccl's TAPEGRAD_EMU_NCCL_UNTRACKED hook: the calling thread's next
+// cuEventRecord fails, as a real one can (a failed context, exhausted resources).
+static thread_local bool fail_next_event_record = false;
+extern "C++" void emu_fail_next_event_record() { fail_next_event_record = true; }
+
 CUresult cuEventRecord(void* e, void* s) {
     if (!e) return 400;  // CUDA_ERROR_INVALID_HANDLE
+    if (fail_next_event_record) {
+        fail_next_event_record = false;
+        return 999;  // CUDA_ERROR_UNKNOWN
+    }
     // Recorded while capturing (or refused on the legacy stream then), as stream work is.
     if (emu_records(s) || (!s && emu_capturing())) return emu_stream_work(s, [] { return 0; });
     // Not stream work: recording never waits, the event passes when the fences do.

@@ -1,6 +1,7 @@
 // A fake libnccl for the emulated GPU (see build.sh): communicators over the fake driver's
-// devices in one process, collectives reduced on the host (device pointers are host
-// pointers here).
+// devices in one process (ncclCommInitAll), collectives reduced on the host (device pointers
+// are host pointers here). The ranks of ncclCommInitRank may live in several processes and
+// meet in shared memory instead (fake_nccl_shm.cpp); what follows is about ranks in one.
 //
 // Stream order: the fake driver runs every piece of work when it is queued, so when a
 // collective is called everything queued before it on its stream has run. By default a
@@ -37,12 +38,16 @@
 // Test hooks: TAPEGRAD_EMU_NCCL_DIE=<device>:<n> makes the n-th collective called on that
 // device (counting from 1) never return, as if the rank's process died after its host part
 // (tapegrad's header exchange) and before its GPU joined: the other ranks' part waits.
+// TAPEGRAD_EMU_NCCL_UNTRACKED=<device>:<n> makes the caller's next cuEventRecord after the
+// n-th collective on that device fail, as when tapegrad's watchdog cannot track a collective
+// it has queued.
 // TAPEGRAD_EMU_NCCL_FAIL_UNIQUE_ID=1 makes ncclGetUniqueId fail (ncclSystemError), as when
 // rank 0 of `Communicator::nccl_from_mpi` cannot make the id.
 // TAPEGRAD_EMU_NCCL_TRACE=<file> appends one line per collective call, with the number
 // of kernel launches the fake driver has run so far on the caller's device, so a test can
 // check that all-reduces were queued between the backward pass's kernels.
 #include "capture.h"
+#include "fake_nccl.h"
 #include "pending.h"
 #include <atomic>
 #include <chrono>
@@ -56,6 +61,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 // From fake_driver.cpp: the device of the calling thread's current context, the number of
@@ -63,27 +69,81 @@
 int emu_current_device();
 int emu_device_count();
 uint64_t emu_kernel_launches(int device);
+// From fake_driver.cpp: the calling thread's next cuEventRecord fails.
+void emu_fail_next_event_record();
+
+namespace fake_nccl {
+const char* kind_name(int k) { return k == AllReduce ? "ncclAllReduce" : k == Broadcast ? "ncclBroadcast" : "ncclAllGather"; }
+size_t elem_size(int dtype) { return dtype == Float32 ? 4 : 8; }
+
+double timeout_s() {
+    const char* s = getenv("TAPEGRAD_EMU_NCCL_TIMEOUT_S");
+    double t = s ? atof(s) : 0;
+    return t > 0 ? t : 60;
+}
 
 namespace {
-enum Result : int { Success = 0, SystemError = 2, InternalError = 3, InvalidArgument = 4, InvalidUsage = 5, RemoteError = 6 };
-enum Kind : int { AllReduce, Broadcast, AllGather };
-const char* kind_name(int k) { return k == AllReduce ? "ncclAllReduce" : k == Broadcast ? "ncclBroadcast" : "ncclAllGather"; }
-enum DataType : int { Int64 = 4, Float32 = 7, Float64 = 8 };
-enum RedOp : int { Sum = 0, Avg = 4 };
+template <typename T> void reduce(const std::vector<Op>& ops, int op) {
+    size_t count = ops[0].count;
+    std::vector<T> acc(count, T(0));
+    for (auto& o : ops)  // in rank order: the same bits on every rank
+        for (size_t i = 0; i < count; ++i) acc[i] += static_cast<const T*>(o.send)[i];
+    if (op == Avg)
+        for (auto& x : acc) x /= T(ops.size());
+    for (auto& o : ops)
+        if (o.recv) memcpy(o.recv, acc.data(), count * sizeof(T));
+}
+}  // namespace
+
+bool agree(const std::vector<Op>& ops) {
+    const Op& first = ops[0];
+    for (auto& o : ops)
+        if (o.kind != first.kind || o.count != first.count || o.dtype != first.dtype || o.op != first.op ||
+            o.root != first.root) {
+            fprintf(stderr, "fake nccl: ranks disagree about a collective (%s of %zu elements vs %s of %zu)\n",
+                    kind_name(first.kind), first.count, kind_name(o.kind), o.count);
+            return false;
+        }
+    return true;
+}
+
+void execute(const std::vector<Op>& ops) {
+    const Op& first = ops[0];
+    const size_t n = ops.size(), bytes = first.count * elem_size(first.dtype);
+    switch (first.kind) {
+        case AllReduce:
+            if (first.dtype == Float32) reduce<float>(ops, first.op);
+            else if (first.dtype == Float64) reduce<double>(ops, first.op);
+            else reduce<int64_t>(ops, first.op);
+            break;
+        case Broadcast: {
+            std::vector<char> root(bytes);
+            memcpy(root.data(), ops[first.root].send, bytes);
+            for (auto& o : ops)
+                if (o.recv) memcpy(o.recv, root.data(), bytes);
+            break;
+        }
+        case AllGather: {
+            std::vector<char> all(bytes * n);
+            for (size_t i = 0; i < n; ++i) memcpy(all.data() + bytes * i, ops[i].send, bytes);
+            for (auto& o : ops)
+                if (o.recv) memcpy(o.recv, all.data(), bytes * n);
+            break;
+        }
+    }
+}
+}  // namespace fake_nccl
+
+namespace {
+using namespace fake_nccl;
 
 struct Clique;
 struct Comm {
-    std::shared_ptr<Clique> clique;
+    std::shared_ptr<Clique> clique;  // ranks in this process (ncclCommInitAll)
+    ShmClique* shm = nullptr;        // or ranks in any process (ncclCommInitRank)
     int rank = 0, device = 0;
     uint64_t seq = 0;  // collectives this rank has called
     std::atomic<int> async_error{Success};
-};
-
-struct Op {
-    int kind = 0, dtype = 0, op = 0, root = 0;
-    size_t count = 0;
-    const void* send = nullptr;
-    void* recv = nullptr;
 };
 
 // One collective of a clique: each rank's part, as it arrives.
@@ -106,7 +166,6 @@ struct Clique {
     // Queued mode: each rank's collectives not yet done (ncclCommDestroy waits for them).
     std::vector<int> queued;
     bool aborted = false;
-    int joined = 0;  // ncclCommInitRank
 };
 
 bool queued_mode() {
@@ -117,47 +176,10 @@ bool queued_mode() {
     return q;
 }
 
-size_t elem_size(int dtype) { return dtype == Float32 ? 4 : 8; }
-
-template <typename T> void reduce(const std::vector<Op>& ops, int op, int n) {
-    size_t count = ops[0].count;
-    std::vector<T> acc(count, T(0));
-    for (auto& o : ops)  // in rank order: the same bits on every rank
-        for (size_t i = 0; i < count; ++i) acc[i] += static_cast<const T*>(o.send)[i];
-    if (op == Avg)
-        for (auto& x : acc) x /= T(n);
-    for (auto& o : ops) memcpy(o.recv, acc.data(), count * sizeof(T));
-}
-
-int execute(Round& r, int n) {
-    const Op& first = r.ops[0];
-    for (auto& o : r.ops)
-        if (o.kind != first.kind || o.count != first.count || o.dtype != first.dtype || o.op != first.op ||
-            o.root != first.root) {
-            fprintf(stderr, "fake nccl: ranks disagree about a collective (%s of %zu elements vs %s of %zu)\n",
-                    kind_name(first.kind), first.count, kind_name(o.kind), o.count);
-            return InvalidUsage;
-        }
-    size_t bytes = first.count * elem_size(first.dtype);
-    switch (first.kind) {
-        case AllReduce:
-            if (first.dtype == Float32) reduce<float>(r.ops, first.op, n);
-            else if (first.dtype == Float64) reduce<double>(r.ops, first.op, n);
-            else reduce<int64_t>(r.ops, first.op, n);
-            break;
-        case Broadcast: {
-            std::vector<char> root(bytes);
-            memcpy(root.data(), r.ops[first.root].send, bytes);
-            for (auto& o : r.ops) memcpy(o.recv, root.data(), bytes);
-            break;
-        }
-        case AllGather: {
-            std::vector<char> all(bytes * n);
-            for (int i = 0; i < n; ++i) memcpy(all.data() + bytes * i, r.ops[i].send, bytes);
-            for (auto& o : r.ops) memcpy(o.recv, all.data(), bytes * n);
-            break;
-        }
-    }
+// Runs a round's collective, unless its parts disagree.
+int run_round(Round& r) {
+    if (!agree(r.ops)) return InvalidUsage;
+    execute(r.ops);
     return Success;
 }
 
@@ -173,19 +195,13 @@ void release_fences(Clique& cl, Round& r) {
 
 // Runs a round whose every part has arrived. Under the clique's lock.
 void complete(Clique& cl, Round& r) {
-    r.result = execute(r, cl.nranks);
+    r.result = run_round(r);
     r.done = true;
     if (r.result != Success)  // nobody waits at the call in queued mode: report it as NCCL does
         for (Comm* c : cl.comms)
             if (c) c->async_error = r.result;
     release_fences(cl, r);
     cl.changed.notify_all();
-}
-
-double timeout_s() {
-    const char* s = getenv("TAPEGRAD_EMU_NCCL_TIMEOUT_S");
-    double t = s ? atof(s) : 0;
-    return t > 0 ? t : 60;
 }
 
 void trace(const Comm* c, const Op& op) {
@@ -200,18 +216,28 @@ void trace(const Comm* c, const Op& op) {
     }
 }
 
-// TAPEGRAD_EMU_NCCL_DIE=<device>:<n>: whether this call is the n-th on that device.
+// A test hook's `<device>:<n>` (from environment variable `var`): whether a call on
+// `device` is the n-th there (counting from 1).
+struct NthCall {
+    int device = -1;
+    long n = 0;
+    std::atomic<long> calls[64] = {};
+    explicit NthCall(const char* var) {
+        if (const char* s = getenv(var)) sscanf(s, "%d:%ld", &device, &n);
+    }
+    bool now(int d) { return d == device && d >= 0 && d < 64 && ++calls[d] == n; }
+};
+
+// TAPEGRAD_EMU_NCCL_DIE: the rank dies inside this call.
 bool dies_here(int device) {
-    static int die_device = -1;
-    static long die_call = 0;
-    static std::atomic<long> calls[64];
-    static bool parsed = [] {
-        if (const char* s = getenv("TAPEGRAD_EMU_NCCL_DIE")) sscanf(s, "%d:%ld", &die_device, &die_call);
-        return true;
-    }();
-    (void)parsed;
-    if (device != die_device || device < 0 || device >= 64) return false;
-    return ++calls[device] == die_call;
+    static NthCall die("TAPEGRAD_EMU_NCCL_DIE");
+    return die.now(device);
+}
+
+// TAPEGRAD_EMU_NCCL_UNTRACKED: the event the caller records after this call fails.
+bool untracked_here(int device) {
+    static NthCall untracked("TAPEGRAD_EMU_NCCL_UNTRACKED");
+    return untracked.now(device);
 }
 
 struct Call {
@@ -294,6 +320,22 @@ int submit(const std::vector<Call>& calls) {
     return result;
 }
 
+int nranks(const Comm* c) { return c->shm ? shm_nranks(c->shm) : c->clique->nranks; }
+
+// Ranks in other processes take part in their collectives one at a time, in call order.
+int run_now(const std::vector<Call>& calls) {
+    bool shared = false;
+    for (auto& call : calls) shared |= call.comm->shm != nullptr;
+    if (!shared) return submit(calls);
+    int result = Success;
+    for (auto& [c, op, stream] : calls) {
+        if (!c->shm) return InvalidUsage;  // one group mixing both kinds of clique
+        if (queued_mode()) emu_stream_wait(stream);
+        if (int r = shm_collective(c->shm, op); r != Success) result = r;
+    }
+    return result;
+}
+
 thread_local int group_depth = 0;
 thread_local std::vector<Call> group_calls;
 
@@ -301,7 +343,7 @@ int enqueue(Comm* c, Op op, void* stream) {
     if (!c) return InvalidArgument;
     if (op.dtype != Float32 && op.dtype != Float64 && op.dtype != Int64) return InvalidArgument;
     if (op.kind == AllReduce && op.op != Sum && op.op != Avg) return InvalidArgument;
-    if (op.root < 0 || op.root >= c->clique->nranks) return InvalidArgument;
+    if (op.root < 0 || op.root >= nranks(c)) return InvalidArgument;
     if (op.count > 0 && (!op.send || !op.recv)) return InvalidArgument;
     if (emu_records(stream)) {
         emu_uncapturable("an NCCL collective (the fake libnccl cannot replay one)");
@@ -314,17 +356,18 @@ int enqueue(Comm* c, Op op, void* stream) {
         for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
     }
     trace(c, op);
+    const bool untracked = untracked_here(c->device);
     if (group_depth > 0) {
         group_calls.push_back({c, op, stream});
+        if (untracked) emu_fail_next_event_record();
         return Success;
     }
-    int r = submit({{c, op, stream}});
+    int r = run_now({{c, op, stream}});
     if (r != Success) c->async_error = r;
+    else if (untracked) emu_fail_next_event_record();
     return r;
 }
 
-std::mutex ids_mutex;
-std::map<std::string, std::shared_ptr<Clique>> by_id;
 std::atomic<uint64_t> next_id{1};
 
 // Forgets a rank that is destroyed or aborted (its clique may outlive it).
@@ -344,7 +387,8 @@ const char* ncclGetLastError(void*) { return "fake nccl"; }
 int ncclGetUniqueId(ncclUniqueId* id) {
     if (const char* fail = getenv("TAPEGRAD_EMU_NCCL_FAIL_UNIQUE_ID"); fail && strcmp(fail, "1") == 0) return SystemError;
     memset(id->internal, 0, sizeof(id->internal));
-    snprintf(id->internal, sizeof(id->internal), "fake-nccl-%llu", (unsigned long long)next_id++);
+    // Unique across processes: the ranks of one id may live in several (fake_nccl_shm.cpp).
+    snprintf(id->internal, sizeof(id->internal), "fake-nccl-%ld-%llu", (long)getpid(), (unsigned long long)next_id++);
     return Success;
 }
 
@@ -369,32 +413,16 @@ int ncclCommInitAll(Comm** comms, int ndev, const int* devlist) {
     return Success;
 }
 
-// Ranks of one id join one clique; the call returns once all have joined (as NCCL's does).
+// Ranks of one id join one clique, whichever processes they are in; the call returns once
+// all have joined (as NCCL's does).
 int ncclCommInitRank(Comm** comm, int nranks, ncclUniqueId id, int rank) {
     if (!comm || nranks <= 0 || rank < 0 || rank >= nranks) return InvalidArgument;
-    std::shared_ptr<Clique> cl;
-    {
-        std::lock_guard<std::mutex> lock(ids_mutex);
-        auto& slot = by_id[std::string(id.internal, strnlen(id.internal, sizeof(id.internal)))];
-        if (!slot) {
-            slot = std::make_shared<Clique>();
-            slot->nranks = nranks;
-            slot->comms.assign(nranks, nullptr);
-            slot->queued.assign(nranks, 0);
-        }
-        cl = slot;
-    }
-    std::unique_lock<std::mutex> lock(cl->mutex);
-    if (cl->nranks != nranks || cl->comms[rank]) return InvalidUsage;
+    ShmClique* shm = nullptr;
+    if (int r = shm_join(id.internal, nranks, rank, &shm); r != Success) return r;
     Comm* c = new Comm;
-    c->clique = cl;
+    c->shm = shm;
     c->rank = rank;
     c->device = emu_current_device();
-    cl->comms[rank] = c;
-    cl->joined++;
-    cl->changed.notify_all();
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
-    if (!cl->changed.wait_until(lock, deadline, [&] { return cl->joined == cl->nranks; })) return RemoteError;
     *comm = c;
     return Success;
 }
@@ -402,6 +430,11 @@ int ncclCommInitRank(Comm** comm, int nranks, ncclUniqueId id, int rank) {
 // Waits (queued mode: without a timeout) until the rank's queued collectives are done.
 int ncclCommDestroy(Comm* c) {
     if (!c) return InvalidArgument;
+    if (c->shm) {  // its collectives were done when their calls returned
+        shm_leave(c->shm);
+        delete c;
+        return Success;
+    }
     {
         std::unique_lock<std::mutex> lock(c->clique->mutex);
         c->clique->changed.wait(lock, [&] { return c->clique->aborted || c->clique->queued[c->rank] == 0; });
@@ -414,6 +447,12 @@ int ncclCommDestroy(Comm* c) {
 // without computing anything (their streams go on, their receive buffers are garbage).
 int ncclCommAbort(Comm* c) {
     if (!c) return Success;
+    if (c->shm) {
+        shm_abort(c->shm);
+        shm_leave(c->shm);
+        delete c;
+        return Success;
+    }
     {
         std::lock_guard<std::mutex> lock(c->clique->mutex);
         Clique& cl = *c->clique;
@@ -427,7 +466,7 @@ int ncclCommAbort(Comm* c) {
     return Success;
 }
 int ncclCommGetAsyncError(Comm* c, int* e) { if (!c || !e) return InvalidArgument; *e = c->async_error.load(); return Success; }
-int ncclCommCount(const Comm* c, int* n) { *n = c->clique->nranks; return Success; }
+int ncclCommCount(const Comm* c, int* n) { *n = nranks(c); return Success; }
 int ncclCommCuDevice(const Comm* c, int* d) { *d = c->device; return Success; }
 int ncclCommUserRank(const Comm* c, int* r) { *r = c->rank; return Success; }
 
@@ -447,7 +486,7 @@ int ncclGroupEnd() {
     auto calls = std::move(group_calls);
     group_calls.clear();
     if (calls.empty()) return Success;
-    int r = submit(calls);
+    int r = run_now(calls);
     if (r != Success)
         for (auto& call : calls) call.comm->async_error = r;
     return r;

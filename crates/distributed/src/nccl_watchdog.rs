@@ -110,6 +110,9 @@ pub(crate) struct State {
     failure: Option<Failure>,
     /// Queued collectives whose events have not passed yet, oldest first.
     queued: VecDeque<Queued>,
+    /// A collective queued with no event after it (creating or recording one failed): no
+    /// event tells when it is done, so the abort that follows marks the stream for it.
+    untracked: Option<Described>,
     /// Events that have passed, for reuse.
     spare: Vec<Event>,
     timeout: Duration,
@@ -130,6 +133,20 @@ impl State {
 
     /// Records an event on `stream` after the collective just queued there.
     pub(crate) fn track(&mut self, stream: cuda::CUstream, what: Described) -> std::result::Result<(), String> {
+        match self.record(stream) {
+            Ok(event) => {
+                self.queued.push_back(Queued { event, what, since: Instant::now() });
+                Ok(())
+            }
+            Err(msg) => {
+                self.untracked = Some(what);
+                Err(msg)
+            }
+        }
+    }
+
+    /// An event recorded on `stream` now.
+    fn record(&mut self, stream: cuda::CUstream) -> std::result::Result<Event, String> {
         let event = match self.spare.pop() {
             Some(e) => e,
             None => Event(
@@ -140,8 +157,7 @@ impl State {
         // SAFETY: the event is live and of this device (created with its context current);
         // `stream` is the device's stream.
         unsafe { driver::event::record(event.0, stream) }.map_err(|e| format!("cuEventRecord failed: {e}"))?;
-        self.queued.push_back(Queued { event, what, since: Instant::now() });
-        Ok(())
+        Ok(event)
     }
 
     /// Forgets the collectives that have completed (their events passed); an error is a
@@ -212,8 +228,8 @@ impl State {
         let Some(handle) = self.comm.take() else { return };
         let failure = self.failure.get_or_insert(failure).clone();
         let _ = self.reap();
-        if let Some(oldest) = self.queued.front() {
-            let queued = oldest.what.clone();
+        let oldest = self.queued.front().map(|q| q.what.clone()).or_else(|| self.untracked.take());
+        if let Some(queued) = oldest {
             let _ = raw::fail_stream(ordinal, move || failure.read_error(&queued, ordinal).into());
         }
         // SAFETY: the handle came from ncclCommInit* and is aborted once (it was taken).
@@ -246,6 +262,7 @@ impl Shared {
                 comm: Some(Handle(comm)),
                 failure: None,
                 queued: VecDeque::new(),
+                untracked: None,
                 spare: Vec::new(),
                 timeout,
                 stop: false,

@@ -153,3 +153,58 @@ fn mpi_nccl_a_failing_unique_id_on_rank_0_fails_every_rank_naming_it() {
     // Well within the 60 s a rank waiting for a broadcast that never comes would take.
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
 }
+
+/// With `nccl` too, on the emulated GPU (`TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh`):
+/// `nccl_from_mpi`'s whole path with each rank in its own process, on the GPU of its local
+/// rank, reducing through NCCL (the fake libnccl's ranks meet in shared memory): its
+/// collectives, and data-parallel training equal to one process with the combined batch.
+#[cfg(feature = "nccl")]
+#[test]
+fn mpi_nccl_ranks_in_two_processes_reduce_on_their_gpus() {
+    const NAME: &str = "mpi_nccl_ranks_in_two_processes_reduce_on_their_gpus";
+    if under_mpirun() {
+        let comm = Arc::new(Communicator::nccl_from_mpi().unwrap());
+        let r = comm.rank();
+        let dev = Device::Cuda(r);
+        assert_eq!((comm.world_size(), comm.backend(), comm.reduction_device()), (2, "nccl", Some(dev)));
+        let x = Tensor::from_vec(vec![r as f32 + 0.5, -2.0 * r as f32, 3.0], [3], &dev).unwrap();
+        let sum = comm.all_reduce(&x, ReduceOp::Sum).unwrap();
+        assert_eq!(sum.device(), dev);
+        assert_eq!(sum.to_vec::<f32>().unwrap(), vec![2.0, -2.0, 6.0]);
+        assert_eq!(comm.all_reduce(&x, ReduceOp::Mean).unwrap().to_vec::<f32>().unwrap(), vec![1.0, -1.0, 3.0]);
+        let x64 = Tensor::from_vec(vec![r as f64 * 0.25, 1.5], [2], &dev).unwrap();
+        assert_eq!(comm.all_reduce(&x64, ReduceOp::Sum).unwrap().to_vec::<f64>().unwrap(), vec![0.25, 3.0]);
+        assert_eq!(comm.broadcast(&x, 1).unwrap().to_vec::<f32>().unwrap(), vec![1.5, -2.0, 3.0]);
+        let g = comm.all_gather(&x).unwrap();
+        assert_eq!(g.dims(), &[2, 3]);
+        assert_eq!(g.to_vec::<f32>().unwrap(), vec![0.5, 0.0, 3.0, 1.5, -2.0, 3.0]);
+        // Disagreeing shapes: the same error on both ranks (the header exchange), and the
+        // communicator goes on.
+        let dims = if r == 0 { vec![2, 3] } else { vec![6] };
+        let err = comm.all_reduce(&Tensor::zeros(dims, DType::F32, &dev).unwrap(), ReduceOp::Sum).unwrap_err();
+        assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+        let single = common::train_on(&DataParallel::new(Arc::new(Communicator::local().unwrap())), 8, 6, &dev);
+        let dp = DataParallel::new(comm.clone()).with_bucket_bytes(40).unwrap();
+        let run = common::train_on(&dp, 8, 6, &dev);
+        common::assert_close(&run, &single);
+        // The replicas hold bit-identical weights.
+        let mine: Vec<f32> = run.1.concat();
+        let n = mine.len();
+        let both = comm.all_gather(&Tensor::from_vec(mine, [n], &dev).unwrap()).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(
+            both[..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            both[n..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        drop((dp, comm));
+        println!("RANK-{r}-PASSED");
+        return;
+    }
+    if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
+        eprintln!(
+            "SKIPPED: needs the emulated GPU and its fake libnccl (TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh)"
+        );
+        return;
+    }
+    let (ok, text) = launch(NAME, "60");
+    assert!(ok && text.contains("RANK-0-PASSED") && text.contains("RANK-1-PASSED"), "{text}");
+}

@@ -5,6 +5,9 @@
 //! then end rank 0's wait: without it the host read (or the communicator's destruction)
 //! hangs forever.
 //!
+//! Also: a collective queued without the watchdog's event after it
+//! (`TAPEGRAD_EMU_NCCL_UNTRACKED`: recording the event fails), which nothing can tell done.
+//!
 //! Each scenario runs in a child process (this test binary, filtered to one ignored test):
 //! the dead rank's thread stays stuck and rank 0's stream stays marked failed for the rest
 //! of the process, and a hang must fail the test after a limit instead of stalling the run.
@@ -24,8 +27,13 @@ const HANG: Duration = Duration::from_secs(90);
 /// Runs the ignored test `child` in a child process with rank 1 dying at its `die`-th
 /// collective; fails if it fails or has not ended within [`HANG`].
 fn run_child(child: &str, die: u32) {
+    run_child_with(child, ("TAPEGRAD_EMU_NCCL_DIE", format!("1:{die}")));
+}
+
+/// [`run_child`] with the fake libnccl's test hook `hook` (variable, value) instead.
+fn run_child_with(child: &str, hook: (&str, String)) {
     if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
-        eprintln!("SKIPPED {child}: needs the fake libnccl's queued mode and TAPEGRAD_EMU_NCCL_DIE");
+        eprintln!("SKIPPED {child}: needs the fake libnccl's queued mode and its test hooks");
         return;
     }
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{child}-{}.log", std::process::id()));
@@ -33,7 +41,7 @@ fn run_child(child: &str, die: u32) {
     let mut process = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", child, "--ignored", "--nocapture", "--test-threads=1"])
         .env("TAPEGRAD_EMU_NCCL_QUEUE", "1")
-        .env("TAPEGRAD_EMU_NCCL_DIE", format!("1:{die}"))
+        .env(hook.0, hook.1)
         .env_remove("TAPEGRAD_EMU_NCCL_TRACE")
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -150,4 +158,32 @@ fn child_drop() {
     drop(c0);
     let waited = start.elapsed();
     assert!(waited >= TIMEOUT.mul_f64(0.9) && waited < TIMEOUT + Duration::from_secs(10), "{waited:?}");
+}
+
+#[test]
+fn a_collective_the_watchdog_cannot_track_fails_the_streams_later_reads() {
+    run_child_with("dead_peer::child_untracked", ("TAPEGRAD_EMU_NCCL_UNTRACKED", "0:1".into()));
+}
+
+#[test]
+#[ignore = "run in a child process by a_collective_the_watchdog_cannot_track_fails_the_streams_later_reads"]
+fn child_untracked() {
+    let (c0, c1) = two_ranks("dead_peer::child_untracked");
+    // Rank 1's part fails or completes, depending on whether rank 0 aborted first.
+    let rank1 = std::thread::spawn(move || {
+        let _ = c1.all_reduce(&input(1), ReduceOp::Sum);
+        c1
+    });
+    let x = input(0);
+    // The all-reduce is queued on rank 0's stream, but the event after it cannot be recorded:
+    // the call fails and the communicator is aborted.
+    let err = c0.all_reduce(&x, ReduceOp::Sum).unwrap_err().to_string();
+    assert!(err.contains("rank 0") && err.contains("cuEventRecord failed"), "{err}");
+    // Nothing tells when that collective is done, so the stream's later results are not to
+    // be read: the read fails naming it instead of returning what may be garbage.
+    let later = x.add(&x).unwrap().to_vec::<f32>().unwrap_err().to_string();
+    for part in ["rank 0", "all_reduce(sum)", "[3]", "still queued on cuda:0", "aborted", "cuEventRecord failed"] {
+        assert!(later.contains(part), "{part:?} missing in: {later}");
+    }
+    drop(rank1.join().unwrap());
 }
