@@ -300,11 +300,7 @@ impl Tensor {
     /// Fails unless the dtype is a float.
     pub(crate) fn check_float(&self, op: &'static str) -> Result<()> {
         if !self.dtype().is_float() {
-            return Err(Error::UnsupportedDType {
-                op,
-                dtype: self.dtype(),
-                expected: "a float dtype (f32, f64, bf16, f16)",
-            });
+            return Err(Error::UnsupportedDType { op, dtype: self.dtype(), expected: "f32, f64, bf16 or f16" });
         }
         Ok(())
     }

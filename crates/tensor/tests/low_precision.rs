@@ -403,3 +403,23 @@ fn cuda_refuses_16_bit_tensors_by_name() -> Result<()> {
     }
     Ok(())
 }
+
+/// On a device (or the emulated one), a cast of an f32 CUDA tensor to bf16/f16 is refused
+/// by name, and the f32 tensor stays usable.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_cast_to_16_bit_is_refused() -> Result<()> {
+    let Some((_lock, device)) = tapegrad_tensor::testing::cuda_or_skip("cuda_cast_to_16_bit_is_refused") else {
+        return Ok(());
+    };
+    let x = tensor(&[2, 3], 18)?.to_device(&device)?;
+    for dtype in LOW {
+        let err = x.cast(dtype).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedDTypeOnDevice { op: "cast", dtype: d, device: dev, .. } if d == dtype && dev == device),
+            "{err:?}"
+        );
+    }
+    assert_eq!(x.mul_scalar(2.0)?.to_vec::<f32>()?, tensor(&[2, 3], 18)?.mul_scalar(2.0)?.to_vec::<f32>()?);
+    Ok(())
+}
