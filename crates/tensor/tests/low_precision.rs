@@ -206,7 +206,7 @@ fn integer_casts_truncate_and_round() -> Result<()> {
 /// Runs `op` on the low-precision inputs and, as the reference, on the same values in f32
 /// with the result rounded once; they must agree bit for bit (the CPU computes 16-bit ops
 /// exactly so).
-fn check_op(name: &str, inputs: &[Tensor], op: impl Fn(&[Tensor]) -> Result<Tensor>) -> Result<()> {
+fn check_op(name: &str, inputs: &[&Tensor], op: impl Fn(&[Tensor]) -> Result<Tensor>) -> Result<()> {
     for dtype in LOW {
         let low: Vec<Tensor> = inputs.iter().map(|t| t.cast(dtype)).collect::<Result<_>>()?;
         let wide: Vec<Tensor> = low.iter().map(|t| t.cast(DType::F32)).collect::<Result<_>>()?;
@@ -224,29 +224,29 @@ fn check_op(name: &str, inputs: &[Tensor], op: impl Fn(&[Tensor]) -> Result<Tens
 fn elementwise_ops_round_once() -> Result<()> {
     let x = tensor(&[3, 1, 5], 1)?;
     let y = tensor(&[4, 5], 2)?;
-    check_op("exp", &[x.clone()], |t| t[0].exp())?;
-    check_op("sigmoid", &[x.clone()], |t| t[0].sigmoid())?;
-    check_op("relu", &[x.clone()], |t| t[0].relu())?;
-    check_op("affine", &[x.clone()], |t| t[0].affine(0.3, 0.1))?;
-    check_op("add (broadcast)", &[x.clone(), y.clone()], |t| t[0].add(&t[1]))?;
-    check_op("mul (broadcast)", &[x.clone(), y.clone()], |t| t[0].mul(&t[1]))?;
-    check_op("div (broadcast)", &[x.clone(), y.clone()], |t| t[0].div(&t[1]))?;
-    check_op("maximum", &[y.clone(), y.affine(-1.0, 0.0)?], |t| t[0].maximum(&t[1]))?;
-    check_op("gt", &[x.clone(), y.clone()], |t| t[0].gt(&t[1]))?;
+    check_op("exp", &[&x], |t| t[0].exp())?;
+    check_op("sigmoid", &[&x], |t| t[0].sigmoid())?;
+    check_op("relu", &[&x], |t| t[0].relu())?;
+    check_op("affine", &[&x], |t| t[0].affine(0.3, 0.1))?;
+    check_op("add (broadcast)", &[&x, &y], |t| t[0].add(&t[1]))?;
+    check_op("mul (broadcast)", &[&x, &y], |t| t[0].mul(&t[1]))?;
+    check_op("div (broadcast)", &[&x, &y], |t| t[0].div(&t[1]))?;
+    check_op("maximum", &[&y, &y.affine(-1.0, 0.0)?], |t| t[0].maximum(&t[1]))?;
+    check_op("gt", &[&x, &y], |t| t[0].gt(&t[1]))?;
     // Overflow to infinity happens where the f32 result exceeds the 16-bit range.
-    check_op("square (overflows f16)", &[Tensor::from_vec(vec![300.0f32, 1e3, -2.0], [3], &CPU)?], |t| t[0].square())?;
+    check_op("square (overflows f16)", &[&Tensor::from_vec(vec![300.0f32, 1e3, -2.0], [3], &CPU)?], |t| t[0].square())?;
     Ok(())
 }
 
 #[test]
 fn reductions_accumulate_in_f32() -> Result<()> {
     let x = tensor(&[4, 33, 5], 3)?;
-    check_op("sum(1)", &[x.clone()], |t| t[0].sum(&[1], false))?;
-    check_op("sum(0, 2)", &[x.clone()], |t| t[0].sum(&[0, 2], true))?;
-    check_op("mean(1)", &[x.clone()], |t| t[0].mean(&[1], false))?;
-    check_op("mean_all", &[x.clone()], |t| t[0].mean_all())?;
-    check_op("max(2)", &[x.clone()], |t| t[0].max(&[2], false))?;
-    check_op("log_softmax", &[x.clone()], |t| t[0].log_softmax(-1))?;
+    check_op("sum(1)", &[&x], |t| t[0].sum(&[1], false))?;
+    check_op("sum(0, 2)", &[&x], |t| t[0].sum(&[0, 2], true))?;
+    check_op("mean(1)", &[&x], |t| t[0].mean(&[1], false))?;
+    check_op("mean_all", &[&x], |t| t[0].mean_all())?;
+    check_op("max(2)", &[&x], |t| t[0].max(&[2], false))?;
+    check_op("log_softmax", &[&x], |t| t[0].log_softmax(-1))?;
     // 4096 ones sum to 4096 exactly in f32; a bf16 accumulator would stall at 256.
     let ones = Tensor::ones([4096], DType::BF16, &CPU)?;
     assert_eq!(ones.sum(&[0], false)?.cast(DType::F32)?.to_vec::<f32>()?, vec![4096.0]);
@@ -263,14 +263,14 @@ fn reductions_accumulate_in_f32() -> Result<()> {
 fn layout_ops_move_values_unchanged() -> Result<()> {
     let x = tensor(&[2, 3, 4], 4)?;
     let y = tensor(&[2, 1, 4], 5)?;
-    check_op("reshape", &[x.clone()], |t| t[0].reshape([6, 4]))?;
-    check_op("transpose", &[x.clone()], |t| t[0].transpose(0, 2))?;
-    check_op("permute", &[x.clone()], |t| t[0].permute(&[1, 2, 0]))?;
-    check_op("narrow", &[x.clone()], |t| t[0].narrow(2, 1, 2))?;
-    check_op("concat", &[x.clone(), y.clone()], |t| Tensor::concat(&[&t[0], &t[1]], 1))?;
-    check_op("broadcast_to", &[y.clone()], |t| t[0].broadcast_to([2, 3, 4]))?;
-    check_op("pad constant", &[x.clone()], |t| t[0].pad(&[(0, 0), (1, 2), (0, 1)], PadMode::Constant(0.5)))?;
-    check_op("pad reflect", &[x.clone()], |t| t[0].pad(&[(0, 0), (1, 1), (2, 0)], PadMode::Reflect))?;
+    check_op("reshape", &[&x], |t| t[0].reshape([6, 4]))?;
+    check_op("transpose", &[&x], |t| t[0].transpose(0, 2))?;
+    check_op("permute", &[&x], |t| t[0].permute(&[1, 2, 0]))?;
+    check_op("narrow", &[&x], |t| t[0].narrow(2, 1, 2))?;
+    check_op("concat", &[&x, &y], |t| Tensor::concat(&[&t[0], &t[1]], 1))?;
+    check_op("broadcast_to", &[&y], |t| t[0].broadcast_to([2, 3, 4]))?;
+    check_op("pad constant", &[&x], |t| t[0].pad(&[(0, 0), (1, 2), (0, 1)], PadMode::Constant(0.5)))?;
+    check_op("pad reflect", &[&x], |t| t[0].pad(&[(0, 0), (1, 1), (2, 0)], PadMode::Reflect))?;
     Ok(())
 }
 
@@ -278,8 +278,8 @@ fn layout_ops_move_values_unchanged() -> Result<()> {
 fn matmul_accumulates_in_f32_and_rounds_once() -> Result<()> {
     let a = tensor(&[5, 70], 6)?;
     let b = tensor(&[70, 3], 7)?;
-    check_op("matmul", &[a.clone(), b.clone()], |t| t[0].matmul(&t[1]))?;
-    check_op("batched matmul", &[tensor(&[2, 3, 9], 8)?, tensor(&[2, 9, 4], 9)?], |t| t[0].matmul(&t[1]))?;
+    check_op("matmul", &[&a, &b], |t| t[0].matmul(&t[1]))?;
+    check_op("batched matmul", &[&tensor(&[2, 3, 9], 8)?, &tensor(&[2, 9, 4], 9)?], |t| t[0].matmul(&t[1]))?;
     // Against f64 products of the rounded inputs: within one ulp of the 16-bit result
     // (plus f32's own rounding, far below that).
     for dtype in LOW {
@@ -300,9 +300,9 @@ fn convolution_and_pooling_compute_in_f32() -> Result<()> {
     let x = tensor(&[2, 6, 6, 3], 10)?;
     let k = tensor(&[4, 3, 3, 3], 11)?.affine(0.2, 0.0)?;
     let params = Conv2dParams { padding: Padding::Same, ..Default::default() };
-    check_op("conv2d", &[x.clone(), k], |t| t[0].conv2d(&t[1], None, &params))?;
-    check_op("max_pool2d", &[x.clone()], |t| t[0].max_pool2d((2, 2), (2, 2), Padding::Valid))?;
-    check_op("avg_pool2d", &[x.clone()], |t| t[0].avg_pool2d((2, 2), (2, 2), Padding::Valid))?;
+    check_op("conv2d", &[&x, &k], |t| t[0].conv2d(&t[1], None, &params))?;
+    check_op("max_pool2d", &[&x], |t| t[0].max_pool2d((2, 2), (2, 2), Padding::Valid))?;
+    check_op("avg_pool2d", &[&x], |t| t[0].avg_pool2d((2, 2), (2, 2), Padding::Valid))?;
     Ok(())
 }
 
