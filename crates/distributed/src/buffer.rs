@@ -140,3 +140,23 @@ impl HostBuffer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_and_f16_are_refused_by_name() -> Result<()> {
+        for dtype in [DType::BF16, DType::F16] {
+            let t = Tensor::ones([3], DType::F32, &Device::Cpu)?.cast(dtype)?;
+            for err in [HostBuffer::from_tensor(&t).unwrap_err(), HostBuffer::with_capacity(dtype, 4).unwrap_err()] {
+                assert!(
+                    matches!(&err, Error::Tensor(tapegrad_tensor::Error::UnsupportedDType { op: "collective", dtype: d, .. }) if *d == dtype),
+                    "{err:?}"
+                );
+            }
+        }
+        assert_eq!(HostBuffer::with_capacity(DType::F32, 4)?, HostBuffer::F32(Vec::new()));
+        Ok(())
+    }
+}

@@ -172,4 +172,24 @@ mod tests {
         assert_eq!(f16_to_f64(0x0001), 2f64.powi(-24));
         assert!(f16_to_f64(0x7c00).is_infinite());
     }
+
+    #[test]
+    fn bf16_and_f16_tensors_round_trip_bit_for_bit() -> Result<()> {
+        let values = [1.0f32, -0.1, 65504.0, 3.0e-5, 1e-40, f32::INFINITY];
+        let x = Tensor::from_vec(values.to_vec(), [2, 3], &Device::Cpu)?;
+        for (dtype, stored) in [(DType::BF16, Dtype::BF16), (DType::F16, Dtype::F16)] {
+            let t = x.cast(dtype)?;
+            let bytes = TensorBytes::from_tensor(&t)?;
+            assert_eq!((bytes.dtype, bytes.data.len()), (stored, 12));
+            assert_eq!(dtype_of(stored), Some(dtype));
+            let back = tensor_from_bytes(stored, &bytes.data, &[2, 3], dtype, &Device::Cpu)?.expect("a float entry");
+            assert_eq!(back.dtype(), dtype);
+            assert_eq!(back.to_vec_f64()?, t.to_vec_f64()?, "{dtype}");
+            // Into an f32 variable, the stored values widen exactly.
+            let wide =
+                tensor_from_bytes(stored, &bytes.data, &[2, 3], DType::F32, &Device::Cpu)?.expect("a float entry");
+            assert_eq!(wide.to_vec_f64()?, t.to_vec_f64()?, "{dtype} -> f32");
+        }
+        Ok(())
+    }
 }
