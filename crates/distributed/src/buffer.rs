@@ -14,6 +14,15 @@ pub enum HostBuffer {
     I64(Vec<i64>),
 }
 
+/// Collectives do not move bf16 or f16 yet: their sums would need f32 accumulation.
+fn unsupported(dtype: DType) -> Error {
+    Error::Tensor(tapegrad_tensor::Error::UnsupportedDType {
+        op: "collective",
+        dtype,
+        expected: "f32, f64 or i64; cast bf16 and f16 to f32 first",
+    })
+}
+
 impl HostBuffer {
     /// Copies a tensor's elements to the host.
     pub fn from_tensor(t: &Tensor) -> Result<HostBuffer> {
@@ -21,6 +30,7 @@ impl HostBuffer {
             DType::F32 => HostBuffer::F32(t.to_vec::<f32>()?),
             DType::F64 => HostBuffer::F64(t.to_vec::<f64>()?),
             DType::I64 => HostBuffer::I64(t.to_vec::<i64>()?),
+            dtype @ (DType::BF16 | DType::F16) => return Err(unsupported(dtype)),
         })
     }
 
@@ -56,13 +66,15 @@ impl HostBuffer {
         self.len() == 0
     }
 
-    /// An empty buffer of `dtype` with room for `capacity` elements.
-    pub fn with_capacity(dtype: DType, capacity: usize) -> HostBuffer {
-        match dtype {
+    /// An empty buffer of `dtype` with room for `capacity` elements; bf16 and f16 are
+    /// refused, as in [`from_tensor`](Self::from_tensor).
+    pub fn with_capacity(dtype: DType, capacity: usize) -> Result<HostBuffer> {
+        Ok(match dtype {
             DType::F32 => HostBuffer::F32(Vec::with_capacity(capacity)),
             DType::F64 => HostBuffer::F64(Vec::with_capacity(capacity)),
             DType::I64 => HostBuffer::I64(Vec::with_capacity(capacity)),
-        }
+            DType::BF16 | DType::F16 => return Err(unsupported(dtype)),
+        })
     }
 
     /// Appends `other`'s elements (same dtype; the caller checks).
@@ -126,5 +138,25 @@ impl HostBuffer {
             HostBuffer::F64(v) => v.iter_mut().for_each(|x| *x /= n as f64),
             HostBuffer::I64(v) => v.iter_mut().for_each(|x| *x /= n as i64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_and_f16_are_refused_by_name() -> Result<()> {
+        for dtype in [DType::BF16, DType::F16] {
+            let t = Tensor::ones([3], DType::F32, &Device::Cpu)?.cast(dtype)?;
+            for err in [HostBuffer::from_tensor(&t).unwrap_err(), HostBuffer::with_capacity(dtype, 4).unwrap_err()] {
+                assert!(
+                    matches!(&err, Error::Tensor(tapegrad_tensor::Error::UnsupportedDType { op: "collective", dtype: d, .. }) if *d == dtype),
+                    "{err:?}"
+                );
+            }
+        }
+        assert_eq!(HostBuffer::with_capacity(DType::F32, 4)?, HostBuffer::F32(Vec::new()));
+        Ok(())
     }
 }

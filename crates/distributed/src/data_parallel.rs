@@ -188,17 +188,16 @@ impl DataParallel {
                 if bucket.as_ref().is_some_and(|b| b.data.dtype() != g.dtype() || b.data.on_device() != on_device) {
                     flush(&mut bucket, &mut in_flight)?;
                 }
-                let b = bucket.get_or_insert_with(|| Bucket {
-                    data: if on_device {
+                if bucket.is_none() {
+                    let data = if on_device {
                         BucketData::Device { parts: Vec::new(), len: 0, dtype: g.dtype() }
                     } else {
-                        BucketData::Host(HostBuffer::with_capacity(
-                            g.dtype(),
-                            self.bucket_bytes / elem_bytes(g.dtype()) + 1,
-                        ))
-                    },
-                    slots: Vec::new(),
-                });
+                        let capacity = self.bucket_bytes / elem_bytes(g.dtype()) + 1;
+                        BucketData::Host(HostBuffer::with_capacity(g.dtype(), capacity)?)
+                    };
+                    bucket = Some(Bucket { data, slots: Vec::new() });
+                }
+                let b = bucket.as_mut().ok_or_else(|| tapegrad_tensor::Error::invalid("data_parallel", "no bucket"))?;
                 let n = g.shape().elem_count();
                 b.slots.push(Slot {
                     source,
@@ -256,8 +255,5 @@ impl DataParallel {
 }
 
 fn elem_bytes(dtype: DType) -> usize {
-    match dtype {
-        DType::F32 => 4,
-        DType::F64 | DType::I64 => 8,
-    }
+    dtype.size_in_bytes()
 }

@@ -68,11 +68,13 @@ fn dtype_code(d: DType) -> i64 {
         DType::F32 => 1,
         DType::F64 => 2,
         DType::I64 => 3,
+        DType::BF16 => 4,
+        DType::F16 => 5,
     }
 }
 
 fn dtype_from_code(code: i64) -> Option<DType> {
-    [DType::F32, DType::F64, DType::I64].into_iter().find(|d| dtype_code(*d) == code)
+    [DType::F32, DType::F64, DType::I64, DType::BF16, DType::F16].into_iter().find(|d| dtype_code(*d) == code)
 }
 
 /// FNV-1a over the dimensions: ranks above `MAX_DIMS` still compare every dimension.

@@ -128,7 +128,7 @@ impl Transport for ThreadTransport {
     }
     fn all_gather(&mut self, local: &HostBuffer) -> Result<HostBuffer> {
         let all = self.shared.exchange(self.rank, local.clone())?;
-        let mut out = HostBuffer::with_capacity(local.dtype(), local.len() * all.len());
+        let mut out = HostBuffer::with_capacity(local.dtype(), local.len() * all.len())?;
         for b in &all {
             out.extend(b)?;
         }

@@ -114,6 +114,8 @@ fn count_non_finite(cpu: &CpuStorage) -> (usize, usize) {
     match cpu {
         CpuStorage::F32(v) => count(v),
         CpuStorage::F64(v) => count(v),
+        CpuStorage::BF16(v) => count(v),
+        CpuStorage::F16(v) => count(v),
         CpuStorage::I64(_) => (0, 0),
     }
 }

@@ -46,6 +46,18 @@ pub enum Error {
         /// What the op accepts, in words.
         expected: &'static str,
     },
+    /// The op does not support this dtype on this device (bf16 and f16 on CUDA, so far).
+    #[error("{op}: dtype {dtype} is not supported on {device} yet ({hint})")]
+    UnsupportedDTypeOnDevice {
+        /// The operation.
+        op: &'static str,
+        /// The dtype given.
+        dtype: DType,
+        /// The device.
+        device: Device,
+        /// What to do instead, in words.
+        hint: &'static str,
+    },
     /// Two operands live on different devices.
     #[error("{op}: device mismatch: {lhs} vs {rhs}")]
     DeviceMismatch {

@@ -48,6 +48,9 @@ pub use cuda_backend::CudaStorage;
 pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
+/// The `half` crate, whose [`half::bf16`] and [`half::f16`] are the elements of
+/// [`DType::BF16`] and [`DType::F16`] tensors.
+pub use half;
 pub use ops::conv::{Conv2dParams, Conv2dTransposeParams, Padding};
 pub use ops::optim;
 pub use ops::pad::PadMode;

@@ -117,6 +117,8 @@ impl Tensor {
         let cpu = match dtype {
             DType::F32 => CpuStorage::F32(try_collect("arange", n, |i| value(i) as f32)?),
             DType::F64 => CpuStorage::F64(try_collect("arange", n, value)?),
+            DType::BF16 => CpuStorage::BF16(try_collect("arange", n, |i| crate::dtype::bf16_from_f64(value(i)))?),
+            DType::F16 => CpuStorage::F16(try_collect("arange", n, |i| crate::dtype::f16_from_f64(value(i)))?),
             DType::I64 => CpuStorage::I64(try_collect("arange", n, |i| value(i) as i64)?),
         };
         Ok(Self::from_storage(Storage::from_cpu(cpu, device)?, shape))
@@ -176,7 +178,9 @@ impl Tensor {
         let cpu = match dtype {
             DType::F32 => CpuStorage::F32(try_collect(op, values.len(), |i| values[i] as f32)?),
             DType::F64 => CpuStorage::F64(values),
-            DType::I64 => return Err(Error::UnsupportedDType { op, dtype, expected: "f32 or f64" }),
+            DType::BF16 => CpuStorage::BF16(try_collect(op, values.len(), |i| crate::dtype::bf16_from_f64(values[i]))?),
+            DType::F16 => CpuStorage::F16(try_collect(op, values.len(), |i| crate::dtype::f16_from_f64(values[i]))?),
+            DType::I64 => return Err(Error::UnsupportedDType { op, dtype, expected: "a float dtype" }),
         };
         Ok(Self::from_storage(Storage::from_cpu(cpu, device)?, shape))
     }
@@ -296,7 +300,7 @@ impl Tensor {
     /// Fails unless the dtype is a float.
     pub(crate) fn check_float(&self, op: &'static str) -> Result<()> {
         if !self.dtype().is_float() {
-            return Err(Error::UnsupportedDType { op, dtype: self.dtype(), expected: "f32 or f64" });
+            return Err(Error::UnsupportedDType { op, dtype: self.dtype(), expected: "f32, f64, bf16 or f16" });
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use crate::{Error, Result};
 use safetensors::Dtype;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use tapegrad_tensor::half::{bf16, f16};
 use tapegrad_tensor::{DType, Device, Tensor};
 
 /// A tensor's bytes ready for `safetensors::serialize`.
@@ -21,6 +22,8 @@ impl TensorBytes {
             DType::F32 => (Dtype::F32, t.to_vec::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
             DType::F64 => (Dtype::F64, t.to_vec::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
             DType::I64 => (Dtype::I64, t.to_vec::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::BF16 => (Dtype::BF16, t.to_vec::<bf16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()),
+            DType::F16 => (Dtype::F16, t.to_vec::<f16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()),
         };
         Ok(TensorBytes { dtype, shape: t.dims().to_vec(), data })
     }
@@ -32,6 +35,8 @@ pub(crate) fn dtype_of(dtype: Dtype) -> Option<DType> {
         Dtype::F32 => Some(DType::F32),
         Dtype::F64 => Some(DType::F64),
         Dtype::I64 => Some(DType::I64),
+        Dtype::BF16 => Some(DType::BF16),
+        Dtype::F16 => Some(DType::F16),
         _ => None,
     }
 }
@@ -69,7 +74,9 @@ pub(crate) fn tensor_from_bytes(
     // f32 stays exact: keep its bits rather than round-tripping through a cast op.
     let t = match dtype {
         DType::F32 => Tensor::from_vec(as_f64.into_iter().map(|v| v as f32).collect::<Vec<_>>(), shape, device)?,
-        _ => Tensor::from_vec(as_f64, shape, device)?,
+        DType::F64 => Tensor::from_vec(as_f64, shape, device)?,
+        // Rounded once from the stored value (exact where it was stored in this dtype).
+        _ => Tensor::from_vec(as_f64, shape, &Device::Cpu)?.cast(dtype)?.to_device(device)?,
     };
     Ok(Some(t))
 }
@@ -164,5 +171,25 @@ mod tests {
         assert_eq!(f16_to_f64(0x3555), 0.333251953125);
         assert_eq!(f16_to_f64(0x0001), 2f64.powi(-24));
         assert!(f16_to_f64(0x7c00).is_infinite());
+    }
+
+    #[test]
+    fn bf16_and_f16_tensors_round_trip_bit_for_bit() -> Result<()> {
+        let values = [1.0f32, -0.1, 65504.0, 3.0e-5, 1e-40, f32::INFINITY];
+        let x = Tensor::from_vec(values.to_vec(), [2, 3], &Device::Cpu)?;
+        for (dtype, stored) in [(DType::BF16, Dtype::BF16), (DType::F16, Dtype::F16)] {
+            let t = x.cast(dtype)?;
+            let bytes = TensorBytes::from_tensor(&t)?;
+            assert_eq!((bytes.dtype, bytes.data.len()), (stored, 12));
+            assert_eq!(dtype_of(stored), Some(dtype));
+            let back = tensor_from_bytes(stored, &bytes.data, &[2, 3], dtype, &Device::Cpu)?.expect("a float entry");
+            assert_eq!(back.dtype(), dtype);
+            assert_eq!(back.to_vec_f64()?, t.to_vec_f64()?, "{dtype}");
+            // Into an f32 variable, the stored values widen exactly.
+            let wide =
+                tensor_from_bytes(stored, &bytes.data, &[2, 3], DType::F32, &Device::Cpu)?.expect("a float entry");
+            assert_eq!(wide.to_vec_f64()?, t.to_vec_f64()?, "{dtype} -> f32");
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,10 @@
 //! The CPU backend: host vectors, rayon threads, the `gemm` crate.
 //!
 //! This file only routes each primitive of [`BackendStorage`] to its kernel, which lives
-//! beside its op (`ops/<family>/cpu.rs`), and matches on the dtype.
+//! beside its op (`ops/<family>/cpu.rs`), and matches on the dtype. bf16 and f16 go
+//! through the f32 kernels (`low_precision.rs`).
+
+mod low_precision;
 
 use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
@@ -24,8 +27,20 @@ pub enum CpuStorage {
     F32(Vec<f32>),
     /// f64 elements.
     F64(Vec<f64>),
+    /// bf16 elements (computed in f32).
+    BF16(Vec<half::bf16>),
+    /// f16 elements (computed in f32).
+    F16(Vec<half::f16>),
     /// i64 elements.
     I64(Vec<i64>),
+}
+
+/// The error of an op that runs on f32 and f64 only. The ones that refuse bf16 and f16
+/// (normalizations, optimizer updates) say to cast: their statistics and variables belong
+/// in f32, as in Keras' mixed precision.
+fn unsupported(op: &'static str, dtype: DType) -> Error {
+    let expected = if dtype.is_low_precision() { "f32 or f64; cast bf16 and f16 to f32 first" } else { "f32 or f64" };
+    Error::UnsupportedDType { op, dtype, expected }
 }
 
 /// Applies a generic expression to the vector inside, keeping the dtype.
@@ -34,13 +49,15 @@ macro_rules! map_any {
         match $s {
             CpuStorage::F32($v) => CpuStorage::F32($e),
             CpuStorage::F64($v) => CpuStorage::F64($e),
+            CpuStorage::BF16($v) => CpuStorage::BF16($e),
+            CpuStorage::F16($v) => CpuStorage::F16($e),
             CpuStorage::I64($v) => CpuStorage::I64($e),
         }
     };
 }
 
 /// Runs a float kernel generic over `$t` at the dtype of `$s`, wrapping the `Vec<$t>`
-/// it returns; i64 is reported as unsupported.
+/// it returns; i64 is reported as unsupported (bf16 and f16 are widened before).
 macro_rules! float_kernel {
     ($s:expr, $op:expr, $t:ident => $e:expr) => {
         match $s.dtype() {
@@ -52,7 +69,7 @@ macro_rules! float_kernel {
                 type $t = f64;
                 CpuStorage::F64($e)
             }
-            DType::I64 => return Err(Error::UnsupportedDType { op: $op, dtype: DType::I64, expected: "f32 or f64" }),
+            dtype @ (DType::I64 | DType::BF16 | DType::F16) => return Err(unsupported($op, dtype)),
         }
     };
 }
@@ -71,7 +88,7 @@ macro_rules! float_kernel3 {
                 let (a, b, c) = $e;
                 (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c))
             }
-            DType::I64 => return Err(Error::UnsupportedDType { op: $op, dtype: DType::I64, expected: "f32 or f64" }),
+            dtype @ (DType::I64 | DType::BF16 | DType::F16) => return Err(unsupported($op, dtype)),
         }
     };
 }
@@ -82,8 +99,8 @@ macro_rules! map_float {
         match $s {
             CpuStorage::F32($v) => CpuStorage::F32($e),
             CpuStorage::F64($v) => CpuStorage::F64($e),
-            CpuStorage::I64(_) => {
-                return Err(Error::UnsupportedDType { op: $op, dtype: DType::I64, expected: "f32 or f64" })
+            other @ (CpuStorage::I64(_) | CpuStorage::BF16(_) | CpuStorage::F16(_)) => {
+                return Err(unsupported($op, other.dtype()))
             }
         }
     };
@@ -100,6 +117,8 @@ impl CpuStorage {
         Ok(match dtype {
             DType::F32 => CpuStorage::F32(alloc::try_zeros(op, len)?),
             DType::F64 => CpuStorage::F64(alloc::try_zeros(op, len)?),
+            DType::BF16 => CpuStorage::BF16(alloc::try_zeros(op, len)?),
+            DType::F16 => CpuStorage::F16(alloc::try_zeros(op, len)?),
             DType::I64 => CpuStorage::I64(alloc::try_zeros(op, len)?),
         })
     }
@@ -114,6 +133,8 @@ impl CpuStorage {
         Ok(match dtype {
             DType::F32 => CpuStorage::F32(alloc::try_vec(OP, len, value as f32)?),
             DType::F64 => CpuStorage::F64(alloc::try_vec(OP, len, value)?),
+            DType::BF16 => CpuStorage::BF16(alloc::try_vec(OP, len, crate::dtype::bf16_from_f64(value))?),
+            DType::F16 => CpuStorage::F16(alloc::try_vec(OP, len, crate::dtype::f16_from_f64(value))?),
             DType::I64 => CpuStorage::I64(alloc::try_vec(OP, len, value as i64)?),
         })
     }
@@ -149,6 +170,8 @@ impl CpuStorage {
         match self {
             CpuStorage::F32(v) => conv(v),
             CpuStorage::F64(v) => conv(v),
+            CpuStorage::BF16(v) => conv(v),
+            CpuStorage::F16(v) => conv(v),
             CpuStorage::I64(v) => conv(v),
         }
     }
@@ -159,6 +182,8 @@ impl BackendStorage for CpuStorage {
         match self {
             CpuStorage::F32(_) => DType::F32,
             CpuStorage::F64(_) => DType::F64,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F16(_) => DType::F16,
             CpuStorage::I64(_) => DType::I64,
         }
     }
@@ -167,6 +192,8 @@ impl BackendStorage for CpuStorage {
         match self {
             CpuStorage::F32(v) => v.len(),
             CpuStorage::F64(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
             CpuStorage::I64(v) => v.len(),
         }
     }
@@ -176,6 +203,7 @@ impl BackendStorage for CpuStorage {
             CpuStorage::F32(v) => CpuStorage::F32(elementwise::cpu::unary_float(v, op)?),
             CpuStorage::F64(v) => CpuStorage::F64(elementwise::cpu::unary_float(v, op)?),
             CpuStorage::I64(v) => CpuStorage::I64(elementwise::cpu::unary_int(v, op)?),
+            CpuStorage::BF16(_) | CpuStorage::F16(_) => return self.through_f32(op.name(), |x| x.unary(op)),
         })
     }
 
@@ -190,11 +218,19 @@ impl BackendStorage for CpuStorage {
             (CpuStorage::I64(a), CpuStorage::I64(b)) => {
                 CpuStorage::I64(elementwise::cpu::binary(a, b, op, ls, rs, out)?)
             }
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
+                let (name, low) = ("binary", self.dtype());
+                return self.through_f32(name, |a| a.binary(&rhs.widen_operand(name, low)?, op, ls, rs, out));
+            }
             _ => return Err(Error::DTypeMismatch { op: "binary", lhs: self.dtype(), rhs: rhs.dtype() }),
         })
     }
 
     fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Self> {
+        if self.low_precision().is_some() {
+            // Accumulates in f32 and rounds once.
+            return self.through_f32("reduce", |x| x.reduce(op, shape, axes));
+        }
         Ok(map_any!(self, v => reduce::cpu::reduce(v, op, shape, axes)?))
     }
 
@@ -203,6 +239,8 @@ impl BackendStorage for CpuStorage {
             CpuStorage::F32(v) => reduce::cpu::arg_reduce(v, op, shape, axis),
             CpuStorage::F64(v) => reduce::cpu::arg_reduce(v, op, shape, axis),
             CpuStorage::I64(v) => reduce::cpu::arg_reduce(v, op, shape, axis),
+            // Every bf16 and f16 value is exact in f32, so the order is the same.
+            CpuStorage::BF16(_) | CpuStorage::F16(_) => return self.widen("arg_reduce")?.arg_reduce(op, shape, axis),
         }))
     }
 
@@ -210,10 +248,17 @@ impl BackendStorage for CpuStorage {
         Ok(match (self, rhs) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(matmul::cpu::matmul(a, b, spec)?),
             (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(matmul::cpu::matmul(a, b, spec)?),
+            // Widened to f32, accumulated in f32 by the f32 GEMM, rounded once.
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
+                let low = self.dtype();
+                return self.through_f32("matmul", |a| a.matmul(&rhs.widen_operand("matmul", low)?, spec));
+            }
             (a, b) if a.dtype() != b.dtype() => {
                 return Err(Error::DTypeMismatch { op: "matmul", lhs: a.dtype(), rhs: b.dtype() })
             }
-            (a, _) => return Err(Error::UnsupportedDType { op: "matmul", dtype: a.dtype(), expected: "f32 or f64" }),
+            (a, _) => {
+                return Err(Error::UnsupportedDType { op: "matmul", dtype: a.dtype(), expected: "a float dtype" })
+            }
         })
     }
 
@@ -238,6 +283,8 @@ impl BackendStorage for CpuStorage {
         Ok(match dtype {
             DType::F32 => cat!(F32),
             DType::F64 => cat!(F64),
+            DType::BF16 => cat!(BF16),
+            DType::F16 => cat!(F16),
             DType::I64 => cat!(I64),
         })
     }
@@ -255,6 +302,9 @@ impl BackendStorage for CpuStorage {
             }
             Ok(out)
         }
+        if let Some(out) = low_precision::cast_low(self, dtype) {
+            return out;
+        }
         Ok(match (self, dtype) {
             (CpuStorage::F32(v), DType::F32) => CpuStorage::F32(conv(v)?),
             (CpuStorage::F32(v), DType::F64) => CpuStorage::F64(conv(v)?),
@@ -265,15 +315,25 @@ impl BackendStorage for CpuStorage {
             (CpuStorage::I64(v), DType::F32) => CpuStorage::F32(conv(v)?),
             (CpuStorage::I64(v), DType::F64) => CpuStorage::F64(conv(v)?),
             (CpuStorage::I64(v), DType::I64) => CpuStorage::I64(conv(v)?),
+            (from, to) => {
+                return Err(Error::invalid("cast", format!("no conversion from {} to {to}", from.dtype())));
+            }
         })
     }
 
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32("log_softmax", |x| x.log_softmax(rows, cols));
+        }
         Ok(map_float!(self, "log_softmax", v => softmax::cpu::log_softmax(v, rows, cols)?))
     }
 
     fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
         const OP: &str = "conv2d";
+        if let Some(low) = self.low_precision() {
+            let (k, b) = (kernel.widen_operand(OP, low)?, Self::widen_opt(bias, OP, low)?);
+            return self.through_f32(OP, |x| x.conv2d(&k, b.as_ref(), spec));
+        }
         Ok(float_kernel!(self, OP, T => conv::cpu::conv2d::<T>(
             self.typed(OP)?,
             kernel.typed(OP)?,
@@ -284,6 +344,10 @@ impl BackendStorage for CpuStorage {
 
     fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {
         const OP: &str = "conv2d_backward_input";
+        if let Some(low) = self.low_precision() {
+            let k = kernel.widen_operand(OP, low)?;
+            return self.through_f32(OP, |dy| dy.conv2d_backward_input(&k, spec));
+        }
         Ok(
             float_kernel!(self, OP, T => conv::cpu::conv2d_backward_input::<T>(self.typed(OP)?, kernel.typed(OP)?, spec)?),
         )
@@ -291,6 +355,10 @@ impl BackendStorage for CpuStorage {
 
     fn conv2d_backward_filter(&self, grad_out: &Self, spec: &Conv2dSpec) -> Result<Self> {
         const OP: &str = "conv2d_backward_filter";
+        if let Some(low) = self.low_precision() {
+            let dy = grad_out.widen_operand(OP, low)?;
+            return self.through_f32(OP, |x| x.conv2d_backward_filter(&dy, spec));
+        }
         Ok(float_kernel!(self, OP, T => conv::cpu::conv2d_backward_filter::<T>(
             self.typed(OP)?,
             grad_out.typed(OP)?,
@@ -299,11 +367,18 @@ impl BackendStorage for CpuStorage {
     }
 
     fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32("max_pool2d", |x| x.max_pool2d(spec));
+        }
         Ok(float_kernel!(self, "max_pool2d", T => pool::cpu::max_pool2d::<T>(self.typed("max_pool2d")?, spec)?))
     }
 
     fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
         const OP: &str = "max_pool2d_backward";
+        if let Some(low) = self.low_precision() {
+            let (y, dy) = (output.widen_operand(OP, low)?, grad_out.widen_operand(OP, low)?);
+            return self.through_f32(OP, |x| x.max_pool2d_backward(&y, &dy, spec));
+        }
         Ok(float_kernel!(self, OP, T => pool::cpu::max_pool2d_backward::<T>(
             self.typed(OP)?,
             output.typed(OP)?,
@@ -313,11 +388,17 @@ impl BackendStorage for CpuStorage {
     }
 
     fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32("avg_pool2d", |x| x.avg_pool2d(spec));
+        }
         Ok(float_kernel!(self, "avg_pool2d", T => pool::cpu::avg_pool2d::<T>(self.typed("avg_pool2d")?, spec)?))
     }
 
     fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self> {
         const OP: &str = "avg_pool2d_backward";
+        if self.low_precision().is_some() {
+            return self.through_f32(OP, |dy| dy.avg_pool2d_backward(spec));
+        }
         Ok(float_kernel!(self, OP, T => pool::cpu::avg_pool2d_backward::<T>(self.typed(OP)?, spec)?))
     }
 
@@ -366,18 +447,25 @@ impl BackendStorage for CpuStorage {
         match self.dtype() {
             DType::F32 => backward!(f32, F32),
             DType::F64 => backward!(f64, F64),
-            DType::I64 => Err(Error::UnsupportedDType { op: OP, dtype: DType::I64, expected: "f32 or f64" }),
+            dtype @ (DType::I64 | DType::BF16 | DType::F16) => Err(unsupported(OP, dtype)),
         }
     }
 
     fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self> {
         const OP: &str = "gather";
+        if self.low_precision().is_some() {
+            return self.through_f32(OP, |x| x.gather_rows(indices, row_len));
+        }
         let indices = indices.typed::<i64>(OP)?;
         Ok(float_kernel!(self, OP, T => gather::cpu::gather_rows::<T>(self.typed(OP)?, indices, row_len)?))
     }
 
     fn segment_sum_rows(&self, order: &Self, offsets: &Self, row_len: usize) -> Result<Self> {
         const OP: &str = "scatter_add";
+        if self.low_precision().is_some() {
+            // Sums in f32 and rounds once.
+            return self.through_f32(OP, |v| v.segment_sum_rows(order, offsets, row_len));
+        }
         let (order, offsets) = (order.typed::<i64>(OP)?, offsets.typed::<i64>(OP)?);
         Ok(float_kernel!(self, OP, T => gather::cpu::segment_sum_rows::<T>(self.typed(OP)?, order, offsets, row_len)?))
     }
@@ -431,7 +519,7 @@ impl BackendStorage for CpuStorage {
         match self.dtype() {
             DType::F32 => run::<f32>(self, grad, velocity, step),
             DType::F64 => run::<f64>(self, grad, velocity, step),
-            DType::I64 => Err(Error::UnsupportedDType { op: OP, dtype: DType::I64, expected: "f32 or f64" }),
+            dtype @ (DType::I64 | DType::BF16 | DType::F16) => Err(unsupported(OP, dtype)),
         }
     }
 
@@ -453,20 +541,32 @@ impl BackendStorage for CpuStorage {
     }
 
     fn pad(&self, spec: &PadSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32("pad", |x| x.pad(spec));
+        }
         Ok(float_kernel!(self, "pad", T => pad::cpu::pad::<T>(self.typed("pad")?, spec)?))
     }
 
     fn pad_backward(&self, spec: &PadSpec) -> Result<Self> {
         const OP: &str = "pad_backward";
+        if self.low_precision().is_some() {
+            return self.through_f32(OP, |dy| dy.pad_backward(spec));
+        }
         Ok(float_kernel!(self, OP, T => pad::cpu::pad_backward::<T>(self.typed(OP)?, spec)?))
     }
 
     fn resize(&self, spec: &ResizeSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32("resize", |x| x.resize(spec));
+        }
         Ok(float_kernel!(self, "resize", T => resize::cpu::resize::<T>(self.typed("resize")?, spec)?))
     }
 
     fn resize_backward(&self, spec: &ResizeSpec) -> Result<Self> {
         const OP: &str = "resize_backward";
+        if self.low_precision().is_some() {
+            return self.through_f32(OP, |dy| dy.resize_backward(spec));
+        }
         Ok(float_kernel!(self, OP, T => resize::cpu::resize_backward::<T>(self.typed(OP)?, spec)?))
     }
 }

@@ -161,6 +161,7 @@ pub(crate) fn gemm_strided_batched(device: &CudaDevice, dtype: DType, g: &Gemm, 
                 .map_err(|e| Error::cuda(dev, "cublasDgemmStridedBatched", e))
             }
             DType::I64 => Err(Error::UnsupportedDType { op: "matmul", dtype, expected: "f32 or f64" }),
+            DType::BF16 | DType::F16 => crate::cuda_backend::refuse_low_precision("matmul", dtype, dev),
         }
     })
 }

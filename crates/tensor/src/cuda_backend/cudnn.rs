@@ -230,7 +230,9 @@ fn data_type(dtype: DType) -> Result<sys::cudnnDataType_t> {
     match dtype {
         DType::F32 => Ok(sys::cudnnDataType_t::CUDNN_DATA_FLOAT),
         DType::F64 => Ok(sys::cudnnDataType_t::CUDNN_DATA_DOUBLE),
-        DType::I64 => Err(Error::UnsupportedDType { op: "conv2d", dtype, expected: "f32 or f64" }),
+        DType::I64 | DType::BF16 | DType::F16 => {
+            Err(Error::UnsupportedDType { op: "conv2d", dtype, expected: "f32 or f64" })
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use crate::{DType, Device, Error, Result, Shape};
 use allocator::Block;
 use cudarc::driver::result as driver;
 use device::CudaDevice;
+use half::slice::HalfFloatSliceExt;
 use std::sync::Arc;
 
 /// Most dimensions a strided kernel takes after merging contiguous ones (`MAX_DIMS` in
@@ -71,8 +72,25 @@ fn cpu_bytes(cpu: &CpuStorage) -> &[u8] {
     match cpu {
         CpuStorage::F32(v) => bytes(v),
         CpuStorage::F64(v) => bytes(v),
+        CpuStorage::BF16(v) => bytes(v),
+        CpuStorage::F16(v) => bytes(v),
         CpuStorage::I64(v) => bytes(v),
     }
+}
+
+/// Refuses bf16 and f16 on a CUDA device: the backend has no kernels for them yet, so a
+/// CUDA buffer never holds them (every way to make one passes here), and no kernel can
+/// read two-byte elements as f32.
+pub(crate) fn refuse_low_precision(op: &'static str, dtype: DType, device: Device) -> Result<()> {
+    if dtype.is_low_precision() {
+        return Err(Error::UnsupportedDTypeOnDevice {
+            op,
+            dtype,
+            device,
+            hint: "the CUDA backend has no bf16/f16 kernels; compute in f32 on CUDA, or in bf16/f16 on the CPU",
+        });
+    }
+    Ok(())
 }
 
 /// A contiguous buffer of one dtype on one CUDA device.
@@ -101,6 +119,7 @@ impl Drop for CudaStorage {
 impl CudaStorage {
     /// An uninitialised buffer of `len` elements; kernels fill it.
     pub(crate) fn alloc(device: &Arc<CudaDevice>, len: usize, dtype: DType) -> Result<CudaStorage> {
+        refuse_low_precision("cuda alloc", dtype, device.device())?;
         let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
             Error::invalid("cuda alloc", format!("{len} elements of {dtype} overflow the address space"))
         })?;
@@ -123,11 +142,13 @@ impl CudaStorage {
 
     /// `len` copies of `value` converted to `dtype`, filled on CUDA device `ordinal` (queued).
     pub fn full(len: usize, value: f64, dtype: DType, ordinal: usize) -> Result<CudaStorage> {
+        refuse_low_precision("full", dtype, Device::Cuda(ordinal))?;
         layout::cuda::fill(&CudaDevice::get(ordinal)?, len, value, dtype)
     }
 
     /// Uploads a host buffer to CUDA device `ordinal` (queued; does not wait).
     pub fn from_cpu(cpu: &CpuStorage, ordinal: usize) -> Result<CudaStorage> {
+        refuse_low_precision("to_device", cpu.dtype(), Device::Cuda(ordinal))?;
         let device = CudaDevice::get(ordinal)?;
         let out = Self::alloc(&device, cpu.len(), cpu.dtype())?;
         if let Some(block) = &out.block {
@@ -151,6 +172,8 @@ impl CudaStorage {
                     CpuStorage::F32(v) => driver::memcpy_dtoh_async(v, block.ptr, stream),
                     CpuStorage::F64(v) => driver::memcpy_dtoh_async(v, block.ptr, stream),
                     CpuStorage::I64(v) => driver::memcpy_dtoh_async(v, block.ptr, stream),
+                    CpuStorage::BF16(v) => driver::memcpy_dtoh_async(v.reinterpret_cast_mut(), block.ptr, stream),
+                    CpuStorage::F16(v) => driver::memcpy_dtoh_async(v.reinterpret_cast_mut(), block.ptr, stream),
                 }
             };
             copied.map_err(|e| Error::cuda(self.device.device(), "cuMemcpyDtoHAsync", e))?;

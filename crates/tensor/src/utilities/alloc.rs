@@ -17,6 +17,9 @@ pub(crate) unsafe trait ZeroBits: Copy {}
 unsafe impl ZeroBits for f32 {}
 unsafe impl ZeroBits for f64 {}
 unsafe impl ZeroBits for i64 {}
+// SAFETY: all-zero bits are +0 in bf16 and f16 too (IEEE-style sign, exponent, mantissa).
+unsafe impl ZeroBits for half::bf16 {}
+unsafe impl ZeroBits for half::f16 {}
 unsafe impl ZeroBits for u8 {}
 unsafe impl ZeroBits for u32 {}
 unsafe impl ZeroBits for usize {}

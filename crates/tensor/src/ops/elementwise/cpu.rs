@@ -197,7 +197,9 @@ pub(crate) fn unary_int(x: &[i64], op: UnaryOp) -> Result<Vec<i64>> {
             }
             try_map(name, x, move |v| v.clamp(lo, hi))
         }
-        other => Err(Error::UnsupportedDType { op: other.name(), dtype: DType::I64, expected: "f32 or f64" }),
+        other => {
+            Err(Error::UnsupportedDType { op: other.name(), dtype: DType::I64, expected: "f32, f64, bf16 or f16" })
+        }
     }
 }
 

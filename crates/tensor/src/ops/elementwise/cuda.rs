@@ -158,6 +158,7 @@ pub(crate) fn unary(x: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
             let (p0, p1) = (p0.ceil() as i64, p1.floor() as i64);
             launch!(device, KERNELS, name, cfg; src, dst, n, p0, p1);
         }
+        DType::BF16 | DType::F16 => crate::cuda_backend::refuse_low_precision(op.name(), dtype, x.device())?,
     }
     Ok(out)
 }
@@ -246,6 +247,7 @@ pub(crate) fn cast(x: &CudaStorage, dtype: DType) -> Result<CudaStorage> {
     if dtype == x.dtype() {
         return x.copy();
     }
+    crate::cuda_backend::refuse_low_precision("cast", dtype, x.device())?;
     let device = x.cuda_device();
     let out = CudaStorage::alloc(device, x.len(), dtype)?;
     if x.is_empty() {

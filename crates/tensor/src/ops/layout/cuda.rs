@@ -118,6 +118,10 @@ pub(crate) fn fill(device: &Arc<CudaDevice>, len: usize, value: f64, dtype: DTyp
         DType::F32 => (value as f32).to_bits() as u64,
         DType::F64 => value.to_bits(),
         DType::I64 => (value as i64) as u64,
+        DType::BF16 | DType::F16 => {
+            crate::cuda_backend::refuse_low_precision("full", dtype, device.device())?;
+            0
+        }
     };
     if bits == 0 || len == 0 {
         return CudaStorage::zeros(device, len, dtype);

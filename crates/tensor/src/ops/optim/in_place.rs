@@ -50,7 +50,8 @@ impl StepScalars {
     /// Make it before a capture: allocating during one is refused.
     pub fn new(device: &Device, dtype: DType) -> Result<StepScalars> {
         const OP: &str = "StepScalars::new";
-        if !dtype.is_float() {
+        // Updates of bf16/f16 variables are refused anyway (variables stay f32).
+        if !dtype.is_float() || dtype.is_low_precision() {
             return Err(Error::UnsupportedDType { op: OP, dtype, expected: "f32 or f64" });
         }
         match device {

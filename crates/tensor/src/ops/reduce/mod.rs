@@ -7,7 +7,7 @@ pub(crate) mod cuda;
 use crate::backend::{ArgReduceOp, ReduceOp};
 use crate::ops::output_guard::guarded;
 use crate::tape::record_op;
-use crate::{Error, Result, Shape, Tensor};
+use crate::{DType, Error, Result, Shape, Tensor};
 
 /// One pass of a reduction: `[outer, r, inner] -> [outer, inner]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +99,10 @@ impl Tensor {
     /// Mean over `axes`.
     pub fn mean(&self, axes: &[isize], keepdims: bool) -> Result<Tensor> {
         self.check_float("mean")?;
+        if self.dtype().is_low_precision() {
+            // Sum and divide in f32, rounding once: dividing a rounded sum would round twice.
+            return self.cast(DType::F32)?.mean(axes, keepdims)?.cast(self.dtype());
+        }
         let resolved = self.shape().axes(axes, "mean")?;
         let count: usize = resolved.iter().map(|&a| self.dims()[a]).product();
         if count == 0 {
