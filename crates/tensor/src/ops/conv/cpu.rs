@@ -11,8 +11,10 @@
 //! The batch is cut into chunks of whole images, so that each chunk's column buffer is
 //! bounded (no batch-sized temporaries) and each chunk writes a disjoint slice of the
 //! output (no locking); rayon runs the chunks on its threads, each GEMM single-threaded,
-//! and each thread reuses one column buffer for all its chunks. When the whole batch has
-//! few output pixels (the deep layers), it is one chunk and the GEMM is split instead. A
+//! and each thread reuses one column buffer for all its chunks. A kernel that fits L2 gets
+//! chunks that fit L2 too (`SMALL_KERNEL_BUDGET`). When the whole batch has few output
+//! pixels and the kernel is large (the deep layers), it is one chunk and the GEMM is split
+//! instead. A
 //! 1x1 convolution with stride 1 and no padding needs no im2col: the input already is the
 //! column matrix. At stride 1 the input gradient runs as a convolution with the flipped
 //! kernel (see `backward_input_as_conv`). Dense 3x3 stride-1 convolutions in f32 run with
