@@ -47,8 +47,17 @@ fn check_padded(name: &str, x_shape: [usize; 4], k_shape: [usize; 4], groups: us
 
 #[test]
 fn dense_single_chunk() {
-    // 16 x 64 pixels x 144 patch: under the chunking threshold, one chunk, split GEMMs.
-    check("dense, one chunk", [16, 8, 8, 16], [32, 3, 3, 16], 1, 1);
+    // 16 x 4 pixels x 1152 patch, a kernel too large for L2 (295K elements): under the
+    // chunking threshold, one chunk, split GEMMs.
+    check("dense, one chunk", [16, 4, 4, 128], [256, 3, 3, 128], 1, 2);
+}
+
+#[test]
+fn dense_small_kernel_chunks() {
+    // 16 x 64 pixels x 288 patch, a kernel that fits L2 (18K elements): chunks of a few
+    // images (the U-Net's 3x3 stride-2 transposed convolution at 16x16), cut differently
+    // for each thread count.
+    check("dense, small kernel", [16, 16, 16, 32], [64, 3, 3, 32], 1, 2);
 }
 
 #[test]

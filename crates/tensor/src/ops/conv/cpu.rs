@@ -11,8 +11,10 @@
 //! The batch is cut into chunks of whole images, so that each chunk's column buffer is
 //! bounded (no batch-sized temporaries) and each chunk writes a disjoint slice of the
 //! output (no locking); rayon runs the chunks on its threads, each GEMM single-threaded,
-//! and each thread reuses one column buffer for all its chunks. When the whole batch has
-//! few output pixels (the deep layers), it is one chunk and the GEMM is split instead. A
+//! and each thread reuses one column buffer for all its chunks. A kernel that fits L2 gets
+//! chunks that fit L2 too (`SMALL_KERNEL_BUDGET`). When the whole batch has few output
+//! pixels and the kernel is large (the deep layers), it is one chunk and the GEMM is split
+//! instead. A
 //! 1x1 convolution with stride 1 and no padding needs no im2col: the input already is the
 //! column matrix. At stride 1 the input gradient runs as a convolution with the flipped
 //! kernel (see `backward_input_as_conv`). Dense 3x3 stride-1 convolutions in f32 run with
@@ -35,6 +37,14 @@ use rayon::prelude::*;
 /// Largest column buffer of one chunk, in elements (4 MiB of f32): big enough that each
 /// GEMM is efficient, small enough to stay in cache and keep memory flat.
 const COL_BUDGET: usize = 1 << 20;
+
+/// Elements of a kernel small enough to stay in a core's L2 (512 KiB of f32), and then
+/// the column buffer of one chunk, at most. Each chunk's GEMM re-reads the kernel, which
+/// is cheap when it is this small; a column buffer of this size is written and read back
+/// (im2col then GEMM, or GEMM then col2im) within L2, where one of [`COL_BUDGET`]
+/// goes through memory. This is what the U-Net's stride-2 transposed convolutions (32 to
+/// 128 input channels, 4.6K-74K kernel elements) are bound by.
+const SMALL_KERNEL_BUDGET: usize = 1 << 17;
 
 /// Runs (partial sums) the kernel gradient's batch sum is cut into, at most.
 const FILTER_RUNS: usize = 16;
@@ -164,13 +174,15 @@ impl Geometry {
         let group_in = s.in_channels / s.groups;
         let patch = s.kernel_h * s.kernel_w * group_in;
         let per_image = (out_pixels * patch).max(1);
-        let chunk_images = if s.batch * per_image <= 2 * COL_BUDGET {
+        let small_kernel = s.out_channels / s.groups * patch <= SMALL_KERNEL_BUDGET;
+        let budget = if small_kernel { SMALL_KERNEL_BUDGET } else { COL_BUDGET };
+        let chunk_images = if !small_kernel && s.batch * per_image <= 2 * COL_BUDGET {
             // Few rows (the deep layers): one chunk, and the GEMM itself is split across
             // threads; chunks of a few rows each would repeat the packing of a large kernel.
             s.batch.max(1)
         } else {
             // At least `min_chunks` chunks, so that every thread has work.
-            (COL_BUDGET / per_image).max(1).min(s.batch.div_ceil(min_chunks).max(1))
+            (budget / per_image).max(1).min(s.batch.div_ceil(min_chunks).max(1))
         };
         let chunks = s.batch.div_ceil(chunk_images);
         let pointwise = s.kernel_h == 1
