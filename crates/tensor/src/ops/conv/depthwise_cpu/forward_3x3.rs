@@ -2,25 +2,31 @@
 //! blocks): MobileNet's stride-1 layers, and the input gradient of every stride-1 3x3 layer
 //! (the forward pass over `dy` with the kernel flipped).
 //!
-//! Channels go in blocks of [`LANES`] (`W`). Blocks of one AVX register (8 f32) were
-//! measured slower: four pixels then make only four independent chains of multiply-adds,
-//! too few to cover their latency. Per output row and block, the interior pixels go
-//! [`GROUP`] at a time: per kernel row, `GROUP + 2` input vectors feed `3 * GROUP`
-//! multiply-adds, with no column test. Which kernel rows and columns a row or a border pixel reads is a constant of the
+//! Channels go in blocks of [`BLOCK`] (one AVX register of f32), as oneDNN's depthwise
+//! kernels do on AVX2. Per output row and block, the interior pixels go [`WIDE`] at a time
+//! (then 4, 2, 1): per kernel row, `WIDE + 2` input vectors feed `3 * WIDE` multiply-adds,
+//! with no column test, and the `WIDE` accumulators are independent chains, enough to cover
+//! the multiply-add latency. (Blocks of 16 channels and 4 pixels took 8 accumulator and up
+//! to 18 weight registers, more than AVX2's 16, and ran 1.5x slower than the multiply-adds
+//! allow.) Which kernel rows and columns a row or a border pixel reads is a constant of the
 //! function that computes it (the common cases are matched to instances), not a test per
 //! tap; taps that would read padding are skipped, not multiplied by zero, so an infinite
 //! input or weight gives what the naive sum gives. Every pixel sums its taps in the same
 //! order (kernel row, then column), whichever path computes it.
 
 use super::columns::interior_columns;
-use super::lanes::{block, block_mut, mul_add, LANES};
+use super::lanes::{block, mul_add, store, LANES};
 use super::Depthwise;
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
-/// Output pixels computed together in the interior.
-const GROUP: usize = 4;
+/// Channels per block.
+const BLOCK: usize = 8;
+
+/// Output pixels computed together in the interior (then fewer at the row's end).
+const WIDE: usize = 8;
 
 /// Whether [`rows`] computes this op's full channel blocks.
 pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
@@ -32,7 +38,7 @@ pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
 }
 
 /// Channels `0..full` of output rows `oys` of one image (`img`; `dst` is
-/// `[oys.len(), out_w, c_out]`).
+/// `[oys.len(), out_w, c_out]`, whose channels `0..full` are all written).
 #[inline(always)]
 pub(super) fn rows<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
@@ -40,9 +46,9 @@ pub(super) fn rows<T: FloatElement, const FUSED: bool>(
     bias: &[T],
     oys: Range<usize>,
     full: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
 ) {
-    rows_w::<T, FUSED, LANES>(d, img, bias, oys, full, dst)
+    rows_w::<T, FUSED, BLOCK>(d, img, bias, oys, full, dst)
 }
 
 /// [`rows`] with blocks of `W` channels (a divisor of [`LANES`]).
@@ -53,7 +59,7 @@ fn rows_w<T: FloatElement, const FUSED: bool, const W: usize>(
     bias: &[T],
     oys: Range<usize>,
     full: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
 ) {
     debug_assert!(full.is_multiple_of(LANES) && LANES.is_multiple_of(W));
     let s = d.s;
@@ -84,7 +90,7 @@ struct Row<'a, T> {
 impl<T: FloatElement> Row<'_, T> {
     /// The row with kernel rows `KY0..KY0 + R`, whose taps are fixed per block.
     #[inline(always)]
-    fn rows<const FUSED: bool, const W: usize, const KY0: usize, const R: usize>(&self, dst: &mut [T]) {
+    fn rows<const FUSED: bool, const W: usize, const KY0: usize, const R: usize>(&self, dst: &mut [MaybeUninit<T>]) {
         let s = self.d.s;
         let (c, co, pad, in_w) = (s.in_channels, s.out_channels, s.pad_left, s.in_w);
         let input: [&[T]; R] = std::array::from_fn(|r| &self.img[(self.iy0 + r) * in_w * c..][..in_w * c]);
@@ -105,27 +111,24 @@ impl<T: FloatElement> Row<'_, T> {
                     (0, 2) => pixel::<T, FUSED, W, R, 0, 2>(&k, b, &input, at(ix0), c),
                     _ => self.pixel_any::<FUSED, W>((KY0, KY0 + R), (kx0, kx1, ix0), start),
                 };
-                *block_mut(&mut dst[ox * co + start..]) = y;
+                store(&mut dst[ox * co + start..], y);
             }
+            // Every tap of the interior pixels reads a real column: ox >= pad.
             let mut ox = lo;
-            while ox + GROUP <= hi {
-                // Every tap of these pixels reads a real column: ox >= pad.
-                let window = at(ox - pad);
-                let mut acc = [b; GROUP];
-                for (k, input) in k.iter().zip(&input) {
-                    for (p, acc) in acc.iter_mut().enumerate() {
-                        for (kx, k) in k.iter().enumerate() {
-                            mul_add::<T, FUSED, W>(acc, &input[window + (p + kx) * c..], k);
-                        }
-                    }
-                }
-                for (p, acc) in acc.iter().enumerate() {
-                    *block_mut(&mut dst[(ox + p) * co + start..]) = *acc;
-                }
-                ox += GROUP;
+            while ox + WIDE <= hi {
+                group8::<T, FUSED, W, R>(&k, b, &input, (at(ox - pad), c), (&mut dst[ox * co + start..], co));
+                ox += WIDE;
             }
-            for ox in ox..hi {
-                *block_mut(&mut dst[ox * co + start..]) = pixel::<T, FUSED, W, R, 0, 3>(&k, b, &input, at(ox - pad), c);
+            if ox + 4 <= hi {
+                group4::<T, FUSED, W, R>(&k, b, &input, (at(ox - pad), c), (&mut dst[ox * co + start..], co));
+                ox += 4;
+            }
+            if ox + 2 <= hi {
+                group2::<T, FUSED, W, R>(&k, b, &input, (at(ox - pad), c), (&mut dst[ox * co + start..], co));
+                ox += 2;
+            }
+            if ox < hi {
+                store(&mut dst[ox * co + start..], pixel::<T, FUSED, W, R, 0, 3>(&k, b, &input, at(ox - pad), c));
             }
         }
     }
@@ -134,13 +137,12 @@ impl<T: FloatElement> Row<'_, T> {
     /// three rows high, or padding above 1): the kernel is read from memory, so that
     /// indexing it at run time does not move [`Row::rows`]' registers to the stack.
     #[inline(always)]
-    fn any<const FUSED: bool, const W: usize>(&self, (ky0, ky1): (usize, usize), dst: &mut [T]) {
+    fn any<const FUSED: bool, const W: usize>(&self, (ky0, ky1): (usize, usize), dst: &mut [MaybeUninit<T>]) {
         let s = self.d.s;
         for start in (0..self.full).step_by(W) {
             for ox in 0..s.out_w {
                 let cols = taps(ox, 1, s.pad_left, 1, 3, s.in_w);
-                *block_mut(&mut dst[ox * s.out_channels + start..]) =
-                    self.pixel_any::<FUSED, W>((ky0, ky1), cols, start);
+                store(&mut dst[ox * s.out_channels + start..], self.pixel_any::<FUSED, W>((ky0, ky1), cols, start));
             }
         }
     }
@@ -188,3 +190,32 @@ fn pixel<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, con
     }
     acc
 }
+
+/// Defines `$name`: `$g` neighbouring interior pixels of the block (pixels `$p`), the first
+/// one's first tap reading `input[r][at..]`, written to `dst[p * co..]`. Their `$g`
+/// accumulators are independent chains, and each pixel is written out by the macro with a
+/// constant index: a loop over them (a const-generic count) was not unrolled, and kept
+/// every accumulator on the stack, a load and a store around each multiply-add.
+macro_rules! group {
+    ($name:ident, $g:literal, [$($p:literal),*]) => {
+        #[inline(always)]
+        fn $name<T: FloatElement, const FUSED: bool, const W: usize, const R: usize>(
+            k: &[[&[T; W]; 3]; R],
+            bias: [T; W],
+            input: &[&[T]; R],
+            (at, c): (usize, usize),
+            (dst, co): (&mut [MaybeUninit<T>], usize),
+        ) {
+            let mut acc = [bias; $g];
+            for (k, input) in k.iter().zip(input) {
+                for (kx, k) in k.iter().enumerate() {
+                    $(mul_add::<T, FUSED, W>(&mut acc[$p], &input[at + ($p + kx) * c..], k);)*
+                }
+            }
+            $(store(&mut dst[$p * co..], acc[$p]);)*
+        }
+    };
+}
+group!(group8, 8, [0, 1, 2, 3, 4, 5, 6, 7]);
+group!(group4, 4, [0, 1, 2, 3]);
+group!(group2, 2, [0, 1]);
