@@ -30,12 +30,13 @@ pub(super) fn backward_filter_row<T: FloatElement, const FUSED: bool>(
 /// The kernel size [`row_3x3`] is for.
 const K: usize = 3;
 
-/// Channels per block of [`row_3x3`]: one AVX register of f32, so that the nine sums fit
-/// AVX2's 16 registers (blocks of 16 channels took 18 and spilled every sum).
-const BLOCK: usize = 8;
+/// Channels per block of [`row_3x3`]. Blocks of one AVX register (8 f32), which would keep
+/// all nine sums in AVX2's registers, measured slower at 8x8 maps (twice the blocks, each
+/// loading and storing its nine sums per row).
+const BLOCK: usize = LANES;
 
 /// A 3x3 kernel's gradient over the full channel blocks: the nine taps' sums of a block
-/// stay in registers for the whole row (nine independent chains), and each output pixel's
+/// stay in registers for the whole row, and each output pixel's
 /// gradient is loaded once for all of them. Each tap sums its columns in order, so the
 /// order depends on the shape only.
 #[inline(always)]

@@ -240,9 +240,8 @@ fn forward_with<T: FloatElement + ZeroBits>(
     };
     let row_len = s.out_w * s.out_channels;
     let band = band_rows(s.out_h, row_len * std::mem::size_of::<T>());
-    let fill = |task: usize, dst: &mut [std::mem::MaybeUninit<T>]| {
-        dispatch!(isa, forward_rows(&d, x, bias, task * band, dst))
-    };
+    let fill =
+        |task: usize, dst: &mut [std::mem::MaybeUninit<T>]| dispatch!(isa, forward_rows(&d, x, bias, task * band, dst));
     // SAFETY: `forward_rows` writes every element of its band.
     unsafe { output::par_filled(OP, s.batch * s.out_h * row_len, band * row_len, fill) }
 }

@@ -31,8 +31,8 @@ const CASES: &[Case] = &[
     (2, 4, 4, 64, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
     (2, 2, 2, 80, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
     (1, 3, 3, 16, 2, 3, 3, 1, 1, [1, 1, 1, 1]),
-    // The stride-1 3x3 interior in groups of 8, 4, 2 and 1 pixels (interiors of 17, 14, 9
-    // and 7 columns), a tail of one 8-channel block, unpadded rows wider than a group.
+    // The stride-1 3x3 interior in groups of 4, 2 and 1 pixels (interiors of 17, 14, 9
+    // and 7 columns), a tail of 8 channels, unpadded rows wider than a group.
     (1, 3, 19, 32, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
     (2, 4, 16, 24, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
     (1, 5, 11, 16, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
