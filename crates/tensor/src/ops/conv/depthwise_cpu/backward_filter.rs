@@ -1,7 +1,7 @@
 //! The kernel gradient of one output row, summed into a `[kh * kw, c_out]` accumulator.
 
 use super::columns::{interior_columns, reading_columns};
-use super::lanes::{lanes, lanes_mut, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
+use super::lanes::{block, lanes, lanes_mut, mul_add, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
 use super::{Depthwise, PIXELS};
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
@@ -30,9 +30,15 @@ pub(super) fn backward_filter_row<T: FloatElement, const FUSED: bool>(
 /// The kernel size [`row_3x3`] is for.
 const K: usize = 3;
 
+/// Channels per block of [`row_3x3`]. Blocks of one AVX register (8 f32), which would keep
+/// all nine sums in AVX2's registers, measured slower at 8x8 maps (twice the blocks, each
+/// loading and storing its nine sums per row).
+const BLOCK: usize = LANES;
+
 /// A 3x3 kernel's gradient over the full channel blocks: the nine taps' sums of a block
-/// stay in registers for the whole row, and each output pixel's gradient is loaded once for
-/// all of them. Each tap sums its columns in order, so the order depends on the shape only.
+/// stay in registers for the whole row, and each output pixel's
+/// gradient is loaded once for all of them. Each tap sums its columns in order, so the
+/// order depends on the shape only.
 #[inline(always)]
 fn row_3x3<T: FloatElement, const FUSED: bool>(d: &Depthwise<'_, T>, x: &[T], dy: &[T], row: usize, acc: &mut [T]) {
     let s = d.s;
@@ -45,11 +51,11 @@ fn row_3x3<T: FloatElement, const FUSED: bool>(d: &Depthwise<'_, T>, x: &[T], dy
         (ky0..ky1).contains(&ky).then(|| &img[(iy0 + (ky - ky0) * s.dilation_h) * s.in_w * c..][..s.in_w * c])
     });
     let (lo, hi) = interior_columns(s);
-    for start in (0..d.full_blocks()).step_by(LANES) {
-        let mut sums: [[[T; LANES]; K]; K] =
-            std::array::from_fn(|ky| std::array::from_fn(|kx| *lanes(&acc[(ky * K + kx) * co + start..])));
+    for start in (0..d.full_blocks()).step_by(BLOCK) {
+        let mut sums: [[[T; BLOCK]; K]; K] =
+            std::array::from_fn(|ky| std::array::from_fn(|kx| *block(&acc[(ky * K + kx) * co + start..])));
         for ox in 0..s.out_w {
-            let g = lanes(&grad[ox * co + start..]);
+            let g = block::<T, BLOCK>(&grad[ox * co + start..]);
             let inside = ox >= lo && ox < hi;
             for (sums, input_row) in sums.iter_mut().zip(&input_rows) {
                 let Some(input_row) = input_row else { continue };
@@ -59,13 +65,13 @@ fn row_3x3<T: FloatElement, const FUSED: bool>(d: &Depthwise<'_, T>, x: &[T], dy
                     if !inside && (at < s.pad_left || at - s.pad_left >= s.in_w) {
                         continue;
                     }
-                    mul_add_lanes::<T, FUSED>(sum, &input_row[(at - s.pad_left) * c + start..], g);
+                    mul_add::<T, FUSED, BLOCK>(sum, &input_row[(at - s.pad_left) * c + start..], g);
                 }
             }
         }
         for (ky, sums) in sums.iter().enumerate() {
             for (kx, sum) in sums.iter().enumerate() {
-                *lanes_mut(&mut acc[(ky * K + kx) * co + start..]) = *sum;
+                acc[(ky * K + kx) * co + start..][..BLOCK].copy_from_slice(sum);
             }
         }
     }

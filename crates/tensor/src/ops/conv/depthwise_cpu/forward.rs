@@ -4,23 +4,26 @@
 use super::columns::interior_columns;
 use super::forward_3x3;
 use super::lanes::{lanes, lanes_mut, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
+use super::output::{as_slots, zeroed};
 use super::{Depthwise, PIXELS};
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
+use std::mem::MaybeUninit;
 
 /// The rows `ky0..ky1` of the kernel that output row `oy` reads, and the first input row.
 pub(super) type RowTaps = (usize, usize, usize);
 
 /// Output rows `first..` of one image plus `bias` (`[c_out]`, zeros where the op has
-/// none): `dst` is `[rows, out_w, c_out]`. A 3x3 kernel at stride 1 goes to
-/// [`forward_3x3`] (its channel tail here), anything else row by row.
+/// none): `dst` is `[rows, out_w, c_out]`, uninitialised, and every element is written. A
+/// 3x3 kernel at stride 1 goes to [`forward_3x3`] (its channel tail here), anything else
+/// row by row (on zeros: those paths add into their output).
 #[inline(always)]
 pub(super) fn forward_rows<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     x: &[T],
     bias: &[T],
     first: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
 ) {
     let s = d.s;
     let co = s.out_channels;
@@ -31,8 +34,15 @@ pub(super) fn forward_rows<T: FloatElement, const FUSED: bool>(
     if forward_3x3::applies(d) {
         let img = &x[b * d.in_image()..][..d.in_image()];
         let full = d.full_blocks();
-        forward_3x3::rows::<T, FUSED>(d, img, bias, oy0..oy0 + n, full, dst);
-        for (oy, dst) in (oy0..oy0 + n).zip(dst.chunks_exact_mut(row_len)).filter(|_| full < co) {
+        if full == co {
+            // Every element is a full block's: written once, never zeroed.
+            forward_3x3::rows::<T, FUSED>(d, img, bias, oy0..oy0 + n, full, dst);
+            return;
+        }
+        let dst = zeroed(dst);
+        // SAFETY: the 3x3 rows write values only.
+        forward_3x3::rows::<T, FUSED>(d, img, bias, oy0..oy0 + n, full, unsafe { as_slots(dst) });
+        for (oy, dst) in (oy0..oy0 + n).zip(dst.chunks_exact_mut(row_len)) {
             let rows = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
             for p in 0..s.out_w {
                 forward_pixel::<T, FUSED>(d, img, bias, rows, p, full, &mut dst[p * co..][..co]);
@@ -40,7 +50,7 @@ pub(super) fn forward_rows<T: FloatElement, const FUSED: bool>(
         }
         return;
     }
-    for (i, dst) in dst.chunks_exact_mut(row_len).enumerate() {
+    for (i, dst) in zeroed(dst).chunks_exact_mut(row_len).enumerate() {
         forward_row::<T, FUSED>(d, x, bias, first + i, dst);
     }
 }

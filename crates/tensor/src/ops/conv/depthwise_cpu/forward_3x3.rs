@@ -2,25 +2,28 @@
 //! blocks): MobileNet's stride-1 layers, and the input gradient of every stride-1 3x3 layer
 //! (the forward pass over `dy` with the kernel flipped).
 //!
-//! Channels go in blocks of [`LANES`] (`W`). Blocks of one AVX register (8 f32) were
-//! measured slower: four pixels then make only four independent chains of multiply-adds,
-//! too few to cover their latency. Per output row and block, the interior pixels go
-//! [`GROUP`] at a time: per kernel row, `GROUP + 2` input vectors feed `3 * GROUP`
-//! multiply-adds, with no column test. Which kernel rows and columns a row or a border pixel reads is a constant of the
+//! Channels go in blocks of [`LANES`] (`W`). Per output row and block, the interior pixels
+//! go [`WIDE`] at a time (then 2, then 1): per kernel row, `WIDE + 2` input vectors feed
+//! `3 * WIDE` multiply-adds, with no column test. Blocks of one AVX register (8 f32) in
+//! groups of 8 pixels (8 chains, as oneDNN's AVX2 kernels) measured slower at 8x8 and
+//! 16x16 maps (twice the blocks, each with its border pixels and set-up) and no faster at
+//! 32x32; blocks of 8 in groups of 4 were slower still (too few chains). Which kernel rows and columns a row or a border pixel reads is a constant of the
 //! function that computes it (the common cases are matched to instances), not a test per
 //! tap; taps that would read padding are skipped, not multiplied by zero, so an infinite
 //! input or weight gives what the naive sum gives. Every pixel sums its taps in the same
 //! order (kernel row, then column), whichever path computes it.
 
 use super::columns::interior_columns;
-use super::lanes::{block, block_mut, mul_add, LANES};
+use super::lanes::{block, mul_add, store, LANES};
 use super::Depthwise;
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
-/// Output pixels computed together in the interior.
-const GROUP: usize = 4;
+/// Output pixels computed together in the interior (then fewer at the row's end): 4
+/// pixels of 2 registers each are 8 independent chains on AVX2.
+const WIDE: usize = 4;
 
 /// Whether [`rows`] computes this op's full channel blocks.
 pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
@@ -32,7 +35,7 @@ pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
 }
 
 /// Channels `0..full` of output rows `oys` of one image (`img`; `dst` is
-/// `[oys.len(), out_w, c_out]`).
+/// `[oys.len(), out_w, c_out]`, whose channels `0..full` are all written).
 #[inline(always)]
 pub(super) fn rows<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
@@ -40,7 +43,7 @@ pub(super) fn rows<T: FloatElement, const FUSED: bool>(
     bias: &[T],
     oys: Range<usize>,
     full: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
 ) {
     rows_w::<T, FUSED, LANES>(d, img, bias, oys, full, dst)
 }
@@ -53,7 +56,7 @@ fn rows_w<T: FloatElement, const FUSED: bool, const W: usize>(
     bias: &[T],
     oys: Range<usize>,
     full: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
 ) {
     debug_assert!(full.is_multiple_of(LANES) && LANES.is_multiple_of(W));
     let s = d.s;
@@ -84,48 +87,43 @@ struct Row<'a, T> {
 impl<T: FloatElement> Row<'_, T> {
     /// The row with kernel rows `KY0..KY0 + R`, whose taps are fixed per block.
     #[inline(always)]
-    fn rows<const FUSED: bool, const W: usize, const KY0: usize, const R: usize>(&self, dst: &mut [T]) {
+    fn rows<const FUSED: bool, const W: usize, const KY0: usize, const R: usize>(&self, dst: &mut [MaybeUninit<T>]) {
         let s = self.d.s;
         let (c, co, pad, in_w) = (s.in_channels, s.out_channels, s.pad_left, s.in_w);
-        let input: [&[T]; R] = std::array::from_fn(|r| &self.img[(self.iy0 + r) * in_w * c..][..in_w * c]);
         let (lo, hi) = interior_columns(s);
         for start in (0..self.full).step_by(W) {
-            // References, not copies: building an array of copies per row and block
-            // compiled to a `memcpy` onto the stack, 12% of the samples at 4x4 maps; the
-            // multiply-adds read the weights from L1 (or registers) either way.
-            let k: [[&[T; W]; 3]; R] = std::array::from_fn(|r| {
-                std::array::from_fn(|kx| block(&self.d.taps_kernel[((KY0 + r) * 3 + kx) * co + start..]))
-            });
+            // Offsets into the kernel and input, not arrays of references to their blocks:
+            // `std::array::from_fn` built those with a call per element, per row and block
+            // (10% of the samples at 32x32 maps).
+            let w = Window {
+                kernel: &self.d.taps_kernel[KY0 * 3 * co + start..],
+                co,
+                input: &self.img[self.iy0 * in_w * c + start..],
+                row: in_w * c,
+                c,
+            };
             let b = *block::<T, W>(&self.bias[start..]);
-            let at = |ix: usize| ix * c + start;
             for ox in (0..lo).chain(hi..s.out_w) {
                 let (kx0, kx1, ix0) = taps(ox, 1, pad, 1, 3, in_w);
                 let y = match (kx0, kx1) {
-                    (1, 3) => pixel::<T, FUSED, W, R, 1, 3>(&k, b, &input, at(ix0), c),
-                    (0, 2) => pixel::<T, FUSED, W, R, 0, 2>(&k, b, &input, at(ix0), c),
+                    (1, 3) => pixel::<T, FUSED, W, R, 1, 3>(&w, b, ix0),
+                    (0, 2) => pixel::<T, FUSED, W, R, 0, 2>(&w, b, ix0),
                     _ => self.pixel_any::<FUSED, W>((KY0, KY0 + R), (kx0, kx1, ix0), start),
                 };
-                *block_mut(&mut dst[ox * co + start..]) = y;
+                store(&mut dst[ox * co + start..], y);
             }
+            // Every tap of the interior pixels reads a real column: ox >= pad.
             let mut ox = lo;
-            while ox + GROUP <= hi {
-                // Every tap of these pixels reads a real column: ox >= pad.
-                let window = at(ox - pad);
-                let mut acc = [b; GROUP];
-                for (k, input) in k.iter().zip(&input) {
-                    for (p, acc) in acc.iter_mut().enumerate() {
-                        for (kx, k) in k.iter().enumerate() {
-                            mul_add::<T, FUSED, W>(acc, &input[window + (p + kx) * c..], k);
-                        }
-                    }
-                }
-                for (p, acc) in acc.iter().enumerate() {
-                    *block_mut(&mut dst[(ox + p) * co + start..]) = *acc;
-                }
-                ox += GROUP;
+            while ox + WIDE <= hi {
+                group4::<T, FUSED, W, R>(&w, b, ox - pad, &mut dst[ox * co + start..]);
+                ox += WIDE;
             }
-            for ox in ox..hi {
-                *block_mut(&mut dst[ox * co + start..]) = pixel::<T, FUSED, W, R, 0, 3>(&k, b, &input, at(ox - pad), c);
+            if ox + 2 <= hi {
+                group2::<T, FUSED, W, R>(&w, b, ox - pad, &mut dst[ox * co + start..]);
+                ox += 2;
+            }
+            if ox < hi {
+                store(&mut dst[ox * co + start..], pixel::<T, FUSED, W, R, 0, 3>(&w, b, ox - pad));
             }
         }
     }
@@ -134,13 +132,12 @@ impl<T: FloatElement> Row<'_, T> {
     /// three rows high, or padding above 1): the kernel is read from memory, so that
     /// indexing it at run time does not move [`Row::rows`]' registers to the stack.
     #[inline(always)]
-    fn any<const FUSED: bool, const W: usize>(&self, (ky0, ky1): (usize, usize), dst: &mut [T]) {
+    fn any<const FUSED: bool, const W: usize>(&self, (ky0, ky1): (usize, usize), dst: &mut [MaybeUninit<T>]) {
         let s = self.d.s;
         for start in (0..self.full).step_by(W) {
             for ox in 0..s.out_w {
                 let cols = taps(ox, 1, s.pad_left, 1, 3, s.in_w);
-                *block_mut(&mut dst[ox * s.out_channels + start..]) =
-                    self.pixel_any::<FUSED, W>((ky0, ky1), cols, start);
+                store(&mut dst[ox * s.out_channels + start..], self.pixel_any::<FUSED, W>((ky0, ky1), cols, start));
             }
         }
     }
@@ -168,23 +165,76 @@ impl<T: FloatElement> Row<'_, T> {
     }
 }
 
-/// One output pixel of the block whose first tap (column `KX0`) reads `input[r][at..]`,
-/// over kernel columns `KX0..KX1` (`c` input channels). A function, not a closure: a
-/// closure is compiled without the caller's target features, and its multiply-adds
-/// became library calls.
+/// The kernel and input a block of one output row reads.
+struct Window<'a, T> {
+    /// The kernel from the row's first kernel row and the block's first channel
+    /// (`[tap, c_out]`).
+    kernel: &'a [T],
+    co: usize,
+    /// The input from the row's first input row and the block's first channel.
+    input: &'a [T],
+    /// Elements per input row.
+    row: usize,
+    c: usize,
+}
+
+impl<T> Window<'_, T> {
+    /// The weights of kernel row `r` (from the first one read), column `kx`.
+    #[inline(always)]
+    fn k<const W: usize>(&self, r: usize, kx: usize) -> &[T; W] {
+        block(&self.kernel[(r * 3 + kx) * self.co..])
+    }
+
+    /// The input of row `r` (from the first one read), column `ix`.
+    #[inline(always)]
+    fn x(&self, r: usize, ix: usize) -> &[T] {
+        &self.input[r * self.row + ix * self.c..]
+    }
+}
+
+/// One output pixel of the block whose first tap (kernel column `KX0`) reads input column
+/// `ix`, over kernel columns `KX0..KX1` and rows `0..R` of the window. A function, not a
+/// closure: a closure is compiled without the caller's target features, and its
+/// multiply-adds became library calls.
 #[inline(always)]
 fn pixel<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, const KX0: usize, const KX1: usize>(
-    k: &[[&[T; W]; 3]; R],
+    w: &Window<'_, T>,
     bias: [T; W],
-    input: &[&[T]; R],
-    at: usize,
-    c: usize,
+    ix: usize,
 ) -> [T; W] {
     let mut acc = bias;
-    for (k, input) in k.iter().zip(input) {
+    for r in 0..R {
         for kx in KX0..KX1 {
-            mul_add::<T, FUSED, W>(&mut acc, &input[at + (kx - KX0) * c..], k[kx]);
+            mul_add::<T, FUSED, W>(&mut acc, w.x(r, ix + kx - KX0), w.k(r, kx));
         }
     }
     acc
 }
+
+/// Defines `$name`: neighbouring interior pixels `$p` of the block, the first one's first
+/// tap reading input column `ix`, written to `dst[p * c_out..]`. Their
+/// accumulators are independent chains, and each pixel is written out by the macro with a
+/// constant index: a loop over them (a const-generic count) was not unrolled, and kept
+/// every accumulator on the stack, a load and a store around each multiply-add.
+macro_rules! group {
+    ($name:ident, $g:literal, [$($p:literal),*]) => {
+        #[inline(always)]
+        fn $name<T: FloatElement, const FUSED: bool, const W: usize, const R: usize>(
+            w: &Window<'_, T>,
+            bias: [T; W],
+            ix: usize,
+            dst: &mut [MaybeUninit<T>],
+        ) {
+            let mut acc = [bias; $g];
+            for r in 0..R {
+                for kx in 0..3 {
+                    let k = w.k::<W>(r, kx);
+                    $(mul_add::<T, FUSED, W>(&mut acc[$p], w.x(r, ix + $p + kx), k);)*
+                }
+            }
+            $(store(&mut dst[$p * w.co..], acc[$p]);)*
+        }
+    };
+}
+group!(group4, 4, [0, 1, 2, 3]);
+group!(group2, 2, [0, 1]);

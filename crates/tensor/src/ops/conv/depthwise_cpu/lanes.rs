@@ -5,6 +5,7 @@
 //! would be a slow library call.
 
 use crate::FloatElement;
+use std::mem::MaybeUninit;
 
 /// Channels per register block: 16 f32 are one AVX-512 register, or two AVX ones.
 pub(super) const LANES: usize = 16;
@@ -44,9 +45,11 @@ pub(super) fn block<T, const W: usize>(s: &[T]) -> &[T; W] {
     s.first_chunk().expect("a full block holds W values")
 }
 
+/// Writes a block of `W` values into output slots that may be uninitialised.
 #[inline(always)]
-pub(super) fn block_mut<T, const W: usize>(s: &mut [T]) -> &mut [T; W] {
-    s.first_chunk_mut().expect("a full block holds W values")
+pub(super) fn store<T: Copy, const W: usize>(dst: &mut [MaybeUninit<T>], v: [T; W]) {
+    let dst: &mut [MaybeUninit<T>; W] = dst.first_chunk_mut().expect("a full block holds W values");
+    *dst = v.map(MaybeUninit::new);
 }
 
 /// `acc[i] += a[i] * b[i]` over a block of `W` values.

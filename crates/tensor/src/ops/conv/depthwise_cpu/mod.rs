@@ -119,7 +119,7 @@ mod simd {
                     x: &[T],
                     bias: &[T],
                     first: usize,
-                    dst: &mut [T],
+                    dst: &mut [std::mem::MaybeUninit<T>],
                 ) {
                     forward::forward_rows::<T, $fused>(d, x, bias, first, dst)
                 }
@@ -240,9 +240,10 @@ fn forward_with<T: FloatElement + ZeroBits>(
     };
     let row_len = s.out_w * s.out_channels;
     let band = band_rows(s.out_h, row_len * std::mem::size_of::<T>());
-    output::par_filled(OP, s.batch * s.out_h * row_len, band * row_len, |task, dst| {
-        dispatch!(isa, forward_rows(&d, x, bias, task * band, dst))
-    })
+    let fill =
+        |task: usize, dst: &mut [std::mem::MaybeUninit<T>]| dispatch!(isa, forward_rows(&d, x, bias, task * band, dst));
+    // SAFETY: `forward_rows` writes every element of its band.
+    unsafe { output::par_filled(OP, s.batch * s.out_h * row_len, band * row_len, fill) }
 }
 
 /// Output bytes a forward task aims at: enough that the per-task work (scheduling, the
