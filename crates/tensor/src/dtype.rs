@@ -95,8 +95,9 @@ pub trait FloatElement: Element + num_traits::Float {}
 impl FloatElement for f32 {}
 impl FloatElement for f64 {}
 
+/// `$from` and `$to` convert one value from and to f64 (`$v` names it).
 macro_rules! impl_element {
-    ($t:ty, $dtype:ident) => {
+    ($t:ty, $dtype:ident, |$v:ident| $from:expr, |$w:ident| $to:expr) => {
         impl Element for $t {
             const DTYPE: DType = DType::$dtype;
             fn into_storage(data: Vec<Self>) -> CpuStorage {
@@ -108,44 +109,22 @@ macro_rules! impl_element {
                     _ => None,
                 }
             }
-            fn from_f64(v: f64) -> Self {
-                v as $t
+            fn from_f64($v: f64) -> Self {
+                $from
             }
             fn to_f64(self) -> f64 {
-                self as f64
+                let $w = self;
+                $to
             }
         }
     };
 }
-impl_element!(f32, F32);
-impl_element!(f64, F64);
-impl_element!(i64, I64);
-
-/// bf16 and f16 convert through `half`, which rounds to nearest, ties to even.
-macro_rules! impl_half_element {
-    ($t:ty, $dtype:ident) => {
-        impl Element for $t {
-            const DTYPE: DType = DType::$dtype;
-            fn into_storage(data: Vec<Self>) -> CpuStorage {
-                CpuStorage::$dtype(data)
-            }
-            fn slice(storage: &CpuStorage) -> Option<&[Self]> {
-                match storage {
-                    CpuStorage::$dtype(v) => Some(v),
-                    _ => None,
-                }
-            }
-            fn from_f64(v: f64) -> Self {
-                <$t>::from_f32(f64_to_f32_round_to_odd(v))
-            }
-            fn to_f64(self) -> f64 {
-                <$t>::to_f64(self)
-            }
-        }
-    };
-}
-impl_half_element!(half::bf16, BF16);
-impl_half_element!(half::f16, F16);
+impl_element!(f32, F32, |v| v as f32, |x| x as f64);
+impl_element!(f64, F64, |v| v, |x| x);
+impl_element!(i64, I64, |v| v as i64, |x| x as f64);
+// bf16 and f16 convert through `half`, which rounds to nearest, ties to even.
+impl_element!(half::bf16, BF16, |v| half::bf16::from_f32(f64_to_f32_round_to_odd(v)), |x| x.to_f64());
+impl_element!(half::f16, F16, |v| half::f16::from_f32(f64_to_f32_round_to_odd(v)), |x| x.to_f64());
 
 /// Rounds f64 to f32 "to odd": an exact value passes; an inexact one is truncated toward
 /// zero and its last bit set. Rounding that f32 to nearest-even in a format at least two
