@@ -51,6 +51,18 @@ fn on_two_ranks(name: &str, body: impl FnOnce(Arc<Communicator>)) {
     }
 }
 
+/// Asserts that both ranks' final weights (gathered through `comm` on `device`) are
+/// bit-identical.
+fn assert_replicas_identical(comm: &Communicator, weights: &[Vec<f32>], device: &Device) {
+    let mine: Vec<f32> = weights.concat();
+    let n = mine.len();
+    let both = comm.all_gather(&Tensor::from_vec(mine, [n], device).unwrap()).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(
+        both[..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        both[n..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn mpi_collectives() {
     on_two_ranks("mpi_collectives", |comm| {
@@ -87,15 +99,7 @@ fn mpi_data_parallel_equals_one_process_with_the_combined_batch() {
         let run = common::train(&dp, 8, 6);
         common::assert_close(&run, &single);
         assert!(dp.last_step().started_during_backward >= 1, "{:?}", dp.last_step());
-        // The replicas hold bit-identical weights.
-        let mine: Vec<f32> = run.1.concat();
-        let n = mine.len();
-        let both = comm.all_gather(&Tensor::from_vec(mine, [n], &Device::Cpu).unwrap()).unwrap();
-        let both = both.to_vec::<f32>().unwrap();
-        assert_eq!(
-            both[..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            both[n..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-        );
+        assert_replicas_identical(&comm, &run.1, &Device::Cpu);
     });
 }
 
@@ -187,14 +191,7 @@ fn mpi_nccl_ranks_in_two_processes_reduce_on_their_gpus() {
         let dp = DataParallel::new(comm.clone()).with_bucket_bytes(40).unwrap();
         let run = common::train_on(&dp, 8, 6, &dev);
         common::assert_close(&run, &single);
-        // The replicas hold bit-identical weights.
-        let mine: Vec<f32> = run.1.concat();
-        let n = mine.len();
-        let both = comm.all_gather(&Tensor::from_vec(mine, [n], &dev).unwrap()).unwrap().to_vec::<f32>().unwrap();
-        assert_eq!(
-            both[..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            both[n..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-        );
+        assert_replicas_identical(&comm, &run.1, &dev);
         drop((dp, comm));
         println!("RANK-{r}-PASSED");
         return;

@@ -123,8 +123,8 @@ impl_element!(f32, F32, |v| v as f32, |x| x as f64);
 impl_element!(f64, F64, |v| v, |x| x);
 impl_element!(i64, I64, |v| v as i64, |x| x as f64);
 // bf16 and f16 convert through `half`, which rounds to nearest, ties to even.
-impl_element!(half::bf16, BF16, |v| half::bf16::from_f32(f64_to_f32_round_to_odd(v)), |x| x.to_f64());
-impl_element!(half::f16, F16, |v| half::f16::from_f32(f64_to_f32_round_to_odd(v)), |x| x.to_f64());
+impl_element!(half::bf16, BF16, |v| bf16_from_f64(v), |x| x.to_f64());
+impl_element!(half::f16, F16, |v| f16_from_f64(v), |x| x.to_f64());
 
 /// Rounds f64 to f32 "to odd": an exact value passes; an inexact one is truncated toward
 /// zero and its last bit set. Rounding that f32 to nearest-even in a format at least two
