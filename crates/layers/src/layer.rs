@@ -1,5 +1,7 @@
 //! The [`Layer`] trait, the [`Mode`] a layer runs in and the [`InputSpec`] it is built for.
 
+use crate::error::InLayer;
+use crate::mixed_precision::{self, Policy};
 use crate::{trace, Result};
 use tapegrad_tensor::{DType, Device, Shape, Tensor, Variable};
 
@@ -153,9 +155,15 @@ pub trait Layer: AsDynLayer + Send + Sync {
     /// Runs the layer: [`Layer::forward`] inside the layer's name scope (so
     /// check-numerics errors name it), recording its output shape while a summary traces
     /// the model. Layers keep this default.
+    ///
+    /// Under a [dtype policy](crate::mixed_precision) it also puts the layer's policy in
+    /// force for the call (its own, [`Layer::policy_override`], else its caller's, else
+    /// the global one) and casts a float input to the policy's compute dtype.
     fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
         let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        traced(self.as_dyn_layer(), self.forward(input, mode))
+        let policy = mixed_precision::enter_policy(self.policy_override());
+        let input = mixed_precision::autocast(input, policy.policy()).in_layer(self.name())?;
+        traced(self.as_dyn_layer(), self.forward(&input, mode))
     }
 
     /// What the layer computes from several inputs. Merge layers
@@ -176,7 +184,22 @@ pub trait Layer: AsDynLayer + Send + Sync {
     /// this one entry point.
     fn call_many(&self, inputs: &[&Tensor], mode: Mode) -> Result<Tensor> {
         let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
-        traced(self.as_dyn_layer(), self.forward_many(inputs, mode))
+        let policy = mixed_precision::enter_policy(self.policy_override());
+        let cast = inputs
+            .iter()
+            .map(|x| mixed_precision::autocast(x, policy.policy()))
+            .collect::<tapegrad_tensor::Result<Vec<Tensor>>>()
+            .in_layer(self.name())?;
+        let cast: Vec<&Tensor> = cast.iter().collect();
+        traced(self.as_dyn_layer(), self.forward_many(&cast, mode))
+    }
+
+    /// The layer's own dtype policy (Keras' `dtype=` argument), set with the layer's
+    /// `dtype_policy` builder; `None` (the default) follows the layer it is called in, or
+    /// the [global policy](crate::mixed_precision::set_global_policy). Composite layers may
+    /// return one to set the policy of everything inside them.
+    fn policy_override(&self) -> Option<Policy> {
+        None
     }
 
     /// Layer fusion: this layer's [`call`](Layer::call) followed by a ReLU, as one fused

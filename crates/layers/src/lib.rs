@@ -38,6 +38,7 @@ mod layer;
 mod layers;
 pub mod losses;
 pub mod metrics;
+pub mod mixed_precision;
 pub mod models;
 mod naming;
 pub mod optimizers;

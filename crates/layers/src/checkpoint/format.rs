@@ -7,6 +7,9 @@
 //! - `step`: a decimal `u64`;
 //! - `optimizer` and `optimizer_iterations` (a decimal `u64`): both or neither, and
 //!   required when the file holds any `optimizer/...` tensor;
+//! - optional, for a `LossScaleOptimizer`: `loss_scale` (a finite `f64` above 0, written
+//!   so that it reads back exactly) and `loss_scale_good_steps` (a decimal `u64`): both or
+//!   neither, and only with `optimizer`;
 //! - `crc32:<tensor name>`: the CRC-32 (IEEE, 8 lowercase hex digits) of that tensor's
 //!   data bytes, one per tensor and none for a tensor the file lacks;
 //! - `header_crc32`: the CRC-32 of the canonical header (every other metadata entry and
@@ -18,6 +21,7 @@
 
 use super::bytes::TensorBytes;
 use super::{Parsed, FORMAT, FORMAT_VERSION, OPTIMIZER_PREFIX};
+use crate::mixed_precision::LossScaleState;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,13 +31,26 @@ use std::path::Path;
 pub(crate) const TENSOR_CHECKSUM_PREFIX: &str = "crc32:";
 /// The metadata key of the header checksum.
 pub(crate) const HEADER_CHECKSUM: &str = "header_crc32";
-const PLAIN_KEYS: [&str; 5] = ["format", "format_version", "step", "optimizer", "optimizer_iterations"];
+const PLAIN_KEYS: [&str; 7] = [
+    "format",
+    "format_version",
+    "step",
+    "optimizer",
+    "optimizer_iterations",
+    LOSS_SCALE,
+    LOSS_SCALE_GOOD_STEPS,
+];
+/// The metadata key of a loss-scale optimizer's current scale (a decimal `f64`).
+pub(crate) const LOSS_SCALE: &str = "loss_scale";
+/// The metadata key of a loss-scale optimizer's finite steps since the scale changed.
+pub(crate) const LOSS_SCALE_GOOD_STEPS: &str = "loss_scale_good_steps";
 
 /// What [`verify`] found in a valid checkpoint's metadata.
 pub(crate) struct Verified {
     pub(crate) step: u64,
     pub(crate) optimizer: Option<String>,
     pub(crate) optimizer_iterations: Option<u64>,
+    pub(crate) loss_scale: Option<LossScaleState>,
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -211,6 +228,26 @@ pub(crate) fn verify(path: &Path, file: &Parsed<'_>) -> Result<Verified> {
         }
         (Some(_), Some(_)) => {}
     }
+    let loss_scale = match (get(LOSS_SCALE), number(LOSS_SCALE_GOOD_STEPS)?) {
+        (None, None) => None,
+        (Some(scale), Some(good_steps)) => {
+            let scale = scale
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| bad(format!("metadata {LOSS_SCALE} = {scale:?} is not a finite number above 0")))?;
+            if optimizer.is_none() {
+                return Err(bad(format!("metadata {LOSS_SCALE} is set but optimizer is missing")));
+            }
+            Some(LossScaleState { scale, good_steps })
+        }
+        (Some(_), None) => {
+            return Err(bad(format!("metadata {LOSS_SCALE} is set but {LOSS_SCALE_GOOD_STEPS} is missing")))
+        }
+        (None, Some(_)) => {
+            return Err(bad(format!("metadata {LOSS_SCALE_GOOD_STEPS} is set but {LOSS_SCALE} is missing")))
+        }
+    };
     for (name, view) in &tensors {
         let key = format!("{TENSOR_CHECKSUM_PREFIX}{name}");
         let recorded =
@@ -223,7 +260,7 @@ pub(crate) fn verify(path: &Path, file: &Parsed<'_>) -> Result<Verified> {
             )));
         }
     }
-    Ok(Verified { step, optimizer, optimizer_iterations })
+    Ok(Verified { step, optimizer, optimizer_iterations, loss_scale })
 }
 
 fn parse_hex(s: &str) -> Option<u32> {

@@ -6,7 +6,9 @@
 //!   [`Layer::named_variables`]);
 //! - each optimizer slot under "optimizer/{slot}/{variable path}" ("optimizer/m/fc.bias");
 //! - metadata: `format` ("tapegrad-checkpoint"), `format_version` ("2"), `step`, with
-//!   an optimizer `optimizer` (its name) and `optimizer_iterations`, a CRC-32 of every
+//!   an optimizer `optimizer` (its name) and `optimizer_iterations` (and, for a
+//!   [`LossScaleOptimizer`](crate::mixed_precision::LossScaleOptimizer), `loss_scale` and
+//!   `loss_scale_good_steps`), a CRC-32 of every
 //!   tensor's data and one of the header (see [`format`](self#integrity)).
 //!
 //! # Integrity
@@ -35,6 +37,7 @@ mod bytes;
 mod format;
 pub mod import;
 
+use crate::mixed_precision::LossScaleState;
 use crate::optimizers::Optimizer;
 use crate::{Error, Layer, Result};
 use bytes::{dtype_of, tensor_from_bytes, write_atomically, TensorBytes};
@@ -52,7 +55,7 @@ pub const FORMAT_VERSION: &str = "2";
 pub const OPTIMIZER_PREFIX: &str = "optimizer/";
 
 /// What a checkpoint's metadata says.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointInfo {
     /// The training step saved with it.
     pub step: u64,
@@ -60,6 +63,9 @@ pub struct CheckpointInfo {
     pub optimizer: Option<String>,
     /// The optimizer's iteration count, if its state was saved.
     pub optimizer_iterations: Option<u64>,
+    /// The loss-scaling state, if a
+    /// [`LossScaleOptimizer`](crate::mixed_precision::LossScaleOptimizer)'s state was saved.
+    pub loss_scale: Option<LossScaleState>,
 }
 
 /// Saves `model`'s variables, `optimizer`'s state (if given) and `step` to `path`.
@@ -83,6 +89,11 @@ pub fn save(path: impl AsRef<Path>, model: &dyn Layer, optimizer: Option<&dyn Op
     if let Some(opt) = optimizer {
         metadata.insert("optimizer".into(), opt.name().to_string());
         metadata.insert("optimizer_iterations".into(), opt.iterations().to_string());
+        if let Some(state) = opt.loss_scale() {
+            // `{}` writes the shortest decimal that parses back to the same f64.
+            metadata.insert(format::LOSS_SCALE.into(), state.scale.to_string());
+            metadata.insert(format::LOSS_SCALE_GOOD_STEPS.into(), state.good_steps.to_string());
+        }
         for (var, slots) in opt.slots().iter() {
             // State of variables outside this model (another model's) is not saved.
             let Some((path_name, _)) = named.iter().find(|(_, v)| v.same_as(var)) else { continue };
@@ -187,6 +198,23 @@ pub fn load(
         }
     }
 
+    if let Some(opt) = optimizer.as_deref() {
+        match (info.loss_scale, opt.loss_scale()) {
+            (Some(saved), None) => problems.push(format!(
+                "the file holds loss-scale state (scale {}, a LossScaleOptimizer's), but the {} optimizer given has \
+                 no loss scale: wrap it in a LossScaleOptimizer",
+                saved.scale,
+                opt.name()
+            )),
+            (None, Some(_)) => problems.push(format!(
+                "the file holds no loss-scale state, but a LossScaleOptimizer({}) was given: load it into the \
+                 optimizer it was saved with",
+                opt.name()
+            )),
+            _ => {}
+        }
+    }
+
     if !problems.is_empty() {
         return Err(Error::Mismatch { path: path.to_path_buf(), problems });
     }
@@ -197,6 +225,10 @@ pub fn load(
         let count = opt.slot_names().len();
         // verify() guarantees the count is present whenever an optimizer's state is.
         opt.set_iterations(info.optimizer_iterations.unwrap_or(0));
+        if let Some(state) = info.loss_scale {
+            // Checked above: the optimizer scales its loss, and the state is valid.
+            opt.set_loss_scale(state)?;
+        }
         let slots = opt.slots_mut();
         slots.clear();
         for (var, index, value) in slot_values {
@@ -247,7 +279,12 @@ pub(crate) fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Parsed<'a>> {
 
 fn parse_info(path: &Path, file: &Parsed<'_>) -> Result<CheckpointInfo> {
     let v = format::verify(path, file)?;
-    Ok(CheckpointInfo { step: v.step, optimizer: v.optimizer, optimizer_iterations: v.optimizer_iterations })
+    Ok(CheckpointInfo {
+        step: v.step,
+        optimizer: v.optimizer,
+        optimizer_iterations: v.optimizer_iterations,
+        loss_scale: v.loss_scale,
+    })
 }
 
 /// Converts one stored tensor for `var`, or notes why it does not fit.

@@ -115,7 +115,9 @@ impl ActivationFn {
             ActivationFn::Silu => x.silu(),
             ActivationFn::Sigmoid => x.sigmoid(),
             ActivationFn::Tanh => x.tanh(),
-            ActivationFn::Softmax => x.softmax(-1),
+            // Softmax runs and answers in f32 for 16-bit inputs: the (and Keras')
+            // "softmax in f32" (probabilities near 0 and 1 are lost in 16 bits).
+            ActivationFn::Softmax => crate::mixed_precision::full_precision(x)?.softmax(-1),
             ActivationFn::Softplus => x.softplus(),
             ActivationFn::Softsign => x.softsign(),
             ActivationFn::HardSigmoid => x.hard_sigmoid(),
@@ -183,12 +185,13 @@ impl std::str::FromStr for ActivationFn {
 pub struct Activation {
     name: String,
     function: ActivationFn,
+    dtype_policy: Option<crate::mixed_precision::Policy>,
 }
 
 impl Activation {
     /// A layer applying `function`.
     pub fn new(function: ActivationFn) -> Self {
-        Activation { name: unique_name("activation"), function }
+        Activation { name: unique_name("activation"), function, dtype_policy: None }
     }
 
     /// `Activation::new(ActivationFn::Relu)`.
@@ -217,6 +220,15 @@ impl Activation {
         self
     }
 
+    /// The layer's own dtype policy (Keras' `dtype=`): `Activation::softmax()
+    /// .dtype_policy(Policy::FLOAT32)` is Keras' advice for a mixed-precision model's last
+    /// layer (a softmax computes in f32 under any policy here anyway); see
+    /// [`mixed_precision`](crate::mixed_precision).
+    pub fn dtype_policy(mut self, policy: crate::mixed_precision::Policy) -> Self {
+        self.dtype_policy = Some(policy);
+        self
+    }
+
     /// The function applied.
     pub fn function(&self) -> &ActivationFn {
         &self.function
@@ -234,5 +246,9 @@ impl Layer for Activation {
 
     fn is_relu(&self) -> bool {
         matches!(self.function, ActivationFn::Relu)
+    }
+
+    fn policy_override(&self) -> Option<crate::mixed_precision::Policy> {
+        self.dtype_policy
     }
 }

@@ -4,6 +4,7 @@ use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
 use crate::layer::traced;
+use crate::mixed_precision::{self, normalization_dtype, variable_dtype, Policy};
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, MovingStatistics, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,7 @@ pub struct BatchNormalization {
     unbiased_moving_variance: bool,
     gamma_initializer: Initializer,
     beta_initializer: Initializer,
+    dtype_policy: Option<Policy>,
     weights: OnceLock<BnWeights>,
     /// Training-mode calls that updated the moving statistics (see `moving_statistics`).
     updates: AtomicU64,
@@ -68,6 +70,7 @@ impl BatchNormalization {
             unbiased_moving_variance: true,
             gamma_initializer: Initializer::Ones,
             beta_initializer: Initializer::Zeros,
+            dtype_policy: None,
             weights: OnceLock::new(),
             updates: AtomicU64::new(0),
         }
@@ -116,6 +119,14 @@ impl BatchNormalization {
         self
     }
 
+    /// The layer's own dtype policy (Keras' `dtype=`). Under every 16-bit policy the layer
+    /// keeps its variables in f32 and normalises in f32 (the input widened, the output cast
+    /// back to the input's dtype), as Keras does: see [`mixed_precision`](crate::mixed_precision).
+    pub fn dtype_policy(mut self, policy: Policy) -> Self {
+        self.dtype_policy = Some(policy);
+        self
+    }
+
     /// The same layer under another name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -158,8 +169,10 @@ impl BatchNormalization {
             };
             let shape = Shape::new(&[channels]);
             let fans = Fans::vector(channels);
+            // f32 statistics and parameters under the 16-bit policies (tf.keras' param dtype).
+            let dtype = normalization_dtype(variable_dtype(self.dtype_policy, input.dtype));
             let make = |init: Initializer, what: &str, trainable: bool| -> Result<Variable> {
-                let value = init.initialize(&shape, fans, input.dtype, &input.device)?;
+                let value = init.initialize(&shape, fans, dtype, &input.device)?;
                 Ok(Variable::new(format!("{}/{what}", self.name), value, trainable))
             };
             Ok(BnWeights {
@@ -177,6 +190,8 @@ impl BatchNormalization {
     /// for a BatchNormalization followed by a ReLU layer.
     pub fn call_relu(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
         let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+        let policy = mixed_precision::enter_policy(self.dtype_policy);
+        let input = &mixed_precision::autocast(input, policy.policy()).in_layer(&self.name)?;
         let w = self.built(&InputSpec::from(input))?;
         traced(self, self.compute(input, w, mode, Epilogue::Relu))
     }
@@ -187,6 +202,9 @@ impl BatchNormalization {
     /// the input's shape.
     pub fn call_add_relu(&self, input: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
         let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
+        let policy = mixed_precision::enter_policy(self.dtype_policy);
+        let input = &mixed_precision::autocast(input, policy.policy()).in_layer(&self.name)?;
+        let residual = &mixed_precision::autocast(residual, policy.policy()).in_layer(&self.name)?;
         if residual.shape() != input.shape() {
             return Err(Error::layer(
                 &self.name,
@@ -203,6 +221,21 @@ impl BatchNormalization {
 
     pub(crate) fn compute(&self, x: &Tensor, w: &BnWeights, mode: Mode, epilogue: Epilogue<'_>) -> Result<Tensor> {
         let name = &self.name;
+        if x.dtype().is_low_precision() {
+            // Keras: batch norm computes in f32 under mixed policies (16-bit statistics
+            // overflow or lose their precision); the output goes back to the input's dtype.
+            let widen = |t: &Tensor| mixed_precision::full_precision(t).in_layer(name);
+            let residual;
+            let epilogue = match epilogue {
+                Epilogue::AddRelu(r) => {
+                    residual = widen(r)?;
+                    Epilogue::AddRelu(&residual)
+                }
+                other => other,
+            };
+            let y = self.compute(&widen(x)?, w, mode, epilogue)?;
+            return y.cast(x.dtype()).in_layer(name);
+        }
         let channels = w.moving_mean.value_untracked().elem_count();
         if x.rank() == 4 {
             // The NHWC message, with its hint for channels-first data.
@@ -291,6 +324,10 @@ impl Layer for BatchNormalization {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(input))?;
         self.compute(input, w, mode, Epilogue::Identity)
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn call_then_relu(&self, input: &Tensor, mode: Mode) -> Option<Result<Tensor>> {

@@ -1,6 +1,6 @@
 //! The builder methods that the weighted layers share, written once: a layer's `impl`
-//! invokes [`weight_builders!`] and gets `use_bias`, `activation`, `bias_initializer` and
-//! `named` (and `kernel_initializer` with `weight_builders!(kernel_initializer)`), each
+//! invokes [`weight_builders!`] and gets `use_bias`, `activation`, `bias_initializer`,
+//! `dtype_policy` and `named` (and `kernel_initializer` with `weight_builders!(kernel_initializer)`), each
 //! setting the field of the same name.
 
 /// Expands, inside a layer's `impl`, to its shared builder methods.
@@ -30,6 +30,13 @@ macro_rules! weight_builders {
         /// The bias's initializer.
         pub fn bias_initializer(mut self, init: $crate::initializers::Initializer) -> Self {
             self.bias_initializer = init;
+            self
+        }
+
+        /// The layer's own dtype policy (Keras' `dtype=` argument), instead of its caller's
+        /// or the global one: see [`mixed_precision`](crate::mixed_precision).
+        pub fn dtype_policy(mut self, policy: $crate::mixed_precision::Policy) -> Self {
+            self.dtype_policy = Some(policy);
             self
         }
 

@@ -6,6 +6,7 @@ use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
+use crate::mixed_precision::{read_variable, variable_dtype, Policy};
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -37,6 +38,7 @@ pub struct Conv2D {
     activation: ActivationFn,
     kernel_initializer: Initializer,
     bias_initializer: Initializer,
+    dtype_policy: Option<Policy>,
     weights: OnceLock<ConvWeights>,
 }
 
@@ -59,6 +61,7 @@ impl Conv2D {
             activation: ActivationFn::Linear,
             kernel_initializer: Initializer::GlorotUniform,
             bias_initializer: Initializer::Zeros,
+            dtype_policy: None,
             weights: OnceLock::new(),
         }
     }
@@ -144,12 +147,12 @@ impl Conv2D {
             let (kh, kw) = self.kernel_size;
             let shape = Shape::new(&[self.filters, kh, kw, in_channels / groups]);
             let fans = Fans::conv2d(self.filters, kh, kw, in_channels / groups);
-            let kernel = self.kernel_initializer.initialize(&shape, fans, input.dtype, &input.device)?;
+            let kernel = self.kernel_initializer.initialize(&shape, fans, variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let shape = Shape::new(&[self.filters]);
                 let b =
-                    self.bias_initializer.initialize(&shape, Fans::vector(self.filters), input.dtype, &input.device)?;
+                    self.bias_initializer.initialize(&shape, Fans::vector(self.filters), variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
                 Some(Variable::new(format!("{}/bias", self.name), b, true))
             } else {
                 None
@@ -159,10 +162,10 @@ impl Conv2D {
     }
 
     fn compute(&self, x: &Tensor, w: &ConvWeights) -> Result<Tensor> {
-        let kernel = w.kernel.value();
+        let kernel = read_variable(&w.kernel).in_layer(&self.name)?;
         let in_channels = kernel.dims()[3] * self.params.groups;
         check_image_input(&self.name, x.shape(), Some(in_channels))?;
-        let bias = w.bias.as_ref().map(Variable::value);
+        let bias = w.bias.as_ref().map(read_variable).transpose().in_layer(&self.name)?;
         let y = x.conv2d(&kernel, bias.as_ref(), &self.params).in_layer(&self.name)?;
         self.activation.apply(&y).in_layer(&self.name)
     }
@@ -176,6 +179,10 @@ impl Layer for Conv2D {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn build(&self, input: &InputSpec) -> Result<()> {

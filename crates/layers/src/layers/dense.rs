@@ -4,6 +4,7 @@ use super::builders::weight_builders;
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
+use crate::mixed_precision::{read_variable, variable_dtype, Policy};
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -20,6 +21,7 @@ pub struct Dense {
     activation: ActivationFn,
     kernel_initializer: Initializer,
     bias_initializer: Initializer,
+    dtype_policy: Option<Policy>,
     weights: OnceLock<DenseWeights>,
 }
 
@@ -40,6 +42,7 @@ impl Dense {
             activation: ActivationFn::Linear,
             kernel_initializer: Initializer::GlorotUniform,
             bias_initializer: Initializer::Zeros,
+            dtype_policy: None,
             weights: OnceLock::new(),
         }
     }
@@ -76,14 +79,14 @@ impl Dense {
             let kernel = self.kernel_initializer.initialize(
                 &kernel_shape,
                 Fans::dense(inputs, self.units),
-                input.dtype,
+                variable_dtype(self.dtype_policy, input.dtype),
                 &input.device,
             )?;
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let shape = Shape::new(&[self.units]);
                 let b =
-                    self.bias_initializer.initialize(&shape, Fans::vector(self.units), input.dtype, &input.device)?;
+                    self.bias_initializer.initialize(&shape, Fans::vector(self.units), variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
                 Some(Variable::new(format!("{}/bias", self.name), b, true))
             } else {
                 None
@@ -93,7 +96,7 @@ impl Dense {
     }
 
     fn compute(&self, x: &Tensor, w: &DenseWeights) -> Result<Tensor> {
-        let kernel = w.kernel.value();
+        let kernel = read_variable(&w.kernel).in_layer(&self.name)?;
         let inputs = kernel.dims()[0];
         if x.dims().last() != Some(&inputs) {
             return Err(Error::layer(
@@ -106,7 +109,7 @@ impl Dense {
             if x.rank() == 2 { x.clone() } else { x.reshape([x.elem_count() / inputs, inputs]).in_layer(name)? };
         let mut y = flat.matmul(&kernel).in_layer(name)?;
         if let Some(b) = &w.bias {
-            y = y.add(&b.value()).in_layer(name)?;
+            y = y.add(&read_variable(b).in_layer(name)?).in_layer(name)?;
         }
         if x.rank() != 2 {
             let mut dims = x.dims().to_vec();
@@ -125,6 +128,10 @@ impl Layer for Dense {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn build(&self, input: &InputSpec) -> Result<()> {

@@ -6,6 +6,7 @@ use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
+use crate::mixed_precision::{read_variable, variable_dtype, Policy};
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -41,6 +42,7 @@ pub struct DepthwiseConv2D {
     activation: ActivationFn,
     kernel_initializer: Initializer,
     bias_initializer: Initializer,
+    dtype_policy: Option<Policy>,
     weights: OnceLock<DepthwiseWeights>,
 }
 
@@ -62,6 +64,7 @@ impl DepthwiseConv2D {
             activation: ActivationFn::Linear,
             kernel_initializer: Initializer::GlorotUniform,
             bias_initializer: Initializer::Zeros,
+            dtype_policy: None,
             weights: OnceLock::new(),
         }
     }
@@ -126,13 +129,13 @@ impl DepthwiseConv2D {
             let shape = Shape::new(&[outputs, kh, kw, 1]);
             // Keras' fans for its kernel [kh, kw, channels, depth_multiplier].
             let fans = Fans::conv2d(self.depth_multiplier, kh, kw, channels);
-            let kernel = self.kernel_initializer.initialize(&shape, fans, input.dtype, &input.device)?;
+            let kernel = self.kernel_initializer.initialize(&shape, fans, variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
             let kernel = Variable::new(format!("{}/depthwise_kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let b = self.bias_initializer.initialize(
                     &Shape::new(&[outputs]),
                     Fans::vector(outputs),
-                    input.dtype,
+                    variable_dtype(self.dtype_policy, input.dtype),
                     &input.device,
                 )?;
                 Some(Variable::new(format!("{}/bias", self.name), b, true))
@@ -145,11 +148,11 @@ impl DepthwiseConv2D {
 
     pub(crate) fn compute(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(x))?;
-        let kernel = w.kernel.value();
+        let kernel = read_variable(&w.kernel).in_layer(&self.name)?;
         let channels = kernel.dims()[0] / self.depth_multiplier;
         check_image_input(&self.name, x.shape(), Some(channels))?;
         let params = Conv2dParams { groups: channels, ..self.params };
-        let bias = w.bias.as_ref().map(Variable::value);
+        let bias = w.bias.as_ref().map(read_variable).transpose().in_layer(&self.name)?;
         let y = x.conv2d(&kernel, bias.as_ref(), &params).in_layer(&self.name)?;
         self.activation.apply(&y).in_layer(&self.name)
     }
@@ -171,6 +174,10 @@ impl Layer for DepthwiseConv2D {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn build(&self, input: &InputSpec) -> Result<()> {

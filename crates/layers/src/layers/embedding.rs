@@ -104,7 +104,7 @@ impl Layer for Embedding {
         let table = self.built(&input.device())?;
         let ids =
             if input.dtype() == DType::I64 { input.clone() } else { input.cast(DType::I64).in_layer(&self.name)? };
-        table.value().gather(&ids).in_layer(&self.name)
+        crate::mixed_precision::read_variable(table).and_then(|t| t.gather(&ids)).in_layer(&self.name)
     }
 
     fn name(&self) -> &str {

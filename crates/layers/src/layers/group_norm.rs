@@ -3,6 +3,7 @@
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
+use crate::mixed_precision::{in_full_precision, normalization_dtype, variable_dtype, Policy};
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -31,6 +32,7 @@ pub struct GroupNormalization {
     scale: bool,
     gamma_initializer: Initializer,
     beta_initializer: Initializer,
+    dtype_policy: Option<Policy>,
     weights: OnceLock<GnWeights>,
 }
 
@@ -52,6 +54,7 @@ impl GroupNormalization {
             scale: true,
             gamma_initializer: Initializer::Ones,
             beta_initializer: Initializer::Zeros,
+            dtype_policy: None,
             weights: OnceLock::new(),
         }
     }
@@ -83,6 +86,13 @@ impl GroupNormalization {
     /// The initializer of `beta` (zeros).
     pub fn beta_initializer(mut self, init: Initializer) -> Self {
         self.beta_initializer = init;
+        self
+    }
+
+    /// The layer's own dtype policy (Keras' `dtype=`); it normalises in f32 under every
+    /// 16-bit policy: see [`mixed_precision`](crate::mixed_precision).
+    pub fn dtype_policy(mut self, policy: Policy) -> Self {
+        self.dtype_policy = Some(policy);
         self
     }
 
@@ -140,7 +150,8 @@ impl GroupNormalization {
             let shape = Shape::new(&[channels]);
             let fans = Fans::vector(channels);
             let make = |init: Initializer, what: &str| -> Result<Variable> {
-                let value = init.initialize(&shape, fans, input.dtype, &input.device)?;
+                let dtype = normalization_dtype(variable_dtype(self.dtype_policy, input.dtype));
+                let value = init.initialize(&shape, fans, dtype, &input.device)?;
                 Ok(Variable::new(format!("{}/{what}", self.name), value, true))
             };
             Ok(GnWeights {
@@ -157,11 +168,16 @@ impl Layer for GroupNormalization {
         let (_, groups) = self.channels(input.shape())?;
         let gamma = w.gamma.as_ref().map(Variable::value);
         let beta = w.beta.as_ref().map(Variable::value);
-        input.group_norm(groups, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name)
+        // In f32 for 16-bit inputs (Keras 3), with the f32 variables as they are.
+        in_full_precision(input, |x| x.group_norm(groups, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name))
     }
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn build(&self, input: &InputSpec) -> Result<()> {

@@ -3,6 +3,7 @@
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
+use crate::mixed_precision::{in_full_precision, normalization_dtype, variable_dtype, Policy};
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -28,6 +29,7 @@ pub struct LayerNormalization {
     scale: bool,
     gamma_initializer: Initializer,
     beta_initializer: Initializer,
+    dtype_policy: Option<Policy>,
     weights: OnceLock<LnWeights>,
 }
 
@@ -48,6 +50,7 @@ impl LayerNormalization {
             scale: true,
             gamma_initializer: Initializer::Ones,
             beta_initializer: Initializer::Zeros,
+            dtype_policy: None,
             weights: OnceLock::new(),
         }
     }
@@ -90,6 +93,13 @@ impl LayerNormalization {
     /// The initializer of `beta` (zeros).
     pub fn beta_initializer(mut self, init: Initializer) -> Self {
         self.beta_initializer = init;
+        self
+    }
+
+    /// The layer's own dtype policy (Keras' `dtype=`); it normalises in f32 under every
+    /// 16-bit policy: see [`mixed_precision`](crate::mixed_precision).
+    pub fn dtype_policy(mut self, policy: Policy) -> Self {
+        self.dtype_policy = Some(policy);
         self
     }
 
@@ -144,7 +154,8 @@ impl LayerNormalization {
             let shape = Shape::new(&input.shape.dims()[first_axis..]);
             let fans = Fans::vector(shape.elem_count());
             let make = |init: Initializer, what: &str| -> Result<Variable> {
-                let value = init.initialize(&shape, fans, input.dtype, &input.device)?;
+                let dtype = normalization_dtype(variable_dtype(self.dtype_policy, input.dtype));
+                let value = init.initialize(&shape, fans, dtype, &input.device)?;
                 Ok(Variable::new(format!("{}/{what}", self.name), value, true))
             };
             Ok(LnWeights {
@@ -169,11 +180,16 @@ impl Layer for LayerNormalization {
         let first_axis = self.first_axis(input.rank())?;
         let gamma = w.gamma.as_ref().map(Variable::value);
         let beta = w.beta.as_ref().map(Variable::value);
-        input.layer_norm(first_axis, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name)
+        // In f32 for 16-bit inputs (Keras 3), with the f32 variables as they are.
+        in_full_precision(input, |x| x.layer_norm(first_axis, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name))
     }
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn build(&self, input: &InputSpec) -> Result<()> {

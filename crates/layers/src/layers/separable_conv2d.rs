@@ -7,6 +7,7 @@ use super::nhwc::check_image_input;
 use super::pair::IntoPair;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
+use crate::mixed_precision::{read_variable, variable_dtype, Policy};
 use crate::naming::unique_name;
 use crate::{ActivationFn, Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -43,6 +44,7 @@ pub struct SeparableConv2D {
     depthwise_initializer: Initializer,
     pointwise_initializer: Initializer,
     bias_initializer: Initializer,
+    dtype_policy: Option<Policy>,
     weights: OnceLock<SeparableWeights>,
 }
 
@@ -68,6 +70,7 @@ impl SeparableConv2D {
             depthwise_initializer: Initializer::GlorotUniform,
             pointwise_initializer: Initializer::GlorotUniform,
             bias_initializer: Initializer::Zeros,
+            dtype_policy: None,
             weights: OnceLock::new(),
         }
     }
@@ -136,7 +139,7 @@ impl SeparableConv2D {
                 return Err(Error::layer(&self.name, "depth_multiplier must be at least 1, got 0"));
             }
             check_image_input(&self.name, &input.shape, None)?;
-            let (dtype, device) = (input.dtype, &input.device);
+            let (dtype, device) = (variable_dtype(self.dtype_policy, input.dtype), &input.device);
             let channels = input.shape.dims()[3];
             let middle = channels * self.depth_multiplier;
             let (kh, kw) = self.kernel_size;
@@ -173,13 +176,13 @@ impl SeparableConv2D {
 
     fn compute(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.built(&InputSpec::from(x))?;
-        let depthwise = w.depthwise.value();
+        let depthwise = read_variable(&w.depthwise).in_layer(&self.name)?;
         let channels = depthwise.dims()[0] / self.depth_multiplier;
         check_image_input(&self.name, x.shape(), Some(channels))?;
         let spatial = Conv2dParams { groups: channels, ..self.params };
         let mid = x.conv2d(&depthwise, None, &spatial).in_layer(&self.name)?;
-        let bias = w.bias.as_ref().map(Variable::value);
-        let y = mid.conv2d(&w.pointwise.value(), bias.as_ref(), &Conv2dParams::default()).in_layer(&self.name)?;
+        let bias = w.bias.as_ref().map(read_variable).transpose().in_layer(&self.name)?;
+        let y = mid.conv2d(&read_variable(&w.pointwise).in_layer(&self.name)?, bias.as_ref(), &Conv2dParams::default()).in_layer(&self.name)?;
         self.activation.apply(&y).in_layer(&self.name)
     }
 }
@@ -191,6 +194,10 @@ impl Layer for SeparableConv2D {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn build(&self, input: &InputSpec) -> Result<()> {

@@ -1,6 +1,7 @@
 //! [`Sequential`]: layers applied one after another.
 
 use crate::layer::traced;
+use crate::mixed_precision::Policy;
 use crate::naming::unique_name;
 use crate::{Layer, Mode, Result};
 use tapegrad_tensor::Tensor;
@@ -27,6 +28,7 @@ use tapegrad_tensor::Tensor;
 pub struct Sequential {
     name: String,
     layers: Vec<Box<dyn Layer>>,
+    dtype_policy: Option<Policy>,
 }
 
 impl std::fmt::Debug for Sequential {
@@ -39,7 +41,7 @@ impl std::fmt::Debug for Sequential {
 impl Sequential {
     /// An empty stack.
     pub fn new() -> Self {
-        Sequential { name: unique_name("sequential"), layers: Vec::new() }
+        Sequential { name: unique_name("sequential"), layers: Vec::new(), dtype_policy: None }
     }
 
     /// A stack of the given layers.
@@ -62,6 +64,14 @@ impl Sequential {
     /// Appends an already boxed layer.
     pub fn push_boxed(&mut self, layer: Box<dyn Layer>) {
         self.layers.push(layer);
+    }
+
+    /// The stack's dtype policy (Keras' `dtype=`): the policy of every layer in it that
+    /// has none of its own, instead of the global one; see
+    /// [`mixed_precision`](crate::mixed_precision).
+    pub fn dtype_policy(mut self, policy: Policy) -> Self {
+        self.dtype_policy = Some(policy);
+        self
     }
 
     /// The same stack under another name.
@@ -97,7 +107,9 @@ impl Layer for Sequential {
         let mut x = input.clone();
         let mut i = 0;
         while let Some(layer) = self.layers.get(i) {
-            if let Some(relu) = self.layers.get(i + 1).filter(|next| next.is_relu()) {
+            // Fused only where the two layers run under the same policy (the same output dtype).
+            let same_policy = |next: &Box<dyn Layer>| next.policy_override() == layer.policy_override();
+            if let Some(relu) = self.layers.get(i + 1).filter(|next| next.is_relu() && same_policy(next)) {
                 if let Some(fused) = layer.call_then_relu(&x, mode) {
                     x = traced(relu.as_ref(), fused)?;
                     i += 2;
@@ -112,6 +124,10 @@ impl Layer for Sequential {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn visit_sublayers(&self, visit: &mut dyn FnMut(&str, &dyn Layer)) {

@@ -63,6 +63,12 @@ impl SyncBatchNormalization {
         self
     }
 
+    /// The layer's own dtype policy (as [`BatchNormalization::dtype_policy`]).
+    pub fn dtype_policy(mut self, policy: crate::mixed_precision::Policy) -> Self {
+        self.inner = self.inner.dtype_policy(policy);
+        self
+    }
+
     /// The same layer under another name.
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.inner = self.inner.named(name);
@@ -114,13 +120,18 @@ impl Layer for SyncBatchNormalization {
             return self.inner.compute(input, w, mode, Epilogue::Identity);
         }
         match mode {
-            Mode::Train => self.train(input, w),
+            // In f32 for 16-bit inputs, as BatchNormalization.
+            Mode::Train => crate::mixed_precision::in_full_precision(input, |x| self.train(x, w)),
             Mode::Infer => self.inner.compute(input, w, mode, Epilogue::Identity),
         }
     }
 
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn policy_override(&self) -> Option<crate::mixed_precision::Policy> {
+        self.inner.policy_override()
     }
 
     fn build(&self, input: &InputSpec) -> Result<()> {

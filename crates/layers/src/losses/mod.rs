@@ -3,7 +3,8 @@
 //!
 //! The functions return the tensor crate's `Result`, so that a loss can end the closure
 //! of `GradientTape::record`. Arguments follow Keras' order: labels first, then
-//! predictions (logits when `from_logits`).
+//! predictions (logits when `from_logits`). 16-bit (bf16, f16) labels and predictions are
+//! cast to f32 first: losses run in f32 under the mixed-precision policies.
 
 mod pointwise;
 
@@ -11,6 +12,7 @@ pub use pointwise::{
     binary_crossentropy, huber, kl_divergence, mean_absolute_error, mean_squared_error, BinaryCrossentropy, Huber,
     KLDivergence, MeanAbsoluteError, MeanSquaredError,
 };
+use crate::mixed_precision::full_precision;
 use tapegrad_tensor::{DType, Error, Result, Tensor};
 
 /// How per-example losses are reduced.
@@ -77,6 +79,8 @@ impl CrossEntropy {
     /// The loss for one-hot (or any distribution) `labels` of the predictions' shape
     /// `[..., classes]`.
     pub fn categorical(&self, labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
+        // 16-bit predictions go to f32 first: the loss runs in f32 (Keras' loss dtype).
+        let (labels, predictions) = (&full_precision(labels)?, &full_precision(predictions)?);
         self.check()?;
         let classes = class_count(predictions, "categorical_crossentropy")?;
         let labels =
@@ -106,6 +110,8 @@ impl CrossEntropy {
     /// The loss for integer class `labels` (i64, the predictions' shape without the class
     /// axis).
     pub fn sparse(&self, labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
+        // 16-bit predictions go to f32 first: the loss runs in f32 (Keras' loss dtype).
+        let (labels, predictions) = (&full_precision(labels)?, &full_precision(predictions)?);
         self.check()?;
         check_sparse_labels(labels, predictions)?;
         if self.from_logits && self.label_smoothing == 0.0 {

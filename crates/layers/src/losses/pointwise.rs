@@ -4,6 +4,7 @@
 //! reduced by a [`Reduction`] (Keras' `sum_over_batch_size` by default).
 
 use super::{Reduction, PROBABILITY_EPSILON};
+use crate::mixed_precision::full_precision;
 use tapegrad_tensor::{Error, Result, Tensor};
 
 /// Labels in the predictions' dtype and shape. As Keras, labels `[n]` match predictions
@@ -56,6 +57,8 @@ impl MeanSquaredError {
 
     /// The loss of `predictions` against `labels` of the same shape.
     pub fn call(&self, labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
+        // 16-bit predictions go to f32 first: the loss runs in f32 (Keras' loss dtype).
+        let (labels, predictions) = (&full_precision(labels)?, &full_precision(predictions)?);
         let labels = aligned_labels(labels, predictions, "mean_squared_error")?;
         self.reduction.apply(predictions.sub(&labels)?.square()?.mean(&[-1], false)?)
     }
@@ -82,6 +85,8 @@ impl MeanAbsoluteError {
 
     /// The loss of `predictions` against `labels` of the same shape.
     pub fn call(&self, labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
+        // 16-bit predictions go to f32 first: the loss runs in f32 (Keras' loss dtype).
+        let (labels, predictions) = (&full_precision(labels)?, &full_precision(predictions)?);
         let labels = aligned_labels(labels, predictions, "mean_absolute_error")?;
         self.reduction.apply(predictions.sub(&labels)?.abs()?.mean(&[-1], false)?)
     }
@@ -123,6 +128,8 @@ impl Huber {
 
     /// The loss of `predictions` against `labels` of the same shape.
     pub fn call(&self, labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
+        // 16-bit predictions go to f32 first: the loss runs in f32 (Keras' loss dtype).
+        let (labels, predictions) = (&full_precision(labels)?, &full_precision(predictions)?);
         let delta = self.delta;
         if !(delta.is_finite() && delta > 0.0) {
             return Err(Error::invalid("huber", format!("delta must be finite and > 0, got {delta}")));
@@ -176,6 +183,8 @@ impl BinaryCrossentropy {
     /// The loss of `predictions` (probabilities, or logits when `from_logits`) against
     /// 0/1 (or soft) `labels` of the same shape.
     pub fn call(&self, labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
+        // 16-bit predictions go to f32 first: the loss runs in f32 (Keras' loss dtype).
+        let (labels, predictions) = (&full_precision(labels)?, &full_precision(predictions)?);
         const OP: &str = "binary_crossentropy";
         let s = self.label_smoothing;
         if !(0.0..=1.0).contains(&s) {
@@ -220,6 +229,8 @@ impl KLDivergence {
     /// The divergence of the distributions `predictions` from `labels` (same shape, the
     /// distribution over the last axis).
     pub fn call(&self, labels: &Tensor, predictions: &Tensor) -> Result<Tensor> {
+        // 16-bit predictions go to f32 first: the loss runs in f32 (Keras' loss dtype).
+        let (labels, predictions) = (&full_precision(labels)?, &full_precision(predictions)?);
         let labels = aligned_labels(labels, predictions, "kl_divergence")?;
         let y = labels.clamp(PROBABILITY_EPSILON, 1.0)?;
         let p = predictions.clamp(PROBABILITY_EPSILON, 1.0)?;

@@ -30,6 +30,7 @@ pub use schedules::{LearningRate, LearningRateSchedule};
 pub use sgd::Sgd;
 pub use slots::SlotTable;
 
+use crate::mixed_precision::LossScaleState;
 use crate::{Error, Result};
 use tapegrad_tensor::{Tensor, Variable};
 
@@ -75,6 +76,32 @@ pub trait Optimizer {
     /// The per-variable state, for checkpoint loading.
     fn slots_mut(&mut self) -> &mut SlotTable;
 
+    /// The loss the gradient is taken of: `loss` times the loss scale for a
+    /// [`LossScaleOptimizer`](crate::mixed_precision::LossScaleOptimizer), `loss` itself
+    /// for every other optimizer (the default), as Keras 3's `optimizer.scale_loss`. Call
+    /// it under the tape, and take the gradient of what it returns; `apply_gradients`
+    /// divides the scale out again. [`train_step`](crate::training::train_step) and `fit`
+    /// call it.
+    fn scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        Ok(loss.clone())
+    }
+
+    /// The dynamic loss-scaling state of a
+    /// [`LossScaleOptimizer`](crate::mixed_precision::LossScaleOptimizer) (checkpoints save
+    /// it); `None` (the default) for an optimizer without loss scaling.
+    fn loss_scale(&self) -> Option<LossScaleState> {
+        None
+    }
+
+    /// Replaces the loss-scaling state (checkpoint loading); an error for an optimizer
+    /// without loss scaling (the default).
+    fn set_loss_scale(&mut self, state: LossScaleState) -> Result<()> {
+        Err(Error::Optimizer {
+            optimizer: self.name().to_string(),
+            msg: format!("has no loss scale to set to {state:?} (wrap it in a LossScaleOptimizer)"),
+        })
+    }
+
     /// Whether the update can be captured in a CUDA graph with the step
     /// ([`capture_update`](Optimizer::capture_update),
     /// [`prepare_graph_update`](Optimizer::prepare_graph_update)); false by default, and
@@ -118,6 +145,59 @@ pub trait Optimizer {
     fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
         let _ = (grads, variables);
         Err(no_graph_update(self.name()))
+    }
+}
+
+/// A boxed optimizer is an optimizer (`LossScaleOptimizer<Box<dyn Optimizer>>` wraps one
+/// chosen at run time).
+impl<O: Optimizer + ?Sized> Optimizer for Box<O> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn apply_gradients(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
+        (**self).apply_gradients(grads, variables)
+    }
+    fn iterations(&self) -> u64 {
+        (**self).iterations()
+    }
+    fn set_iterations(&mut self, iterations: u64) {
+        (**self).set_iterations(iterations)
+    }
+    fn learning_rate(&self) -> f64 {
+        (**self).learning_rate()
+    }
+    fn set_learning_rate(&mut self, learning_rate: LearningRate) {
+        (**self).set_learning_rate(learning_rate)
+    }
+    fn slot_names(&self) -> &'static [&'static str] {
+        (**self).slot_names()
+    }
+    fn slots(&self) -> &SlotTable {
+        (**self).slots()
+    }
+    fn slots_mut(&mut self) -> &mut SlotTable {
+        (**self).slots_mut()
+    }
+    fn scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        (**self).scale_loss(loss)
+    }
+    fn loss_scale(&self) -> Option<LossScaleState> {
+        (**self).loss_scale()
+    }
+    fn set_loss_scale(&mut self, state: LossScaleState) -> Result<()> {
+        (**self).set_loss_scale(state)
+    }
+    fn supports_graph_update(&self) -> bool {
+        (**self).supports_graph_update()
+    }
+    fn prepare_graph_update(&mut self, variables: &[Variable]) -> Result<()> {
+        (**self).prepare_graph_update(variables)
+    }
+    fn graph_update_buffer(&self) -> Option<u64> {
+        (**self).graph_update_buffer()
+    }
+    fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
+        (**self).capture_update(grads, variables)
     }
 }
 

@@ -29,9 +29,15 @@ pub fn data_parallel_step_with<T>(
     step: impl FnOnce() -> Result<(Tensor, T)>,
 ) -> Result<(Tensor, T)> {
     let tape = GradientTape::new();
-    let (loss, extra) = tape.record(|| step().map_err(tapegrad_tensor::Error::from))?;
+    // The loss scale (a LossScaleOptimizer's; 1 otherwise) is applied under the tape, so
+    // the gradients are of the scaled loss; `apply_gradients` divides it out.
+    let (loss, scaled, extra) = tape.record(|| {
+        let (loss, extra) = step().map_err(tapegrad_tensor::Error::from)?;
+        let scaled = optimizer.scale_loss(&loss).map_err(tapegrad_tensor::Error::from)?;
+        Ok((loss, scaled, extra))
+    })?;
     let variables = model.trainable_variables();
-    let grads = dp.gradient(&tape, &loss, &variables)?;
+    let grads = dp.gradient(&tape, &scaled, &variables)?;
     optimizer.apply_gradients(&grads, &variables)?;
     Ok((loss, extra))
 }

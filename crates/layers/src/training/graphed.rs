@@ -350,6 +350,8 @@ impl GraphedStep {
             Some("the step runs on the cpu (CUDA graphs need a CUDA device)".to_string())
         } else if check_numerics::is_enabled() {
             Some("check_numerics is on (it reads every op's output on the host)".to_string())
+        } else if optimizer.loss_scale().is_some() {
+            Some("the optimizer scales the loss (a LossScaleOptimizer decides each step on the host)".to_string())
         } else {
             None
         };

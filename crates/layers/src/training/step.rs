@@ -45,10 +45,16 @@ pub fn train_step_with<T>(
 ) -> Result<(Tensor, T)> {
     let tape = GradientTape::new();
     // A layer error crosses `record` whole and comes back as its own variant.
-    let (loss, extra) = tape.record(|| step().map_err(tapegrad_tensor::Error::from))?;
+    // The loss scale (a LossScaleOptimizer's; 1 otherwise) is applied under the tape, so
+    // the gradients are of the scaled loss; `apply_gradients` divides it out.
+    let (loss, scaled, extra) = tape.record(|| {
+        let (loss, extra) = step().map_err(tapegrad_tensor::Error::from)?;
+        let scaled = optimizer.scale_loss(&loss).map_err(tapegrad_tensor::Error::from)?;
+        Ok((loss, scaled, extra))
+    })?;
     // After the forward pass: a model built lazily by it has its variables now.
     let variables = model.trainable_variables();
-    let grads = tape.gradient(&loss, &variables)?;
+    let grads = tape.gradient(&scaled, &variables)?;
     optimizer.apply_gradients(&grads, &variables)?;
     Ok((loss, extra))
 }

@@ -8,6 +8,7 @@ use super::graphed::{GraphedStep, GraphedStepStats};
 use super::metric::LossMean;
 use super::step::train_step_with;
 use super::{DataSource, FitOptions, History, Logs, Metric};
+use crate::mixed_precision::full_precision;
 use crate::optimizers::Optimizer;
 use crate::{Error, Layer, Mode, Result};
 use std::cell::Cell;
@@ -169,6 +170,8 @@ impl<'m> Trainer<'m> {
                 listing_checked.set(true);
                 predictions
             };
+            // Model outputs go to f32 before the loss and the metrics (mixed precision).
+            let predictions = full_precision(&predictions)?;
             Ok((loss(y, &predictions)?, predictions))
         };
         let mut graphed = options.cuda_graph.then(|| GraphedStep::new().verbose(verbose > 0));
@@ -313,7 +316,7 @@ fn evaluate_on(
     metrics.iter_mut().for_each(|m| m.reset_state());
     for batch in data.batches(0, &device)? {
         let (x, y) = batch?;
-        let predictions = model.call(&x, Mode::Infer)?;
+        let predictions = full_precision(&model.call(&x, Mode::Infer)?)?;
         loss_mean.update(&loss(&y, &predictions)?, y.elem_count())?;
         for m in metrics.iter_mut() {
             m.update_state(&y, &predictions)?;
