@@ -56,6 +56,11 @@ pub struct Args {
     /// (the last, partial batch) runs eagerly and says why. Needs a GPU.
     #[arg(long)]
     pub cuda_graph: bool,
+    /// The precision of the computation (Keras' dtype policies): f32; bf16 (mixed_bfloat16:
+    /// layers compute in bf16, variables, batch norm, softmax and the loss stay f32); f16
+    /// (mixed_float16, with a LossScaleOptimizer's dynamic loss scaling).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// Seed of weights, shuffling and augmentation.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
@@ -118,6 +123,29 @@ pub enum DatasetKind {
     Cifar100,
     /// CIFAR-10.
     Cifar10,
+}
+
+/// Computation precisions (`--precision`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32 (the policy "float32").
+    F32,
+    /// Mixed bfloat16 (the policy "mixed_bfloat16").
+    Bf16,
+    /// Mixed float16 (the policy "mixed_float16") with dynamic loss scaling.
+    F16,
+}
+
+impl Precision {
+    /// The Keras dtype policy.
+    pub fn policy(self) -> tapegrad::layers::mixed_precision::Policy {
+        use tapegrad::layers::mixed_precision::Policy;
+        match self {
+            Precision::F32 => Policy::FLOAT32,
+            Precision::Bf16 => Policy::MIXED_BFLOAT16,
+            Precision::F16 => Policy::MIXED_FLOAT16,
+        }
+    }
 }
 
 /// Data-parallel backends.

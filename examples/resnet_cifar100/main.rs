@@ -6,6 +6,7 @@
 //! cargo run --release --example resnet_cifar100 --features cuda            # on a GPU
 //! cargo run --release --example resnet_cifar100 -- --synthetic 2048 --epochs 2   # no download
 //! cargo run --release --example resnet_cifar100 --features cuda -- --cuda-graph  # replayed steps
+//! cargo run --release --example resnet_cifar100 --features cuda -- --precision bf16  # mixed precision
 //! ```
 //!
 //! The loop reads as the seed's: call the model under a tape, take the gradient of the
@@ -43,6 +44,7 @@ use std::time::Instant;
 use tapegrad::data::{DataLoader, LoaderConfig, Shard};
 use tapegrad::distributed::DataParallel;
 use tapegrad::layers::training::GraphedStep;
+use tapegrad::layers::mixed_precision::{full_precision, set_global_policy};
 use tapegrad::layers::{checkpoint, metrics, InputSpec, Layer, Mode};
 use tapegrad::{Device, GradientTape, Tensor};
 
@@ -153,6 +155,16 @@ fn run(args: Args) -> AnyResult<()> {
     let writer = rank == 0;
     let dp = DataParallel::new(comm.clone());
     let (train, test) = setup::datasets(&args)?;
+    // --precision: Keras' set_global_policy, before the model is built.
+    let policy = args.precision.policy();
+    set_global_policy(policy);
+    if writer && policy.is_mixed() {
+        println!(
+            "mixed precision: {policy} (layers compute in {}, variables, batch norm, softmax and the loss in f32{})",
+            policy.compute_dtype(),
+            if args.precision == cli::Precision::F16 { "; dynamic loss scaling" } else { "" }
+        );
+    }
     let model = setup::model(args.arch, train.num_classes());
     model.build(&InputSpec::new([args.batch_size, 32, 32, 3]).with_device(device))?;
     if writer {
@@ -217,7 +229,8 @@ fn run(args: Args) -> AnyResult<()> {
     // --cuda-graph: the step below, optimizer update included, captured once and replayed.
     let mut graphed = args.cuda_graph.then(GraphedStep::new);
     let forward = |x: &Tensor, y: &Tensor| -> tapegrad::layers::Result<(Tensor, Tensor)> {
-        let logits = model.call(x, Mode::Train)?;
+        // The logits go to f32 before the loss and the accuracy (mixed precision).
+        let logits = full_precision(&model.call(x, Mode::Train)?)?;
         Ok((loss_fn.sparse(y, &logits)?, logits))
     };
     for epoch in step / steps_per_epoch.max(1)..args.epochs {
@@ -244,12 +257,16 @@ fn run(args: Args) -> AnyResult<()> {
             } else {
                 // The seed's step: forward under the tape, gradient, apply.
                 let tape = GradientTape::new();
-                let (loss, logits) = tape.record(|| Ok(forward(&x, &y)?))?;
+                let (loss, scaled_loss, logits) = tape.record(|| {
+                    let (loss, logits) = forward(&x, &y)?;
+                    // --precision f16: the loss times the loss scale (otherwise the loss itself).
+                    Ok((loss.clone(), optimizer.scale_loss(&loss)?, logits))
+                })?;
                 // One process keeps the plain gradient (no host copies); ranks average theirs.
                 let grads = if world > 1 {
-                    dp.gradient(&tape, &loss, &model.trainable_variables())?
+                    dp.gradient(&tape, &scaled_loss, &model.trainable_variables())?
                 } else {
-                    tape.gradient(&loss, &model.trainable_variables())?
+                    tape.gradient(&scaled_loss, &model.trainable_variables())?
                 };
                 optimizer.apply_gradients(&grads, &model.trainable_variables())?;
                 (loss, logits)
@@ -394,7 +411,7 @@ fn evaluate(
     let (mut loss_sum, mut top1, mut top5, mut seen) = (0.0, 0usize, 0usize, 0usize);
     for batch in test.epoch(0)? {
         let (x, y): (Tensor, Tensor) = batch.into_tensors(device)?;
-        let logits = model.call(&x, Mode::Infer)?;
+        let logits = full_precision(&model.call(&x, Mode::Infer)?)?;
         let n = y.elem_count();
         loss_sum += loss_fn.sparse(&y, &logits)?.to_scalar::<f32>()? as f64 * n as f64;
         top1 += metrics::correct_count(&y, &logits)?;

@@ -1,9 +1,10 @@
 //! Turning the command line into a device, data, a model, an optimizer and a loss.
 
-use crate::cli::{Arch, Args, DatasetKind, DeviceKind, OptimizerKind, Schedule};
+use crate::cli::{Arch, Args, DatasetKind, DeviceKind, OptimizerKind, Precision, Schedule};
 use crate::AnyResult;
 use tapegrad::data::{self, Augment, CifarKind, Dataset, LabelKind, Split};
 use tapegrad::layers::losses::CrossEntropy;
+use tapegrad::layers::mixed_precision::LossScaleOptimizer;
 use tapegrad::layers::models::{self, ResNet};
 use tapegrad::layers::optimizers::schedules::{Constant, CosineDecay, OneCycle};
 use tapegrad::layers::optimizers::{Adam, AdamW, LearningRate, Optimizer, Sgd};
@@ -93,10 +94,15 @@ pub fn optimizer(args: &Args, total_steps: u64) -> AnyResult<Box<dyn Optimizer>>
         }
         Schedule::Onecycle => OneCycle::new(args.lr, total_steps).into(),
     };
-    Ok(match args.optimizer {
+    let optimizer: Box<dyn Optimizer> = match args.optimizer {
         OptimizerKind::Adam => Box::new(Adam::new(lr)),
         OptimizerKind::Adamw => Box::new(AdamW::new(lr).weight_decay(args.weight_decay)),
         OptimizerKind::Sgd => Box::new(Sgd::new(lr).momentum(0.9).nesterov(true).weight_decay(args.weight_decay)),
+    };
+    // f16 gradients underflow without loss scaling (Keras wraps the optimizer the same way).
+    Ok(match args.precision {
+        Precision::F16 => Box::new(LossScaleOptimizer::new(optimizer)),
+        Precision::F32 | Precision::Bf16 => optimizer,
     })
 }
 
