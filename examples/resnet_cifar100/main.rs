@@ -43,8 +43,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tapegrad::data::{DataLoader, LoaderConfig, Shard};
 use tapegrad::distributed::DataParallel;
-use tapegrad::layers::training::GraphedStep;
 use tapegrad::layers::mixed_precision::{full_precision, set_global_policy};
+use tapegrad::layers::training::GraphedStep;
 use tapegrad::layers::{checkpoint, metrics, InputSpec, Layer, Mode};
 use tapegrad::{Device, GradientTape, Tensor};
 

@@ -125,9 +125,8 @@ fn bf16_model_learns_synthetic_data() -> Result<()> {
     let (x, y) = quadrant_images(256, 11);
     let model = small_cnn(Policy::MIXED_BFLOAT16, 4);
     let data = TensorDataset::new(x, y, 32)?;
-    let mut trainer =
-        Trainer::new(&model, Adam::new(1e-2), |y, p| losses::sparse_categorical_crossentropy(y, p, true))
-            .metric(SparseCategoricalAccuracy::new());
+    let mut trainer = Trainer::new(&model, Adam::new(1e-2), |y, p| losses::sparse_categorical_crossentropy(y, p, true))
+        .metric(SparseCategoricalAccuracy::new());
     let history = trainer.fit(&data, FitOptions::new().epochs(6).verbose(0))?;
     let loss = history.get("loss").unwrap();
     let accuracy = history.get("accuracy").unwrap();
@@ -175,8 +174,7 @@ fn loss_scale_skips_overflowing_steps_and_grows_after_finite_ones() -> Result<()
 
     // Injected inf in one gradient: skipped, scale halved.
     let before = snapshot(&opt, &vars);
-    let mut grads: Vec<Option<Tensor>> =
-        vars.iter().map(|v| Some(v.value_untracked().ones_like().unwrap())).collect();
+    let mut grads: Vec<Option<Tensor>> = vars.iter().map(|v| Some(v.value_untracked().ones_like().unwrap())).collect();
     let mut poisoned = vec![1.0f32; vars[1].value_untracked().elem_count()];
     poisoned[0] = f32::INFINITY;
     grads[1] = Some(Tensor::from_vec(poisoned, vars[1].value_untracked().dims().to_vec(), &Device::Cpu)?);
@@ -268,7 +266,8 @@ fn policy_plumbing() -> Result<()> {
         .add(Dense::new(3).dtype_policy(Policy::FLOAT32))
         .dtype_policy(Policy::MIXED_BFLOAT16);
     assert_eq!(with_f32_head.call(&x, Mode::Infer)?.dtype(), DType::F32);
-    let with_softmax = Sequential::new().add(Dense::new(3)).add(Activation::softmax()).dtype_policy(Policy::MIXED_FLOAT16);
+    let with_softmax =
+        Sequential::new().add(Dense::new(3)).add(Activation::softmax()).dtype_policy(Policy::MIXED_FLOAT16);
     let probs = with_softmax.call(&Tensor::ones([2, 5], DType::F32, &Device::Cpu)?, Mode::Infer)?;
     assert_eq!(probs.dtype(), DType::F32);
 

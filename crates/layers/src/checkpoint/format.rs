@@ -31,15 +31,8 @@ use std::path::Path;
 pub(crate) const TENSOR_CHECKSUM_PREFIX: &str = "crc32:";
 /// The metadata key of the header checksum.
 pub(crate) const HEADER_CHECKSUM: &str = "header_crc32";
-const PLAIN_KEYS: [&str; 7] = [
-    "format",
-    "format_version",
-    "step",
-    "optimizer",
-    "optimizer_iterations",
-    LOSS_SCALE,
-    LOSS_SCALE_GOOD_STEPS,
-];
+const PLAIN_KEYS: [&str; 7] =
+    ["format", "format_version", "step", "optimizer", "optimizer_iterations", LOSS_SCALE, LOSS_SCALE_GOOD_STEPS];
 /// The metadata key of a loss-scale optimizer's current scale (a decimal `f64`).
 pub(crate) const LOSS_SCALE: &str = "loss_scale";
 /// The metadata key of a loss-scale optimizer's finite steps since the scale changed.

@@ -147,12 +147,21 @@ impl Conv2D {
             let (kh, kw) = self.kernel_size;
             let shape = Shape::new(&[self.filters, kh, kw, in_channels / groups]);
             let fans = Fans::conv2d(self.filters, kh, kw, in_channels / groups);
-            let kernel = self.kernel_initializer.initialize(&shape, fans, variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
+            let kernel = self.kernel_initializer.initialize(
+                &shape,
+                fans,
+                variable_dtype(self.dtype_policy, input.dtype),
+                &input.device,
+            )?;
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let shape = Shape::new(&[self.filters]);
-                let b =
-                    self.bias_initializer.initialize(&shape, Fans::vector(self.filters), variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
+                let b = self.bias_initializer.initialize(
+                    &shape,
+                    Fans::vector(self.filters),
+                    variable_dtype(self.dtype_policy, input.dtype),
+                    &input.device,
+                )?;
                 Some(Variable::new(format!("{}/bias", self.name), b, true))
             } else {
                 None

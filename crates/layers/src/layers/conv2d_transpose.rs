@@ -154,12 +154,21 @@ impl Conv2DTranspose {
             let shape = Shape::new(&[in_channels, kh, kw, self.filters]);
             // Keras' kernel (kh, kw, filters, in): fan_in counts the filters.
             let fans = Fans::conv2d(in_channels, kh, kw, self.filters);
-            let kernel = self.kernel_initializer.initialize(&shape, fans, variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
+            let kernel = self.kernel_initializer.initialize(
+                &shape,
+                fans,
+                variable_dtype(self.dtype_policy, input.dtype),
+                &input.device,
+            )?;
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let shape = Shape::new(&[self.filters]);
-                let b =
-                    self.bias_initializer.initialize(&shape, Fans::vector(self.filters), variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
+                let b = self.bias_initializer.initialize(
+                    &shape,
+                    Fans::vector(self.filters),
+                    variable_dtype(self.dtype_policy, input.dtype),
+                    &input.device,
+                )?;
                 Some(Variable::new(format!("{}/bias", self.name), b, true))
             } else {
                 None

@@ -85,8 +85,12 @@ impl Dense {
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let shape = Shape::new(&[self.units]);
-                let b =
-                    self.bias_initializer.initialize(&shape, Fans::vector(self.units), variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
+                let b = self.bias_initializer.initialize(
+                    &shape,
+                    Fans::vector(self.units),
+                    variable_dtype(self.dtype_policy, input.dtype),
+                    &input.device,
+                )?;
                 Some(Variable::new(format!("{}/bias", self.name), b, true))
             } else {
                 None

@@ -129,7 +129,12 @@ impl DepthwiseConv2D {
             let shape = Shape::new(&[outputs, kh, kw, 1]);
             // Keras' fans for its kernel [kh, kw, channels, depth_multiplier].
             let fans = Fans::conv2d(self.depth_multiplier, kh, kw, channels);
-            let kernel = self.kernel_initializer.initialize(&shape, fans, variable_dtype(self.dtype_policy, input.dtype), &input.device)?;
+            let kernel = self.kernel_initializer.initialize(
+                &shape,
+                fans,
+                variable_dtype(self.dtype_policy, input.dtype),
+                &input.device,
+            )?;
             let kernel = Variable::new(format!("{}/depthwise_kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let b = self.bias_initializer.initialize(

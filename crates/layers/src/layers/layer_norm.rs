@@ -181,7 +181,9 @@ impl Layer for LayerNormalization {
         let gamma = w.gamma.as_ref().map(Variable::value);
         let beta = w.beta.as_ref().map(Variable::value);
         // In f32 for 16-bit inputs (Keras 3), with the f32 variables as they are.
-        in_full_precision(input, |x| x.layer_norm(first_axis, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name))
+        in_full_precision(input, |x| {
+            x.layer_norm(first_axis, gamma.as_ref(), beta.as_ref(), self.epsilon).in_layer(&self.name)
+        })
     }
 
     fn name(&self) -> &str {

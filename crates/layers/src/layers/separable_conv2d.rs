@@ -182,7 +182,9 @@ impl SeparableConv2D {
         let spatial = Conv2dParams { groups: channels, ..self.params };
         let mid = x.conv2d(&depthwise, None, &spatial).in_layer(&self.name)?;
         let bias = w.bias.as_ref().map(read_variable).transpose().in_layer(&self.name)?;
-        let y = mid.conv2d(&read_variable(&w.pointwise).in_layer(&self.name)?, bias.as_ref(), &Conv2dParams::default()).in_layer(&self.name)?;
+        let y = mid
+            .conv2d(&read_variable(&w.pointwise).in_layer(&self.name)?, bias.as_ref(), &Conv2dParams::default())
+            .in_layer(&self.name)?;
         self.activation.apply(&y).in_layer(&self.name)
     }
 }

@@ -8,11 +8,11 @@
 
 mod pointwise;
 
+use crate::mixed_precision::full_precision;
 pub use pointwise::{
     binary_crossentropy, huber, kl_divergence, mean_absolute_error, mean_squared_error, BinaryCrossentropy, Huber,
     KLDivergence, MeanAbsoluteError, MeanSquaredError,
 };
-use crate::mixed_precision::full_precision;
 use tapegrad_tensor::{DType, Error, Result, Tensor};
 
 /// How per-example losses are reduced.

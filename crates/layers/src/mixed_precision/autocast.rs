@@ -104,10 +104,7 @@ pub fn normalization_dtype(dtype: DType) -> DType {
 /// Runs `f` on `x` widened to f32 when `x` is a 16-bit float, and casts its result back to
 /// `x`'s dtype (Keras 3's batch and layer normalisation under mixed policies); on other
 /// dtypes it is `f(x)`.
-pub fn in_full_precision(
-    x: &Tensor,
-    f: impl FnOnce(&Tensor) -> Result<Tensor>,
-) -> Result<Tensor> {
+pub fn in_full_precision(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let dtype = x.dtype();
     if !dtype.is_low_precision() {
         return f(x);

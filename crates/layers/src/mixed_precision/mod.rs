@@ -21,7 +21,7 @@
 //! let scaled_loss = tape.record(|| {
 //!     let logits = model.call(&x, Mode::Train)?; // f16
 //!     let loss = losses::sparse_categorical_crossentropy(&y, &logits, true)?; // f32
-//!     optimizer.scale_loss(&loss) // loss * 2^15
+//!     Ok(optimizer.scale_loss(&loss)?) // loss * 2^15
 //! })?;
 //! let grads = tape.gradient(&scaled_loss, &model.trainable_variables())?; // f32
 //! optimizer.apply_gradients(&grads, &model.trainable_variables())?; // unscaled, or skipped
