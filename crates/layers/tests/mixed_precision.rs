@@ -381,7 +381,7 @@ fn loss_scale_options_are_validated() {
     let w = Variable::new("w", Tensor::ones([2], DType::F32, &Device::Cpu).unwrap(), true);
     let g = Some(Tensor::ones([2], DType::F32, &Device::Cpu).unwrap());
     let mut bad = LossScaleOptimizer::new(Sgd::new(0.1)).initial_scale(f64::NAN);
-    let msg = bad.apply_gradients(&[g.clone()], &[w.clone()]).unwrap_err().to_string();
+    let msg = bad.apply_gradients(std::slice::from_ref(&g), std::slice::from_ref(&w)).unwrap_err().to_string();
     assert!(msg.contains("initial_scale") && msg.contains("NaN"), "{msg}");
     let bad = LossScaleOptimizer::new(Sgd::new(0.1)).dynamic_growth_steps(0);
     let msg = bad.scale_loss(&w.value_untracked()).unwrap_err().to_string();

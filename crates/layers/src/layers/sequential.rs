@@ -108,8 +108,8 @@ impl Layer for Sequential {
         let mut i = 0;
         while let Some(layer) = self.layers.get(i) {
             // Fused only where the two layers run under the same policy (the same output dtype).
-            let same_policy = |next: &Box<dyn Layer>| next.policy_override() == layer.policy_override();
-            if let Some(relu) = self.layers.get(i + 1).filter(|next| next.is_relu() && same_policy(next)) {
+            let same_policy = |next: &dyn Layer| next.policy_override() == layer.policy_override();
+            if let Some(relu) = self.layers.get(i + 1).filter(|next| next.is_relu() && same_policy(next.as_ref())) {
                 if let Some(fused) = layer.call_then_relu(&x, mode) {
                     x = traced(relu.as_ref(), fused)?;
                     i += 2;
