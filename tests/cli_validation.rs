@@ -56,6 +56,7 @@ fn flagship_rejects_bad_values_naming_option_and_value() {
         (&["--label-smoothing", "1.5"], &["--label-smoothing 1.5"]),
         (&["--label-smoothing=-0.1"], &["--label-smoothing -0.1"]),
         (&["--label-smoothing", "nan"], &["--label-smoothing NaN"]),
+        (&["--precision", "f8"], &["'f8'", "--precision", "f32, bf16, f16"]),
         (&["--cuda-graph"], &["--cuda-graph with --device cpu", "needs a GPU"]),
         (
             &["--cuda-graph", "--device", "cuda", "--distributed", "mpi"],

@@ -116,6 +116,47 @@ fn trains_writes_artifacts_and_resumes_exactly() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("test loss"));
 }
 
+/// `--precision bf16` and `f16` train (mixed precision: f32 variables in the checkpoint);
+/// f16's loss-scale state is checkpointed and resumed, and resuming it without loss
+/// scaling is a clear error.
+#[test]
+fn mixed_precision_trains_and_resumes_with_its_loss_scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    for precision in ["bf16", "f16"] {
+        let dir = tmp.path().join(precision);
+        let base = smoke_args(&dir);
+        let out = run(&refs(&with(&base, &["--epochs", "1", "--max-steps", "2", "--precision", precision])));
+        assert!(out.status.success(), "--precision {precision}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("mixed precision: mixed_") && stdout.contains("done:"), "{stdout}");
+        let last = dir.join("last.safetensors");
+        let info = tapegrad::layers::checkpoint::info(&last).unwrap();
+        assert_eq!(info.step, 2);
+        let bytes = std::fs::read(&last).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (name, view) in file.tensors() {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name} is saved in f32 under --precision {precision}");
+        }
+        if precision == "bf16" {
+            assert_eq!(info.loss_scale, None);
+            continue;
+        }
+        // Keras' initial scale 2^15, halved by each skipped (overflowing) step so far.
+        let state = info.loss_scale.expect("f16 saves the loss scale");
+        assert!(state.scale <= 32768.0 && state.scale.log2().fract() == 0.0 && state.good_steps <= 2, "{state:?}");
+        let out = run(&refs(&with(&base, &["--epochs", "1", "--max-steps", "3", "--precision", "f16", "--resume"])));
+        assert!(out.status.success());
+        // The resumed step continued from the saved state: one more finite step, or a halving.
+        let resumed = tapegrad::layers::checkpoint::info(&last).unwrap().loss_scale.unwrap();
+        let continued = [(state.scale, state.good_steps + 1), (state.scale / 2.0, 0)];
+        assert!(continued.contains(&(resumed.scale, resumed.good_steps)), "{state:?} then {resumed:?}");
+        let out = run(&refs(&with(&base, &["--epochs", "1", "--max-steps", "4", "--resume"])));
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("loss-scale state") && stderr.contains("LossScaleOptimizer"), "{stderr}");
+    }
+}
+
 #[test]
 fn without_data_fails_with_advice() {
     let tmp = tempfile::tempdir().unwrap();
