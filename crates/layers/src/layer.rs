@@ -162,6 +162,9 @@ pub trait Layer: AsDynLayer + Send + Sync {
     fn call(&self, input: &Tensor, mode: Mode) -> Result<Tensor> {
         let _scope = tapegrad_tensor::check_numerics::name_scope(self.name());
         let policy = mixed_precision::enter_policy(self.policy_override());
+        if !self.autocasts_inputs() {
+            return traced(self.as_dyn_layer(), self.forward(input, mode));
+        }
         let input = mixed_precision::autocast(input, policy.policy()).in_layer(self.name())?;
         traced(self.as_dyn_layer(), self.forward(&input, mode))
     }
@@ -200,6 +203,13 @@ pub trait Layer: AsDynLayer + Send + Sync {
     /// return one to set the policy of everything inside them.
     fn policy_override(&self) -> Option<Policy> {
         None
+    }
+
+    /// Whether [`Layer::call`] casts the layer's float inputs to the compute dtype (Keras'
+    /// `layer.autocast`); true by default. [`Embedding`](crate::Embedding) says false: its
+    /// inputs are ids, which a 16-bit float would round (1001 is 1000 in bf16).
+    fn autocasts_inputs(&self) -> bool {
+        true
     }
 
     /// Layer fusion: this layer's [`call`](Layer::call) followed by a ReLU, as one fused

@@ -14,8 +14,8 @@ use tapegrad_layers::mixed_precision::{global_policy, set_global_policy, LossSca
 use tapegrad_layers::optimizers::{Adam, Optimizer, Sgd};
 use tapegrad_layers::training::{train_step, FitOptions, SparseCategoricalAccuracy, TensorDataset, Trainer};
 use tapegrad_layers::{
-    losses, random, Activation, BatchNormalization, Conv2D, Dense, Error, GlobalAveragePooling2D, Layer, Mode, Padding,
-    Result, Sequential,
+    losses, random, Activation, BatchNormalization, Conv2D, Dense, Embedding, Error, GlobalAveragePooling2D, Layer,
+    Mode, Padding, Result, Sequential,
 };
 use tapegrad_tensor::{DType, Device, GradientTape, Tensor, Variable};
 
@@ -280,6 +280,15 @@ fn policy_plumbing() -> Result<()> {
         assert_eq!(g.dtype(), DType::F32, "gradient of {}", v.name());
         assert!(g.to_vec_f64()?.iter().any(|&e| e != 0.0));
     }
+
+    // An embedding's float ids are not rounded to bf16 (1001 would become 1000); its output
+    // is in the compute dtype.
+    let embedding = Sequential::new().add(Embedding::new(1100, 2)).dtype_policy(Policy::MIXED_BFLOAT16);
+    let ids = Tensor::from_vec(vec![1001.0f32], [1], &Device::Cpu)?;
+    let looked_up = embedding.call(&ids, Mode::Infer)?;
+    assert_eq!(looked_up.dtype(), DType::BF16);
+    let table = embedding.variables()[0].value_untracked();
+    assert_eq!(looked_up.to_vec_f64()?, table.narrow(0, 1001, 1)?.cast(DType::BF16)?.to_vec_f64()?);
 
     // Under "float32", an f64 input builds an f64 layer, as before policies.
     let dense = Dense::new(2).dtype_policy(Policy::FLOAT32);

@@ -100,6 +100,10 @@ impl Embedding {
 }
 
 impl Layer for Embedding {
+    fn autocasts_inputs(&self) -> bool {
+        false
+    }
+
     fn forward(&self, input: &Tensor, _mode: Mode) -> Result<Tensor> {
         let table = self.built(&input.device())?;
         let ids =

@@ -130,6 +130,11 @@ impl Layer for Sequential {
         self.dtype_policy
     }
 
+    /// Each layer casts its own input (an `Embedding` first keeps its ids as they are).
+    fn autocasts_inputs(&self) -> bool {
+        false
+    }
+
     fn visit_sublayers(&self, visit: &mut dyn FnMut(&str, &dyn Layer)) {
         for (i, layer) in self.layers.iter().enumerate() {
             visit(&i.to_string(), layer.as_ref());

@@ -55,12 +55,21 @@ pub fn enter_policy(own: Option<Policy>) -> PolicyScope {
 /// (integer inputs, such as an embedding's ids, pass unchanged). Under `"float32"` an f64
 /// input stays f64 (see [`Policy`]). The cast is differentiable: its gradient is cast back.
 pub fn autocast(x: &Tensor, policy: Policy) -> tapegrad_tensor::Result<Tensor> {
-    let from = x.dtype();
-    let keep = !from.is_float() || from == policy.compute_dtype() || (policy == Policy::FLOAT32 && from == DType::F64);
-    if keep {
+    let to = autocast_dtype(x.dtype(), policy);
+    if to == x.dtype() {
         Ok(x.clone())
     } else {
-        x.cast(policy.compute_dtype())
+        x.cast(to)
+    }
+}
+
+/// The dtype [`autocast`] gives an input of dtype `from` under `policy`.
+fn autocast_dtype(from: DType, policy: Policy) -> DType {
+    let keep = !from.is_float() || (policy == Policy::FLOAT32 && from == DType::F64);
+    if keep {
+        from
+    } else {
+        policy.compute_dtype()
     }
 }
 
@@ -78,15 +87,15 @@ pub fn read_variable(variable: &Variable) -> tapegrad_tensor::Result<Tensor> {
     }
 }
 
-/// The dtype a layer with policy `own` creates its variables in, for an input (already
-/// cast to the compute dtype) of dtype `input`: the policy's variable dtype under a mixed
-/// policy, the input's otherwise (so a `"float32"` model fed f64 is an f64 model).
+/// The dtype a layer with policy `own` creates its variables in, for an input of dtype
+/// `input`: the policy's variable dtype under a mixed policy; otherwise the dtype the input
+/// is cast to at call (so a `"float32"` model fed f64 is an f64 model, as before policies).
 pub fn variable_dtype(own: Option<Policy>, input: DType) -> DType {
     let policy = resolve(own);
     if policy.is_mixed() || !input.is_float() {
         policy.variable_dtype()
     } else {
-        input
+        autocast_dtype(input, policy)
     }
 }
 

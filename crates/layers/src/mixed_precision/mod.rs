@@ -35,6 +35,9 @@
 //!   policies) and stay there: the optimizer updates f32 values with f32 gradients.
 //! - **Inputs**: [`Layer::call`](crate::Layer::call) casts a layer's float inputs to its
 //!   compute dtype ([`autocast`]; integer inputs pass), as Keras' `Layer.__call__` does.
+//!   [`Sequential`](crate::Sequential) leaves that to its layers, and
+//!   [`Embedding`](crate::Embedding) does not cast its ids
+//!   ([`Layer::autocasts_inputs`](crate::Layer::autocasts_inputs)).
 //! - **Variable reads**: a layer reads its variables through [`read_variable`], which casts
 //!   them to the compute dtype under a mixed policy (Keras' `AutoCastVariable`). Casts are
 //!   differentiable (the gradient is cast back), so gradients reach the f32 variables in
