@@ -24,7 +24,8 @@ impl Mode {
 }
 
 /// What a layer is built for: the shape of an input batch (batch axis included), its
-/// dtype and its device. Variables are created with that dtype on that device.
+/// dtype and its device. Variables are created on that device, in that dtype (after the
+/// [dtype policy](crate::mixed_precision)'s cast; in f32 under a mixed policy).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputSpec {
     /// The input's shape, batch axis first.
