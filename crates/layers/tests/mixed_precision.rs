@@ -139,6 +139,32 @@ fn bf16_model_learns_synthetic_data() -> Result<()> {
     Ok(())
 }
 
+/// `fit` with a `LossScaleOptimizer` under "mixed_float16": it scales the loss and the
+/// optimizer unscales, so the model learns as in bf16; the scale's counter advanced.
+#[test]
+fn fit_uses_the_loss_scale_optimizer_under_mixed_float16() -> Result<()> {
+    random::set_seed(3);
+    let (x, y) = quadrant_images(128, 13);
+    let model = small_cnn(Policy::MIXED_FLOAT16, 4);
+    let data = TensorDataset::new(x, y, 32)?;
+    let optimizer = LossScaleOptimizer::new(Adam::new(1e-2)).dynamic_growth_steps(5);
+    let mut trainer = Trainer::new(&model, optimizer, |y, p| losses::sparse_categorical_crossentropy(y, p, true))
+        .metric(SparseCategoricalAccuracy::new());
+    let history = trainer.fit(&data, FitOptions::new().epochs(6).verbose(0))?;
+    let loss = history.get("loss").unwrap();
+    let accuracy = history.get("accuracy").unwrap();
+    assert!(loss.last().unwrap() < &(loss[0] * 0.6), "the loss did not fall enough: {loss:?}");
+    assert!(*accuracy.last().unwrap() > 0.8, "accuracy {accuracy:?} (chance is 0.25)");
+    // fit went through the loss-scale optimizer: its state moved from the initial one (2^15,
+    // 0) and stays a power of two with a counter below the growth interval.
+    let state = trainer.optimizer().loss_scale().expect("a loss-scale optimizer");
+    eprintln!("mixed_float16 fit: {state:?}, {} of 24 steps applied", trainer.optimizer().iterations());
+    assert_ne!(state, LossScaleState { scale: 32768.0, good_steps: 0 });
+    assert!(state.scale.log2().fract() == 0.0 && state.good_steps < 5, "{state:?}");
+    assert!(trainer.optimizer().iterations() > 12, "most steps were applied");
+    Ok(())
+}
+
 /// The state an overflowing step must leave alone: every value and slot, and the count.
 fn snapshot(optimizer: &dyn Optimizer, variables: &[Variable]) -> (Vec<f64>, Vec<f64>, u64) {
     let slots = optimizer
