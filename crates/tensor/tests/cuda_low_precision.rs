@@ -423,6 +423,16 @@ fn matmul_accumulates_in_f32_through_cublas() -> Result<()> {
             let reference = f(&a.cast(DType::F32)?, &b.cast(DType::F32)?)?.cast(dtype)?;
             assert_ulps(&format!("matmul {name} {dtype} vs f32"), &got, &reference, 1)?;
         }
+        // Products and sums exact in f32 (multiples of 1/16 up to 4, 64 terms): the f32 sum
+        // is the same in any order, so its one rounding to 16 bits must match the CPU's
+        // bit for bit (a truncating or twice-rounding GEMM would not).
+        let grid = |n: usize, seed: usize| -> Result<Tensor> {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37 + seed * 11) % 129) as f32 / 16.0 - 4.0).collect();
+            Tensor::from_vec(v, [n], &CPU)?.cast(dtype)
+        };
+        let (a, b) = (grid(3 * 40 * 64, 1)?.reshape([3, 40, 64])?, grid(3 * 64 * 24, 2)?.reshape([3, 64, 24])?);
+        let (got, want) = both(&[a, b], &device, |t| t[0].matmul(&t[1]))?;
+        assert_same(&format!("matmul of exact sums {dtype}"), &got, &want)?;
         // 2048 products of 1 * 1: exact only if the sum is kept in f32.
         let ones = Tensor::ones([2, 2048], dtype, &device)?;
         let p = ones.matmul_transposed(&ones, false, true)?.cast(DType::F32)?.to_vec::<f32>()?;
