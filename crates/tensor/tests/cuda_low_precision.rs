@@ -233,6 +233,10 @@ fn casts_match_cpu_bit_for_bit() -> Result<()> {
 /// Unary ops whose f32 result is correctly rounded on any device (IEEE operations), so
 /// the rounded 16-bit results are identical.
 type Op = (&'static str, fn(&Tensor) -> Result<Tensor>);
+/// A named binary op.
+type Two = (&'static str, fn(&Tensor, &Tensor) -> Result<Tensor>);
+/// A named op on several inputs.
+type Many = (&'static str, fn(&[Tensor]) -> Result<Tensor>);
 const EXACT_UNARY: [Op; 11] = [
     ("neg", |x| x.neg()),
     ("abs", |x| x.abs()),
@@ -283,7 +287,7 @@ fn elementwise_ops_match_cpu() -> Result<()> {
         for (i, (ls, rs)) in shapes.into_iter().enumerate() {
             let a = tensor(ls, 10 + i as u32, dtype)?;
             let b = tensor(rs, 20 + i as u32, dtype)?;
-            let ops: [(&str, fn(&Tensor, &Tensor) -> Result<Tensor>); 12] = [
+            let ops: [Two; 12] = [
                 ("add", |a, b| a.add(b)),
                 ("sub", |a, b| a.sub(b)),
                 ("mul", |a, b| a.mul(b)),
@@ -336,7 +340,7 @@ fn layout_ops_move_values_unchanged() -> Result<()> {
             _ => Tensor::from_vec(raw.iter().map(|&b| f16::from_bits(b)).collect::<Vec<_>>(), [2, 3, 4, 5], &CPU)?,
         };
         let y = tensor(&[2, 3, 7, 5], 3, dtype)?;
-        let ops: [(&str, fn(&[Tensor]) -> Result<Tensor>); 9] = [
+        let ops: [Many; 9] = [
             ("permute", |t| t[0].permute(&[3, 1, 0, 2])),
             ("transpose", |t| t[0].transpose(1, 3)),
             ("narrow", |t| t[0].narrow(2, 1, 2)),
@@ -372,7 +376,7 @@ fn reductions_accumulate_in_f32() -> Result<()> {
         let x = tensor(&[4, 50, 6], 4, dtype)?;
         let long = tensor(&[3, 20_000], 5, dtype)?;
         let xs = [x.clone(), long];
-        let sums: [(&str, fn(&[Tensor]) -> Result<Tensor>); 5] = [
+        let sums: [Many; 5] = [
             ("sum middle", |t| t[0].sum(&[1], true)),
             ("sum outer and inner", |t| t[0].sum(&[0, 2], false)),
             ("sum all", |t| t[0].sum_all()),
@@ -384,7 +388,7 @@ fn reductions_accumulate_in_f32() -> Result<()> {
             assert_close(&format!("{name} {dtype}"), &got, &want, tolerance(dtype))?;
         }
         // Max, min and their indices pick an element: exact.
-        let picks: [(&str, fn(&[Tensor]) -> Result<Tensor>); 4] = [
+        let picks: [Many; 4] = [
             ("max", |t| t[0].max(&[1], false)),
             ("min", |t| t[0].min(&[0, 2], true)),
             ("argmax", |t| t[0].argmax(1)),
@@ -450,7 +454,7 @@ fn conv_pool_softmax_and_friends_compute_in_f32() -> Result<()> {
         let bias = tensor(&[4], 52, dtype)?;
         let logits = tensor(&[8, 100], 53, dtype)?;
         let xs = [x, k, bias, logits];
-        let accumulating: [(&str, fn(&[Tensor]) -> Result<Tensor>); 5] = [
+        let accumulating: [Many; 5] = [
             ("conv2d same stride 2", |t| {
                 let p = Conv2dParams { strides: (2, 2), padding: Padding::Same, ..Default::default() };
                 t[0].conv2d(&t[1], Some(&t[2]), &p)
@@ -466,7 +470,7 @@ fn conv_pool_softmax_and_friends_compute_in_f32() -> Result<()> {
             let (got, want) = both(&xs, &device, f)?;
             assert_close(&format!("{name} {dtype}"), &got, &want, tolerance(dtype))?;
         }
-        let picks: [(&str, fn(&[Tensor]) -> Result<Tensor>); 2] = [
+        let picks: [Many; 2] = [
             ("max_pool2d", |t| t[0].max_pool2d((3, 3), (2, 2), Padding::Same)),
             ("reflect pad", |t| t[0].pad(&[(0, 0), (2, 1), (1, 2), (0, 0)], PadMode::Reflect)),
         ];
