@@ -445,9 +445,35 @@ fn matmul_accumulates_in_f32_through_cublas() -> Result<()> {
     Ok(())
 }
 
+/// Sets `TAPEGRAD_CUDA_NO_CPU_FALLBACK=1` while it lives (tests hold the GPU lock, so no
+/// other test sees it): a convolution cuDNN cannot run in bf16/f16 fails instead of
+/// quietly running on the CPU.
+struct NoCpuFallback(Option<String>);
+
+impl NoCpuFallback {
+    const VAR: &'static str = "TAPEGRAD_CUDA_NO_CPU_FALLBACK";
+
+    fn new() -> NoCpuFallback {
+        let old = std::env::var(Self::VAR).ok();
+        std::env::set_var(Self::VAR, "1");
+        NoCpuFallback(old)
+    }
+}
+
+impl Drop for NoCpuFallback {
+    fn drop(&mut self) {
+        match &self.0 {
+            Some(v) => std::env::set_var(Self::VAR, v),
+            None => std::env::remove_var(Self::VAR),
+        }
+    }
+}
+
 #[test]
 fn conv_pool_softmax_and_friends_compute_in_f32() -> Result<()> {
     let Some((_lock, device)) = cuda_or_skip("conv_pool_softmax_and_friends_compute_in_f32") else { return Ok(()) };
+    // The convolutions run in cuDNN with 16-bit tensors, not on the CPU.
+    let _no_fallback = NoCpuFallback::new();
     for dtype in LOW {
         let x = tensor(&[2, 7, 7, 3], 50, dtype)?;
         let k = tensor(&[4, 3, 3, 3], 51, dtype)?.mul_scalar(0.3)?;
@@ -485,6 +511,7 @@ fn conv_pool_softmax_and_friends_compute_in_f32() -> Result<()> {
 #[test]
 fn gradients_match_cpu() -> Result<()> {
     let Some((_lock, device)) = cuda_or_skip("gradients_match_cpu") else { return Ok(()) };
+    let _no_fallback = NoCpuFallback::new();
     for dtype in LOW {
         let inputs = [
             tensor(&[2, 6, 6, 3], 60, dtype)?,

@@ -8,8 +8,9 @@
 //!
 //! bf16 and f16 buffers compute in f32 and round once, as on the CPU: the elementwise
 //! kernels load two-byte elements to f32 and round when they store; matrix products run
-//! in cuBLAS with f32 accumulation; the other ops widen their operands to f32 on the
-//! device, run the f32 op, and round its result back ([`CudaStorage::through_f32`]).
+//! in cuBLAS and convolutions in cuDNN with f32 accumulation; the other ops widen their
+//! operands to f32 on the device, run the f32 op, and round its result back
+//! ([`CudaStorage::through_f32`]).
 //! Normalizations and optimizer updates refuse them, as on the CPU.
 
 pub(crate) mod allocator;
@@ -247,11 +248,6 @@ impl CudaStorage {
         self.cast(DType::F32)
     }
 
-    /// [`widen_operand`](Self::widen_operand) for an optional operand.
-    fn widen_opt(s: Option<&Self>, op: &'static str, dtype: DType) -> Result<Option<CudaStorage>> {
-        s.map(|s| s.widen_operand(op, dtype)).transpose()
-    }
-
     /// The dtype if it is bf16 or f16 (the dtypes computed through f32).
     fn low_precision(&self) -> Option<DType> {
         self.dtype.is_low_precision().then_some(self.dtype)
@@ -322,28 +318,16 @@ impl BackendStorage for CudaStorage {
         softmax::cuda::log_softmax(self, rows, cols)
     }
 
+    // bf16 and f16 convolutions run in cuDNN with f32 accumulation (ops/conv/cuda.rs).
     fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
-        const OP: &str = "conv2d";
-        if let Some(low) = self.low_precision() {
-            let (k, b) = (kernel.widen_operand(OP, low)?, Self::widen_opt(bias, OP, low)?);
-            return self.through_f32(|x| conv::cuda::conv2d(x, &k, b.as_ref(), spec));
-        }
         conv::cuda::conv2d(self, kernel, bias, spec)
     }
 
     fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {
-        if let Some(low) = self.low_precision() {
-            let k = kernel.widen_operand("conv2d_backward_input", low)?;
-            return self.through_f32(|dy| conv::cuda::conv2d_backward_input(dy, &k, spec));
-        }
         conv::cuda::conv2d_backward_input(self, kernel, spec)
     }
 
     fn conv2d_backward_filter(&self, grad_out: &Self, spec: &Conv2dSpec) -> Result<Self> {
-        if let Some(low) = self.low_precision() {
-            let dy = grad_out.widen_operand("conv2d_backward_filter", low)?;
-            return self.through_f32(|x| conv::cuda::conv2d_backward_filter(x, &dy, spec));
-        }
         conv::cuda::conv2d_backward_filter(self, grad_out, spec)
     }
 
