@@ -17,6 +17,10 @@
 // cuDNN's f64 NHWC heuristics fail in several ways). It is read on every call, so a test
 // can set it. Convolutions whose descriptor has tensor-op math round f32 operands to TF32
 // (10-bit mantissa), as a GPU would. FAKE_CUDNN_TRACE=1 prints each call that computes.
+// HALF and BFLOAT16 data take a FLOAT compute type only (cuDNN's PSEUDO_HALF/BFLOAT16
+// configurations): the operands are widened, accumulated in double and rounded once to
+// the 16-bit output; their heuristics rank as f32's do (tensor-op math first, which callers
+// may take for 16-bit data). cudnnAddTensor refuses 16-bit data (NOT_SUPPORTED).
 // The measured rankings (cudnnFind*AlgorithmEx) run every supported candidate once on the
 // caller's buffers (so a buffer too small for the descriptors shows) and rank algorithm
 // "B" (no workspace) fastest, unlike the heuristics' forward ranking, so a caller that
@@ -28,11 +32,29 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
 enum : int { SUCCESS = 0, BAD_PARAM = 2000, NOT_SUPPORTED = 3000, DEVICE_ALLOCATION_FAILED = 4004 };
-enum : int { FLOAT = 0, DOUBLE = 1 };
+enum : int { FLOAT = 0, DOUBLE = 1, HALF = 2, BFLOAT16 = 9 };
+
+bool known_dtype(int dtype) { return dtype == FLOAT || dtype == DOUBLE || dtype == HALF || dtype == BFLOAT16; }
+bool sixteen_bit(int dtype) { return dtype == HALF || dtype == BFLOAT16; }
+
+// bf16 storage: the high half of a float, narrowed to nearest even (NaN kept quiet).
+struct Bf16 { uint16_t bits; };
+double widen(Bf16 v) { uint32_t b = (uint32_t)v.bits << 16; float f; memcpy(&f, &b, 4); return f; }
+template <class T> double widen(T v) { return (double)v; }
+template <class T> T narrow(double v) { return (T)v; }
+template <> Bf16 narrow<Bf16>(double d) {
+    float v = (float)d;
+    uint32_t x;
+    memcpy(&x, &v, 4);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return Bf16{uint16_t((x >> 16) | 0x40)};
+    x += 0x7FFFu + ((x >> 16) & 1);
+    return Bf16{uint16_t(x >> 16)};
+}
 enum : int { NCHW = 0, NHWC = 1 };
 enum : int { CONVOLUTION = 0, CROSS_CORRELATION = 1 };
 enum : int { DEFAULT_MATH = 0, TENSOR_OP_MATH = 1, ALLOW_CONVERSION = 2, FMA_MATH = 3 };
@@ -62,7 +84,8 @@ int out_dim(int in, int pad, int k, int dil, int stride) { return 1 + (in + 2 * 
 
 int check(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y) {
     if (!x.set || !w.set || !cv.set || !y.set) return BAD_PARAM;
-    if (x.dtype != w.dtype || x.dtype != y.dtype || cv.compute != x.dtype) return BAD_PARAM;
+    if (x.dtype != w.dtype || x.dtype != y.dtype || cv.compute != (sixteen_bit(x.dtype) ? FLOAT : x.dtype))
+        return BAD_PARAM;
     // Grouped (cudnnSetConvolutionGroupCount): the filter's C is one group's channels.
     if (x.c != w.c * cv.groups || w.k % cv.groups != 0 || y.c != w.k || y.n != x.n) return BAD_PARAM;
     if (y.h != out_dim(x.h, cv.ph, w.r, cv.dh, cv.u) || y.w != out_dim(x.w, cv.pw, w.s, cv.dw, cv.v)) return BAD_PARAM;
@@ -114,11 +137,12 @@ int heuristics(Direction dir, const Tensor& x, const Filter& w, const Conv& cv, 
     auto status = [&](int algo) { return supported(dir, x, cv, algo, algo_a) ? SUCCESS : NOT_SUPPORTED; };
     std::vector<Perf> all;
     size_t ws = workspace_a(y);
-    Perf b{algo_b, status(algo_b), 0.5f, 0, deterministic(dir, algo_b), x.dtype == FLOAT ? FMA_MATH : DEFAULT_MATH, {}};
+    const bool floats = x.dtype != DOUBLE;
+    Perf b{algo_b, status(algo_b), 0.5f, 0, deterministic(dir, algo_b), floats ? FMA_MATH : DEFAULT_MATH, {}};
     // The backward directions rank their non-deterministic algorithm first, as real
     // cuDNN's heuristics may.
     if (dir != FWD) all.push_back(b);
-    if (x.dtype == FLOAT)
+    if (floats)
         all.push_back({algo_a, marked(dir, x.c) ? NOT_SUPPORTED : SUCCESS, 1.0f, ws, deterministic(dir, algo_a),
                        TENSOR_OP_MATH, {}});
     all.push_back({algo_a, status(algo_a), 2.0f, ws, deterministic(dir, algo_a), cv.math, {}});
@@ -202,8 +226,8 @@ int check_run(Direction dir, const char* what, const Tensor& x, const Filter& w,
 
 // TF32: f32 with a 10-bit mantissa (round to nearest), what tensor-op math multiplies.
 template <class T> double operand(T v, bool tf32) {
-    if (!tf32) return (double)v;
-    float f = (float)v;
+    if (!tf32) return widen(v);
+    float f = (float)widen(v);
     uint32_t bits;
     memcpy(&bits, &f, 4);
     bits = (bits + 0x1000u) & ~0x1fffu;
@@ -238,9 +262,11 @@ template <class F> void taps(const Tensor& x, const Filter& w, const Conv& cv, c
 // The input channel that filter k's channel c reads (its group's run of channels).
 int in_channel(const Filter& w, const Conv& cv, int k, int c) { return (k / (w.k / cv.groups)) * w.c + c; }
 
+// alpha and beta are doubles for double data, floats otherwise (16-bit data included).
 template <class T> void blend(T* out, const std::vector<double>& acc, const void* alpha, const void* beta) {
-    double a = *(const T*)alpha, b = *(const T*)beta;
-    for (size_t i = 0; i < acc.size(); ++i) out[i] = (T)(a * acc[i] + (b == 0 ? 0.0 : b * (double)out[i]));
+    using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    double a = *(const S*)alpha, b = *(const S*)beta;
+    for (size_t i = 0; i < acc.size(); ++i) out[i] = narrow<T>(a * acc[i] + (b == 0 ? 0.0 : b * widen(out[i])));
 }
 
 template <class T>
@@ -310,7 +336,7 @@ int cudnnSetStream(void* h, void*) { return h ? SUCCESS : BAD_PARAM; }
 int cudnnCreateTensorDescriptor(Tensor** d) { *d = new Tensor; return SUCCESS; }
 int cudnnDestroyTensorDescriptor(Tensor* d) { delete d; return SUCCESS; }
 int cudnnSetTensor4dDescriptor(Tensor* d, int format, int dtype, int n, int c, int h, int w) {
-    if (n <= 0 || c <= 0 || h <= 0 || w <= 0 || (format != NCHW && format != NHWC) || (dtype != FLOAT && dtype != DOUBLE))
+    if (n <= 0 || c <= 0 || h <= 0 || w <= 0 || (format != NCHW && format != NHWC) || !known_dtype(dtype))
         return BAD_PARAM;
     *d = Tensor{true, dtype, format, n, c, h, w};
     return SUCCESS;
@@ -319,7 +345,7 @@ int cudnnSetTensor4dDescriptor(Tensor* d, int format, int dtype, int n, int c, i
 int cudnnCreateFilterDescriptor(Filter** d) { *d = new Filter; return SUCCESS; }
 int cudnnDestroyFilterDescriptor(Filter* d) { delete d; return SUCCESS; }
 int cudnnSetFilter4dDescriptor(Filter* d, int dtype, int format, int k, int c, int r, int s) {
-    if (k <= 0 || c <= 0 || r <= 0 || s <= 0 || (format != NCHW && format != NHWC) || (dtype != FLOAT && dtype != DOUBLE))
+    if (k <= 0 || c <= 0 || r <= 0 || s <= 0 || (format != NCHW && format != NHWC) || !known_dtype(dtype))
         return BAD_PARAM;
     *d = Filter{true, dtype, format, k, c, r, s};
     return SUCCESS;
@@ -374,6 +400,10 @@ int cudnnConvolutionForward(void*, const void* alpha, Tensor* xd, const void* x,
     if (int e = check_run(FWD, "ConvolutionForward", *xd, *wd, *cv, *yd, algo, FWD_A, FWD_B, ws, ws_bytes)) return e;
     if (xd->dtype == FLOAT)
         forward<float>(*xd, (const float*)x, *wd, (const float*)w, *cv, *yd, (float*)y, alpha, beta);
+    else if (xd->dtype == HALF)
+        forward<_Float16>(*xd, (const _Float16*)x, *wd, (const _Float16*)w, *cv, *yd, (_Float16*)y, alpha, beta);
+    else if (xd->dtype == BFLOAT16)
+        forward<Bf16>(*xd, (const Bf16*)x, *wd, (const Bf16*)w, *cv, *yd, (Bf16*)y, alpha, beta);
     else
         forward<double>(*xd, (const double*)x, *wd, (const double*)w, *cv, *yd, (double*)y, alpha, beta);
     return SUCCESS;
@@ -383,10 +413,15 @@ int cudnnConvolutionBackwardData(void*, const void* alpha, Filter* wd, const voi
     if (int e = check_run(BWD_DATA, "ConvolutionBackwardData", *dxd, *wd, *cv, *dyd, algo, BWD_A, BWD_B, ws, ws_bytes)) return e;
     if (dxd->dtype == FLOAT)
         backward_data<float>(*dxd, (float*)dx, *wd, (const float*)w, *cv, *dyd, (const float*)dy, alpha, beta);
+    else if (dxd->dtype == HALF)
+        backward_data<_Float16>(*dxd, (_Float16*)dx, *wd, (const _Float16*)w, *cv, *dyd, (const _Float16*)dy, alpha, beta);
+    else if (dxd->dtype == BFLOAT16)
+        backward_data<Bf16>(*dxd, (Bf16*)dx, *wd, (const Bf16*)w, *cv, *dyd, (const Bf16*)dy, alpha, beta);
     else
         backward_data<double>(*dxd, (double*)dx, *wd, (const double*)w, *cv, *dyd, (const double*)dy, alpha, beta);
+    // (16-bit results are not jittered: the last bit of a rounded sum says little.)
     if (dxd->dtype == FLOAT) jitter(BWD_DATA, algo, (float*)dx, count(*dxd));
-    else jitter(BWD_DATA, algo, (double*)dx, count(*dxd));
+    else if (dxd->dtype == DOUBLE) jitter(BWD_DATA, algo, (double*)dx, count(*dxd));
     return SUCCESS;
 }
 int cudnnConvolutionBackwardFilter(void*, const void* alpha, Tensor* xd, const void* x, Tensor* dyd, const void* dy,
@@ -394,10 +429,14 @@ int cudnnConvolutionBackwardFilter(void*, const void* alpha, Tensor* xd, const v
     if (int e = check_run(BWD_FILTER, "ConvolutionBackwardFilter", *xd, *dwd, *cv, *dyd, algo, BWD_A, BWD_B, ws, ws_bytes)) return e;
     if (xd->dtype == FLOAT)
         backward_filter<float>(*xd, (const float*)x, *dwd, (float*)dw, *cv, *dyd, (const float*)dy, alpha, beta);
+    else if (xd->dtype == HALF)
+        backward_filter<_Float16>(*xd, (const _Float16*)x, *dwd, (_Float16*)dw, *cv, *dyd, (const _Float16*)dy, alpha, beta);
+    else if (xd->dtype == BFLOAT16)
+        backward_filter<Bf16>(*xd, (const Bf16*)x, *dwd, (Bf16*)dw, *cv, *dyd, (const Bf16*)dy, alpha, beta);
     else
         backward_filter<double>(*xd, (const double*)x, *dwd, (double*)dw, *cv, *dyd, (const double*)dy, alpha, beta);
     if (xd->dtype == FLOAT) jitter(BWD_FILTER, algo, (float*)dw, count(*dwd));
-    else jitter(BWD_FILTER, algo, (double*)dw, count(*dwd));
+    else if (xd->dtype == DOUBLE) jitter(BWD_FILTER, algo, (double*)dw, count(*dwd));
     return SUCCESS;
 }
 
@@ -428,6 +467,7 @@ int cudnnFindConvolutionBackwardFilterAlgorithmEx(void* h, Tensor* xd, const voi
 }
 int cudnnAddTensor(void*, const void* alpha, Tensor* ad, const void* a, const void* beta, Tensor* cd, void* c) {
     if (!ad->set || !cd->set || ad->dtype != cd->dtype) return BAD_PARAM;
+    if (sixteen_bit(cd->dtype)) return NOT_SUPPORTED;
     if ((ad->n != 1 && ad->n != cd->n) || (ad->c != 1 && ad->c != cd->c) || (ad->h != 1 && ad->h != cd->h) ||
         (ad->w != 1 && ad->w != cd->w))
         return BAD_PARAM;

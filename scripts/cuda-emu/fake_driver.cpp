@@ -47,20 +47,39 @@ void emu_syncwarp() {
 }
 uint64_t* emu_shuffle_slots() { return slots.data(); }
 
-template <typename T>
-static void gemm(int ta, int tb, int m, int n, int k, T alpha, const T* A, int lda, long long sa, const T* B, int ldb,
-                 long long sb, T beta, T* C, int ldc, long long sc, int batch) {
+// Two-byte matrices (cuBLAS's CUDA_R_16BF / CUDA_R_16F), widened to float and rounded back
+// to nearest even: f16 through the compiler's _Float16, bf16 by hand (the high half of a
+// float). Written independently of prelude.cuh's routines, so the tests cross-check both.
+struct Bf16 { uint16_t bits; };
+static float widen(float v) { return v; }
+static double widen(double v) { return v; }
+static float widen(_Float16 v) { return (float)v; }
+static float widen(Bf16 v) { uint32_t b = (uint32_t)v.bits << 16; float f; memcpy(&f, &b, 4); return f; }
+template <typename S> static S narrow(float v) { return (S)v; }
+template <typename S> static S narrow(double v) { return (S)v; }
+template <> Bf16 narrow<Bf16>(float v) {
+    uint32_t x; memcpy(&x, &v, 4);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return Bf16{uint16_t((x >> 16) | 0x40)};
+    x += 0x7FFFu + ((x >> 16) & 1);  // round to nearest, ties to even
+    return Bf16{uint16_t(x >> 16)};
+}
+
+// Column-major C = alpha op(A) op(B) + beta C, accumulated in T over elements stored as S.
+template <typename T, typename S = T>
+static void gemm(int ta, int tb, int m, int n, int k, T alpha, const S* A, int lda, long long sa, const S* B, int ldb,
+                 long long sb, T beta, S* C, int ldc, long long sc, int batch) {
     for (int b = 0; b < batch; ++b) {
-        const T* a = A + b * sa; const T* bb = B + b * sb; T* c = C + b * sc;
+        const S* a = A + b * sa; const S* bb = B + b * sb; S* c = C + b * sc;
         for (int j = 0; j < n; ++j)
             for (int i = 0; i < m; ++i) {
                 T acc = 0;
                 for (int l = 0; l < k; ++l) {
-                    T x = ta ? a[l + (size_t)i * lda] : a[i + (size_t)l * lda];
-                    T y = tb ? bb[j + (size_t)l * ldb] : bb[l + (size_t)j * ldb];
+                    T x = widen(ta ? a[l + (size_t)i * lda] : a[i + (size_t)l * lda]);
+                    T y = widen(tb ? bb[j + (size_t)l * ldb] : bb[l + (size_t)j * ldb]);
                     acc += x * y;
                 }
-                c[i + (size_t)j * ldc] = alpha * acc + (beta == T(0) ? T(0) : beta * c[i + (size_t)j * ldc]);
+                T old = beta == T(0) ? T(0) : beta * widen(c[i + (size_t)j * ldc]);
+                c[i + (size_t)j * ldc] = narrow<S>(alpha * acc + old);
             }
     }
 }
@@ -341,12 +360,24 @@ int cublasSetStream_v2(void*, void* s) { blas_stream = s; return 0; }
 int cublasGemmStridedBatchedEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at,
                                int lda, long long sa, const void* B, int bt, int ldb, long long sb, const void* beta,
                                void* C, int ct, int ldc, long long sc, int batch, int compute, int algo) {
-    if (at != 0 || bt != 0 || ct != 0 || (compute != 68 && compute != 77) || algo != -1) return 7;
+    // Data types: CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14, all three matrices
+    // alike. Compute types: CUBLAS_COMPUTE_32F = 68, ..._32F_FAST_TF32 = 77 (f32 data only).
+    // Other combinations are refused with CUBLAS_STATUS_NOT_SUPPORTED (15), as real cuBLAS
+    // refuses the ones it lacks, and an unknown algorithm with INVALID_VALUE (7).
+    if (algo != -1 || (compute != 68 && compute != 77)) return 7;
+    if (at != bt || at != ct || (at != 0 && at != 2 && at != 14) || (at != 0 && compute != 68)) return 15;
     if (int e = check_dims(ta, tb, m, n, k, lda, ldb, ldc)) return e;
     float al = *(const float*)alpha, be = *(const float*)beta;
     return emu_stream_work(blas_stream, [=] {
-        gemm<float>(ta, tb, m, n, k, al, (const float*)A, lda, sa, (const float*)B, ldb, sb, be, (float*)C, ldc, sc,
-                    batch);
+        if (at == 0)
+            gemm<float>(ta, tb, m, n, k, al, (const float*)A, lda, sa, (const float*)B, ldb, sb, be, (float*)C, ldc,
+                        sc, batch);
+        else if (at == 2)
+            gemm<float, _Float16>(ta, tb, m, n, k, al, (const _Float16*)A, lda, sa, (const _Float16*)B, ldb, sb, be,
+                                  (_Float16*)C, ldc, sc, batch);
+        else
+            gemm<float, Bf16>(ta, tb, m, n, k, al, (const Bf16*)A, lda, sa, (const Bf16*)B, ldb, sb, be, (Bf16*)C,
+                              ldc, sc, batch);
         return 0;
     });
 }

@@ -46,7 +46,8 @@ pub enum Error {
         /// What the op accepts, in words.
         expected: &'static str,
     },
-    /// The op does not support this dtype on this device (bf16 and f16 on CUDA, so far).
+    /// The op does not support this dtype on this device, although another device does
+    /// (no op of the tensor crate refuses this way since CUDA computes bf16 and f16).
     #[error("{op}: dtype {dtype} is not supported on {device} yet ({hint})")]
     UnsupportedDTypeOnDevice {
         /// The operation.

@@ -1,6 +1,6 @@
 //! bf16 and f16 on the CPU: storage, casts (against `half`'s conversions, specials
 //! included), ops (against the same op in f32, rounded once), the gradient of a cast, and
-//! the errors of the ops and devices that refuse them.
+//! the errors of the ops that refuse them.
 
 use tapegrad_tensor::half::{bf16, f16};
 use tapegrad_tensor::optim::{sgd_update, SgdStep};
@@ -378,48 +378,18 @@ fn refusals_name_the_op_and_dtype() -> Result<()> {
     Ok(())
 }
 
-/// Built without `cuda`, a CUDA device is unavailable; built with it, bf16 and f16 are
-/// refused before any driver is asked, so this runs on any machine.
+/// Built without `cuda`, a bf16/f16 tensor cannot move to a CUDA device, as no tensor can
+/// (built with it, tests/cuda_low_precision.rs checks bf16 and f16 on CUDA against the CPU,
+/// and that batch norm and optimizer updates refuse them there too).
+#[cfg(not(feature = "cuda"))]
 #[test]
-fn cuda_refuses_16_bit_tensors_by_name() -> Result<()> {
-    let cuda = Device::Cuda(0);
+fn cuda_is_unavailable_without_the_feature() -> Result<()> {
     for dtype in LOW {
         let x = tensor(&[2, 2], 17)?.cast(dtype)?;
-        let upload = x.to_device(&cuda).map(|_| ()).unwrap_err();
-        let fill = Tensor::zeros([2], dtype, &cuda).map(|_| ()).unwrap_err();
-        if cfg!(feature = "cuda") {
-            for (err, op) in [(&upload, "to_device"), (&fill, "full")] {
-                assert!(
-                    matches!(err, Error::UnsupportedDTypeOnDevice { op: o, dtype: d, device, .. }
-                        if *o == op && *d == dtype && *device == cuda),
-                    "{err:?}"
-                );
-                let msg = err.to_string();
-                assert!(msg.contains(op) && msg.contains(dtype.as_str()) && msg.contains("cuda:0"), "{msg}");
-            }
-        } else {
-            assert!(matches!(upload, Error::DeviceUnavailable { .. }), "{upload:?}");
-        }
+        let err = x.to_device(&Device::Cuda(0)).map(|_| ()).unwrap_err();
+        assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err:?}");
+        let err = Tensor::zeros([2], dtype, &Device::Cuda(0)).map(|_| ()).unwrap_err();
+        assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err:?}");
     }
-    Ok(())
-}
-
-/// On a device (or the emulated one), a cast of an f32 CUDA tensor to bf16/f16 is refused
-/// by name, and the f32 tensor stays usable.
-#[cfg(feature = "cuda")]
-#[test]
-fn cuda_cast_to_16_bit_is_refused() -> Result<()> {
-    let Some((_lock, device)) = tapegrad_tensor::testing::cuda_or_skip("cuda_cast_to_16_bit_is_refused") else {
-        return Ok(());
-    };
-    let x = tensor(&[2, 3], 18)?.to_device(&device)?;
-    for dtype in LOW {
-        let err = x.cast(dtype).map(|_| ()).unwrap_err();
-        assert!(
-            matches!(err, Error::UnsupportedDTypeOnDevice { op: "cast", dtype: d, device: dev, .. } if d == dtype && dev == device),
-            "{err:?}"
-        );
-    }
-    assert_eq!(x.mul_scalar(2.0)?.to_vec::<f32>()?, tensor(&[2, 3], 18)?.mul_scalar(2.0)?.to_vec::<f32>()?);
     Ok(())
 }

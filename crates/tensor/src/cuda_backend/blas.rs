@@ -1,6 +1,8 @@
 //! cuBLAS: one handle per device, bound to the device's stream, and the strided-batched
 //! GEMM the matmul op uses. TF32 tensor-core math for f32 products is an explicit opt-in
 //! ([`crate::cuda::set_tf32`]); by default f32 products are computed in full f32.
+//! bf16 and f16 products read and write two-byte matrices and accumulate in f32
+//! (`CUBLAS_COMPUTE_32F`, never TF32), rounding once per output element, as the CPU does.
 
 use super::device::CudaDevice;
 use crate::{DType, Error, Result};
@@ -93,15 +95,19 @@ pub(crate) fn gemm_strided_batched(device: &CudaDevice, dtype: DType, g: &Gemm, 
     device.bind()?;
     device.with_blas(|handle| {
         match dtype {
-            DType::F32 => {
+            DType::F32 | DType::BF16 | DType::F16 => {
                 let (alpha, beta) = (1.0f32, 0.0f32);
-                let compute = if crate::cuda::tf32_enabled() {
+                let compute = if dtype == DType::F32 && crate::cuda::tf32_enabled() {
                     cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
                 } else {
                     cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
                 };
-                let r32 = cublas_sys::cudaDataType::CUDA_R_32F;
-                // SAFETY: the caller guarantees that a, b and c hold f32 matrices of the
+                let data = match dtype {
+                    DType::BF16 => cublas_sys::cudaDataType::CUDA_R_16BF,
+                    DType::F16 => cublas_sys::cudaDataType::CUDA_R_16F,
+                    _ => cublas_sys::cudaDataType::CUDA_R_32F,
+                };
+                // SAFETY: the caller guarantees that a, b and c hold matrices of `dtype` of the
                 // given sizes, leading dimensions and strides; alpha and beta are host
                 // values that live across the call (cuBLAS reads them before returning).
                 unsafe {
@@ -114,16 +120,16 @@ pub(crate) fn gemm_strided_batched(device: &CudaDevice, dtype: DType, g: &Gemm, 
                         k,
                         (&alpha as *const f32).cast::<c_void>(),
                         a as *const c_void,
-                        r32,
+                        data,
                         lda,
                         sa,
                         b as *const c_void,
-                        r32,
+                        data,
                         ldb,
                         sb,
                         (&beta as *const f32).cast::<c_void>(),
                         c as *mut c_void,
-                        r32,
+                        data,
                         ldc,
                         sc,
                         batch,
@@ -161,7 +167,6 @@ pub(crate) fn gemm_strided_batched(device: &CudaDevice, dtype: DType, g: &Gemm, 
                 .map_err(|e| Error::cuda(dev, "cublasDgemmStridedBatched", e))
             }
             DType::I64 => Err(Error::UnsupportedDType { op: "matmul", dtype, expected: "f32 or f64" }),
-            DType::BF16 | DType::F16 => crate::cuda_backend::refuse_low_precision("matmul", dtype, dev),
         }
     })
 }

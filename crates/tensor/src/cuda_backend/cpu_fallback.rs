@@ -5,7 +5,7 @@
 //! kernels in `ops/pool/cuda.rs` and `ops/norm/cuda.rs`.)
 //!
 //! f64 takes this path quietly (cuDNN supports few f64 NHWC configurations, and f64 is for
-//! checking, not speed). An f32 convolution on the CPU is a surprise that can eat a
+//! checking, not speed). An f32 (or bf16, f16) convolution on the CPU is a surprise that can eat a
 //! training run: it prints one warning per geometry and direction on stderr, and with
 //! `TAPEGRAD_CUDA_NO_CPU_FALLBACK=1` in the environment it is an error instead (what
 //! scripts/gpu-check.sh sets, so a missing algorithm fails loudly on a lent GPU).
@@ -50,17 +50,17 @@ fn forbidden() -> bool {
     std::env::var(NO_FALLBACK_VAR).is_ok_and(|v| v == "1")
 }
 
-/// The warning for an f32 fallback the first time a geometry and direction falls back in
-/// this process; `None` afterwards, and always for other dtypes.
+/// The warning for an f32, bf16 or f16 fallback the first time a geometry and direction
+/// falls back in this process; `None` afterwards, and always for f64.
 fn first_warning(op: &'static str, spec: &Conv2dSpec, dtype: DType) -> Option<String> {
     static WARNED: Mutex<Option<HashSet<(&'static str, Conv2dSpec)>>> = Mutex::new(None);
-    if dtype != DType::F32 {
+    if dtype == DType::F64 {
         return None;
     }
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
     warned.get_or_insert_with(HashSet::new).insert((op, *spec)).then(|| {
         format!(
-            "tapegrad warning: {op}: cuDNN offers no algorithm for this f32 convolution ({}); it runs on the CPU, \
+            "tapegrad warning: {op}: cuDNN offers no algorithm for this {dtype} convolution ({}); it runs on the CPU, \
              slowly and synchronously (set {NO_FALLBACK_VAR}=1 to make this an error)",
             describe(spec)
         )
@@ -68,16 +68,16 @@ fn first_warning(op: &'static str, spec: &Conv2dSpec, dtype: DType) -> Option<St
 }
 
 /// Allows a fallback of `op` (a direction: `conv2d`, `conv2d_backward_input`,
-/// `conv2d_backward_filter`) or refuses it: f64 passes, f32 warns once per geometry and
-/// direction, or fails while the switch is on.
+/// `conv2d_backward_filter`) or refuses it: f64 passes, f32/bf16/f16 warn once per geometry
+/// and direction, or fail while the switch is on.
 fn permit(op: &'static str, like: &CudaStorage, spec: &Conv2dSpec) -> Result<()> {
     let dtype = like.dtype();
-    if dtype == DType::F32 && forbidden() {
+    if dtype != DType::F64 && forbidden() {
         return Err(Error::Cuda {
             device: like.device(),
             op,
             msg: format!(
-                "cuDNN offers no algorithm for this f32 convolution ({}), and {NO_FALLBACK_VAR}=1 forbids running it \
+                "cuDNN offers no algorithm for this {dtype} convolution ({}), and {NO_FALLBACK_VAR}=1 forbids running it \
                  on the CPU",
                 describe(spec)
             ),

@@ -225,23 +225,35 @@ fn to_int(v: usize, what: &str) -> Result<c_int> {
     c_int::try_from(v).map_err(|_| Error::invalid("conv2d", format!("{what} = {v} exceeds cuDNN's 32-bit limit")))
 }
 
-/// cuDNN's data type and the math types allowed for a dtype.
+/// cuDNN's data type for a dtype's tensors and filters.
 fn data_type(dtype: DType) -> Result<sys::cudnnDataType_t> {
     match dtype {
         DType::F32 => Ok(sys::cudnnDataType_t::CUDNN_DATA_FLOAT),
         DType::F64 => Ok(sys::cudnnDataType_t::CUDNN_DATA_DOUBLE),
-        DType::I64 | DType::BF16 | DType::F16 => {
-            Err(Error::UnsupportedDType { op: "conv2d", dtype, expected: "f32 or f64" })
-        }
+        DType::BF16 => Ok(sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16),
+        DType::F16 => Ok(sys::cudnnDataType_t::CUDNN_DATA_HALF),
+        DType::I64 => Err(Error::UnsupportedDType { op: "conv2d", dtype, expected: "f32, f64, bf16 or f16" }),
+    }
+}
+
+/// The convolution's compute (accumulation) type: f32 for bf16 and f16 data (cuDNN's
+/// PSEUDO_BFLOAT16 / PSEUDO_HALF configurations, as the CPU accumulates them), else the
+/// data type.
+fn compute_type(dtype: DType) -> Result<sys::cudnnDataType_t> {
+    if dtype.is_low_precision() {
+        Ok(sys::cudnnDataType_t::CUDNN_DATA_FLOAT)
+    } else {
+        data_type(dtype)
     }
 }
 
 /// Whether an algorithm's math type may be used: tensor-core math for f32 only when TF32
 /// is allowed (cuDNN's default math may use TF32 on Ampere and newer, so plain f32 asks
-/// for FMA math).
-fn math_allowed(math: sys::cudnnMathType_t, tf32: bool) -> bool {
+/// for FMA math). bf16 and f16 operands lose nothing in tensor cores (they multiply
+/// exactly and accumulate in f32), so `tensor_ops` is true for them.
+fn math_allowed(math: sys::cudnnMathType_t, tensor_ops: bool) -> bool {
     use sys::cudnnMathType_t::*;
-    tf32 || !matches!(math, CUDNN_TENSOR_OP_MATH | CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)
+    tensor_ops || !matches!(math, CUDNN_TENSOR_OP_MATH | CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)
 }
 
 /// One heuristic result, whatever the direction.
@@ -266,6 +278,7 @@ impl ConvPlan {
     ) -> Result<ConvPlan> {
         let cuda_err = |op: &'static str| move |e: dnn::CudnnError| Error::cuda(device, op, e);
         let dt = data_type(dtype)?;
+        let compute = compute_type(dtype)?;
         let [n, h, w, c] = [
             to_int(s.batch, "batch")?,
             to_int(s.in_h, "height")?,
@@ -326,7 +339,7 @@ impl ConvPlan {
                     dh,
                     dw,
                     sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                    dt,
+                    compute,
                 )
                 .map_err(cuda_err("cudnnSetConvolution2dDescriptor"))?;
                 dnn::set_convolution_math_type(desc.0, math).map_err(cuda_err("cudnnSetConvolutionMathType"))?;
@@ -495,7 +508,7 @@ fn choose<P: Copy, A: Copy>(
     let (deterministic, others): (Vec<_>, Vec<_>) = ranked.into_iter().partition(|r| r.deterministic);
     for ranked in deterministic.into_iter().chain(others) {
         if ranked.status != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-            || !math_allowed(ranked.math, tf32)
+            || !math_allowed(ranked.math, tf32 || dtype.is_low_precision())
             || ranked.memory > WORKSPACE_LIMIT
         {
             continue;

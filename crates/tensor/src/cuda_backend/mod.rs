@@ -5,6 +5,13 @@
 //! launch code, which lives beside its op (`ops/<family>/cuda.rs`, with the `.cu` source
 //! next to it). Everything is queued on the device's one stream without waiting; only
 //! reading a buffer back to the host ([`CudaStorage::to_cpu`]) synchronises.
+//!
+//! bf16 and f16 buffers compute in f32 and round once, as on the CPU: the elementwise
+//! kernels load two-byte elements to f32 and round when they store; matrix products run
+//! in cuBLAS and convolutions in cuDNN with f32 accumulation; the other ops widen their
+//! operands to f32 on the device, run the f32 op, and round its result back
+//! ([`CudaStorage::through_f32`]).
+//! Normalizations and optimizer updates refuse them, as on the CPU.
 
 pub(crate) mod allocator;
 pub(crate) mod blas;
@@ -78,19 +85,17 @@ fn cpu_bytes(cpu: &CpuStorage) -> &[u8] {
     }
 }
 
-/// Refuses bf16 and f16 on a CUDA device: the backend has no kernels for them yet, so a
-/// CUDA buffer never holds them (every way to make one passes here), and no kernel can
-/// read two-byte elements as f32.
-pub(crate) fn refuse_low_precision(op: &'static str, dtype: DType, device: Device) -> Result<()> {
-    if dtype.is_low_precision() {
-        return Err(Error::UnsupportedDTypeOnDevice {
-            op,
-            dtype,
-            device,
-            hint: "the CUDA backend has no bf16/f16 kernels; compute in f32 on CUDA, or in bf16/f16 on the CPU",
-        });
+/// Refuses every dtype but f32 and f64, with the CPU's error: normalizations and optimizer
+/// updates keep their statistics and variables in f32 under mixed precision (as in Keras),
+/// so on both devices they refuse bf16 and f16 rather than compute them.
+pub(crate) fn float_only(op: &'static str, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 | DType::F64 => Ok(()),
+        DType::BF16 | DType::F16 => {
+            Err(Error::UnsupportedDType { op, dtype, expected: "f32 or f64; cast bf16 and f16 to f32 first" })
+        }
+        DType::I64 => Err(Error::UnsupportedDType { op, dtype, expected: "f32 or f64" }),
     }
-    Ok(())
 }
 
 /// A contiguous buffer of one dtype on one CUDA device.
@@ -119,7 +124,6 @@ impl Drop for CudaStorage {
 impl CudaStorage {
     /// An uninitialised buffer of `len` elements; kernels fill it.
     pub(crate) fn alloc(device: &Arc<CudaDevice>, len: usize, dtype: DType) -> Result<CudaStorage> {
-        refuse_low_precision("cuda alloc", dtype, device.device())?;
         let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
             Error::invalid("cuda alloc", format!("{len} elements of {dtype} overflow the address space"))
         })?;
@@ -142,13 +146,11 @@ impl CudaStorage {
 
     /// `len` copies of `value` converted to `dtype`, filled on CUDA device `ordinal` (queued).
     pub fn full(len: usize, value: f64, dtype: DType, ordinal: usize) -> Result<CudaStorage> {
-        refuse_low_precision("full", dtype, Device::Cuda(ordinal))?;
         layout::cuda::fill(&CudaDevice::get(ordinal)?, len, value, dtype)
     }
 
     /// Uploads a host buffer to CUDA device `ordinal` (queued; does not wait).
     pub fn from_cpu(cpu: &CpuStorage, ordinal: usize) -> Result<CudaStorage> {
-        refuse_low_precision("to_device", cpu.dtype(), Device::Cuda(ordinal))?;
         let device = CudaDevice::get(ordinal)?;
         let out = Self::alloc(&device, cpu.len(), cpu.dtype())?;
         if let Some(block) = &out.block {
@@ -224,6 +226,33 @@ impl CudaStorage {
         }
     }
 
+    /// Runs `f32_op` on this bf16/f16 buffer widened to f32 (exactly, on the device) and
+    /// rounds its f32 result back to this buffer's dtype once; a result of another dtype
+    /// (arg_max's i64 indices) is returned as it is. The CPU computes these ops the same
+    /// way, so both devices agree wherever their f32 ops do.
+    pub(crate) fn through_f32(&self, f32_op: impl FnOnce(&CudaStorage) -> Result<CudaStorage>) -> Result<CudaStorage> {
+        let out = f32_op(&self.cast(DType::F32)?)?;
+        if out.dtype == DType::F32 {
+            out.cast(self.dtype)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// A second operand of an op on a bf16/f16 buffer, widened to f32: it must have the
+    /// same dtype (a bf16 op does not silently take an f32 operand).
+    pub(crate) fn widen_operand(&self, op: &'static str, dtype: DType) -> Result<CudaStorage> {
+        if self.dtype != dtype {
+            return Err(Error::DTypeMismatch { op, lhs: dtype, rhs: self.dtype });
+        }
+        self.cast(DType::F32)
+    }
+
+    /// The dtype if it is bf16 or f16 (the dtypes computed through f32).
+    fn low_precision(&self) -> Option<DType> {
+        self.dtype.is_low_precision().then_some(self.dtype)
+    }
+
     /// Fails unless `other` has the same dtype.
     pub(crate) fn check_dtype(&self, other: &CudaStorage, op: &'static str) -> Result<()> {
         if self.dtype == other.dtype {
@@ -252,10 +281,17 @@ impl BackendStorage for CudaStorage {
     }
 
     fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Self> {
+        if self.low_precision().is_some() {
+            // Accumulates in f32 and rounds once.
+            return self.through_f32(|x| reduce::cuda::reduce(x, op, shape, axes));
+        }
         reduce::cuda::reduce(self, op, shape, axes)
     }
 
     fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|x| reduce::cuda::arg_reduce(x, op, shape, axis));
+        }
         reduce::cuda::arg_reduce(self, op, shape, axis)
     }
 
@@ -276,9 +312,13 @@ impl BackendStorage for CudaStorage {
     }
 
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|x| softmax::cuda::log_softmax(x, rows, cols));
+        }
         softmax::cuda::log_softmax(self, rows, cols)
     }
 
+    // bf16 and f16 convolutions run in cuDNN with f32 accumulation (ops/conv/cuda.rs).
     fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
         conv::cuda::conv2d(self, kernel, bias, spec)
     }
@@ -292,18 +332,32 @@ impl BackendStorage for CudaStorage {
     }
 
     fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|x| pool::cuda::max_pool2d(x, spec));
+        }
         pool::cuda::max_pool2d(self, spec)
     }
 
     fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
+        const OP: &str = "max_pool2d_backward";
+        if let Some(low) = self.low_precision() {
+            let (y, dy) = (output.widen_operand(OP, low)?, grad_out.widen_operand(OP, low)?);
+            return self.through_f32(|x| pool::cuda::max_pool2d_backward(x, &y, &dy, spec));
+        }
         pool::cuda::max_pool2d_backward(self, output, grad_out, spec)
     }
 
     fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|x| pool::cuda::avg_pool2d(x, spec));
+        }
         pool::cuda::avg_pool2d(self, spec)
     }
 
     fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|dy| pool::cuda::avg_pool2d_backward(dy, spec));
+        }
         pool::cuda::avg_pool2d_backward(self, spec)
     }
 
@@ -330,10 +384,17 @@ impl BackendStorage for CudaStorage {
     }
 
     fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|x| gather::cuda::gather_rows(x, indices, row_len));
+        }
         gather::cuda::gather_rows(self, indices, row_len)
     }
 
     fn segment_sum_rows(&self, order: &Self, offsets: &Self, row_len: usize) -> Result<Self> {
+        if self.low_precision().is_some() {
+            // Sums in f32 and rounds once.
+            return self.through_f32(|v| gather::cuda::segment_sum_rows(v, order, offsets, row_len));
+        }
         gather::cuda::segment_sum_rows(self, order, offsets, row_len)
     }
 
@@ -372,18 +433,30 @@ impl BackendStorage for CudaStorage {
     }
 
     fn pad(&self, spec: &PadSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|x| pad::cuda::pad(x, spec));
+        }
         pad::cuda::pad(self, spec)
     }
 
     fn pad_backward(&self, spec: &PadSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|dy| pad::cuda::pad_backward(dy, spec));
+        }
         pad::cuda::pad_backward(self, spec)
     }
 
     fn resize(&self, spec: &ResizeSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|x| resize::cuda::resize(x, spec));
+        }
         resize::cuda::resize(self, spec)
     }
 
     fn resize_backward(&self, spec: &ResizeSpec) -> Result<Self> {
+        if self.low_precision().is_some() {
+            return self.through_f32(|dy| resize::cuda::resize_backward(dy, spec));
+        }
         resize::cuda::resize_backward(self, spec)
     }
 }

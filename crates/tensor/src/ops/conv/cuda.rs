@@ -6,16 +6,19 @@
 //! stride 2 on an even size is not (one more row/column at the bottom/right). Such a
 //! convolution runs with the smaller padding in cuDNN on an input that is explicitly
 //! padded by the difference (one launch of the pad kernel); the input gradient is
-//! computed for that padded input and cropped (one strided-copy launch). The bias is added by `cudnnAddTensor`.
+//! computed for that padded input and cropped (one strided-copy launch). The bias is added by `cudnnAddTensor`
+//! (for bf16 and f16 by our broadcast add kernel, in f32 with one rounding: cuDNN's AddTensor
+//! does not take every 16-bit configuration). bf16 and f16 convolutions run in cuDNN with
+//! 16-bit tensors and f32 accumulation.
 //! Where cuDNN has no algorithm for a configuration (some f64 ones), that primitive runs
 //! on the CPU instead (`cuda_backend/cpu_fallback.rs`), with the same results; for f32
 //! that warns once per geometry and direction, or fails under
 //! `TAPEGRAD_CUDA_NO_CPU_FALLBACK=1`.
 
-use crate::backend::{Conv2dSpec, StridedLayout};
+use crate::backend::{BinaryOp, Conv2dSpec, StridedLayout};
 use crate::cuda_backend::cudnn::Queued;
 use crate::cuda_backend::{cpu_fallback, CudaStorage};
-use crate::ops::pad::{self, PadMode, PadSpec};
+use crate::ops::pad::{PadMode, PadSpec};
 use crate::{BackendStorage, Error, Result, Shape};
 
 /// The padding cuDNN cannot express: how much each side exceeds the smaller of its pair.
@@ -64,7 +67,8 @@ fn pad_input(x: &CudaStorage, spec: &Conv2dSpec, e: ExtraPadding) -> Result<Cuda
         pads: vec![(0, 0), (e.top, e.bottom), (e.left, e.right), (0, 0)],
         mode: PadMode::Constant(0.0),
     };
-    pad::cuda::pad(x, &pad_spec)
+    // Through the backend, which pads bf16 and f16 too.
+    x.pad(&pad_spec)
 }
 
 /// The input cuDNN reads: `x` itself, or (`Some`) its copy with the extra padding.
@@ -141,17 +145,23 @@ pub(crate) fn conv2d(
     let (sym, extra) = symmetric(spec);
     let padded = padded_for_cudnn(x, spec, extra)?;
     let input = padded.as_ref().unwrap_or(x);
+    let low = x.dtype().is_low_precision();
     let queued = device.with_dnn(|dnn| {
         let plan = dnn.plan(device, &sym, x.dtype())?;
         let queued = dnn.forward(device, &plan, input.ptr(), k.ptr(), y.ptr())?;
-        if let (Queued::Done, Some(b)) = (queued, b) {
+        if let (Queued::Done, Some(b), false) = (queued, b, low) {
             dnn.add_bias(device, &plan, b.ptr(), y.ptr())?;
         }
         Ok(queued)
     })?;
-    match queued {
-        Queued::Done => Ok(y),
-        Queued::NotSupported => cpu_fallback::conv2d(x, k, b, spec),
+    match (queued, b) {
+        (Queued::Done, Some(b)) if low => {
+            let rows = spec.batch * spec.out_h * spec.out_w;
+            let (out, bias) = (Shape::new(&[rows, spec.out_channels]), Shape::new(&[spec.out_channels]));
+            y.binary(b, BinaryOp::Add, &out, &bias, &out)
+        }
+        (Queued::Done, _) => Ok(y),
+        (Queued::NotSupported, _) => cpu_fallback::conv2d(x, k, b, spec),
     }
 }
 

@@ -2,6 +2,8 @@
 // Elementwise kernels: unary ops, binary ops (contiguous, scalar and broadcast operands)
 // and dtype casts. Entry points are named `unary_<op>_<dtype>`, `binary_<op>_<dtype>`,
 // `binary_<op>_<dtype>_bcast` and `cast_<from>_<to>`; ops/elementwise/cuda.rs launches them.
+// bf16 and f16 elements are loaded to f32, computed in f32 and rounded once when stored
+// (`load` / `store` in the prelude), as the CPU computes them.
 // The semantics follow the CPU kernels in ops/elementwise/cpu.rs exactly (NaN handling,
 // integer division by zero giving 0, wrapping integer arithmetic).
 
@@ -88,11 +90,17 @@ __device__ __forceinline__ i64 unary_int(i64 v, i64 p0, i64 p1) {
     extern "C" __global__ void unary_##NAME##_##T(const T* x, T* y, u64 n, T p0, T p1) {         \
         GRID_STRIDE_LOOP(i, n) { y[i] = unary_float<CODE, T>(x[i], p0, p1); }                    \
     }
+// bf16 / f16 in, f32 math (with f32 parameters), one rounding out.
+#define UNARY_LOW(NAME, CODE, S)                                                                \
+    extern "C" __global__ void unary_##NAME##_##S(const S* x, S* y, u64 n, f32 p0, f32 p1) {     \
+        GRID_STRIDE_LOOP(i, n) { store(y + i, unary_float<CODE, f32>(load(x + i), p0, p1)); }    \
+    }
 #define UNARY_INT(NAME, CODE)                                                                   \
     extern "C" __global__ void unary_##NAME##_i64(const i64* x, i64* y, u64 n, i64 p0, i64 p1) { \
         GRID_STRIDE_LOOP(i, n) { y[i] = unary_int<CODE>(x[i], p0, p1); }                         \
     }
-#define UNARY_FLOATS(NAME, CODE) UNARY_FLOAT(NAME, CODE, f32) UNARY_FLOAT(NAME, CODE, f64)
+#define UNARY_FLOATS(NAME, CODE) \
+    UNARY_FLOAT(NAME, CODE, f32) UNARY_FLOAT(NAME, CODE, f64) UNARY_LOW(NAME, CODE, bf16) UNARY_LOW(NAME, CODE, f16)
 
 UNARY_FLOATS(neg, U_NEG)
 UNARY_FLOATS(exp, U_EXP)
@@ -191,14 +199,14 @@ __device__ __forceinline__ void binary_bcast(const T* a, const T* b, T* out, u64
             ia += idx * (I)m.lhs_strides[d];
             ib += idx * (I)m.rhs_strides[d];
         }
-        out[i] = binary_fn<OP, T>(a[ia], b[ib]);
+        store(out + i, binary_fn<OP, compute_t<T>>(load(a + ia), load(b + ib)));
     }
 }
 
 #define BINARY(NAME, CODE, T)                                                                           \
     extern "C" __global__ void binary_##NAME##_##T(const T* a, const T* b, T* out, u64 n, u64 a_step,     \
                                                    u64 b_step) {                                         \
-        GRID_STRIDE_LOOP(i, n) { out[i] = binary_fn<CODE, T>(a[i * a_step], b[i * b_step]); }             \
+        GRID_STRIDE_LOOP(i, n) { store(out + i, binary_fn<CODE, compute_t<T>>(load(a + i * a_step), load(b + i * b_step))); } \
     }                                                                                                     \
     extern "C" __global__ void binary_##NAME##_##T##_bcast_u32(const T* a, const T* b, T* out, u64 n,     \
                                                                const BroadcastMeta m) {                  \
@@ -208,7 +216,8 @@ __device__ __forceinline__ void binary_bcast(const T* a, const T* b, T* out, u64
                                                                const BroadcastMeta m) {                  \
         binary_bcast<CODE, T, u64>(a, b, out, n, m);                                                      \
     }
-#define BINARY_ALL(NAME, CODE) BINARY(NAME, CODE, f32) BINARY(NAME, CODE, f64) BINARY(NAME, CODE, i64)
+#define BINARY_ALL(NAME, CODE) \
+    BINARY(NAME, CODE, f32) BINARY(NAME, CODE, f64) BINARY(NAME, CODE, i64) BINARY(NAME, CODE, bf16) BINARY(NAME, CODE, f16)
 
 BINARY_ALL(add, B_ADD)
 BINARY_ALL(sub, B_SUB)
@@ -251,3 +260,37 @@ CAST(f64, f32)
 CAST(f64, i64)
 CAST(i64, f32)
 CAST(i64, f64)
+
+// Casts to bf16 / f16 round once to nearest, ties to even, as the CPU's (low_precision.rs):
+// through f32 exactly from f32, bf16 and f16; from f64 (and i64, which the CPU converts to
+// f64 first) through the f32 rounded to odd, which keeps the one rounding.
+__device__ __forceinline__ f32 narrowable(f32 v) { return v; }
+__device__ __forceinline__ f32 narrowable(f64 v) { return f64_to_f32_odd(v); }
+__device__ __forceinline__ f32 narrowable(i64 v) { return f64_to_f32_odd((f64)v); }
+__device__ __forceinline__ f32 narrowable(bf16 v) { return bf16_to_f32(v); }
+__device__ __forceinline__ f32 narrowable(f16 v) { return f16_to_f32(v); }
+
+#define CAST_TO_LOW(A, B)                                                        \
+    extern "C" __global__ void cast_##A##_##B(const A* x, B* y, u64 n) {         \
+        GRID_STRIDE_LOOP(i, n) { store(y + i, narrowable(x[i])); }               \
+    }
+// From bf16 / f16: widened exactly to f32, then converted as an f32 is.
+#define CAST_FROM_LOW(A, B)                                                      \
+    extern "C" __global__ void cast_##A##_##B(const A* x, B* y, u64 n) {         \
+        GRID_STRIDE_LOOP(i, n) { y[i] = cast_value<B, f32>(load(x + i)); }       \
+    }
+
+CAST_TO_LOW(f32, bf16)
+CAST_TO_LOW(f64, bf16)
+CAST_TO_LOW(i64, bf16)
+CAST_TO_LOW(f16, bf16)
+CAST_TO_LOW(f32, f16)
+CAST_TO_LOW(f64, f16)
+CAST_TO_LOW(i64, f16)
+CAST_TO_LOW(bf16, f16)
+CAST_FROM_LOW(bf16, f32)
+CAST_FROM_LOW(bf16, f64)
+CAST_FROM_LOW(bf16, i64)
+CAST_FROM_LOW(f16, f32)
+CAST_FROM_LOW(f16, f64)
+CAST_FROM_LOW(f16, i64)

@@ -15,6 +15,7 @@ pub(crate) const KERNELS: KernelSource = KernelSource { name: "layout", source: 
 /// Layout kernels only move bits: one per element size.
 fn width(dtype: DType) -> &'static str {
     match dtype.size_in_bytes() {
+        2 => "b16",
         4 => "b32",
         _ => "b64",
     }
@@ -22,7 +23,7 @@ fn width(dtype: DType) -> &'static str {
 
 /// Every kernel name this file can launch.
 pub(crate) fn kernel_names() -> Vec<String> {
-    ["b32", "b64"]
+    ["b16", "b32", "b64"]
         .iter()
         .flat_map(|w| {
             let indexed = ["u32", "u64"]
@@ -118,10 +119,8 @@ pub(crate) fn fill(device: &Arc<CudaDevice>, len: usize, value: f64, dtype: DTyp
         DType::F32 => (value as f32).to_bits() as u64,
         DType::F64 => value.to_bits(),
         DType::I64 => (value as i64) as u64,
-        DType::BF16 | DType::F16 => {
-            crate::cuda_backend::refuse_low_precision("full", dtype, device.device())?;
-            0
-        }
+        DType::BF16 => crate::dtype::bf16_from_f64(value).to_bits() as u64,
+        DType::F16 => crate::dtype::f16_from_f64(value).to_bits() as u64,
     };
     if bits == 0 || len == 0 {
         return CudaStorage::zeros(device, len, dtype);
@@ -129,12 +128,17 @@ pub(crate) fn fill(device: &Arc<CudaDevice>, len: usize, value: f64, dtype: DTyp
     let out = CudaStorage::alloc(device, len, dtype)?;
     let (dst, n) = (out.ptr(), len as u64);
     let cfg = elementwise_config(len);
-    // Kernel signature: (T* y, u64 n, T bits) with T = u32 or u64.
-    if dtype.size_in_bytes() == 4 {
-        let bits = bits as u32;
-        launch!(device, KERNELS, "fill_b32", cfg; dst, n, bits);
-    } else {
-        launch!(device, KERNELS, "fill_b64", cfg; dst, n, bits);
+    // Kernel signature: (T* y, u64 n, T bits) with T = u16, u32 or u64.
+    match dtype.size_in_bytes() {
+        2 => {
+            let bits = bits as u16;
+            launch!(device, KERNELS, "fill_b16", cfg; dst, n, bits);
+        }
+        4 => {
+            let bits = bits as u32;
+            launch!(device, KERNELS, "fill_b32", cfg; dst, n, bits);
+        }
+        _ => launch!(device, KERNELS, "fill_b64", cfg; dst, n, bits),
     }
     Ok(out)
 }

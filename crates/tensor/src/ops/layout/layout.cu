@@ -1,7 +1,7 @@
 #line 1 "layout.cu"
 // Layout kernels: copying a strided view into a contiguous buffer (permute, broadcast_to,
 // narrow), concatenation, and filling a buffer with one value (Tensor::full). They only move bits, so they exist per element size:
-// `_b32` (f32) and `_b64` (f64, i64). The copies index in 32 or 64 bits (`_u32_` /
+// `_b16` (bf16, f16), `_b32` (f32) and `_b64` (f64, i64). The copies index in 32 or 64 bits (`_u32_` /
 // `_u64_`, see INDEX_LOOP in the prelude). ops/layout/cuda.rs launches them.
 
 // The view: element i of the output, decomposed over `dims` (innermost first), is read
@@ -48,14 +48,18 @@ __device__ __forceinline__ void concat_part(const T* src, T* dst, u64 outer, u64
         concat_part<W, I>(src, dst, outer, inner, total, col);                                                \
     }
 
-// Bit widths as the unsigned types that carry them (b32 = u32, b64 = u64).
+// Bit widths as the unsigned types that carry them (b16 = u16, b32 = u32, b64 = u64).
+typedef unsigned short b16;
 typedef u32 b32;
 typedef u64 b64;
+LAYOUT_COPIES(b16, u32)
+LAYOUT_COPIES(b16, u64)
 LAYOUT_COPIES(b32, u32)
 LAYOUT_COPIES(b32, u64)
 LAYOUT_COPIES(b64, u32)
 LAYOUT_COPIES(b64, u64)
 
 // Every element set to the same bit pattern.
+extern "C" __global__ void fill_b16(b16* y, u64 n, b16 bits) { GRID_STRIDE_LOOP(i, n) { y[i] = bits; } }
 extern "C" __global__ void fill_b32(u32* y, u64 n, u32 bits) { GRID_STRIDE_LOOP(i, n) { y[i] = bits; } }
 extern "C" __global__ void fill_b64(u64* y, u64 n, u64 bits) { GRID_STRIDE_LOOP(i, n) { y[i] = bits; } }

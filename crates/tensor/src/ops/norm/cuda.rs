@@ -60,9 +60,8 @@ fn epilogue_code(e: BatchNormEpilogue) -> u32 {
 /// Checks the dtype (a float), devices, and each buffer's length.
 fn check(op: &'static str, x: &CudaStorage, buffers: &[(Option<&CudaStorage>, usize)]) -> Result<DType> {
     let dtype = x.dtype();
-    if dtype == DType::I64 {
-        return Err(Error::UnsupportedDType { op, dtype, expected: "f32 or f64" });
-    }
+    // bf16 and f16 are refused as on the CPU (statistics and variables stay in f32).
+    crate::cuda_backend::float_only(op, dtype)?;
     for (b, len) in buffers {
         let Some(b) = b else { continue };
         x.check_device(b, op)?;

@@ -27,9 +27,8 @@ pub(crate) fn kernel_names() -> Vec<String> {
 /// Checks devices, dtypes (a float) and lengths of the parameter and its operands.
 fn check(op: &'static str, var: &CudaStorage, others: &[Option<&CudaStorage>]) -> Result<DType> {
     let dtype = var.dtype();
-    if dtype == DType::I64 {
-        return Err(Error::UnsupportedDType { op, dtype, expected: "f32 or f64" });
-    }
+    // bf16 and f16 are refused as on the CPU (statistics and variables stay in f32).
+    crate::cuda_backend::float_only(op, dtype)?;
     for o in others.iter().flatten() {
         var.check_device(o, op)?;
         var.check_dtype(o, op)?;
