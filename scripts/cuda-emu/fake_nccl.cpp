@@ -74,7 +74,14 @@ void emu_fail_next_event_record();
 
 namespace fake_nccl {
 const char* kind_name(int k) { return k == AllReduce ? "ncclAllReduce" : k == Broadcast ? "ncclBroadcast" : "ncclAllGather"; }
-size_t elem_size(int dtype) { return dtype == Float32 ? 4 : 8; }
+size_t elem_size(int dtype) {
+    switch (dtype) {
+        case Float16: case Bfloat16: return 2;
+        case Float32: return 4;
+        case Float64: case Int64: return 8;
+        default: return 0;
+    }
+}
 
 double timeout_s() {
     const char* s = getenv("TAPEGRAD_EMU_NCCL_TIMEOUT_S");
@@ -83,15 +90,42 @@ double timeout_s() {
 }
 
 namespace {
+// Elements as they are stored (T) and as they are summed (Acc): bf16 and f16 accumulate in
+// float, as NCCL's kernels compute them, but here in rank order and rounded once at the end.
+struct Bf16 {
+    uint16_t bits;
+};
+float widen(float x) { return x; }
+double widen(double x) { return x; }
+int64_t widen(int64_t x) { return x; }
+float widen(_Float16 x) { return static_cast<float>(x); }
+float widen(Bf16 x) {
+    uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+template <typename T> T narrow(decltype(widen(T{})) x) { return static_cast<T>(x); }  // f16: to nearest even
+template <> Bf16 narrow<Bf16>(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return Bf16{static_cast<uint16_t>((u >> 16) | 0x40)};  // a quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1);  // to nearest, ties to even (an overflow carries into infinity)
+    return Bf16{static_cast<uint16_t>(u >> 16)};
+}
+
 template <typename T> void reduce(const std::vector<Op>& ops, int op) {
+    using Acc = decltype(widen(T{}));
     size_t count = ops[0].count;
-    std::vector<T> acc(count, T(0));
+    std::vector<Acc> acc(count, Acc(0));
     for (auto& o : ops)  // in rank order: the same bits on every rank
-        for (size_t i = 0; i < count; ++i) acc[i] += static_cast<const T*>(o.send)[i];
+        for (size_t i = 0; i < count; ++i) acc[i] += widen(static_cast<const T*>(o.send)[i]);
     if (op == Avg)
-        for (auto& x : acc) x /= T(ops.size());
+        for (auto& x : acc) x /= Acc(ops.size());
+    std::vector<T> out(count);
+    for (size_t i = 0; i < count; ++i) out[i] = narrow<T>(acc[i]);
     for (auto& o : ops)
-        if (o.recv) memcpy(o.recv, acc.data(), count * sizeof(T));
+        if (o.recv) memcpy(o.recv, out.data(), count * sizeof(T));
 }
 }  // namespace
 
@@ -114,6 +148,8 @@ void execute(const std::vector<Op>& ops) {
         case AllReduce:
             if (first.dtype == Float32) reduce<float>(ops, first.op);
             else if (first.dtype == Float64) reduce<double>(ops, first.op);
+            else if (first.dtype == Float16) reduce<_Float16>(ops, first.op);
+            else if (first.dtype == Bfloat16) reduce<Bf16>(ops, first.op);
             else reduce<int64_t>(ops, first.op);
             break;
         case Broadcast: {
@@ -341,7 +377,7 @@ thread_local std::vector<Call> group_calls;
 
 int enqueue(Comm* c, Op op, void* stream) {
     if (!c) return InvalidArgument;
-    if (op.dtype != Float32 && op.dtype != Float64 && op.dtype != Int64) return InvalidArgument;
+    if (elem_size(op.dtype) == 0) return InvalidArgument;
     if (op.kind == AllReduce && op.op != Sum && op.op != Avg) return InvalidArgument;
     if (op.root < 0 || op.root >= nranks(c)) return InvalidArgument;
     if (op.count > 0 && (!op.send || !op.recv)) return InvalidArgument;

@@ -18,6 +18,16 @@ use std::time::{Duration, Instant};
 use tapegrad_tensor::{DType, Device, Shape, Tensor};
 
 /// How an all-reduce combines the ranks' tensors.
+///
+/// bf16 and f16 tensors are never summed in their own precision. The host backends (MPI,
+/// threads, local) widen them to f32, sum in rank order (MPI: its own f32 sum, the same
+/// on every rank), divide a mean in f32, and round to the dtype once: the result has the
+/// same bits on every rank and is the correctly rounded f32 result (so a mean of values near
+/// the dtype's largest does not overflow as their sum would). NCCL reduces them on the
+/// GPU (`ncclBfloat16`, `ncclFloat16`) in its own order, rounding after each step of its
+/// ring or tree: every rank still gets the same bits (each element is reduced once and
+/// then copied), but these may differ in the last place from the host backends' result,
+/// and from one NCCL algorithm or world size to another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {
     /// The elementwise sum.
@@ -43,7 +53,8 @@ struct Job {
 /// [`crate::ThreadGroup`] (ranks as threads of one process) or, with the `mpi` feature,
 /// `Communicator::mpi` (one rank per process, started by `mpirun`).
 ///
-/// Collectives take tensors of any device; f32, f64 and i64 are supported. Every rank
+/// Collectives take tensors of any device and dtype (f32, f64, i64, bf16, f16; an
+/// all-reduce of bf16 or f16 sums in f32 and rounds once, see [`ReduceOp`]). Every rank
 /// must call the same collectives in the same order with tensors of the same shape and
 /// dtype: a small header is exchanged first, and a disagreement is an [`Error::Mismatch`]
 /// on every rank. Results are identical on every rank.
@@ -480,11 +491,12 @@ fn run(t: &mut dyn Transport, header: &Header, buf: HostBuffer, header_only: boo
         return Ok(buf);
     }
     match header.collective {
-        Collective::AllReduceSum => t.all_reduce_sum(buf),
+        // bf16 and f16 are summed (and a mean divided) in f32 and rounded once at the end.
+        Collective::AllReduceSum => t.all_reduce_sum(buf.widened())?.narrowed(header.dtype),
         Collective::AllReduceMean => {
-            let mut sum = t.all_reduce_sum(buf)?;
+            let mut sum = t.all_reduce_sum(buf.widened())?;
             sum.divide(t.world_size());
-            Ok(sum)
+            sum.narrowed(header.dtype)
         }
         Collective::Broadcast => t.broadcast(buf, header.root),
         Collective::AllGather => t.all_gather(&buf),

@@ -90,16 +90,15 @@ impl What<'_> {
     }
 }
 
-fn nccl_dtype(dtype: DType) -> Result<sys::ncclDataType_t> {
+/// NCCL's type for a dtype. bf16 and f16 are reduced by NCCL in its own order, rounding
+/// after each step (see [`crate::ReduceOp`]); `ncclBfloat16` needs NCCL 2.10 or later.
+fn nccl_dtype(dtype: DType) -> sys::ncclDataType_t {
     match dtype {
-        DType::F32 => Ok(sys::ncclDataType_t::ncclFloat32),
-        DType::F64 => Ok(sys::ncclDataType_t::ncclFloat64),
-        DType::I64 => Ok(sys::ncclDataType_t::ncclInt64),
-        // CUDA buffers cannot hold them yet (the tensor crate refuses); say so rather than
-        // map to an NCCL type that older NCCL bindings lack.
-        DType::BF16 | DType::F16 => {
-            Err(Error::Backend { backend: "nccl", msg: format!("collectives on {dtype} are not supported yet") })
-        }
+        DType::F32 => sys::ncclDataType_t::ncclFloat32,
+        DType::F64 => sys::ncclDataType_t::ncclFloat64,
+        DType::I64 => sys::ncclDataType_t::ncclInt64,
+        DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+        DType::F16 => sys::ncclDataType_t::ncclFloat16,
     }
 }
 
@@ -218,7 +217,7 @@ impl NcclRank {
     pub(crate) fn all_reduce(&self, p: Prepared, mean: bool, what: &What<'_>) -> Result<Tensor> {
         if !p.input.is_empty() {
             let op = if mean { sys::ncclRedOp_t::ncclAvg } else { sys::ncclRedOp_t::ncclSum };
-            let nccl_type = nccl_dtype(p.dtype)?;
+            let nccl_type = nccl_dtype(p.dtype);
             self.with_comm(what, |comm, stream| {
                 // SAFETY: both buffers are live device buffers of `len` elements of the
                 // dtype on this rank's device; the collective is queued on the stream every
@@ -243,7 +242,7 @@ impl NcclRank {
     /// Rank `root`'s tensor on every rank.
     pub(crate) fn broadcast(&self, p: Prepared, root: usize, what: &What<'_>) -> Result<Tensor> {
         if !p.input.is_empty() {
-            let nccl_type = nccl_dtype(p.dtype)?;
+            let nccl_type = nccl_dtype(p.dtype);
             self.with_comm(what, |comm, stream| {
                 // SAFETY: as in all_reduce.
                 unsafe {
@@ -265,7 +264,7 @@ impl NcclRank {
     /// Every rank's tensor, stacked on a new leading axis (`out` was prepared with it).
     pub(crate) fn all_gather(&self, p: Prepared, what: &What<'_>) -> Result<Tensor> {
         if !p.input.is_empty() {
-            let nccl_type = nccl_dtype(p.dtype)?;
+            let nccl_type = nccl_dtype(p.dtype);
             self.with_comm(what, |comm, stream| {
                 // SAFETY: as in all_reduce; `out` holds world_size * len elements.
                 unsafe {

@@ -91,6 +91,35 @@ fn mpi_collectives() {
     });
 }
 
+/// bf16 and f16 on 2 ranks. Each rank's values and the expected results are written out
+/// by hand: `low_precision::expected` says why each is what it is.
+#[test]
+fn mpi_bf16_and_f16_collectives() {
+    on_two_ranks("mpi_bf16_and_f16_collectives", |comm| {
+        let r = comm.rank();
+        for case in common::low_precision::cases() {
+            let x = case.input(r, &Device::Cpu);
+            let sum = comm.all_reduce(&x, ReduceOp::Sum).unwrap();
+            assert_eq!((sum.dtype(), sum.dims()), (case.dtype, &[4usize][..]));
+            case.assert_bits("all_reduce(sum)", &sum, &case.sum);
+            case.assert_bits("all_reduce(mean)", &comm.all_reduce(&x, ReduceOp::Mean).unwrap(), &case.mean);
+            case.assert_bits("broadcast from 1", &comm.broadcast(&x, 1).unwrap(), &case.ranks[1]);
+            let gathered = comm.all_gather(&x).unwrap();
+            assert_eq!(gathered.dims(), &[2, 4]);
+            case.assert_bits("all_gather", &gathered, &[case.ranks[0].clone(), case.ranks[1].clone()].concat());
+        }
+        // bf16 on one rank and f16 on the other: the header's dtype differs, not the shape.
+        let dtype = if r == 0 { DType::BF16 } else { DType::F16 };
+        let x = Tensor::ones([4], DType::F32, &Device::Cpu).unwrap().cast(dtype).unwrap();
+        let err = comm.all_reduce(&x, ReduceOp::Mean).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Mismatch { .. }), "{msg}");
+        for part in [&format!("rank {r}"), "all_reduce(mean)", "of a bf16 tensor of shape [4]", "of a f16 tensor"] {
+            assert!(msg.contains(part), "{part:?} missing in: {msg}");
+        }
+    });
+}
+
 #[test]
 fn mpi_data_parallel_equals_one_process_with_the_combined_batch() {
     on_two_ranks("mpi_data_parallel_equals_one_process_with_the_combined_batch", |comm| {
