@@ -190,6 +190,29 @@ impl Communicator {
         self
     }
 
+    /// Aborts this rank's NCCL communicator now, as PyTorch's `ProcessGroupNCCL::abort`
+    /// does (`ncclCommAbort`): a collective blocked inside NCCL on another thread returns an
+    /// error saying so, collectives queued on the GPU end without a result (reading what they
+    /// computed fails, naming them), and every later collective fails. Use it to stop a rank
+    /// whose peers are known to be gone without waiting for the timeout. Only NCCL ranks can
+    /// be aborted: for the host backends it is an [`Error::Invalid`] (an MPI abort would end
+    /// every process of the job).
+    pub fn abort(&self) -> Result<()> {
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            n.abort(&Error::Backend {
+                backend: "nccl",
+                msg: format!("rank {}: aborted by Communicator::abort", self.rank),
+            });
+            return Ok(());
+        }
+        Err(Error::Invalid {
+            rank: self.rank,
+            collective: "abort",
+            msg: format!("only NCCL communicators can be aborted; this one is `{}`", self.backend),
+        })
+    }
+
     /// The elementwise sum or mean of `tensor` over the ranks, as a new tensor on the
     /// tensor's device; identical on every rank.
     pub fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {

@@ -234,3 +234,39 @@ fn mpi_nccl_ranks_in_two_processes_reduce_on_their_gpus() {
     let (ok, text) = launch(NAME, "60");
     assert!(ok && text.contains("RANK-0-PASSED") && text.contains("RANK-1-PASSED"), "{text}");
 }
+
+/// With `nccl` too, on the emulated GPU (`TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh`):
+/// bf16 and f16 collectives between ranks in two processes, through the fake libnccl's
+/// shared-memory cliques (`ncclBfloat16`/`ncclFloat16`, summed in float in rank order and
+/// rounded once: `common::low_precision`'s hand-worked results). Needs CUDA bf16/f16
+/// tensors (the tensor crate's CUDA backend).
+#[cfg(feature = "nccl")]
+#[test]
+fn mpi_nccl_bf16_and_f16_in_two_processes() {
+    const NAME: &str = "mpi_nccl_bf16_and_f16_in_two_processes";
+    if under_mpirun() {
+        let comm = Communicator::nccl_from_mpi().unwrap();
+        let r = comm.rank();
+        let dev = Device::Cuda(r);
+        for case in common::low_precision::cases() {
+            let x = case.input(r, &dev);
+            case.assert_bits("all_reduce(sum)", &comm.all_reduce(&x, ReduceOp::Sum).unwrap(), &case.sum);
+            case.assert_bits("all_reduce(mean)", &comm.all_reduce(&x, ReduceOp::Mean).unwrap(), &case.mean);
+            case.assert_bits("broadcast from 1", &comm.broadcast(&x, 1).unwrap(), &case.ranks[1]);
+            let gathered = comm.all_gather(&x).unwrap();
+            assert_eq!((gathered.device(), gathered.dims()), (dev, &[2usize, 4][..]));
+            case.assert_bits("all_gather", &gathered, &[case.ranks[0].clone(), case.ranks[1].clone()].concat());
+        }
+        drop(comm);
+        println!("RANK-{r}-PASSED");
+        return;
+    }
+    if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
+        eprintln!(
+            "SKIPPED: needs the emulated GPU and its fake libnccl (TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh)"
+        );
+        return;
+    }
+    let (ok, text) = launch(NAME, "60");
+    assert!(ok && text.contains("RANK-0-PASSED") && text.contains("RANK-1-PASSED"), "{text}");
+}
