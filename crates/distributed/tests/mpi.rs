@@ -270,3 +270,40 @@ fn mpi_nccl_bf16_and_f16_in_two_processes() {
     let (ok, text) = launch(NAME, "60");
     assert!(ok && text.contains("RANK-0-PASSED") && text.contains("RANK-1-PASSED"), "{text}");
 }
+
+/// With `nccl` too, on the emulated GPU (`TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh`):
+/// rank 1's process passes the header exchange of its second all-reduce and dies inside the
+/// NCCL call (`TAPEGRAD_EMU_NCCL_DIE`). The fake libnccl's shared-memory cliques wait at the
+/// call, so rank 0's call blocks inside NCCL (for up to 120 s, the fake's own limit); its
+/// watchdog aborts the communicator after the collective timeout (2 s), which wakes the
+/// call, and rank 0 gets the timeout naming its collective. Rank 0 then exits with an error
+/// (mpirun ends the dead rank).
+#[cfg(feature = "nccl")]
+#[test]
+fn mpi_nccl_a_call_blocked_on_a_dead_process_is_aborted_after_the_timeout() {
+    const NAME: &str = "mpi_nccl_a_call_blocked_on_a_dead_process_is_aborted_after_the_timeout";
+    if under_mpirun() {
+        let comm = Communicator::nccl_from_mpi().unwrap();
+        let r = comm.rank();
+        let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3], &Device::Cuda(r)).unwrap();
+        assert_eq!(comm.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 4.0, 6.0]);
+        let started = std::time::Instant::now();
+        // Rank 1 never returns from this call.
+        let err = comm.all_reduce(&x, ReduceOp::Sum).unwrap_err();
+        println!("RANK-{r}-ABORTED after {:?}: {err}", started.elapsed());
+        std::process::exit(1);
+    }
+    if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
+        eprintln!(
+            "SKIPPED: needs the emulated GPU and its fake libnccl (TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh)"
+        );
+        return;
+    }
+    let started = std::time::Instant::now();
+    let env = [("TAPEGRAD_EMU_NCCL_DIE", "1:2"), ("TAPEGRAD_EMU_NCCL_TIMEOUT_S", "120")];
+    let (_, text) = launch_with(NAME, "2", &env);
+    assert!(text.contains("RANK-0-ABORTED"), "{text}");
+    assert!(text.contains("rank 0: all_reduce(sum) of a f32 tensor of shape [3] did not complete within 2s"), "{text}");
+    // The watchdog's 2 s, not the fake's 120 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}\n{text}", started.elapsed());
+}
