@@ -219,6 +219,18 @@ impl Communicator {
         self.all_reduce_start(tensor, op)?.wait()
     }
 
+    /// [`all_reduce`](Self::all_reduce) in place: `tensor` becomes the sum or mean over the
+    /// ranks (same shape, dtype and device). Tensors are values here, as in TensorFlow and
+    /// candle, and may share storage with others (views, clones, a tape's saved copies), so
+    /// the reduced values go into fresh storage that replaces the caller's tensor; the old
+    /// storage is freed once nothing else holds it. On error `tensor` is left unchanged. To
+    /// reduce a [`Variable`](tapegrad_tensor::Variable)'s value, `assign` the result of
+    /// [`all_reduce`](Self::all_reduce).
+    pub fn all_reduce_in_place(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<()> {
+        *tensor = self.all_reduce(tensor, op)?;
+        Ok(())
+    }
+
     /// Starts an all-reduce and returns at once; [`PendingCollective::wait`] gives the
     /// result. Collectives run in the order they were started.
     pub fn all_reduce_start(&self, tensor: &Tensor, op: ReduceOp) -> Result<PendingCollective> {

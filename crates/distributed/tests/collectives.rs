@@ -195,3 +195,25 @@ fn only_nccl_communicators_can_be_aborted() {
     assert!(matches!(err, Error::Invalid { rank: 0, collective: "abort", .. }), "{err:?}");
     assert!(err.to_string().contains("only NCCL communicators can be aborted"), "{err}");
 }
+
+#[test]
+fn all_reduce_in_place_replaces_the_tensor_with_the_result() {
+    let results = on_ranks(2, Duration::from_secs(20), |rank, comm| {
+        let mut x = t(vec![rank as f32 + 1.0, -2.0 * rank as f32], &[2]);
+        let kept = x.clone();
+        comm.all_reduce_in_place(&mut x, ReduceOp::Sum).unwrap();
+        let sum = x.to_vec::<f32>().unwrap();
+        comm.all_reduce_in_place(&mut x, ReduceOp::Mean).unwrap();
+        // A disagreement leaves the tensor as it was.
+        let mut bad = t(vec![1.0; rank + 1], &[rank + 1]);
+        assert!(matches!(comm.all_reduce_in_place(&mut bad, ReduceOp::Sum), Err(Error::Mismatch { .. })));
+        assert_eq!(bad.to_vec::<f32>().unwrap(), vec![1.0; rank + 1]);
+        (sum, x.to_vec::<f32>().unwrap(), kept.to_vec::<f32>().unwrap(), x.dims().to_vec())
+    });
+    for (rank, (sum, mean, kept, dims)) in results.into_iter().enumerate() {
+        assert_eq!(sum, vec![3.0, -2.0]);
+        assert_eq!(mean, vec![3.0, -2.0], "the mean of two equal sums");
+        assert_eq!(kept, vec![rank as f32 + 1.0, -2.0 * rank as f32], "a clone taken before keeps its values");
+        assert_eq!(dims, vec![2]);
+    }
+}

@@ -70,6 +70,9 @@ fn mpi_collectives() {
         let x = Tensor::from_vec(vec![r as f32 + 0.5, -2.0 * r as f32, 3.0], [3], &Device::Cpu).unwrap();
         assert_eq!(comm.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), vec![2.0, -2.0, 6.0]);
         assert_eq!(comm.all_reduce(&x, ReduceOp::Mean).unwrap().to_vec::<f32>().unwrap(), vec![1.0, -1.0, 3.0]);
+        let mut y = x.clone();
+        comm.all_reduce_in_place(&mut y, ReduceOp::Sum).unwrap();
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![2.0, -2.0, 6.0]);
         let x64 = Tensor::from_vec(vec![r as f64 * 0.1; 4], [2, 2], &Device::Cpu).unwrap();
         let s64 = comm.all_reduce(&x64, ReduceOp::Sum).unwrap();
         assert_eq!((s64.dims(), s64.to_vec::<f64>().unwrap()), (&[2usize, 2][..], vec![0.1; 4]));
@@ -103,6 +106,9 @@ fn mpi_bf16_and_f16_collectives() {
             assert_eq!((sum.dtype(), sum.dims()), (case.dtype, &[4usize][..]));
             case.assert_bits("all_reduce(sum)", &sum, &case.sum);
             case.assert_bits("all_reduce(mean)", &comm.all_reduce(&x, ReduceOp::Mean).unwrap(), &case.mean);
+            let mut y = x.clone();
+            comm.all_reduce_in_place(&mut y, ReduceOp::Mean).unwrap();
+            case.assert_bits("all_reduce_in_place(mean)", &y, &case.mean);
             case.assert_bits("broadcast from 1", &comm.broadcast(&x, 1).unwrap(), &case.ranks[1]);
             let gathered = comm.all_gather(&x).unwrap();
             assert_eq!(gathered.dims(), &[2, 4]);

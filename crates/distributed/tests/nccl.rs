@@ -73,7 +73,8 @@ fn two_gpus_collectives_equal_host_results() {
         let mean = comm.all_reduce(&x, ReduceOp::Mean).unwrap();
         assert_eq!((sum.device(), sum.dims()), (dev, &[2usize, 3][..]));
         let x64 = Tensor::from_vec(vec![rank as f64 * 0.25, 1.5], [2], &dev).unwrap();
-        let mean64 = comm.all_reduce(&x64, ReduceOp::Mean).unwrap();
+        let mut mean64 = x64.clone();
+        comm.all_reduce_in_place(&mut mean64, ReduceOp::Mean).unwrap();
         let b = Tensor::from_vec(vec![rank as f32 + 1.0, -(rank as f32)], [2], &dev).unwrap();
         let from1 = comm.broadcast(&b, 1).unwrap();
         let gathered = comm.all_gather(&b).unwrap();
@@ -119,6 +120,10 @@ fn two_gpus_bf16_and_f16_collectives() {
                 assert_eq!((sum.device(), sum.dims()), (dev, &[4usize][..]));
                 case.assert_bits("all_reduce(sum)", &sum, &case.sum);
                 case.assert_bits("all_reduce(mean)", &comm.all_reduce(&x, ReduceOp::Mean).unwrap(), &case.mean);
+                let mut y = x.clone();
+                comm.all_reduce_in_place(&mut y, ReduceOp::Sum).unwrap();
+                assert_eq!(y.device(), dev);
+                case.assert_bits("all_reduce_in_place(sum)", &y, &case.sum);
                 case.assert_bits("broadcast from 1", &comm.broadcast(&x, 1).unwrap(), &case.ranks[1]);
                 let gathered = comm.all_gather(&x).unwrap();
                 assert_eq!((gathered.device(), gathered.dims()), (dev, &[2usize, 4][..]));
