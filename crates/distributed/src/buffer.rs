@@ -199,15 +199,15 @@ mod tests {
 
     #[test]
     fn bf16_and_f16_round_trip_and_reduce_widened() -> Result<()> {
-        let t = Tensor::from_vec(vec![1.0f32, 0.00390625, -3.0], [3], &Device::Cpu)?.cast(DType::BF16)?;
+        let t = Tensor::from_vec(vec![1.0f32, 1.0 / 256.0, -3.0], [3], &Device::Cpu)?.cast(DType::BF16)?;
         let buf = HostBuffer::from_tensor(&t)?;
         assert_eq!(buf.dtype(), DType::BF16);
         let wide = buf.clone().widened();
-        assert_eq!(wide, HostBuffer::F32(vec![1.0, 0.00390625, -3.0]));
+        assert_eq!(wide, HostBuffer::F32(vec![1.0, 1.0 / 256.0, -3.0]));
         // 1 + 2^-8 (exact in f32) is halfway between two bf16 values: rounded once, to even.
         let mut sum = wide.slice(0, 1);
         sum.add_assign(&wide.slice(1, 1))?;
-        assert_eq!(sum, HostBuffer::F32(vec![1.00390625]));
+        assert_eq!(sum, HostBuffer::F32(vec![1.0 + 1.0 / 256.0]));
         assert_eq!(sum.narrowed(DType::BF16)?, HostBuffer::BF16(vec![bf16::from_f32(1.0)]));
         assert_eq!(buf.clone().into_tensor([3], &Device::Cpu)?.to_vec::<bf16>()?, t.to_vec::<bf16>()?);
         let mut two = HostBuffer::with_capacity(DType::F16, 4)?;

@@ -109,7 +109,7 @@ pub mod low_precision {
             // between 500 and 502 (spacing 2): 502.
             Case {
                 dtype: DType::BF16,
-                ranks: [vec![1.0, 0.5, -3.0, 1000.0], vec![0.00390625, 0.25, 1.0, 3.0]],
+                ranks: [vec![1.0, 0.5, -3.0, 1000.0], vec![1.0 / 256.0, 0.25, 1.0, 3.0]],
                 sum: vec![1.0, 0.75, -2.0, 1004.0],
                 mean: vec![0.5, 0.375, -1.0, 502.0],
             },
@@ -118,7 +118,7 @@ pub mod low_precision {
             // to infinity as a sum, but the mean divides in f32 before rounding: 65504.
             Case {
                 dtype: DType::F16,
-                ranks: [vec![1.0, 2048.0, -0.5, 65504.0], vec![0.00048828125, 1.0, 0.25, 65504.0]],
+                ranks: [vec![1.0, 2048.0, -0.5, 65504.0], vec![1.0 / 2048.0, 1.0, 0.25, 65504.0]],
                 sum: vec![1.0, 2048.0, -0.25, f32::INFINITY],
                 mean: vec![0.5, 1024.0, -0.125, 65504.0],
             },
