@@ -1,7 +1,9 @@
 //! The flagship under `mpirun --allow-run-as-root --oversubscribe -np 2 ... --distributed mpi`
 //! on synthetic data: it trains, rank 0 alone writes the metrics and checkpoints and prints
 //! per-rank and global images/s, and a run resumed from rank 0's checkpoint ends with the
-//! weights of the uninterrupted run.
+//! weights of the uninterrupted run. With `--distributed nccl` on the emulated GPU
+//! (`TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh`, the example built with `--features
+//! mpi,nccl`), each rank trains on its own GPU and reduces through the fake libnccl.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -80,4 +82,35 @@ fn two_ranks_train_write_once_and_resume_exactly() {
         assert_eq!(na, nb);
         assert!(da == db, "{na} differs between the uninterrupted and the resumed run");
     }
+}
+
+/// `--distributed nccl` under `mpirun -np 2` on two emulated GPUs: each rank trains on the
+/// GPU of its local rank, its gradients reduced by (the fake) NCCL between the processes;
+/// rank 0 alone prints and writes metrics and a checkpoint. Skipped without the emulator.
+#[test]
+fn two_nccl_ranks_on_the_emulated_gpus_train_and_rank_0_writes() {
+    if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
+        eprintln!("SKIPPED: needs the emulated GPU (TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "RAYON_NUM_THREADS=1"])
+        .arg(example())
+        // As little work as shows the path: the emulator runs ResNet18's kernels on the host.
+        .args(["--distributed", "nccl", "--dataset", "cifar10", "--synthetic", "8", "--batch-size", "2"])
+        .args(["--device", "cuda", "--seed", "7", "--epochs", "1", "--max-steps", "1"])
+        .arg("--checkpoint-dir")
+        .arg(tmp.path())
+        .output()
+        .expect("mpirun must be installed (apt-get install openmpi-bin libopenmpi-dev)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = format!("stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(stdout.contains("data-parallel over 2 ranks (nccl): 4 images per step"), "{text}");
+    assert!(stdout.contains("images/s per rank [") && stdout.contains("global"), "{text}");
+    assert_eq!(stdout.matches("Total params").count(), 1, "rank 0 alone prints:\n{text}");
+    let metrics = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 1, "one line for the epoch, from rank 0 only:\n{metrics}");
+    assert!(!model_bytes(&tmp.path().join("last.safetensors")).is_empty());
 }

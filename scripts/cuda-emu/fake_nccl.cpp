@@ -11,7 +11,7 @@
 // into every rank's receive buffer and all return: work queued after the call sees the
 // result, as on a GPU. A rank that never arrives is given up after
 // TAPEGRAD_EMU_NCCL_TIMEOUT_S seconds (default 60; real NCCL waits on the GPU forever, until
-// ncclCommAbort, which wakes the fake's waiters too): the call returns ncclRemoteError, its
+// ncclCommAbort, which wakes the fake's waiters too, see below): the call returns ncclRemoteError, its
 // part is taken out of the round (a late peer must not write into buffers the caller may
 // have freed meanwhile), and the communicator reports the error from then on
 // (ncclCommGetAsyncError).
@@ -27,6 +27,12 @@
 // Ranks whose collectives disagree make every rank of the round report ncclInvalidUsage
 // through ncclCommGetAsyncError (the callers had returned already).
 //
+// ncclCommAbort from another thread while a call on the same communicator is blocked (at the
+// call, or in a shared-memory clique) wakes that call, which returns ncclInvalidUsage without
+// computing anything, as real NCCL's abort flag makes its blocked host-side waits return;
+// the communicator is freed only once that call has left the library (no use after free,
+// whichever thread aborts). Calls made after the abort has begun fail the same way.
+//
 // Under stream capture a collective is refused (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
 // invalidates the capture, and the call returns ncclInvalidUsage): the fake cannot replay
 // a rendezvous inside a graph, and tapegrad never captures one.
@@ -37,7 +43,8 @@
 //
 // Test hooks: TAPEGRAD_EMU_NCCL_DIE=<device>:<n> makes the n-th collective called on that
 // device (counting from 1) never return, as if the rank's process died after its host part
-// (tapegrad's header exchange) and before its GPU joined: the other ranks' part waits.
+// (tapegrad's header exchange) and before its GPU joined: the other ranks' part waits, and
+// the dead rank's later ncclCommAbort (its watchdog's) does nothing.
 // TAPEGRAD_EMU_NCCL_UNTRACKED=<device>:<n> makes the caller's next cuEventRecord after the
 // n-th collective on that device fail, as when tapegrad's watchdog cannot track a collective
 // it has queued.
@@ -74,7 +81,14 @@ void emu_fail_next_event_record();
 
 namespace fake_nccl {
 const char* kind_name(int k) { return k == AllReduce ? "ncclAllReduce" : k == Broadcast ? "ncclBroadcast" : "ncclAllGather"; }
-size_t elem_size(int dtype) { return dtype == Float32 ? 4 : 8; }
+size_t elem_size(int dtype) {
+    switch (dtype) {
+        case Float16: case Bfloat16: return 2;
+        case Float32: return 4;
+        case Float64: case Int64: return 8;
+        default: return 0;
+    }
+}
 
 double timeout_s() {
     const char* s = getenv("TAPEGRAD_EMU_NCCL_TIMEOUT_S");
@@ -83,15 +97,42 @@ double timeout_s() {
 }
 
 namespace {
+// Elements as they are stored (T) and as they are summed (Acc): bf16 and f16 accumulate in
+// float, as NCCL's kernels compute them, but here in rank order and rounded once at the end.
+struct Bf16 {
+    uint16_t bits;
+};
+float widen(float x) { return x; }
+double widen(double x) { return x; }
+int64_t widen(int64_t x) { return x; }
+float widen(_Float16 x) { return static_cast<float>(x); }
+float widen(Bf16 x) {
+    uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+template <typename T> T narrow(decltype(widen(T{})) x) { return static_cast<T>(x); }  // f16: to nearest even
+template <> Bf16 narrow<Bf16>(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return Bf16{static_cast<uint16_t>((u >> 16) | 0x40)};  // a quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1);  // to nearest, ties to even (an overflow carries into infinity)
+    return Bf16{static_cast<uint16_t>(u >> 16)};
+}
+
 template <typename T> void reduce(const std::vector<Op>& ops, int op) {
+    using Acc = decltype(widen(T{}));
     size_t count = ops[0].count;
-    std::vector<T> acc(count, T(0));
+    std::vector<Acc> acc(count, Acc(0));
     for (auto& o : ops)  // in rank order: the same bits on every rank
-        for (size_t i = 0; i < count; ++i) acc[i] += static_cast<const T*>(o.send)[i];
+        for (size_t i = 0; i < count; ++i) acc[i] += widen(static_cast<const T*>(o.send)[i]);
     if (op == Avg)
-        for (auto& x : acc) x /= T(ops.size());
+        for (auto& x : acc) x /= Acc(ops.size());
+    std::vector<T> out(count);
+    for (size_t i = 0; i < count; ++i) out[i] = narrow<T>(acc[i]);
     for (auto& o : ops)
-        if (o.recv) memcpy(o.recv, acc.data(), count * sizeof(T));
+        if (o.recv) memcpy(o.recv, out.data(), count * sizeof(T));
 }
 }  // namespace
 
@@ -114,6 +155,8 @@ void execute(const std::vector<Op>& ops) {
         case AllReduce:
             if (first.dtype == Float32) reduce<float>(ops, first.op);
             else if (first.dtype == Float64) reduce<double>(ops, first.op);
+            else if (first.dtype == Float16) reduce<_Float16>(ops, first.op);
+            else if (first.dtype == Bfloat16) reduce<Bf16>(ops, first.op);
             else reduce<int64_t>(ops, first.op);
             break;
         case Broadcast: {
@@ -144,6 +187,21 @@ struct Comm {
     int rank = 0, device = 0;
     uint64_t seq = 0;  // collectives this rank has called
     std::atomic<int> async_error{Success};
+    // Calls inside the library on this communicator (ncclCommAbort waits for them to leave
+    // before freeing it), and whether an abort has begun.
+    std::atomic<int> users{0};
+    std::atomic<bool> aborting{false};
+    // TAPEGRAD_EMU_NCCL_DIE made this rank "die" inside a call: its process is gone, as far
+    // as its peers can tell, so nothing it calls afterwards (its watchdog's ncclCommAbort)
+    // reaches them.
+    std::atomic<bool> dead{false};
+};
+
+// Counts a call inside the library on `c` for as long as it lives.
+struct InCall {
+    Comm* c;
+    explicit InCall(Comm* comm) : c(comm) { c->users++; }
+    ~InCall() { c->users--; }
 };
 
 // One collective of a clique: each rank's part, as it arrives.
@@ -341,7 +399,9 @@ thread_local std::vector<Call> group_calls;
 
 int enqueue(Comm* c, Op op, void* stream) {
     if (!c) return InvalidArgument;
-    if (op.dtype != Float32 && op.dtype != Float64 && op.dtype != Int64) return InvalidArgument;
+    InCall in_call(c);
+    if (c->aborting) return InvalidUsage;
+    if (elem_size(op.dtype) == 0) return InvalidArgument;
     if (op.kind == AllReduce && op.op != Sum && op.op != Avg) return InvalidArgument;
     if (op.root < 0 || op.root >= nranks(c)) return InvalidArgument;
     if (op.count > 0 && (!op.send || !op.recv)) return InvalidArgument;
@@ -353,6 +413,7 @@ int enqueue(Comm* c, Op op, void* stream) {
     if (dies_here(c->device)) {
         fprintf(stderr, "fake nccl: TAPEGRAD_EMU_NCCL_DIE: the rank on device %d dies in %s\n", c->device,
                 kind_name(op.kind));
+        c->dead = true;
         for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
     }
     trace(c, op);
@@ -446,9 +507,15 @@ int ncclCommDestroy(Comm* c) {
 // Ends the clique's collectives: waiters at the call return, queued ones are signalled
 // without computing anything (their streams go on, their receive buffers are garbage).
 int ncclCommAbort(Comm* c) {
-    if (!c) return Success;
+    if (!c || c->dead) return Success;  // a dead rank's abort reaches nobody (and it never leaves its call)
+    c->aborting = true;
+    // A call blocked on another thread is woken below; the communicator goes once it has left.
+    auto wait_for_callers = [c] {
+        while (c->users.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    };
     if (c->shm) {
         shm_abort(c->shm);
+        wait_for_callers();
         shm_leave(c->shm);
         delete c;
         return Success;
@@ -462,6 +529,7 @@ int ncclCommAbort(Comm* c) {
         leave(c);
         cl.changed.notify_all();
     }
+    wait_for_callers();
     delete c;
     return Success;
 }
@@ -486,6 +554,11 @@ int ncclGroupEnd() {
     auto calls = std::move(group_calls);
     group_calls.clear();
     if (calls.empty()) return Success;
+    std::vector<std::unique_ptr<InCall>> in_calls;  // the group's communicators are in use until it ends
+    for (auto& call : calls) {
+        in_calls.push_back(std::make_unique<InCall>(call.comm));
+        if (call.comm->aborting) return InvalidUsage;
+    }
     int r = run_now(calls);
     if (r != Success)
         for (auto& call : calls) call.comm->async_error = r;

@@ -7,10 +7,11 @@
 namespace fake_nccl {
 enum Result : int { Success = 0, SystemError = 2, InternalError = 3, InvalidArgument = 4, InvalidUsage = 5, RemoteError = 6 };
 enum Kind : int { AllReduce, Broadcast, AllGather };
-enum DataType : int { Int64 = 4, Float32 = 7, Float64 = 8 };
+enum DataType : int { Int64 = 4, Float16 = 6, Float32 = 7, Float64 = 8, Bfloat16 = 9 };
 enum RedOp : int { Sum = 0, Avg = 4 };
 
 const char* kind_name(int kind);
+// The size of one element of `dtype`, or 0 for a type the fake does not support.
 size_t elem_size(int dtype);
 
 // One rank's part of a collective.
@@ -25,7 +26,8 @@ struct Op {
 bool agree(const std::vector<Op>& ops);
 
 // Computes a collective from every rank's part (in rank order: the same bits on every
-// rank) into each part's receive buffer. The parts must agree.
+// rank) into each part's receive buffer. The parts must agree. bf16 and f16 are summed
+// (and averaged) in float and rounded once, to nearest even.
 void execute(const std::vector<Op>& ops);
 
 // TAPEGRAD_EMU_NCCL_TIMEOUT_S (default 60): how long a rank waits for its peers.

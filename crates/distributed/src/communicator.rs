@@ -18,6 +18,16 @@ use std::time::{Duration, Instant};
 use tapegrad_tensor::{DType, Device, Shape, Tensor};
 
 /// How an all-reduce combines the ranks' tensors.
+///
+/// bf16 and f16 tensors are never summed in their own precision. The host backends (MPI,
+/// threads, local) widen them to f32, sum in rank order (MPI: its own f32 sum, the same
+/// on every rank), divide a mean in f32, and round to the dtype once: the result has the
+/// same bits on every rank and is the correctly rounded f32 result (so a mean of values near
+/// the dtype's largest does not overflow as their sum would). NCCL reduces them on the
+/// GPU (`ncclBfloat16`, `ncclFloat16`) in its own order, rounding after each step of its
+/// ring or tree: every rank still gets the same bits (each element is reduced once and
+/// then copied), but these may differ in the last place from the host backends' result,
+/// and from one NCCL algorithm or world size to another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {
     /// The elementwise sum.
@@ -43,7 +53,8 @@ struct Job {
 /// [`crate::ThreadGroup`] (ranks as threads of one process) or, with the `mpi` feature,
 /// `Communicator::mpi` (one rank per process, started by `mpirun`).
 ///
-/// Collectives take tensors of any device; f32, f64 and i64 are supported. Every rank
+/// Collectives take tensors of any device and dtype (f32, f64, i64, bf16, f16; an
+/// all-reduce of bf16 or f16 sums in f32 and rounds once, see [`ReduceOp`]). Every rank
 /// must call the same collectives in the same order with tensors of the same shape and
 /// dtype: a small header is exchanged first, and a disagreement is an [`Error::Mismatch`]
 /// on every rank. Results are identical on every rank.
@@ -179,10 +190,45 @@ impl Communicator {
         self
     }
 
+    /// Aborts this rank's NCCL communicator now, as PyTorch's `ProcessGroupNCCL::abort`
+    /// does (`ncclCommAbort`): a collective blocked inside NCCL on another thread returns an
+    /// error saying so, collectives queued on the GPU end without a result (reading what they
+    /// computed fails, naming them), and every later collective fails. Use it to stop a rank
+    /// whose peers are known to be gone without waiting for the timeout. Only NCCL ranks can
+    /// be aborted: for the host backends it is an [`Error::Invalid`] (an MPI abort would end
+    /// every process of the job).
+    pub fn abort(&self) -> Result<()> {
+        #[cfg(feature = "nccl")]
+        if let Some(n) = &self.nccl {
+            n.abort(&Error::Backend {
+                backend: "nccl",
+                msg: format!("rank {}: aborted by Communicator::abort", self.rank),
+            });
+            return Ok(());
+        }
+        Err(Error::Invalid {
+            rank: self.rank,
+            collective: "abort",
+            msg: format!("only NCCL communicators can be aborted; this one is `{}`", self.backend),
+        })
+    }
+
     /// The elementwise sum or mean of `tensor` over the ranks, as a new tensor on the
     /// tensor's device; identical on every rank.
     pub fn all_reduce(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor> {
         self.all_reduce_start(tensor, op)?.wait()
+    }
+
+    /// [`all_reduce`](Self::all_reduce) in place: `tensor` becomes the sum or mean over the
+    /// ranks (same shape, dtype and device). Tensors are values here, as in TensorFlow and
+    /// candle, and may share storage with others (views, clones, a tape's saved copies), so
+    /// the reduced values go into fresh storage that replaces the caller's tensor; the old
+    /// storage is freed once nothing else holds it. On error `tensor` is left unchanged. To
+    /// reduce a [`Variable`](tapegrad_tensor::Variable)'s value, `assign` the result of
+    /// [`all_reduce`](Self::all_reduce).
+    pub fn all_reduce_in_place(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<()> {
+        *tensor = self.all_reduce(tensor, op)?;
+        Ok(())
     }
 
     /// Starts an all-reduce and returns at once; [`PendingCollective::wait`] gives the
@@ -480,11 +526,12 @@ fn run(t: &mut dyn Transport, header: &Header, buf: HostBuffer, header_only: boo
         return Ok(buf);
     }
     match header.collective {
-        Collective::AllReduceSum => t.all_reduce_sum(buf),
+        // bf16 and f16 are summed (and a mean divided) in f32 and rounded once at the end.
+        Collective::AllReduceSum => t.all_reduce_sum(buf.widened())?.narrowed(header.dtype),
         Collective::AllReduceMean => {
-            let mut sum = t.all_reduce_sum(buf)?;
+            let mut sum = t.all_reduce_sum(buf.widened())?;
             sum.divide(t.world_size());
-            Ok(sum)
+            sum.narrowed(header.dtype)
         }
         Collective::Broadcast => t.broadcast(buf, header.root),
         Collective::AllGather => t.all_gather(&buf),

@@ -4,7 +4,8 @@
 //! of one, so everything runs without features), [`ThreadGroup`] (ranks as threads of
 //! one process) and, with the `mpi` feature, `Communicator::mpi` (one rank per process,
 //! started with `mpirun`). It offers `all_reduce` (sum, mean), `broadcast`, `all_gather`
-//! and `barrier` on f32, f64 and i64 tensors. Ranks that disagree about a collective's
+//! and `barrier` on f32, f64, i64, bf16 and f16 tensors (an all-reduce of bf16 or f16 sums
+//! in f32 and rounds once; see [`ReduceOp`]). Ranks that disagree about a collective's
 //! shape or dtype get an [`Error::Mismatch`] naming both; a collective that does not
 //! complete within the communicator's timeout (a dead rank) is an [`Error::Timeout`].
 //!

@@ -7,6 +7,7 @@ use crate::{Error, HostBuffer, Result};
 use mpi::collective::SystemOperation;
 use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::traits::{CommunicatorCollectives, Root};
+use tapegrad_tensor::half::{bf16, f16};
 
 impl Communicator {
     /// Joins `MPI_COMM_WORLD`: rank and world size come from `mpirun`. MPI is initialised
@@ -72,6 +73,19 @@ impl Transport for MpiTransport {
                 self.world.all_gather_into(&v[..], &mut out[..]);
                 HostBuffer::I64(out)
             }
+            // Two-byte values travel as their bits (MPI has no bf16 or f16 type).
+            HostBuffer::BF16(v) => {
+                let bits: Vec<u16> = v.iter().map(|x| x.to_bits()).collect();
+                let mut out = vec![0u16; v.len() * n];
+                self.world.all_gather_into(&bits[..], &mut out[..]);
+                HostBuffer::BF16(out.into_iter().map(bf16::from_bits).collect())
+            }
+            HostBuffer::F16(v) => {
+                let bits: Vec<u16> = v.iter().map(|x| x.to_bits()).collect();
+                let mut out = vec![0u16; v.len() * n];
+                self.world.all_gather_into(&bits[..], &mut out[..]);
+                HostBuffer::F16(out.into_iter().map(f16::from_bits).collect())
+            }
         })
     }
     fn all_reduce_sum(&mut self, local: HostBuffer) -> Result<HostBuffer> {
@@ -92,6 +106,13 @@ impl Transport for MpiTransport {
                 self.world.all_reduce_into(&v[..], &mut out[..], SystemOperation::sum());
                 HostBuffer::I64(out)
             }
+            // The communicator widens them to f32 first (see `buffer`): never summed here.
+            b @ (HostBuffer::BF16(_) | HostBuffer::F16(_)) => {
+                return Err(Error::Backend {
+                    backend: "mpi",
+                    msg: format!("internal: an all-reduce of {} {} elements was not widened", b.len(), b.dtype()),
+                })
+            }
         })
     }
     fn broadcast(&mut self, mut local: HostBuffer, root: usize) -> Result<HostBuffer> {
@@ -101,6 +122,16 @@ impl Transport for MpiTransport {
             HostBuffer::F32(v) => root.broadcast_into(&mut v[..]),
             HostBuffer::F64(v) => root.broadcast_into(&mut v[..]),
             HostBuffer::I64(v) => root.broadcast_into(&mut v[..]),
+            HostBuffer::BF16(v) => {
+                let mut bits: Vec<u16> = v.iter().map(|x| x.to_bits()).collect();
+                root.broadcast_into(&mut bits[..]);
+                *v = bits.into_iter().map(bf16::from_bits).collect();
+            }
+            HostBuffer::F16(v) => {
+                let mut bits: Vec<u16> = v.iter().map(|x| x.to_bits()).collect();
+                root.broadcast_into(&mut bits[..]);
+                *v = bits.into_iter().map(f16::from_bits).collect();
+            }
         }
         Ok(local)
     }

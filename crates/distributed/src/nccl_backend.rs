@@ -90,16 +90,15 @@ impl What<'_> {
     }
 }
 
-fn nccl_dtype(dtype: DType) -> Result<sys::ncclDataType_t> {
+/// NCCL's type for a dtype. bf16 and f16 are reduced by NCCL in its own order, rounding
+/// after each step (see [`crate::ReduceOp`]); `ncclBfloat16` needs NCCL 2.10 or later.
+fn nccl_dtype(dtype: DType) -> sys::ncclDataType_t {
     match dtype {
-        DType::F32 => Ok(sys::ncclDataType_t::ncclFloat32),
-        DType::F64 => Ok(sys::ncclDataType_t::ncclFloat64),
-        DType::I64 => Ok(sys::ncclDataType_t::ncclInt64),
-        // CUDA buffers cannot hold them yet (the tensor crate refuses); say so rather than
-        // map to an NCCL type that older NCCL bindings lack.
-        DType::BF16 | DType::F16 => {
-            Err(Error::Backend { backend: "nccl", msg: format!("collectives on {dtype} are not supported yet") })
-        }
+        DType::F32 => sys::ncclDataType_t::ncclFloat32,
+        DType::F64 => sys::ncclDataType_t::ncclFloat64,
+        DType::I64 => sys::ncclDataType_t::ncclInt64,
+        DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+        DType::F16 => sys::ncclDataType_t::ncclFloat16,
     }
 }
 
@@ -129,8 +128,9 @@ impl NcclRank {
     }
 
     /// Aborts the NCCL communicator because of `cause` (a header exchange timed out: a peer
-    /// is gone): collectives queued on the GPU that wait for it end instead of hanging the
-    /// stream, and the stream is marked failed if one was still queued.
+    /// is gone; or [`Communicator::abort`]): collectives queued on the GPU that wait for it
+    /// end instead of hanging the stream, the stream is marked failed if one was still
+    /// queued, and a call blocked in NCCL on another thread returns (see `with_comm`).
     pub(crate) fn abort(&self, cause: &Error) {
         // The device's context, current for ncclCommAbort and the events' destruction.
         let _ = raw::stream(self.ordinal);
@@ -162,15 +162,39 @@ impl NcclRank {
     /// after checking NCCL's asynchronous error state (a failed peer, a network error),
     /// and has the watchdog track the queued collective. A failed call aborts the
     /// communicator: the other ranks may already have queued their part of the collective.
+    ///
+    /// The state's lock is not held during the call, so that the watchdog (or
+    /// [`NcclRank::abort`] on another thread) can abort a call that blocks inside NCCL; the
+    /// call then fails with the abort's error (a timeout names this collective).
     fn with_comm(
         &self,
         what: &What<'_>,
         call: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> std::result::Result<nccl::NcclStatus, nccl::NcclError>,
     ) -> Result<()> {
         let stream = raw::stream(self.ordinal)?;
+        let _one_call = self.shared.call_lock();
+        let comm = {
+            let mut st = self.shared.lock();
+            let comm = self.usable(&mut st, what)?;
+            st.enter_call(what.describe());
+            comm
+        };
+        self.shared.notify();
+        let called = call(comm, stream as sys::cudaStream_t);
         let mut st = self.shared.lock();
-        let comm = self.usable(&mut st, what)?;
-        let queued = call(comm, stream as sys::cudaStream_t)
+        st.leave_call();
+        if let Some(failure) = st.failure() {
+            // Aborted while the call was in NCCL (it blocked past the timeout, or another
+            // thread aborted): whatever the call returned, its collective did not happen.
+            let e = match failure {
+                Failure::Timeout { .. } => failure.error(),
+                Failure::Other(cause) => {
+                    what.fail("NCCL", format!("the communicator was aborted during the call ({cause})"))
+                }
+            };
+            return Err(e);
+        }
+        let queued = called
             .map_err(|e| what.fail("NCCL", name(e)))
             .and_then(|_| st.track(stream, what.describe()).map_err(|msg| what.fail("the watchdog's event", msg)));
         if let Err(e) = &queued {
@@ -218,7 +242,7 @@ impl NcclRank {
     pub(crate) fn all_reduce(&self, p: Prepared, mean: bool, what: &What<'_>) -> Result<Tensor> {
         if !p.input.is_empty() {
             let op = if mean { sys::ncclRedOp_t::ncclAvg } else { sys::ncclRedOp_t::ncclSum };
-            let nccl_type = nccl_dtype(p.dtype)?;
+            let nccl_type = nccl_dtype(p.dtype);
             self.with_comm(what, |comm, stream| {
                 // SAFETY: both buffers are live device buffers of `len` elements of the
                 // dtype on this rank's device; the collective is queued on the stream every
@@ -243,7 +267,7 @@ impl NcclRank {
     /// Rank `root`'s tensor on every rank.
     pub(crate) fn broadcast(&self, p: Prepared, root: usize, what: &What<'_>) -> Result<Tensor> {
         if !p.input.is_empty() {
-            let nccl_type = nccl_dtype(p.dtype)?;
+            let nccl_type = nccl_dtype(p.dtype);
             self.with_comm(what, |comm, stream| {
                 // SAFETY: as in all_reduce.
                 unsafe {
@@ -265,7 +289,7 @@ impl NcclRank {
     /// Every rank's tensor, stacked on a new leading axis (`out` was prepared with it).
     pub(crate) fn all_gather(&self, p: Prepared, what: &What<'_>) -> Result<Tensor> {
         if !p.input.is_empty() {
-            let nccl_type = nccl_dtype(p.dtype)?;
+            let nccl_type = nccl_dtype(p.dtype);
             self.with_comm(what, |comm, stream| {
                 // SAFETY: as in all_reduce; `out` holds world_size * len elements.
                 unsafe {

@@ -10,9 +10,19 @@
 //! stream failed (`tapegrad_tensor::cuda::raw::fail_stream`: the read that waits reports
 //! the timeout instead of returning the garbage the aborted collective left), and only then
 //! calls `ncclCommAbort`, which makes the stuck kernels return. Every abort (a failed call,
-//! NCCL's asynchronous error, a header exchange that timed out) goes through the same steps,
-//! under the communicator's lock, which the collectives hold while they queue: an abort never
-//! overlaps a call on the communicator.
+//! NCCL's asynchronous error, a header exchange that timed out, [`crate::Communicator::abort`])
+//! goes through the same steps, under the state's lock.
+//!
+//! A call that blocks inside NCCL (its host side waits for a peer: connection setup, or a
+//! library whose collectives wait at the call, as the fake libnccl's shared-memory cliques
+//! do) is watched too. Calls are serialised by their own lock, not the state's: the state
+//! records the call in flight and when it began, so the watchdog (or another thread) can
+//! abort while it is blocked. `ncclCommAbort` is the one call NCCL means to overlap a stuck
+//! one: it sets the communicator's abort flag, which NCCL's host-side waits poll, and the
+//! blocked call returns. The blocked thread then finds the communicator aborted and reports
+//! the abort's error (a timeout names its collective), never its own handle again; the
+//! stream is marked failed for that collective like for a queued one. Dropping the
+//! communicator cannot overlap a call: calls borrow it.
 
 use crate::{Error, Result};
 use cudarc::driver::{result as driver, sys as cuda};
@@ -103,11 +113,19 @@ struct Queued {
     since: Instant,
 }
 
+/// An NCCL call running on some thread (it may block there).
+struct InCall {
+    what: Described,
+    since: Instant,
+}
+
 /// One NCCL communicator's state, under its lock.
 pub(crate) struct State {
     /// None once aborted or destroyed.
     comm: Option<Handle>,
     failure: Option<Failure>,
+    /// The NCCL call in flight, if any (calls are serialised by [`Shared::call_lock`]).
+    in_call: Option<InCall>,
     /// Queued collectives whose events have not passed yet, oldest first.
     queued: VecDeque<Queued>,
     /// A collective queued with no event after it (creating or recording one failed): no
@@ -129,6 +147,16 @@ impl State {
     /// Why the communicator was aborted, if it was.
     pub(crate) fn failure(&self) -> Option<&Failure> {
         self.failure.as_ref()
+    }
+
+    /// Notes that a call of `what` is about to enter NCCL (the watchdog times it).
+    pub(crate) fn enter_call(&mut self, what: Described) {
+        self.in_call = Some(InCall { what, since: Instant::now() });
+    }
+
+    /// Notes that the call has returned.
+    pub(crate) fn leave_call(&mut self) {
+        self.in_call = None;
     }
 
     /// Records an event on `stream` after the collective just queued there.
@@ -202,6 +230,16 @@ impl State {
         if self.comm.is_none() {
             return false;
         }
+        if let Some(call) = &self.in_call {
+            // A call blocked in NCCL: only its time is looked at (NCCL's asynchronous error
+            // is read once the call has returned, not beside it).
+            if call.since.elapsed() > self.timeout {
+                let failure = Failure::Timeout { what: call.what.clone(), timeout: self.timeout };
+                self.abort(failure, ordinal);
+                return false;
+            }
+            return true;
+        }
         if let Err(msg) = self.reap() {
             self.abort(Failure::Other(msg), ordinal);
             return false;
@@ -228,11 +266,18 @@ impl State {
         let Some(handle) = self.comm.take() else { return };
         let failure = self.failure.get_or_insert(failure).clone();
         let _ = self.reap();
-        let oldest = self.queued.front().map(|q| q.what.clone()).or_else(|| self.untracked.take());
+        let oldest = self
+            .queued
+            .front()
+            .map(|q| q.what.clone())
+            .or_else(|| self.untracked.take())
+            .or_else(|| self.in_call.as_ref().map(|c| c.what.clone()));
         if let Some(queued) = oldest {
             let _ = raw::fail_stream(ordinal, move || failure.read_error(&queued, ordinal).into());
         }
-        // SAFETY: the handle came from ncclCommInit* and is aborted once (it was taken).
+        // SAFETY: the handle came from ncclCommInit* and is aborted once (it was taken); a
+        // call blocked in NCCL on another thread may still hold it, which is what
+        // ncclCommAbort is for (see the module's notes): that thread never uses it again.
         let _ = unsafe { nccl::comm_abort(handle.0) };
         self.queued.clear();
     }
@@ -250,6 +295,9 @@ impl State {
 /// A communicator's state and the condvar its watchdog sleeps on.
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Held across each NCCL call: NCCL allows one call at a time on a communicator (but
+    /// `ncclCommAbort`, which takes only the state's lock).
+    calls: Mutex<()>,
     wake: Condvar,
     ordinal: usize,
 }
@@ -261,15 +309,23 @@ impl Shared {
             state: Mutex::new(State {
                 comm: Some(Handle(comm)),
                 failure: None,
+                in_call: None,
                 queued: VecDeque::new(),
                 untracked: None,
                 spare: Vec::new(),
                 timeout,
                 stop: false,
             }),
+            calls: Mutex::new(()),
             wake: Condvar::new(),
             ordinal,
         })
+    }
+
+    /// Serialises NCCL calls (hold the guard across one call). Poisoning is taken over as
+    /// for the state: the guard protects no data.
+    pub(crate) fn call_lock(&self) -> MutexGuard<'_, ()> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Locks the state. A panic while it was held cannot leave it inconsistent in a way
@@ -289,8 +345,9 @@ impl Shared {
         self.notify();
     }
 
-    /// Waits until nothing is queued, aborting the communicator when a collective fails or
-    /// times out, then destroys it (unless it was aborted) and stops the watchdog.
+    /// Waits until nothing is queued (or in a call), aborting the communicator when a
+    /// collective fails or times out, then destroys it (unless it was aborted) and stops
+    /// the watchdog.
     pub(crate) fn close(&self) {
         // The device's context, current for ncclCommDestroy and the events' destruction
         // (the last owner of this state drops them on this thread).

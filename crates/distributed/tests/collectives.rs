@@ -150,3 +150,70 @@ fn local_world_returns_its_input() {
     comm.barrier().unwrap();
     assert!(comm.broadcast(&x, 1).unwrap_err().to_string().contains("root 1"));
 }
+
+/// bf16 and f16 over 3 ranks: summed in f32 and rounded once, not in their own precision.
+/// Rank 0 holds 1 and ranks 1 and 2 hold half a unit in the last place of 1 (2^-8 in bf16,
+/// 2^-11 in f16): a sum rounded at each step would stay at 1 (1 + half an ulp is a tie, to
+/// even), the f32 sum 1 + one ulp is exact. The mean (1 + ulp) / 3 is 43/128 in bf16 (exact)
+/// and 1367 * 2^-12 in f16 (1025/3072 rounded to the nearest multiple of 2^-12).
+/// Broadcast and all-gather move the values bit for bit (a NaN's payload and -0 included).
+#[test]
+fn bf16_and_f16_are_reduced_in_f32_and_rounded_once() {
+    use tapegrad_tensor::half::{bf16, f16};
+    let results = on_ranks(3, Duration::from_secs(20), |rank, comm| {
+        let b = [1.0f32, 1.0 / 256.0, 1.0 / 256.0][rank];
+        let h = [1.0f32, 1.0 / 2048.0, 1.0 / 2048.0][rank];
+        let xb = Tensor::from_vec(vec![bf16::from_f32(b), bf16::from_bits(0x7fa1), bf16::NEG_ZERO], [3], &Device::Cpu)
+            .unwrap();
+        let xh = Tensor::from_vec(vec![f16::from_f32(h)], [1], &Device::Cpu).unwrap();
+        let sum_b = comm.all_reduce(&xb.narrow(0, 0, 1).unwrap(), ReduceOp::Sum).unwrap().to_vec::<bf16>().unwrap();
+        let mean_b = comm.all_reduce(&xb.narrow(0, 0, 1).unwrap(), ReduceOp::Mean).unwrap().to_vec::<bf16>().unwrap();
+        let sum_h = comm.all_reduce(&xh, ReduceOp::Sum).unwrap().to_vec::<f16>().unwrap();
+        let mean_h = comm.all_reduce(&xh, ReduceOp::Mean).unwrap().to_vec::<f16>().unwrap();
+        let from2 = comm.broadcast(&xb, 2).unwrap();
+        let all = comm.all_gather(&xb).unwrap();
+        assert_eq!((from2.dtype(), all.dtype(), all.dims()), (DType::BF16, DType::BF16, &[3usize, 3][..]));
+        let bits = |t: &Tensor| t.to_vec::<bf16>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (sum_b[0].to_bits(), mean_b[0].to_bits(), sum_h[0].to_bits(), mean_h[0].to_bits(), bits(&from2), bits(&all))
+    });
+    for (sum_b, mean_b, sum_h, mean_h, from2, all) in results {
+        assert_eq!(sum_b, bf16::from_f32(1.0078125).to_bits());
+        assert_eq!(mean_b, bf16::from_f32(0.3359375).to_bits());
+        assert_eq!(sum_h, f16::from_f64(1.0009765625).to_bits());
+        assert_eq!(mean_h, f16::from_f64(0.333740234375).to_bits());
+        assert_eq!(from2, vec![0x3b80, 0x7fa1, 0x8000]);
+        assert_eq!(
+            all,
+            [vec![0x3f80, 0x7fa1, 0x8000], vec![0x3b80, 0x7fa1, 0x8000], vec![0x3b80, 0x7fa1, 0x8000]].concat()
+        );
+    }
+}
+
+#[test]
+fn only_nccl_communicators_can_be_aborted() {
+    let err = Communicator::local().unwrap().abort().unwrap_err();
+    assert!(matches!(err, Error::Invalid { rank: 0, collective: "abort", .. }), "{err:?}");
+    assert!(err.to_string().contains("only NCCL communicators can be aborted"), "{err}");
+}
+
+#[test]
+fn all_reduce_in_place_replaces_the_tensor_with_the_result() {
+    let results = on_ranks(2, Duration::from_secs(20), |rank, comm| {
+        let mut x = t(vec![rank as f32 + 1.0, -2.0 * rank as f32], &[2]);
+        let kept = x.clone();
+        comm.all_reduce_in_place(&mut x, ReduceOp::Sum).unwrap();
+        let sum = x.to_vec::<f32>().unwrap();
+        comm.all_reduce_in_place(&mut x, ReduceOp::Mean).unwrap();
+        // A disagreement leaves the tensor as it was.
+        let mut bad = t(vec![1.0; rank + 1], &[rank + 1]);
+        assert!(matches!(comm.all_reduce_in_place(&mut bad, ReduceOp::Sum), Err(Error::Mismatch { .. })));
+        assert_eq!(bad.to_vec::<f32>().unwrap(), vec![1.0; rank + 1]);
+        (sum, x.to_vec::<f32>().unwrap(), kept.to_vec::<f32>().unwrap(), x.dims().to_vec())
+    });
+    for (rank, (sum, mean, kept, dims)) in results.into_iter().enumerate() {
+        assert_eq!(sum, vec![3.0, -2.0]);
+        assert_eq!(mean, vec![3.0, -2.0], "the mean of two equal sums");
+        assert_eq!(kept, vec![rank as f32 + 1.0, -2.0 * rank as f32], "a clone taken before keeps its values");
+        assert_eq!(dims, vec![2]);
+    }
+}

@@ -70,6 +70,9 @@ fn mpi_collectives() {
         let x = Tensor::from_vec(vec![r as f32 + 0.5, -2.0 * r as f32, 3.0], [3], &Device::Cpu).unwrap();
         assert_eq!(comm.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), vec![2.0, -2.0, 6.0]);
         assert_eq!(comm.all_reduce(&x, ReduceOp::Mean).unwrap().to_vec::<f32>().unwrap(), vec![1.0, -1.0, 3.0]);
+        let mut y = x.clone();
+        comm.all_reduce_in_place(&mut y, ReduceOp::Sum).unwrap();
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![2.0, -2.0, 6.0]);
         let x64 = Tensor::from_vec(vec![r as f64 * 0.1; 4], [2, 2], &Device::Cpu).unwrap();
         let s64 = comm.all_reduce(&x64, ReduceOp::Sum).unwrap();
         assert_eq!((s64.dims(), s64.to_vec::<f64>().unwrap()), (&[2usize, 2][..], vec![0.1; 4]));
@@ -88,6 +91,38 @@ fn mpi_collectives() {
         assert!(matches!(err, Error::Mismatch { .. }) && msg.contains("[2, 3]") && msg.contains("[6]"), "{msg}");
         assert!(msg.contains(&format!("rank {r}")), "{msg}");
         assert_eq!(comm.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), vec![2.0, -2.0, 6.0]);
+    });
+}
+
+/// bf16 and f16 on 2 ranks. Each rank's values and the expected results are written out
+/// by hand: `low_precision::expected` says why each is what it is.
+#[test]
+fn mpi_bf16_and_f16_collectives() {
+    on_two_ranks("mpi_bf16_and_f16_collectives", |comm| {
+        let r = comm.rank();
+        for case in common::low_precision::cases() {
+            let x = case.input(r, &Device::Cpu);
+            let sum = comm.all_reduce(&x, ReduceOp::Sum).unwrap();
+            assert_eq!((sum.dtype(), sum.dims()), (case.dtype, &[4usize][..]));
+            case.assert_bits("all_reduce(sum)", &sum, &case.sum);
+            case.assert_bits("all_reduce(mean)", &comm.all_reduce(&x, ReduceOp::Mean).unwrap(), &case.mean);
+            let mut y = x.clone();
+            comm.all_reduce_in_place(&mut y, ReduceOp::Mean).unwrap();
+            case.assert_bits("all_reduce_in_place(mean)", &y, &case.mean);
+            case.assert_bits("broadcast from 1", &comm.broadcast(&x, 1).unwrap(), &case.ranks[1]);
+            let gathered = comm.all_gather(&x).unwrap();
+            assert_eq!(gathered.dims(), &[2, 4]);
+            case.assert_bits("all_gather", &gathered, &[case.ranks[0].clone(), case.ranks[1].clone()].concat());
+        }
+        // bf16 on one rank and f16 on the other: the header's dtype differs, not the shape.
+        let dtype = if r == 0 { DType::BF16 } else { DType::F16 };
+        let x = Tensor::ones([4], DType::F32, &Device::Cpu).unwrap().cast(dtype).unwrap();
+        let err = comm.all_reduce(&x, ReduceOp::Mean).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Mismatch { .. }), "{msg}");
+        for part in [&format!("rank {r}"), "all_reduce(mean)", "of a bf16 tensor of shape [4]", "of a f16 tensor"] {
+            assert!(msg.contains(part), "{part:?} missing in: {msg}");
+        }
     });
 }
 
@@ -204,4 +239,77 @@ fn mpi_nccl_ranks_in_two_processes_reduce_on_their_gpus() {
     }
     let (ok, text) = launch(NAME, "60");
     assert!(ok && text.contains("RANK-0-PASSED") && text.contains("RANK-1-PASSED"), "{text}");
+}
+
+/// With `nccl` too, on the emulated GPU (`TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh`):
+/// bf16 and f16 collectives between ranks in two processes, through the fake libnccl's
+/// shared-memory cliques (`ncclBfloat16`/`ncclFloat16`, summed in float in rank order and
+/// rounded once: `common::low_precision`'s hand-worked results). Needs CUDA bf16/f16
+/// tensors (the tensor crate's CUDA backend).
+#[cfg(feature = "nccl")]
+#[test]
+fn mpi_nccl_bf16_and_f16_in_two_processes() {
+    const NAME: &str = "mpi_nccl_bf16_and_f16_in_two_processes";
+    if under_mpirun() {
+        let comm = Communicator::nccl_from_mpi().unwrap();
+        let r = comm.rank();
+        let dev = Device::Cuda(r);
+        for case in common::low_precision::cases() {
+            let x = case.input(r, &dev);
+            case.assert_bits("all_reduce(sum)", &comm.all_reduce(&x, ReduceOp::Sum).unwrap(), &case.sum);
+            case.assert_bits("all_reduce(mean)", &comm.all_reduce(&x, ReduceOp::Mean).unwrap(), &case.mean);
+            case.assert_bits("broadcast from 1", &comm.broadcast(&x, 1).unwrap(), &case.ranks[1]);
+            let gathered = comm.all_gather(&x).unwrap();
+            assert_eq!((gathered.device(), gathered.dims()), (dev, &[2usize, 4][..]));
+            case.assert_bits("all_gather", &gathered, &[case.ranks[0].clone(), case.ranks[1].clone()].concat());
+        }
+        drop(comm);
+        println!("RANK-{r}-PASSED");
+        return;
+    }
+    if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
+        eprintln!(
+            "SKIPPED: needs the emulated GPU and its fake libnccl (TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh)"
+        );
+        return;
+    }
+    let (ok, text) = launch(NAME, "60");
+    assert!(ok && text.contains("RANK-0-PASSED") && text.contains("RANK-1-PASSED"), "{text}");
+}
+
+/// With `nccl` too, on the emulated GPU (`TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh`):
+/// rank 1's process passes the header exchange of its second all-reduce and dies inside the
+/// NCCL call (`TAPEGRAD_EMU_NCCL_DIE`). The fake libnccl's shared-memory cliques wait at the
+/// call, so rank 0's call blocks inside NCCL (for up to 120 s, the fake's own limit); its
+/// watchdog aborts the communicator after the collective timeout (2 s), which wakes the
+/// call, and rank 0 gets the timeout naming its collective. Rank 0 then exits with an error
+/// (mpirun ends the dead rank).
+#[cfg(feature = "nccl")]
+#[test]
+fn mpi_nccl_a_call_blocked_on_a_dead_process_is_aborted_after_the_timeout() {
+    const NAME: &str = "mpi_nccl_a_call_blocked_on_a_dead_process_is_aborted_after_the_timeout";
+    if under_mpirun() {
+        let comm = Communicator::nccl_from_mpi().unwrap();
+        let r = comm.rank();
+        let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3], &Device::Cuda(r)).unwrap();
+        assert_eq!(comm.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 4.0, 6.0]);
+        let started = std::time::Instant::now();
+        // Rank 1 never returns from this call.
+        let err = comm.all_reduce(&x, ReduceOp::Sum).unwrap_err();
+        println!("RANK-{r}-ABORTED after {:?}: {err}", started.elapsed());
+        std::process::exit(1);
+    }
+    if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
+        eprintln!(
+            "SKIPPED: needs the emulated GPU and its fake libnccl (TAPEGRAD_EMU_DEVICES=2 scripts/cuda-emu/run.sh)"
+        );
+        return;
+    }
+    let started = std::time::Instant::now();
+    let env = [("TAPEGRAD_EMU_NCCL_DIE", "1:2"), ("TAPEGRAD_EMU_NCCL_TIMEOUT_S", "120")];
+    let (_, text) = launch_with(NAME, "2", &env);
+    assert!(text.contains("RANK-0-ABORTED"), "{text}");
+    assert!(text.contains("rank 0: all_reduce(sum) of a f32 tensor of shape [3] did not complete within 2s"), "{text}");
+    // The watchdog's 2 s, not the fake's 120 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}\n{text}", started.elapsed());
 }

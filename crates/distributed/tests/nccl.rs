@@ -73,7 +73,8 @@ fn two_gpus_collectives_equal_host_results() {
         let mean = comm.all_reduce(&x, ReduceOp::Mean).unwrap();
         assert_eq!((sum.device(), sum.dims()), (dev, &[2usize, 3][..]));
         let x64 = Tensor::from_vec(vec![rank as f64 * 0.25, 1.5], [2], &dev).unwrap();
-        let mean64 = comm.all_reduce(&x64, ReduceOp::Mean).unwrap();
+        let mut mean64 = x64.clone();
+        comm.all_reduce_in_place(&mut mean64, ReduceOp::Mean).unwrap();
         let b = Tensor::from_vec(vec![rank as f32 + 1.0, -(rank as f32)], [2], &dev).unwrap();
         let from1 = comm.broadcast(&b, 1).unwrap();
         let gathered = comm.all_gather(&b).unwrap();
@@ -101,6 +102,45 @@ fn two_gpus_collectives_equal_host_results() {
         assert_eq!(from1, &vec![2.0, -1.0]);
         assert_eq!(gathered, &vec![1.0, -0.0, 2.0, -1.0]);
         assert_eq!(isum, &vec![3, -14]);
+    }
+}
+
+/// bf16 and f16 on two GPUs through `ncclBfloat16`/`ncclFloat16` (the fake libnccl sums
+/// them in float in rank order and rounds once: the hand-worked results of
+/// `common::low_precision`), from tensors on each rank's GPU and from host tensors, which
+/// are uploaded and come back. Needs CUDA bf16/f16 tensors (the tensor crate's CUDA backend).
+#[test]
+fn two_gpus_bf16_and_f16_collectives() {
+    let Some(comms) = group("two_gpus_bf16_and_f16_collectives", 2) else { return };
+    let errors = on_ranks(comms, |rank, comm| {
+        for case in common::low_precision::cases() {
+            for dev in [Device::Cuda(rank), Device::Cpu] {
+                let x = case.input(rank, &dev);
+                let sum = comm.all_reduce(&x, ReduceOp::Sum).unwrap();
+                assert_eq!((sum.device(), sum.dims()), (dev, &[4usize][..]));
+                case.assert_bits("all_reduce(sum)", &sum, &case.sum);
+                case.assert_bits("all_reduce(mean)", &comm.all_reduce(&x, ReduceOp::Mean).unwrap(), &case.mean);
+                let mut y = x.clone();
+                comm.all_reduce_in_place(&mut y, ReduceOp::Sum).unwrap();
+                assert_eq!(y.device(), dev);
+                case.assert_bits("all_reduce_in_place(sum)", &y, &case.sum);
+                case.assert_bits("broadcast from 1", &comm.broadcast(&x, 1).unwrap(), &case.ranks[1]);
+                let gathered = comm.all_gather(&x).unwrap();
+                assert_eq!((gathered.device(), gathered.dims()), (dev, &[2usize, 4][..]));
+                case.assert_bits("all_gather", &gathered, &[case.ranks[0].clone(), case.ranks[1].clone()].concat());
+            }
+        }
+        // bf16 on one GPU and f16 on the other: the header exchange names both dtypes.
+        let dtype = if rank == 0 { DType::BF16 } else { DType::F16 };
+        let x = Tensor::ones([4], DType::F32, &Device::Cpu).unwrap().cast(dtype).unwrap();
+        comm.all_reduce(&x.to_device(&Device::Cuda(rank)).unwrap(), ReduceOp::Sum).unwrap_err()
+    });
+    for (rank, err) in errors.iter().enumerate() {
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Mismatch { .. }), "{msg}");
+        for part in [&format!("rank {rank}"), "all_reduce(sum)", "of a bf16 tensor of shape [4]", "of a f16 tensor"] {
+            assert!(msg.contains(part), "{part:?} missing in: {msg}");
+        }
     }
 }
 

@@ -83,3 +83,75 @@ pub fn assert_close(a: &(Vec<f32>, Vec<Vec<f32>>), b: &(Vec<f32>, Vec<Vec<f32>>)
     // Training moved: the comparison is not between two untouched initialisations.
     assert!(a.0.last() < a.0.first(), "the loss did not decrease: {:?}", a.0);
 }
+
+/// bf16 and f16 collectives on 2 ranks, with results worked out by hand (not by the code
+/// under test): every input and result is exactly representable, so the literals below
+/// are exact.
+#[allow(dead_code)] // each test binary uses part of it
+pub mod low_precision {
+    use tapegrad_tensor::half::{bf16, f16};
+    use tapegrad_tensor::{DType, Device, Tensor};
+
+    /// One dtype's inputs on ranks 0 and 1 and the all-reduce results every rank must get.
+    pub struct Case {
+        pub dtype: DType,
+        /// Each rank's 4 values, as f32 (exact in the dtype).
+        pub ranks: [Vec<f32>; 2],
+        pub sum: Vec<f32>,
+        pub mean: Vec<f32>,
+    }
+
+    pub fn cases() -> Vec<Case> {
+        vec![
+            // bf16 keeps 8 significant bits. 1 + 2^-8 (exact in f32) is halfway between the
+            // bf16 values 1 and 1 + 2^-7: rounded once, to even, it is 1 (and its mean 0.5).
+            // 1000 + 3 = 1003 lies between 1000 and 1004 (spacing 4): 1004; the mean 501.5,
+            // between 500 and 502 (spacing 2): 502.
+            Case {
+                dtype: DType::BF16,
+                ranks: [vec![1.0, 0.5, -3.0, 1000.0], vec![1.0 / 256.0, 0.25, 1.0, 3.0]],
+                sum: vec![1.0, 0.75, -2.0, 1004.0],
+                mean: vec![0.5, 0.375, -1.0, 502.0],
+            },
+            // f16 keeps 11 significant bits. 1 + 2^-11 and 2048 + 1 are halfway cases: to
+            // even, 1 and 2048 (means 0.5 and 1024). 65504 (f16's largest) twice overflows
+            // to infinity as a sum, but the mean divides in f32 before rounding: 65504.
+            Case {
+                dtype: DType::F16,
+                ranks: [vec![1.0, 2048.0, -0.5, 65504.0], vec![1.0 / 2048.0, 1.0, 0.25, 65504.0]],
+                sum: vec![1.0, 2048.0, -0.25, f32::INFINITY],
+                mean: vec![0.5, 1024.0, -0.125, 65504.0],
+            },
+        ]
+    }
+
+    impl Case {
+        /// The bits of `values` in the case's dtype.
+        pub fn bits(&self, values: &[f32]) -> Vec<u16> {
+            match self.dtype {
+                DType::BF16 => values.iter().map(|&x| bf16::from_f32(x).to_bits()).collect(),
+                _ => values.iter().map(|&x| f16::from_f32(x).to_bits()).collect(),
+            }
+        }
+
+        /// Rank `rank`'s input, a [4] tensor of the dtype on `device`.
+        pub fn input(&self, rank: usize, device: &Device) -> Tensor {
+            let v = &self.ranks[rank];
+            match self.dtype {
+                DType::BF16 => Tensor::from_vec(v.iter().map(|&x| bf16::from_f32(x)).collect(), [4], device),
+                _ => Tensor::from_vec(v.iter().map(|&x| f16::from_f32(x)).collect(), [4], device),
+            }
+            .unwrap()
+        }
+
+        /// Asserts that `t` holds exactly `expected` (compared as bits) in the case's dtype.
+        pub fn assert_bits(&self, what: &str, t: &Tensor, expected: &[f32]) {
+            assert_eq!(t.dtype(), self.dtype, "{what}");
+            let got: Vec<u16> = match self.dtype {
+                DType::BF16 => t.to_vec::<bf16>().unwrap().iter().map(|x| x.to_bits()).collect(),
+                _ => t.to_vec::<f16>().unwrap().iter().map(|x| x.to_bits()).collect(),
+            };
+            assert_eq!(got, self.bits(expected), "{what} of {}: expected {expected:?}", self.dtype);
+        }
+    }
+}

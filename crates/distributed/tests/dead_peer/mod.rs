@@ -6,7 +6,12 @@
 //! hangs forever.
 //!
 //! Also: a collective queued without the watchdog's event after it
-//! (`TAPEGRAD_EMU_NCCL_UNTRACKED`: recording the event fails), which nothing can tell done.
+//! (`TAPEGRAD_EMU_NCCL_UNTRACKED`: recording the event fails), which nothing can tell done;
+//! and, with collectives that block at the call (`TAPEGRAD_EMU_NCCL_QUEUE=0`, as the
+//! shared-memory cliques always do), a call blocked inside NCCL waiting for the dead rank:
+//! the watchdog aborts it after the communicator's timeout (not the fake's own, 120 s
+//! here), or another thread's `Communicator::abort` does, and the blocked thread gets an
+//! error naming its collective.
 //!
 //! Each scenario runs in a child process (this test binary, filtered to one ignored test):
 //! the dead rank's thread stays stuck and rank 0's stream stays marked failed for the rest
@@ -32,6 +37,25 @@ fn run_child(child: &str, die: u32) {
 
 /// [`run_child`] with the fake libnccl's test hook `hook` (variable, value) instead.
 fn run_child_with(child: &str, hook: (&str, String)) {
+    run_child_env(child, &[("TAPEGRAD_EMU_NCCL_QUEUE", "1".into()), hook]);
+}
+
+/// Runs rank 1 dying at its second collective with collectives that block at the call, for
+/// at most 120 s in the fake libnccl (far longer than a test allows).
+fn run_blocking_child(child: &str) {
+    run_child_env(
+        child,
+        &[
+            ("TAPEGRAD_EMU_NCCL_QUEUE", "0".into()),
+            ("TAPEGRAD_EMU_NCCL_DIE", "1:2".into()),
+            ("TAPEGRAD_EMU_NCCL_TIMEOUT_S", "120".into()),
+        ],
+    );
+}
+
+/// Runs the ignored test `child` in a child process with the environment `env`; fails if it
+/// fails or has not ended within [`HANG`].
+fn run_child_env(child: &str, env: &[(&str, String)]) {
     if std::env::var_os("TAPEGRAD_EMU_DEVICES").is_none() {
         eprintln!("SKIPPED {child}: needs the fake libnccl's queued mode and its test hooks");
         return;
@@ -40,8 +64,7 @@ fn run_child_with(child: &str, hook: (&str, String)) {
     let out = std::fs::File::create(&log).unwrap();
     let mut process = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", child, "--ignored", "--nocapture", "--test-threads=1"])
-        .env("TAPEGRAD_EMU_NCCL_QUEUE", "1")
-        .env(hook.0, hook.1)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("TAPEGRAD_EMU_NCCL_TRACE")
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -186,4 +209,75 @@ fn child_untracked() {
         assert!(later.contains(part), "{part:?} missing in: {later}");
     }
     drop(rank1.join().unwrap());
+}
+
+#[test]
+fn a_call_blocked_inside_nccl_is_aborted_by_the_watchdog_within_the_timeout() {
+    run_blocking_child("dead_peer::child_blocked_call");
+}
+
+#[test]
+#[ignore = "run in a child process by a_call_blocked_inside_nccl_is_aborted_by_the_watchdog_within_the_timeout"]
+fn child_blocked_call() {
+    let (c0, c1) = two_ranks("dead_peer::child_blocked_call");
+    let rank1 = rank1_dies_at_its_second_collective(c1);
+    let x = input(0);
+    // Blocking mode works when both ranks join: each waits at the call for the other.
+    let first = c0.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(rank1.recv().unwrap(), first);
+    // Rank 1 passes the header exchange and dies inside its NCCL call: rank 0's call blocks
+    // in the fake libnccl waiting for it, until the watchdog aborts the communicator.
+    let start = Instant::now();
+    let err = c0.all_reduce(&x, ReduceOp::Sum).unwrap_err();
+    let waited = start.elapsed();
+    assert!(waited >= TIMEOUT.mul_f64(0.9) && waited < TIMEOUT + Duration::from_secs(10), "{waited:?}: {err}");
+    assert!(matches!(err, Error::Timeout { rank: 0, .. }), "{err:?}");
+    names_the_timed_out_all_reduce(&err.to_string());
+    // Later calls report the same timeout, and what the stream computes is not to be read.
+    let next = c0.all_reduce(&x, ReduceOp::Sum).unwrap_err();
+    assert!(matches!(next, Error::Timeout { rank: 0, .. }), "{next:?}");
+    names_the_timed_out_all_reduce(&x.add(&x).unwrap().to_vec::<f32>().unwrap_err().to_string());
+    // Aborted, not destroyed: dropping it does not wait for rank 1.
+    let start = Instant::now();
+    drop(c0);
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+}
+
+#[test]
+fn another_threads_abort_wakes_a_call_blocked_inside_nccl() {
+    run_blocking_child("dead_peer::child_abort_from_another_thread");
+}
+
+#[test]
+#[ignore = "run in a child process by another_threads_abort_wakes_a_call_blocked_inside_nccl"]
+fn child_abort_from_another_thread() {
+    let (c0, c1) = two_ranks("dead_peer::child_abort_from_another_thread");
+    // The watchdog would abort after a minute: the other thread's abort comes first.
+    let c0 = c0.with_timeout(Duration::from_secs(60));
+    let rank1 = rank1_dies_at_its_second_collective(c1);
+    let x = input(0);
+    assert_eq!(c0.all_reduce(&x, ReduceOp::Sum).unwrap().to_vec::<f32>().unwrap(), rank1.recv().unwrap());
+    const ABORT_AFTER: Duration = Duration::from_millis(500);
+    let (err, waited) = std::thread::scope(|s| {
+        let c0 = &c0;
+        let start = Instant::now();
+        let aborter = s.spawn(move || {
+            std::thread::sleep(ABORT_AFTER);
+            c0.abort().unwrap();
+        });
+        let err = c0.all_reduce(&x, ReduceOp::Sum).unwrap_err();
+        let waited = start.elapsed();
+        aborter.join().unwrap();
+        (err, waited)
+    });
+    // It returned because of the abort (not the fake's 120 s, nor the 60 s timeout).
+    assert!(waited >= ABORT_AFTER && waited < Duration::from_secs(10), "{waited:?}: {err}");
+    let msg = err.to_string();
+    for part in ["rank 0", "all_reduce(sum)", "f32", "[3]", "aborted during the call", "aborted by Communicator::abort"]
+    {
+        assert!(msg.contains(part), "{part:?} missing in: {msg}");
+    }
+    let start = Instant::now();
+    drop(c0);
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
 }
