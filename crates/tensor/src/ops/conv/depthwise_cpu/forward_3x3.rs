@@ -14,7 +14,7 @@
 //! order (kernel row, then column), whichever path computes it.
 
 use super::columns::interior_columns;
-use super::lanes::{block, mul_add, store, LANES};
+use super::lanes::{block, block_at, mul_add, store, LANES};
 use super::Depthwise;
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
@@ -211,15 +211,16 @@ impl<'a, T: FloatElement, const W: usize> Window<'a, T, W> {
     }
 
     /// [`Window::x`] without the bounds test of each read (a compare and branch per
-    /// multiply-add in the interior groups): only for `r`, `ix` inside a range passed to
-    /// [`Window::check`] first.
+    /// multiply-add in the interior groups).
+    ///
+    /// # Safety
+    ///
+    /// `r` and `ix` lie inside a range passed to [`Window::check`] first.
     #[inline(always)]
-    fn x_in(&self, r: usize, ix: usize) -> &[T; W] {
-        let at = r * self.row + ix * self.c;
-        debug_assert!(at + W <= self.input.len());
-        // SAFETY: the caller checked (`check`) that row `r` and column `ix` end inside
-        // `input`: `at + W <= input.len()`.
-        unsafe { &*self.input.as_ptr().add(at).cast::<[T; W]>() }
+    unsafe fn x_in(&self, r: usize, ix: usize) -> &[T; W] {
+        // SAFETY: row `r` and column `ix` end inside `input` (checked by `check`; every
+        // index grows with `r` and `ix`).
+        unsafe { block_at(self.input, r * self.row + ix * self.c) }
     }
 }
 
@@ -263,7 +264,8 @@ macro_rules! group {
             for r in 0..R {
                 for kx in 0..3 {
                     let k = w.k(r, kx);
-                    $(mul_add::<T, FUSED, W>(&mut acc[$p], w.x_in(r, ix + $p + kx), k);)*
+                    // SAFETY: r < R and ix + $p + kx <= ix + $g + 1: checked above.
+                    $(mul_add::<T, FUSED, W>(&mut acc[$p], unsafe { w.x_in(r, ix + $p + kx) }, k);)*
                 }
             }
             $(store(&mut dst[$p * co..], acc[$p]);)*
