@@ -1,8 +1,9 @@
 //! The kernel gradient of one output row, summed into a `[kh * kw, c_out]` accumulator.
 
 use super::columns::{interior_columns, reading_columns};
-use super::lanes::{block, lanes, lanes_mut, mul_add, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
+use super::lanes::{block, block_at, lanes, lanes_mut, mul_add, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
 use super::{Depthwise, PIXELS};
+use crate::backend::Conv2dSpec;
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
 
@@ -30,15 +31,15 @@ pub(super) fn backward_filter_row<T: FloatElement, const FUSED: bool>(
 /// The kernel size [`row_3x3`] is for.
 const K: usize = 3;
 
-/// Channels per block of [`row_3x3`]. Blocks of one AVX register (8 f32), which would keep
-/// all nine sums in AVX2's registers, measured slower at 8x8 maps (twice the blocks, each
-/// loading and storing its nine sums per row).
+/// Channels per block of [`row_3x3`]. Blocks of one AVX register (8 f32) measured slower
+/// at 8x8 maps (twice the blocks, each with its set-up per row).
 const BLOCK: usize = LANES;
 
-/// A 3x3 kernel's gradient over the full channel blocks: the nine taps' sums of a block
-/// stay in registers for the whole row, and each output pixel's
-/// gradient is loaded once for all of them. Each tap sums its columns in order, so the
-/// order depends on the shape only.
+/// A 3x3 kernel's gradient over the full channel blocks: per block and kernel row, the
+/// three taps' sums stay in registers for the whole row, and each output pixel's gradient
+/// feeds all three. All nine sums of a block at once (18 AVX2 registers) did not fit, and
+/// spilled to the stack around every multiply-add. Each tap sums its columns in ascending
+/// order, so the order depends on the shape only.
 #[inline(always)]
 fn row_3x3<T: FloatElement, const FUSED: bool>(d: &Depthwise<'_, T>, x: &[T], dy: &[T], row: usize, acc: &mut [T]) {
     let s = d.s;
@@ -47,32 +48,65 @@ fn row_3x3<T: FloatElement, const FUSED: bool>(d: &Depthwise<'_, T>, x: &[T], dy
     let img = &x[b * d.in_image()..][..d.in_image()];
     let grad = &dy[row * s.out_w * co..][..s.out_w * co];
     let (ky0, ky1, iy0) = taps(oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h, s.in_h);
-    let input_rows: [Option<&[T]>; K] = std::array::from_fn(|ky| {
-        (ky0..ky1).contains(&ky).then(|| &img[(iy0 + (ky - ky0) * s.dilation_h) * s.in_w * c..][..s.in_w * c])
-    });
     let (lo, hi) = interior_columns(s);
+    // Input column of output column `ox`'s tap `kx`, plus pad_left.
+    let at = |ox: usize, kx: usize| ox * s.stride_w + kx * s.dilation_w;
     for start in (0..d.full_blocks()).step_by(BLOCK) {
-        let mut sums: [[[T; BLOCK]; K]; K] =
-            std::array::from_fn(|ky| std::array::from_fn(|kx| *block(&acc[(ky * K + kx) * co + start..])));
-        for ox in 0..s.out_w {
-            let g = block::<T, BLOCK>(&grad[ox * co + start..]);
-            let inside = ox >= lo && ox < hi;
-            for (sums, input_row) in sums.iter_mut().zip(&input_rows) {
-                let Some(input_row) = input_row else { continue };
-                for (kx, sum) in sums.iter_mut().enumerate() {
-                    // Input column + pad_left; outside the interior, a tap may read padding.
-                    let at = ox * s.stride_w + kx * s.dilation_w;
-                    if !inside && (at < s.pad_left || at - s.pad_left >= s.in_w) {
-                        continue;
+        for ky in ky0..ky1 {
+            let input_row = &img[(iy0 + (ky - ky0) * s.dilation_h) * s.in_w * c..][..s.in_w * c];
+            let taps = &mut acc[ky * K * co + start..];
+            let mut sums = [[T::zero(); BLOCK]; K];
+            for (kx, sum) in sums.iter_mut().enumerate() {
+                *sum = *block(&taps[kx * co..]);
+            }
+            for ox in 0..lo {
+                border_3x3::<T, FUSED>(s, (input_row, grad), ox, start, &mut sums);
+            }
+            if lo < hi {
+                // Every tap of the interior reads a real column; the last one ends inside
+                // the row, and so does the last gradient read: checked once here.
+                assert!(
+                    (at(hi - 1, K - 1) - s.pad_left) * c + start + BLOCK <= input_row.len()
+                        && (hi - 1) * co + start + BLOCK <= grad.len(),
+                    "interior outside the row"
+                );
+                for ox in lo..hi {
+                    // SAFETY: `ox < hi`, `kx < K`, and the last column's reads end inside
+                    // the rows (asserted above); every index grows with `ox` and `kx`.
+                    let g = unsafe { block_at::<T, BLOCK>(grad, ox * co + start) };
+                    for (kx, sum) in sums.iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        let x = unsafe { block_at::<T, BLOCK>(input_row, (at(ox, kx) - s.pad_left) * c + start) };
+                        mul_add::<T, FUSED, BLOCK>(sum, x, g);
                     }
-                    mul_add::<T, FUSED, BLOCK>(sum, &input_row[(at - s.pad_left) * c + start..], g);
                 }
             }
-        }
-        for (ky, sums) in sums.iter().enumerate() {
-            for (kx, sum) in sums.iter().enumerate() {
-                acc[(ky * K + kx) * co + start..][..BLOCK].copy_from_slice(sum);
+            for ox in hi.max(lo)..s.out_w {
+                border_3x3::<T, FUSED>(s, (input_row, grad), ox, start, &mut sums);
             }
+            for (kx, sum) in sums.iter().enumerate() {
+                taps[kx * co..][..BLOCK].copy_from_slice(sum);
+            }
+        }
+    }
+}
+
+/// Output column `ox` of [`row_3x3`] outside the interior: its taps that read padding are
+/// skipped. A function, not a closure: a closure is compiled without the caller's target
+/// features, and its multiply-adds became library calls.
+#[inline(always)]
+fn border_3x3<T: FloatElement, const FUSED: bool>(
+    s: &Conv2dSpec,
+    (input_row, grad): (&[T], &[T]),
+    ox: usize,
+    start: usize,
+    sums: &mut [[T; BLOCK]; K],
+) {
+    let g = block::<T, BLOCK>(&grad[ox * s.out_channels + start..]);
+    for (kx, sum) in sums.iter_mut().enumerate() {
+        let at = ox * s.stride_w + kx * s.dilation_w;
+        if at >= s.pad_left && at - s.pad_left < s.in_w {
+            mul_add::<T, FUSED, BLOCK>(sum, &input_row[(at - s.pad_left) * s.in_channels + start..], g);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::columns::interior_columns;
 use super::forward_3x3;
-use super::lanes::{lanes, lanes_mut, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
+use super::lanes::{block_at, lanes, lanes_mut, mul_add_block, mul_add_lanes, mul_add_spread, LANES};
 use super::output::{as_slots, zeroed};
 use super::{Depthwise, PIXELS};
 use crate::ops::conv::cpu::taps;
@@ -102,8 +102,10 @@ fn forward_row<T: FloatElement, const FUSED: bool>(
     }
 }
 
-/// Output pixels of the interior fast path, computed together.
-const WIDE: usize = 8;
+/// Output pixels of the interior fast path, computed together: 4 pixels of 16 channels
+/// are 8 AVX2 accumulators, beside the row's 6 kernel registers. 8 pixels (16
+/// accumulators) did not fit AVX2's 16 registers and spilled around every multiply-add.
+const WIDE: usize = 4;
 
 /// [`WIDE`] interior output pixels `ox..` (every tap reads a real column) of a kernel 3
 /// wide, channels `0..full`: the block's three taps of a kernel row stay in registers, the
@@ -134,7 +136,10 @@ fn forward_interior_3<T: FloatElement, const FUSED: bool>(
             let k = [*lanes(kernel_row), *lanes(&kernel_row[co..]), *lanes(&kernel_row[2 * co..])];
             for (p, acc) in acc.iter_mut().enumerate() {
                 for (kx, k) in k.iter().enumerate() {
-                    mul_add_lanes::<T, FUSED>(acc, &window[p * sw + kx * dw + start..], k);
+                    // SAFETY: p < WIDE, kx < 3 and start + LANES <= full, so the block ends
+                    // by (WIDE - 1) * sw + 2 * dw + full = span = window.len().
+                    let x = unsafe { block_at::<T, LANES>(window, p * sw + kx * dw + start) };
+                    mul_add_lanes::<T, FUSED>(acc, x, k);
                 }
             }
         }

@@ -14,7 +14,7 @@
 //! order (kernel row, then column), whichever path computes it.
 
 use super::columns::interior_columns;
-use super::lanes::{block, mul_add, store, LANES};
+use super::lanes::{block, block_at, mul_add, store, LANES};
 use super::Depthwise;
 use crate::ops::conv::cpu::taps;
 use crate::FloatElement;
@@ -95,13 +95,13 @@ impl<T: FloatElement> Row<'_, T> {
             // Offsets into the kernel and input, not arrays of references to their blocks:
             // `std::array::from_fn` built those with a call per element, per row and block
             // (10% of the samples at 32x32 maps).
-            let w = Window {
-                kernel: &self.d.taps_kernel[KY0 * 3 * co + start..],
+            let w = Window::<T, W>::new(
+                &self.d.taps_kernel[KY0 * 3 * co + start..],
+                R,
                 co,
-                input: &self.img[self.iy0 * in_w * c + start..],
-                row: in_w * c,
-                c,
-            };
+                &self.img[self.iy0 * in_w * c + start..],
+                (in_w * c, c),
+            );
             let b = *block::<T, W>(&self.bias[start..]);
             for ox in (0..lo).chain(hi..s.out_w) {
                 let (kx0, kx1, ix0) = taps(ox, 1, pad, 1, 3, in_w);
@@ -115,11 +115,11 @@ impl<T: FloatElement> Row<'_, T> {
             // Every tap of the interior pixels reads a real column: ox >= pad.
             let mut ox = lo;
             while ox + WIDE <= hi {
-                group4::<T, FUSED, W, R>(&w, b, ox - pad, &mut dst[ox * co + start..]);
+                group4::<T, FUSED, W, R>(&w, b, ox - pad, co, &mut dst[ox * co + start..]);
                 ox += WIDE;
             }
             if ox + 2 <= hi {
-                group2::<T, FUSED, W, R>(&w, b, ox - pad, &mut dst[ox * co + start..]);
+                group2::<T, FUSED, W, R>(&w, b, ox - pad, co, &mut dst[ox * co + start..]);
                 ox += 2;
             }
             if ox < hi {
@@ -166,11 +166,12 @@ impl<T: FloatElement> Row<'_, T> {
 }
 
 /// The kernel and input a block of one output row reads.
-struct Window<'a, T> {
-    /// The kernel from the row's first kernel row and the block's first channel
-    /// (`[tap, c_out]`).
-    kernel: &'a [T],
-    co: usize,
+struct Window<'a, T, const W: usize> {
+    /// The block's weights of the kernel rows read (`[tap, W]`, from the row's first kernel
+    /// row), copied out of the kernel: each is then at a fixed offset from one register,
+    /// where reaching nine blocks `c_out` apart took more registers than x86-64 has, and
+    /// the compiler reloaded their addresses from the stack around each multiply-add.
+    kernel: [[T; W]; 9],
     /// The input from the row's first input row and the block's first channel.
     input: &'a [T],
     /// Elements per input row.
@@ -178,17 +179,48 @@ struct Window<'a, T> {
     c: usize,
 }
 
-impl<T> Window<'_, T> {
+impl<'a, T: FloatElement, const W: usize> Window<'a, T, W> {
+    /// The window of kernel rows `0..rows` of `kernel` (`[tap, c_out]` from the first one,
+    /// at the block's first channel), over `input` (rows `row` elements long, pixels `c`).
+    #[inline(always)]
+    fn new(kernel: &[T], rows: usize, co: usize, input: &'a [T], (row, c): (usize, usize)) -> Self {
+        let mut staged = [[T::zero(); W]; 9];
+        for (t, v) in staged.iter_mut().enumerate().take(rows * 3) {
+            *v = *block(&kernel[t * co..]);
+        }
+        Window { kernel: staged, input, row, c }
+    }
+
     /// The weights of kernel row `r` (from the first one read), column `kx`.
     #[inline(always)]
-    fn k<const W: usize>(&self, r: usize, kx: usize) -> &[T; W] {
-        block(&self.kernel[(r * 3 + kx) * self.co..])
+    fn k(&self, r: usize, kx: usize) -> &[T; W] {
+        &self.kernel[r * 3 + kx]
     }
 
     /// The input of row `r` (from the first one read), column `ix`.
     #[inline(always)]
-    fn x(&self, r: usize, ix: usize) -> &[T] {
-        &self.input[r * self.row + ix * self.c..]
+    fn x(&self, r: usize, ix: usize) -> &[T; W] {
+        block(&self.input[r * self.row + ix * self.c..])
+    }
+
+    /// Checks once that rows `0..rows` and columns `0..=ix` are inside the input, so that
+    /// [`Window::x_in`] may read them unchecked.
+    #[inline(always)]
+    fn check(&self, rows: usize, ix: usize) {
+        assert!(rows > 0 && (rows - 1) * self.row + ix * self.c + W <= self.input.len(), "window outside the input");
+    }
+
+    /// [`Window::x`] without the bounds test of each read (a compare and branch per
+    /// multiply-add in the interior groups).
+    ///
+    /// # Safety
+    ///
+    /// `r` and `ix` lie inside a range passed to [`Window::check`] first.
+    #[inline(always)]
+    unsafe fn x_in(&self, r: usize, ix: usize) -> &[T; W] {
+        // SAFETY: row `r` and column `ix` end inside `input` (checked by `check`; every
+        // index grows with `r` and `ix`).
+        unsafe { block_at(self.input, r * self.row + ix * self.c) }
     }
 }
 
@@ -198,7 +230,7 @@ impl<T> Window<'_, T> {
 /// multiply-adds became library calls.
 #[inline(always)]
 fn pixel<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, const KX0: usize, const KX1: usize>(
-    w: &Window<'_, T>,
+    w: &Window<'_, T, W>,
     bias: [T; W],
     ix: usize,
 ) -> [T; W] {
@@ -220,19 +252,23 @@ macro_rules! group {
     ($name:ident, $g:literal, [$($p:literal),*]) => {
         #[inline(always)]
         fn $name<T: FloatElement, const FUSED: bool, const W: usize, const R: usize>(
-            w: &Window<'_, T>,
+            w: &Window<'_, T, W>,
             bias: [T; W],
             ix: usize,
+            co: usize,
             dst: &mut [MaybeUninit<T>],
         ) {
+            // The last pixel's last tap reads column ix + $g + 1.
+            w.check(R, ix + $g + 1);
             let mut acc = [bias; $g];
             for r in 0..R {
                 for kx in 0..3 {
-                    let k = w.k::<W>(r, kx);
-                    $(mul_add::<T, FUSED, W>(&mut acc[$p], w.x(r, ix + $p + kx), k);)*
+                    let k = w.k(r, kx);
+                    // SAFETY: r < R and ix + $p + kx <= ix + $g + 1: checked above.
+                    $(mul_add::<T, FUSED, W>(&mut acc[$p], unsafe { w.x_in(r, ix + $p + kx) }, k);)*
                 }
             }
-            $(store(&mut dst[$p * w.co..], acc[$p]);)*
+            $(store(&mut dst[$p * co..], acc[$p]);)*
         }
     };
 }

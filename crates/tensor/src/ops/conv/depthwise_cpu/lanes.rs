@@ -45,6 +45,19 @@ pub(super) fn block<T, const W: usize>(s: &[T]) -> &[T; W] {
     s.first_chunk().expect("a full block holds W values")
 }
 
+/// The block of `W` values at `s[at..]`, without a bounds test (one compare and branch
+/// per multiply-add, in the loops that checked their whole range once).
+///
+/// # Safety
+///
+/// `at + W <= s.len()`.
+#[inline(always)]
+pub(super) unsafe fn block_at<T, const W: usize>(s: &[T], at: usize) -> &[T; W] {
+    debug_assert!(at + W <= s.len());
+    // SAFETY: `at + W <= s.len()` (the caller's promise), and `[T; W]` has `T`'s alignment.
+    unsafe { &*s.as_ptr().add(at).cast::<[T; W]>() }
+}
+
 /// Writes a block of `W` values into output slots that may be uninitialised.
 #[inline(always)]
 pub(super) fn store<T: Copy, const W: usize>(dst: &mut [MaybeUninit<T>], v: [T; W]) {

@@ -38,6 +38,9 @@ const CASES: &[Case] = &[
     (1, 5, 11, 16, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
     (1, 3, 9, 48, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
     (1, 4, 21, 16, 1, 3, 3, 1, 1, [0, 0, 0, 0]),
+    // The 3x3 interior at stride 2 (MobileNet's 'same': pad below and right only): a group
+    // of 4 pixels, then a shorter one and the border column.
+    (2, 12, 13, 32, 1, 3, 3, 2, 1, [0, 1, 0, 1]),
 ];
 
 fn spec(
