@@ -4,16 +4,19 @@
 //! optimizer in PyTorch; docs/performance.md sets the two side by side.
 //!
 //! ```text
-//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--tf32] [--cudnn-benchmark] [--cuda-graph] [--inference]
+//! cargo bench --bench resnet_train -- [--arch resnet18|resnet34] [--batch 64] [--steps 10] [--warmup 3] [--device cpu|cuda] [--tf32] [--cudnn-benchmark] [--cuda-graph] [--bf16] [--inference]
 //! ```
 //! `--inference`: forward passes only, in inference mode (moving statistics, no tape), the
 //! work of `Trainer::predict`; the RESULT name starts with `infer_` instead of `train_`.
 //! `--cuda-graph` (with `--device cuda`): forward, loss and gradients replayed as a CUDA graph
 //! (`GraphedStep`, the batch copied into its static input each step), the Adam update eager.
+//! `--bf16`: Keras' `mixed_bfloat16` policy (layers compute in bf16, variables, batch norm and
+//! the loss in f32), beside resnet_train_torch.py's `--bf16` (autocast); names end in `_bf16`.
 //! Threads: `RAYON_NUM_THREADS` (default: all cores).
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::time::Instant;
+use tapegrad::layers::mixed_precision::{full_precision, set_global_policy, Policy};
 use tapegrad::layers::models::ResNet;
 use tapegrad::layers::optimizers::{Adam, Optimizer};
 use tapegrad::layers::training::GraphedStep;
@@ -37,7 +40,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // flag of the same name); RESULT names end in `_bench`.
     let benchmark = args.iter().any(|a| a == "--cudnn-benchmark");
     tapegrad::tensor::cuda::set_cudnn_benchmark(benchmark);
-    let precision = format!("{}{}", if tf32 { "_tf32" } else { "" }, if benchmark { "_bench" } else { "" });
+    let bf16 = args.iter().any(|a| a == "--bf16");
+    if bf16 {
+        set_global_policy(Policy::MIXED_BFLOAT16);
+    }
+    let precision = format!(
+        "{}{}{}",
+        if tf32 { "_tf32" } else { "" },
+        if benchmark { "_bench" } else { "" },
+        if bf16 { "_bf16" } else { "" }
+    );
     let device = match arg(&args, "--device", "cpu").as_str() {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
@@ -73,13 +85,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Some(graphed) = graphed.as_mut() {
             let forward = |x: &Tensor, y: &Tensor| -> tapegrad::layers::Result<(Tensor, Tensor)> {
-                let logits = model.call(x, Mode::Train)?;
+                let logits = full_precision(&model.call(x, Mode::Train)?)?;
                 Ok((losses::sparse_categorical_crossentropy(y, &logits, true)?, logits))
             };
             return Ok(graphed.run(&model, &mut optimizer, &x, &y, forward)?.0);
         }
         let tape = GradientTape::new();
-        let loss = tape.record(|| losses::sparse_categorical_crossentropy(&y, &model.call(&x, Mode::Train)?, true))?;
+        let loss = tape.record(|| {
+            // Under --bf16 the logits go to f32 before the loss, as in the flagship.
+            let logits = full_precision(&model.call(&x, Mode::Train)?)?;
+            losses::sparse_categorical_crossentropy(&y, &logits, true)
+        })?;
         let grads = tape.gradient(&loss, &vars)?;
         optimizer.apply_gradients(&grads, &vars)?;
         Ok(loss)

@@ -18,8 +18,9 @@
 #      with allow_tf32 on both switches), the rows with cuDNN algorithms chosen by measurement
 #      (--cudnn-benchmark, cudnn.benchmark on both sides), the TF32 convolution micro-benchmarks;
 #   6. a short run of the flagship on synthetic data;
-#   7. full mode only, if time is left: PyTorch eager with bf16 autocast and torch.compile
-#      (reduce-overhead), the rows tapegrad's bf16 and CUDA-graph modes are to beat.
+#   7. full mode only, if time is left: tapegrad in mixed_bfloat16 (eager and CUDA graph) beside
+#      PyTorch eager with bf16 autocast, and torch.compile (reduce-overhead), the rows
+#      tapegrad's bf16 and CUDA-graph modes are to beat.
 # The bundle is target/gpu-bundle/gpu-bundle.tar.xz, unpacked into a temporary folder (or,
 # from GPU_BUNDLE_PROFILE=dev, the binaries themselves). Each stage runs under `timeout`
 # within an overall budget (GPU_CHECK_BUDGET_S: 450 s,
@@ -402,6 +403,8 @@ if ((preflight_ok)); then
   # --- 7. PyTorch's faster modes, for tapegrad's bf16 and CUDA-graph modes (full mode) ------
   if [[ "$quick" != 1 ]]; then
     b="${train_batches[0]}"
+    train ours "$b" "_bf16" --bf16
+    train ours "$b" "_graph_bf16" --cuda-graph --bf16
     train torch "$b" "_cl_bf16" --channels-last --bf16
     train torch "$b" "_cl_compile" --channels-last --compile reduce-overhead
     training_table

@@ -9,8 +9,10 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tapegrad::layers::mixed_precision::{full_precision, Policy};
 use tapegrad::layers::models::ResNet;
 use tapegrad::layers::optimizers::{Adam, Optimizer};
+use tapegrad::layers::Sequential;
 use tapegrad::layers::{losses, InputSpec, Layer, Mode};
 use tapegrad::tensor::testing::cuda_device_or_skip;
 use tapegrad::{DType, Device, GradientTape, Tensor, Variable};
@@ -33,11 +35,14 @@ fn resnet18_on(device: Device, batch: usize, weights_from: Option<&ResNet>) -> R
 }
 
 /// One seed training step; returns the loss and the gradients (on the host, as f64).
-fn train_step(model: &ResNet, x: &Tensor, y: &Tensor) -> (f64, Vec<Vec<f64>>) {
+fn train_step(model: &dyn Layer, x: &Tensor, y: &Tensor) -> (f64, Vec<Vec<f64>>) {
     let vars = model.trainable_variables();
     let tape = GradientTape::new();
     let loss = tape
-        .record(|| losses::sparse_categorical_crossentropy(y, &model.call(x, Mode::Train)?, true))
+        .record(|| {
+            let logits = full_precision(&model.call(x, Mode::Train)?)?;
+            losses::sparse_categorical_crossentropy(y, &logits, true)
+        })
         .expect("forward");
     let grads = tape.gradient(&loss, &vars).expect("gradient");
     Adam::new(LEARNING_RATE).apply_gradients(&grads, &vars).expect("apply_gradients");
@@ -106,6 +111,62 @@ fn resnet18_training_step_matches_the_cpu() {
             assert_close(&format!("{name} after the step"), g, &c, 1e-5, 2.0 * LEARNING_RATE + 1e-6);
         }
     }
+}
+
+/// The same step under Keras' `mixed_bfloat16` policy: convolutions and matrix products in
+/// bf16 (cuDNN and cuBLAS with f32 accumulation on the GPU, f32 kernels rounded once on the
+/// CPU), batch norm, the loss and the f32 variables as before. Both sides round each layer's
+/// output to bf16 (8 significant bits), but from f32 sums taken in different orders, so a
+/// value near a rounding boundary can land one bf16 step (0.4-0.8%) apart, and such steps
+/// compound through 18 layers: the tolerances are bf16's, not f32's.
+#[test]
+fn resnet18_mixed_bfloat16_step_matches_the_cpu() {
+    let Some(gpu) = cuda_device_or_skip("resnet18_mixed_bfloat16_step_matches_the_cpu") else { return };
+    let batch = 4;
+    let cpu_resnet = resnet18_on(Device::Cpu, batch, None);
+    let gpu_resnet = resnet18_on(gpu, batch, Some(&cpu_resnet));
+    let f32_model = resnet18_on(Device::Cpu, batch, Some(&cpu_resnet));
+    let cpu_model = Sequential::new().add(cpu_resnet).dtype_policy(Policy::MIXED_BFLOAT16);
+    let gpu_model = Sequential::new().add(gpu_resnet).dtype_policy(Policy::MIXED_BFLOAT16);
+
+    let mut rng = StdRng::seed_from_u64(6);
+    let x = Tensor::rand_uniform([batch, 32, 32, 3], -1.0, 1.0, DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let labels: Vec<i64> = (0..batch).map(|_| rng.random_range(0..100)).collect();
+    let y = Tensor::from_vec(labels, [batch], &Device::Cpu).unwrap();
+
+    let (cpu_loss, cpu_grads) = train_step(&cpu_model, &x, &y);
+    let (gpu_loss, gpu_grads) = train_step(&gpu_model, &x.to_device(&gpu).unwrap(), &y.to_device(&gpu).unwrap());
+
+    assert!(cpu_loss.is_finite() && gpu_loss.is_finite(), "loss: cuda {gpu_loss}, cpu {cpu_loss}");
+    let logits = gpu_model.call(&x.to_device(&gpu).unwrap(), Mode::Infer).unwrap();
+    assert_eq!(logits.dtype(), DType::BF16, "the GPU model computes in bf16");
+    assert!((gpu_loss - cpu_loss).abs() <= 2e-2 * cpu_loss.abs(), "loss: cuda {gpu_loss} vs cpu {cpu_loss}");
+    for v in gpu_model.variables() {
+        assert_eq!(v.value_untracked().dtype(), DType::F32, "{} stays f32 under mixed_bfloat16", v.name());
+    }
+    // The yardstick is bf16 itself: the same step in f32 on the CPU. At batch 4 behind batch
+    // norm the gradients cancel heavily, so bf16 moves them by 20-35% (L2) from f32, and the
+    // convolution biases before batch norm (zero in exact arithmetic) are pure rounding noise.
+    // The GPU's bf16 step must be no further from the CPU's bf16 step than bf16 is from f32,
+    // as a whole, and within 2.5x of it for every variable (two independent noises of one
+    // size differ by about 1.4x theirs; measured on the emulator: 0.6-1.7x).
+    let (_, f32_grads) = train_step(&f32_model, &x, &y);
+    let l2 = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt();
+    let names: Vec<String> = gpu_model.trainable_variables().iter().map(|v| v.name().to_string()).collect();
+    let (mut device_sq, mut bf16_sq) = (0.0, 0.0);
+    for (((name, g), c), f) in names.iter().zip(&gpu_grads).zip(&cpu_grads).zip(&f32_grads) {
+        let (device, bf16) = (l2(g, c), l2(c, f));
+        assert!(device <= 2.5 * bf16 + 1e-6, "gradient of {name}: |cuda - cpu| = {device:e}, |bf16 - f32| = {bf16:e}");
+        device_sq += device * device;
+        bf16_sq += bf16 * bf16;
+    }
+    assert!(bf16_sq > 0.0, "the bf16 step equals the f32 one: nothing ran in bf16");
+    assert!(
+        device_sq <= bf16_sq,
+        "gradients: |cuda - cpu| = {:e}, |bf16 - f32| = {:e}",
+        device_sq.sqrt(),
+        bf16_sq.sqrt()
+    );
 }
 
 #[test]
