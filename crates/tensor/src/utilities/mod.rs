@@ -1,9 +1,11 @@
 //! Helpers that the kernels of every op and both backends share: fallible host allocation,
-//! the serial/parallel threshold, NaN tests and dimension merging. This module sits below
+//! the serial/parallel threshold, NaN tests, dimension merging and the run-time choice of
+//! instruction set. This module sits below
 //! `ops/` and the backends and imports neither.
 
 pub(crate) mod alloc;
 pub(crate) mod coalesce;
+pub(crate) mod isa;
 mod parallel;
 
 pub(crate) use parallel::PAR_MIN_LEN;

@@ -9,6 +9,7 @@
 //! gradients that read it (a gather, so it is deterministic on every backend, with no
 //! atomics). Both are linear and each is the other's gradient: differentiable to any order.
 
+mod bilinear_rows;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;

@@ -1,7 +1,7 @@
 //! The per-image transforms compiled for AVX-512 and AVX2 as well as for any CPU, picked
-//! at run time: the default x86-64 target has only SSE2, which runs each 16-channel block
-//! as four instructions. The transforms only add, subtract and scale (no fused
-//! multiply-add), so every version gives the same bits.
+//! at run time ([`Isa`], shared with other kernels): the default x86-64 target has only
+//! SSE2, which runs each 16-channel block as four instructions. The transforms only add,
+//! subtract and scale (no fused multiply-add), so every version gives the same bits.
 
 use super::images;
 use super::transforms::Variant;
@@ -9,48 +9,10 @@ use super::Tiles;
 use crate::backend::Conv2dSpec;
 use crate::FloatElement;
 
-/// The instruction set the transforms run with, detected once per convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
+pub(super) use crate::utilities::isa::Isa;
 
+// The transforms of each instruction set, as methods of the shared enum.
 impl Isa {
-    pub(super) fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx2") {
-                return Isa::Avx512;
-            }
-            if has!("avx2") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    }
-
-    /// Every instruction set this CPU can run, for the tests that compare them.
-    #[cfg(test)]
-    pub(super) fn available() -> Vec<Isa> {
-        let mut all = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") {
-                all.push(Isa::Avx2);
-                if has!("avx512f") {
-                    all.push(Isa::Avx512);
-                }
-            }
-        }
-        all
-    }
-
     /// [`images::transform_image`] compiled for this instruction set.
     pub(super) fn transform_image<V: Variant, T: FloatElement>(
         self,
