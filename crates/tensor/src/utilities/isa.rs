@@ -2,8 +2,8 @@
 //! are chosen among at run time: the default x86-64 target has only SSE2, which runs a
 //! 16-lane f32 block as four instructions. The kernels that use this enum only add,
 //! subtract and multiply (no fused multiply-add: Rust never contracts `a * b + c` on its
-//! own), so every version gives the same bits. The depthwise kernels need FMA too and
-//! keep their own detection (ops/conv/depthwise_cpu).
+//! own), so every version gives the same bits. Kernels built with fused multiply-adds
+//! (ops/conv/depthwise_cpu) ask for the `_fused` variants, which also require FMA.
 
 /// The instruction set a kernel runs with, detected once per op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,27 +21,33 @@ pub(crate) enum Isa {
 impl Isa {
     /// The widest instruction set this CPU runs.
     pub(crate) fn detect() -> Isa {
+        Self::widest(false)
+    }
+
+    /// The widest instruction set this CPU runs with FMA as well.
+    pub(crate) fn detect_fused() -> Isa {
+        Self::widest(true)
+    }
+
+    fn widest(fma: bool) -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx2") {
-                return Isa::Avx512;
-            }
-            if has!("avx2") {
-                return Isa::Avx2;
+            if has!("avx2") && (!fma || has!("fma")) {
+                return if has!("avx512f") { Isa::Avx512 } else { Isa::Avx2 };
             }
         }
         Isa::Portable
     }
 
-    /// Every instruction set this CPU can run, for the tests that compare them.
+    /// Every instruction set this CPU runs (with FMA as well if `fma`), narrowest first.
     #[cfg(test)]
-    pub(crate) fn available() -> Vec<Isa> {
+    fn supported(fma: bool) -> Vec<Isa> {
         let mut all = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") {
+            if has!("avx2") && (!fma || has!("fma")) {
                 all.push(Isa::Avx2);
                 if has!("avx512f") {
                     all.push(Isa::Avx512);
@@ -49,5 +55,17 @@ impl Isa {
             }
         }
         all
+    }
+
+    /// Every instruction set this CPU can run, for the tests that compare them.
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Isa> {
+        Self::supported(false)
+    }
+
+    /// Every instruction set this CPU can run with FMA as well, for the tests.
+    #[cfg(test)]
+    pub(crate) fn available_fused() -> Vec<Isa> {
+        Self::supported(true)
     }
 }

@@ -36,6 +36,7 @@ mod tests;
 use super::cpu::backward_input_geometry;
 use crate::backend::Conv2dSpec;
 use crate::utilities::alloc::{try_zeros, ZeroBits};
+use crate::utilities::isa::Isa;
 use crate::{FloatElement, Result};
 use backward_input::Readers;
 use rayon::prelude::*;
@@ -47,54 +48,11 @@ const PIXELS: usize = 4;
 /// Runs of output rows the kernel gradient is split into (at most).
 const FILTER_CHUNKS: usize = 64;
 
-/// The instruction set the row functions run with, detected once per op.
-#[derive(Clone, Copy)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl Isa {
-    fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx2") && has!("fma") {
-                return Isa::Avx512;
-            }
-            if has!("avx2") && has!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    }
-
-    /// Every instruction set this CPU can run, for the tests that compare them.
-    #[cfg(test)]
-    fn available() -> Vec<Isa> {
-        let mut all = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                all.push(Isa::Avx2);
-                if has!("avx512f") {
-                    all.push(Isa::Avx512);
-                }
-            }
-        }
-        all
-    }
-}
-
 /// Runs a row function compiled for `isa`: `dispatch!(isa, forward_rows(args))`.
 macro_rules! dispatch {
     ($isa:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
         match $isa {
-            // SAFETY: `Isa::detect` saw these features on this CPU.
+            // SAFETY: `Isa::detect_fused` saw these features on this CPU.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { simd::avx512::$f($($arg),*) },
             // SAFETY: as above.
@@ -214,7 +172,7 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
     bias: Option<&[T]>,
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
-    forward_with(Isa::detect(), x, kernel, bias, s)
+    forward_with(Isa::detect_fused(), x, kernel, bias, s)
 }
 
 fn forward_with<T: FloatElement + ZeroBits>(
@@ -266,7 +224,7 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
     kernel: &[T],
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
-    backward_input_with(Isa::detect(), dy, kernel, s)
+    backward_input_with(Isa::detect_fused(), dy, kernel, s)
 }
 
 fn backward_input_with<T: FloatElement + ZeroBits>(isa: Isa, dy: &[T], kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
@@ -294,7 +252,7 @@ fn backward_input_with<T: FloatElement + ZeroBits>(isa: Isa, dy: &[T], kernel: &
 
 /// The kernel gradient of a depthwise convolution: `[c_out, kh, kw, 1]`.
 pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
-    backward_filter_with(Isa::detect(), x, dy, s)
+    backward_filter_with(Isa::detect_fused(), x, dy, s)
 }
 
 fn backward_filter_with<T: FloatElement + ZeroBits>(isa: Isa, x: &[T], dy: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
