@@ -11,13 +11,13 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use tapegrad_layers::checkpoint;
 use tapegrad_layers::mixed_precision::{global_policy, set_global_policy, LossScaleOptimizer, LossScaleState, Policy};
+use tapegrad_layers::models::ResNet;
 use tapegrad_layers::optimizers::{Adam, Optimizer, Sgd};
 use tapegrad_layers::training::{train_step, FitOptions, SparseCategoricalAccuracy, TensorDataset, Trainer};
 use tapegrad_layers::{
     losses, random, Activation, BatchNormalization, Conv2D, Dense, Embedding, Error, GlobalAveragePooling2D, Layer,
     Mode, Padding, Result, Sequential,
 };
-use tapegrad_layers::models::ResNet;
 use tapegrad_tensor::{DType, Device, GradientTape, Tensor, Variable};
 
 /// Relative distance `|a - b| / |b|` (L2 norms) of two equally long vectors.
@@ -228,6 +228,36 @@ fn loss_scale_skips_overflowing_steps_and_grows_after_finite_ones() -> Result<()
     Ok(())
 }
 
+/// A skipped step does not advance the inner optimizer's iterations, so a schedule is
+/// evaluated at the iterations of the steps that were applied (Keras evaluates it at the
+/// inner optimizer's `iterations`): the step after a skip takes the rate the skipped one
+/// would have taken.
+#[test]
+fn a_skipped_step_does_not_advance_the_schedule() -> Result<()> {
+    use tapegrad_layers::optimizers::schedules::StepDecay;
+    let w = Variable::new("w", Tensor::ones([1], DType::F32, &Device::Cpu)?, true);
+    let halving = StepDecay { initial: 0.1, factor: 0.5, step_size: 1 };
+    let mut opt = LossScaleOptimizer::new(Sgd::new(halving)).initial_scale(4.0);
+    // Gradients as `scale_loss` makes them: the scale times the true gradient (1).
+    let scaled = |opt: &LossScaleOptimizer<Sgd>| -> Result<Tensor> {
+        Ok(Tensor::full(opt.loss_scale().unwrap().scale, [1], DType::F32, &Device::Cpu)?)
+    };
+    let mut expected = 1.0f32;
+    opt.apply_gradients(&[Some(scaled(&opt)?)], &[w.clone()])?;
+    expected -= 0.1f64 as f32;
+    assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected]);
+    assert_eq!(opt.learning_rate(), 0.05);
+    let overflow = Tensor::from_vec(vec![f32::INFINITY], [1], &Device::Cpu)?;
+    opt.apply_gradients(&[Some(overflow)], &[w.clone()])?;
+    assert_eq!((opt.iterations(), opt.learning_rate()), (1, 0.05), "the skipped step counted");
+    assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected]);
+    opt.apply_gradients(&[Some(scaled(&opt)?)], &[w.clone()])?;
+    expected -= 0.05f64 as f32;
+    assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected], "the step after the skip used lr(1)");
+    assert_eq!((opt.iterations(), opt.learning_rate()), (2, 0.025));
+    Ok(())
+}
+
 /// A finite loss-scaled step equals the plain optimizer's step (the scale, a power of two,
 /// divides out exactly up to the f32 rounding of the scaled gradients).
 #[test]
@@ -366,9 +396,8 @@ fn resnet_and_embedding_policies_reach_their_layers() -> Result<()> {
     assert_eq!(table.dtype(), DType::F32);
     assert_eq!(looked_up.to_vec_f64()?[..3], table.narrow(0, 1001, 1)?.cast(DType::F16)?.to_vec_f64()?[..]);
     // ... and its own float32 wins inside a container with another policy.
-    let in_bf16 = Sequential::new()
-        .add(Embedding::new(10, 2).dtype_policy(Policy::FLOAT32))
-        .dtype_policy(Policy::MIXED_BFLOAT16);
+    let in_bf16 =
+        Sequential::new().add(Embedding::new(10, 2).dtype_policy(Policy::FLOAT32)).dtype_policy(Policy::MIXED_BFLOAT16);
     assert_eq!(in_bf16.call(&ids.narrow(0, 1, 1)?, Mode::Infer)?.dtype(), DType::F32);
     Ok(())
 }
