@@ -243,15 +243,15 @@ fn a_skipped_step_does_not_advance_the_schedule() -> Result<()> {
         Ok(Tensor::full(opt.loss_scale().unwrap().scale, [1], DType::F32, &Device::Cpu)?)
     };
     let mut expected = 1.0f32;
-    opt.apply_gradients(&[Some(scaled(&opt)?)], &[w.clone()])?;
+    opt.apply_gradients(&[Some(scaled(&opt)?)], std::slice::from_ref(&w))?;
     expected -= 0.1f64 as f32;
     assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected]);
     assert_eq!(opt.learning_rate(), 0.05);
     let overflow = Tensor::from_vec(vec![f32::INFINITY], [1], &Device::Cpu)?;
-    opt.apply_gradients(&[Some(overflow)], &[w.clone()])?;
+    opt.apply_gradients(&[Some(overflow)], std::slice::from_ref(&w))?;
     assert_eq!((opt.iterations(), opt.learning_rate()), (1, 0.05), "the skipped step counted");
     assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected]);
-    opt.apply_gradients(&[Some(scaled(&opt)?)], &[w.clone()])?;
+    opt.apply_gradients(&[Some(scaled(&opt)?)], std::slice::from_ref(&w))?;
     expected -= 0.05f64 as f32;
     assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected], "the step after the skip used lr(1)");
     assert_eq!((opt.iterations(), opt.learning_rate()), (2, 0.025));
