@@ -229,6 +229,16 @@ fn a_loss_scaled_step_waits_for_the_device_once() {
     assert!(cpu_opt.iterations() > 0 && cpu_opt.iterations() < 12, "some steps were skipped, not all");
     for (g, c) in gpu_model.variables().iter().zip(cpu_model.variables()) {
         let (g, c) = (g.value_untracked().to_vec_f64().unwrap(), c.value_untracked().to_vec_f64().unwrap());
-        assert_close(&format!("{} after the steps", "variable"), &g, &c, 1e-2, 1e-4);
+        assert_close("a variable after the steps", &g, &c, 1e-2, 1e-4);
     }
+
+    // Tensors on the CPU and on the GPU: one wait, for the GPU's sum.
+    use tapegrad::tensor::check_numerics::all_finite;
+    let on_cpu = Tensor::ones([3], DType::F32, &Device::Cpu).unwrap();
+    let finite = Tensor::ones([2], DType::F16, &gpu).unwrap();
+    let infinite = Tensor::from_vec(vec![1.0f32, f32::INFINITY], [2], &Device::Cpu).unwrap().to_device(&gpu).unwrap();
+    let before = tapegrad::tensor::cuda::host_waits(ordinal).unwrap();
+    assert!(all_finite(&[&on_cpu, &finite, &finite]).unwrap());
+    assert!(!all_finite(&[&finite, &on_cpu, &infinite]).unwrap());
+    assert_eq!(tapegrad::tensor::cuda::host_waits(ordinal).unwrap() - before, 2, "one wait per all_finite");
 }
