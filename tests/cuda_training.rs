@@ -178,3 +178,67 @@ fn summary_of_a_model_built_on_the_gpu() {
     let summary = tapegrad::layers::summary(&model, &InputSpec::new([2, 32, 32, 3])).expect("summary").to_string();
     assert!(summary.contains("Trainable params: 11,227,300"), "{summary}");
 }
+
+/// A LossScaleOptimizer step on CUDA decides with one wait for the device, however many
+/// gradients there are (the finiteness probes are summed on the device before the one
+/// read; it waited once per gradient before), and it skips an overflowing step as on the
+/// CPU: same scale, same variables. `cuda::host_waits` counts the waits.
+#[test]
+fn a_loss_scaled_step_waits_for_the_device_once() {
+    use tapegrad::layers::mixed_precision::LossScaleOptimizer;
+    use tapegrad::layers::training::train_step as step;
+    use tapegrad::layers::Dense;
+    let Some(gpu) = cuda_device_or_skip("a_loss_scaled_step_waits_for_the_device_once") else { return };
+    let Device::Cuda(ordinal) = gpu else { unreachable!("a CUDA device") };
+    let make = |device: Device| {
+        tapegrad::layers::random::set_seed(5);
+        let model = Sequential::new()
+            .add(Dense::new(8))
+            .add(Dense::new(8))
+            .add(Dense::new(8))
+            .add(Dense::new(3))
+            .dtype_policy(Policy::MIXED_FLOAT16);
+        model.build(&InputSpec::new([4, 6]).with_device(device)).expect("build");
+        model
+    };
+    let (cpu_model, gpu_model) = (make(Device::Cpu), make(gpu));
+    for (to, from) in gpu_model.variables().iter().zip(cpu_model.variables()) {
+        to.assign(from.value_untracked().to_device(&gpu).unwrap()).unwrap();
+    }
+    assert_eq!(gpu_model.trainable_variables().len(), 8);
+    let mut rng = StdRng::seed_from_u64(8);
+    let x = Tensor::rand_uniform([4, 6], -1.0, 1.0, DType::F32, &Device::Cpu, &mut rng).unwrap();
+    let y = Tensor::from_vec(vec![0i64, 1, 2, 1], [4], &Device::Cpu).unwrap();
+    // 2^15 * 2^10 overflows f16 in the backward pass: the first step is skipped.
+    let optimizer = || LossScaleOptimizer::new(Adam::new(LEARNING_RATE)).initial_scale(2f64.powi(25));
+    let (mut cpu_opt, mut gpu_opt) = (optimizer(), optimizer());
+    let (gx, gy) = (x.to_device(&gpu).unwrap(), y.to_device(&gpu).unwrap());
+    let loss = |model: &Sequential, x: &Tensor, y: &Tensor| {
+        let logits = full_precision(&model.call(x, Mode::Train)?)?;
+        Ok(losses::sparse_categorical_crossentropy(y, &logits, true)?)
+    };
+    for i in 0..12 {
+        step(&cpu_model, &mut cpu_opt, || loss(&cpu_model, &x, &y)).expect("cpu step");
+        let before = tapegrad::tensor::cuda::host_waits(ordinal).unwrap();
+        step(&gpu_model, &mut gpu_opt, || loss(&gpu_model, &gx, &gy)).expect("cuda step");
+        let waits = tapegrad::tensor::cuda::host_waits(ordinal).unwrap() - before;
+        assert_eq!(waits, 1, "step {i}: the host waited {waits} times for the device");
+        assert_eq!(gpu_opt.loss_scale(), cpu_opt.loss_scale(), "step {i}");
+        assert_eq!(gpu_opt.iterations(), cpu_opt.iterations(), "step {i}");
+    }
+    assert!(cpu_opt.iterations() > 0 && cpu_opt.iterations() < 12, "some steps were skipped, not all");
+    for (g, c) in gpu_model.variables().iter().zip(cpu_model.variables()) {
+        let (g, c) = (g.value_untracked().to_vec_f64().unwrap(), c.value_untracked().to_vec_f64().unwrap());
+        assert_close("a variable after the steps", &g, &c, 1e-2, 1e-4);
+    }
+
+    // Tensors on the CPU and on the GPU: one wait, for the GPU's sum.
+    use tapegrad::tensor::check_numerics::all_finite;
+    let on_cpu = Tensor::ones([3], DType::F32, &Device::Cpu).unwrap();
+    let finite = Tensor::ones([2], DType::F16, &gpu).unwrap();
+    let infinite = Tensor::from_vec(vec![1.0f32, f32::INFINITY], [2], &Device::Cpu).unwrap().to_device(&gpu).unwrap();
+    let before = tapegrad::tensor::cuda::host_waits(ordinal).unwrap();
+    assert!(all_finite(&[&on_cpu, &finite, &finite]).unwrap());
+    assert!(!all_finite(&[&finite, &on_cpu, &infinite]).unwrap());
+    assert_eq!(tapegrad::tensor::cuda::host_waits(ordinal).unwrap() - before, 2, "one wait per all_finite");
+}

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use tapegrad_layers::checkpoint;
 use tapegrad_layers::mixed_precision::{global_policy, set_global_policy, LossScaleOptimizer, LossScaleState, Policy};
+use tapegrad_layers::models::ResNet;
 use tapegrad_layers::optimizers::{Adam, Optimizer, Sgd};
 use tapegrad_layers::training::{train_step, FitOptions, SparseCategoricalAccuracy, TensorDataset, Trainer};
 use tapegrad_layers::{
@@ -227,6 +228,36 @@ fn loss_scale_skips_overflowing_steps_and_grows_after_finite_ones() -> Result<()
     Ok(())
 }
 
+/// A skipped step does not advance the inner optimizer's iterations, so a schedule is
+/// evaluated at the iterations of the steps that were applied (Keras evaluates it at the
+/// inner optimizer's `iterations`): the step after a skip takes the rate the skipped one
+/// would have taken.
+#[test]
+fn a_skipped_step_does_not_advance_the_schedule() -> Result<()> {
+    use tapegrad_layers::optimizers::schedules::StepDecay;
+    let w = Variable::new("w", Tensor::ones([1], DType::F32, &Device::Cpu)?, true);
+    let halving = StepDecay { initial: 0.1, factor: 0.5, step_size: 1 };
+    let mut opt = LossScaleOptimizer::new(Sgd::new(halving)).initial_scale(4.0);
+    // Gradients as `scale_loss` makes them: the scale times the true gradient (1).
+    let scaled = |opt: &LossScaleOptimizer<Sgd>| -> Result<Tensor> {
+        Ok(Tensor::full(opt.loss_scale().unwrap().scale, [1], DType::F32, &Device::Cpu)?)
+    };
+    let mut expected = 1.0f32;
+    opt.apply_gradients(&[Some(scaled(&opt)?)], std::slice::from_ref(&w))?;
+    expected -= 0.1f64 as f32;
+    assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected]);
+    assert_eq!(opt.learning_rate(), 0.05);
+    let overflow = Tensor::from_vec(vec![f32::INFINITY], [1], &Device::Cpu)?;
+    opt.apply_gradients(&[Some(overflow)], std::slice::from_ref(&w))?;
+    assert_eq!((opt.iterations(), opt.learning_rate()), (1, 0.05), "the skipped step counted");
+    assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected]);
+    opt.apply_gradients(&[Some(scaled(&opt)?)], std::slice::from_ref(&w))?;
+    expected -= 0.05f64 as f32;
+    assert_eq!(w.value_untracked().to_vec::<f32>()?, [expected], "the step after the skip used lr(1)");
+    assert_eq!((opt.iterations(), opt.learning_rate()), (2, 0.025));
+    Ok(())
+}
+
 /// A finite loss-scaled step equals the plain optimizer's step (the scale, a power of two,
 /// divides out exactly up to the f32 rounding of the scaled gradients).
 #[test]
@@ -320,6 +351,54 @@ fn policy_plumbing() -> Result<()> {
     let dense = Dense::new(2).dtype_policy(Policy::FLOAT32);
     assert_eq!(dense.call(&Tensor::ones([1, 3], DType::F64, &Device::Cpu)?, Mode::Infer)?.dtype(), DType::F64);
     assert_eq!(dense.kernel().unwrap().value_untracked().dtype(), DType::F64);
+    Ok(())
+}
+
+/// `ResNet::dtype_policy` and `Embedding::dtype_policy`: the container's policy reaches the
+/// layers inside it (the head, two containers down, casts its input to bf16 and so answers
+/// in bf16), an inner layer's own policy still wins, and the variables stay f32 and get f32
+/// gradients.
+#[test]
+fn resnet_and_embedding_policies_reach_their_layers() -> Result<()> {
+    random::set_seed(3);
+    let x = Tensor::rand_uniform([2, 8, 8, 3], -1.0, 1.0, DType::F32, &Device::Cpu, &mut StdRng::seed_from_u64(4))?;
+    let model = ResNet::cifar([1, 1, 1, 1], 5).dtype_policy(Policy::MIXED_BFLOAT16);
+    assert_eq!(model.policy_override(), Some(Policy::MIXED_BFLOAT16));
+    let tape = GradientTape::new();
+    let (logits, loss) = tape.record(|| {
+        let logits = model.call(&x, Mode::Train).map_err(tapegrad_tensor::Error::from)?;
+        let loss = logits.cast(DType::F32)?.square()?.mean_all()?;
+        Ok((logits, loss))
+    })?;
+    assert_eq!(logits.dtype(), DType::BF16);
+    let variables = model.trainable_variables();
+    let grads = tape.gradient(&loss, &variables)?;
+    for (g, v) in grads.iter().zip(&variables) {
+        assert_eq!(v.value_untracked().dtype(), DType::F32, "{}", v.name());
+        assert_eq!(g.as_ref().expect("every variable gets a gradient").dtype(), DType::F32, "{}", v.name());
+    }
+    for v in model.variables() {
+        assert_eq!(v.value_untracked().dtype(), DType::F32, "{}", v.name());
+    }
+
+    // An inner layer's own policy wins over the model's.
+    let mut with_f32_head = ResNet::cifar([1, 1, 1, 1], 5).dtype_policy(Policy::MIXED_FLOAT16);
+    with_f32_head.fc = Dense::new(5).dtype_policy(Policy::FLOAT32);
+    assert_eq!(with_f32_head.call(&x, Mode::Infer)?.dtype(), DType::F32);
+
+    // Embedding: its own policy gives 16-bit vectors from an f32 table, ids untouched.
+    let embedding = Embedding::new(1100, 3).dtype_policy(Policy::MIXED_FLOAT16);
+    assert_eq!(embedding.policy_override(), Some(Policy::MIXED_FLOAT16));
+    let ids = Tensor::from_vec(vec![1001.0f32, 7.0], [2], &Device::Cpu)?;
+    let looked_up = embedding.call(&ids, Mode::Infer)?;
+    assert_eq!(looked_up.dtype(), DType::F16);
+    let table = embedding.embeddings().expect("built").value_untracked();
+    assert_eq!(table.dtype(), DType::F32);
+    assert_eq!(looked_up.to_vec_f64()?[..3], table.narrow(0, 1001, 1)?.cast(DType::F16)?.to_vec_f64()?[..]);
+    // ... and its own float32 wins inside a container with another policy.
+    let in_bf16 =
+        Sequential::new().add(Embedding::new(10, 2).dtype_policy(Policy::FLOAT32)).dtype_policy(Policy::MIXED_BFLOAT16);
+    assert_eq!(in_bf16.call(&ids.narrow(0, 1, 1)?, Mode::Infer)?.dtype(), DType::F32);
     Ok(())
 }
 

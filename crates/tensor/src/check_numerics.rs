@@ -27,7 +27,7 @@
 //! ```
 
 use crate::cpu_backend::CpuStorage;
-use crate::{Device, Error, Result, Storage, Tensor};
+use crate::{Error, Result, Storage, Tensor};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -182,23 +182,30 @@ pub(crate) fn check(op: &'static str, inputs: &[&Tensor], outputs: &impl OpOutpu
     Ok(())
 }
 
-/// Whether every element of every float tensor is finite, with one read from the device
-/// whatever the number of tensors (`sum(x * 0)` is 0 exactly when `x` is all finite).
-/// Training loops call it before writing a checkpoint. Works whether or not the mode is on
+/// Whether every element of every float tensor is finite, with one read from each device
+/// that holds one of them, whatever the number of tensors: `sum(x * 0)` is 0 exactly when
+/// `x` is all finite (NaN otherwise), and those sums are added on their device (in f64)
+/// before the one read. `LossScaleOptimizer` calls it once per step on the gradients;
+/// training loops call it before writing a checkpoint. Works whether or not the mode is on
 /// (its own probe is not reported).
 pub fn all_finite(tensors: &[&Tensor]) -> Result<bool> {
     // The probe makes NaN from non-finite values on purpose: not a finding on this thread.
     let suspended = SUSPENDED.with(|s| s.replace(true));
     let probe = (|| {
-        let mut acc: Option<Tensor> = None;
+        // One running sum per device, in the order the devices first appear.
+        let mut sums: Vec<Tensor> = Vec::new();
         for t in tensors.iter().filter(|t| t.dtype().is_float()) {
-            let zero_if_finite = t.mul_scalar(0.0)?.sum_all()?.cast(crate::DType::F64)?.to_device(&Device::Cpu)?;
-            acc = Some(match acc {
-                Some(a) => a.add(&zero_if_finite)?,
-                None => zero_if_finite,
-            });
+            let zero_if_finite = t.mul_scalar(0.0)?.sum_all()?.cast(crate::DType::F64)?;
+            match sums.iter_mut().find(|s| s.device() == t.device()) {
+                Some(sum) => *sum = sum.add(&zero_if_finite)?,
+                None => sums.push(zero_if_finite),
+            }
         }
-        acc.map_or(Ok(0.0), |a| a.to_scalar::<f64>())
+        let mut total = 0.0;
+        for sum in sums {
+            total += sum.to_scalar::<f64>()?;
+        }
+        Ok(total)
     })();
     SUSPENDED.with(|s| s.set(suspended));
     Ok(probe? == 0.0)

@@ -158,6 +158,21 @@ pub fn synchronize(ordinal: usize) -> Result<()> {
     Err(not_built(ordinal))
 }
 
+/// How many times the host has waited for CUDA device `ordinal` since it was opened: each
+/// read-back of a buffer (`to_vec`, `to_device(Cpu)`, `to_scalar`) and each [`synchronize`]
+/// counts one. The difference across a stretch of code is how often it made the host wait
+/// for the device, i.e. how often it stopped the host from queueing ahead; a training step
+/// that reads nothing adds 0. (Waits for a staging buffer of an upload are not counted:
+/// they wait for an earlier copy, not for the queued work.)
+pub fn host_waits(ordinal: usize) -> Result<u64> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(crate::cuda_backend::device::CudaDevice::get(ordinal)?.host_waits())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(not_built(ordinal))
+}
+
 /// The caching allocator's statistics for CUDA device `ordinal`.
 pub fn memory_stats(ordinal: usize) -> Result<MemoryStats> {
     #[cfg(feature = "cuda")]

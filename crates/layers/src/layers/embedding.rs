@@ -3,6 +3,7 @@
 use super::get_or_build;
 use crate::error::InLayer;
 use crate::initializers::{Fans, Initializer};
+use crate::mixed_precision::Policy;
 use crate::naming::unique_name;
 use crate::{Error, InputSpec, Layer, Mode, Result};
 use std::sync::OnceLock;
@@ -36,6 +37,7 @@ pub struct Embedding {
     output_dim: usize,
     initializer: Initializer,
     dtype: DType,
+    dtype_policy: Option<Policy>,
     embeddings: OnceLock<Variable>,
 }
 
@@ -49,6 +51,7 @@ impl Embedding {
             output_dim,
             initializer: Initializer::RandomUniform { low: -0.05, high: 0.05 },
             dtype: DType::F32,
+            dtype_policy: None,
             embeddings: OnceLock::new(),
         }
     }
@@ -62,6 +65,29 @@ impl Embedding {
     /// The table's dtype (f32 unless set; the ids' dtype says nothing about it).
     pub fn dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
+        self
+    }
+
+    /// The layer's own dtype policy (Keras' `dtype=`): under a mixed policy the table stays
+    /// in its variable dtype (f32) and is read in the compute dtype, so the looked-up
+    /// vectors come out in bf16 or f16; the ids are never cast to it (see
+    /// [`mixed_precision`](crate::mixed_precision)). Without one the layer follows the
+    /// layer it is called in, or the global policy.
+    ///
+    /// ```
+    /// use tapegrad_layers::mixed_precision::Policy;
+    /// use tapegrad_layers::{Embedding, Layer, Mode};
+    /// use tapegrad_tensor::{DType, Device, Tensor};
+    /// # fn main() -> tapegrad_layers::Result<()> {
+    /// let embed = Embedding::new(10, 4).dtype_policy(Policy::MIXED_BFLOAT16);
+    /// let ids = Tensor::from_vec(vec![1i64, 9], [2], &Device::Cpu)?;
+    /// assert_eq!(embed.call(&ids, Mode::Infer)?.dtype(), DType::BF16);
+    /// assert_eq!(embed.embeddings().unwrap().value_untracked().dtype(), DType::F32);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn dtype_policy(mut self, policy: Policy) -> Self {
+        self.dtype_policy = Some(policy);
         self
     }
 
@@ -113,6 +139,10 @@ impl Layer for Embedding {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn build(&self, input: &InputSpec) -> Result<()> {

@@ -5,6 +5,7 @@
 //! layers implementing [`Layer`], with `call` spelling out the seed's forward pass.
 
 use crate::layer::traced;
+use crate::mixed_precision::Policy;
 use crate::naming::unique_name;
 use crate::{
     Activation, Add, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D, Layer, MaxPool2D, Mode, Padding,
@@ -114,6 +115,7 @@ impl Layer for BasicBlock {
 /// (`preprocess`), global average pooling and a Dense head producing logits.
 pub struct ResNet {
     name: String,
+    dtype_policy: Option<Policy>,
     /// The stem.
     pub preprocess: Sequential,
     /// Stage 1 (64 filters).
@@ -173,10 +175,35 @@ impl ResNet {
         })
     }
 
+    /// The model's dtype policy (Keras' `dtype=`), as [`Sequential::dtype_policy`]: the
+    /// policy of every layer inside it that has none of its own, instead of the global one.
+    /// Under `"mixed_bfloat16"` or `"mixed_float16"` the convolutions, the head and the
+    /// logits compute in the 16-bit dtype, batch norm normalises in f32, and every variable
+    /// stays f32; see [`mixed_precision`](crate::mixed_precision).
+    ///
+    /// ```
+    /// use tapegrad_layers::mixed_precision::Policy;
+    /// use tapegrad_layers::models::ResNet;
+    /// use tapegrad_layers::{Layer, Mode};
+    /// use tapegrad_tensor::{DType, Device, Tensor};
+    /// # fn main() -> tapegrad_layers::Result<()> {
+    /// let model = ResNet::cifar([1, 1, 1, 1], 10).dtype_policy(Policy::MIXED_BFLOAT16);
+    /// let logits = model.call(&Tensor::ones([1, 8, 8, 3], DType::F32, &Device::Cpu)?, Mode::Infer)?;
+    /// assert_eq!(logits.dtype(), DType::BF16);
+    /// assert!(model.variables().iter().all(|v| v.value_untracked().dtype() == DType::F32));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn dtype_policy(mut self, policy: Policy) -> Self {
+        self.dtype_policy = Some(policy);
+        self
+    }
+
     /// Puts the stem, the four stages and the head together.
     fn assemble(preprocess: Sequential, num_classes: usize, mut stage: impl FnMut(usize) -> Sequential) -> Self {
         ResNet {
             name: unique_name("res_net"),
+            dtype_policy: None,
             preprocess,
             layer1: stage(0),
             layer2: stage(1),
@@ -201,6 +228,10 @@ impl Layer for ResNet {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn policy_override(&self) -> Option<Policy> {
+        self.dtype_policy
     }
 
     fn visit_sublayers(&self, visit: &mut dyn FnMut(&str, &dyn Layer)) {

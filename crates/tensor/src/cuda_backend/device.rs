@@ -16,7 +16,7 @@ use crate::{Device, Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 const DRIVER_HELP: &str = "install an NVIDIA driver (R580 or newer for CUDA 13), or put the folder holding \
@@ -64,6 +64,9 @@ pub(crate) struct CudaDevice {
     staging: Mutex<staging::Ring>,
     /// Whether the stream is capturing a CUDA graph (`graph.rs`).
     capturing: AtomicBool,
+    /// How many times the host waited for the stream ([`Self::synchronize`]: every
+    /// read-back and every explicit wait), for [`crate::cuda::host_waits`].
+    waits: AtomicU64,
     /// Set when work another library queued on the stream failed ([`super::raw::fail_stream`]):
     /// makes the error every later wait for the device reports.
     failed: OnceLock<StreamFailure>,
@@ -122,6 +125,7 @@ impl CudaDevice {
             dnn: Mutex::default(),
             staging: Mutex::default(),
             capturing: AtomicBool::new(false),
+            waits: AtomicU64::new(0),
             failed: OnceLock::new(),
         })
     }
@@ -177,11 +181,17 @@ impl CudaDevice {
     /// stream was marked failed ([`Self::fail`]): what it computed is not to be read.
     pub(crate) fn synchronize(&self) -> Result<()> {
         self.refuse_while_capturing("waiting for the device (synchronize)")?;
+        self.waits.fetch_add(1, Ordering::Relaxed);
         self.stream.synchronize().map_err(|e| Error::cuda(self.device(), "cuStreamSynchronize", e))?;
         match self.failed.get() {
             Some(error) => Err(error()),
             None => Ok(()),
         }
+    }
+
+    /// How many times the host has waited for this device's stream (see `waits`).
+    pub(crate) fn host_waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
     /// Marks the stream failed; the first mark stays ([`super::raw::fail_stream`]).
