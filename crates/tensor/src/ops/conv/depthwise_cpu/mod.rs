@@ -12,12 +12,14 @@
 //!
 //! - forward ([`forward`]): each task is a band of output rows of one image (its size set
 //!   by the shape, [`band_rows`]), written into an output that is not zeroed first
-//!   ([`output`]). A 3x3 kernel at stride 1 ([`forward_3x3`]) keeps its taps in registers
+//!   ([`output`]). A 3x3 kernel at stride 1 or 2 ([`forward_3x3`]) keeps its taps in registers
 //!   for the whole row.
 //! - input gradient ([`backward_input`]): gathered, not scattered: each input row is one
 //!   task, and each input pixel sums the output pixels that read it (`dy * kernel`), so no
 //!   two tasks write the same element. At stride 1 and multiplier 1 it is the forward
-//!   pass over `dy` with the kernel flipped in space instead, which is faster.
+//!   pass over `dy` with the kernel flipped in space instead, which is faster; a 3x3
+//!   kernel at stride 2 reads `dy` through a fixed stencil per input-column parity
+//!   ([`backward_input_s2`]).
 //! - kernel gradient ([`backward_filter`]): the output rows are cut into [`FILTER_CHUNKS`]
 //!   fixed runs (the cut depends on the shape only); each run sums into its own buffer,
 //!   and the buffers are added in run order, so the result does not depend on the thread
@@ -25,6 +27,7 @@
 
 mod backward_filter;
 mod backward_input;
+mod backward_input_s2;
 mod columns;
 mod forward;
 mod forward_3x3;
