@@ -15,9 +15,10 @@
 //! output rows by ascending kernel row, then ascending kernel column, from zero; so the
 //! sums are the same, bit for bit, whichever path computes them.
 
-use super::lanes::{block, block_at, mul_add, LANES};
+use super::lanes::{block, block_at, mul_add, store, LANES};
 use super::Depthwise;
 use crate::FloatElement;
+use std::mem::MaybeUninit;
 
 /// Whether [`row`] computes this op's full channel blocks.
 pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
@@ -30,22 +31,28 @@ pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
 
 /// Channels `0..full` of one input-gradient row: `grad` is one image's output gradient
 /// (`[out_h, out_w, c_out]`), `readers` the `(kernel row, output row)` pairs that read the
-/// input row (ascending kernel row), `dst` the row (`[in_w, c_in]`, zeros).
+/// input row (ascending kernel row), `dst` the row (`[in_w, c_in]`, possibly
+/// uninitialised), whose channels `0..full` are all written.
 #[inline(always)]
 pub(super) fn row<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
     grad: &[T],
     readers: &[(usize, usize)],
     full: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
 ) {
     match readers {
         [a] => row_r::<T, FUSED, LANES, 1>(d, grad, [*a, *a], full, dst),
         [a, b] => row_r::<T, FUSED, LANES, 2>(d, grad, [*a, *b], full, dst),
-        // No output row reads this input row (or, for a 3x3 kernel at stride 2, never
-        // more than two do): its gradient is the zeros it holds, or the general gather's.
+        // No output row reads this input row (a 3x3 kernel at stride 2 is never read
+        // by more than two): its gradient is zero.
         _ => {
             debug_assert!(readers.is_empty(), "at most two output rows read an input row at stride 2");
+            for pixel in dst.chunks_exact_mut(d.s.in_channels) {
+                for v in &mut pixel[..full] {
+                    v.write(T::zero());
+                }
+            }
         }
     }
 }
@@ -57,7 +64,7 @@ fn row_r<T: FloatElement, const FUSED: bool, const W: usize, const R: usize>(
     grad: &[T],
     readers: [(usize, usize); 2],
     full: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
 ) {
     let s = d.s;
     let (c, co, out_w, in_w, pad) = (s.in_channels, s.out_channels, s.out_w, s.in_w, s.pad_left);
@@ -82,7 +89,7 @@ fn row_r<T: FloatElement, const FUSED: bool, const W: usize, const R: usize>(
             j < lo || j >= hi
         }) {
             let y = border::<T, FUSED, W, R>(&g, &k, ix + pad, (out_w, co));
-            *block_mut::<T, W>(&mut dst[ix * c + start..]) = y;
+            store(&mut dst[ix * c + start..], y);
         }
         let mut j = lo;
         while j + 2 <= hi {
@@ -117,12 +124,6 @@ impl<T: FloatElement> Grad<'_, T> {
     }
 }
 
-/// A block of `W` values, fixed-size (as [`block`]), to write.
-#[inline(always)]
-fn block_mut<T, const W: usize>(s: &mut [T]) -> &mut [T; W] {
-    s.first_chunk_mut().expect("a full block holds W values")
-}
-
 /// `N` interior pairs from `j` (input pixels `2j - pad ..` four or two in a row, written to
 /// `dst[p * c..]`): per output row, output columns `j - 1 ..= j + N - 1` are loaded once
 /// and feed every pixel that reads them. The accumulators are indexed by constants, so
@@ -132,7 +133,7 @@ fn pairs<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, con
     g: &Grad<'_, T>,
     k: &[[T; W]; 6],
     j: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
     c: usize,
 ) {
     // Multiplier 1: the output gradient's pixels hold `c` channels too.
@@ -155,11 +156,11 @@ fn pairs<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, con
             mul_add::<T, FUSED, W>(&mut acc[3], e, k1);
         }
     }
-    *block_mut::<T, W>(dst) = acc[0];
-    *block_mut::<T, W>(&mut dst[c..]) = acc[1];
+    store(dst, acc[0]);
+    store(&mut dst[c..], acc[1]);
     if N == 2 {
-        *block_mut::<T, W>(&mut dst[2 * c..]) = acc[2];
-        *block_mut::<T, W>(&mut dst[3 * c..]) = acc[3];
+        store(&mut dst[2 * c..], acc[2]);
+        store(&mut dst[3 * c..], acc[3]);
     }
 }
 

@@ -97,6 +97,17 @@ mod simd {
                 }
 
                 $(#[target_feature(enable = $features)])?
+                pub(in super::super) fn backward_input_row_s2<T: FloatElement>(
+                    d: &Depthwise<'_, T>,
+                    dy: &[T],
+                    rows: &Readers,
+                    row: usize,
+                    dst: &mut [std::mem::MaybeUninit<T>],
+                ) {
+                    backward_input::backward_input_row_s2::<T, $fused>(d, dy, rows, row, dst)
+                }
+
+                $(#[target_feature(enable = $features)])?
                 pub(in super::super) fn backward_filter_row<T: FloatElement>(
                     d: &Depthwise<'_, T>,
                     x: &[T],
@@ -243,6 +254,13 @@ fn backward_input_with<T: FloatElement + ZeroBits>(isa: Isa, dy: &[T], kernel: &
     let rows = Readers::new(OP, s.in_h, s.out_h, (s.stride_h, s.pad_top, s.dilation_h, s.kernel_h))?;
     let cols = Readers::new(OP, s.in_w, s.out_w, (s.stride_w, s.pad_left, s.dilation_w, s.kernel_w))?;
     let row_len = s.in_w * s.in_channels;
+    if backward_input_s2::applies(&d) && d.full_blocks() == s.in_channels {
+        let fill = |row: usize, dst: &mut [std::mem::MaybeUninit<T>]| {
+            dispatch!(isa, backward_input_row_s2(&d, dy, &rows, row, dst))
+        };
+        // SAFETY: `backward_input_row_s2` writes every element of its row.
+        return unsafe { output::par_filled(OP, s.batch * s.in_h * row_len, row_len, fill) };
+    }
     let mut dx = try_zeros(OP, s.batch * s.in_h * row_len)?;
     if dx.is_empty() {
         return Ok(dx);

@@ -56,6 +56,9 @@ const CASES: &[Case] = &[
     (2, 6, 17, 16, 1, 3, 3, 2, 1, [1, 0, 1, 0]),
     (1, 10, 22, 64, 1, 3, 3, 2, 1, [0, 1, 1, 0]),
     (1, 9, 9, 16, 1, 3, 3, 2, 2, [2, 2, 2, 2]),
+    // 'valid' at stride 2 over an even map: the last input row and column are read by no
+    // output pixel (their gradient is written as zeros, the buffer is not zeroed first).
+    (2, 6, 8, 16, 1, 3, 3, 2, 1, [0, 0, 0, 0]),
 ];
 
 fn spec(
