@@ -3,8 +3,8 @@
 //! element.
 
 use super::backward_input_s2;
-use super::output::as_slots;
 use super::lanes::{lanes, lanes_mut, madd, mul_add_block, mul_add_lanes, LANES};
+use super::output::as_slots;
 use super::{Depthwise, PIXELS};
 use crate::utilities::alloc::try_vec;
 use crate::FloatElement;
