@@ -2,11 +2,14 @@
 //! pixel sums the output pixels that read it (`dy * kernel`), so no two tasks write the same
 //! element.
 
+use super::backward_input_s2;
 use super::lanes::{lanes, lanes_mut, madd, mul_add_block, mul_add_lanes, LANES};
+use super::output::as_slots;
 use super::{Depthwise, PIXELS};
 use crate::utilities::alloc::try_vec;
 use crate::FloatElement;
 use crate::Result;
+use std::mem::MaybeUninit;
 
 /// The `(tap, output coordinate)` pairs that read one input coordinate.
 type ReadBy = [(usize, usize)];
@@ -54,6 +57,7 @@ impl Readers {
 /// Gathered, as the forward pass: over the full channel blocks, input pixels
 /// `ix, ix + stride, ...` (read by the same taps, from consecutive output pixels) go
 /// [`PIXELS`] at a time; the channel tail and depth multipliers above 1 one pixel at a time.
+/// A 3x3 kernel at stride 2 takes its full blocks through [`backward_input_s2`] instead.
 #[inline(always)]
 pub(super) fn backward_input_row<T: FloatElement, const FUSED: bool>(
     d: &Depthwise<'_, T>,
@@ -67,6 +71,14 @@ pub(super) fn backward_input_row<T: FloatElement, const FUSED: bool>(
     let (b, iy) = (row / s.in_h, row % s.in_h);
     let grad = &dy[b * d.out_image()..][..d.out_image()];
     let full = d.full_blocks();
+    if backward_input_s2::applies(d) {
+        // SAFETY: the stride-2 rows write values only.
+        backward_input_s2::row::<T, FUSED>(d, grad, rows.of(iy), full, unsafe { as_slots(dst) });
+        for at in (0..s.in_w).filter(|_| full < c) {
+            backward_input_pixel::<T, FUSED>(d, grad, (rows.of(iy), cols.of(at)), full, &mut dst[at * c..][..c]);
+        }
+        return;
+    }
     for first in 0..s.stride_w.min(s.in_w) {
         let count = (s.in_w - first).div_ceil(s.stride_w);
         for g in (0..count).step_by(PIXELS) {
@@ -80,6 +92,25 @@ pub(super) fn backward_input_row<T: FloatElement, const FUSED: bool>(
             }
         }
     }
+}
+
+/// One input-gradient row `(image, iy)` of a 3x3 kernel at stride 2 whose channels are all
+/// in full blocks ([`backward_input_s2::applies`], `full_blocks() == c_in`): `dst` is `[in_w,
+/// c_in]`, uninitialised, and every element is written (no zero pass first: zeroing the
+/// whole input gradient was one more write of a buffer four times `dy`'s size).
+#[inline(always)]
+pub(super) fn backward_input_row_s2<T: FloatElement, const FUSED: bool>(
+    d: &Depthwise<'_, T>,
+    dy: &[T],
+    rows: &Readers,
+    row: usize,
+    dst: &mut [MaybeUninit<T>],
+) {
+    let s = d.s;
+    debug_assert!(backward_input_s2::applies(d) && d.full_blocks() == s.in_channels);
+    let (b, iy) = (row / s.in_h, row % s.in_h);
+    let grad = &dy[b * d.out_image()..][..d.out_image()];
+    backward_input_s2::row::<T, FUSED>(d, grad, rows.of(iy), s.in_channels, dst);
 }
 
 /// Input pixels `ix + p * stride` (`p < n <= PIXELS`), channels `0..full`. Tap `kx` of

@@ -15,7 +15,7 @@ pub(super) type RowTaps = (usize, usize, usize);
 
 /// Output rows `first..` of one image plus `bias` (`[c_out]`, zeros where the op has
 /// none): `dst` is `[rows, out_w, c_out]`, uninitialised, and every element is written. A
-/// 3x3 kernel at stride 1 goes to [`forward_3x3`] (its channel tail here), anything else
+/// 3x3 kernel at stride 1 or 2 goes to [`forward_3x3`] (its channel tail here), anything else
 /// row by row (on zeros: those paths add into their output).
 #[inline(always)]
 pub(super) fn forward_rows<T: FloatElement, const FUSED: bool>(

@@ -1,6 +1,7 @@
-//! The forward pass of a 3x3 kernel at stride 1 and dilation 1 (multiplier 1, full channel
-//! blocks): MobileNet's stride-1 layers, and the input gradient of every stride-1 3x3 layer
-//! (the forward pass over `dy` with the kernel flipped).
+//! The forward pass of a 3x3 kernel at stride 1 or 2 and dilation 1 (multiplier 1, full
+//! channel blocks): MobileNet's depthwise layers, and the input gradient of every stride-1
+//! 3x3 layer (the forward pass over `dy` with the kernel flipped). The stride is a constant
+//! of the compiled rows (`S`), so that the interior groups' input offsets are too.
 //!
 //! Channels go in blocks of [`LANES`] (`W`). Per output row and block, the interior pixels
 //! go [`WIDE`] at a time (then 2, then 1): per kernel row, `WIDE + 2` input vectors feed
@@ -30,7 +31,7 @@ pub(super) fn applies<T>(d: &Depthwise<'_, T>) -> bool {
     let s = d.s;
     d.full_blocks() > 0
         && (s.kernel_h, s.kernel_w) == (3, 3)
-        && (s.stride_h, s.stride_w) == (1, 1)
+        && matches!((s.stride_h, s.stride_w), (1, 1) | (2, 2))
         && (s.dilation_h, s.dilation_w) == (1, 1)
 }
 
@@ -45,12 +46,16 @@ pub(super) fn rows<T: FloatElement, const FUSED: bool>(
     full: usize,
     dst: &mut [MaybeUninit<T>],
 ) {
-    rows_w::<T, FUSED, LANES>(d, img, bias, oys, full, dst)
+    if d.s.stride_h == 2 {
+        rows_w::<T, FUSED, LANES, 2>(d, img, bias, oys, full, dst)
+    } else {
+        rows_w::<T, FUSED, LANES, 1>(d, img, bias, oys, full, dst)
+    }
 }
 
-/// [`rows`] with blocks of `W` channels (a divisor of [`LANES`]).
+/// [`rows`] with blocks of `W` channels (a divisor of [`LANES`]), at stride `S`.
 #[inline(always)]
-fn rows_w<T: FloatElement, const FUSED: bool, const W: usize>(
+fn rows_w<T: FloatElement, const FUSED: bool, const W: usize, const S: usize>(
     d: &Depthwise<'_, T>,
     img: &[T],
     bias: &[T],
@@ -62,15 +67,15 @@ fn rows_w<T: FloatElement, const FUSED: bool, const W: usize>(
     let s = d.s;
     let row_len = s.out_w * s.out_channels;
     for (oy, dst) in oys.zip(dst.chunks_exact_mut(row_len)) {
-        let (ky0, ky1, iy0) = taps(oy, 1, s.pad_top, 1, 3, s.in_h);
+        let (ky0, ky1, iy0) = taps(oy, S, s.pad_top, 1, 3, s.in_h);
         let r = Row { d, img, bias, iy0, full };
         // Kernel rows `KY0..KY0 + R` as constants: the middle rows, the top and bottom
         // rows of 'same' padding. Anything else reads its kernel from memory.
         match (ky0, ky1 - ky0) {
-            (0, 3) => r.rows::<FUSED, W, 0, 3>(dst),
-            (1, 2) => r.rows::<FUSED, W, 1, 2>(dst),
-            (0, 2) => r.rows::<FUSED, W, 0, 2>(dst),
-            _ => r.any::<FUSED, W>((ky0, ky1), dst),
+            (0, 3) => r.rows::<FUSED, W, S, 0, 3>(dst),
+            (1, 2) => r.rows::<FUSED, W, S, 1, 2>(dst),
+            (0, 2) => r.rows::<FUSED, W, S, 0, 2>(dst),
+            _ => r.any::<FUSED, W, S>((ky0, ky1), dst),
         }
     }
 }
@@ -87,7 +92,10 @@ struct Row<'a, T> {
 impl<T: FloatElement> Row<'_, T> {
     /// The row with kernel rows `KY0..KY0 + R`, whose taps are fixed per block.
     #[inline(always)]
-    fn rows<const FUSED: bool, const W: usize, const KY0: usize, const R: usize>(&self, dst: &mut [MaybeUninit<T>]) {
+    fn rows<const FUSED: bool, const W: usize, const S: usize, const KY0: usize, const R: usize>(
+        &self,
+        dst: &mut [MaybeUninit<T>],
+    ) {
         let s = self.d.s;
         let (c, co, pad, in_w) = (s.in_channels, s.out_channels, s.pad_left, s.in_w);
         let (lo, hi) = interior_columns(s);
@@ -104,7 +112,7 @@ impl<T: FloatElement> Row<'_, T> {
             );
             let b = *block::<T, W>(&self.bias[start..]);
             for ox in (0..lo).chain(hi..s.out_w) {
-                let (kx0, kx1, ix0) = taps(ox, 1, pad, 1, 3, in_w);
+                let (kx0, kx1, ix0) = taps(ox, S, pad, 1, 3, in_w);
                 let y = match (kx0, kx1) {
                     (1, 3) => pixel::<T, FUSED, W, R, 1, 3>(&w, b, ix0),
                     (0, 2) => pixel::<T, FUSED, W, R, 0, 2>(&w, b, ix0),
@@ -112,18 +120,18 @@ impl<T: FloatElement> Row<'_, T> {
                 };
                 store(&mut dst[ox * co + start..], y);
             }
-            // Every tap of the interior pixels reads a real column: ox >= pad.
+            // Every tap of the interior pixels reads a real column: ox * S >= pad.
             let mut ox = lo;
             while ox + WIDE <= hi {
-                group4::<T, FUSED, W, R>(&w, b, ox - pad, co, &mut dst[ox * co + start..]);
+                group4::<T, FUSED, W, R, S>(&w, b, ox * S - pad, co, &mut dst[ox * co + start..]);
                 ox += WIDE;
             }
             if ox + 2 <= hi {
-                group2::<T, FUSED, W, R>(&w, b, ox - pad, co, &mut dst[ox * co + start..]);
+                group2::<T, FUSED, W, R, S>(&w, b, ox * S - pad, co, &mut dst[ox * co + start..]);
                 ox += 2;
             }
             if ox < hi {
-                store(&mut dst[ox * co + start..], pixel::<T, FUSED, W, R, 0, 3>(&w, b, ox - pad));
+                store(&mut dst[ox * co + start..], pixel::<T, FUSED, W, R, 0, 3>(&w, b, ox * S - pad));
             }
         }
     }
@@ -132,11 +140,15 @@ impl<T: FloatElement> Row<'_, T> {
     /// three rows high, or padding above 1): the kernel is read from memory, so that
     /// indexing it at run time does not move [`Row::rows`]' registers to the stack.
     #[inline(always)]
-    fn any<const FUSED: bool, const W: usize>(&self, (ky0, ky1): (usize, usize), dst: &mut [MaybeUninit<T>]) {
+    fn any<const FUSED: bool, const W: usize, const S: usize>(
+        &self,
+        (ky0, ky1): (usize, usize),
+        dst: &mut [MaybeUninit<T>],
+    ) {
         let s = self.d.s;
         for start in (0..self.full).step_by(W) {
             for ox in 0..s.out_w {
-                let cols = taps(ox, 1, s.pad_left, 1, 3, s.in_w);
+                let cols = taps(ox, S, s.pad_left, 1, 3, s.in_w);
                 store(&mut dst[ox * s.out_channels + start..], self.pixel_any::<FUSED, W>((ky0, ky1), cols, start));
             }
         }
@@ -243,29 +255,30 @@ fn pixel<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, con
     acc
 }
 
-/// Defines `$name`: neighbouring interior pixels `$p` of the block, the first one's first
-/// tap reading input column `ix`, written to `dst[p * c_out..]`. Their
+/// Defines `$name`: neighbouring interior pixels `$p` of the block at stride `S`, the first
+/// one's first tap reading input column `ix` (pixel `p`'s: `ix + p * S`), written to
+/// `dst[p * c_out..]`. Their
 /// accumulators are independent chains, and each pixel is written out by the macro with a
 /// constant index: a loop over them (a const-generic count) was not unrolled, and kept
 /// every accumulator on the stack, a load and a store around each multiply-add.
 macro_rules! group {
     ($name:ident, $g:literal, [$($p:literal),*]) => {
         #[inline(always)]
-        fn $name<T: FloatElement, const FUSED: bool, const W: usize, const R: usize>(
+        fn $name<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, const S: usize>(
             w: &Window<'_, T, W>,
             bias: [T; W],
             ix: usize,
             co: usize,
             dst: &mut [MaybeUninit<T>],
         ) {
-            // The last pixel's last tap reads column ix + $g + 1.
-            w.check(R, ix + $g + 1);
+            // The last pixel's last tap reads column ix + ($g - 1) * S + 2.
+            w.check(R, ix + ($g - 1) * S + 2);
             let mut acc = [bias; $g];
             for r in 0..R {
                 for kx in 0..3 {
                     let k = w.k(r, kx);
-                    // SAFETY: r < R and ix + $p + kx <= ix + $g + 1: checked above.
-                    $(mul_add::<T, FUSED, W>(&mut acc[$p], unsafe { w.x_in(r, ix + $p + kx) }, k);)*
+                    // SAFETY: r < R and ix + $p * S + kx <= ix + ($g - 1) * S + 2: checked above.
+                    $(mul_add::<T, FUSED, W>(&mut acc[$p], unsafe { w.x_in(r, ix + $p * S + kx) }, k);)*
                 }
             }
             $(store(&mut dst[$p * co..], acc[$p]);)*

@@ -12,12 +12,14 @@
 //!
 //! - forward ([`forward`]): each task is a band of output rows of one image (its size set
 //!   by the shape, [`band_rows`]), written into an output that is not zeroed first
-//!   ([`output`]). A 3x3 kernel at stride 1 ([`forward_3x3`]) keeps its taps in registers
+//!   ([`output`]). A 3x3 kernel at stride 1 or 2 ([`forward_3x3`]) keeps its taps in registers
 //!   for the whole row.
 //! - input gradient ([`backward_input`]): gathered, not scattered: each input row is one
 //!   task, and each input pixel sums the output pixels that read it (`dy * kernel`), so no
 //!   two tasks write the same element. At stride 1 and multiplier 1 it is the forward
-//!   pass over `dy` with the kernel flipped in space instead, which is faster.
+//!   pass over `dy` with the kernel flipped in space instead, which is faster; a 3x3
+//!   kernel at stride 2 reads `dy` through a fixed stencil per input-column parity
+//!   ([`backward_input_s2`]).
 //! - kernel gradient ([`backward_filter`]): the output rows are cut into [`FILTER_CHUNKS`]
 //!   fixed runs (the cut depends on the shape only); each run sums into its own buffer,
 //!   and the buffers are added in run order, so the result does not depend on the thread
@@ -25,6 +27,7 @@
 
 mod backward_filter;
 mod backward_input;
+mod backward_input_s2;
 mod columns;
 mod forward;
 mod forward_3x3;
@@ -91,6 +94,17 @@ mod simd {
                     dst: &mut [T],
                 ) {
                     backward_input::backward_input_row::<T, $fused>(d, dy, readers, row, dst)
+                }
+
+                $(#[target_feature(enable = $features)])?
+                pub(in super::super) fn backward_input_row_s2<T: FloatElement>(
+                    d: &Depthwise<'_, T>,
+                    dy: &[T],
+                    rows: &Readers,
+                    row: usize,
+                    dst: &mut [std::mem::MaybeUninit<T>],
+                ) {
+                    backward_input::backward_input_row_s2::<T, $fused>(d, dy, rows, row, dst)
                 }
 
                 $(#[target_feature(enable = $features)])?
@@ -240,6 +254,13 @@ fn backward_input_with<T: FloatElement + ZeroBits>(isa: Isa, dy: &[T], kernel: &
     let rows = Readers::new(OP, s.in_h, s.out_h, (s.stride_h, s.pad_top, s.dilation_h, s.kernel_h))?;
     let cols = Readers::new(OP, s.in_w, s.out_w, (s.stride_w, s.pad_left, s.dilation_w, s.kernel_w))?;
     let row_len = s.in_w * s.in_channels;
+    if backward_input_s2::applies(&d) && d.full_blocks() == s.in_channels {
+        let fill = |row: usize, dst: &mut [std::mem::MaybeUninit<T>]| {
+            dispatch!(isa, backward_input_row_s2(&d, dy, &rows, row, dst))
+        };
+        // SAFETY: `backward_input_row_s2` writes every element of its row.
+        return unsafe { output::par_filled(OP, s.batch * s.in_h * row_len, row_len, fill) };
+    }
     let mut dx = try_zeros(OP, s.batch * s.in_h * row_len)?;
     if dx.is_empty() {
         return Ok(dx);

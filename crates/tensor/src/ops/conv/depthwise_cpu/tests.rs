@@ -41,6 +41,24 @@ const CASES: &[Case] = &[
     // The 3x3 interior at stride 2 (MobileNet's 'same': pad below and right only): a group
     // of 4 pixels, then a shorter one and the border column.
     (2, 12, 13, 32, 1, 3, 3, 2, 1, [0, 1, 0, 1]),
+    // The stride-2 3x3 rows and input gradient's parity stencils: odd and even sizes,
+    // padding 1 (odd: the pairs start at pixel 1), 'valid', 'same' of an even map, padding
+    // 2 (kernel rows known at run time only), asymmetric padding, maps smaller than a
+    // pair of pairs, channel tails of 1 and 17 and no full block at all; dilation 2 takes
+    // the general paths.
+    (1, 9, 11, 17, 1, 3, 3, 2, 1, [1, 1, 1, 1]),
+    (2, 13, 15, 33, 1, 3, 3, 2, 1, [0, 0, 0, 0]),
+    (2, 16, 16, 32, 1, 3, 3, 2, 1, [0, 1, 0, 1]),
+    (1, 7, 9, 3, 1, 3, 3, 2, 1, [1, 1, 1, 1]),
+    (1, 2, 3, 16, 1, 3, 3, 2, 1, [1, 1, 1, 1]),
+    (1, 5, 20, 48, 1, 3, 3, 2, 1, [2, 2, 2, 2]),
+    (1, 1, 1, 16, 1, 3, 3, 2, 1, [1, 1, 1, 1]),
+    (2, 6, 17, 16, 1, 3, 3, 2, 1, [1, 0, 1, 0]),
+    (1, 10, 22, 64, 1, 3, 3, 2, 1, [0, 1, 1, 0]),
+    (1, 9, 9, 16, 1, 3, 3, 2, 2, [2, 2, 2, 2]),
+    // 'valid' at stride 2 over an even map: the last input row and column are read by no
+    // output pixel (their gradient is written as zeros, the buffer is not zeroed first).
+    (2, 6, 8, 16, 1, 3, 3, 2, 1, [0, 0, 0, 0]),
 ];
 
 fn spec(
