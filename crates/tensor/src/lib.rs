@@ -38,7 +38,8 @@ mod variable;
 
 pub use backend::GroupNormSpec;
 pub use backend::{
-    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, ConvActivation, MatmulSpec, Pool2dSpec, ReduceOp,
+    StridedLayout,
     UnaryOp,
 };
 pub use backend::{BatchNormEpilogue, BatchNormGrads};
