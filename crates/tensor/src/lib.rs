@@ -39,8 +39,7 @@ mod variable;
 pub use backend::GroupNormSpec;
 pub use backend::{
     ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, ConvActivation, MatmulSpec, Pool2dSpec, ReduceOp,
-    StridedLayout,
-    UnaryOp,
+    StridedLayout, UnaryOp,
 };
 pub use backend::{BatchNormEpilogue, BatchNormGrads};
 pub use cpu_backend::CpuStorage;

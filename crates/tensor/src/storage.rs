@@ -4,8 +4,8 @@
 use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
 use crate::backend::{
-    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, ConvActivation, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
-    UnaryOp,
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, ConvActivation, MatmulSpec, Pool2dSpec, ReduceOp,
+    StridedLayout, UnaryOp,
 };
 use crate::cpu_backend::CpuStorage;
 #[cfg(feature = "cuda")]

@@ -20,8 +20,12 @@ fn padding_strategy() -> impl Strategy<Value = Padding> {
     prop_oneof![
         Just(Padding::Valid),
         Just(Padding::Same),
-        (0usize..3, 0usize..3, 0usize..3, 0usize..3)
-            .prop_map(|(top, bottom, left, right)| Padding::Explicit { top, bottom, left, right }),
+        (0usize..3, 0usize..3, 0usize..3, 0usize..3).prop_map(|(top, bottom, left, right)| Padding::Explicit {
+            top,
+            bottom,
+            left,
+            right
+        }),
     ]
 }
 

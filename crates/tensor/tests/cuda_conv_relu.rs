@@ -41,7 +41,11 @@ impl Drop for Mark {
 }
 
 /// The output and the gradients of `sum(op(x, k, b) * w)` for x, k (and b).
-fn forward_and_gradients(relu: bool, (x, k, b, w): (&Tensor, &Tensor, Option<&Tensor>, &Tensor), p: &Conv2dParams) -> Vec<Vec<f64>> {
+fn forward_and_gradients(
+    relu: bool,
+    (x, k, b, w): (&Tensor, &Tensor, Option<&Tensor>, &Tensor),
+    p: &Conv2dParams,
+) -> Vec<Vec<f64>> {
     let tape = GradientTape::new();
     let mut sources = vec![x, k];
     sources.extend(b);
@@ -75,7 +79,7 @@ fn fused_convolutions_match_cpu() {
         ([2, 8, 8, 3], 4, 3, 2, 1, same), // TF 'same', asymmetric at stride 2
         ([2, 7, 6, 4], 5, 3, 1, 1, same),
         ([1, 9, 8, 2], 3, 2, 2, 1, Padding::Valid),
-        ([1, 6, 7, 4], 6, 3, 1, 2, explicit), // grouped
+        ([1, 6, 7, 4], 6, 3, 1, 2, explicit),       // grouped
         ([2, 5, 5, 3], 2, 1, 1, 1, Padding::Valid), // 1x1
     ];
     // Per dtype, a tolerance relative to 1 + |cpu|: f32 and f64 sum in other orders than
@@ -122,7 +126,8 @@ fn halfway_case(channels: usize, batch: usize) -> (Tensor, Tensor, Tensor) {
     }
     let mut k = vec![0.0f32; channels];
     k[..2].copy_from_slice(&[1.0, 1.0]);
-    let bf16 = |v: Vec<f32>, dims: &[usize]| Tensor::from_vec(v, dims, &Device::Cpu).unwrap().cast(DType::BF16).unwrap();
+    let bf16 =
+        |v: Vec<f32>, dims: &[usize]| Tensor::from_vec(v, dims, &Device::Cpu).unwrap().cast(DType::BF16).unwrap();
     (bf16(x, &[batch, 1, 1, channels]), bf16(k, &[1, 1, 1, channels]), bf16(vec![1.0], &[1]))
 }
 
@@ -203,8 +208,10 @@ fn a_refused_fused_call_falls_back_once_per_geometry() {
 fn nan_passes_through_the_fused_relu() {
     let Some((_lock, device)) = cuda_or_skip("nan_passes_through_the_fused_relu") else { return };
     let mut rng = StdRng::seed_from_u64(9);
-    let mut values =
-        Tensor::rand_normal([1, 6, 6, 7], 0.0, 1.0, DType::F32, &Device::Cpu, &mut rng).unwrap().to_vec::<f32>().unwrap();
+    let mut values = Tensor::rand_normal([1, 6, 6, 7], 0.0, 1.0, DType::F32, &Device::Cpu, &mut rng)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
     values[50] = f32::NAN;
     let x = Tensor::from_vec(values, [1, 6, 6, 7], &Device::Cpu).unwrap();
     let k = Tensor::rand_normal([5, 3, 3, 7], 0.0, 1.0, DType::F32, &Device::Cpu, &mut rng).unwrap();

@@ -232,9 +232,7 @@ impl ActivationDesc {
         let desc = ActivationDesc(dnn::create_activation_descriptor()?);
         // SAFETY: the descriptor was just created and is destroyed only on drop. The
         // coefficient is read only by the clipped ReLU and ELU.
-        unsafe {
-            dnn::set_activation_descriptor(desc.0, mode, sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN, 0.0)
-        }?;
+        unsafe { dnn::set_activation_descriptor(desc.0, mode, sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN, 0.0) }?;
         Ok(desc)
     }
 }
