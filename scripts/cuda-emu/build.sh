@@ -29,7 +29,7 @@ python3 "$here/register.py" "$root/crates/tensor/src" "$out"
 # The cuDNN calls that queue work are wrapped for stream capture (fake_cudnn_capture.cpp):
 # fake_cudnn.cpp is compiled with them renamed emu_eager_<name>.
 WRAPPED=(cudnnSetStream cudnnSetTensor4dDescriptor cudnnConvolutionForward cudnnConvolutionBackwardData
-  cudnnConvolutionBackwardFilter cudnnAddTensor cudnnFindConvolutionForwardAlgorithmEx
+  cudnnConvolutionBackwardFilter cudnnConvolutionBiasActivationForward cudnnAddTensor cudnnFindConvolutionForwardAlgorithmEx
   cudnnFindConvolutionBackwardDataAlgorithmEx cudnnFindConvolutionBackwardFilterAlgorithmEx)
 renames=()
 for name in "${WRAPPED[@]}"; do renames+=("-D$name=emu_eager_$name"); done

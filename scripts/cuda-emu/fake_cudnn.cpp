@@ -21,6 +21,18 @@
 // configurations): the operands are widened, accumulated in double and rounded once to
 // the 16-bit output; their heuristics rank as f32's do (tensor-op math first, which callers
 // may take for 16-bit data). cudnnAddTensor refuses 16-bit data (NOT_SUPPORTED).
+// cudnnConvolutionBiasActivationForward (y = act(alpha1 * conv(x, w) + alpha2 * z + bias))
+// is as strict as cuDNN's documentation: IDENTITY or RELU only, IDENTITY only with
+// IMPLICIT_PRECOMP_GEMM (algorithm 1 here, the heuristics' forward "A"), z of y's
+// descriptor, a bias 1 x K x 1 x 1 of y's data type (the FLOAT, DOUBLE, PSEUDO_HALF and
+// PSEUDO_BFLOAT16 configurations), else NOT_SUPPORTED (BAD_PARAM for wrong shapes). It
+// computes the convolution as the forward direction does, then in the compute type
+// (float for 16-bit data): rounds it to float, adds alpha2 * z and the widened bias,
+// applies the activation (NaN kept under PROPAGATE_NAN, 0 under NOT_PROPAGATE_NAN) and
+// rounds once to y's type. z is read before y is written, so z may be y (with alpha2 = 0
+// it is not read at all). FAKE_CUDNN_NO_ALGO's direction `fused` makes the call answer
+// NOT_SUPPORTED for those channel counts (the heuristics and workspace queries still
+// succeed, as a real refusal would come only at the call).
 // The measured rankings (cudnnFind*AlgorithmEx) run every supported candidate once on the
 // caller's buffers (so a buffer too small for the descriptors shows) and rank algorithm
 // "B" (no workspace) fastest, unlike the heuristics' forward ranking, so a caller that
@@ -95,14 +107,14 @@ int check(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y) {
 // The made-up workspace of the "A" algorithms, in bytes.
 size_t workspace_a(const Tensor& y) { return 256 + 8 * count(y); }
 
-enum Direction { FWD, BWD_DATA, BWD_FILTER };
+enum Direction { FWD, BWD_DATA, BWD_FILTER, FUSED };
 
 // Whether FAKE_CUDNN_NO_ALGO marks this direction of a convolution whose input has
 // `channels` channels.
 bool marked(Direction dir, int channels) {
     const char* spec = getenv("FAKE_CUDNN_NO_ALGO");
     if (!spec) return false;
-    static const char* names[] = {"fwd", "bwd_data", "bwd_filter"};
+    static const char* names[] = {"fwd", "bwd_data", "bwd_filter", "fused"};
     std::string all(spec);
     size_t start = 0;
     while (start <= all.size()) {
@@ -112,7 +124,9 @@ bool marked(Direction dir, int channels) {
         size_t colon = item.find(':');
         if (colon != std::string::npos) {
             std::string name = item.substr(0, colon);
-            if ((name == "all" || name == names[dir]) && atoi(item.c_str() + colon + 1) == channels) return true;
+            // `all` means the three directions; the fused call is marked only by name.
+            if (((name == "all" && dir != FUSED) || name == names[dir]) && atoi(item.c_str() + colon + 1) == channels)
+                return true;
         }
         start = end + 1;
     }
@@ -189,7 +203,7 @@ int find(Direction dir, const Tensor& x, const Filter& w, const Conv& cv, const 
 // nonzero element flips on every other call of its direction (atomics summing in a
 // different order). Counted per direction: a training step calls each direction once.
 template <class T> void jitter(Direction dir, int algo, T* out, size_t n) {
-    static unsigned calls[3] = {0, 0, 0};
+    static unsigned calls[4] = {0, 0, 0, 0};
     if (deterministic(dir, algo) || (calls[dir]++ & 1) == 0) return;
     for (size_t i = 0; i < n; ++i)
         if (out[i] != 0) {
@@ -311,6 +325,44 @@ void backward_filter(const Tensor& x, const T* xp, const Filter& w, T* dwp, cons
         }
     });
     blend<T>(dwp, acc, alpha, beta);
+}
+
+enum : int { ACT_RELU = 1, ACT_IDENTITY = 5, NOT_PROPAGATE_NAN = 0, PROPAGATE_NAN = 1 };
+struct Activation { bool set = false; int mode = 0, nan = 0; double coef = 0; };
+
+// The fused call's arithmetic (see the top of the file).
+template <class T>
+void forward_bias_activation(const Tensor& x, const T* xp, const Filter& w, const T* wp, const Conv& cv, const Tensor& y,
+                             const T* zp, const T* bp, const Activation& act, T* yp, const void* alpha1,
+                             const void* alpha2) {
+    using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    bool tf = tensor_math(cv, x);
+    std::vector<double> acc(count(y), 0.0);
+    taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
+        for (int k = 0; k < w.k; ++k) {
+            double sum = 0;
+            for (int c = 0; c < w.c; ++c)
+                sum += operand(xp[at(x, n, in_channel(w, cv, k, c), ih, iw)], tf) * operand(wp[at(w, k, c, r, s)], tf);
+            acc[at(y, n, k, oh, ow)] += sum;
+        }
+    });
+    S a1 = *(const S*)alpha1, a2 = *(const S*)alpha2;
+    std::vector<T> out(acc.size());
+    for (int n = 0; n < y.n; ++n)
+        for (int k = 0; k < y.c; ++k)
+            for (int h = 0; h < y.h; ++h)
+                for (int ww = 0; ww < y.w; ++ww) {
+                    size_t i = at(y, n, k, h, ww);
+                    S v = a1 * (S)acc[i];
+                    if (a2 != 0) v += a2 * (S)widen(zp[i]);
+                    v += (S)widen(bp[k]);
+                    if (act.mode == ACT_RELU) {
+                        if (v != v) v = act.nan == PROPAGATE_NAN ? v : 0;
+                        else if (v < 0) v = 0;
+                    }
+                    out[i] = narrow<T>((double)v);
+                }
+    memcpy(yp, out.data(), out.size() * sizeof(T));
 }
 
 template <class T>
@@ -465,6 +517,47 @@ int cudnnFindConvolutionBackwardFilterAlgorithmEx(void* h, Tensor* xd, const voi
         return cudnnConvolutionBackwardFilter(h, u.one(), xd, x, dyd, dy, cv, algo, ws, ws_bytes, u.zero(), dwd, dw);
     });
 }
+int cudnnCreateActivationDescriptor(Activation** d) { *d = new Activation; return SUCCESS; }
+int cudnnDestroyActivationDescriptor(Activation* d) { delete d; return SUCCESS; }
+int cudnnSetActivationDescriptor(Activation* d, int mode, int nan, double coef) {
+    // SIGMOID .. SWISH; NOT_PROPAGATE_NAN or PROPAGATE_NAN.
+    if (!d || mode < 0 || mode > 6 || (nan != NOT_PROPAGATE_NAN && nan != PROPAGATE_NAN)) return BAD_PARAM;
+    *d = Activation{true, mode, nan, coef};
+    return SUCCESS;
+}
+
+int cudnnConvolutionBiasActivationForward(void*, const void* alpha1, Tensor* xd, const void* x, Filter* wd, const void* w,
+                                          Conv* cv, int algo, void* ws, size_t ws_bytes, const void* alpha2, Tensor* zd,
+                                          const void* z, Tensor* bd, const void* b, Activation* act, Tensor* yd, void* y) {
+    if (!xd || !wd || !cv || !zd || !bd || !act || !yd || !x || !w || !z || !b || !y || !alpha1 || !alpha2)
+        return BAD_PARAM;
+    if (!zd->set || !bd->set || !act->set) return BAD_PARAM;
+    if (zd->dtype != yd->dtype || zd->format != yd->format || zd->n != yd->n || zd->c != yd->c || zd->h != yd->h ||
+        zd->w != yd->w)
+        return BAD_PARAM;
+    if (bd->n != 1 || bd->c != yd->c || bd->h != 1 || bd->w != 1) return BAD_PARAM;
+    if (act->mode != ACT_RELU && act->mode != ACT_IDENTITY) return NOT_SUPPORTED;
+    if (act->mode == ACT_IDENTITY && algo != FWD_A) return NOT_SUPPORTED;  // IMPLICIT_PRECOMP_GEMM only
+    if (bd->dtype != yd->dtype) return NOT_SUPPORTED;
+    if (marked(FUSED, xd->c)) return NOT_SUPPORTED;
+    if (int e = check_run(FWD, "ConvolutionBiasActivationForward", *xd, *wd, *cv, *yd, algo, FWD_A, FWD_B, ws, ws_bytes))
+        return e;
+    if (trace()) fprintf(stderr, "fake cudnn: ConvolutionBiasActivationForward activation %d\n", act->mode);
+    if (xd->dtype == FLOAT)
+        forward_bias_activation<float>(*xd, (const float*)x, *wd, (const float*)w, *cv, *yd, (const float*)z,
+                                       (const float*)b, *act, (float*)y, alpha1, alpha2);
+    else if (xd->dtype == HALF)
+        forward_bias_activation<_Float16>(*xd, (const _Float16*)x, *wd, (const _Float16*)w, *cv, *yd,
+                                          (const _Float16*)z, (const _Float16*)b, *act, (_Float16*)y, alpha1, alpha2);
+    else if (xd->dtype == BFLOAT16)
+        forward_bias_activation<Bf16>(*xd, (const Bf16*)x, *wd, (const Bf16*)w, *cv, *yd, (const Bf16*)z, (const Bf16*)b,
+                                      *act, (Bf16*)y, alpha1, alpha2);
+    else
+        forward_bias_activation<double>(*xd, (const double*)x, *wd, (const double*)w, *cv, *yd, (const double*)z,
+                                        (const double*)b, *act, (double*)y, alpha1, alpha2);
+    return SUCCESS;
+}
+
 int cudnnAddTensor(void*, const void* alpha, Tensor* ad, const void* a, const void* beta, Tensor* cd, void* c) {
     if (!ad->set || !cd->set || ad->dtype != cd->dtype) return BAD_PARAM;
     if (sixteen_bit(cd->dtype)) return NOT_SUPPORTED;

@@ -20,6 +20,9 @@ int emu_eager_cudnnConvolutionBackwardData(void*, const void*, void*, const void
 int emu_eager_cudnnConvolutionBackwardFilter(void*, const void*, void*, const void*, void*, const void*, void*, int,
                                              void*, size_t, const void*, void*, void*);
 int emu_eager_cudnnAddTensor(void*, const void*, void*, const void*, const void*, void*, void*);
+int emu_eager_cudnnConvolutionBiasActivationForward(void*, const void*, void*, const void*, void*, const void*, void*,
+                                                    int, void*, size_t, const void*, void*, const void*, void*,
+                                                    const void*, void*, void*, void*);
 int emu_eager_cudnnFindConvolutionForwardAlgorithmEx(void*, void*, const void*, void*, const void*, void*, void*, void*,
                                                      int, int*, void*, void*, size_t);
 int emu_eager_cudnnFindConvolutionBackwardDataAlgorithmEx(void*, void*, const void*, void*, const void*, void*, void*,
@@ -122,6 +125,15 @@ int cudnnFindConvolutionBackwardFilterAlgorithmEx(void* h, void* xd, const void*
     if (int e = refuse_find(h, "cudnnFindConvolutionBackwardFilterAlgorithmEx")) return e;
     return emu_eager_cudnnFindConvolutionBackwardFilterAlgorithmEx(h, xd, x, dyd, dy, cv, dwd, dw, req, ret, perf, ws,
                                                                    wsb);
+}
+int cudnnConvolutionBiasActivationForward(void* h, const void* alpha1, void* xd, const void* x, void* wd, const void* w,
+                                          void* cv, int algo, void* ws, size_t wsb, const void* alpha2, void* zd,
+                                          const void* z, void* bd, const void* b, void* act, void* yd, void* y) {
+    Scaling s(yd, alpha1, alpha2);
+    return emu_stream_work(stream_of(h), [=] {
+        return emu_eager_cudnnConvolutionBiasActivationForward(h, s.a(), xd, x, wd, w, cv, algo, ws, wsb, s.b(), zd, z,
+                                                               bd, b, act, yd, y);
+    });
 }
 int cudnnAddTensor(void* h, const void* alpha, void* ad, const void* a, const void* beta, void* cd, void* c) {
     Scaling s(cd, alpha, beta);

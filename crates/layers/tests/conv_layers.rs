@@ -234,3 +234,34 @@ fn pytorch_state_dict_import_reproduces_the_output() -> Result<()> {
     assert!(text.contains("5.kernel: no PyTorch tensor maps to it"), "{text}");
     Ok(())
 }
+
+#[test]
+fn conv2d_with_relu_runs_the_fused_op_with_the_unfused_bits() -> Result<()> {
+    use tapegrad_layers::{ActivationFn, Initializer};
+    // Bias -0.25 puts outputs on both sides of the ReLU.
+    let fused = Conv2D::new(4, 3).padding(Padding::Same).activation(ActivationFn::Relu);
+    let fused = fused.bias_initializer(Initializer::Constant(-0.25));
+    let x = image([2, 6, 6, 3], 0.1).cast(DType::F32)?;
+    let tape = GradientTape::new();
+    let y = tape.record(|| Ok(fused.call(&x, Mode::Train)?))?;
+    let loss = tape.record(|| y.square()?.sum_all())?;
+    let (kernel, bias) = (fused.kernel().unwrap(), fused.bias().unwrap());
+    let grads = tape.gradient(&loss, &[kernel, bias])?;
+    // The same layer's weights through conv2d and relu, unfused.
+    let (k, b) = (kernel.value_untracked(), bias.value_untracked());
+    let tape = GradientTape::new();
+    tape.watch(&k);
+    tape.watch(&b);
+    let params = tapegrad_tensor::Conv2dParams { padding: Padding::Same, ..Default::default() };
+    let y2 = tape.record(|| x.conv2d(&k, Some(&b), &params)?.relu())?;
+    let loss2 = tape.record(|| y2.square()?.sum_all())?;
+    let grads2 = tape.gradient(&loss2, &[&k, &b])?;
+    let values = y.to_vec::<f32>()?;
+    assert!(values.contains(&0.0) && values.iter().any(|v| *v > 0.0));
+    let bits = |t: &Tensor| t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&y), bits(&y2));
+    for (g, g2) in grads.iter().zip(&grads2) {
+        assert_eq!(bits(g.as_ref().unwrap()), bits(g2.as_ref().unwrap()));
+    }
+    Ok(())
+}

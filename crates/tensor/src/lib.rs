@@ -38,8 +38,8 @@ mod variable;
 
 pub use backend::GroupNormSpec;
 pub use backend::{
-    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
-    UnaryOp,
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, ConvActivation, MatmulSpec, Pool2dSpec, ReduceOp,
+    StridedLayout, UnaryOp,
 };
 pub use backend::{BatchNormEpilogue, BatchNormGrads};
 pub use cpu_backend::CpuStorage;

@@ -4,8 +4,8 @@
 use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
 use crate::backend::{
-    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
-    UnaryOp,
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, ConvActivation, MatmulSpec, Pool2dSpec, ReduceOp,
+    StridedLayout, UnaryOp,
 };
 use crate::cpu_backend::CpuStorage;
 #[cfg(feature = "cuda")]
@@ -178,15 +178,21 @@ impl Storage {
         Ok(each_backend!(self, |s| s.log_softmax(rows, cols)))
     }
 
-    pub(crate) fn conv2d(&self, kernel: &Storage, bias: Option<&Storage>, spec: &Conv2dSpec) -> Result<Storage> {
+    pub(crate) fn conv2d(
+        &self,
+        kernel: &Storage,
+        bias: Option<&Storage>,
+        spec: &Conv2dSpec,
+        activation: ConvActivation,
+    ) -> Result<Storage> {
         match (self, kernel, bias) {
-            (Storage::Cpu(x), Storage::Cpu(k), None) => Ok(Storage::Cpu(x.conv2d(k, None, spec)?)),
+            (Storage::Cpu(x), Storage::Cpu(k), None) => Ok(Storage::Cpu(x.conv2d(k, None, spec, activation)?)),
             (Storage::Cpu(x), Storage::Cpu(k), Some(Storage::Cpu(b))) => {
-                Ok(Storage::Cpu(x.conv2d(k, Some(b), spec)?))
+                Ok(Storage::Cpu(x.conv2d(k, Some(b), spec, activation)?))
             }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(x), Storage::Cuda(k), b) => {
-                Ok(Storage::Cuda(x.conv2d(k, cuda_operand("conv2d", x, b)?, spec)?))
+                Ok(Storage::Cuda(x.conv2d(k, cuda_operand("conv2d", x, b)?, spec, activation)?))
             }
             #[allow(unreachable_patterns)]
             _ => Err(self.mismatch("conv2d", [Some(kernel), bias])),

@@ -16,6 +16,9 @@ use tapegrad_tensor::{Conv2dParams, Padding, Shape, Tensor, Variable};
 /// `[filters, kh, kw, in_channels]` (cuDNN's NHWC filter layout; see
 /// [`checkpoint::import`](crate::checkpoint::import) for Keras' and PyTorch's layouts).
 /// Keras' defaults: stride 1, `Padding::Valid`, a bias, glorot-uniform kernel, zero bias.
+/// With a bias and the ReLU activation the layer runs
+/// [`Tensor::conv2d_relu`](tapegrad_tensor::Tensor::conv2d_relu): one cuDNN call on CUDA,
+/// the same bits as the convolution followed by the ReLU on the CPU.
 ///
 /// ```
 /// use tapegrad_layers::{Conv2D, Layer, Mode, Padding};
@@ -175,6 +178,11 @@ impl Conv2D {
         let in_channels = kernel.dims()[3] * self.params.groups;
         check_image_input(&self.name, x.shape(), Some(in_channels))?;
         let bias = w.bias.as_ref().map(read_variable).transpose().in_layer(&self.name)?;
+        if let (ActivationFn::Relu, Some(bias)) = (&self.activation, &bias) {
+            // One op: on CUDA one cuDNN call (and one rounding for bf16/f16); the same bits
+            // as the convolution and then the ReLU on the CPU.
+            return x.conv2d_relu(&kernel, Some(bias), &self.params).in_layer(&self.name);
+        }
         let y = x.conv2d(&kernel, bias.as_ref(), &self.params).in_layer(&self.name)?;
         self.activation.apply(&y).in_layer(&self.name)
     }

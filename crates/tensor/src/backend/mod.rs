@@ -213,6 +213,17 @@ pub struct StridedLayout {
     pub offset: usize,
 }
 
+/// What a forward convolution applies to its output after the bias
+/// ([`Tensor::conv2d_relu`](crate::Tensor::conv2d_relu) asks for `Relu`). On CUDA it is
+/// cuDNN's fused conv-bias-activation call's activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvActivation {
+    /// None: the convolution plus its bias.
+    Identity,
+    /// `max(v, 0)`, NaN passed through, as [`Tensor::relu`](crate::Tensor::relu).
+    Relu,
+}
+
 /// The geometry of a 2-D convolution (cross-correlation, as in TF and PyTorch) over an
 /// NHWC input `[batch, in_h, in_w, in_channels]` with a kernel stored
 /// `[out_channels, kernel_h, kernel_w, in_channels / groups]` (cuDNN's NHWC filter layout).
@@ -404,8 +415,10 @@ pub trait BackendStorage: Sized + Send + Sync {
 
     /// 2-D convolution of an NHWC input (`self`) with `kernel`
     /// `[out_channels, kernel_h, kernel_w, in_channels]`, plus `bias` `[out_channels]`
-    /// when given. Float dtypes; all operands share one.
-    fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self>;
+    /// when given, then `activation` applied to each element before the result is stored
+    /// (for bf16 and f16, before its one rounding). Float dtypes; all operands share one.
+    fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec, activation: ConvActivation)
+        -> Result<Self>;
     /// The gradient of [`conv2d`](Self::conv2d) with respect to its input, given the
     /// output gradient (`self`, `[batch, out_h, out_w, out_channels]`): a buffer
     /// `[batch, in_h, in_w, in_channels]` (a transposed convolution).

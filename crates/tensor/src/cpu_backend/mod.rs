@@ -9,8 +9,8 @@ mod low_precision;
 use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
 use crate::backend::{
-    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
-    UnaryOp,
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, ConvActivation, MatmulSpec, Pool2dSpec, ReduceOp,
+    StridedLayout, UnaryOp,
 };
 use crate::ops::group_norm;
 use crate::ops::optim::{AdamStep, SgdStep};
@@ -328,17 +328,30 @@ impl BackendStorage for CpuStorage {
         Ok(map_float!(self, "log_softmax", v => softmax::cpu::log_softmax(v, rows, cols)?))
     }
 
-    fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
+    fn conv2d(
+        &self,
+        kernel: &Self,
+        bias: Option<&Self>,
+        spec: &Conv2dSpec,
+        activation: ConvActivation,
+    ) -> Result<Self> {
         const OP: &str = "conv2d";
         if let Some(low) = self.low_precision() {
+            // The bias in f32, then one rounding; the ReLU after it, as the unfused ops do
+            // (the same bits: a negative sum that rounds to -0 stays -0 through `relu`).
             let (k, b) = (kernel.widen_operand(OP, low)?, Self::widen_opt(bias, OP, low)?);
-            return self.through_f32(OP, |x| x.conv2d(&k, b.as_ref(), spec));
+            let y = self.through_f32(OP, |x| x.conv2d(&k, b.as_ref(), spec, ConvActivation::Identity))?;
+            return match activation {
+                ConvActivation::Identity => Ok(y),
+                ConvActivation::Relu => y.unary(UnaryOp::Relu),
+            };
         }
-        Ok(float_kernel!(self, OP, T => conv::cpu::conv2d::<T>(
+        Ok(float_kernel!(self, OP, T => conv::cpu::conv2d_activated::<T>(
             self.typed(OP)?,
             kernel.typed(OP)?,
             Self::typed_opt(bias, OP)?,
-            spec
+            spec,
+            activation
         )?))
     }
 

@@ -11,7 +11,7 @@
 //! scripts/gpu-check.sh sets, so a missing algorithm fails loudly on a lent GPU).
 
 use super::CudaStorage;
-use crate::backend::{BackendStorage, Conv2dSpec};
+use crate::backend::{BackendStorage, Conv2dSpec, ConvActivation};
 use crate::cpu_backend::CpuStorage;
 use crate::{DType, Error, Result};
 use std::collections::HashSet;
@@ -117,11 +117,12 @@ pub(crate) fn conv2d(
     k: &CudaStorage,
     b: Option<&CudaStorage>,
     spec: &Conv2dSpec,
+    activation: ConvActivation,
 ) -> Result<CudaStorage> {
     permit("conv2d", x, spec)?;
     let host = download("conv2d", x, &[x, k])?;
     let bias = download_optional("conv2d", x, b)?;
-    upload(host[0].conv2d(&host[1], bias.as_ref(), spec)?, x)
+    upload(host[0].conv2d(&host[1], bias.as_ref(), spec, activation)?, x)
 }
 
 pub(crate) fn conv2d_backward_input(dy: &CudaStorage, k: &CudaStorage, spec: &Conv2dSpec) -> Result<CudaStorage> {

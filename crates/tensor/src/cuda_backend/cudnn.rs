@@ -18,6 +18,12 @@
 //! (cuDNN 9 rejects unsupported f64 NHWC geometries with assorted statuses); for f32 only
 //! the "not supported" statuses do, and anything else is a hard error.
 //!
+//! A plan also knows how to run the forward direction with its bias and activation fused
+//! (`cudnnConvolutionBiasActivationForward`): with the forward choice for ReLU, with
+//! IMPLICIT_PRECOMP_GEMM (the only algorithm cuDNN takes for the identity) where cuDNN gives
+//! that a workspace. A fused call that cuDNN refuses when made is marked in the plan and not
+//! made again for that geometry; the op then runs the unfused path.
+//!
 //! With [`crate::cuda::set_cudnn_benchmark`] (PyTorch's `cudnn.benchmark`), a new plan's
 //! ranking comes from measurement instead (`cudnnFind*AlgorithmEx` on scratch buffers, once
 //! per plan, fastest first) and goes through the same choice: the fastest deterministic
@@ -27,11 +33,12 @@
 
 use super::device::{lock, CudaDevice};
 use super::CudaStorage;
-use crate::backend::Conv2dSpec;
+use crate::backend::{Conv2dSpec, ConvActivation};
 use crate::{DType, Device, Error, Result};
 use cudarc::cudnn::{result as dnn, sys};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// How to get cuDNN, for the error raised when it cannot be loaded.
@@ -61,6 +68,8 @@ pub(crate) fn is_not_supported(e: &dnn::CudnnError) -> bool {
 pub(crate) struct Dnn {
     handle: sys::cudnnHandle_t,
     plans: Mutex<HashMap<PlanKey, Arc<ConvPlan>>>,
+    /// The activation descriptors of the fused forward call, indexed by [`fused_slot`].
+    activations: [ActivationDesc; 2],
 }
 
 // SAFETY: a cuDNN handle may be used from any thread, one thread at a time; the device
@@ -76,7 +85,18 @@ impl Dnn {
         }
         device.bind()?;
         let handle = dnn::create_handle().map_err(|e| Error::cuda(device.device(), "cudnnCreate", e))?;
-        let dnn = Dnn { handle, plans: Mutex::default() };
+        let activation = |activation| {
+            ActivationDesc::new(activation).map_err(|e| Error::cuda(device.device(), "cudnnSetActivationDescriptor", e))
+        };
+        let activations = match (activation(ConvActivation::Identity), activation(ConvActivation::Relu)) {
+            (Ok(identity), Ok(relu)) => [identity, relu],
+            (Err(e), _) | (_, Err(e)) => {
+                // SAFETY: just created, used by nothing else.
+                let _ = unsafe { dnn::destroy_handle(handle) };
+                return Err(e);
+            }
+        };
+        let dnn = Dnn { handle, plans: Mutex::default(), activations };
         // SAFETY: both the handle and the stream are live; the stream outlives the handle
         // (the device owns both and is never dropped before process exit).
         unsafe { dnn::set_stream(handle, device.stream().cu_stream() as sys::cudaStream_t) }
@@ -197,6 +217,61 @@ impl Drop for ConvDesc {
     }
 }
 
+/// An activation descriptor of the fused forward call, destroyed on drop.
+struct ActivationDesc(sys::cudnnActivationDescriptor_t);
+
+impl ActivationDesc {
+    /// `Identity` or `Relu`. NaN propagates, as through the CPU's relu: a NaN that the
+    /// activation hid would let a broken run go on silently (a NaN kernel's outputs all 0).
+    fn new(activation: ConvActivation) -> std::result::Result<Self, dnn::CudnnError> {
+        use sys::cudnnActivationMode_t::{CUDNN_ACTIVATION_IDENTITY, CUDNN_ACTIVATION_RELU};
+        let mode = match activation {
+            ConvActivation::Identity => CUDNN_ACTIVATION_IDENTITY,
+            ConvActivation::Relu => CUDNN_ACTIVATION_RELU,
+        };
+        let desc = ActivationDesc(dnn::create_activation_descriptor()?);
+        // SAFETY: the descriptor was just created and is destroyed only on drop. The
+        // coefficient is read only by the clipped ReLU and ELU.
+        unsafe { dnn::set_activation_descriptor(desc.0, mode, sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN, 0.0) }?;
+        Ok(desc)
+    }
+}
+
+impl Drop for ActivationDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreateActivationDescriptor, destroyed only here.
+        let _ = unsafe { sys::cudnnDestroyActivationDescriptor(self.0) };
+    }
+}
+
+/// The index of an activation's fused call in [`ConvPlan::fused`] and [`Dnn::activations`].
+fn fused_slot(activation: ConvActivation) -> usize {
+    match activation {
+        ConvActivation::Identity => 0,
+        ConvActivation::Relu => 1,
+    }
+}
+
+/// The fused conv-bias-activation call of one activation for one plan: the algorithm and
+/// workspace it runs with (`None`: cuDNN cannot run it for this geometry), and whether cuDNN
+/// refused it at run time. Either way the caller falls back to the convolution and a
+/// separate bias, and the decision is made once per plan.
+struct Fused {
+    choice: Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>,
+    refused: AtomicBool,
+}
+
+impl Fused {
+    fn new(choice: Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>) -> Fused {
+        Fused { choice, refused: AtomicBool::new(false) }
+    }
+
+    /// The algorithm and workspace, unless there is none or cuDNN refused them.
+    fn usable(&self) -> Option<(sys::cudnnConvolutionFwdAlgo_t, usize)> {
+        self.choice.filter(|_| !self.refused.load(Ordering::Relaxed))
+    }
+}
+
 /// The chosen algorithm of one direction, with its own convolution descriptor (the math
 /// type the heuristics returned is a property of the descriptor) and workspace size.
 struct Choice<A> {
@@ -215,6 +290,9 @@ pub(crate) struct ConvPlan {
     forward: Option<Choice<sys::cudnnConvolutionFwdAlgo_t>>,
     backward_data: Option<Choice<sys::cudnnConvolutionBwdDataAlgo_t>>,
     backward_filter: Option<Choice<sys::cudnnConvolutionBwdFilterAlgo_t>>,
+    /// `cudnnConvolutionBiasActivationForward` per activation ([`fused_slot`]), with the
+    /// forward choice's convolution descriptor.
+    fused: [Fused; 2],
 }
 
 // SAFETY: the descriptors are immutable after creation (cuDNN only reads them).
@@ -471,8 +549,31 @@ impl ConvPlan {
             (dtype, tf32),
             (device, "cudnnGetConvolutionBackwardFilterAlgorithm_v7"),
         )?;
-        Ok(ConvPlan { dtype, x, w: wd, y, bias, forward, backward_data, backward_filter })
+        let fused = fused_choices(forward.as_ref(), |algo, conv| unsafe {
+            // SAFETY: as for the heuristics above.
+            dnn::get_convolution_forward_workspace_size(handle, xd, wdd, conv.0, yd, algo)
+        });
+        Ok(ConvPlan { dtype, x, w: wd, y, bias, forward, backward_data, backward_filter, fused })
     }
+}
+
+/// The fused call's algorithm per activation. ReLU runs with the forward direction's
+/// algorithm. The identity runs only with IMPLICIT_PRECOMP_GEMM (cuDNN's rule for
+/// `CUDNN_ACTIVATION_IDENTITY`): the forward choice's, or that algorithm with the forward
+/// choice's descriptor if cuDNN gives it a workspace within the limit. Any failure of that
+/// query means "not fused": the fallback is the unfused path, which always works.
+fn fused_choices(
+    forward: Option<&Choice<sys::cudnnConvolutionFwdAlgo_t>>,
+    workspace: impl Fn(sys::cudnnConvolutionFwdAlgo_t, &ConvDesc) -> std::result::Result<usize, dnn::CudnnError>,
+) -> [Fused; 2] {
+    use sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM as PRECOMP;
+    let Some(forward) = forward else { return [Fused::new(None), Fused::new(None)] };
+    let identity = if forward.algo == PRECOMP {
+        Some((PRECOMP, forward.workspace))
+    } else {
+        workspace(PRECOMP, &forward.conv).ok().filter(|&bytes| bytes <= WORKSPACE_LIMIT).map(|bytes| (PRECOMP, bytes))
+    };
+    [Fused::new(identity), Fused::new(Some((forward.algo, forward.workspace)))]
 }
 
 /// Up to this many heuristic results are read per direction (cuDNN has at most 8 algorithms).
@@ -688,6 +789,58 @@ impl Dnn {
                 )
             }
         })
+    }
+
+    /// `y = activation(conv(x, w) + b)` in one call (`cudnnConvolutionBiasActivationForward`,
+    /// `alpha1 = 1`, `alpha2 = 0` with `z = y`, which cuDNN then does not read), the sum and
+    /// the activation in the compute type before the one rounding to y's type. The bias has
+    /// y's dtype (cuDNN's FLOAT, DOUBLE, PSEUDO_HALF and PSEUDO_BFLOAT16 configurations).
+    /// `NotSupported` where the plan has no algorithm for it or cuDNN refused it before;
+    /// a refusal now is remembered in the plan, so each geometry asks once.
+    pub(crate) fn forward_fused(
+        &self,
+        device: &Arc<CudaDevice>,
+        plan: &ConvPlan,
+        activation: ConvActivation,
+        (x, w, b): (u64, u64, u64),
+        y: u64,
+    ) -> Result<Queued> {
+        let slot = &plan.fused[fused_slot(activation)];
+        let (Some((algo, bytes)), Some(forward)) = (slot.usable(), plan.forward.as_ref()) else {
+            return Ok(Queued::NotSupported);
+        };
+        let space = workspace(device, bytes)?;
+        let s = Scaling::new(plan.dtype, 1.0, 0.0);
+        device.bind()?;
+        // SAFETY: as in `forward`; `b` holds out_channels elements; z is y, which cuDNN does
+        // not read with alpha2 = 0; the activation descriptor lives as long as the handle.
+        let result = unsafe {
+            dnn::convolution_bias_activation_forward(
+                self.handle,
+                s.alpha(),
+                plan.x.0,
+                x as *const c_void,
+                plan.w.0,
+                w as *const c_void,
+                forward.conv.0,
+                algo,
+                space.ptr() as *mut c_void,
+                bytes,
+                s.beta(),
+                plan.y.0,
+                y as *const c_void,
+                plan.bias.0,
+                b as *const c_void,
+                self.activations[fused_slot(activation)].0,
+                plan.y.0,
+                y as *mut c_void,
+            )
+        };
+        let queued = queued(device.device(), "cudnnConvolutionBiasActivationForward", result)?;
+        if queued == Queued::NotSupported {
+            slot.refused.store(true, Ordering::Relaxed);
+        }
+        Ok(queued)
     }
 
     /// `y += b`, the bias `[out_channels]` broadcast over every output pixel.

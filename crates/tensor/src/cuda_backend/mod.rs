@@ -27,8 +27,8 @@ pub(crate) mod staging;
 use crate::backend::BatchNormGrads;
 use crate::backend::GroupNormSpec;
 use crate::backend::{
-    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, MatmulSpec, Pool2dSpec, ReduceOp, StridedLayout,
-    UnaryOp,
+    ArgReduceOp, BackendStorage, BatchNormSpec, BinaryOp, Conv2dSpec, ConvActivation, MatmulSpec, Pool2dSpec, ReduceOp,
+    StridedLayout, UnaryOp,
 };
 use crate::cpu_backend::CpuStorage;
 use crate::ops::group_norm;
@@ -318,9 +318,16 @@ impl BackendStorage for CudaStorage {
         softmax::cuda::log_softmax(self, rows, cols)
     }
 
-    // bf16 and f16 convolutions run in cuDNN with f32 accumulation (ops/conv/cuda.rs).
-    fn conv2d(&self, kernel: &Self, bias: Option<&Self>, spec: &Conv2dSpec) -> Result<Self> {
-        conv::cuda::conv2d(self, kernel, bias, spec)
+    // bf16 and f16 convolutions run in cuDNN with f32 accumulation, the bias and the
+    // activation fused into the same call where cuDNN allows it (ops/conv/cuda.rs).
+    fn conv2d(
+        &self,
+        kernel: &Self,
+        bias: Option<&Self>,
+        spec: &Conv2dSpec,
+        activation: ConvActivation,
+    ) -> Result<Self> {
+        conv::cuda::conv2d(self, kernel, bias, spec, activation)
     }
 
     fn conv2d_backward_input(&self, kernel: &Self, spec: &Conv2dSpec) -> Result<Self> {

@@ -28,8 +28,9 @@
 //! has a convolution whose windows tile its input, kernel size == stride (`patch_cpu/`).
 
 use super::{depthwise_cpu, patch_cpu, winograd};
-use crate::backend::Conv2dSpec;
+use crate::backend::{Conv2dSpec, ConvActivation};
 use crate::utilities::alloc::{host_oom, try_zeros, ZeroBits};
+use crate::utilities::PAR_MIN_LEN;
 use crate::{FloatElement, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -370,6 +371,32 @@ pub(super) fn ensure_len<T: FloatElement>(op: &'static str, col: &mut Vec<T>, le
         col.resize(len, T::zero());
     }
     Ok(())
+}
+
+/// The forward convolution with its activation: `[batch, out_h, out_w, c_out]`. The bias
+/// is already part of each kernel's sums (the output starts from it), so a ReLU is one
+/// more pass over the output, in place; it is `relu`'s own expression, so the result is
+/// the bits of `conv2d` followed by `relu`.
+pub(crate) fn conv2d_activated<T: FloatElement + ZeroBits>(
+    x: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+    activation: ConvActivation,
+) -> Result<Vec<T>> {
+    let mut out = conv2d(x, kernel, bias, s)?;
+    if activation == ConvActivation::Relu {
+        let zero = T::zero();
+        // `v < 0`, not `max`: NaN passes through, as in the elementwise relu.
+        out.par_chunks_mut(PAR_MIN_LEN).for_each(|chunk| {
+            for v in chunk {
+                if *v < zero {
+                    *v = zero;
+                }
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// The forward convolution: `[batch, out_h, out_w, c_out]`.

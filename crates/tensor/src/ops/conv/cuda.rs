@@ -6,16 +6,23 @@
 //! stride 2 on an even size is not (one more row/column at the bottom/right). Such a
 //! convolution runs with the smaller padding in cuDNN on an input that is explicitly
 //! padded by the difference (one launch of the pad kernel); the input gradient is
-//! computed for that padded input and cropped (one strided-copy launch). The bias is added by `cudnnAddTensor`
-//! (for bf16 and f16 by our broadcast add kernel, in f32 with one rounding: cuDNN's AddTensor
-//! does not take every 16-bit configuration). bf16 and f16 convolutions run in cuDNN with
-//! 16-bit tensors and f32 accumulation.
+//! computed for that padded input and cropped (one strided-copy launch). bf16 and f16
+//! convolutions run in cuDNN with 16-bit tensors and f32 accumulation.
+//!
+//! The bias, and the ReLU of [`ConvActivation::Relu`], are fused into the convolution by
+//! `cudnnConvolutionBiasActivationForward` (`y = act(conv(x, w) + b)`): one call, and for
+//! bf16 and f16 one rounding of the f32 sum, as on the CPU. Where cuDNN cannot run that
+//! call for a geometry (no IMPLICIT_PRECOMP_GEMM for the identity, or NOT_SUPPORTED when
+//! called), the plan remembers it and the next step down runs: a refused ReLU becomes the
+//! identity call and our relu kernel; a refused identity becomes the convolution and a
+//! separate bias, `cudnnAddTensor` for f32 and f64, our broadcast add kernel for bf16 and
+//! f16 (which rounds the convolution, then the sum: twice).
 //! Where cuDNN has no algorithm for a configuration (some f64 ones), that primitive runs
 //! on the CPU instead (`cuda_backend/cpu_fallback.rs`), with the same results; for f32
 //! that warns once per geometry and direction, or fails under
 //! `TAPEGRAD_CUDA_NO_CPU_FALLBACK=1`.
 
-use crate::backend::{BinaryOp, Conv2dSpec, StridedLayout};
+use crate::backend::{BinaryOp, Conv2dSpec, ConvActivation, StridedLayout, UnaryOp};
 use crate::cuda_backend::cudnn::Queued;
 use crate::cuda_backend::{cpu_fallback, CudaStorage};
 use crate::ops::pad::{PadMode, PadSpec};
@@ -125,12 +132,67 @@ fn check_operands(
     check_len(op, b_what, b, b_dims)
 }
 
-/// The forward convolution (`x` NHWC, `k` `(out, kh, kw, in)`), plus the bias.
+/// What the forward convolution's cuDNN calls did, and so what is left to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forward {
+    /// Everything: bias and activation fused into the convolution.
+    Fused,
+    /// The convolution and its bias; the activation is left.
+    Biased,
+    /// The convolution only; the bias (if any) and the activation are left.
+    Convolved,
+    /// Nothing: cuDNN has no algorithm, the CPU computes it all.
+    NotSupported,
+}
+
+/// Queues the forward convolution with as much of the bias and activation fused into it
+/// as cuDNN allows for the plan: `activation(conv + b)` in one call; else (a refused
+/// ReLU) the convolution with its bias in one identity call; else the convolution, then
+/// the bias by `cudnnAddTensor` (f32, f64).
+fn queue_forward(
+    x: &CudaStorage,
+    k: &CudaStorage,
+    b: Option<&CudaStorage>,
+    y: &CudaStorage,
+    sym: &Conv2dSpec,
+    activation: ConvActivation,
+) -> Result<Forward> {
+    let device = x.cuda_device();
+    device.with_dnn(|dnn| {
+        let plan = dnn.plan(device, sym, x.dtype())?;
+        if let Some(b) = b {
+            let operands = (x.ptr(), k.ptr(), b.ptr());
+            if dnn.forward_fused(device, &plan, activation, operands, y.ptr())? == Queued::Done {
+                return Ok(Forward::Fused);
+            }
+            if activation != ConvActivation::Identity
+                && dnn.forward_fused(device, &plan, ConvActivation::Identity, operands, y.ptr())? == Queued::Done
+            {
+                return Ok(Forward::Biased);
+            }
+        }
+        Ok(match dnn.forward(device, &plan, x.ptr(), k.ptr(), y.ptr())? {
+            Queued::NotSupported => Forward::NotSupported,
+            Queued::Done => match b {
+                // cuDNN's AddTensor does not take every 16-bit configuration.
+                Some(b) if !x.dtype().is_low_precision() => {
+                    dnn.add_bias(device, &plan, b.ptr(), y.ptr())?;
+                    Forward::Biased
+                }
+                _ => Forward::Convolved,
+            },
+        })
+    })
+}
+
+/// The forward convolution (`x` NHWC, `k` `(out, kh, kw, in)`), plus the bias, then the
+/// activation.
 pub(crate) fn conv2d(
     x: &CudaStorage,
     k: &CudaStorage,
     b: Option<&CudaStorage>,
     spec: &Conv2dSpec,
+    activation: ConvActivation,
 ) -> Result<CudaStorage> {
     const OP: &str = "conv2d";
     check_operands(OP, (x, "input", input_dims(spec)), (k, "kernel", kernel_dims(spec)))?;
@@ -145,23 +207,24 @@ pub(crate) fn conv2d(
     let (sym, extra) = symmetric(spec);
     let padded = padded_for_cudnn(x, spec, extra)?;
     let input = padded.as_ref().unwrap_or(x);
-    let low = x.dtype().is_low_precision();
-    let queued = device.with_dnn(|dnn| {
-        let plan = dnn.plan(device, &sym, x.dtype())?;
-        let queued = dnn.forward(device, &plan, input.ptr(), k.ptr(), y.ptr())?;
-        if let (Queued::Done, Some(b), false) = (queued, b, low) {
-            dnn.add_bias(device, &plan, b.ptr(), y.ptr())?;
-        }
-        Ok(queued)
-    })?;
-    match (queued, b) {
-        (Queued::Done, Some(b)) if low => {
-            let rows = spec.batch * spec.out_h * spec.out_w;
-            let (out, bias) = (Shape::new(&[rows, spec.out_channels]), Shape::new(&[spec.out_channels]));
-            y.binary(b, BinaryOp::Add, &out, &bias, &out)
-        }
-        (Queued::Done, _) => Ok(y),
-        (Queued::NotSupported, _) => cpu_fallback::conv2d(x, k, b, spec),
+    let biased = match queue_forward(input, k, b, &y, &sym, activation)? {
+        Forward::Fused => return Ok(y),
+        Forward::NotSupported => return cpu_fallback::conv2d(x, k, b, spec, activation),
+        Forward::Biased => y,
+        Forward::Convolved => match b {
+            // bf16 and f16: our broadcast add, in f32 with one rounding (of the sum of the
+            // already rounded convolution and the bias: two roundings in all).
+            Some(b) => {
+                let rows = spec.batch * spec.out_h * spec.out_w;
+                let (out, bias) = (Shape::new(&[rows, spec.out_channels]), Shape::new(&[spec.out_channels]));
+                y.binary(b, BinaryOp::Add, &out, &bias, &out)?
+            }
+            None => y,
+        },
+    };
+    match activation {
+        ConvActivation::Identity => Ok(biased),
+        ConvActivation::Relu => biased.unary(UnaryOp::Relu),
     }
 }
 
