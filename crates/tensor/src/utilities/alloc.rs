@@ -3,8 +3,10 @@
 //! `vec![x; n]` aborts the process when the allocator refuses (`memory allocation of N
 //! bytes failed`), and no caller can catch that. Every host buffer whose size a user's
 //! shapes decide is allocated through these functions instead, so an impossible size is
-//! [`Error::OutOfMemory`] naming the op and the bytes.
+//! [`Error::OutOfMemory`] naming the op and the bytes. The first call also tells glibc's
+//! malloc to keep freed buffers for reuse (`malloc_tuning`), before the first large one.
 
+use super::malloc_tuning::keep_freed_memory;
 use crate::{Device, Error, Result};
 
 /// Element types whose all-zero bit pattern is the value zero (so a zeroed allocation is a
@@ -38,6 +40,7 @@ pub(crate) fn host_oom<T>(op: &'static str, len: usize) -> Error {
 
 /// An empty vector with room for `len` elements, or [`Error::OutOfMemory`].
 pub(crate) fn try_with_capacity<T>(op: &'static str, len: usize) -> Result<Vec<T>> {
+    keep_freed_memory();
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| host_oom::<T>(op, len))?;
     Ok(v)
@@ -53,6 +56,7 @@ pub(crate) fn try_vec<T: Clone>(op: &'static str, len: usize, fill: T) -> Result
 /// `len` zeros, or [`Error::OutOfMemory`]. Like `vec![0; len]`, the memory comes zeroed
 /// from the allocator (large buffers as untouched zero pages, not written here).
 pub(crate) fn try_zeros<T: ZeroBits>(op: &'static str, len: usize) -> Result<Vec<T>> {
+    keep_freed_memory();
     let size = std::mem::size_of::<T>();
     if len == 0 || size == 0 {
         return Ok(Vec::new());

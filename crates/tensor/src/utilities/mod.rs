@@ -1,4 +1,5 @@
-//! Helpers that the kernels of every op and both backends share: fallible host allocation,
+//! Helpers that the kernels of every op and both backends share: fallible host allocation
+//! (with glibc's malloc told to keep freed memory for reuse),
 //! the serial/parallel threshold, NaN tests, dimension merging and the run-time choice of
 //! instruction set. This module sits below
 //! `ops/` and the backends and imports neither.
@@ -6,6 +7,7 @@
 pub(crate) mod alloc;
 pub(crate) mod coalesce;
 pub(crate) mod isa;
+pub(crate) mod malloc_tuning;
 mod parallel;
 
 pub(crate) use parallel::PAR_MIN_LEN;
