@@ -5,7 +5,8 @@
 #   target/gpu-bundle/cuda_preflight   versions, loaded libraries, a first matmul/conv (tests/cuda_preflight.rs)
 #   target/gpu-bundle/cuda_ops         GPU tests of every op family (crates/tensor/tests/cuda_ops.rs), and the
 #   target/gpu-bundle/cuda_*           other cuda_* test files: conv algorithms and fallback, activations,
-#                                      gather, group norm, grouped conv, resize/pad, bf16/f16 (cuda_low_precision)
+#                                      gather, group norm, grouped conv, resize/pad, bf16/f16 (cuda_low_precision),
+#                                      fused conv-bias-activation (cuda_conv_relu)
 #   target/gpu-bundle/cuda_micro       micro-benchmarks (benches/cuda_micro.rs)
 #   target/gpu-bundle/cuda_training    a seed ResNet18 step on CUDA vs the CPU (tests/cuda_training.rs)
 #   target/gpu-bundle/cuda_fit         Trainer::fit on CUDA vs the CPU (tests/cuda_fit.rs)
@@ -53,7 +54,7 @@ if wanted:
 }
 
 cuda_tests=(cuda_preflight cuda_ops cuda_conv_algorithms cuda_activations cuda_gather cuda_group_norm cuda_grouped_conv
-  cuda_resize_pad cuda_graph cuda_low_precision)
+  cuda_resize_pad cuda_graph cuda_low_precision cuda_conv_relu)
 if ((dev)); then
   release=()
   # `cargo test` builds benches in the test profile (cargo build would use the bench one).

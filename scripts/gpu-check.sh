@@ -331,10 +331,11 @@ if ((preflight_ok)); then
 fi
 
 # --- 3. the GPU tests ----------------------------------------------------------------------
-all_tests=(cuda_ops cuda_conv_algorithms cuda_activations cuda_training cuda_graph cuda_low_precision cuda_graph_training cuda_gather
+all_tests=(cuda_ops cuda_conv_algorithms cuda_activations cuda_training cuda_graph cuda_low_precision cuda_conv_relu cuda_graph_training cuda_gather
   cuda_group_norm cuda_grouped_conv cuda_resize_pad cuda_fit torch_trajectory)
-# Quick mode: the op tests, the convolution algorithms and one whole training step.
-[[ "$quick" == 1 ]] && all_tests=("${all_tests[@]:0:6}")
+# Quick mode: the op tests, the convolution algorithms, one whole training step, bf16/f16
+# and the fused conv-bias-activation call (its cuDNN rules are the least tried).
+[[ "$quick" == 1 ]] && all_tests=("${all_tests[@]:0:7}")
 tests=()
 for t in "${all_tests[@]}"; do
   [[ -x "$bundle/$t" ]] && tests+=("$t")

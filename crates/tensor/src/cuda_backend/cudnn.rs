@@ -64,6 +64,12 @@ pub(crate) fn is_not_supported(e: &dnn::CudnnError) -> bool {
     (3000..4000).contains(&(e.0 as u32))
 }
 
+/// Whether a cuDNN error is one of cuDNN 9's BAD_PARAM family (2000-2999): the call's
+/// arguments were refused before anything was queued.
+fn is_bad_param(e: &dnn::CudnnError) -> bool {
+    (2000..3000).contains(&(e.0 as u32))
+}
+
 /// One device's cuDNN state: its handle and the plans made so far.
 pub(crate) struct Dnn {
     handle: sys::cudnnHandle_t,
@@ -836,7 +842,22 @@ impl Dnn {
                 y as *mut c_void,
             )
         };
-        let queued = queued(device.device(), "cudnnConvolutionBiasActivationForward", result)?;
+        // The fused call's rules (the bias dtype per configuration, NaN propagation with
+        // ReLU) have not met a real cuDNN yet: a parameter refusal is treated as "not
+        // supported" too, said once, and the unfused path (which reports its own errors)
+        // takes over for this geometry.
+        let result = match result {
+            Err(e) if is_bad_param(&e) => {
+                eprintln!(
+                    "tapegrad: cudnnConvolutionBiasActivationForward refused a {:?} {:?} convolution ({e:?}); \
+                     running the convolution and the bias separately for this shape",
+                    plan.dtype, activation
+                );
+                Ok(Queued::NotSupported)
+            }
+            other => queued(device.device(), "cudnnConvolutionBiasActivationForward", other),
+        };
+        let queued = result?;
         if queued == Queued::NotSupported {
             slot.refused.store(true, Ordering::Relaxed);
         }
