@@ -284,9 +284,10 @@ fn backward_input_grads(
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     if needed == (true, true) {
         let shapes = [output_shape(&spec), kernel_shape(&spec)];
-        let shared = guarded("conv2d_backward_filter", &[g, k, dy], &[&shapes[0], &shapes[1]], g.dtype(), &g.device(), || {
-            g.storage().conv2d_and_filter_grad(k.storage(), dy.storage(), &spec)
-        })?;
+        let shared =
+            guarded("conv2d_backward_filter", &[g, k, dy], &[&shapes[0], &shapes[1]], g.dtype(), &g.device(), || {
+                g.storage().conv2d_and_filter_grad(k.storage(), dy.storage(), &spec)
+            })?;
         if let Some((y, dk)) = shared {
             let [y_shape, k_shape] = shapes;
             let d_dy = record_conv2d(Tensor::from_storage(y, y_shape), g, k, None, spec);
