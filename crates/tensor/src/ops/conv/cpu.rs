@@ -148,7 +148,7 @@ pub(super) struct Geometry {
 impl Geometry {
     /// Chunks for the forward pass and the input gradient, which write disjoint outputs:
     /// at least one chunk per thread.
-    fn new(s: &Conv2dSpec) -> Self {
+    pub(super) fn new(s: &Conv2dSpec) -> Self {
         let threads = rayon::current_num_threads().max(1);
         Self::with_chunks(s, threads, threads)
     }

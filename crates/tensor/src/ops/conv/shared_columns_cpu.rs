@@ -8,9 +8,13 @@
 //! - `out [rows, c_out] = cols @ kernel^T` (the chunk's own slice of the output),
 //! - `dkernel += grad_out^T @ cols` (the run's partial sum).
 //!
-//! The chunks and runs are the kernel gradient's (`Geometry::for_kernel_gradient`, set by
-//! the shape alone, never by the thread count), and the partial sums are added in run order
-//! as in `backward_filter_im2col`, whose result the kernel gradient reproduces.
+//! Each product must have the bits it has when it runs alone (a gradient asked for alone
+//! equals the one computed with the others), so each GEMM is the one its own kernel runs:
+//! the route applies where the chunks of `conv2d_im2col` (`Geometry::new`) and of
+//! `backward_filter_im2col` (`Geometry::for_kernel_gradient`, by the shape alone) are the
+//! same images; the kernel gradient's partial sums run and add in the same order, and each
+//! GEMM keeps its own kernel's parallelism. Where the chunks differ (a few small images per
+//! chunk) the caller runs the two apart.
 
 use super::cpu::{add_assign, ensure_len, gemm_into, im2col, is_depthwise, Geometry, MatRef};
 use super::{patch_cpu, winograd};
@@ -19,18 +23,21 @@ use crate::utilities::alloc::{try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
 use rayon::prelude::*;
 
-/// Whether the shared route applies: an ungrouped convolution that both products would
-/// run through im2col + GEMM. Winograd's forward and the pointwise case (no gather) keep
-/// their own kernels; the tiling case (`patch_cpu`) gathers with the same copies as im2col,
-/// so it shares too.
+/// Whether the shared route applies: an ungrouped convolution that both products run
+/// through im2col + GEMM, in chunks of the same images. Winograd's forward, the tiling
+/// case (`patch_cpu`, its own chunks) and the pointwise case (no gather) keep their kernels.
 fn applies<T: FloatElement>(s: &Conv2dSpec) -> bool {
     let pointwise = s.kernel_h == 1
         && s.kernel_w == 1
         && s.stride_h == 1
         && s.stride_w == 1
         && s.pad_top + s.pad_bottom + s.pad_left + s.pad_right == 0;
-    let tiles = patch_cpu::applies(s);
-    s.groups == 1 && !is_depthwise(s) && !pointwise && (tiles || winograd::select::<T>(s).is_none())
+    s.groups == 1
+        && !is_depthwise(s)
+        && !pointwise
+        && !patch_cpu::applies(s)
+        && winograd::select::<T>(s).is_none()
+        && Geometry::new(s).chunk_images == Geometry::for_kernel_gradient(s).0.chunk_images
 }
 
 /// `(conv2d(input, kernel), conv2d_backward_filter(input, grad_out))` for the geometry `s`,
@@ -46,6 +53,7 @@ pub(crate) fn conv2d_and_filter_grad<T: FloatElement + ZeroBits>(
         return Ok(None);
     }
     let (g, runs) = Geometry::for_kernel_gradient(s);
+    let forward_par = Geometry::new(s).gemm_par;
     let co = s.out_channels;
     let out_image = g.out_pixels * co;
     let mut out = try_zeros("conv2d", s.batch * out_image)?;
@@ -74,7 +82,8 @@ pub(crate) fn conv2d_and_filter_grad<T: FloatElement + ZeroBits>(
             im2col(input, s, &g, (first, images), 0, &mut col);
             let cols = MatRef::row_major(&col[..rows * g.patch], g.patch);
             let out_chunk = &mut dst[(first - start) * out_image..][..rows * co];
-            gemm_into(out_chunk, co, (rows, co, g.patch), cols, MatRef::transposed(kernel, g.patch), false, g.gemm_par);
+            let kernel_t = MatRef::transposed(kernel, g.patch);
+            gemm_into(out_chunk, co, (rows, co, g.patch), cols, kernel_t, false, forward_par);
             let dyc = &grad_out[first * out_image..][..rows * co];
             let grad = MatRef { data: dyc, row_stride: 1, col_stride: co };
             gemm_into(&mut acc, g.patch, (co, g.patch, rows), grad, cols, true, g.gemm_par);

@@ -87,7 +87,7 @@ fn specs(count: usize, seed: u64, groups: usize) -> Vec<Conv2dSpec> {
 }
 
 /// The shared route against `conv2d_im2col` and `backward_filter_im2col`.
-fn check_shared<T: FloatElement + ZeroBits>(tolerance: f64) {
+fn check_shared<T: FloatElement + ZeroBits>() {
     let mut ran = 0;
     for (i, s) in specs(60, 7, 1).iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(i as u64);
@@ -100,29 +100,31 @@ fn check_shared<T: FloatElement + ZeroBits>(tolerance: f64) {
         };
         ran += 1;
         let (y_ref, dk_ref) = (conv2d_im2col(&x, &k, None, s).unwrap(), backward_filter_im2col(&x, &dy, s).unwrap());
-        assert!(relative_error(&y, &y_ref) <= tolerance, "convolution of {s:?}");
-        assert!(relative_error(&dk, &dk_ref) <= tolerance, "kernel gradient of {s:?}");
+        // The same GEMMs as the kernels run alone: the same bits.
+        assert!(y == y_ref, "convolution of {s:?}");
+        assert!(dk == dk_ref, "kernel gradient of {s:?}");
     }
-    assert!(ran >= 40, "only {ran} geometries took the shared route");
+    assert!(ran >= 20, "only {ran} geometries took the shared route");
 }
 
 #[test]
 fn shared_columns_match_the_separate_kernels_f64() {
-    check_shared::<f64>(1e-12);
+    check_shared::<f64>();
 }
 
 #[test]
 fn shared_columns_match_the_separate_kernels_f32() {
-    check_shared::<f32>(1e-5);
+    check_shared::<f32>();
 }
 
 #[test]
-fn winograd_and_grouped_shapes_are_left_to_their_kernels() {
+fn grouped_pointwise_and_tiling_shapes_are_left_to_their_kernels() {
     let winograd = spec(1, (16, 16), (16, 16), (3, 3), (1, 1), (1, 1), [1; 4], 1).unwrap();
     let grouped = spec(1, (8, 8), (4, 4), (3, 3), (2, 2), (1, 1), [1; 4], 2).unwrap();
     let pointwise = spec(1, (8, 8), (4, 4), (1, 1), (1, 1), (1, 1), [0; 4], 1).unwrap();
+    let tiles = spec(1, (8, 8), (4, 4), (2, 2), (2, 2), (1, 1), [0; 4], 1).unwrap();
     assert!(applies::<f64>(&winograd), "f64 has no Winograd path");
-    for s in [grouped, pointwise] {
+    for s in [grouped, pointwise, tiles] {
         assert!(!applies::<f64>(&s) && !applies::<f32>(&s), "{s:?}");
     }
 }
