@@ -144,6 +144,18 @@ impl OpOutputs for (Storage, Storage, Storage, Option<Storage>) {
     }
 }
 
+impl OpOutputs for Option<Storage> {
+    fn storages(&self) -> Vec<&Storage> {
+        self.iter().collect()
+    }
+}
+
+impl OpOutputs for Option<(Storage, Storage)> {
+    fn storages(&self) -> Vec<&Storage> {
+        self.iter().flat_map(|(a, b)| [a, b]).collect()
+    }
+}
+
 impl OpOutputs for (Storage, Option<Storage>) {
     fn storages(&self) -> Vec<&Storage> {
         std::iter::once(&self.0).chain(self.1.as_ref()).collect()

@@ -203,6 +203,40 @@ impl Storage {
         same_device!("conv2d_backward_input", self, kernel, |dy, k| dy.conv2d_backward_input(k, spec))
     }
 
+    /// `conv2d_backward_input(self, kernel) + bias` in one pass on the CPU; `None` on other
+    /// devices or in low precision (the caller adds the bias as an op of its own).
+    pub(crate) fn conv2d_backward_input_bias(
+        &self,
+        kernel: &Storage,
+        bias: &Storage,
+        spec: &Conv2dSpec,
+    ) -> Result<Option<Storage>> {
+        match (self, kernel, bias) {
+            (Storage::Cpu(dy), Storage::Cpu(k), Storage::Cpu(b)) => {
+                Ok(dy.conv2d_backward_input_bias(k, b, spec)?.map(Storage::Cpu))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Ok(None),
+        }
+    }
+
+    /// `(conv2d(self, kernel), conv2d_backward_filter(self, grad_out))` through one shared
+    /// column matrix on the CPU; `None` on other devices or where that route does not apply.
+    pub(crate) fn conv2d_and_filter_grad(
+        &self,
+        kernel: &Storage,
+        grad_out: &Storage,
+        spec: &Conv2dSpec,
+    ) -> Result<Option<(Storage, Storage)>> {
+        match (self, kernel, grad_out) {
+            (Storage::Cpu(x), Storage::Cpu(k), Storage::Cpu(dy)) => {
+                Ok(x.conv2d_and_filter_grad(k, dy, spec)?.map(|(y, dk)| (Storage::Cpu(y), Storage::Cpu(dk))))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Ok(None),
+        }
+    }
+
     pub(crate) fn conv2d_backward_filter(&self, grad_out: &Storage, spec: &Conv2dSpec) -> Result<Storage> {
         same_device!("conv2d_backward_filter", self, grad_out, |x, dy| x.conv2d_backward_filter(dy, spec))
     }

@@ -159,6 +159,52 @@ impl CpuStorage {
         s.map(|s| s.typed::<T>(op)).transpose()
     }
 
+    /// `conv2d(self, kernel)` and `conv2d_backward_filter(self, grad_out)` from one
+    /// im2col of `self` (see `ops/conv/shared_columns_cpu.rs`), or `None` where that route
+    /// does not apply (low precision, or a shape whose products run through other kernels).
+    pub(crate) fn conv2d_and_filter_grad(
+        &self,
+        kernel: &Self,
+        grad_out: &Self,
+        spec: &Conv2dSpec,
+    ) -> Result<Option<(Self, Self)>> {
+        const OP: &str = "conv2d_backward_filter";
+        fn wrap<T>(pair: Option<(Vec<T>, Vec<T>)>, f: fn(Vec<T>) -> CpuStorage) -> Option<(CpuStorage, CpuStorage)> {
+            pair.map(|(y, dk)| (f(y), f(dk)))
+        }
+        Ok(match self {
+            CpuStorage::F32(x) => wrap(
+                conv::shared_columns_cpu::conv2d_and_filter_grad(x, kernel.typed(OP)?, grad_out.typed(OP)?, spec)?,
+                CpuStorage::F32,
+            ),
+            CpuStorage::F64(x) => wrap(
+                conv::shared_columns_cpu::conv2d_and_filter_grad(x, kernel.typed(OP)?, grad_out.typed(OP)?, spec)?,
+                CpuStorage::F64,
+            ),
+            _ => None,
+        })
+    }
+
+    /// `conv2d_backward_input(self, kernel) + bias` (a transposed convolution with its bias)
+    /// in one pass over the output, or `None` in low precision (the caller adds the bias).
+    pub(crate) fn conv2d_backward_input_bias(
+        &self,
+        kernel: &Self,
+        bias: &Self,
+        spec: &Conv2dSpec,
+    ) -> Result<Option<Self>> {
+        const OP: &str = "conv2d_transpose";
+        if self.low_precision().is_some() {
+            return Ok(None);
+        }
+        Ok(Some(float_kernel!(self, OP, T => conv::cpu::conv2d_backward_input_bias::<T>(
+            self.typed(OP)?,
+            kernel.typed(OP)?,
+            Some(bias.typed(OP)?),
+            spec
+        )?)))
+    }
+
     /// The elements converted to f64, or [`Error::OutOfMemory`].
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
         use num_traits::AsPrimitive;

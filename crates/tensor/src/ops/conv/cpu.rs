@@ -127,29 +127,29 @@ pub(crate) fn gemm_into<T: FloatElement>(
 
 /// Derived sizes of a convolution.
 #[derive(Clone, Copy)]
-struct Geometry {
+pub(super) struct Geometry {
     /// Elements of one input image.
-    in_image: usize,
+    pub(super) in_image: usize,
     /// Output pixels of one image (rows of its column matrix).
-    out_pixels: usize,
+    pub(super) out_pixels: usize,
     /// Length of one patch row, `kh * kw * c_in / groups`.
-    patch: usize,
+    pub(super) patch: usize,
     /// Input channels of one group.
-    group_in: usize,
+    pub(super) group_in: usize,
     /// Output channels of one group.
-    group_out: usize,
+    pub(super) group_out: usize,
     /// Images per chunk.
-    chunk_images: usize,
+    pub(super) chunk_images: usize,
     /// Whether the input is its own column matrix (1x1, stride 1, no padding).
-    pointwise: bool,
+    pub(super) pointwise: bool,
     /// Parallelism of each GEMM: all threads when there is a single chunk.
-    gemm_par: Parallelism,
+    pub(super) gemm_par: Parallelism,
 }
 
 impl Geometry {
     /// Chunks for the forward pass and the input gradient, which write disjoint outputs:
     /// at least one chunk per thread.
-    fn new(s: &Conv2dSpec) -> Self {
+    pub(super) fn new(s: &Conv2dSpec) -> Self {
         let threads = rayon::current_num_threads().max(1);
         Self::with_chunks(s, threads, threads)
     }
@@ -158,7 +158,7 @@ impl Geometry {
     /// shape alone, so that the association of the sum never follows the thread count.
     /// Each run holds a kernel-sized partial sum; together they stay within
     /// [`FILTER_PARTIALS_BUDGET`].
-    fn for_kernel_gradient(s: &Conv2dSpec) -> (Self, usize) {
+    pub(super) fn for_kernel_gradient(s: &Conv2dSpec) -> (Self, usize) {
         let threads = rayon::current_num_threads().max(1);
         let kernel = s.out_channels * s.kernel_h * s.kernel_w * (s.in_channels / s.groups);
         let runs = (FILTER_PARTIALS_BUDGET / kernel.max(1)).clamp(1, FILTER_RUNS);
@@ -226,7 +226,7 @@ impl Geometry {
 
 /// Whether a convolution is depthwise (each input channel its own group), which the direct
 /// kernels of `depthwise_cpu/` run.
-fn is_depthwise(s: &Conv2dSpec) -> bool {
+pub(super) fn is_depthwise(s: &Conv2dSpec) -> bool {
     s.groups > 1 && s.groups == s.in_channels
 }
 
@@ -258,7 +258,7 @@ pub(super) fn taps(
 /// the kernel reads padding. When the whole batch is one chunk (its GEMM split across the
 /// threads), the images are gathered in parallel too: otherwise this pass would run on
 /// one thread.
-fn im2col<T: FloatElement>(
+pub(super) fn im2col<T: FloatElement>(
     x: &[T],
     s: &Conv2dSpec,
     g: &Geometry,
@@ -358,7 +358,7 @@ fn col2im_add_image<T: FloatElement>(col: &[T], s: &Conv2dSpec, g: &Geometry, gr
 }
 
 #[inline]
-fn add_assign<T: FloatElement>(dst: &mut [T], src: &[T]) {
+pub(super) fn add_assign<T: FloatElement>(dst: &mut [T], src: &[T]) {
     for (d, &v) in dst.iter_mut().zip(src) {
         *d = *d + v;
     }
@@ -533,22 +533,40 @@ pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
     kernel: &[T],
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
-    if is_depthwise(s) {
-        return depthwise_cpu::conv2d_backward_input(dy, kernel, s);
-    }
-    if patch_cpu::applies(s) {
-        return patch_cpu::conv2d_backward_input(dy, kernel, s);
-    }
-    if let Some(transposed) = backward_input_as_conv::<T>(s) {
-        return conv2d(dy, &flip_kernel(kernel, s)?, None, &transposed);
-    }
-    backward_input_col2im(dy, kernel, s)
+    conv2d_backward_input_bias(dy, kernel, None, s)
 }
 
-/// The input gradient through GEMM then col2im, whatever the shape (not depthwise).
+/// The input gradient plus a per-channel `bias` `[c_in]` (a transposed convolution with
+/// its bias): the bias is the output's starting value, in the pass that writes it, instead
+/// of a second pass over the output.
+pub(crate) fn conv2d_backward_input_bias<T: FloatElement + ZeroBits>(
+    dy: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    s: &Conv2dSpec,
+) -> Result<Vec<T>> {
+    if is_depthwise(s) {
+        let mut dx = depthwise_cpu::conv2d_backward_input(dy, kernel, s)?;
+        if let Some(b) = bias {
+            dx.par_chunks_mut(s.in_channels).for_each(|px| add_assign(px, b));
+        }
+        return Ok(dx);
+    }
+    if patch_cpu::applies(s) {
+        return patch_cpu::conv2d_backward_input(dy, kernel, bias, s);
+    }
+    if let Some(transposed) = backward_input_as_conv::<T>(s) {
+        return conv2d(dy, &flip_kernel(kernel, s)?, bias, &transposed);
+    }
+    backward_input_col2im(dy, kernel, bias, s)
+}
+
+/// The input gradient (plus `bias`) through GEMM then col2im, whatever the shape (not
+/// depthwise).
 pub(super) fn backward_input_col2im<T: FloatElement + ZeroBits>(
     dy: &[T],
     kernel: &[T],
+    bias: Option<&[T]>,
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
     const OP: &str = "conv2d_backward_input";
@@ -562,13 +580,20 @@ pub(super) fn backward_input_col2im<T: FloatElement + ZeroBits>(
         let first = chunk * g.chunk_images;
         let images = dst.len() / g.in_image;
         let rows = images * g.out_pixels;
+        if let Some(b) = bias {
+            // col2im adds into the chunk while it is in cache; the bias is where it starts.
+            for px in dst.chunks_exact_mut(s.in_channels) {
+                px.copy_from_slice(b);
+            }
+        }
         let dyc = &dy[first * g.out_pixels * co..(first + images) * g.out_pixels * co];
         for group in 0..s.groups {
             let lhs = MatRef { data: &dyc[group * g.group_out..], row_stride: co, col_stride: 1 };
             let rhs = MatRef::row_major(&kernel[group * g.group_out * g.patch..][..g.group_out * g.patch], g.patch);
             let shape = (rows, g.patch, g.group_out);
             if g.pointwise {
-                gemm_into(&mut dst[group * g.group_in..], s.in_channels, shape, lhs, rhs, false, g.gemm_par);
+                let dst = &mut dst[group * g.group_in..];
+                gemm_into(dst, s.in_channels, shape, lhs, rhs, bias.is_some(), g.gemm_par);
             } else {
                 ensure_len(OP, col, rows * g.patch)?;
                 gemm_into(col, g.patch, shape, lhs, rhs, false, g.gemm_par);

@@ -16,6 +16,7 @@ pub(crate) mod cuda;
 mod depthwise_cpu;
 mod padding;
 mod patch_cpu;
+pub(crate) mod shared_columns_cpu;
 mod transpose;
 mod winograd;
 
@@ -255,13 +256,18 @@ fn conv2d_with_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, spec: Co
     let storage = guarded("conv2d", &[x, kernel], &[&shape], x.dtype(), &x.device(), || {
         x.storage().conv2d(kernel.storage(), bias.map(|b| b.storage()), &spec, ConvActivation::Identity)
     })?;
-    let out = Tensor::from_storage(storage, shape);
+    Ok(record_conv2d(Tensor::from_storage(storage, shape), x, kernel, bias, spec))
+}
+
+/// Records `out`, computed as `conv2d(x, kernel) (+ bias)`, with the convolution's
+/// gradient rule.
+fn record_conv2d(out: Tensor, x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, spec: Conv2dSpec) -> Tensor {
     let mut inputs = vec![x, kernel];
     inputs.extend(bias);
     let has_bias = bias.is_some();
     let (x, k) = (x.clone(), kernel.clone());
     record_op_masked("conv2d", &inputs, &out, move |g, needed| conv2d_grads(g, (&x, &k, has_bias), spec, needed));
-    Ok(out)
+    out
 }
 
 /// The gradients of a forward convolution `(x, k, bias if has_bias)` given its output
@@ -294,12 +300,61 @@ fn conv2d_backward_input(grad_out: &Tensor, kernel: &Tensor, spec: Conv2dSpec) -
     let dx = Tensor::from_storage(storage, shape);
     let (dy, k) = (grad_out.clone(), kernel.clone());
     record_op_masked("conv2d_backward_input", &[grad_out, kernel], &dx, move |g, needed| {
-        Ok(vec![
-            grad_if(needed[0], || conv2d_with_spec(g, &k, None, spec))?,
-            grad_if(needed[1], || conv2d_backward_filter(g, &dy, spec))?,
-        ])
+        let (d_dy, d_k) = backward_input_grads(g, &k, &dy, spec, (needed[0], needed[1]))?;
+        Ok(vec![d_dy, d_k])
     });
     Ok(dx)
+}
+
+/// `B(dy, K) + bias`: a transposed convolution with its bias, the bias added in the pass
+/// that writes the output where the device can (the CPU), else as an op of its own. Its
+/// gradients are those of `B` and, for the bias, the sum of `g` over N, H and W.
+fn backward_input_bias(grad_out: &Tensor, kernel: &Tensor, bias: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
+    let shape = input_shape(&spec);
+    let inputs = [grad_out, kernel, bias];
+    let fused = guarded("conv2d_transpose", &inputs, &[&shape], grad_out.dtype(), &grad_out.device(), || {
+        grad_out.storage().conv2d_backward_input_bias(kernel.storage(), bias.storage(), &spec)
+    })?;
+    let Some(storage) = fused else {
+        return conv2d_backward_input(grad_out, kernel, spec)?.add(bias);
+    };
+    let y = Tensor::from_storage(storage, shape);
+    let (dy, k) = (grad_out.clone(), kernel.clone());
+    record_op_masked("conv2d_transpose", &inputs, &y, move |g, needed| {
+        let (d_dy, d_k) = backward_input_grads(g, &k, &dy, spec, (needed[0], needed[1]))?;
+        Ok(vec![d_dy, d_k, grad_if(needed[2], || g.sum(&[0, 1, 2], false))?])
+    });
+    Ok(y)
+}
+
+/// The gradients of `B(dy, K)` for the upstream gradient `g`, those `needed` of
+/// (`dy`, `K`): `conv2d(g, K)` and `conv2d_backward_filter(g, dy)`. When both are needed
+/// they read the same im2col of `g`, which the CPU builds once for both
+/// (`shared_columns_cpu`); each result is still recorded with its own rule.
+fn backward_input_grads(
+    g: &Tensor,
+    k: &Tensor,
+    dy: &Tensor,
+    spec: Conv2dSpec,
+    needed: (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    if needed == (true, true) {
+        let shapes = [output_shape(&spec), kernel_shape(&spec)];
+        let shared =
+            guarded("conv2d_backward_filter", &[g, k, dy], &[&shapes[0], &shapes[1]], g.dtype(), &g.device(), || {
+                g.storage().conv2d_and_filter_grad(k.storage(), dy.storage(), &spec)
+            })?;
+        if let Some((y, dk)) = shared {
+            let [y_shape, k_shape] = shapes;
+            let d_dy = record_conv2d(Tensor::from_storage(y, y_shape), g, k, None, spec);
+            let d_k = record_conv2d_backward_filter(Tensor::from_storage(dk, k_shape), g, dy, spec);
+            return Ok((Some(d_dy), Some(d_k)));
+        }
+    }
+    Ok((
+        grad_if(needed.0, || conv2d_with_spec(g, k, None, spec))?,
+        grad_if(needed.1, || conv2d_backward_filter(g, dy, spec))?,
+    ))
 }
 
 /// The kernel gradient `F(x, dy)` of a convolution. Linear in both: for an upstream
@@ -311,7 +366,11 @@ fn conv2d_backward_filter(input: &Tensor, grad_out: &Tensor, spec: Conv2dSpec) -
         guarded("conv2d_backward_filter", &[input, grad_out], &[&shape], input.dtype(), &input.device(), || {
             input.storage().conv2d_backward_filter(grad_out.storage(), &spec)
         })?;
-    let dk = Tensor::from_storage(storage, shape);
+    Ok(record_conv2d_backward_filter(Tensor::from_storage(storage, shape), input, grad_out, spec))
+}
+
+/// Records `dk`, computed as `F(input, grad_out)`, with the kernel gradient's rule.
+fn record_conv2d_backward_filter(dk: Tensor, input: &Tensor, grad_out: &Tensor, spec: Conv2dSpec) -> Tensor {
     let (x, dy) = (input.clone(), grad_out.clone());
     record_op_masked("conv2d_backward_filter", &[input, grad_out], &dk, move |g, needed| {
         Ok(vec![
@@ -319,5 +378,5 @@ fn conv2d_backward_filter(input: &Tensor, grad_out: &Tensor, spec: Conv2dSpec) -
             grad_if(needed[1], || conv2d_with_spec(&x, g, None, spec))?,
         ])
     });
-    Ok(dk)
+    dk
 }

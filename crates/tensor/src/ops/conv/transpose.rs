@@ -15,7 +15,7 @@
 //! on each side, `output_padding` adds rows at the bottom/right.
 
 use super::padding::SpatialAxis;
-use super::{check_nhwc, check_positive, conv2d_backward_input, Padding};
+use super::{backward_input_bias, check_nhwc, check_positive, conv2d_backward_input, Padding};
 use crate::backend::Conv2dSpec;
 use crate::{Error, Result, Tensor};
 
@@ -104,10 +104,9 @@ impl Tensor {
         params: &Conv2dTransposeParams,
     ) -> Result<Tensor> {
         let spec = transpose_spec(self, kernel, bias, params)?;
-        let y = conv2d_backward_input(self, kernel, spec)?;
         match bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
+            Some(b) => backward_input_bias(self, kernel, b, spec),
+            None => conv2d_backward_input(self, kernel, spec),
         }
     }
 }

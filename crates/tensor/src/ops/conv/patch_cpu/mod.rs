@@ -146,11 +146,13 @@ pub(super) fn conv2d<T: FloatElement + ZeroBits>(
     Ok(out)
 }
 
-/// The input gradient: `[batch, in_h, in_w, c_in]`. Each run of output rows owns the
-/// input rows its blocks cover; the rows and columns no block covers stay zero.
+/// The input gradient: `[batch, in_h, in_w, c_in]`, plus a per-channel `bias` `[c_in]`
+/// (a transposed convolution's). Each run of output rows owns the input rows its blocks
+/// cover; the rows and columns no block covers stay zero (or the bias).
 pub(super) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
     dy: &[T],
     kernel: &[T],
+    bias: Option<&[T]>,
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
     const OP: &str = "conv2d_backward_input";
@@ -171,9 +173,15 @@ pub(super) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
         let pixels = bands.len() * t.row_pixels;
         let first = i * run * t.row_pixels;
         ensure_len(OP, col, pixels * t.patch)?;
+        if let Some(b) = bias {
+            // Every patch element is one input pixel's channel: start the sums at the bias.
+            for px in col[..pixels * t.patch].chunks_exact_mut(s.in_channels) {
+                px.copy_from_slice(b);
+            }
+        }
         let lhs = MatRef::row_major(&dy[first * co..(first + pixels) * co], co);
         let rhs = MatRef::row_major(kernel, t.patch);
-        gemm_into(col, t.patch, (pixels, t.patch, co), lhs, rhs, false, Parallelism::None);
+        gemm_into(col, t.patch, (pixels, t.patch, co), lhs, rhs, bias.is_some(), Parallelism::None);
         let mut patches = col.chunks_exact(t.patch);
         for band in bands.iter_mut() {
             for ox in 0..t.row_pixels {
@@ -186,7 +194,28 @@ pub(super) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
         }
         Ok(())
     })?;
+    if let Some(b) = bias {
+        fill_uncovered(&mut dx, s, &t, b);
+    }
     Ok(dx)
+}
+
+/// Sets the input pixels no block covers (the bottom rows and right columns that 'valid'
+/// leaves out, if any) to `bias`.
+fn fill_uncovered<T: Copy>(dx: &mut [T], s: &Conv2dSpec, t: &Tiles, bias: &[T]) {
+    let (covered_h, covered_w) = (s.out_h * s.kernel_h, s.out_w * s.kernel_w);
+    if covered_h == s.in_h && covered_w == s.in_w {
+        return;
+    }
+    let c = s.in_channels;
+    for image in dx.chunks_exact_mut(t.in_image) {
+        for (y, row) in image.chunks_exact_mut(t.in_row).enumerate() {
+            let from = if y < covered_h { covered_w } else { 0 };
+            for px in row[from * c..].chunks_exact_mut(c) {
+                px.copy_from_slice(bias);
+            }
+        }
+    }
 }
 
 /// The kernel gradient: `[c_out, kh, kw, c_in]`. The output rows are cut into runs by the
