@@ -91,8 +91,9 @@ struct Row<'a, T> {
 
 impl<T: FloatElement> Row<'_, T> {
     /// The row with kernel rows `KY0..KY0 + R`, whose taps are fixed per block. A row of
-    /// 2 or 4 blocks (32 or 64 channels of f32 or f64) runs its interior groups of
-    /// pixels across the blocks ([`Row::across`]), the others block by block.
+    /// 2 blocks (32 channels) runs its interior groups of pixels across the blocks
+    /// ([`Row::across`]), the others block by block: across 4 blocks (64 channels at
+    /// 16x16) measured 5% slower, quiet, than block by block.
     #[inline(always)]
     fn rows<const FUSED: bool, const W: usize, const S: usize, const KY0: usize, const R: usize>(
         &self,
@@ -102,15 +103,6 @@ impl<T: FloatElement> Row<'_, T> {
             2 => {
                 let ws = [self.window::<W, KY0, R>(0), self.window::<W, KY0, R>(W)];
                 self.across::<FUSED, W, S, KY0, R, 2>(&ws, dst)
-            }
-            4 => {
-                let ws = [
-                    self.window::<W, KY0, R>(0),
-                    self.window::<W, KY0, R>(W),
-                    self.window::<W, KY0, R>(2 * W),
-                    self.window::<W, KY0, R>(3 * W),
-                ];
-                self.across::<FUSED, W, S, KY0, R, 4>(&ws, dst)
             }
             _ => {
                 let (lo, _) = interior_columns(self.d.s);
