@@ -59,6 +59,13 @@ const CASES: &[Case] = &[
     // 'valid' at stride 2 over an even map: the last input row and column are read by no
     // output pixel (their gradient is written as zeros, the buffer is not zeroed first).
     (2, 6, 8, 16, 1, 3, 3, 2, 1, [0, 0, 0, 0]),
+    // Interior groups across 2 channel blocks (f32 and f64 blocks of 16), and 4 block by
+    // block: with a channel tail (33, 67), 'valid', interiors of 17 and 3 columns, stride 2.
+    (2, 5, 19, 33, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+    (1, 4, 11, 64, 1, 3, 3, 1, 1, [0, 0, 0, 0]),
+    (1, 3, 5, 67, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+    (1, 9, 18, 67, 1, 3, 3, 2, 1, [0, 1, 0, 1]),
+    (2, 6, 7, 32, 1, 3, 3, 1, 1, [1, 1, 2, 0]),
 ];
 
 fn spec(
