@@ -92,11 +92,19 @@ pub(crate) fn conv2d_and_filter_grad<T: FloatElement + ZeroBits>(
         Ok(acc)
     };
     let partials: Vec<Result<Vec<T>>> = slices.into_par_iter().map(partial).collect();
-    let mut partials = partials.into_iter();
-    let mut total = partials.next().expect("at least one run")?;
+    // The runs' partial sums added in run order, as `backward_filter_im2col` adds them.
+    let mut total: Option<Vec<T>> = None;
     for p in partials {
-        add_assign(&mut total, &p?);
+        let p = p?;
+        match total.as_mut() {
+            Some(sum) => add_assign(sum, &p),
+            None => total = Some(p),
+        }
     }
+    let total = match total {
+        Some(sum) => sum,
+        None => try_zeros(OP, co * g.patch)?,
+    };
     Ok(Some((out, total)))
 }
 
