@@ -32,7 +32,7 @@ pub(super) fn applies(s: &Conv2dSpec) -> bool {
 #[inline]
 fn reader(i: usize, stride: usize, pad: usize, out: usize) -> Option<usize> {
     let padded = i + pad;
-    (padded % stride == 0 && padded / stride < out).then_some(padded / stride)
+    (padded.is_multiple_of(stride) && padded / stride < out).then_some(padded / stride)
 }
 
 /// The input gradient plus `bias` (`[c_in]`, a transposed convolution's) of a geometry
