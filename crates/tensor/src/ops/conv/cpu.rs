@@ -26,8 +26,10 @@
 //! rows, and its run of output channels written in place through the GEMM's strides. The
 //! depthwise case (`groups == c_in`) has its own direct kernels (`depthwise_cpu/`), and so
 //! has a convolution whose windows tile its input, kernel size == stride (`patch_cpu/`).
+//! The input gradient of a strided or padded 1x1 convolution writes its output in one
+//! pass instead of zero-fill then col2im (`strided_pointwise_cpu.rs`).
 
-use super::{depthwise_cpu, patch_cpu, winograd};
+use super::{depthwise_cpu, patch_cpu, strided_pointwise_cpu, winograd};
 use crate::backend::{Conv2dSpec, ConvActivation};
 use crate::utilities::alloc::{host_oom, try_zeros, ZeroBits};
 use crate::utilities::PAR_MIN_LEN;
@@ -206,7 +208,7 @@ impl Geometry {
 
     /// Whether the passes around a chunk's GEMM (im2col, col2im) run over its images in
     /// parallel: where the GEMM itself is split, i.e. the batch is one chunk.
-    fn split_passes(&self) -> bool {
+    pub(super) fn split_passes(&self) -> bool {
         matches!(self.gemm_par, Parallelism::Rayon(_))
     }
 
@@ -554,6 +556,9 @@ pub(crate) fn conv2d_backward_input_bias<T: FloatElement + ZeroBits>(
     }
     if patch_cpu::applies(s) {
         return patch_cpu::conv2d_backward_input(dy, kernel, bias, s);
+    }
+    if strided_pointwise_cpu::applies(s) {
+        return strided_pointwise_cpu::backward_input(dy, kernel, bias, s);
     }
     if let Some(transposed) = backward_input_as_conv::<T>(s) {
         return conv2d(dy, &flip_kernel(kernel, s)?, bias, &transposed);
