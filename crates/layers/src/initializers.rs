@@ -160,7 +160,7 @@ impl Initializer {
         let bad = |what: String| Err(crate::Error::Invalid(format!("{self:?}: {what}")));
         match *self {
             Initializer::Constant(v) if !v.is_finite() => bad(format!("the value must be finite, got {v}")),
-            Initializer::RandomNormal { mean, std } if !mean.is_finite() || !(std.is_finite() && std >= 0.0) => {
+            Initializer::RandomNormal { mean, std } if !(mean.is_finite() && std.is_finite() && std >= 0.0) => {
                 bad(format!("mean must be finite and std finite and >= 0, got mean {mean}, std {std}"))
             }
             Initializer::RandomUniform { low, high } if !(low.is_finite() && high.is_finite() && low < high) => {
