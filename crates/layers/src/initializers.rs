@@ -29,7 +29,9 @@ impl Fans {
 
     /// The fans of a convolution kernel `[out, kh, kw, in]`.
     pub fn conv2d(out_channels: usize, kh: usize, kw: usize, in_channels: usize) -> Self {
-        Fans { fan_in: kh * kw * in_channels, fan_out: kh * kw * out_channels }
+        // Saturating: a kernel too large to allocate is refused by `initialize`, not here.
+        let taps = kh.saturating_mul(kw);
+        Fans { fan_in: taps.saturating_mul(in_channels), fan_out: taps.saturating_mul(out_channels) }
     }
 
     /// Fans for a vector or other shape with no fan structure (Keras: both the length).
@@ -110,33 +112,39 @@ const TRUNCATED_NORMAL_STD: f64 = 0.879_625_661_034_239_8;
 
 impl Initializer {
     /// A tensor of `shape` drawn from this initializer with the thread's seeded generator.
+    ///
+    /// A parameter that cannot give finite values (a NaN constant, a negative std, an empty
+    /// range) is an error naming it, and so is a shape too large to allocate: the values are
+    /// drawn into a buffer reserved fallibly, so a huge layer (`Dense::new(1 << 40)`) is an
+    /// error, not an aborted process.
     pub fn initialize(&self, shape: &Shape, fans: Fans, dtype: DType, device: &Device) -> Result<Tensor> {
-        let n = shape.elem_count();
-        let values: Vec<f64> = match *self {
+        self.validate()?;
+        let n = shape.checked_elem_count("initializer")?;
+        let values: Result<Vec<f64>> = match *self {
             Initializer::Zeros => return Ok(Tensor::zeros(shape.clone(), dtype, device)?),
             Initializer::Ones => return Ok(Tensor::ones(shape.clone(), dtype, device)?),
             Initializer::Constant(v) => return Ok(Tensor::full(v, shape.clone(), dtype, device)?),
-            Initializer::GlorotUniform => variance_scaling(n, fans, 1.0, FanMode::FanAvg, ScalingDistribution::Uniform),
+            Initializer::GlorotUniform => {
+                variance_scaling(n, shape, fans, 1.0, FanMode::FanAvg, ScalingDistribution::Uniform)
+            }
             Initializer::GlorotNormal => {
-                variance_scaling(n, fans, 1.0, FanMode::FanAvg, ScalingDistribution::TruncatedNormal)
+                variance_scaling(n, shape, fans, 1.0, FanMode::FanAvg, ScalingDistribution::TruncatedNormal)
             }
             Initializer::HeNormal => {
-                variance_scaling(n, fans, 2.0, FanMode::FanIn, ScalingDistribution::TruncatedNormal)
+                variance_scaling(n, shape, fans, 2.0, FanMode::FanIn, ScalingDistribution::TruncatedNormal)
             }
-            Initializer::HeUniform => variance_scaling(n, fans, 2.0, FanMode::FanIn, ScalingDistribution::Uniform),
+            Initializer::HeUniform => {
+                variance_scaling(n, shape, fans, 2.0, FanMode::FanIn, ScalingDistribution::Uniform)
+            }
             Initializer::RandomNormal { mean, std } => {
-                with_rng(|r| (0..n).map(|_| mean + std * Distribution::<f64>::sample(&StandardNormal, r)).collect())
+                draw(n, shape, |r| mean + std * Distribution::<f64>::sample(&StandardNormal, r))
             }
-            Initializer::RandomUniform { low, high } => {
-                if low.partial_cmp(&high) != Some(std::cmp::Ordering::Less) {
-                    return Err(crate::Error::Invalid(format!("RandomUniform: empty range [{low}, {high})")));
-                }
-                with_rng(|r| (0..n).map(|_| r.random_range(low..high)).collect())
-            }
+            Initializer::RandomUniform { low, high } => draw(n, shape, |r| r.random_range(low..high)),
             Initializer::VarianceScaling { scale, mode, distribution } => {
-                variance_scaling(n, fans, scale, mode, distribution)
+                variance_scaling(n, shape, fans, scale, mode, distribution)
             }
         };
+        let values = values?;
         let t = match dtype {
             DType::F64 => Tensor::from_vec(values, shape.clone(), device)?,
             _ => Tensor::from_vec(values, shape.clone(), &Device::Cpu)?.cast(dtype)?.to_device(device)?,
@@ -145,28 +153,70 @@ impl Initializer {
     }
 }
 
-fn variance_scaling(n: usize, fans: Fans, scale: f64, mode: FanMode, dist: ScalingDistribution) -> Vec<f64> {
+impl Initializer {
+    /// Checks the parameters: finite constants, a non-negative finite std, a non-empty finite
+    /// range, a positive finite scale. The error names the initializer, the option and its value.
+    fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(crate::Error::Invalid(format!("{self:?}: {what}")));
+        match *self {
+            Initializer::Constant(v) if !v.is_finite() => bad(format!("the value must be finite, got {v}")),
+            Initializer::RandomNormal { mean, std } if !(mean.is_finite() && std.is_finite() && std >= 0.0) => {
+                bad(format!("mean must be finite and std finite and >= 0, got mean {mean}, std {std}"))
+            }
+            Initializer::RandomUniform { low, high } if !(low.is_finite() && high.is_finite() && low < high) => {
+                bad(format!("empty or non-finite range [{low}, {high})"))
+            }
+            Initializer::VarianceScaling { scale, .. } if !(scale.is_finite() && scale > 0.0) => {
+                bad(format!("scale must be finite and > 0, got {scale}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `n` values drawn by `sample` from the thread's generator, into a buffer reserved
+/// fallibly: a shape too large for memory is an out-of-memory error naming it.
+fn draw(n: usize, shape: &Shape, mut sample: impl FnMut(&mut rand::rngs::StdRng) -> f64) -> Result<Vec<f64>> {
+    let mut values = Vec::new();
+    values.try_reserve_exact(n).map_err(|_| tapegrad_tensor::Error::OutOfMemory {
+        device: Device::Cpu,
+        op: "initializer",
+        requested: n.saturating_mul(std::mem::size_of::<f64>()),
+        detail: format!(" for the initial values of a variable of shape {shape} (drawn in f64)"),
+    })?;
+    with_rng(|r| values.extend((0..n).map(|_| sample(r))));
+    Ok(values)
+}
+
+fn variance_scaling(
+    n: usize,
+    shape: &Shape,
+    fans: Fans,
+    scale: f64,
+    mode: FanMode,
+    dist: ScalingDistribution,
+) -> Result<Vec<f64>> {
     let fan = match mode {
         FanMode::FanIn => fans.fan_in as f64,
         FanMode::FanOut => fans.fan_out as f64,
-        FanMode::FanAvg => (fans.fan_in + fans.fan_out) as f64 / 2.0,
+        FanMode::FanAvg => (fans.fan_in as f64 + fans.fan_out as f64) / 2.0,
     }
     .max(1.0);
     let variance = scale / fan;
-    with_rng(|r| match dist {
+    match dist {
         ScalingDistribution::Uniform => {
             let limit = (3.0 * variance).sqrt();
-            (0..n).map(|_| r.random_range(-limit..=limit)).collect()
+            draw(n, shape, |r| r.random_range(-limit..=limit))
         }
         ScalingDistribution::UntruncatedNormal => {
             let std = variance.sqrt();
-            (0..n).map(|_| std * Distribution::<f64>::sample(&StandardNormal, r)).collect()
+            draw(n, shape, |r| std * Distribution::<f64>::sample(&StandardNormal, r))
         }
         ScalingDistribution::TruncatedNormal => {
             let std = variance.sqrt() / TRUNCATED_NORMAL_STD;
-            (0..n).map(|_| std * truncated_standard_normal(r)).collect()
+            draw(n, shape, |r| std * truncated_standard_normal(r))
         }
-    })
+    }
 }
 
 /// A standard normal draw redrawn until it lies within two standard deviations.

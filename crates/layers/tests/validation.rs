@@ -5,7 +5,11 @@
 use tapegrad_layers::metrics::TopKAccuracy;
 use tapegrad_layers::optimizers::schedules::CosineDecay;
 use tapegrad_layers::optimizers::{Adam, AdamW, Optimizer, Sgd};
-use tapegrad_layers::{BatchNormalization, Conv2D, Dense, Dropout, Layer, Mode};
+use tapegrad_layers::training::{TensorDataset, Trainer};
+use tapegrad_layers::{
+    losses, BatchNormalization, Conv2D, Cropping2D, Dense, Dropout, Embedding, GroupNormalization, Initializer, Layer,
+    LayerNormalization, Mode, Padding, Reshape,
+};
 use tapegrad_tensor::{DType, Device, Tensor, Variable};
 
 fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
@@ -108,4 +112,72 @@ fn top_k_needs_k_within_the_classes() {
     let mut top = TopKAccuracy::new(3);
     top.update_state(&labels, &logits).unwrap();
     assert_eq!(top.result(), 1.0);
+}
+
+#[test]
+fn layers_too_large_to_allocate_are_errors_not_aborts() {
+    // The initial values are drawn into a fallibly reserved buffer: 2^40 x 8 f32 would
+    // abort the process if it were a plain Vec.
+    let x = Tensor::ones([2, 8], DType::F32, &Device::Cpu).unwrap();
+    let msg = Dense::new(1 << 40).call(&x, Mode::Train).unwrap_err().to_string();
+    assert_names(&msg, &["initializer", "out of memory", "[8, 1099511627776]"]);
+    let ids = Tensor::from_vec(vec![0i64], [1], &Device::Cpu).unwrap();
+    let msg = Embedding::new(1 << 40, 1 << 20).call(&ids, Mode::Train).unwrap_err().to_string();
+    assert_names(&msg, &["too many elements"]);
+    let img = Tensor::ones([1, 4, 4, 3], DType::F32, &Device::Cpu).unwrap();
+    // Fans of a kernel this wide overflow usize; the shape is refused instead.
+    let msg =
+        Conv2D::new(2, (1 << 31, 1 << 31)).padding(Padding::Same).call(&img, Mode::Train).unwrap_err().to_string();
+    assert_names(&msg, &["too many elements"]);
+}
+
+#[test]
+fn initializer_parameters_that_give_no_finite_values() {
+    let x = Tensor::ones([2, 3], DType::F32, &Device::Cpu).unwrap();
+    let call =
+        |init: Initializer| Dense::new(2).kernel_initializer(init).call(&x, Mode::Train).unwrap_err().to_string();
+    assert_names(&call(Initializer::Constant(f64::NAN)), &["Constant", "NaN"]);
+    assert_names(&call(Initializer::RandomNormal { mean: 0.0, std: -1.0 }), &["RandomNormal", "std -1"]);
+    assert_names(&call(Initializer::RandomUniform { low: 0.0, high: f64::INFINITY }), &["RandomUniform", "inf"]);
+}
+
+#[test]
+fn shape_options_near_usize_max_are_errors() {
+    let x = Tensor::ones([2, 4, 4, 3], DType::F32, &Device::Cpu).unwrap();
+    let msg = Reshape::new(&[isize::MAX, isize::MAX]).call(&x, Mode::Train).unwrap_err().to_string();
+    assert_names(&msg, &["reshape", "overflows"]);
+    let msg = Cropping2D::new(((usize::MAX, 1), (0, 0))).call(&x, Mode::Train).unwrap_err().to_string();
+    assert_names(&msg, &["cropping", "leaves nothing"]);
+}
+
+#[test]
+fn normalization_epsilon_must_be_positive() {
+    let x = Tensor::ones([2, 4, 4, 4], DType::F32, &Device::Cpu).unwrap();
+    for eps in [0.0, -1e-3, f64::NAN] {
+        let msg = LayerNormalization::new().epsilon(eps).call(&x, Mode::Train).unwrap_err().to_string();
+        assert_names(&msg, &["epsilon", &eps.to_string()]);
+        let msg = GroupNormalization::new(2).epsilon(eps).call(&x, Mode::Train).unwrap_err().to_string();
+        assert_names(&msg, &["epsilon", &eps.to_string()]);
+    }
+}
+
+#[test]
+fn evaluating_no_batches_is_an_error_not_a_nan_loss() {
+    let model = Dense::new(2);
+    let empty = TensorDataset::new(
+        Tensor::zeros([0, 2], DType::F32, &Device::Cpu).unwrap(),
+        Tensor::from_vec(Vec::<i64>::new(), [0], &Device::Cpu).unwrap(),
+        4,
+    )
+    .unwrap();
+    let mut trainer = Trainer::new(&model, Adam::new(0.1), |y, p| losses::sparse_categorical_crossentropy(y, p, true));
+    assert_names(&trainer.evaluate(&empty).unwrap_err().to_string(), &["evaluate", "no batches"]);
+    let train = TensorDataset::new(
+        Tensor::zeros([4, 2], DType::F32, &Device::Cpu).unwrap(),
+        Tensor::from_vec(vec![0i64; 4], [4], &Device::Cpu).unwrap(),
+        2,
+    )
+    .unwrap();
+    let options = tapegrad_layers::training::FitOptions::new().epochs(1).verbose(0).validation_data(&empty);
+    assert_names(&trainer.fit(&train, options).unwrap_err().to_string(), &["fit", "validation data", "no batches"]);
 }

@@ -76,6 +76,11 @@ impl Tensor {
     /// A tensor of `value` converted to `dtype`.
     pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
+        // NaN would become 0 and infinity i64::MAX, silently (a fraction truncates, as `cast`).
+        const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+        if dtype == DType::I64 && !(-LIMIT..LIMIT).contains(&value) {
+            return Err(Error::invalid("full", format!("the value {value} has no i64 equivalent")));
+        }
         let len = shape.elem_count();
         // A constant is what the caller asked for, not a computed value: sized, not checked.
         check_outputs("full", &[&shape], dtype, device)?;

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use rand::SeedableRng;
-use tapegrad_tensor::{DType, Device, Tensor};
+use tapegrad_tensor::{Conv2dParams, Conv2dTransposeParams, DType, Device, Padding, Tensor};
 
 #[test]
 fn shapes_that_do_not_broadcast() {
@@ -262,4 +262,44 @@ fn reductions_over_empty_axes() {
     // Sums over empty axes are 0; max over a non-empty axis of an empty tensor is empty.
     assert_eq!(vals(&e.sum(&[1], false).unwrap()), [0.0, 0.0]);
     assert_eq!(e.max(&[0], false).unwrap().dims(), [0]);
+}
+
+#[test]
+fn windows_strides_and_dilations_near_usize_max_are_errors() {
+    let x = t32(vec![0.0; 32], &[1, 4, 4, 2]);
+    let k = t32(vec![0.0; 54], &[3, 3, 3, 2]);
+    let same = |strides, dilation| Conv2dParams { strides, padding: Padding::Same, dilation, groups: 1 };
+    assert_err("conv2d dilation", x.conv2d(&k, None, &same((1, 1), (usize::MAX, 1))), &["conv2d", "overflow"]);
+    assert_err("max_pool2d window", x.max_pool2d((usize::MAX, 2), (1, 1), Padding::Same), &["max_pool2d", "overflow"]);
+    let kt = t32(vec![0.0; 54], &[2, 3, 3, 3]);
+    let tp = Conv2dTransposeParams { strides: (usize::MAX, 1), ..Default::default() };
+    assert_err("conv2d_transpose stride", x.conv2d_transpose(&kt, None, &tp), &["conv2d_transpose", "overflows"]);
+}
+
+#[test]
+fn integer_arithmetic_wraps_instead_of_panicking() {
+    // NumPy, PyTorch and TF wrap i64 overflow; a debug build must not panic on it either.
+    let (max, min) = (ti64(vec![i64::MAX], &[1]), ti64(vec![i64::MIN], &[1]));
+    let one = ti64(vec![1], &[1]);
+    assert_eq!(max.add(&one).unwrap().to_vec::<i64>().unwrap(), [i64::MIN]);
+    assert_eq!(min.sub(&one).unwrap().to_vec::<i64>().unwrap(), [i64::MAX]);
+    assert_eq!(max.mul(&ti64(vec![2], &[1])).unwrap().to_vec::<i64>().unwrap(), [-2]);
+    assert_eq!(ti64(vec![i64::MAX, 1], &[2]).sum_all().unwrap().to_vec::<i64>().unwrap(), [i64::MIN]);
+}
+
+#[test]
+fn casting_a_float_no_i64_holds_is_an_error() {
+    // NaN used to become 0 and infinity i64::MAX, silently.
+    for (v, shown) in [(f64::NAN, "NaN"), (f64::INFINITY, "inf"), (1e19, "10000000000000000000")] {
+        assert_err("cast f64", t64(vec![1.0, v], &[2]).cast(DType::I64), &["cast", shown, "index 1", "i64"]);
+    }
+    assert_err("cast f32", t32(vec![f32::NAN], &[1]).cast(DType::I64), &["cast", "NaN", "i64"]);
+    assert_eq!(t64(vec![-2.7, 3.9], &[2]).cast(DType::I64).unwrap().to_vec::<i64>().unwrap(), [-2, 3]);
+}
+
+#[test]
+fn an_integer_constant_no_i64_holds_is_an_error() {
+    for v in [f64::NAN, f64::INFINITY, -1e19] {
+        assert_err("full i64", Tensor::full(v, [2], DType::I64, &Device::Cpu), &["full", &v.to_string(), "i64"]);
+    }
 }

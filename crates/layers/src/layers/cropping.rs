@@ -50,7 +50,9 @@ impl Layer for Cropping2D {
         check_image_input(&self.name, input.shape(), None)?;
         let ((top, bottom), (left, right)) = self.cropping;
         let (h, w) = (input.dims()[1], input.dims()[2]);
-        if top + bottom >= h || left + right >= w {
+        // Checked sums: a cropping near usize::MAX is this error, not an overflow.
+        let leaves_nothing = |a: usize, b: usize, size: usize| a.checked_add(b).is_none_or(|sum| sum >= size);
+        if leaves_nothing(top, bottom, h) || leaves_nothing(left, right, w) {
             return Err(Error::layer(
                 &self.name,
                 format!(

@@ -146,6 +146,10 @@ impl GroupNormalization {
 
     fn built(&self, input: &InputSpec) -> Result<&GnWeights> {
         get_or_build(&self.weights, || {
+            // As BatchNormalization: epsilon 0 divides a constant slice by zero (NaN).
+            if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+                return Err(Error::layer(&self.name, format!("epsilon must be finite and > 0, got {}", self.epsilon)));
+            }
             let (channels, _) = self.channels(&input.shape)?;
             let shape = Shape::new(&[channels]);
             let fans = Fans::vector(channels);

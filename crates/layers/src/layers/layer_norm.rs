@@ -150,6 +150,10 @@ impl LayerNormalization {
 
     fn built(&self, input: &InputSpec) -> Result<&LnWeights> {
         get_or_build(&self.weights, || {
+            // As BatchNormalization: epsilon 0 divides a constant slice by zero (NaN).
+            if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+                return Err(Error::layer(&self.name, format!("epsilon must be finite and > 0, got {}", self.epsilon)));
+            }
             let first_axis = self.first_axis(input.shape.rank())?;
             let shape = Shape::new(&input.shape.dims()[first_axis..]);
             let fans = Fans::vector(shape.elem_count());

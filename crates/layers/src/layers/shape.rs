@@ -52,8 +52,18 @@ impl Reshape {
         if inferred.len() > 1 {
             return Err(wrong("has more than one -1".to_string()));
         }
-        let elements: usize = example.iter().product();
-        let known: usize = self.target.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+        // Checked products: a target such as [isize::MAX, 2] is an error, not an overflow.
+        let product = |it: &mut dyn Iterator<Item = usize>| -> Option<usize> {
+            let v: Vec<usize> = it.collect();
+            if v.contains(&0) {
+                return Some(0);
+            }
+            v.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+        };
+        let elements = product(&mut example.iter().copied())
+            .ok_or_else(|| wrong("cannot apply: the input's example has too many elements".to_string()))?;
+        let known = product(&mut self.target.iter().filter(|&&d| d > 0).map(|&d| d as usize))
+            .ok_or_else(|| wrong("has entries whose product overflows usize".to_string()))?;
         let mut out = vec![batch];
         out.extend(self.target.iter().map(|&d| d.max(0) as usize));
         match inferred.first() {

@@ -142,6 +142,10 @@ impl<'m> Trainer<'m> {
         if batches == 0 {
             return Err(Error::Invalid("fit: the training data has no batches".into()));
         }
+        // Checked before the first epoch: an empty validation set would log a NaN val_loss.
+        if validation.is_some_and(|v| v.num_batches() == 0) {
+            return Err(Error::Invalid("fit: the validation data has no batches".into()));
+        }
         let steps = steps_per_epoch.map_or(batches, |s| s.min(batches));
         let sync_every = options.sync_every.unwrap_or(if self.device.is_cpu() { 1 } else { 25 });
         let mut callbacks = options.callbacks;
@@ -312,6 +316,10 @@ fn evaluate_on(
     device: Device,
     data: &dyn DataSource,
 ) -> Result<Logs> {
+    // No batches would give a NaN loss that reads like a diverged model.
+    if data.num_batches() == 0 {
+        return Err(Error::Invalid("evaluate: the data has no batches".into()));
+    }
     let mut loss_mean = LossMean::default();
     metrics.iter_mut().for_each(|m| m.reset_state());
     for batch in data.batches(0, &device)? {

@@ -213,7 +213,8 @@ fn conv2d_spec(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>, params: &Conv
     check_positive(OP, "dilation", params.dilation)?;
     let (stride_h, stride_w) = params.strides;
     let (dilation_h, dilation_w) = params.dilation;
-    let extent = |k: usize, d: usize| (k - 1) * d + 1;
+    // Saturating: an extent past usize::MAX is larger than any input, which `resolve` reports.
+    let extent = |k: usize, d: usize| (k - 1).saturating_mul(d).saturating_add(1);
     let what = format!("kernel of shape {} (dilation {:?})", kernel.shape(), params.dilation);
     let rows = params.padding.resolve(OP, SpatialAxis::Height, in_h, extent(kernel_h, dilation_h), stride_h, &what)?;
     let cols = params.padding.resolve(OP, SpatialAxis::Width, in_w, extent(kernel_w, dilation_w), stride_w, &what)?;

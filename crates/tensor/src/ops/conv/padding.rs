@@ -66,7 +66,12 @@ impl Padding {
             Padding::Valid => (0, 0),
             Padding::Same => {
                 let out = input.div_ceil(stride);
-                let total = ((out.max(1) - 1) * stride + window).saturating_sub(input);
+                // Checked: a window or stride near usize::MAX is the error below, not an overflow.
+                let total = (out.max(1) - 1)
+                    .checked_mul(stride)
+                    .and_then(|n| n.checked_add(window))
+                    .ok_or_else(|| too_large(op, axis, input, window, stride, what))?
+                    .saturating_sub(input);
                 (total / 2, total - total / 2)
             }
             Padding::Explicit { top, bottom, left, right } => match axis {
@@ -77,7 +82,10 @@ impl Padding {
         if input == 0 {
             return Err(Error::invalid(op, format!("the input {} is 0", axis.name())));
         }
-        let padded = input + pad_before + pad_after;
+        let padded = input
+            .checked_add(pad_before)
+            .and_then(|n| n.checked_add(pad_after))
+            .ok_or_else(|| too_large(op, axis, input, window, stride, what))?;
         if window > padded {
             return Err(Error::invalid(
                 op,
@@ -91,4 +99,17 @@ impl Padding {
         }
         Ok(AxisGeometry { out: (padded - window) / stride + 1, pad_before, pad_after })
     }
+}
+
+/// The error for a window, stride or padding so large that the padded extent overflows.
+fn too_large(op: &'static str, axis: SpatialAxis, input: usize, window: usize, stride: usize, what: &str) -> Error {
+    Error::invalid(
+        op,
+        format!(
+            "the {what} {} ({window}) with stride {stride} and its padding overflow the address space for an \
+             input {} of {input}",
+            axis.name(),
+            axis.name()
+        ),
+    )
 }

@@ -52,7 +52,7 @@ fn output_length(
     output_padding: Option<usize>,
 ) -> Option<(usize, Padding)> {
     let explicit = |before: usize, after: usize| {
-        let full = ((input - 1) * stride + extent).checked_sub(before + after)?;
+        let full = (input - 1).checked_mul(stride)?.checked_add(extent)?.checked_sub(before.checked_add(after)?)?;
         let op = output_padding.unwrap_or(0);
         // Rows that output_padding adds need no padding of the forward convolution.
         let after = after.saturating_sub(op);
@@ -62,13 +62,21 @@ fn output_length(
         };
         Some((full + op, pads))
     };
+    // Checked: a stride or kernel near usize::MAX gives None (an error), not an overflow.
     match (padding, output_padding) {
-        (Padding::Valid, None) => Some((input * stride + extent.saturating_sub(stride), Padding::Valid)),
-        (Padding::Same, None) => Some((input * stride, Padding::Same)),
-        (Padding::Valid, Some(op)) => Some(((input - 1) * stride + extent + op, Padding::Valid)),
+        (Padding::Valid, None) => {
+            Some((input.checked_mul(stride)?.checked_add(extent.saturating_sub(stride))?, Padding::Valid))
+        }
+        (Padding::Same, None) => Some((input.checked_mul(stride)?, Padding::Same)),
+        (Padding::Valid, Some(op)) => {
+            Some(((input - 1).checked_mul(stride)?.checked_add(extent)?.checked_add(op)?, Padding::Valid))
+        }
         (Padding::Same, Some(op)) => {
             let pad = extent / 2;
-            Some((((input - 1) * stride + extent + op).checked_sub(2 * pad)?, Padding::Same))
+            Some((
+                (input - 1).checked_mul(stride)?.checked_add(extent)?.checked_add(op)?.checked_sub(2 * pad)?,
+                Padding::Same,
+            ))
         }
         (Padding::Explicit { top, bottom, left, right }, _) => match axis {
             SpatialAxis::Height => explicit(top, bottom),
@@ -176,7 +184,7 @@ fn transpose_spec(
             ));
         }
     }
-    let extent = |k: usize, d: usize| (k - 1) * d + 1;
+    let extent = |k: usize, d: usize| (k - 1).saturating_mul(d).saturating_add(1);
     let (ext_h, ext_w) = (extent(kernel_h, dilation_h), extent(kernel_w, dilation_w));
     let ops = params.output_padding;
     let geometry = |axis, input, ext, stride, op| {
@@ -184,8 +192,8 @@ fn transpose_spec(
             Error::invalid(
                 OP,
                 format!(
-                    "the {:?} padding crops more than the full output along the {} axis (input {input}, kernel extent \
-                     {ext}, stride {stride})",
+                    "the {:?} padding crops more than the full output, or the output size overflows, along the {} \
+                     axis (input {input}, kernel extent {ext}, stride {stride})",
                     params.padding,
                     if axis == SpatialAxis::Height { "height" } else { "width" }
                 ),

@@ -222,7 +222,17 @@ fn binary_name(op: BinaryOp) -> &'static str {
 }
 
 /// The arithmetic a binary kernel needs, for floats and integers alike.
+/// Integers wrap on overflow (as NumPy, PyTorch and TF do) rather than panic.
 pub(crate) trait BinaryElem: ZeroBits + Send + Sync + PartialOrd + num_traits::Num {
+    fn add_elem(self, rhs: Self) -> Self {
+        self + rhs
+    }
+    fn sub_elem(self, rhs: Self) -> Self {
+        self - rhs
+    }
+    fn mul_elem(self, rhs: Self) -> Self {
+        self * rhs
+    }
     fn div_elem(self, rhs: Self) -> Self;
 }
 impl BinaryElem for f32 {
@@ -236,6 +246,15 @@ impl BinaryElem for f64 {
     }
 }
 impl BinaryElem for i64 {
+    fn add_elem(self, rhs: Self) -> Self {
+        self.wrapping_add(rhs)
+    }
+    fn sub_elem(self, rhs: Self) -> Self {
+        self.wrapping_sub(rhs)
+    }
+    fn mul_elem(self, rhs: Self) -> Self {
+        self.wrapping_mul(rhs)
+    }
     /// Integer division by zero gives 0 rather than a panic.
     fn div_elem(self, rhs: Self) -> Self {
         self.checked_div(rhs).unwrap_or(0)
@@ -254,9 +273,9 @@ pub(crate) fn binary<T: BinaryElem>(
     let bool_to = |c: bool| if c { T::one() } else { T::zero() };
     let name = binary_name(op);
     match op {
-        BinaryOp::Add => broadcast_map(name, a, b, ls, rs, out, |x, y| x + y),
-        BinaryOp::Sub => broadcast_map(name, a, b, ls, rs, out, |x, y| x - y),
-        BinaryOp::Mul => broadcast_map(name, a, b, ls, rs, out, |x, y| x * y),
+        BinaryOp::Add => broadcast_map(name, a, b, ls, rs, out, |x, y| x.add_elem(y)),
+        BinaryOp::Sub => broadcast_map(name, a, b, ls, rs, out, |x, y| x.sub_elem(y)),
+        BinaryOp::Mul => broadcast_map(name, a, b, ls, rs, out, |x, y| x.mul_elem(y)),
         BinaryOp::Div => broadcast_map(name, a, b, ls, rs, out, |x, y| x.div_elem(y)),
         BinaryOp::Maximum => broadcast_map(name, a, b, ls, rs, out, |x, y| if x >= y || is_nan(x) { x } else { y }),
         BinaryOp::Minimum => broadcast_map(name, a, b, ls, rs, out, |x, y| if x <= y || is_nan(x) { x } else { y }),

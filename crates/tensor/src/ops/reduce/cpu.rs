@@ -15,11 +15,32 @@ use crate::{Result, Shape};
 use rayon::prelude::*;
 
 /// What a reduction needs of an element type.
-pub(crate) trait ReduceElem:
-    Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + num_traits::Zero
-{
+pub(crate) trait ReduceElem: Copy + Send + Sync + PartialOrd + SumAdd + num_traits::Zero {}
+impl<T: Copy + Send + Sync + PartialOrd + SumAdd + num_traits::Zero> ReduceElem for T {}
+
+/// The addition of a sum: IEEE addition for floats, wrapping for i64 (as NumPy, PyTorch and
+/// TF sum integers), so a sum of large integers cannot panic on overflow.
+pub(crate) trait SumAdd: Copy {
+    /// `self + rhs`.
+    fn sum_add(self, rhs: Self) -> Self;
 }
-impl<T: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = T> + num_traits::Zero> ReduceElem for T {}
+macro_rules! float_sum_add {
+    ($($t:ty),*) => {$(
+        impl SumAdd for $t {
+            #[inline(always)]
+            fn sum_add(self, rhs: Self) -> Self {
+                self + rhs
+            }
+        }
+    )*};
+}
+float_sum_add!(f32, f64, half::bf16, half::f16);
+impl SumAdd for i64 {
+    #[inline(always)]
+    fn sum_add(self, rhs: Self) -> Self {
+        self.wrapping_add(rhs)
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Combine(ReduceOp);
@@ -28,7 +49,7 @@ impl Combine {
     #[inline(always)]
     fn apply<T: ReduceElem>(self, acc: T, v: T) -> T {
         match self.0 {
-            ReduceOp::Sum => acc + v,
+            ReduceOp::Sum => acc.sum_add(v),
             // `is_nan` keeps NaN: a reduction over a NaN is NaN (as NumPy and PyTorch).
             ReduceOp::Max => {
                 if v > acc || is_nan(v) {
@@ -136,14 +157,14 @@ fn reduce_rows<T: ReduceElem>(x: &[T], op: ReduceOp, outer: usize, r: usize, big
             let rest = chunks.remainder();
             for ch in chunks {
                 for i in 0..8 {
-                    acc[i] = acc[i] + ch[i];
+                    acc[i] = acc[i].sum_add(ch[i]);
                 }
             }
             let mut s = T::zero();
             for &v in rest {
-                s = s + v;
+                s = s.sum_add(v);
             }
-            acc.iter().fold(s, |a, &b| a + b)
+            acc.iter().fold(s, |a, &b| a.sum_add(b))
         } else {
             run.iter().skip(1).fold(run[0], |a, &v| c.apply(a, v))
         }
@@ -212,7 +233,7 @@ impl<T: ReduceElem> Columns<'_, T> {
             chunk.fill(T::zero());
             self.accumulate(o, c0, (c0 + CHUNK_ROWS).min(hi), &mut chunk);
             for (a, &v) in out.iter_mut().zip(&chunk) {
-                *a = *a + v;
+                *a = a.sum_add(v);
             }
         }
         Ok(())
