@@ -5,7 +5,9 @@
 //!
 //! Channels go in blocks of [`LANES`] (`W`). Per output row and block, the interior pixels
 //! go [`WIDE`] at a time (then 2, then 1): per kernel row, `WIDE + 2` input vectors feed
-//! `3 * WIDE` multiply-adds, with no column test. Blocks of one AVX register (8 f32) in
+//! `3 * WIDE` multiply-adds, with no column test. At stride 1 with one column of padding each
+//! side and a width that is a multiple of [`WIDE`], the border columns go in those groups too
+//! (the first and last pixel of a row skip their padding taps at compile time). Blocks of one AVX register (8 f32) in
 //! groups of 8 pixels (8 chains, as oneDNN's AVX2 kernels) measured slower at 8x8 and
 //! 16x16 maps (twice the blocks, each with its border pixels and set-up) and no faster at
 //! 32x32; blocks of 8 in groups of 4 were slower still (too few chains). Which kernel rows and columns a row or a border pixel reads is a constant of the
@@ -99,6 +101,17 @@ impl<T: FloatElement> Row<'_, T> {
         &self,
         dst: &mut [MaybeUninit<T>],
     ) {
+        if S == 1 && edge_groups(self.d.s) {
+            let (co, blocks) = (self.d.s.out_channels, self.full / W);
+            if blocks == 2 {
+                let ws = [self.window::<W, KY0, R>(0), self.window::<W, KY0, R>(W)];
+                return self.edges::<FUSED, W, R, 2>(&ws, 0, co, dst);
+            }
+            for start in (0..self.full).step_by(W) {
+                self.edges::<FUSED, W, R, 1>(&[self.window::<W, KY0, R>(start)], start, co, dst);
+            }
+            return;
+        }
         match self.full / W {
             2 => {
                 let ws = [self.window::<W, KY0, R>(0), self.window::<W, KY0, R>(W)];
@@ -136,6 +149,50 @@ impl<T: FloatElement> Row<'_, T> {
         }
         for (k, w) in ws.iter().enumerate() {
             self.block::<FUSED, W, S, KY0, R>(w, k * W, ox, dst);
+        }
+    }
+
+    /// A stride-1 row of [`edge_groups`]: every pixel, border ones included, in groups of
+    /// [`WIDE`] (8 independent chains), pixel group by pixel group across the `N` blocks
+    /// from channel `start` (windows `ws`). The first group's first pixel skips kernel
+    /// column 0, the last group's last pixel column 2: the taps [`pixel`] skips there.
+    /// Border pixels one at a time were 2 chains each, bound by the latency of their
+    /// additions, and with the interior's pair (14 interior columns) a third of a 16-pixel
+    /// row's time.
+    #[inline(always)]
+    fn edges<const FUSED: bool, const W: usize, const R: usize, const N: usize>(
+        &self,
+        ws: &[Window<'_, T, W>; N],
+        start: usize,
+        co: usize,
+        dst: &mut [MaybeUninit<T>],
+    ) {
+        let out_w = self.d.s.out_w;
+        let last = out_w - WIDE;
+        for (k, w) in ws.iter().enumerate() {
+            let c = start + k * W;
+            let b = *block::<T, W>(&self.bias[c..]);
+            if out_w == WIDE {
+                edge4::<T, FUSED, W, R, true, true>(w, b, 0, co, &mut dst[c..]);
+            } else {
+                edge4::<T, FUSED, W, R, true, false>(w, b, 0, co, &mut dst[c..]);
+            }
+        }
+        let mut ox = WIDE;
+        while ox < last {
+            for (k, w) in ws.iter().enumerate() {
+                let c = start + k * W;
+                let b = *block::<T, W>(&self.bias[c..]);
+                edge4::<T, FUSED, W, R, false, false>(w, b, ox, co, &mut dst[ox * co + c..]);
+            }
+            ox += WIDE;
+        }
+        if out_w > WIDE {
+            for (k, w) in ws.iter().enumerate() {
+                let c = start + k * W;
+                let b = *block::<T, W>(&self.bias[c..]);
+                edge4::<T, FUSED, W, R, false, true>(w, b, last, co, &mut dst[last * co + c..]);
+            }
         }
     }
 
@@ -344,3 +401,51 @@ macro_rules! group {
 }
 group!(group4, 4, [0, 1, 2, 3]);
 group!(group2, 2, [0, 1]);
+
+/// Whether a stride-1 row runs as groups of [`WIDE`] pixels only ([`Row::edges`]): 'same'
+/// padding of one column each side (the border columns skip one kernel column each) and a
+/// width that is a multiple of [`WIDE`] (MobileNet's 32, 16, 8 and 4).
+fn edge_groups(s: &crate::backend::Conv2dSpec) -> bool {
+    s.pad_left == 1 && s.in_w == s.out_w && s.out_w.is_multiple_of(WIDE) && interior_columns(s) == (1, s.out_w - 1)
+}
+
+/// [`WIDE`] pixels `ox..ox + WIDE` of a stride-1 row padded one column each side: pixel
+/// `p`'s tap `kx` reads input column `ox + p + kx - 1`. With `LEFT` (`ox == 0`) pixel 0
+/// skips kernel column 0 (it would read padding), with `RIGHT` (the row's last group)
+/// pixel 3 skips column 2; every other tap reads a real column. Each pixel sums its taps in
+/// the order [`pixel`] does.
+#[inline(always)]
+fn edge4<T: FloatElement, const FUSED: bool, const W: usize, const R: usize, const LEFT: bool, const RIGHT: bool>(
+    w: &Window<'_, T, W>,
+    bias: [T; W],
+    ox: usize,
+    co: usize,
+    dst: &mut [MaybeUninit<T>],
+) {
+    // The last tap read: pixel 3's column 1 on the right edge, else its column 2.
+    w.check(R, ox + WIDE - usize::from(RIGHT));
+    let mut acc = [bias; WIDE];
+    for r in 0..R {
+        for kx in 0..3 {
+            let k = w.k(r, kx);
+            macro_rules! tap {
+                ($p:literal) => {
+                    if !(LEFT && $p == 0 && kx == 0) && !(RIGHT && $p == WIDE - 1 && kx == 2) {
+                        // SAFETY: r < R; the column is at least 0 (the skipped tap is the
+                        // only one below) and at most the one checked above.
+                        mul_add::<T, FUSED, W>(&mut acc[$p], unsafe { w.x_in(r, ox + $p + kx - 1) }, k);
+                    }
+                };
+            }
+            tap!(0);
+            tap!(1);
+            tap!(2);
+            tap!(3);
+        }
+    }
+    // Written out with constant indices, as in `group!`.
+    store(&mut dst[..], acc[0]);
+    store(&mut dst[co..], acc[1]);
+    store(&mut dst[2 * co..], acc[2]);
+    store(&mut dst[3 * co..], acc[3]);
+}

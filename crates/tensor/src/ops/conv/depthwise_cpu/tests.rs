@@ -202,3 +202,54 @@ fn forward_bands_divide_the_rows_and_stay_near_the_task_size() {
     assert_eq!(band_rows(32, 4096), 4);
     assert_eq!(band_rows(7, 100), 7);
 }
+
+/// Each output pixel of `s` summed as every path must: the bias, then each tap that reads a
+/// real pixel in kernel-row, then kernel-column order, fused (`fma`) or not.
+fn ordered_forward<T: FloatElement>(s: &Conv2dSpec, x: &[T], kernel: &[T], bias: &[T], fma: bool) -> Vec<T> {
+    let taps = s.kernel_h * s.kernel_w;
+    let mut y: Vec<T> = (0..s.batch * s.out_h * s.out_w * s.out_channels).map(|i| bias[i % s.out_channels]).collect();
+    each_tap(s, |[b, oy, ox, ci, o, ky, kx, iy, ix]| {
+        let at = ((b * s.out_h + oy) * s.out_w + ox) * s.out_channels + o;
+        let (u, v) =
+            (x[((b * s.in_h + iy) * s.in_w + ix) * s.in_channels + ci], kernel[o * taps + ky * s.kernel_w + kx]);
+        y[at] = if fma { u.mul_add(v, y[at]) } else { y[at] + u * v };
+    });
+    y
+}
+
+/// The forward pass gives the ordered sums' bits exactly, in f64 and f32, on every
+/// instruction set: whichever path (border pixels, interior groups, the stride-1 rows in
+/// groups of 4 with their border columns, channel tails) computes a pixel, it adds the same
+/// terms in the same order. MobileNet's stride-1 and stride-2 shapes at widths 4 to 32.
+#[test]
+fn every_forward_path_sums_in_the_same_order() {
+    let cases: &[Case] = &[
+        (2, 16, 16, 64, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (2, 8, 8, 128, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (2, 4, 4, 256, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (1, 32, 32, 32, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (1, 12, 12, 48, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (2, 8, 8, 37, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (1, 9, 11, 32, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (2, 16, 16, 64, 1, 3, 3, 2, 1, [0, 1, 0, 1]),
+        (2, 8, 8, 16, 1, 3, 3, 1, 1, [0, 0, 0, 0]),
+    ];
+    for (n, case) in cases.iter().enumerate() {
+        let s = spec(case);
+        let x = values(s.batch * s.in_h * s.in_w * s.in_channels, 1 + n as u64);
+        let kernel = values(s.out_channels * 9, 100 + n as u64);
+        let bias = values(s.out_channels, 200 + n as u64);
+        let (x32, kernel32, bias32) = (f32s(&x), f32s(&kernel), f32s(&bias));
+        for isa in Isa::available_fused() {
+            let fma = isa != Isa::Portable;
+            let got = forward_with(isa, &x, &kernel, Some(&bias), &s).unwrap();
+            let want = ordered_forward(&s, &x, &kernel, &bias, fma);
+            let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same && got.len() == want.len(), "f64 forward, case {case:?}, {isa:?}");
+            let got = forward_with(isa, &x32, &kernel32, Some(&bias32), &s).unwrap();
+            let want = ordered_forward(&s, &x32, &kernel32, &bias32, fma);
+            let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same && got.len() == want.len(), "f32 forward, case {case:?}, {isa:?}");
+        }
+    }
+}
