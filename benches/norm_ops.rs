@@ -81,13 +81,18 @@ impl Case {
             Case::Batch(s, c, e) => {
                 let mut inputs = vec![random(&[64, s, s, c], 1), random(&[c], 2), random(&[c], 3)];
                 match e {
-                    Epilogue::None => (inputs, Box::new(|t| Ok(t[0].batch_norm_train(Some(&t[1]), Some(&t[2]), 1e-3)?.0))),
+                    Epilogue::None => {
+                        (inputs, Box::new(|t| Ok(t[0].batch_norm_train(Some(&t[1]), Some(&t[2]), 1e-3)?.0)))
+                    }
                     Epilogue::Relu => {
                         (inputs, Box::new(|t| Ok(t[0].batch_norm_relu_train(Some(&t[1]), Some(&t[2]), 1e-3)?.0)))
                     }
                     Epilogue::AddRelu => {
                         inputs.push(random(&[64, s, s, c], 5));
-                        (inputs, Box::new(|t| Ok(t[0].batch_norm_add_relu_train(Some(&t[1]), Some(&t[2]), &t[3], 1e-3)?.0)))
+                        (
+                            inputs,
+                            Box::new(|t| Ok(t[0].batch_norm_add_relu_train(Some(&t[1]), Some(&t[2]), &t[3], 1e-3)?.0)),
+                        )
                     }
                 }
             }

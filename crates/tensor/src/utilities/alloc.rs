@@ -146,9 +146,7 @@ mod tests {
         let expected: Vec<u32> = (0..25).map(|k| (k / 10 * 10 + k % 10) as u32).collect();
         assert_eq!(v, expected);
         // SAFETY: no chunk is written, and the error is returned instead of the vector.
-        let err = unsafe {
-            try_par_fill::<f32, _>("t", 25, 10, 1, || (), |_, _, _| Err(host_oom::<f32>("t", 1)))
-        };
+        let err = unsafe { try_par_fill::<f32, _>("t", 25, 10, 1, || (), |_, _, _| Err(host_oom::<f32>("t", 1))) };
         assert!(err.is_err());
         assert!(unsafe { try_par_fill::<f32, _>("t", usize::MAX / 8, 10, 1, || (), |_, _, _| Ok(())) }.is_err());
     }

@@ -93,7 +93,12 @@ impl Moments {
 /// Per-channel mean and biased variance of `x` (`[rows, c]`), reading `x` from memory
 /// once: each block of rows is reduced two-pass (its mean, then squared deviations from
 /// it) while it sits in cache, and the blocks are merged in f64, in block order.
-fn column_mean_var<T: FloatElement + ZeroBits>(isa: Isa, x: &[T], rows: usize, c: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+fn column_mean_var<T: FloatElement + ZeroBits>(
+    isa: Isa,
+    x: &[T],
+    rows: usize,
+    c: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     const OP: &str = "batch_norm_train";
     let partials = per_task(rows, |lo, hi| {
         let mut acc = try_vec(OP, c, Moments::default())?;
@@ -344,7 +349,9 @@ mod tests {
         // a partial task; a NaN, negatives (the ReLU) and zeros of both signs among them.
         for (rows, c) in [(1, 1), (5, 3), (300, 17), (2 * BLOCKS_PER_TASK * BLOCK_ROWS + 3, 67), (40, 130)] {
             let n = rows * c;
-            let val = |i: usize, m: usize, k: usize| <T as num_traits::NumCast>::from(((i * m) % k) as f64 * 0.013 - 1.7).unwrap();
+            let val = |i: usize, m: usize, k: usize| {
+                <T as num_traits::NumCast>::from(((i * m) % k) as f64 * 0.013 - 1.7).unwrap()
+            };
             let mut x: Vec<T> = (0..n).map(|i| val(i, 7919, 1009)).collect();
             let mut dy: Vec<T> = (0..n).map(|i| val(i, 104729, 997)).collect();
             let res: Vec<T> = (0..n).map(|i| val(i, 31, 257)).collect();
@@ -405,7 +412,8 @@ mod tests {
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + 1e-3).sqrt()).collect();
         for i in [0, 7, rows * c / 2, rows * c - 1] {
             let ch = i % c;
-            let d_gamma: f64 = (0..rows).map(|r| dr[r * c + ch] * (x[r * c + ch] - mean[ch])).sum::<f64>() * inv_std[ch];
+            let d_gamma: f64 =
+                (0..rows).map(|r| dr[r * c + ch] * (x[r * c + ch] - mean[ch])).sum::<f64>() * inv_std[ch];
             let xhat = (x[i] - mean[ch]) * inv_std[ch];
             let want = gamma[ch] * inv_std[ch] * (dr[i] - db[ch] / rows as f64 - xhat * d_gamma / rows as f64);
             assert!((dx[i] - want).abs() < 1e-9, "d_x[{i}]: {} vs {want}", dx[i]);

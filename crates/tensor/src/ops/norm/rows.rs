@@ -161,7 +161,8 @@ impl<T: FloatElement> IsaKernel for GradSums<'_, T> {
             (Some(y), Some(g_out)) => {
                 for (((xr, dyr), yr), gr) in inputs.zip(y.chunks_exact(c)).zip(g_out.chunks_exact_mut(c)) {
                     let sums = sum_g.iter_mut().zip(sum_gx.iter_mut()).zip(gr.iter_mut());
-                    for ((((a, b), g), (&d, &yv)), (&v, &m)) in sums.zip(dyr.iter().zip(yr)).zip(xr.iter().zip(self.mean))
+                    for ((((a, b), g), (&d, &yv)), (&v, &m)) in
+                        sums.zip(dyr.iter().zip(yr)).zip(xr.iter().zip(self.mean))
                     {
                         let d = relu_grad(d, yv);
                         g.write(d);

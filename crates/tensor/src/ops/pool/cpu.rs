@@ -250,7 +250,14 @@ mod tests {
     use super::*;
 
     /// A pooling geometry resolved as TF's 'same' (or 'valid' when `same` is false) does.
-    fn spec(batch: usize, (in_h, in_w): (usize, usize), c: usize, k: (usize, usize), st: (usize, usize), same: bool) -> Pool2dSpec {
+    fn spec(
+        batch: usize,
+        (in_h, in_w): (usize, usize),
+        c: usize,
+        k: (usize, usize),
+        st: (usize, usize),
+        same: bool,
+    ) -> Pool2dSpec {
         let axis = |input: usize, k: usize, st: usize| {
             if same {
                 let out = input.div_ceil(st);
@@ -302,7 +309,8 @@ mod tests {
             for j in (5..n).step_by(11) {
                 x[j] = -0.0;
             }
-            let dy: Vec<f32> = (0..s.batch * s.out_h * s.out_w * c).map(|j| ((j * 31) % 17) as f32 * 0.25 - 2.0).collect();
+            let dy: Vec<f32> =
+                (0..s.batch * s.out_h * s.out_w * c).map(|j| ((j * 31) % 17) as f32 * 0.25 - 2.0).collect();
             out.push((s, x, dy));
         }
         out

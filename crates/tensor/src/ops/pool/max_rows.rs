@@ -88,11 +88,13 @@ impl<T: FloatElement> IsaKernel for ArgmaxRow<'_, T> {
         let rows = window(self.oy, s.stride_h, s.pad_top, s.window_h, s.in_h);
         for (ox, arg) in self.arg.chunks_exact_mut(c).enumerate() {
             let cols = window(ox, s.stride_w, s.pad_left, s.window_w, s.in_w);
-            let first = <T as num_traits::NumCast>::from(ordinal(s, (self.oy, ox), (rows.0, cols.0))).expect("an ordinal converts to a float");
+            let first = <T as num_traits::NumCast>::from(ordinal(s, (self.oy, ox), (rows.0, cols.0)))
+                .expect("an ordinal converts to a float");
             best.copy_from_slice(&img[(rows.0 * s.in_w + cols.0) * c..][..c]);
             arg.fill(first);
             for (iy, ix) in after_first(rows, cols) {
-                let k = <T as num_traits::NumCast>::from(ordinal(s, (self.oy, ox), (iy, ix))).expect("an ordinal converts to a float");
+                let k = <T as num_traits::NumCast>::from(ordinal(s, (self.oy, ox), (iy, ix)))
+                    .expect("an ordinal converts to a float");
                 for ((m, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(&img[(iy * s.in_w + ix) * c..][..c]) {
                     let greater = v > *m;
                     *m = if greater { v } else { *m };
@@ -135,7 +137,8 @@ impl<T: FloatElement> IsaKernel for GatherRow<'_, T> {
             let mut windows = (oy0..oy1).flat_map(|oy| (ox0..ox1).map(move |ox| (oy, ox)));
             let lanes = |(oy, ox): (usize, usize)| {
                 let o = (oy * s.out_w + ox) * c;
-                let k = <T as num_traits::NumCast>::from(ordinal(s, (oy, ox), (self.iy, ix))).expect("an ordinal converts to a float");
+                let k = <T as num_traits::NumCast>::from(ordinal(s, (oy, ox), (self.iy, ix)))
+                    .expect("an ordinal converts to a float");
                 (k, self.arg[o..o + c].iter().zip(&self.dy[o..o + c]))
             };
             let Some(first) = windows.next() else {
