@@ -1,7 +1,8 @@
 //! Forward and backward time of layer and group normalization on the CPU in f32, at
 //! shapes of the small CNNs and transformer blocks people build: group norm of NHWC
 //! feature maps at batch 64 (Keras' 32 groups), layer norm of image feature maps and of
-//! token rows. `benches/norm_ops_torch.py` times the same work in PyTorch (channels_last,
+//! token rows; and training-mode batch norm with the epilogues the seed ResNet18 fuses
+//! (`relu(bn(x))`, `relu(residual + bn(x))`) at its 64- and 128-channel shapes. `benches/norm_ops_torch.py` times the same work in PyTorch (channels_last,
 //! the same thread count) beside it, case by case.
 //!
 //! A plain timing loop (`harness = false`) as in `benches/conv_ops.rs`: each figure is the
@@ -20,6 +21,17 @@ enum Case {
     Group(usize, usize, usize, usize),
     /// (rows, cols): layer norm over the last axis of `[rows, cols]`.
     Layer(usize, usize),
+    /// (size, channels, epilogue): training-mode batch norm of `[64, size, size, channels]`
+    /// followed by nothing, a ReLU, or a residual add and a ReLU, as one fused op.
+    Batch(usize, usize, Epilogue),
+}
+
+/// What follows a batch norm (the ResNet block's fusions).
+#[derive(Clone, Copy)]
+enum Epilogue {
+    None,
+    Relu,
+    AddRelu,
 }
 
 fn cases() -> Vec<Case> {
@@ -29,6 +41,11 @@ fn cases() -> Vec<Case> {
         Case::Group(64, 8, 256, 32),
         Case::Layer(64 * 32 * 32, 64),
         Case::Layer(64 * 128, 512),
+        Case::Batch(30, 64, Epilogue::Relu),
+        Case::Batch(15, 64, Epilogue::Relu),
+        Case::Batch(15, 64, Epilogue::AddRelu),
+        Case::Batch(8, 128, Epilogue::AddRelu),
+        Case::Batch(4, 256, Epilogue::None),
     ]
 }
 
@@ -38,6 +55,14 @@ impl Case {
         match *self {
             Case::Group(n, s, c, g) => format!("group_norm {g} groups {n}x{s}x{s}x{c}"),
             Case::Layer(r, c) => format!("layer_norm {r}x{c}"),
+            Case::Batch(s, c, e) => {
+                let op = match e {
+                    Epilogue::None => "batch_norm",
+                    Epilogue::Relu => "batch_norm_relu",
+                    Epilogue::AddRelu => "batch_norm_add_relu",
+                };
+                format!("{op} 64x{s}x{s}x{c}")
+            }
         }
     }
 
@@ -52,6 +77,24 @@ impl Case {
             Case::Layer(r, c) => {
                 let inputs = vec![random(&[r, c], 1), random(&[c], 2), random(&[c], 3)];
                 (inputs, Box::new(|t| t[0].layer_norm(1, Some(&t[1]), Some(&t[2]), 1e-3)))
+            }
+            Case::Batch(s, c, e) => {
+                let mut inputs = vec![random(&[64, s, s, c], 1), random(&[c], 2), random(&[c], 3)];
+                match e {
+                    Epilogue::None => {
+                        (inputs, Box::new(|t| Ok(t[0].batch_norm_train(Some(&t[1]), Some(&t[2]), 1e-3)?.0)))
+                    }
+                    Epilogue::Relu => {
+                        (inputs, Box::new(|t| Ok(t[0].batch_norm_relu_train(Some(&t[1]), Some(&t[2]), 1e-3)?.0)))
+                    }
+                    Epilogue::AddRelu => {
+                        inputs.push(random(&[64, s, s, c], 5));
+                        (
+                            inputs,
+                            Box::new(|t| Ok(t[0].batch_norm_add_relu_train(Some(&t[1]), Some(&t[2]), &t[3], 1e-3)?.0)),
+                        )
+                    }
+                }
             }
         }
     }

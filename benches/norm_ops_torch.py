@@ -1,5 +1,6 @@
-"""PyTorch side of benches/norm_ops.rs: the same layer and group normalizations (f32, CPU,
-channels_last images, the same thread count), timed the same way (minimum over
+"""PyTorch side of benches/norm_ops.rs: the same layer, group and batch normalizations (f32,
+CPU, channels_last images, the same thread count; batch norm followed by `relu` or by an add
+and `relu`, as eager PyTorch runs the ResNet block), timed the same way (minimum over
 repetitions of the forward pass with autograd recording, and of the backward pass).
 
 Run from the repository root:
@@ -32,6 +33,19 @@ def cases():
         inputs = [torch.rand(r, c) * 2 - 1, torch.rand(c) * 2 - 1, torch.rand(c) * 2 - 1]
         out.append(("layer_norm %dx%d" % (r, c), inputs,
                     lambda t, c=c: F.layer_norm(t[0], (c,), t[1], t[2], eps=EPS)))
+    for s, c, e in [(30, 64, "relu"), (15, 64, "relu"), (15, 64, "add_relu"), (8, 128, "add_relu"), (4, 256, "")]:
+        x = torch.rand(64, c, s, s).mul(2).sub(1).contiguous(memory_format=torch.channels_last)
+        inputs = [x, torch.rand(c) * 2 - 1, torch.rand(c) * 2 - 1]
+        bn = lambda t: F.batch_norm(t[0], None, None, t[1], t[2], training=True, eps=EPS)
+        if e == "relu":
+            forward = lambda t, bn=bn: F.relu(bn(t))
+        elif e == "add_relu":
+            inputs.append(torch.rand(64, c, s, s).mul(2).sub(1).contiguous(memory_format=torch.channels_last))
+            forward = lambda t, bn=bn: F.relu(t[3] + bn(t))
+        else:
+            forward = bn
+        name = "batch_norm%s 64x%dx%dx%d" % ("_" + e if e else "", s, s, c)
+        out.append((name, inputs, forward))
     return out
 
 

@@ -8,6 +8,8 @@
 
 use super::malloc_tuning::keep_freed_memory;
 use crate::{Device, Error, Result};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Element types whose all-zero bit pattern is the value zero (so a zeroed allocation is a
 /// buffer of zeros, and the allocator may hand out fresh zero pages without writing them).
@@ -72,6 +74,45 @@ pub(crate) fn try_zeros<T: ZeroBits>(op: &'static str, len: usize) -> Result<Vec
     Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
+/// A vector of `len` elements cut into chunks of `chunk` elements (the last may be
+/// shorter), each written by `fill(scratch, index, chunk)` in parallel (tasks of at least
+/// `min_chunks` chunks, each task with its own `scratch` from `init`), without zeroing the
+/// vector first: a pass over memory fewer than [`try_zeros`] for outputs that a kernel
+/// writes in full. An error from `fill` is returned (and the vector dropped unread).
+///
+/// # Safety
+/// `fill` must write every element of each chunk it is given before returning `Ok`.
+pub(crate) unsafe fn try_par_fill<T: Send, S>(
+    op: &'static str,
+    len: usize,
+    chunk: usize,
+    min_chunks: usize,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [MaybeUninit<T>]) -> Result<()> + Sync + Send,
+) -> Result<Vec<T>> {
+    let mut out = try_with_capacity::<T>(op, len)?;
+    if len == 0 {
+        return Ok(out);
+    }
+    let chunks = out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).with_min_len(min_chunks.max(1));
+    chunks.enumerate().try_for_each_init(init, |scratch, (i, dst)| fill(scratch, i, dst))?;
+    // SAFETY: the capacity is at least `len` (reserved above), the chunks cover `0..len`,
+    // and `fill` wrote each of them in full (the caller's promise); an error returns above.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// `slice` as initialised values.
+///
+/// # Safety
+/// Every element of `slice` must have been written.
+#[inline(always)]
+pub(crate) unsafe fn assume_init_mut<T>(slice: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`, and the caller promises that every
+    // element is initialised.
+    unsafe { &mut *(slice as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +131,23 @@ mod tests {
         assert_eq!(try_vec("t", 2, 7i64).unwrap(), vec![7, 7]);
         assert!(try_zeros::<f32>("t", 0).unwrap().is_empty());
         assert!(try_with_capacity::<f32>("t", 5).unwrap().capacity() >= 5);
+    }
+
+    #[test]
+    fn par_fill_writes_each_chunk_once_and_reports_errors() {
+        let fill = |_: &mut (), i: usize, dst: &mut [MaybeUninit<u32>]| {
+            for (j, d) in dst.iter_mut().enumerate() {
+                d.write((i * 10 + j) as u32);
+            }
+            Ok(())
+        };
+        // SAFETY: `fill` writes every element of its chunk.
+        let v = unsafe { try_par_fill("t", 25, 10, 1, || (), fill) }.unwrap();
+        let expected: Vec<u32> = (0..25).map(|k| (k / 10 * 10 + k % 10) as u32).collect();
+        assert_eq!(v, expected);
+        // SAFETY: no chunk is written, and the error is returned instead of the vector.
+        let err = unsafe { try_par_fill::<f32, _>("t", 25, 10, 1, || (), |_, _, _| Err(host_oom::<f32>("t", 1))) };
+        assert!(err.is_err());
+        assert!(unsafe { try_par_fill::<f32, _>("t", usize::MAX / 8, 10, 1, || (), |_, _, _| Ok(())) }.is_err());
     }
 }

@@ -14,6 +14,7 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod rows;
 
 use crate::backend::{BatchNormEpilogue, BatchNormSpec};
 use crate::ops::output_guard::guarded;

@@ -10,6 +10,7 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod max_rows;
 
 use crate::backend::Pool2dSpec;
 use crate::ops::conv::{check_nhwc, check_positive, Padding, SpatialAxis};
