@@ -132,23 +132,23 @@ fn reductions_are_native_and_exact() -> Result<()> {
     // (name, shape, op): one pass in rows and in columns, split rows (a long row in chunks),
     // split columns, two passes, every axis, only axes of size 1 (a copy), an empty axis.
     let cases: Vec<(&str, Vec<usize>, Op)> = vec![
-        ("sum middle", vec![4, 51, 6], Box::new(|t| t[0].sum(&[1], true))),
-        ("sum last", vec![7, 333], Box::new(|t| t[0].sum(&[-1], false))),
-        ("sum long rows", vec![3, 20_001], Box::new(|t| t[0].sum(&[1], false))),
-        ("sum long column", vec![3001, 5], Box::new(|t| t[0].sum(&[0], false))),
-        ("sum outer and inner", vec![4, 51, 6], Box::new(|t| t[0].sum(&[0, 2], false))),
-        ("sum all", vec![5, 13, 7], Box::new(|t| t[0].sum_all())),
-        ("sum of size-1 axes", vec![5, 1, 3], Box::new(|t| t[0].sum(&[1], false))),
-        ("sum of an empty axis", vec![3, 0], Box::new(|t| t[0].sum(&[1], false))),
-        ("mean", vec![4, 51, 6], Box::new(|t| t[0].mean(&[-1], false))),
-        ("max middle", vec![4, 51, 6], Box::new(|t| t[0].max(&[1], false))),
-        ("max long rows", vec![3, 20_001], Box::new(|t| t[0].max(&[1], true))),
-        ("max of size-1 axes", vec![5, 1, 3], Box::new(|t| t[0].max(&[1], false))),
-        ("min outer and inner", vec![4, 51, 6], Box::new(|t| t[0].min(&[0, 2], true))),
-        ("min long column", vec![3001, 5], Box::new(|t| t[0].min(&[0], false))),
-        ("argmax middle", vec![4, 51, 6], Box::new(|t| t[0].argmax(1))),
-        ("argmax long rows", vec![3, 20_001], Box::new(|t| t[0].argmax(-1))),
-        ("argmin first", vec![4, 51, 6], Box::new(|t| t[0].argmin(0))),
+        ("sum middle", vec![4, 51, 6], Box::new(|t: &[Tensor]| t[0].sum(&[1], true))),
+        ("sum last", vec![7, 333], Box::new(|t: &[Tensor]| t[0].sum(&[-1], false))),
+        ("sum long rows", vec![3, 20_001], Box::new(|t: &[Tensor]| t[0].sum(&[1], false))),
+        ("sum long column", vec![3001, 5], Box::new(|t: &[Tensor]| t[0].sum(&[0], false))),
+        ("sum outer and inner", vec![4, 51, 6], Box::new(|t: &[Tensor]| t[0].sum(&[0, 2], false))),
+        ("sum all", vec![5, 13, 7], Box::new(|t: &[Tensor]| t[0].sum_all())),
+        ("sum of size-1 axes", vec![5, 1, 3], Box::new(|t: &[Tensor]| t[0].sum(&[1], false))),
+        ("sum of an empty axis", vec![3, 0], Box::new(|t: &[Tensor]| t[0].sum(&[1], false))),
+        ("mean", vec![4, 51, 6], Box::new(|t: &[Tensor]| t[0].mean(&[-1], false))),
+        ("max middle", vec![4, 51, 6], Box::new(|t: &[Tensor]| t[0].max(&[1], false))),
+        ("max long rows", vec![3, 20_001], Box::new(|t: &[Tensor]| t[0].max(&[1], true))),
+        ("max of size-1 axes", vec![5, 1, 3], Box::new(|t: &[Tensor]| t[0].max(&[1], false))),
+        ("min outer and inner", vec![4, 51, 6], Box::new(|t: &[Tensor]| t[0].min(&[0, 2], true))),
+        ("min long column", vec![3001, 5], Box::new(|t: &[Tensor]| t[0].min(&[0], false))),
+        ("argmax middle", vec![4, 51, 6], Box::new(|t: &[Tensor]| t[0].argmax(1))),
+        ("argmax long rows", vec![3, 20_001], Box::new(|t: &[Tensor]| t[0].argmax(-1))),
+        ("argmin first", vec![4, 51, 6], Box::new(|t: &[Tensor]| t[0].argmin(0))),
     ];
     for dtype in LOW {
         for (seed, (name, shape, f)) in cases.iter().enumerate() {
@@ -175,7 +175,8 @@ fn reductions_are_native_and_exact() -> Result<()> {
 #[test]
 fn pooling_is_native_and_exact() -> Result<()> {
     let Some((_lock, device)) = cuda_or_skip("pooling_is_native_and_exact") else { return Ok(()) };
-    let geometries = [((3, 3), (2, 2), Padding::Same), ((2, 2), (2, 2), Padding::Valid), ((3, 2), (1, 1), Padding::Same)];
+    let geometries =
+        [((3, 3), (2, 2), Padding::Same), ((2, 2), (2, 2), Padding::Valid), ((3, 2), (1, 1), Padding::Same)];
     let shape = [2, 7, 9, 3];
     for dtype in LOW {
         for (g, (size, strides, padding)) in geometries.into_iter().enumerate() {
@@ -187,7 +188,8 @@ fn pooling_is_native_and_exact() -> Result<()> {
                 let what = format!("{name} {size:?} {strides:?} {padding:?} {dtype}");
                 let noisy = tensor(noise(2 * 7 * 9 * 3, g as u32), &shape, dtype)?;
                 // Ties in every window: the gradient goes to the first maximum.
-                let exact = tensor(with_specials(grid(2 * 7 * 9 * 3, g).iter().map(|v| v.round()).collect()), &shape, dtype)?;
+                let exact =
+                    tensor(with_specials(grid(2 * 7 * 9 * 3, g).iter().map(|v| v.round()).collect()), &shape, dtype)?;
                 for (kind, f) in [("forward", &forward), ("backward", &backward)] {
                     check(&device, &format!("{what} {kind} on noise"), &[noisy.clone()], f, true)?;
                     check(&device, &format!("{what} {kind} with specials"), &[exact.clone()], f, true)?;
@@ -208,7 +210,7 @@ fn gather_and_scatter_add_are_native_and_exact() -> Result<()> {
         let ids = ids.clone();
         move |t| t.gather(&ids.to_device(&t.device())?)
     });
-    let scatter: Op = Box::new(|t| Tensor::scatter_add(&t[0], &t[1], 13));
+    let scatter: Op = Box::new(|t: &[Tensor]| Tensor::scatter_add(&t[0], &t[1], 13));
     for dtype in LOW {
         for (i, values) in [noise(11 * 3 * 5, 1), with_specials(grid(11 * 3 * 5, 1))].into_iter().enumerate() {
             let table = tensor(values, &[11, 3, 5], dtype)?;
@@ -236,7 +238,8 @@ fn pad_is_native_and_exact() -> Result<()> {
     for dtype in LOW {
         for (name, p, mode) in pads.iter().cloned() {
             let [forward, backward] = with_gradient(move |x| x.pad(&p, mode));
-            for (i, values) in [noise(2 * 5 * 7 * 3, 3), with_specials(grid(2 * 5 * 7 * 3, 3))].into_iter().enumerate() {
+            for (i, values) in [noise(2 * 5 * 7 * 3, 3), with_specials(grid(2 * 5 * 7 * 3, 3))].into_iter().enumerate()
+            {
                 let x = tensor(values, &[2, 5, 7, 3], dtype)?;
                 check(&device, &format!("{name} pad {dtype} ({i})"), &[x.clone()], &forward, true)?;
                 check(&device, &format!("{name} pad gradient {dtype} ({i})"), &[x], &backward, true)?;
