@@ -166,7 +166,7 @@ fn reductions_are_native_and_exact() -> Result<()> {
             ("argmin ties", Box::new(|t: &[Tensor]| t[0].argmin(1))),
             ("max of zeros", Box::new(|t: &[Tensor]| t[0].narrow(1, 0, 3)?.max(&[1], false))),
         ] {
-            check(&device, &format!("{name} {dtype}"), &[ties.clone()], &f, true)?;
+            check(&device, &format!("{name} {dtype}"), std::slice::from_ref(&ties), &f, true)?;
         }
     }
     Ok(())
@@ -191,8 +191,8 @@ fn pooling_is_native_and_exact() -> Result<()> {
                 let exact =
                     tensor(with_specials(grid(2 * 7 * 9 * 3, g).iter().map(|v| v.round()).collect()), &shape, dtype)?;
                 for (kind, f) in [("forward", &forward), ("backward", &backward)] {
-                    check(&device, &format!("{what} {kind} on noise"), &[noisy.clone()], f, true)?;
-                    check(&device, &format!("{what} {kind} with specials"), &[exact.clone()], f, true)?;
+                    check(&device, &format!("{what} {kind} on noise"), std::slice::from_ref(&noisy), f, true)?;
+                    check(&device, &format!("{what} {kind} with specials"), std::slice::from_ref(&exact), f, true)?;
                 }
             }
         }
@@ -214,7 +214,7 @@ fn gather_and_scatter_add_are_native_and_exact() -> Result<()> {
     for dtype in LOW {
         for (i, values) in [noise(11 * 3 * 5, 1), with_specials(grid(11 * 3 * 5, 1))].into_iter().enumerate() {
             let table = tensor(values, &[11, 3, 5], dtype)?;
-            check(&device, &format!("gather {dtype} ({i})"), &[table.clone()], &gather, true)?;
+            check(&device, &format!("gather {dtype} ({i})"), std::slice::from_ref(&table), &gather, true)?;
             check(&device, &format!("gather gradient {dtype} ({i})"), &[table], &gather_grad, true)?;
         }
         for (i, values) in [noise(23 * 7, 2), with_specials(grid(23 * 7, 2))].into_iter().enumerate() {
@@ -225,10 +225,13 @@ fn gather_and_scatter_add_are_native_and_exact() -> Result<()> {
     Ok(())
 }
 
+/// A named padding: the (before, after) pads of each axis and the mode.
+type PadCase = (&'static str, Vec<(usize, usize)>, PadMode);
+
 #[test]
 fn pad_is_native_and_exact() -> Result<()> {
     let Some((_lock, device)) = cuda_or_skip("pad_is_native_and_exact") else { return Ok(()) };
-    let pads: [(&str, Vec<(usize, usize)>, PadMode); 4] = [
+    let pads: [PadCase; 4] = [
         ("zero", vec![(0, 0), (1, 2), (3, 0), (0, 0)], PadMode::Constant(0.0)),
         // 0.1 rounds to f32 and then to 16 bits, as the f32 kernel on widened input does.
         ("constant 0.1", vec![(1, 0), (2, 3), (0, 2), (1, 1)], PadMode::Constant(0.1)),
@@ -241,7 +244,7 @@ fn pad_is_native_and_exact() -> Result<()> {
             for (i, values) in [noise(2 * 5 * 7 * 3, 3), with_specials(grid(2 * 5 * 7 * 3, 3))].into_iter().enumerate()
             {
                 let x = tensor(values, &[2, 5, 7, 3], dtype)?;
-                check(&device, &format!("{name} pad {dtype} ({i})"), &[x.clone()], &forward, true)?;
+                check(&device, &format!("{name} pad {dtype} ({i})"), std::slice::from_ref(&x), &forward, true)?;
                 check(&device, &format!("{name} pad gradient {dtype} ({i})"), &[x], &backward, true)?;
             }
         }
@@ -270,7 +273,7 @@ fn resize_is_native_and_exact() -> Result<()> {
                 for (kind, values, cpu) in inputs {
                     let what = format!("resize {interpolation:?} {factors:?} {dtype} on {kind}");
                     let x = tensor(values, &[2, 5, 3, 3], dtype)?;
-                    check(&device, &what, &[x.clone()], &forward, cpu)?;
+                    check(&device, &what, std::slice::from_ref(&x), &forward, cpu)?;
                     check(&device, &format!("{what}: gradient"), &[x], &backward, cpu)?;
                 }
             }
