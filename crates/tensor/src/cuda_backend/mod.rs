@@ -6,11 +6,15 @@
 //! next to it). Everything is queued on the device's one stream without waiting; only
 //! reading a buffer back to the host ([`CudaStorage::to_cpu`]) synchronises.
 //!
-//! bf16 and f16 buffers compute in f32 and round once, as on the CPU: the elementwise
-//! kernels load two-byte elements to f32 and round when they store; matrix products run
-//! in cuBLAS and convolutions in cuDNN with f32 accumulation; the other ops widen their
-//! operands to f32 on the device, run the f32 op, and round its result back
-//! ([`CudaStorage::through_f32`]).
+//! bf16 and f16 buffers compute in f32 and round once, as on the CPU: our kernels
+//! (elementwise, reductions, arg-reductions, pooling, gather and segment sums, padding,
+//! resizing, each forward and backward) load two-byte elements to f32, compute exactly as
+//! their f32 versions do, and round when they store, so a result is bit for bit the f32
+//! op's on the widened input, rounded, without a widened copy or extra launches; matrix
+//! products run in cuBLAS and convolutions in cuDNN with f32 accumulation. Only
+//! log_softmax widens its operand to f32 on the device, runs the f32 op, and rounds its
+//! result back ([`CudaStorage::through_f32`]): the losses that use it cast to f32 first
+//! under mixed precision, so it is off a training step's path.
 //! Normalizations and optimizer updates refuse them, as on the CPU.
 
 pub(crate) mod allocator;
@@ -227,25 +231,12 @@ impl CudaStorage {
     }
 
     /// Runs `f32_op` on this bf16/f16 buffer widened to f32 (exactly, on the device) and
-    /// rounds its f32 result back to this buffer's dtype once; a result of another dtype
-    /// (arg_max's i64 indices) is returned as it is. The CPU computes these ops the same
-    /// way, so both devices agree wherever their f32 ops do.
+    /// rounds its f32 result back to this buffer's dtype once: one cast kernel and an f32
+    /// copy each way, so only ops off the training step's path (log_softmax) use it; the
+    /// others have native 16-bit kernels. The CPU computes these ops the same way, so both
+    /// devices agree wherever their f32 ops do.
     pub(crate) fn through_f32(&self, f32_op: impl FnOnce(&CudaStorage) -> Result<CudaStorage>) -> Result<CudaStorage> {
-        let out = f32_op(&self.cast(DType::F32)?)?;
-        if out.dtype == DType::F32 {
-            out.cast(self.dtype)
-        } else {
-            Ok(out)
-        }
-    }
-
-    /// A second operand of an op on a bf16/f16 buffer, widened to f32: it must have the
-    /// same dtype (a bf16 op does not silently take an f32 operand).
-    pub(crate) fn widen_operand(&self, op: &'static str, dtype: DType) -> Result<CudaStorage> {
-        if self.dtype != dtype {
-            return Err(Error::DTypeMismatch { op, lhs: dtype, rhs: self.dtype });
-        }
-        self.cast(DType::F32)
+        f32_op(&self.cast(DType::F32)?)?.cast(self.dtype)
     }
 
     /// The dtype if it is bf16 or f16 (the dtypes computed through f32).
@@ -281,17 +272,10 @@ impl BackendStorage for CudaStorage {
     }
 
     fn reduce(&self, op: ReduceOp, shape: &Shape, axes: &[usize]) -> Result<Self> {
-        if self.low_precision().is_some() {
-            // Accumulates in f32 and rounds once.
-            return self.through_f32(|x| reduce::cuda::reduce(x, op, shape, axes));
-        }
         reduce::cuda::reduce(self, op, shape, axes)
     }
 
     fn arg_reduce(&self, op: ArgReduceOp, shape: &Shape, axis: usize) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|x| reduce::cuda::arg_reduce(x, op, shape, axis));
-        }
         reduce::cuda::arg_reduce(self, op, shape, axis)
     }
 
@@ -339,32 +323,18 @@ impl BackendStorage for CudaStorage {
     }
 
     fn max_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|x| pool::cuda::max_pool2d(x, spec));
-        }
         pool::cuda::max_pool2d(self, spec)
     }
 
     fn max_pool2d_backward(&self, output: &Self, grad_out: &Self, spec: &Pool2dSpec) -> Result<Self> {
-        const OP: &str = "max_pool2d_backward";
-        if let Some(low) = self.low_precision() {
-            let (y, dy) = (output.widen_operand(OP, low)?, grad_out.widen_operand(OP, low)?);
-            return self.through_f32(|x| pool::cuda::max_pool2d_backward(x, &y, &dy, spec));
-        }
         pool::cuda::max_pool2d_backward(self, output, grad_out, spec)
     }
 
     fn avg_pool2d(&self, spec: &Pool2dSpec) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|x| pool::cuda::avg_pool2d(x, spec));
-        }
         pool::cuda::avg_pool2d(self, spec)
     }
 
     fn avg_pool2d_backward(&self, spec: &Pool2dSpec) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|dy| pool::cuda::avg_pool2d_backward(dy, spec));
-        }
         pool::cuda::avg_pool2d_backward(self, spec)
     }
 
@@ -391,17 +361,10 @@ impl BackendStorage for CudaStorage {
     }
 
     fn gather_rows(&self, indices: &Self, row_len: usize) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|x| gather::cuda::gather_rows(x, indices, row_len));
-        }
         gather::cuda::gather_rows(self, indices, row_len)
     }
 
     fn segment_sum_rows(&self, order: &Self, offsets: &Self, row_len: usize) -> Result<Self> {
-        if self.low_precision().is_some() {
-            // Sums in f32 and rounds once.
-            return self.through_f32(|v| gather::cuda::segment_sum_rows(v, order, offsets, row_len));
-        }
         gather::cuda::segment_sum_rows(self, order, offsets, row_len)
     }
 
@@ -440,30 +403,18 @@ impl BackendStorage for CudaStorage {
     }
 
     fn pad(&self, spec: &PadSpec) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|x| pad::cuda::pad(x, spec));
-        }
         pad::cuda::pad(self, spec)
     }
 
     fn pad_backward(&self, spec: &PadSpec) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|dy| pad::cuda::pad_backward(dy, spec));
-        }
         pad::cuda::pad_backward(self, spec)
     }
 
     fn resize(&self, spec: &ResizeSpec) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|x| resize::cuda::resize(x, spec));
-        }
         resize::cuda::resize(self, spec)
     }
 
     fn resize_backward(&self, spec: &ResizeSpec) -> Result<Self> {
-        if self.low_precision().is_some() {
-            return self.through_f32(|dy| resize::cuda::resize_backward(dy, spec));
-        }
         resize::cuda::resize_backward(self, spec)
     }
 }

@@ -10,7 +10,12 @@ pub(crate) const KERNELS: KernelSource = KernelSource { name: "gather", source: 
 
 /// Every kernel name this file can launch.
 pub(crate) fn kernel_names() -> Vec<String> {
-    ["gather_rows", "segment_sum_rows"].iter().flat_map(|k| [format!("{k}_f32"), format!("{k}_f64")]).collect()
+    // bf16 and f16 load to f32, sum in f32 and round once (gather.cu).
+    let dtypes = [DType::F32, DType::F64, DType::BF16, DType::F16];
+    ["gather_rows", "segment_sum_rows"]
+        .iter()
+        .flat_map(|k| dtypes.map(|d| format!("{k}_{}", dtype_suffix(d))))
+        .collect()
 }
 
 fn check_operands(op: &'static str, data: &CudaStorage, index_buffers: &[&CudaStorage]) -> Result<()> {

@@ -16,7 +16,7 @@ const PAD_MAX_DIMS: usize = 8;
 pub(crate) fn kernel_names() -> Vec<String> {
     ["pad", "pad_backward"]
         .iter()
-        .flat_map(|k| [DType::F32, DType::F64].map(|d| format!("{k}_{}", dtype_suffix(d))))
+        .flat_map(|k| [DType::F32, DType::F64, DType::BF16, DType::F16].map(|d| format!("{k}_{}", dtype_suffix(d))))
         .collect()
 }
 

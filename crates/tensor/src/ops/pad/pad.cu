@@ -4,6 +4,8 @@
 //   pad_backward_<dtype>  a thread per input element: the sum of the output elements that read it
 // The adjoint gathers (at most three readers per axis under reflection) instead of scattering
 // with atomics: no races, and the same result on every run.
+// bf16 and f16 elements are loaded to f32, summed in f32 and rounded once when stored; the
+// constant is rounded to f32 first, as the f32 kernel on the widened input would.
 
 #define PAD_MAX_DIMS 8
 
@@ -38,7 +40,7 @@ __device__ __forceinline__ void pad_forward(const T* x, T* y, u64 n, const PadGe
             src += (u64)i * stride;
             stride *= g.in_dims[d];
         }
-        y[t] = inside ? x[src] : (T)g.value;
+        store(y + t, inside ? load(x + src) : (compute_t<T>)g.value);
     }
 }
 
@@ -63,11 +65,11 @@ __device__ __forceinline__ void pad_backward(const T* dy, T* dx, u64 n, const Pa
             out_stride[d] = stride;
             stride *= g.out_dims[d];
         }
-        T acc = T(0);
+        compute_t<T> acc = 0;
         for (;;) {
             u64 offset = 0;
             for (int d = 0; d < (int)g.rank; ++d) offset += readers[d][pick[d]] * out_stride[d];
-            acc += dy[offset];
+            acc += load(dy + offset);
             int d = (int)g.rank - 1;
             while (d >= 0) {
                 if (++pick[d] < count[d]) break;
@@ -76,7 +78,7 @@ __device__ __forceinline__ void pad_backward(const T* dy, T* dx, u64 n, const Pa
             }
             if (d < 0) break;
         }
-        dx[t] = acc;
+        store(dx + t, acc);
     }
 }
 
@@ -88,3 +90,5 @@ __device__ __forceinline__ void pad_backward(const T* dy, T* dx, u64 n, const Pa
 
 PAD(f32)
 PAD(f64)
+PAD(bf16)
+PAD(f16)

@@ -12,7 +12,8 @@ pub(crate) const KERNELS: KernelSource = KernelSource { name: "pool", source: in
 /// Every kernel name this file can launch.
 pub(crate) fn kernel_names() -> Vec<String> {
     let mut names = Vec::new();
-    for dtype in [DType::F32, DType::F64] {
+    // bf16 and f16 load to f32, compute in f32 and round once (pool.cu).
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
         for kind in ["max_pool2d", "avg_pool2d", "max_pool2d_backward", "avg_pool2d_backward"] {
             for index in ["u32", "u64"] {
                 names.push(format!("{kind}_{index}_{}", dtype_suffix(dtype)));

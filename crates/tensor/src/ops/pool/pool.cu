@@ -7,6 +7,9 @@
 // The backward passes gather (each input element sums the output gradients of the windows
 // that contain it, in row-major window order, as the CPU adds them) instead of scattering
 // with atomics: no races, and the same result on every run.
+// bf16 and f16 elements are loaded to f32 (`load`), computed in f32 exactly as the f32
+// kernels compute, and rounded once when stored (`store`): bit for bit the f32 pooling of
+// the widened input, rounded, as on the CPU.
 
 // The geometry of a pooling (Pool2dSpec in backend.rs).
 struct PoolGeom {
@@ -54,6 +57,7 @@ __device__ __forceinline__ void split_nhwc(I t, u64 h, u64 w, u64 c, u64* b, u64
 
 template <typename T, typename I>
 __device__ __forceinline__ void max_pool2d_forward(const T* x, T* y, PoolGeom g) {
+    typedef compute_t<T> C;
     const u64 c = g.channels;
     INDEX_LOOP(I, t, g.batch * g.out_h * g.out_w * c) {
         u64 b, oy, ox, ch;
@@ -64,18 +68,19 @@ __device__ __forceinline__ void max_pool2d_forward(const T* x, T* y, PoolGeom g)
         const T* img = x + b * g.in_h * g.in_w * c + ch;
         // Strictly greater, from the window's first element: the first maximum wins ties
         // and a NaN first element stays (as on the CPU).
-        T best = img[((u64)y0 * g.in_w + (u64)x0) * c];
+        C best = load(img + ((u64)y0 * g.in_w + (u64)x0) * c);
         for (i64 iy = y0; iy < y1; ++iy)
             for (i64 ix = x0; ix < x1; ++ix) {
-                const T v = img[((u64)iy * g.in_w + (u64)ix) * c];
+                const C v = load(img + ((u64)iy * g.in_w + (u64)ix) * c);
                 best = v > best ? v : best;
             }
-        y[t] = best;
+        store(y + t, best);
     }
 }
 
 template <typename T, typename I>
 __device__ __forceinline__ void avg_pool2d_forward(const T* x, T* y, PoolGeom g) {
+    typedef compute_t<T> C;
     const u64 c = g.channels;
     INDEX_LOOP(I, t, g.batch * g.out_h * g.out_w * c) {
         u64 b, oy, ox, ch;
@@ -84,11 +89,11 @@ __device__ __forceinline__ void avg_pool2d_forward(const T* x, T* y, PoolGeom g)
         pool_window(oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
         pool_window(ox, g.stride_w, g.pad_left, g.window_w, g.in_w, &x0, &x1);
         const T* img = x + b * g.in_h * g.in_w * c + ch;
-        T sum = T(0);
+        C sum = C(0);
         for (i64 iy = y0; iy < y1; ++iy)
-            for (i64 ix = x0; ix < x1; ++ix) sum += img[((u64)iy * g.in_w + (u64)ix) * c];
-        const T inv = T(1) / T((y1 - y0) * (x1 - x0));
-        y[t] = sum * inv;
+            for (i64 ix = x0; ix < x1; ++ix) sum += load(img + ((u64)iy * g.in_w + (u64)ix) * c);
+        const C inv = C(1) / C((y1 - y0) * (x1 - x0));
+        store(y + t, sum * inv);
     }
 }
 
@@ -96,6 +101,7 @@ __device__ __forceinline__ void avg_pool2d_forward(const T* x, T* y, PoolGeom g)
 // window, in row-major order, equal to the window's maximum y[o].
 template <typename T, typename I>
 __device__ __forceinline__ void max_pool2d_backward(const T* x, const T* y, const T* dy, T* dx, PoolGeom g) {
+    typedef compute_t<T> C;
     const u64 c = g.channels;
     INDEX_LOOP(I, t, g.batch * g.in_h * g.in_w * c) {
         u64 b, y_, x_, ch;
@@ -103,15 +109,15 @@ __device__ __forceinline__ void max_pool2d_backward(const T* x, const T* y, cons
         const i64 ix = (i64)x_, iy = (i64)y_;
         const T* img = x + b * g.in_h * g.in_w * c + ch;
         const u64 out_base = b * g.out_h * g.out_w * c + ch;
-        const T v = x[(u64)t];
+        const C v = load(x + (u64)t);
         i64 oy0, oy1, ox0, ox1;
         windows_containing(iy, g.stride_h, g.pad_top, g.window_h, g.out_h, &oy0, &oy1);
         windows_containing(ix, g.stride_w, g.pad_left, g.window_w, g.out_w, &ox0, &ox1);
-        T acc = T(0);
+        C acc = C(0);
         for (i64 oy = oy0; oy <= oy1; ++oy)
             for (i64 ox = ox0; ox <= ox1; ++ox) {
                 const u64 o = out_base + ((u64)oy * g.out_w + (u64)ox) * c;
-                const T m = y[o];
+                const C m = load(y + o);
                 if (!(v == m)) continue;
                 i64 y0, y1, x0, x1;
                 pool_window((u64)oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
@@ -121,19 +127,20 @@ __device__ __forceinline__ void max_pool2d_backward(const T* x, const T* y, cons
                 for (i64 jy = y0; jy <= iy && !earlier; ++jy)
                     for (i64 jx = x0; jx < x1; ++jx) {
                         if (jy == iy && jx == ix) break;
-                        if (img[((u64)jy * g.in_w + (u64)jx) * c] == m) {
+                        if (load(img + ((u64)jy * g.in_w + (u64)jx) * c) == m) {
                             earlier = true;
                             break;
                         }
                     }
-                if (!earlier) acc += dy[o];
+                if (!earlier) acc += load(dy + o);
             }
-        dx[t] = acc;
+        store(dx + t, acc);
     }
 }
 
 template <typename T, typename I>
 __device__ __forceinline__ void avg_pool2d_backward(const T* dy, T* dx, PoolGeom g) {
+    typedef compute_t<T> C;
     const u64 c = g.channels;
     INDEX_LOOP(I, t, g.batch * g.in_h * g.in_w * c) {
         u64 b, y_, x_, ch;
@@ -143,18 +150,18 @@ __device__ __forceinline__ void avg_pool2d_backward(const T* dy, T* dx, PoolGeom
         i64 oy0, oy1, ox0, ox1;
         windows_containing(iy, g.stride_h, g.pad_top, g.window_h, g.out_h, &oy0, &oy1);
         windows_containing(ix, g.stride_w, g.pad_left, g.window_w, g.out_w, &ox0, &ox1);
-        T acc = T(0);
+        C acc = C(0);
         for (i64 oy = oy0; oy <= oy1; ++oy) {
             i64 y0, y1;
             pool_window((u64)oy, g.stride_h, g.pad_top, g.window_h, g.in_h, &y0, &y1);
             for (i64 ox = ox0; ox <= ox1; ++ox) {
                 i64 x0, x1;
                 pool_window((u64)ox, g.stride_w, g.pad_left, g.window_w, g.in_w, &x0, &x1);
-                const T inv = T(1) / T((y1 - y0) * (x1 - x0));
-                acc += dy[out_base + ((u64)oy * g.out_w + (u64)ox) * c] * inv;
+                const C inv = C(1) / C((y1 - y0) * (x1 - x0));
+                acc += load(dy + out_base + ((u64)oy * g.out_w + (u64)ox) * c) * inv;
             }
         }
-        dx[t] = acc;
+        store(dx + t, acc);
     }
 }
 
@@ -177,3 +184,7 @@ POOL_INDEXED(f32, u32)
 POOL_INDEXED(f32, u64)
 POOL_INDEXED(f64, u32)
 POOL_INDEXED(f64, u64)
+POOL_INDEXED(bf16, u32)
+POOL_INDEXED(bf16, u64)
+POOL_INDEXED(f16, u32)
+POOL_INDEXED(f16, u64)

@@ -4,6 +4,11 @@
 //! ([`reduce_passes`]). A pass whose output is too small to keep the GPU busy (a long row,
 //! a column sum) is split: the first launch reduces chunks of `r` into partial results,
 //! a second launch reduces those.
+//!
+//! bf16 and f16 run natively: the kernels load two-byte elements to f32 and combine in
+//! f32; every partial result between launches and passes is kept in f32 (as the f32
+//! reduction keeps it) and only the last launch rounds, once. So a 16-bit reduction is
+//! bit for bit the f32 reduction of the widened input, rounded, as on the CPU.
 
 use super::{reduce_passes, ReducePass};
 use crate::backend::{ArgReduceOp, ReduceOp};
@@ -35,8 +40,24 @@ fn op_name(op: ReduceOp) -> &'static str {
     }
 }
 
-fn reduce_kernel(kind: &str, op: ReduceOp, dtype: DType) -> String {
-    format!("reduce_{kind}_{}_{}", op_name(op), dtype_suffix(dtype))
+/// The kernel of `kind` ("rows" or "cols") reading `from` and writing `to`:
+/// `reduce_<kind>_<op>_<from>`, or `..._<from>_<to>` where they differ.
+fn reduce_kernel(kind: &str, op: ReduceOp, from: DType, to: DType) -> String {
+    let types = if from == to {
+        dtype_suffix(from).to_string()
+    } else {
+        format!("{}_{}", dtype_suffix(from), dtype_suffix(to))
+    };
+    format!("reduce_{kind}_{}_{types}", op_name(op))
+}
+
+/// The dtype a reduction of `dtype` keeps its partial results in (f32 for bf16 and f16).
+fn work_dtype(dtype: DType) -> DType {
+    if dtype.is_low_precision() {
+        DType::F32
+    } else {
+        dtype
+    }
 }
 
 fn arg_kernel(op: ArgReduceOp, dtype: DType) -> String {
@@ -50,10 +71,18 @@ fn arg_kernel(op: ArgReduceOp, dtype: DType) -> String {
 /// Every kernel name this file can launch.
 pub(crate) fn kernel_names() -> Vec<String> {
     let mut names = Vec::new();
-    for dtype in [DType::F32, DType::F64, DType::I64] {
-        for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
-            names.push(reduce_kernel("rows", op, dtype));
-            names.push(reduce_kernel("cols", op, dtype));
+    for dtype in [DType::F32, DType::F64, DType::I64, DType::BF16, DType::F16] {
+        let work = work_dtype(dtype);
+        // One launch; and for 16-bit dtypes, into and out of f32 partial results.
+        let mut pairs = vec![(dtype, dtype)];
+        if work != dtype {
+            pairs.extend([(dtype, work), (work, dtype)]);
+        }
+        for (from, to) in pairs {
+            for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
+                names.push(reduce_kernel("rows", op, from, to));
+                names.push(reduce_kernel("cols", op, from, to));
+            }
         }
         names.push(arg_kernel(ArgReduceOp::ArgMax, dtype));
         names.push(arg_kernel(ArgReduceOp::ArgMin, dtype));
@@ -73,32 +102,48 @@ pub(crate) fn reduce(x: &CudaStorage, op: ReduceOp, shape: &Shape, axes: &[usize
     if x.len() != shape.elem_count() {
         return Err(Error::ElementCount { op: "reduce", len: x.len(), shape: shape.clone() });
     }
+    let dtype = x.dtype();
     let passes = reduce_passes(shape, axes);
     if passes.is_empty() {
         // Every reduced axis has size 1 (a copy), or the input is empty (sums of nothing).
         let out_len = shape.keepdims(axes).elem_count();
-        return if x.is_empty() { CudaStorage::zeros(x.cuda_device(), out_len, x.dtype()) } else { x.copy() };
+        if x.is_empty() {
+            return CudaStorage::zeros(x.cuda_device(), out_len, dtype);
+        }
+        if dtype.is_low_precision() {
+            // A 16-bit "copy" widens and rounds each element as the CPU does (a signaling
+            // NaN comes back quiet): a max over axes of size 1 (-inf identity, so -0 and
+            // every other value pass unchanged).
+            let pass = ReducePass { outer: 1, r: 1, inner: x.len() };
+            return reduce_pass(x, ReduceOp::Max, pass, dtype);
+        }
+        return x.copy();
     }
+    let last = passes.len() - 1;
     let mut current: Option<CudaStorage> = None;
-    for pass in passes {
-        let next = reduce_pass(current.as_ref().unwrap_or(x), op, pass)?;
+    for (i, pass) in passes.into_iter().enumerate() {
+        // Results between passes keep the work dtype (f32 for bf16 and f16); the last rounds.
+        let to = if i == last { dtype } else { work_dtype(dtype) };
+        let next = reduce_pass(current.as_ref().unwrap_or(x), op, pass, to)?;
         current = Some(next);
     }
     current.ok_or_else(|| Error::invalid("reduce", "no reduction pass ran"))
 }
 
-/// `[outer, r, inner] -> [outer, inner]`.
-fn reduce_pass(x: &CudaStorage, op: ReduceOp, p: ReducePass) -> Result<CudaStorage> {
-    let (device, dtype) = (x.cuda_device(), x.dtype());
+/// `[outer, r, inner] -> [outer, inner]`, from `x`'s dtype into a new buffer of `to`;
+/// partial results of a split pass are kept in the work dtype.
+fn reduce_pass(x: &CudaStorage, op: ReduceOp, p: ReducePass, to: DType) -> Result<CudaStorage> {
+    let (device, from) = (x.cuda_device(), x.dtype());
+    let work = work_dtype(from);
     let outputs = p.outer * p.inner;
     if outputs == 0 || p.r == 0 {
         // No outputs, or sums over an empty axis (max/min of nothing is rejected earlier).
-        return CudaStorage::zeros(device, outputs, dtype);
+        return CudaStorage::zeros(device, outputs, to);
     }
-    let out = CudaStorage::alloc(device, outputs, dtype)?;
+    let out = CudaStorage::alloc(device, outputs, to)?;
     let (outer, r, inner) = (p.outer as u64, p.r as u64, p.inner as u64);
     if p.inner == 1 {
-        let rows_kernel = reduce_kernel("rows", op, dtype);
+        let kernel = |from, to| reduce_kernel("rows", op, from, to);
         let (chunk, chunks) =
             if p.outer >= ROW_TASKS { (p.r, 1) } else { split(p.outer, p.r, ROW_TASKS, MIN_ROW_CHUNK) };
         let (src, dst, rows) = (x.ptr(), out.ptr(), outer);
@@ -106,17 +151,17 @@ fn reduce_pass(x: &CudaStorage, op: ReduceOp, p: ReducePass) -> Result<CudaStora
         if chunks == 1 {
             let (chunk64, one) = (r, 1u64);
             let cfg = block_per_task_config(p.outer, threads_for_row(p.r));
-            launch!(device, KERNELS, rows_kernel, cfg; src, dst, rows, r, chunk64, one);
+            launch!(device, KERNELS, kernel(from, to), cfg; src, dst, rows, r, chunk64, one);
         } else {
-            let partial = CudaStorage::alloc(device, p.outer * chunks, dtype)?;
+            let partial = CudaStorage::alloc(device, p.outer * chunks, work)?;
             let (tmp, chunk64, chunks64, one) = (partial.ptr(), chunk as u64, chunks as u64, 1u64);
             let cfg = block_per_task_config(p.outer * chunks, BLOCK);
-            launch!(device, KERNELS, rows_kernel, cfg; src, tmp, rows, r, chunk64, chunks64);
+            launch!(device, KERNELS, kernel(from, work), cfg; src, tmp, rows, r, chunk64, chunks64);
             let cfg = block_per_task_config(p.outer, threads_for_row(chunks));
-            launch!(device, KERNELS, rows_kernel, cfg; tmp, dst, rows, chunks64, chunks64, one);
+            launch!(device, KERNELS, kernel(work, to), cfg; tmp, dst, rows, chunks64, chunks64, one);
         }
     } else {
-        let cols_kernel = reduce_kernel("cols", op, dtype);
+        let kernel = |from, to| reduce_kernel("cols", op, from, to);
         let (chunk, chunks) = if outputs >= COLUMN_THREADS || p.r < 2 * MIN_COLUMN_CHUNK {
             (p.r, 1)
         } else {
@@ -126,14 +171,15 @@ fn reduce_pass(x: &CudaStorage, op: ReduceOp, p: ReducePass) -> Result<CudaStora
         // Kernel signature: (const T* x, T* out, u64 outer, u64 r, u64 inner, u64 chunk, u64 chunks).
         if chunks == 1 {
             let (chunk64, one) = (r, 1u64);
-            launch!(device, KERNELS, cols_kernel, elementwise_config(outputs); src, dst, outer, r, inner, chunk64, one);
+            let cfg = elementwise_config(outputs);
+            launch!(device, KERNELS, kernel(from, to), cfg; src, dst, outer, r, inner, chunk64, one);
         } else {
-            let partial = CudaStorage::alloc(device, outputs * chunks, dtype)?;
+            let partial = CudaStorage::alloc(device, outputs * chunks, work)?;
             let (tmp, chunk64, chunks64, one) = (partial.ptr(), chunk as u64, chunks as u64, 1u64);
             let cfg = elementwise_config(outputs * chunks);
-            launch!(device, KERNELS, cols_kernel, cfg; src, tmp, outer, r, inner, chunk64, chunks64);
+            launch!(device, KERNELS, kernel(from, work), cfg; src, tmp, outer, r, inner, chunk64, chunks64);
             let cfg = elementwise_config(outputs);
-            launch!(device, KERNELS, cols_kernel, cfg; tmp, dst, outer, chunks64, inner, chunks64, one);
+            launch!(device, KERNELS, kernel(work, to), cfg; tmp, dst, outer, chunks64, inner, chunks64, one);
         }
     }
     Ok(out)

@@ -13,7 +13,7 @@ pub(crate) const KERNELS: KernelSource = KernelSource { name: "resize", source: 
 pub(crate) fn kernel_names() -> Vec<String> {
     ["resize", "resize_backward"]
         .iter()
-        .flat_map(|k| [DType::F32, DType::F64].map(|d| format!("{k}_{}", dtype_suffix(d))))
+        .flat_map(|k| [DType::F32, DType::F64, DType::BF16, DType::F16].map(|d| format!("{k}_{}", dtype_suffix(d))))
         .collect()
 }
 

@@ -5,6 +5,8 @@
 //                            that read it, in ascending output order (as the CPU), no atomics
 // Taps use half-pixel centres (TF's resize, PyTorch's align_corners=False), computed in double
 // exactly as `tap` in ops/resize/mod.rs.
+// bf16 and f16 elements are loaded to f32, computed in f32 exactly as the f32 kernels
+// compute, and rounded once when stored, as the CPU computes them.
 
 // ResizeSpec of ops/resize/mod.rs.
 struct ResizeGeom {
@@ -48,6 +50,7 @@ __device__ __forceinline__ double resize_weight(u64 o, u64 i, u64 f, u64 n, u64 
 
 template <typename T>
 __device__ __forceinline__ void resize_forward(const T* x, T* y, const ResizeGeom g) {
+    typedef compute_t<T> C;
     const u64 c = g.channels, out_h = g.in_h * g.factor_h, out_w = g.in_w * g.factor_w;
     GRID_STRIDE_LOOP(t, g.batch * out_h * out_w * c) {
         const u64 ch = t % c, pixel = t / c;
@@ -58,18 +61,19 @@ __device__ __forceinline__ void resize_forward(const T* x, T* y, const ResizeGeo
         resize_tap(ox, g.factor_w, g.in_w, g.bilinear, &x0, &x1, &wx0, &wx1);
         const T* img = x + b * g.in_h * g.in_w * c + ch;
         if (!g.bilinear) {
-            y[t] = img[(y0 * g.in_w + x0) * c];
+            store(y + t, load(img + (y0 * g.in_w + x0) * c));
         } else {
-            const T a = img[(y0 * g.in_w + x0) * c], bb = img[(y0 * g.in_w + x1) * c];
-            const T p = img[(y1 * g.in_w + x0) * c], q = img[(y1 * g.in_w + x1) * c];
-            const T ty0 = (T)wy0, ty1 = (T)wy1, tx0 = (T)wx0, tx1 = (T)wx1;
-            y[t] = ty0 * (tx0 * a + tx1 * bb) + ty1 * (tx0 * p + tx1 * q);
+            const C a = load(img + (y0 * g.in_w + x0) * c), bb = load(img + (y0 * g.in_w + x1) * c);
+            const C p = load(img + (y1 * g.in_w + x0) * c), q = load(img + (y1 * g.in_w + x1) * c);
+            const C ty0 = (C)wy0, ty1 = (C)wy1, tx0 = (C)wx0, tx1 = (C)wx1;
+            store(y + t, ty0 * (tx0 * a + tx1 * bb) + ty1 * (tx0 * p + tx1 * q));
         }
     }
 }
 
 template <typename T>
 __device__ __forceinline__ void resize_backward(const T* dy, T* dx, const ResizeGeom g) {
+    typedef compute_t<T> C;
     const u64 c = g.channels, out_h = g.in_h * g.factor_h, out_w = g.in_w * g.factor_w;
     GRID_STRIDE_LOOP(t, g.batch * g.in_h * g.in_w * c) {
         const u64 ch = t % c, pixel = t / c;
@@ -78,19 +82,19 @@ __device__ __forceinline__ void resize_backward(const T* dy, T* dx, const Resize
         // The output pixels that can read (iy, ix): reader_range in ops/resize/mod.rs.
         const u64 oy_lo = (iy > 0 ? iy - 1 : 0) * g.factor_h, oy_hi = min((iy + 2) * g.factor_h, out_h);
         const u64 ox_lo = (ix > 0 ? ix - 1 : 0) * g.factor_w, ox_hi = min((ix + 2) * g.factor_w, out_w);
-        T acc = T(0);
+        C acc = C(0);
         for (u64 oy = oy_lo; oy < oy_hi; ++oy) {
             bool reads_y;
-            const T wy = (T)resize_weight(oy, iy, g.factor_h, g.in_h, g.bilinear, &reads_y);
+            const C wy = (C)resize_weight(oy, iy, g.factor_h, g.in_h, g.bilinear, &reads_y);
             if (!reads_y) continue;
             for (u64 ox = ox_lo; ox < ox_hi; ++ox) {
                 bool reads_x;
-                const T wx = (T)resize_weight(ox, ix, g.factor_w, g.in_w, g.bilinear, &reads_x);
+                const C wx = (C)resize_weight(ox, ix, g.factor_w, g.in_w, g.bilinear, &reads_x);
                 if (!reads_x) continue;
-                acc += (wy * wx) * grad[(oy * out_w + ox) * c];
+                acc += (wy * wx) * load(grad + (oy * out_w + ox) * c);
             }
         }
-        dx[t] = acc;
+        store(dx + t, acc);
     }
 }
 
@@ -102,3 +106,5 @@ __device__ __forceinline__ void resize_backward(const T* dy, T* dx, const Resize
 
 RESIZE(f32)
 RESIZE(f64)
+RESIZE(bf16)
+RESIZE(f16)
