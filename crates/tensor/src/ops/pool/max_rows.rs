@@ -104,7 +104,7 @@ impl<T: FloatElement> IsaKernel for ArgmaxRow<'_, T> {
             // The maximum is NaN only where the first element is (nothing compares greater).
             let none = no_position::<T>();
             for (a, &m) in arg.iter_mut().zip(best.iter()) {
-                *a = if m == m { *a } else { none };
+                *a = if m.is_nan() { none } else { *a };
             }
         }
     }
