@@ -28,11 +28,8 @@ const INF_STEP: usize = 13;
 
 fn model(device: Device) -> Sequential {
     tapegrad::layers::random::set_seed(5);
-    let model = Sequential::new()
-        .add(Dense::new(8))
-        .add(Dense::new(8))
-        .add(Dense::new(3))
-        .dtype_policy(Policy::MIXED_FLOAT16);
+    let model =
+        Sequential::new().add(Dense::new(8)).add(Dense::new(8)).add(Dense::new(3)).dtype_policy(Policy::MIXED_FLOAT16);
     model.build(&InputSpec::new([4, 6]).with_device(device)).expect("build");
     model
 }
@@ -168,7 +165,8 @@ fn an_eager_step_between_replays_continues_the_device_state() {
         let mut losses = Vec::new();
         for (i, (x, y)) in data.iter().enumerate() {
             // Batch 10 is cut to 3 rows: a graphed step runs it eagerly.
-            let (x, y) = if i == 10 { (x.narrow(0, 0, 3).unwrap(), y.narrow(0, 0, 3).unwrap()) } else { (x.clone(), y.clone()) };
+            let (x, y) =
+                if i == 10 { (x.narrow(0, 0, 3).unwrap(), y.narrow(0, 0, 3).unwrap()) } else { (x.clone(), y.clone()) };
             let (loss, _) = match graphed.as_deref_mut() {
                 Some(g) => g.run(&model, &mut optimizer, &x, &y, |x, y| step(&model, x, y)).expect("graphed step"),
                 None => train_step_with(&model, &mut optimizer, || step(&model, &x, &y)).expect("eager step"),

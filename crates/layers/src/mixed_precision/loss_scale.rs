@@ -256,7 +256,8 @@ impl<O: Optimizer> LossScaleOptimizer<O> {
         let Some(g) = &mut self.graph else {
             return Err(self.fail("the device state is missing (internal error)".into()));
         };
-        let device_state = DeviceLossScaleState { scale: state.scale, good_steps: state.good_steps, applied: iterations };
+        let device_state =
+            DeviceLossScaleState { scale: state.scale, good_steps: state.good_steps, applied: iterations };
         g.device.write(device_state, growth, &rows)?;
         (g.pending, g.rows, g.stale) = (0, rows.len() as u64, false);
         Ok(())
@@ -381,7 +382,9 @@ impl<O: Optimizer> Optimizer for LossScaleOptimizer<O> {
     fn capture_scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
         self.check_options()?;
         let Some(g) = &self.graph else {
-            return Err(self.fail("prepare_graph_update must run before the capture (it makes the device state)".into()));
+            return Err(
+                self.fail("prepare_graph_update must run before the capture (it makes the device state)".into())
+            );
         };
         Ok(g.device.scale(loss)?)
     }
@@ -392,7 +395,9 @@ impl<O: Optimizer> Optimizer for LossScaleOptimizer<O> {
         self.check_options()?;
         pair_gradients(self.inner.name(), grads, variables)?;
         let (Some(g), Some(scalars)) = (&self.graph, self.inner.graph_step_scalars()) else {
-            return Err(self.fail("prepare_graph_update must run before the capture (it makes the device state)".into()));
+            return Err(
+                self.fail("prepare_graph_update must run before the capture (it makes the device state)".into())
+            );
         };
         if scalars.id() != g.inner_buffer {
             return Err(self.fail("the inner optimizer's step buffer changed since prepare_graph_update".into()));
