@@ -119,7 +119,7 @@ fn check(make: &dyn Fn() -> LossScaleOptimizer<Box<dyn Optimizer>>, test: &str) 
     let applied: Vec<u64> = eager.states.iter().map(|s| s.1).collect();
     assert_eq!(applied[0], 0, "the first step overflows f16 and is skipped");
     assert_eq!(applied[INF_STEP], applied[INF_STEP - 1], "the Inf batch is skipped");
-    assert!(eager.end.1 > STEPS as u64 / 2 && eager.end.1 < STEPS as u64, "applied {}", eager.end.1);
+    assert!(eager.end.1 >= 4 && eager.end.1 < STEPS as u64 - 1, "applied {}", eager.end.1);
     let grew = eager.states.windows(2).any(|w| w[1].0.scale > w[0].0.scale);
     assert!(grew, "the scale grows after 3 good steps: {:?}", eager.states);
 
