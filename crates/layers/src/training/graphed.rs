@@ -411,7 +411,9 @@ impl GraphedStep {
                 let reason = format!("the batch ({signature}) differs from the prepared one ({})", statics.signature);
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
-            State::Warm(warm) if *warm == signature => {
+            // Arm only after a step was applied: a loss-scaled run skips its first steps while
+            // the scale overflows, and until one is applied the optimizer has no state to capture.
+            State::Warm(warm) if *warm == signature && optimizer.iterations() > 0 => {
                 self.state = State::Armed(Box::new(Statics::new(model, optimizer, x, y, signature)?));
                 self.eager(model, optimizer, x, y, &forward, None)
             }

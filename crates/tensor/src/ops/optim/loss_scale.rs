@@ -155,7 +155,9 @@ impl DeviceLossScale {
         }
         let table = match self.dtype {
             // Rounded as StepScalars rounds the values it writes.
-            DType::F32 => Tensor::from_vec(table.iter().map(|&v| v as f32).collect::<Vec<_>>(), [table.len()], &self.device)?,
+            DType::F32 => {
+                Tensor::from_vec(table.iter().map(|&v| v as f32).collect::<Vec<_>>(), [table.len()], &self.device)?
+            }
             _ => Tensor::from_vec(table, [self.rows * ROW], &self.device)?,
         };
         copy_into(&self.table, &table)
@@ -216,7 +218,13 @@ impl DeviceLossScale {
             if g.device() != self.device || g.dtype() != self.dtype {
                 return Err(Error::invalid(
                     OP,
-                    format!("gradient #{i} is {} on {}, the loss scale {} on {}", g.dtype(), g.device(), self.dtype, self.device),
+                    format!(
+                        "gradient #{i} is {} on {}, the loss scale {} on {}",
+                        g.dtype(),
+                        g.device(),
+                        self.dtype,
+                        self.device
+                    ),
                 ));
             }
         }
