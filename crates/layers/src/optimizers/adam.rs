@@ -65,9 +65,14 @@ impl Adam {
 
     /// The hyperparameters of the coming step.
     fn step(&self) -> AdamStep {
+        self.step_at(self.core.iterations)
+    }
+
+    /// The hyperparameters of the step that follows `iterations` steps.
+    fn step_at(&self, iterations: u64) -> AdamStep {
         AdamStep {
-            learning_rate: self.core.current_learning_rate(),
-            step: self.core.iterations.saturating_add(1),
+            learning_rate: self.core.learning_rate.at(iterations),
+            step: iterations.saturating_add(1),
             beta_1: self.beta_1,
             beta_2: self.beta_2,
             epsilon: self.epsilon,
@@ -99,6 +104,16 @@ impl Optimizer for Adam {
 
     fn graph_update_buffer(&self) -> Option<u64> {
         self.core.graph_scalars.as_ref().map(StepScalars::id)
+    }
+
+    fn graph_update_values(&self, iterations: u64) -> Result<Vec<f64>> {
+        let step = self.step_at(iterations);
+        self.core.check_at(iterations, step.validate())?;
+        Ok(StepScalars::adam_values(&step)?)
+    }
+
+    fn graph_step_scalars(&self) -> Option<&StepScalars> {
+        self.core.graph_scalars.as_ref()
     }
 
     fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
@@ -187,6 +202,14 @@ impl Optimizer for AdamW {
 
     fn graph_update_buffer(&self) -> Option<u64> {
         self.0.graph_update_buffer()
+    }
+
+    fn graph_update_values(&self, iterations: u64) -> Result<Vec<f64>> {
+        self.0.graph_update_values(iterations)
+    }
+
+    fn graph_step_scalars(&self) -> Option<&StepScalars> {
+        self.0.graph_step_scalars()
     }
 
     fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {

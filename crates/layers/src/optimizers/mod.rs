@@ -32,6 +32,7 @@ pub use slots::SlotTable;
 
 use crate::mixed_precision::LossScaleState;
 use crate::{Error, Result};
+use tapegrad_tensor::optim::StepScalars;
 use tapegrad_tensor::{Tensor, Variable};
 
 /// The error of an optimizer that cannot run its update inside a CUDA graph.
@@ -146,6 +147,43 @@ pub trait Optimizer {
         let _ = (grads, variables);
         Err(no_graph_update(self.name()))
     }
+
+    /// The values [`prepare_graph_update`](Optimizer::prepare_graph_update) would write for
+    /// the step that follows `iterations` steps (in
+    /// [`StepScalars`](tapegrad_tensor::optim::StepScalars)' layout), validated as that
+    /// step would validate them. A
+    /// [`LossScaleOptimizer`](crate::mixed_precision::LossScaleOptimizer) writes them for
+    /// its next steps at once, since only the device knows which of them comes next. An
+    /// error by default (no captured update).
+    fn graph_update_values(&self, iterations: u64) -> Result<Vec<f64>> {
+        let _ = iterations;
+        Err(no_graph_update(self.name()))
+    }
+
+    /// The device buffer of per-step values that the captured update reads, once
+    /// [`prepare_graph_update`](Optimizer::prepare_graph_update) made it; `None` before,
+    /// and by default.
+    fn graph_step_scalars(&self) -> Option<&StepScalars> {
+        None
+    }
+
+    /// [`scale_loss`](Optimizer::scale_loss) inside a CUDA-graph capture: a scale that
+    /// changes from step to step must be read on the device when the graph replays. The
+    /// default is `scale_loss` (for an optimizer whose scale never changes);
+    /// [`LossScaleOptimizer`](crate::mixed_precision::LossScaleOptimizer) reads its scale
+    /// from the device.
+    fn capture_scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        self.scale_loss(loss)
+    }
+
+    /// Called by [`GraphedStep`](crate::training::GraphedStep) once a replay of the
+    /// captured update is queued: counts the step (by default one more
+    /// [`iterations`](Optimizer::iterations)). A
+    /// [`LossScaleOptimizer`](crate::mixed_precision::LossScaleOptimizer) counts a step
+    /// the device may still skip, and reads the outcome back when it needs it.
+    fn graph_update_replayed(&mut self) {
+        self.set_iterations(self.iterations() + 1);
+    }
 }
 
 /// A boxed optimizer is an optimizer (`LossScaleOptimizer<Box<dyn Optimizer>>` wraps one
@@ -198,6 +236,18 @@ impl<O: Optimizer + ?Sized> Optimizer for Box<O> {
     }
     fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {
         (**self).capture_update(grads, variables)
+    }
+    fn graph_update_values(&self, iterations: u64) -> Result<Vec<f64>> {
+        (**self).graph_update_values(iterations)
+    }
+    fn graph_step_scalars(&self) -> Option<&StepScalars> {
+        (**self).graph_step_scalars()
+    }
+    fn capture_scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
+        (**self).capture_scale_loss(loss)
+    }
+    fn graph_update_replayed(&mut self) {
+        (**self).graph_update_replayed()
     }
 }
 

@@ -60,8 +60,13 @@ impl Sgd {
 
     /// The hyperparameters of the coming step.
     fn step(&self) -> SgdStep {
+        self.step_at(self.core.iterations)
+    }
+
+    /// The hyperparameters of the step that follows `iterations` steps.
+    fn step_at(&self, iterations: u64) -> SgdStep {
         SgdStep {
-            learning_rate: self.core.current_learning_rate(),
+            learning_rate: self.core.learning_rate.at(iterations),
             momentum: self.momentum,
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
@@ -89,6 +94,16 @@ impl Optimizer for Sgd {
 
     fn graph_update_buffer(&self) -> Option<u64> {
         self.core.graph_scalars.as_ref().map(StepScalars::id)
+    }
+
+    fn graph_update_values(&self, iterations: u64) -> Result<Vec<f64>> {
+        let step = self.step_at(iterations);
+        self.core.check_at(iterations, step.validate())?;
+        Ok(StepScalars::sgd_values(&step)?)
+    }
+
+    fn graph_step_scalars(&self) -> Option<&StepScalars> {
+        self.core.graph_scalars.as_ref()
     }
 
     fn capture_update(&mut self, grads: &[Option<Tensor>], variables: &[Variable]) -> Result<()> {

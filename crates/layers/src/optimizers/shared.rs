@@ -37,6 +37,12 @@ impl Core {
         self.learning_rate.at(self.iterations)
     }
 
+    /// Validates the hyperparameters of the step that follows `iterations` steps (`check`:
+    /// the update's own validation of them) as [`Core::apply`] would then.
+    pub(crate) fn check_at(&self, iterations: u64, check: tapegrad_tensor::Result<()>) -> Result<()> {
+        check_hyperparameters(self.name, &self.learning_rate, iterations, self.global_clipnorm, check)
+    }
+
     /// The gradients a step uses: validates the hyperparameters (`check`: the update's
     /// own validation) and, when a global clip norm is set, every gradient against its
     /// variable (the norm needs them to match) before clipping. Without clipping the

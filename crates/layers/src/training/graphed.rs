@@ -2,7 +2,9 @@
 //! are captured once as a CUDA graph and replayed at every later step, with eager fallback.
 //!
 //! The optimizer's update is in the graph when the optimizer supports it
-//! ([`Optimizer::supports_graph_update`]: `Sgd`, `Adam`, `AdamW`). A graph freezes the host
+//! ([`Optimizer::supports_graph_update`]: `Sgd`, `Adam`, `AdamW`, and a
+//! `LossScaleOptimizer` around one of them, whose loss scale and skip decision then live
+//! on the device: see [`LossScaleOptimizer`](crate::mixed_precision::LossScaleOptimizer)). A graph freezes the host
 //! scalars of its kernels, but the learning rate of a schedule and Adam's bias correction
 //! `lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)` change every step; so the captured update
 //! reads them from a small device buffer of the optimizer, which the host writes before
@@ -350,8 +352,12 @@ impl GraphedStep {
             Some("the step runs on the cpu (CUDA graphs need a CUDA device)".to_string())
         } else if check_numerics::is_enabled() {
             Some("check_numerics is on (it reads every op's output on the host)".to_string())
-        } else if optimizer.loss_scale().is_some() {
-            Some("the optimizer scales the loss (a LossScaleOptimizer decides each step on the host)".to_string())
+        } else if !optimizer.supports_graph_update() && optimizer.loss_scale().is_some() {
+            Some(
+                "the optimizer scales the loss, and its inner optimizer's update cannot be captured (a \
+                 LossScaleOptimizer then decides each step on the host)"
+                    .to_string(),
+            )
         } else {
             None
         };
@@ -405,7 +411,9 @@ impl GraphedStep {
                 let reason = format!("the batch ({signature}) differs from the prepared one ({})", statics.signature);
                 self.eager(model, optimizer, x, y, &forward, Some(reason))
             }
-            State::Warm(warm) if *warm == signature => {
+            // Arm only after a step was applied: a loss-scaled run skips its first steps while
+            // the scale overflows, and until one is applied the optimizer has no state to capture.
+            State::Warm(warm) if *warm == signature && optimizer.iterations() > 0 => {
                 self.state = State::Armed(Box::new(Statics::new(model, optimizer, x, y, signature)?));
                 self.eager(model, optimizer, x, y, &forward, None)
             }
@@ -444,7 +452,7 @@ impl GraphedStep {
         if c.update_in_graph {
             // The step's values were written by `Captured::prepare`.
             c.graph.replay()?;
-            optimizer.set_iterations(optimizer.iterations() + 1);
+            optimizer.graph_update_replayed();
         } else {
             c.graph.replay()?;
             optimizer.apply_gradients(&c.grads, &c.trainable)?;
@@ -473,8 +481,14 @@ fn capture(
     let host_state = save_host_state(model);
     let captured = CudaGraph::capture(&statics.signature.device, || {
         let tape = GradientTape::new();
-        let (loss, outputs) = tape.record(|| forward(&statics.x, &statics.y).map_err(tapegrad_tensor::Error::from))?;
-        let grads = tape.gradient(&loss, &trainable)?;
+        let optimizer_ref: &dyn Optimizer = &*optimizer;
+        let (loss, scaled, outputs) = tape.record(|| {
+            let (loss, outputs) = forward(&statics.x, &statics.y).map_err(tapegrad_tensor::Error::from)?;
+            // A LossScaleOptimizer's scale, read on the device at each replay.
+            let scaled = optimizer_ref.capture_scale_loss(&loss).map_err(tapegrad_tensor::Error::from)?;
+            Ok((loss, scaled, outputs))
+        })?;
+        let grads = tape.gradient(&scaled, &trainable)?;
         if update_in_graph {
             optimizer.capture_update(&grads, &trainable).map_err(tapegrad_tensor::Error::from)?;
         }

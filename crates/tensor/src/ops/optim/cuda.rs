@@ -18,6 +18,9 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "adam_update_multi",
         "sgd_update_multi_dev",
         "adam_update_multi_dev",
+        "all_finite_multi",
+        "loss_scale_decide",
+        "loss_scale_mul",
     ]
     .iter()
     .flat_map(|k| [DType::F32, DType::F64].map(|d| format!("{k}_{}", dtype_suffix(d))))
@@ -137,7 +140,7 @@ const CHUNK: usize = 4096;
 /// nothing. Pointers are device addresses, 0 for an absent state.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct MultiTable {
+pub(crate) struct MultiTable {
     var: [u64; MAX_TENSORS],
     grad: [u64; MAX_TENSORS],
     state_a: [u64; MAX_TENSORS],
@@ -201,7 +204,7 @@ fn multi_update(
 /// Fills one table per `MAX_TENSORS` non-empty items, each item writing to its three
 /// target addresses (new buffers, or its own operands for an update in place), and calls
 /// `launch(table, chunks)` for each.
-fn launch_tables(
+pub(crate) fn launch_tables(
     targets: &[(&MultiItem<'_>, [u64; 3])],
     mut launch: impl FnMut(&MultiTable, usize) -> Result<()>,
 ) -> Result<()> {

@@ -21,12 +21,14 @@
 use super::{check_operands, AdamOperands, AdamStep, SgdOperands, SgdStep};
 use crate::{DType, Device, Error, Result, Tensor};
 
-/// Slots of the device buffer: Adam's five values, SGD's three.
+/// Slots of the device buffer: Adam's five values, SGD's three; slot 7 is the skip flag
+/// (not 0: the in-place updates change nothing; see [`DeviceLossScale`](super::DeviceLossScale)).
 const LEN: usize = 8;
 
 /// The per-step values of an update, on a CUDA device, in the parameters' dtype (see the
 /// [module docs](self)). Layout: Adam `[lr_t, 1 - beta_1, 1 - beta_2, epsilon,
-/// 1 - lr * weight_decay]`; SGD `[lr, momentum, weight_decay]`.
+/// 1 - lr * weight_decay]`; SGD `[lr, momentum, weight_decay]`; slot 7 is 0, or, written
+/// by a [`DeviceLossScale`](super::DeviceLossScale), 1 to skip the step.
 pub struct StepScalars {
     device: Device,
     dtype: DType,
@@ -91,15 +93,32 @@ impl StepScalars {
     /// Queues the write of `step`'s values (validated first) for the updates that run
     /// after it on the device's stream. Refused during a capture (it copies from the host).
     pub fn write_adam(&self, step: &AdamStep) -> Result<()> {
-        step.validate()?;
-        let c = step.coefficients();
-        self.write(&[c.lr_t, c.one_minus_beta_1, c.one_minus_beta_2, c.epsilon, c.decay_factor])
+        self.write(&Self::adam_values(step)?)
     }
 
     /// Queues the write of `step`'s values (validated first); see [`write_adam`](Self::write_adam).
     pub fn write_sgd(&self, step: &SgdStep) -> Result<()> {
+        self.write(&Self::sgd_values(step)?)
+    }
+
+    /// The values [`write_adam`](Self::write_adam) writes for `step` (validated first), in
+    /// f64: one row of a [`DeviceLossScale`](super::DeviceLossScale)'s table.
+    pub fn adam_values(step: &AdamStep) -> Result<Vec<f64>> {
         step.validate()?;
-        self.write(&[step.learning_rate, step.momentum, step.weight_decay])
+        let c = step.coefficients();
+        Ok(vec![c.lr_t, c.one_minus_beta_1, c.one_minus_beta_2, c.epsilon, c.decay_factor])
+    }
+
+    /// The values [`write_sgd`](Self::write_sgd) writes for `step` (validated first).
+    pub fn sgd_values(step: &SgdStep) -> Result<Vec<f64>> {
+        step.validate()?;
+        Ok(vec![step.learning_rate, step.momentum, step.weight_decay])
+    }
+
+    /// The device buffer the in-place updates read.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn buffer(&self) -> &crate::cuda_backend::CudaStorage {
+        &self.inner.buffer
     }
 
     /// Rounds `values` to the dtype (as the ordinary updates round their arguments) and

@@ -13,7 +13,8 @@
 //!
 //! For CUDA graphs, [`adam_update_many_in_place`] and [`sgd_update_many_in_place`] run the
 //! same arithmetic in place, reading each step's learning rate and bias correction from a
-//! device buffer ([`StepScalars`]) that the host writes before each replay.
+//! device buffer ([`StepScalars`]) that the host writes before each replay; with dynamic
+//! loss scaling, [`DeviceLossScale`] decides on the device whether a step is applied.
 //!
 //! ```
 //! use tapegrad_tensor::optim::{adam_update, AdamStep};
@@ -34,8 +35,10 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 mod in_place;
+mod loss_scale;
 
 pub use in_place::{adam_update_many_in_place, sgd_update_many_in_place, StepScalars};
+pub use loss_scale::{DeviceLossScale, DeviceLossScaleState};
 
 // The step types are what the backends consume, so they live beside the backend trait.
 pub use crate::backend::optim_step::{AdamStep, SgdStep};

@@ -15,7 +15,18 @@
 //     decay_factor), so that a CUDA graph replays them with each step's learning rate and
 //     bias correction. The host writes `s` before each replay (optim/in_place.rs). The
 //     updates run in place there (out == var, out_a == state_a, ...): each element is read
-//     before it is written, by the thread that writes it.
+//     before it is written, by the thread that writes it. A step whose `s[7]` is not 0 is
+//     skipped: nothing is written (a loss-scaled step with non-finite gradients).
+//   all_finite_multi_<dtype>, loss_scale_decide_<dtype>, loss_scale_mul_<dtype>: dynamic
+//     loss scaling decided on the device (optim/loss_scale.rs). `state` is f64[8]:
+//     [scale, good steps, applied steps, table base, growth steps, inverse of this step's
+//     scale, table overrun, non-finite flag]. all_finite_multi sets the flag when a
+//     gradient holds an Inf or NaN (every writer writes 1, so the race is benign);
+//     loss_scale_decide (one thread) reads and clears it, keeps this step's inverse scale,
+//     and either copies the step's row of the host-written table into `s` (row = applied -
+//     base) and counts a good step (doubling the scale after `growth` of them), or marks
+//     `s` skipped and halves the scale; loss_scale_mul is affine's `x * p + 0` with
+//     p = (T)state[index], so it equals `mul_scalar` bit for bit.
 
 #define MT_MAX_TENSORS 40
 #define MT_CHUNK 4096
@@ -132,6 +143,7 @@ __device__ __forceinline__ void for_each_chunk(const MultiTable<T>& t, Element e
 #define OPTIM_MULTI_DEV(T)                                                                                      \
     extern "C" __global__ void sgd_update_multi_dev_##T(const MultiTable<T> t, const T* s, u64 has_decay,      \
                                                         u64 has_momentum, u64 nesterov) {                      \
+        if (s[7] != T(0)) return;                                                                              \
         const T lr = s[0], momentum = s[1], decay = s[2];                                                      \
         for_each_chunk(t, [&](u64 k, u64 i) {                                                                  \
             sgd_element(t.var[k], t.grad[k], t.state_a[k], t.out[k], t.out_a[k], i, lr, momentum, decay,       \
@@ -139,6 +151,7 @@ __device__ __forceinline__ void for_each_chunk(const MultiTable<T>& t, Element e
         });                                                                                                    \
     }                                                                                                          \
     extern "C" __global__ void adam_update_multi_dev_##T(const MultiTable<T> t, const T* s, u64 has_decay) {   \
+        if (s[7] != T(0)) return;                                                                              \
         const T lr_t = s[0], one_minus_beta_1 = s[1], one_minus_beta_2 = s[2], epsilon = s[3],                 \
                 decay_factor = s[4];                                                                           \
         for_each_chunk(t, [&](u64 k, u64 i) {                                                                  \
@@ -153,3 +166,51 @@ OPTIM_MULTI(f32)
 OPTIM_MULTI(f64)
 OPTIM_MULTI_DEV(f32)
 OPTIM_MULTI_DEV(f64)
+
+// A value is finite when subtracting it from itself gives 0 (Inf - Inf and NaN - NaN are NaN).
+#define LOSS_SCALE(T)                                                                                           \
+    extern "C" __global__ void all_finite_multi_##T(const MultiTable<T> t, f64* state) {                       \
+        for_each_chunk(t, [&](u64 k, u64 i) {                                                                  \
+            const T g = t.var[k][i];                                                                           \
+            if (!(g - g == T(0))) state[7] = 1.0;                                                              \
+        });                                                                                                    \
+    }                                                                                                          \
+    extern "C" __global__ void loss_scale_decide_##T(f64* state, const T* table, u64 rows, T* s) {             \
+        if (blockIdx.x != 0 || threadIdx.x != 0) return;                                                       \
+        const f64 scale = state[0];                                                                            \
+        const bool finite = state[7] == 0.0;                                                                   \
+        state[7] = 0.0;                                                                                        \
+        state[5] = 1.0 / scale;                                                                                \
+        const u64 row = (u64)state[2] - (u64)state[3];                                                         \
+        if (finite && row >= rows) {                                                                           \
+            /* The host refills the table before this can happen; if not, change nothing. */                  \
+            state[6] = 1.0;                                                                                    \
+            s[7] = T(1);                                                                                       \
+            return;                                                                                            \
+        }                                                                                                      \
+        if (finite) {                                                                                          \
+            for (int j = 0; j < 8; ++j) s[j] = table[row * 8 + j];                                             \
+            s[7] = T(0);                                                                                       \
+            state[2] += 1.0;                                                                                   \
+            if (state[1] + 1.0 >= state[4]) {                                                                  \
+                state[0] = scale * 2.0;                                                                        \
+                state[1] = 0.0;                                                                                \
+            } else {                                                                                           \
+                state[1] += 1.0;                                                                               \
+            }                                                                                                  \
+        } else {                                                                                               \
+            s[7] = T(1);                                                                                       \
+            state[0] = scale / 2.0;                                                                            \
+            state[1] = 0.0;                                                                                    \
+        }                                                                                                      \
+    }                                                                                                          \
+    extern "C" __global__ void loss_scale_mul_##T(const T* x, T* y, u64 n, const f64* state, u64 index) {      \
+        const T p = (T)state[index];                                                                           \
+        GRID_STRIDE_LOOP(i, n) { y[i] = mul_rn(x[i], p) + T(0); }                                              \
+    }
+
+__device__ __forceinline__ f32 mul_rn(f32 a, f32 b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ f64 mul_rn(f64 a, f64 b) { return __dmul_rn(a, b); }
+
+LOSS_SCALE(f32)
+LOSS_SCALE(f64)
