@@ -351,23 +351,6 @@ impl BackendStorage for CpuStorage {
         if let Some(out) = low_precision::cast_low(self, dtype) {
             return out;
         }
-        // A float that no i64 holds (NaN, infinite, beyond +-2^63) would saturate silently
-        // (NaN to 0, so an Embedding would look up row 0): refuse it, naming the value.
-        let check_integral = |v: &mut dyn Iterator<Item = f64>| -> Result<()> {
-            const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
-            match v.enumerate().find(|(_, x)| !(-LIMIT..LIMIT).contains(x)) {
-                Some((i, x)) => Err(Error::invalid(
-                    "cast",
-                    format!("the value {x} at flat index {i} has no i64 equivalent (NaN, infinite or beyond +-2^63)"),
-                )),
-                None => Ok(()),
-            }
-        };
-        match (self, dtype) {
-            (CpuStorage::F32(v), DType::I64) => check_integral(&mut v.iter().map(|&x| f64::from(x)))?,
-            (CpuStorage::F64(v), DType::I64) => check_integral(&mut v.iter().copied())?,
-            _ => {}
-        }
         Ok(match (self, dtype) {
             (CpuStorage::F32(v), DType::F32) => CpuStorage::F32(conv(v)?),
             (CpuStorage::F32(v), DType::F64) => CpuStorage::F64(conv(v)?),
