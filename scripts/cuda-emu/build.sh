@@ -44,7 +44,7 @@ else
   # One object per source, compiled in parallel (one g++ over all of them is serial).
   {
     printf '%s\0' "$here/fake_cudnn.cpp"
-    for src in "$here/fake_driver.cpp" "$here/fake_graph.cpp" "$here/fake_cudnn_capture.cpp" "$here/fake_nccl.cpp" "$here/fake_nccl_shm.cpp" \
+    for src in "$here/fake_driver.cpp" "$here/fibers.cpp" "$here/fake_graph.cpp" "$here/fake_cudnn_capture.cpp" "$here/fake_nccl.cpp" "$here/fake_nccl_shm.cpp" \
       "$out"/k_*.cpp; do
       printf '%s\0' "$src"
     done

@@ -6,7 +6,6 @@
 #include <math.h>
 #include <string.h>
 #include <stdint.h>
-#include <barrier>
 #include <vector>
 #include <memory>
 
@@ -44,9 +43,13 @@ inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f;
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
 
 // Kernel registry: `invoke` unpacks cuLaunchKernel's parameter pointers into the kernel's
-// own parameter types; `sync` kernels get one OS thread per CUDA thread (barriers work).
+// own parameter types; `sync` kernels run their threads as fibers (fibers.cpp: barriers work).
 struct KernelEntry { const char* name; void (*invoke)(void**); bool sync; };
 void emu_register(KernelEntry e);
+// Runs every block of a `sync` kernel, one fiber per CUDA thread; nonzero on failure.
+int emu_run_cooperative(KernelEntry* kernel, unsigned grid, unsigned block, void** params);
+// The kernel being run, for messages.
+extern const char* emu_running_kernel;
 #include <utility>
 #include <type_traits>
 template <typename... A, size_t... I>

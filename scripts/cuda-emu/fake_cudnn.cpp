@@ -254,7 +254,7 @@ bool tensor_math(const Conv& cv, const Tensor& x) {
 }
 
 // Visits every (output pixel, filter tap) pair whose input position is inside the image:
-// f(n, k-independent input index parts...). Kept as one loop so the three directions agree.
+// f(n, oh, ow, ih, iw, filter row, filter column). Kept as one loop so the three directions agree.
 template <class F> void taps(const Tensor& x, const Filter& w, const Conv& cv, const Tensor& y, F f) {
     for (int n = 0; n < y.n; ++n)
         for (int oh = 0; oh < y.h; ++oh)
@@ -273,8 +273,50 @@ template <class F> void taps(const Tensor& x, const Filter& w, const Conv& cv, c
                 }
 }
 
-// The input channel that filter k's channel c reads (its group's run of channels).
-int in_channel(const Filter& w, const Conv& cv, int k, int c) { return (k / (w.k / cv.groups)) * w.c + c; }
+// The loops below run on copies in one fixed layout, whatever the descriptors' formats: an
+// image tensor as NHWC doubles, a filter as KRSC doubles (channels innermost in both), so
+// the innermost loop walks one group's channels contiguously. Every sum is taken in the
+// same order as a loop over the descriptors' own layouts would take it.
+size_t nhwc(const Tensor& t, int n, int h, int w) { return (((size_t)n * t.h + h) * t.w + w) * t.c; }
+size_t krsc(const Filter& f, int k, int r, int s) { return (((size_t)k * f.r + r) * f.s + s) * f.c; }
+
+// `t`'s elements as operands (widened; TF32-rounded under tensor-op math), NHWC order.
+template <class T> std::vector<double> image_operands(const Tensor& t, const T* p, bool tf) {
+    std::vector<double> out(count(t));
+    for (int n = 0; n < t.n; ++n)
+        for (int c = 0; c < t.c; ++c)
+            for (int h = 0; h < t.h; ++h)
+                for (int w = 0; w < t.w; ++w) out[nhwc(t, n, h, w) + c] = operand(p[at(t, n, c, h, w)], tf);
+    return out;
+}
+template <class T> std::vector<double> filter_operands(const Filter& f, const T* p, bool tf) {
+    std::vector<double> out(count(f));
+    for (int k = 0; k < f.k; ++k)
+        for (int c = 0; c < f.c; ++c)
+            for (int r = 0; r < f.r; ++r)
+                for (int s = 0; s < f.s; ++s) out[krsc(f, k, r, s) + c] = operand(p[at(f, k, c, r, s)], tf);
+    return out;
+}
+// NHWC (KRSC) values back into the descriptor's layout.
+std::vector<double> image_layout(const Tensor& t, const std::vector<double>& v) {
+    std::vector<double> out(v.size());
+    for (int n = 0; n < t.n; ++n)
+        for (int c = 0; c < t.c; ++c)
+            for (int h = 0; h < t.h; ++h)
+                for (int w = 0; w < t.w; ++w) out[at(t, n, c, h, w)] = v[nhwc(t, n, h, w) + c];
+    return out;
+}
+std::vector<double> filter_layout(const Filter& f, const std::vector<double>& v) {
+    std::vector<double> out(v.size());
+    for (int k = 0; k < f.k; ++k)
+        for (int c = 0; c < f.c; ++c)
+            for (int r = 0; r < f.r; ++r)
+                for (int s = 0; s < f.s; ++s) out[at(f, k, c, r, s)] = v[krsc(f, k, r, s) + c];
+    return out;
+}
+
+// The first input channel filter k reads: its group's run of w.c channels starts there.
+int group_start(const Filter& w, const Conv& cv, int k) { return (k / (w.k / cv.groups)) * w.c; }
 
 // alpha and beta are doubles for double data, floats otherwise (16-bit data included).
 template <class T> void blend(T* out, const std::vector<double>& acc, const void* alpha, const void* beta) {
@@ -283,48 +325,65 @@ template <class T> void blend(T* out, const std::vector<double>& acc, const void
     for (size_t i = 0; i < acc.size(); ++i) out[i] = narrow<T>(a * acc[i] + (b == 0 ? 0.0 : b * widen(out[i])));
 }
 
+// The convolution's exact sums (in double), in y's descriptor layout.
+template <class T>
+std::vector<double> convolve(const Tensor& x, const T* xp, const Filter& w, const T* wp, const Conv& cv, const Tensor& y) {
+    bool tf = tensor_math(cv, x);
+    std::vector<double> xs = image_operands(x, xp, tf), ws = filter_operands(w, wp, tf), acc(count(y), 0.0);
+    taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
+        const double* pixel = &xs[nhwc(x, n, ih, iw)];
+        double* out = &acc[nhwc(y, n, oh, ow)];
+        for (int k = 0; k < w.k; ++k) {
+            const double* a = pixel + group_start(w, cv, k);
+            const double* b = &ws[krsc(w, k, r, s)];
+            double sum = 0;
+            for (int c = 0; c < w.c; ++c) sum += a[c] * b[c];
+            out[k] += sum;
+        }
+    });
+    return image_layout(y, acc);
+}
+
 template <class T>
 void forward(const Tensor& x, const T* xp, const Filter& w, const T* wp, const Conv& cv, const Tensor& y, T* yp,
              const void* alpha, const void* beta) {
-    bool tf = tensor_math(cv, x);
-    std::vector<double> acc(count(y), 0.0);
-    taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
-        for (int k = 0; k < w.k; ++k) {
-            double sum = 0;
-            for (int c = 0; c < w.c; ++c)
-                sum += operand(xp[at(x, n, in_channel(w, cv, k, c), ih, iw)], tf) * operand(wp[at(w, k, c, r, s)], tf);
-            acc[at(y, n, k, oh, ow)] += sum;
-        }
-    });
-    blend<T>(yp, acc, alpha, beta);
+    blend<T>(yp, convolve(x, xp, w, wp, cv, y), alpha, beta);
 }
 
 template <class T>
 void backward_data(const Tensor& x, T* dxp, const Filter& w, const T* wp, const Conv& cv, const Tensor& y, const T* dyp,
                    const void* alpha, const void* beta) {
     bool tf = tensor_math(cv, x);
-    std::vector<double> acc(count(x), 0.0);
+    std::vector<double> dys = image_operands(y, dyp, tf), ws = filter_operands(w, wp, tf), acc(count(x), 0.0);
     taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
+        const double* g = &dys[nhwc(y, n, oh, ow)];
+        double* pixel = &acc[nhwc(x, n, ih, iw)];
         for (int k = 0; k < w.k; ++k) {
-            double g = operand(dyp[at(y, n, k, oh, ow)], tf);
-            for (int c = 0; c < w.c; ++c) acc[at(x, n, in_channel(w, cv, k, c), ih, iw)] += g * operand(wp[at(w, k, c, r, s)], tf);
+            double* a = pixel + group_start(w, cv, k);
+            const double* b = &ws[krsc(w, k, r, s)];
+            const double gk = g[k];
+            for (int c = 0; c < w.c; ++c) a[c] += gk * b[c];
         }
     });
-    blend<T>(dxp, acc, alpha, beta);
+    blend<T>(dxp, image_layout(x, acc), alpha, beta);
 }
 
 template <class T>
 void backward_filter(const Tensor& x, const T* xp, const Filter& w, T* dwp, const Conv& cv, const Tensor& y, const T* dyp,
                      const void* alpha, const void* beta) {
     bool tf = tensor_math(cv, x);
-    std::vector<double> acc(count(w), 0.0);
+    std::vector<double> xs = image_operands(x, xp, tf), dys = image_operands(y, dyp, tf), acc(count(w), 0.0);
     taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
+        const double* g = &dys[nhwc(y, n, oh, ow)];
+        const double* pixel = &xs[nhwc(x, n, ih, iw)];
         for (int k = 0; k < w.k; ++k) {
-            double g = operand(dyp[at(y, n, k, oh, ow)], tf);
-            for (int c = 0; c < w.c; ++c) acc[at(w, k, c, r, s)] += g * operand(xp[at(x, n, in_channel(w, cv, k, c), ih, iw)], tf);
+            const double* b = pixel + group_start(w, cv, k);
+            double* a = &acc[krsc(w, k, r, s)];
+            const double gk = g[k];
+            for (int c = 0; c < w.c; ++c) a[c] += gk * b[c];
         }
     });
-    blend<T>(dwp, acc, alpha, beta);
+    blend<T>(dwp, filter_layout(w, acc), alpha, beta);
 }
 
 enum : int { ACT_RELU = 1, ACT_IDENTITY = 5, NOT_PROPAGATE_NAN = 0, PROPAGATE_NAN = 1 };
@@ -336,16 +395,7 @@ void forward_bias_activation(const Tensor& x, const T* xp, const Filter& w, cons
                              const T* zp, const T* bp, const Activation& act, T* yp, const void* alpha1,
                              const void* alpha2) {
     using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
-    bool tf = tensor_math(cv, x);
-    std::vector<double> acc(count(y), 0.0);
-    taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
-        for (int k = 0; k < w.k; ++k) {
-            double sum = 0;
-            for (int c = 0; c < w.c; ++c)
-                sum += operand(xp[at(x, n, in_channel(w, cv, k, c), ih, iw)], tf) * operand(wp[at(w, k, c, r, s)], tf);
-            acc[at(y, n, k, oh, ow)] += sum;
-        }
-    });
+    std::vector<double> acc = convolve(x, xp, w, wp, cv, y);
     S a1 = *(const S*)alpha1, a2 = *(const S*)alpha2;
     std::vector<T> out(acc.size());
     for (int n = 0; n < y.n; ++n)

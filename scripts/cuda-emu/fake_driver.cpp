@@ -28,24 +28,6 @@ dim3 blockDim, gridDim;
 static std::map<std::string, KernelEntry>& registry() { static std::map<std::string, KernelEntry> r; return r; }
 void emu_register(KernelEntry e) { registry()[e.name] = e; }
 
-static std::unique_ptr<std::barrier<>> block_barrier;
-static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-static std::vector<uint64_t> slots;
-static const char* running_kernel = "";
-static void not_cooperative() {
-    fprintf(stderr, "fake cuda: kernel %s synchronises threads; list it in scripts/cuda-emu/register.py\n",
-            running_kernel);
-    abort();
-}
-void emu_syncthreads() {
-    if (!block_barrier) not_cooperative();
-    block_barrier->arrive_and_wait();
-}
-void emu_syncwarp() {
-    if (warp_barriers.empty()) not_cooperative();
-    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
-}
-uint64_t* emu_shuffle_slots() { return slots.data(); }
 
 // Two-byte matrices (cuBLAS's CUDA_R_16BF / CUDA_R_16F), widened to float and rounded back
 // to nearest even: f16 through the compiler's _Float16, bf16 by hand (the high half of a
@@ -301,35 +283,14 @@ CUresult cuGetErrorString(int, const char** s) { *s = "fake cuda error"; return 
 CUresult cuGetErrorName(int, const char** s) { *s = "CUDA_ERROR_FAKE"; return 0; }
 
 static int run_kernel(KernelEntry* k, unsigned gx, unsigned bx, void** params) {
-    running_kernel = k->name;
+    emu_running_kernel = k->name;
     gridDim = {gx, 1, 1};
     blockDim = {bx, 1, 1};
-    if (!k->sync) {
-        for (unsigned b = 0; b < gx; ++b) {
-            blockIdx.x = b;
-            for (unsigned t = 0; t < bx; ++t) { threadIdx.x = t; k->invoke(params); }
-        }
-        return 0;
+    if (k->sync) return emu_run_cooperative(k, gx, bx, params);
+    for (unsigned b = 0; b < gx; ++b) {
+        blockIdx.x = b;
+        for (unsigned t = 0; t < bx; ++t) { threadIdx.x = t; k->invoke(params); }
     }
-    if (bx % 32 != 0) { fprintf(stderr, "fake cuda: block of %u threads for a block-reducing kernel\n", bx); return 1; }
-    block_barrier = std::make_unique<std::barrier<>>(bx);
-    warp_barriers.clear();
-    for (unsigned w = 0; w < bx / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
-    slots.assign(bx, 0);
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < bx; ++t) {
-        threads.emplace_back([=] {
-            threadIdx.x = t;
-            for (unsigned b = 0; b < gx; ++b) {
-                blockIdx.x = b;
-                k->invoke(params);
-                emu_syncthreads();  // the next block reuses the same shared memory
-            }
-        });
-    }
-    for (auto& th : threads) th.join();
-    block_barrier.reset();
-    warp_barriers.clear();
     return 0;
 }
 

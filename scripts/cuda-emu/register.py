@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 # Kernels whose threads cooperate within a block (__syncthreads, warp shuffles): the fake
-# driver runs their blocks with one OS thread per CUDA thread. Every other kernel runs its
+# driver runs their blocks with one fiber per CUDA thread (fibers.cpp). Every other kernel runs its
 # threads one after another (it aborts if one of them synchronises after all).
 COOPERATIVE_PREFIXES = (
     "reduce_rows_", "log_softmax_", "gn_moments_", "gn_backward_sums_", "bn_merge_moments_", "bn_backward_merge_"
