@@ -118,13 +118,13 @@ fn max_pool2d_backward_gather<T: FloatElement + ZeroBits>(
         *cols = windows_containing(ix, s.stride_w, s.pad_left, s.window_w, s.out_w);
     }
     let per_image = (out_image * s.window_h * s.window_w).max(1);
-    // Per task: the recorded ordinals of one image and the running maxima of one pixel.
-    let scratch = || Some((try_zeros::<T>(OP, out_image).ok()?, try_zeros::<T>(OP, c).ok()?));
-    let fill = |scratch: &mut Option<(Vec<T>, Vec<T>)>, b: usize, dst: &mut [MaybeUninit<T>]| {
-        let (arg, best) = scratch.as_mut().ok_or_else(|| host_oom::<T>(OP, out_image + c))?;
+    // Per task: the recorded ordinals of one image.
+    let scratch = || try_zeros::<T>(OP, out_image).ok();
+    let fill = |scratch: &mut Option<Vec<T>>, b: usize, dst: &mut [MaybeUninit<T>]| {
+        let arg = scratch.as_mut().ok_or_else(|| host_oom::<T>(OP, out_image))?;
         let img = &x[b * in_image..(b + 1) * in_image];
         for (oy, arg) in arg.chunks_exact_mut(s.out_w * c).enumerate() {
-            isa.run(ArgmaxRow { img, s, oy, best, arg });
+            isa.run(ArgmaxRow { img, s, oy, arg });
         }
         let dyi = &dy[b * out_image..(b + 1) * out_image];
         for (iy, dst) in dst.chunks_exact_mut(s.in_w * c).enumerate() {
@@ -326,6 +326,37 @@ mod tests {
             let portable = bits(&max_pool2d_with(Isa::Portable, &x, &s).unwrap());
             for isa in Isa::available() {
                 assert_eq!(bits(&max_pool2d_with(isa, &x, &s).unwrap()), portable, "{isa:?} {s:?}");
+            }
+        }
+    }
+
+    /// The forward pass against the definition: per channel, the window's elements in
+    /// row-major order, each taken when strictly greater than the maximum so far.
+    #[test]
+    fn forward_is_each_windows_first_maximum_on_every_instruction_set() {
+        for (s, x, _) in cases() {
+            let c = s.channels;
+            let mut expected = Vec::new();
+            for b in 0..s.batch {
+                for oy in 0..s.out_h {
+                    let (y0, y1) = window(oy, s.stride_h, s.pad_top, s.window_h, s.in_h);
+                    for ox in 0..s.out_w {
+                        let (x0, x1) = window(ox, s.stride_w, s.pad_left, s.window_w, s.in_w);
+                        for ch in 0..c {
+                            let at = |iy: usize, ix: usize| x[((b * s.in_h + iy) * s.in_w + ix) * c + ch];
+                            let mut m = at(y0, x0);
+                            for iy in y0..y1 {
+                                for ix in x0..x1 {
+                                    m = if at(iy, ix) > m { at(iy, ix) } else { m };
+                                }
+                            }
+                            expected.push(m);
+                        }
+                    }
+                }
+            }
+            for isa in Isa::available() {
+                assert_eq!(bits(&max_pool2d_with(isa, &x, &s).unwrap()), bits(&expected), "{isa:?} {s:?}");
             }
         }
     }
