@@ -154,6 +154,25 @@ impl Initializer {
 }
 
 impl Initializer {
+    /// [`initialize`](Self::initialize) for the variable `variable` (e.g. "kernel") of the
+    /// layer `layer`: an error names both, since a model's build error must say which of its
+    /// layers was given the bad initializer or the shape too large to allocate.
+    pub(crate) fn initialize_for(
+        &self,
+        (layer, variable): (&str, &str),
+        shape: &Shape,
+        fans: Fans,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        self.initialize(shape, fans, dtype, device).map_err(|e| match e {
+            crate::Error::Invalid(msg) => crate::Error::layer(layer, format!("{variable} initializer {msg}")),
+            // Kept a tensor error (an out-of-memory one stays matchable); its message names the shape.
+            crate::Error::Tensor(e) => crate::Error::in_layer(layer, e),
+            other => other,
+        })
+    }
+
     /// Checks the parameters: finite constants, a non-negative finite std, a non-empty finite
     /// range, a positive finite scale. The error names the initializer, the option and its value.
     fn validate(&self) -> Result<()> {

@@ -83,6 +83,10 @@ fn mean_iou_accumulates_a_confusion_matrix() {
 fn mean_iou_rejects_bad_options_and_classes() {
     let msg = MeanIoU::new(0).unwrap_err().to_string();
     assert!(msg.contains("num_classes") && msg.contains('0'), "{msg}");
+    for huge in [1usize << 40, usize::MAX] {
+        let msg = MeanIoU::new(huge).unwrap_err().to_string();
+        assert!(msg.contains(&huge.to_string()) && msg.contains("too large"), "{msg}");
+    }
     let mut iou = MeanIoU::new(2).unwrap();
     let msg = iou.update_state(&i(vec![0, 5], &[2]), &i(vec![0, 1], &[2])).unwrap_err().to_string();
     assert!(msg.contains("label 5") && msg.contains("0..2"), "{msg}");

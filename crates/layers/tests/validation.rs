@@ -119,8 +119,8 @@ fn layers_too_large_to_allocate_are_errors_not_aborts() {
     // The initial values are drawn into a fallibly reserved buffer: 2^40 x 8 f32 would
     // abort the process if it were a plain Vec.
     let x = Tensor::ones([2, 8], DType::F32, &Device::Cpu).unwrap();
-    let msg = Dense::new(1 << 40).call(&x, Mode::Train).unwrap_err().to_string();
-    assert_names(&msg, &["initializer", "out of memory", "[8, 1099511627776]"]);
+    let msg = Dense::new(1 << 40).named("huge").call(&x, Mode::Train).unwrap_err().to_string();
+    assert_names(&msg, &["layer huge", "initializer", "out of memory", "[8, 1099511627776]"]);
     let ids = Tensor::from_vec(vec![0i64], [1], &Device::Cpu).unwrap();
     let msg = Embedding::new(1 << 40, 1 << 20).call(&ids, Mode::Train).unwrap_err().to_string();
     assert_names(&msg, &["too many elements"]);
@@ -134,11 +134,23 @@ fn layers_too_large_to_allocate_are_errors_not_aborts() {
 #[test]
 fn initializer_parameters_that_give_no_finite_values() {
     let x = Tensor::ones([2, 3], DType::F32, &Device::Cpu).unwrap();
-    let call =
-        |init: Initializer| Dense::new(2).kernel_initializer(init).call(&x, Mode::Train).unwrap_err().to_string();
-    assert_names(&call(Initializer::Constant(f64::NAN)), &["Constant", "NaN"]);
-    assert_names(&call(Initializer::RandomNormal { mean: 0.0, std: -1.0 }), &["RandomNormal", "std -1"]);
-    assert_names(&call(Initializer::RandomUniform { low: 0.0, high: f64::INFINITY }), &["RandomUniform", "inf"]);
+    let call = |init: Initializer| {
+        Dense::new(2).named("head").kernel_initializer(init).call(&x, Mode::Train).unwrap_err().to_string()
+    };
+    // The error names the layer and its variable, then the initializer and the bad value.
+    let named = ["layer head", "kernel initializer"];
+    assert_names(&call(Initializer::Constant(f64::NAN)), &[&named[..], &["Constant", "NaN"]].concat());
+    let msg = call(Initializer::RandomNormal { mean: 0.0, std: -1.0 });
+    assert_names(&msg, &[&named[..], &["RandomNormal", "std -1"]].concat());
+    let msg = call(Initializer::RandomUniform { low: 0.0, high: f64::INFINITY });
+    assert_names(&msg, &[&named[..], &["RandomUniform", "inf"]].concat());
+    let msg = BatchNormalization::new()
+        .named("bn")
+        .gamma_initializer(Initializer::Constant(f64::INFINITY))
+        .call(&Tensor::ones([2, 4], DType::F32, &Device::Cpu).unwrap(), Mode::Train)
+        .unwrap_err()
+        .to_string();
+    assert_names(&msg, &["layer bn", "gamma initializer", "Constant(inf)"]);
 }
 
 #[test]

@@ -172,7 +172,7 @@ impl BatchNormalization {
             // f32 statistics and parameters under the 16-bit policies (tf.keras' param dtype).
             let dtype = normalization_dtype(variable_dtype(self.dtype_policy, input.dtype));
             let make = |init: Initializer, what: &str, trainable: bool| -> Result<Variable> {
-                let value = init.initialize(&shape, fans, dtype, &input.device)?;
+                let value = init.initialize_for((&self.name, what), &shape, fans, dtype, &input.device)?;
                 Ok(Variable::new(format!("{}/{what}", self.name), value, trainable))
             };
             Ok(BnWeights {

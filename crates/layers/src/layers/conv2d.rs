@@ -150,7 +150,8 @@ impl Conv2D {
             let (kh, kw) = self.kernel_size;
             let shape = Shape::new(&[self.filters, kh, kw, in_channels / groups]);
             let fans = Fans::conv2d(self.filters, kh, kw, in_channels / groups);
-            let kernel = self.kernel_initializer.initialize(
+            let kernel = self.kernel_initializer.initialize_for(
+                (&self.name, "kernel"),
                 &shape,
                 fans,
                 variable_dtype(self.dtype_policy, input.dtype),
@@ -159,7 +160,8 @@ impl Conv2D {
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let shape = Shape::new(&[self.filters]);
-                let b = self.bias_initializer.initialize(
+                let b = self.bias_initializer.initialize_for(
+                    (&self.name, "bias"),
                     &shape,
                     Fans::vector(self.filters),
                     variable_dtype(self.dtype_policy, input.dtype),

@@ -154,7 +154,8 @@ impl Conv2DTranspose {
             let shape = Shape::new(&[in_channels, kh, kw, self.filters]);
             // Keras' kernel (kh, kw, filters, in): fan_in counts the filters.
             let fans = Fans::conv2d(in_channels, kh, kw, self.filters);
-            let kernel = self.kernel_initializer.initialize(
+            let kernel = self.kernel_initializer.initialize_for(
+                (&self.name, "kernel"),
                 &shape,
                 fans,
                 variable_dtype(self.dtype_policy, input.dtype),
@@ -163,7 +164,8 @@ impl Conv2DTranspose {
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let shape = Shape::new(&[self.filters]);
-                let b = self.bias_initializer.initialize(
+                let b = self.bias_initializer.initialize_for(
+                    (&self.name, "bias"),
                     &shape,
                     Fans::vector(self.filters),
                     variable_dtype(self.dtype_policy, input.dtype),

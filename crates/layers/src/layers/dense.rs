@@ -76,7 +76,8 @@ impl Dense {
                 ));
             };
             let kernel_shape = Shape::new(&[inputs, self.units]);
-            let kernel = self.kernel_initializer.initialize(
+            let kernel = self.kernel_initializer.initialize_for(
+                (&self.name, "kernel"),
                 &kernel_shape,
                 Fans::dense(inputs, self.units),
                 variable_dtype(self.dtype_policy, input.dtype),
@@ -85,7 +86,8 @@ impl Dense {
             let kernel = Variable::new(format!("{}/kernel", self.name), kernel, true);
             let bias = if self.use_bias {
                 let shape = Shape::new(&[self.units]);
-                let b = self.bias_initializer.initialize(
+                let b = self.bias_initializer.initialize_for(
+                    (&self.name, "bias"),
                     &shape,
                     Fans::vector(self.units),
                     variable_dtype(self.dtype_policy, input.dtype),

@@ -129,7 +129,8 @@ impl DepthwiseConv2D {
             let shape = Shape::new(&[outputs, kh, kw, 1]);
             // Keras' fans for its kernel [kh, kw, channels, depth_multiplier].
             let fans = Fans::conv2d(self.depth_multiplier, kh, kw, channels);
-            let kernel = self.kernel_initializer.initialize(
+            let kernel = self.kernel_initializer.initialize_for(
+                (&self.name, "depthwise_kernel"),
                 &shape,
                 fans,
                 variable_dtype(self.dtype_policy, input.dtype),
@@ -137,7 +138,8 @@ impl DepthwiseConv2D {
             )?;
             let kernel = Variable::new(format!("{}/depthwise_kernel", self.name), kernel, true);
             let bias = if self.use_bias {
-                let b = self.bias_initializer.initialize(
+                let b = self.bias_initializer.initialize_for(
+                    (&self.name, "bias"),
                     &Shape::new(&[outputs]),
                     Fans::vector(outputs),
                     variable_dtype(self.dtype_policy, input.dtype),

@@ -114,7 +114,8 @@ impl Embedding {
                 ));
             }
             let shape = Shape::new(&[self.input_dim, self.output_dim]);
-            let table = self.initializer.initialize(
+            let table = self.initializer.initialize_for(
+                (&self.name, "embeddings"),
                 &shape,
                 Fans::dense(self.input_dim, self.output_dim),
                 self.dtype,

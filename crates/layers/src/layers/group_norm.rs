@@ -155,7 +155,7 @@ impl GroupNormalization {
             let fans = Fans::vector(channels);
             let make = |init: Initializer, what: &str| -> Result<Variable> {
                 let dtype = normalization_dtype(variable_dtype(self.dtype_policy, input.dtype));
-                let value = init.initialize(&shape, fans, dtype, &input.device)?;
+                let value = init.initialize_for((&self.name, what), &shape, fans, dtype, &input.device)?;
                 Ok(Variable::new(format!("{}/{what}", self.name), value, true))
             };
             Ok(GnWeights {

@@ -143,20 +143,23 @@ impl SeparableConv2D {
             let channels = input.shape.dims()[3];
             let middle = channels * self.depth_multiplier;
             let (kh, kw) = self.kernel_size;
-            let depthwise = self.depthwise_initializer.initialize(
+            let depthwise = self.depthwise_initializer.initialize_for(
+                (&self.name, "depthwise_kernel"),
                 &Shape::new(&[middle, kh, kw, 1]),
                 Fans::conv2d(self.depth_multiplier, kh, kw, channels),
                 dtype,
                 device,
             )?;
-            let pointwise = self.pointwise_initializer.initialize(
+            let pointwise = self.pointwise_initializer.initialize_for(
+                (&self.name, "pointwise_kernel"),
                 &Shape::new(&[self.filters, 1, 1, middle]),
                 Fans::conv2d(self.filters, 1, 1, middle),
                 dtype,
                 device,
             )?;
             let bias = if self.use_bias {
-                let b = self.bias_initializer.initialize(
+                let b = self.bias_initializer.initialize_for(
+                    (&self.name, "bias"),
                     &Shape::new(&[self.filters]),
                     Fans::vector(self.filters),
                     dtype,

@@ -18,17 +18,18 @@ pub struct MeanIoU {
 impl MeanIoU {
     /// An empty accumulator over `num_classes` classes (at least 1).
     pub fn new(num_classes: usize) -> Result<Self> {
-        let cells = num_classes.checked_mul(num_classes).filter(|&c| c > 0);
-        let Some(cells) = cells else {
-            return Err(Error::invalid("mean_iou", format!("num_classes must be at least 1, got {num_classes}")));
-        };
-        let mut confusion = Vec::new();
-        confusion.try_reserve_exact(cells).map_err(|_| {
+        if num_classes == 0 {
+            return Err(Error::invalid("mean_iou", "num_classes must be at least 1, got 0"));
+        }
+        let too_large = || {
             Error::invalid(
                 "mean_iou",
                 format!("num_classes {num_classes} needs a confusion matrix too large to allocate"),
             )
-        })?;
+        };
+        let cells = num_classes.checked_mul(num_classes).ok_or_else(too_large)?;
+        let mut confusion = Vec::new();
+        confusion.try_reserve_exact(cells).map_err(|_| too_large())?;
         confusion.resize(cells, 0);
         Ok(MeanIoU { num_classes, ignore_class: None, confusion })
     }

@@ -114,15 +114,22 @@ impl Mean {
         Self::default()
     }
 
-    /// Adds one value with weight 1.
+    /// Adds one value with weight 1. A NaN or infinite value is kept (the mean becomes NaN or
+    /// infinite, as Keras'), so that a diverging loss shows.
     pub fn update_state(&mut self, value: f64) {
-        self.update_state_weighted(value, 1.0);
+        self.total += value;
+        self.count += 1.0;
     }
 
-    /// Adds one value with a weight.
-    pub fn update_state_weighted(&mut self, value: f64, weight: f64) {
+    /// Adds one value with a weight, which must be finite and not negative: a NaN weight
+    /// would turn every later result into NaN without saying why.
+    pub fn update_state_weighted(&mut self, value: f64, weight: f64) -> Result<()> {
+        if !weight.is_finite() || weight < 0.0 {
+            return Err(Error::invalid("mean", format!("a sample weight must be finite and >= 0, got {weight}")));
+        }
         self.total += value * weight;
         self.count += weight;
+        Ok(())
     }
 
     /// The mean so far (0 when empty, as Keras).
@@ -248,8 +255,13 @@ mod tests {
         let mut m = Mean::new();
         assert_eq!(m.result(), 0.0);
         m.update_state(1.0);
-        m.update_state_weighted(4.0, 3.0);
+        m.update_state_weighted(4.0, 3.0).unwrap();
         assert_eq!(m.result(), 13.0 / 4.0);
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            let err = m.update_state_weighted(1.0, bad).unwrap_err().to_string();
+            assert!(err.contains("sample weight") && err.contains(&bad.to_string()), "{err}");
+        }
+        assert_eq!(m.result(), 13.0 / 4.0, "a refused weight leaves the mean as it was");
         m.reset_state();
         assert_eq!(m.result(), 0.0);
     }
