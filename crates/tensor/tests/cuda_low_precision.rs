@@ -7,6 +7,9 @@
 //! `REQUIRE_GPU=1` (set by scripts/cuda-emu/run.sh) makes that a failure.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::bits::{assert_same_bits, bits};
 use tapegrad_tensor::half::{bf16, f16};
 use tapegrad_tensor::optim::{sgd_update, SgdStep};
 use tapegrad_tensor::testing::cuda_or_skip;
@@ -75,30 +78,10 @@ fn tensor(shape: &[usize], seed: u32, dtype: DType) -> Result<Tensor> {
     Tensor::from_vec(values(shape.iter().product(), seed), shape, &CPU)?.cast(dtype)
 }
 
-/// The elements' bits, whatever the dtype; every NaN as one value (a GPU's arithmetic
-/// may return its canonical NaN where the CPU keeps a payload).
-fn bits(t: &Tensor) -> Result<Vec<u64>> {
-    const NAN: u64 = u64::MAX;
-    let t = t.to_device(&CPU)?;
-    Ok(match t.dtype() {
-        DType::BF16 => t.to_vec::<bf16>()?.iter().map(|x| if x.is_nan() { NAN } else { x.to_bits() as u64 }).collect(),
-        DType::F16 => t.to_vec::<f16>()?.iter().map(|x| if x.is_nan() { NAN } else { x.to_bits() as u64 }).collect(),
-        DType::F32 => t.to_vec::<f32>()?.iter().map(|x| if x.is_nan() { NAN } else { x.to_bits() as u64 }).collect(),
-        DType::F64 => t.to_vec::<f64>()?.iter().map(|x| if x.is_nan() { NAN } else { x.to_bits() }).collect(),
-        DType::I64 => t.to_vec::<i64>()?.iter().map(|&x| x as u64).collect(),
-    })
-}
-
 /// Asserts a CUDA result equals the CPU's bit for bit (NaN matching any NaN), dtype and
 /// shape included.
 fn assert_same(what: &str, got: &Tensor, want: &Tensor) -> Result<()> {
-    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let (g, w) = (bits(got)?, bits(want)?);
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert_eq!(a, b, "{what}[{i}]: bits {a:#x} on CUDA, {b:#x} on the CPU");
-    }
-    Ok(())
+    assert_same_bits(what, got, want, ("on CUDA", "on the CPU"))
 }
 
 /// The position of a 16-bit float on the number line in units in the last place

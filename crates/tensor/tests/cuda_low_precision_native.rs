@@ -13,7 +13,9 @@
 //! `REQUIRE_GPU=1` (set by scripts/cuda-emu/run.sh) makes that a failure.
 #![cfg(feature = "cuda")]
 
-use tapegrad_tensor::half::{bf16, f16};
+mod common;
+
+use common::bits::assert_same_bits;
 use tapegrad_tensor::testing::cuda_or_skip;
 use tapegrad_tensor::{DType, Device, GradientTape, Interpolation, PadMode, Padding, Result, Tensor};
 
@@ -63,24 +65,8 @@ fn tensor(v: Vec<f32>, shape: &[usize], dtype: DType) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &CPU)?.cast(dtype)
 }
 
-/// The elements' bits; every NaN as one value (a NaN's payload is not specified).
-fn bits(t: &Tensor) -> Result<Vec<u64>> {
-    const NAN: u64 = u64::MAX;
-    let t = t.to_device(&CPU)?;
-    Ok(match t.dtype() {
-        DType::BF16 => t.to_vec::<bf16>()?.iter().map(|x| if x.is_nan() { NAN } else { x.to_bits() as u64 }).collect(),
-        DType::F16 => t.to_vec::<f16>()?.iter().map(|x| if x.is_nan() { NAN } else { x.to_bits() as u64 }).collect(),
-        DType::I64 => t.to_vec::<i64>()?.iter().map(|&x| x as u64).collect(),
-        other => panic!("unexpected result dtype {other}"),
-    })
-}
-
 fn assert_same(what: &str, got: &Tensor, want: &Tensor) -> Result<()> {
-    assert_eq!((got.dtype(), got.dims()), (want.dtype(), want.dims()), "{what}: dtype and shape");
-    for (i, (a, b)) in bits(got)?.iter().zip(&bits(want)?).enumerate() {
-        assert_eq!(a, b, "{what}[{i}]: bits {a:#x} natively, {b:#x} in the reference");
-    }
-    Ok(())
+    assert_same_bits(what, got, want, ("natively", "in the reference"))
 }
 
 /// An op on several inputs (the float ones of a 16-bit dtype, indices in i64).
