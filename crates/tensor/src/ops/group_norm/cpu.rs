@@ -314,3 +314,109 @@ fn group_norm_backward_with<T: FloatElement>(
     }
     Ok((dx, d_gamma, d_beta))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bits of each vector, for exact comparisons; every NaN as one value (which NaN an
+    /// operation on two of them returns depends on the order of its operands, which the
+    /// compiler may swap for `+` and `*`).
+    fn bits<T: FloatElement>(vs: &[&[T]]) -> Vec<Vec<u64>> {
+        let canonical = |f: f64| if f.is_nan() { f64::NAN.to_bits() } else { f.to_bits() };
+        vs.iter().map(|v| v.iter().map(|&f| canonical(f.to_f64())).collect()).collect()
+    }
+
+    fn every_isa_gives_the_same_bits<T: FloatElement>() {
+        // (outer, spatial, groups, cpg): row layout with tails past every vector width and
+        // partial blocks, several groups per row, NHWC samples with chunked output passes.
+        let shapes =
+            [(1, 1, 1, 1), (3, 1, 1, 13), (BLOCK_ROWS + 5, 1, 3, 7), (2, 1, 1, 300), (3, 5, 2, 3), (2, 700, 4, 17)];
+        for (outer, spatial, groups, cpg) in shapes {
+            let s = GroupNormSpec { outer, spatial, groups, channels_per_group: cpg, epsilon: 1e-3 };
+            let (c, n) = (s.channels(), outer * spatial * s.channels());
+            let val = |i: usize, m: usize, k: usize| T::from_f64(((i * m) % k) as f64 * 0.013 - 1.7);
+            let mut x: Vec<T> = (0..n).map(|i| val(i, 7919, 1009)).collect();
+            let dy: Vec<T> = (0..n).map(|i| val(i, 104729, 997)).collect();
+            if n > 10 {
+                x[n - 2] = T::nan();
+            }
+            let gamma: Vec<T> = (0..c).map(|i| val(i, 3, 11)).collect();
+            let beta: Vec<T> = (0..c).map(|i| val(i, 5, 13)).collect();
+            for affine in [false, true] {
+                let (g, b) = if affine { (Some(gamma.as_slice()), Some(beta.as_slice())) } else { (None, None) };
+                let run = |isa: Isa| {
+                    let (y, mean, rstd) = group_norm_with(isa, &x, g, b, &s).unwrap();
+                    let (dx, dg, db) = group_norm_backward_with(isa, &x, &dy, g, &mean, &rstd, &s).unwrap();
+                    bits(&[&y, &mean, &rstd, &dx, &dg, &db])
+                };
+                let portable = run(Isa::Portable);
+                for isa in Isa::available() {
+                    assert!(run(isa) == portable, "{isa:?} differs from portable: {s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        every_isa_gives_the_same_bits::<f32>();
+        every_isa_gives_the_same_bits::<f64>();
+    }
+
+    /// Forward and backward against the formulas in f64, on the row and NHWC layouts.
+    #[test]
+    fn values_and_gradients_match_an_f64_reference() {
+        for (outer, spatial, groups, cpg) in [(BLOCK_ROWS + 3, 1, 2, 37), (3, 300, 4, 5)] {
+            let s = GroupNormSpec { outer, spatial, groups, channels_per_group: cpg, epsilon: 1e-3 };
+            let (c, n) = (s.channels(), outer * spatial * s.channels());
+            let x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1009) as f64 * 1e-3 + 3.0).collect();
+            let dy: Vec<f64> = (0..n).map(|i| ((i * 104729) % 997) as f64 * 1e-3 - 0.5).collect();
+            let gamma: Vec<f64> = (0..c).map(|i| 0.5 + (i % 7) as f64 * 0.25).collect();
+            let beta: Vec<f64> = (0..c).map(|i| (i % 5) as f64 * 0.1).collect();
+            let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let dyf: Vec<f32> = dy.iter().map(|&v| v as f32).collect();
+            let (gf, bf): (Vec<f32>, Vec<f32>) = (gamma.iter().map(|&v| v as f32).collect(), beta.iter().map(|&v| v as f32).collect());
+            let (y, mean, rstd) = group_norm(&xf, Some(&gf), Some(&bf), &s).unwrap();
+            let (dx, dg, db) = group_norm_backward(&xf, &dyf, Some(&gf), &mean, &rstd, &s).unwrap();
+            // The reference, from the f32-rounded inputs.
+            let x: Vec<f64> = xf.iter().map(|&v| v as f64).collect();
+            let dy: Vec<f64> = dyf.iter().map(|&v| v as f64).collect();
+            let size = s.group_size() as f64;
+            let (mut want_dg, mut want_db) = (vec![0.0; c], vec![0.0; c]);
+            for o in 0..outer {
+                for g in 0..groups {
+                    let idx: Vec<(usize, usize)> = (0..spatial)
+                        .flat_map(|p| (0..cpg).map(move |j| ((o * spatial + p) * c + g * cpg + j, g * cpg + j)))
+                        .collect();
+                    let mu = idx.iter().map(|&(i, _)| x[i]).sum::<f64>() / size;
+                    let var = idx.iter().map(|&(i, _)| (x[i] - mu).powi(2)).sum::<f64>() / size;
+                    let r = 1.0 / (var + 1e-3).sqrt();
+                    let a: f64 = idx.iter().map(|&(i, ch)| dy[i] * gf[ch] as f64).sum();
+                    let b: f64 = idx.iter().map(|&(i, ch)| dy[i] * gf[ch] as f64 * (x[i] - mu)).sum();
+                    for &(i, ch) in &idx {
+                        let xhat = (x[i] - mu) * r;
+                        let want_y = xhat * gf[ch] as f64 + bf[ch] as f64;
+                        assert!((y[i] as f64 - want_y).abs() < 1e-5 * (1.0 + want_y.abs()), "y[{i}]");
+                        let want_dx = r * gf[ch] as f64 * dy[i] - r * a / size - (x[i] - mu) * r * r * r * b / size;
+                        assert!((dx[i] as f64 - want_dx).abs() < 1e-4 * (1.0 + want_dx.abs()), "dx[{i}]: {} vs {want_dx}", dx[i]);
+                        want_db[ch] += dy[i];
+                        want_dg[ch] += dy[i] * xhat;
+                    }
+                }
+            }
+            for ch in 0..c {
+                assert!((db[ch] as f64 - want_db[ch]).abs() < 1e-5 * (1.0 + want_db[ch].abs()), "d_beta[{ch}]");
+                assert!((dg[ch] as f64 - want_dg[ch]).abs() < 1e-4 * (1.0 + want_dg[ch].abs()), "d_gamma[{ch}]");
+            }
+        }
+    }
+
+    #[test]
+    fn buffers_that_do_not_fit_the_spec_are_errors() {
+        let s = GroupNormSpec { outer: 2, spatial: 1, groups: 1, channels_per_group: 3, epsilon: 1e-3 };
+        assert!(group_norm(&[0.0f32; 5], None, None, &s).is_err());
+        assert!(group_norm(&[0.0f32; 6], Some(&[1.0; 2]), None, &s).is_err());
+        assert!(group_norm_backward(&[0.0f32; 6], &[0.0; 6], None, &[0.0; 1], &[1.0; 2], &s).is_err());
+    }
+}
