@@ -73,7 +73,11 @@ fn gamma_or_ones<T: FloatElement>(op: &'static str, gamma: Option<&[T]>, c: usiz
 ///
 /// # Safety
 /// `fill` writes every element of its argument before returning `Ok`.
-unsafe fn filled<T>(op: &'static str, len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>) -> Result<Vec<T>> {
+unsafe fn filled<T>(
+    op: &'static str,
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>,
+) -> Result<Vec<T>> {
     let mut v = try_with_capacity::<T>(op, len)?;
     fill(&mut v.spare_capacity_mut()[..len])?;
     // SAFETY: the capacity is at least `len`, and `fill` wrote all of it (the caller's
@@ -160,7 +164,9 @@ fn group_norm_with<T: FloatElement>(
                     // Per channel: y = (x - mean) * (rstd * gamma) + beta.
                     let mut mean_t = try_with_capacity::<T>(OP, c)?;
                     let mut scale = try_with_capacity::<T>(OP, c)?;
-                    for (g, ((m, r), m2)) in mean.iter_mut().zip(rstd.iter_mut()).zip(sums.chunks_exact(cpg)).enumerate() {
+                    for (g, ((m, r), m2)) in
+                        mean.iter_mut().zip(rstd.iter_mut()).zip(sums.chunks_exact(cpg)).enumerate()
+                    {
                         let m2: f64 = m2.iter().sum();
                         (*m, *r) = (T::from_f64(mean_c[g * cpg]), T::from_f64(1.0 / (m2 / size + epsilon).sqrt()));
                         mean_t.extend(std::iter::repeat_n(*m, cpg));
@@ -241,17 +247,7 @@ fn group_norm_backward_with<T: FloatElement>(
                 let outputs = dx.par_chunks_mut(BLOCK_ROWS * c).zip(partials.par_chunks_mut(2 * c));
                 let blocks = inputs.zip(stats).zip(outputs).with_min_len(min_tasks(BLOCK_ROWS * c));
                 blocks.for_each(|(((x, dy), (mean, rstd)), (dst, partial))| {
-                    isa.run(RowsBackward {
-                        x,
-                        dy,
-                        gamma,
-                        gamma_f64,
-                        channels_per_group: cpg,
-                        mean,
-                        rstd,
-                        dst,
-                        partial,
-                    })
+                    isa.run(RowsBackward { x, dy, gamma, gamma_f64, channels_per_group: cpg, mean, rstd, dst, partial })
                 });
                 Ok(())
             })?
@@ -376,7 +372,8 @@ mod tests {
             let beta: Vec<f64> = (0..c).map(|i| (i % 5) as f64 * 0.1).collect();
             let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
             let dyf: Vec<f32> = dy.iter().map(|&v| v as f32).collect();
-            let (gf, bf): (Vec<f32>, Vec<f32>) = (gamma.iter().map(|&v| v as f32).collect(), beta.iter().map(|&v| v as f32).collect());
+            let (gf, bf): (Vec<f32>, Vec<f32>) =
+                (gamma.iter().map(|&v| v as f32).collect(), beta.iter().map(|&v| v as f32).collect());
             let (y, mean, rstd) = group_norm(&xf, Some(&gf), Some(&bf), &s).unwrap();
             let (dx, dg, db) = group_norm_backward(&xf, &dyf, Some(&gf), &mean, &rstd, &s).unwrap();
             // The reference, from the f32-rounded inputs.
@@ -399,7 +396,11 @@ mod tests {
                         let want_y = xhat * gf[ch] as f64 + bf[ch] as f64;
                         assert!((y[i] as f64 - want_y).abs() < 1e-5 * (1.0 + want_y.abs()), "y[{i}]");
                         let want_dx = r * gf[ch] as f64 * dy[i] - r * a / size - (x[i] - mu) * r * r * r * b / size;
-                        assert!((dx[i] as f64 - want_dx).abs() < 1e-4 * (1.0 + want_dx.abs()), "dx[{i}]: {} vs {want_dx}", dx[i]);
+                        assert!(
+                            (dx[i] as f64 - want_dx).abs() < 1e-4 * (1.0 + want_dx.abs()),
+                            "dx[{i}]: {} vs {want_dx}",
+                            dx[i]
+                        );
                         want_db[ch] += dy[i];
                         want_dg[ch] += dy[i] * xhat;
                     }

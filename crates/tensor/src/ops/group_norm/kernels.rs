@@ -40,7 +40,8 @@ fn lane_sum<T: FloatElement>(values: &[T], f: impl Fn(T) -> f64) -> f64 {
 fn grad_dots<T: FloatElement>(x: &[T], dy: &[T], gamma: &[f64], mu: f64) -> (f64, f64) {
     let (mut acc_a, mut acc_b) = ([0.0f64; LANES], [0.0f64; LANES]);
     let head = x.len() - x.len() % LANES;
-    let chunks = x[..head].chunks_exact(LANES).zip(dy[..head].chunks_exact(LANES)).zip(gamma[..head].chunks_exact(LANES));
+    let chunks =
+        x[..head].chunks_exact(LANES).zip(dy[..head].chunks_exact(LANES)).zip(gamma[..head].chunks_exact(LANES));
     for ((xc, dc), gc) in chunks {
         for ((a, b), ((&v, &d), &g)) in acc_a.iter_mut().zip(acc_b.iter_mut()).zip(xc.iter().zip(dc).zip(gc)) {
             let w = d.to_f64() * g;
