@@ -1,48 +1,89 @@
 //! CPU kernels of group (and layer) normalization over a buffer viewed as
-//! `[outer, spatial, groups, channels_per_group]`.
+//! `[outer, spatial, groups, channels_per_group]`; the loops are in kernels.rs, compiled
+//! for the widest instruction set the CPU has.
 //!
-//! Determinism: every sum is taken over a fixed range of values in a fixed order, and
-//! parallel work is split into tasks whose boundaries depend only on the shapes (one task
-//! per statistic or per sample, or one per block of `BLOCK_ROWS` rows), so the bits of
-//! the result do not depend on rayon's scheduling or the thread count. Sums are in f64
-//! (with `LANES` fixed interleaved accumulators, which vectorise); the statistics are
-//! two-pass (the mean, then squared deviations from it), so a large mean against a small
-//! spread loses nothing.
+//! One pass over memory each way where the data allows. With `spatial == 1` (layer norm)
+//! every group is a contiguous run of a row: a task takes a block of `BLOCK_ROWS` rows and,
+//! row by row while the row is in L1, takes the statistics and writes the output (forward),
+//! or takes `sum(dy * gamma)` and `sum(dy * gamma * (x - mean))` and writes `d_x` and the
+//! block's `d_gamma`/`d_beta` partial (backward). With `spatial > 1` (NHWC group norm) a
+//! task takes a sample: per-channel column sums over its positions (two passes for the
+//! statistics: the sums, then squared deviations from the group means), then the output as
+//! a per-channel affine map, split into row chunks that idle threads can take (so a small
+//! batch still runs in parallel) and that otherwise run right after the sums, while the
+//! sample is still in L2. The backward's per-sample column sums give that sample's share of
+//! `d_beta` and `d_gamma` directly.
+//!
+//! Determinism: every sum is taken over a fixed range of values in a fixed order (f64
+//! accumulators, `LANES` interleaved ones along a row), the partial results of blocks or
+//! samples are added in block or sample order, and task boundaries depend only on the
+//! shape, so the bits of the result do not depend on rayon's scheduling or the thread
+//! count. The statistics are two-pass (the mean, then squared deviations from it), so a
+//! large mean against a small spread loses nothing.
 
+use super::kernels::{ChannelGradSums, ChannelSums, RowsBackward, RowsForward};
 use crate::backend::GroupNormSpec;
-use crate::utilities::alloc::{try_vec, try_zeros};
+use crate::ops::norm::rows::{Epilogue, GradInput, Normalize};
+use crate::utilities::alloc::{try_vec, try_with_capacity, try_zeros};
+use crate::utilities::isa::Isa;
 use crate::utilities::PAR_MIN_LEN;
-use crate::{FloatElement, Result};
+use crate::{Error, FloatElement, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
-/// Rows (of `channels` values) per block of the elementwise and parameter-gradient pass.
+/// Rows per task of the row layout (`spatial == 1`); in the backward pass also the rows
+/// of one `d_gamma`/`d_beta` partial, so it fixes the association of those sums.
 const BLOCK_ROWS: usize = 256;
 
-/// Interleaved accumulators of a sum (a fixed association, so still deterministic).
-const LANES: usize = 8;
-
-fn to_t<T: FloatElement>(v: f64) -> T {
-    T::from_f64(v)
-}
-
-/// `sum(f(i, v))` over a slice, in f64 with `LANES` accumulators added up in a fixed order.
-fn lane_sum<T: FloatElement>(values: &[T], f: impl Fn(usize, T) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for (k, chunk) in chunks.enumerate() {
-        for (lane, (a, &v)) in acc.iter_mut().zip(chunk).enumerate() {
-            *a += f(k * LANES + lane, v);
-        }
-    }
-    let head = values.len() - tail.len();
-    let tail_sum: f64 = tail.iter().enumerate().map(|(i, &v)| f(head + i, v)).sum();
-    acc.iter().sum::<f64>() + tail_sum
-}
-
-/// Statistics per parallel task: enough that one task handles about `PAR_MIN_LEN` values.
+/// Tasks of at least `values_per_task` values each that together hold about `PAR_MIN_LEN`.
 fn min_tasks(values_per_task: usize) -> usize {
     PAR_MIN_LEN.div_ceil(values_per_task.max(1))
+}
+
+/// Rows per chunk of a sample's output pass: about `PAR_MIN_LEN` values.
+fn chunk_rows(c: usize) -> usize {
+    PAR_MIN_LEN.div_ceil(c.max(1))
+}
+
+/// Checks the buffers against the spec (the ops never pass others).
+fn check_lengths(op: &'static str, s: &GroupNormSpec, buffers: &[(&str, usize, usize)]) -> Result<()> {
+    for &(name, len, want) in buffers {
+        if len != want {
+            return Err(Error::invalid(
+                op,
+                format!("internal error: {name} has {len} elements, the spec {s:?} needs {want}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `gamma` as a vector of `c` values (ones where missing): the kernels read one
+/// unconditionally, and `r * 1` and `dy * 1` are exact.
+fn gamma_or_ones<T: FloatElement>(op: &'static str, gamma: Option<&[T]>, c: usize) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(op, c)?;
+    match gamma {
+        Some(g) => v.extend_from_slice(g),
+        None => v.resize(c, T::one()),
+    }
+    Ok(v)
+}
+
+/// A vector of `len` values written by `fill(dst)`, which must write all of `dst`.
+///
+/// # Safety
+/// `fill` writes every element of its argument before returning `Ok`.
+unsafe fn filled<T>(
+    op: &'static str,
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>,
+) -> Result<Vec<T>> {
+    let mut v = try_with_capacity::<T>(op, len)?;
+    fill(&mut v.spare_capacity_mut()[..len])?;
+    // SAFETY: the capacity is at least `len`, and `fill` wrote all of it (the caller's
+    // promise); an error returns above.
+    unsafe { v.set_len(len) };
+    Ok(v)
 }
 
 /// The forward pass: `(y, mean, rstd)`, the statistics `[outer * groups]`.
@@ -52,72 +93,95 @@ pub(crate) fn group_norm<T: FloatElement>(
     beta: Option<&[T]>,
     s: &GroupNormSpec,
 ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    group_norm_with(Isa::detect(), x, gamma, beta, s)
+}
+
+/// [`group_norm`] with the given instruction set (the tests compare them).
+fn group_norm_with<T: FloatElement>(
+    isa: Isa,
+    x: &[T],
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    s: &GroupNormSpec,
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
     const OP: &str = "group_norm";
-    let (c, cpg, size) = (s.channels(), s.channels_per_group, s.group_size() as f64);
+    let (c, cpg, groups) = (s.channels(), s.channels_per_group, s.groups);
+    let rows = s.outer.saturating_mul(s.spatial);
+    check_lengths(
+        OP,
+        s,
+        &[
+            ("x", x.len(), rows.saturating_mul(c)),
+            ("gamma", gamma.map_or(c, <[T]>::len), c),
+            ("beta", beta.map_or(c, <[T]>::len), c),
+        ],
+    )?;
     let mut mean = try_vec(OP, s.stat_count(), T::zero())?;
     let mut rstd = try_vec(OP, s.stat_count(), T::zero())?;
-    let finish = |mu: f64, m2: f64| (to_t::<T>(mu), to_t::<T>(1.0 / (m2 / size + s.epsilon).sqrt()));
-    if s.spatial == 1 {
-        // Each statistic is one contiguous run of `cpg` values.
-        mean.par_iter_mut().zip(rstd.par_iter_mut()).enumerate().with_min_len(min_tasks(cpg)).for_each(
-            |(t, (m, r))| {
-                let values = &x[t * cpg..(t + 1) * cpg];
-                let mu = lane_sum(values, |_, v| v.to_f64()) / size;
-                let m2 = lane_sum(values, |_, v| {
-                    let d = v.to_f64() - mu;
-                    d * d
-                });
-                (*m, *r) = finish(mu, m2);
-            },
-        );
-    } else if !x.is_empty() {
-        // A task per sample: per-channel sums over the positions (contiguous rows, which
-        // vectorise), then per-group sums of those, in a fixed order.
-        let slice = s.spatial * c;
-        let tasks = mean.par_chunks_mut(s.groups).zip(rstd.par_chunks_mut(s.groups)).zip(x.par_chunks(slice));
-        tasks.with_min_len(min_tasks(slice)).try_for_each(|((m, r), xs)| -> Result<()> {
-            let mut sums = try_zeros::<f64>(OP, c)?;
-            for row in xs.chunks_exact(c) {
-                for (a, &v) in sums.iter_mut().zip(row) {
-                    *a += v.to_f64();
-                }
-            }
-            let group_mean: Vec<f64> = sums.chunks_exact(cpg).map(|g| g.iter().sum::<f64>() / size).collect();
-            sums.fill(0.0);
-            for row in xs.chunks_exact(c) {
-                for ((acc, values), &mu) in sums.chunks_exact_mut(cpg).zip(row.chunks_exact(cpg)).zip(&group_mean) {
-                    for (a, &v) in acc.iter_mut().zip(values) {
-                        let d = v.to_f64() - mu;
-                        *a += d * d;
-                    }
-                }
-            }
-            for (g, (m, r)) in m.iter_mut().zip(r.iter_mut()).enumerate() {
-                let m2: f64 = sums[g * cpg..(g + 1) * cpg].iter().sum();
-                (*m, *r) = finish(group_mean[g], m2);
-            }
-            Ok(())
-        })?;
+    if x.is_empty() {
+        return Ok((Vec::new(), mean, rstd));
     }
-    let mut y = try_vec(OP, x.len(), T::zero())?;
-    if y.is_empty() {
-        return Ok((y, mean, rstd));
-    }
-    let rows_per_task = min_tasks(c);
-    y.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().with_min_len(rows_per_task).for_each(|(row, (out, xr))| {
-        let n = row / s.spatial;
-        for (g, (out, xr)) in out.chunks_exact_mut(cpg).zip(xr.chunks_exact(cpg)).enumerate() {
-            let t = n * s.groups + g;
-            let (m, r) = (mean[t], rstd[t]);
-            for (j, (o, &v)) in out.iter_mut().zip(xr).enumerate() {
-                let ch = g * cpg + j;
-                let scale = gamma.map_or(r, |gm| r * gm[ch]);
-                let shift = beta.map_or(T::zero(), |b| b[ch]);
-                // Subtracting the mean first avoids cancellation when |mean| is large.
-                *o = (v - m) * scale + shift;
-            }
+    let gamma = gamma_or_ones(OP, gamma, c)?;
+    let beta = match beta {
+        Some(b) => {
+            let mut v = try_with_capacity(OP, c)?;
+            v.extend_from_slice(b);
+            v
         }
-    });
+        None => try_vec(OP, c, T::zero())?,
+    };
+    let (gamma, beta, epsilon) = (gamma.as_slice(), beta.as_slice(), s.epsilon);
+    let y = if s.spatial == 1 {
+        // SAFETY: the blocks cover `y`, and `RowsForward` writes all of its `dst`.
+        unsafe {
+            filled(OP, x.len(), |y| {
+                let stats = mean.par_chunks_mut(BLOCK_ROWS * groups).zip(rstd.par_chunks_mut(BLOCK_ROWS * groups));
+                let blocks = y.par_chunks_mut(BLOCK_ROWS * c).zip(x.par_chunks(BLOCK_ROWS * c)).zip(stats);
+                blocks.with_min_len(min_tasks(BLOCK_ROWS * c)).for_each(|((dst, x), (mean, rstd))| {
+                    isa.run(RowsForward { x, gamma, beta, channels_per_group: cpg, epsilon, mean, rstd, dst })
+                });
+                Ok(())
+            })?
+        }
+    } else {
+        let slice = s.spatial * c;
+        let size = s.group_size() as f64;
+        // SAFETY: the samples cover `y`, their chunks cover each sample, and `Normalize`
+        // writes all of its `dst`.
+        unsafe {
+            filled(OP, x.len(), |y| {
+                let stats = mean.par_chunks_mut(groups).zip(rstd.par_chunks_mut(groups));
+                let samples = y.par_chunks_mut(slice).zip(x.par_chunks(slice)).zip(stats);
+                samples.try_for_each(|((dst, xs), (mean, rstd))| -> Result<()> {
+                    let mut sums = try_zeros::<f64>(OP, c)?;
+                    isa.run(ChannelSums { x: xs, mean: None, sums: &mut sums });
+                    let mut mean_c = try_with_capacity::<f64>(OP, c)?;
+                    for g in sums.chunks_exact(cpg) {
+                        let mu = g.iter().sum::<f64>() / size;
+                        mean_c.extend(std::iter::repeat_n(mu, cpg));
+                    }
+                    isa.run(ChannelSums { x: xs, mean: Some(&mean_c), sums: &mut sums });
+                    // Per channel: y = (x - mean) * (rstd * gamma) + beta.
+                    let mut mean_t = try_with_capacity::<T>(OP, c)?;
+                    let mut scale = try_with_capacity::<T>(OP, c)?;
+                    for (g, ((m, r), m2)) in
+                        mean.iter_mut().zip(rstd.iter_mut()).zip(sums.chunks_exact(cpg)).enumerate()
+                    {
+                        let m2: f64 = m2.iter().sum();
+                        (*m, *r) = (T::from_f64(mean_c[g * cpg]), T::from_f64(1.0 / (m2 / size + epsilon).sqrt()));
+                        mean_t.extend(std::iter::repeat_n(*m, cpg));
+                        scale.extend(gamma[g * cpg..(g + 1) * cpg].iter().map(|&gm| *r * gm));
+                    }
+                    let (mean, scale) = (mean_t.as_slice(), scale.as_slice());
+                    let chunk = chunk_rows(c) * c;
+                    dst.par_chunks_mut(chunk).zip(xs.par_chunks(chunk)).for_each(|(dst, x)| {
+                        isa.run(Normalize { x, epilogue: Epilogue::Identity, mean, scale, shift: beta, dst })
+                    });
+                    Ok(())
+                })
+            })?
+        }
+    };
     Ok((y, mean, rstd))
 }
 
@@ -126,9 +190,8 @@ pub(crate) fn group_norm<T: FloatElement>(
 /// With `xhat = (x - mean) * rstd` and `M` values per group, per `(outer, group)`:
 /// `a = sum(dy * gamma)`, `b = sum(dy * gamma * (x - mean))`, and
 /// `d_x = rstd * gamma * dy - rstd * a / M - (x - mean) * rstd^3 * b / M`; per channel
-/// `d_beta = sum(dy)` and `d_gamma = sum(dy * xhat)` over outer and spatial. The first pass
-/// takes `a` and `b`; the second writes `d_x` block by block and sums each block's
-/// `d_gamma` and `d_beta` into its own partial, and the partials are added in block order.
+/// `d_beta = sum(dy)` and `d_gamma = sum(dy * xhat)` over outer and spatial, summed per
+/// block of rows (row layout) or per sample (NHWC), then over blocks or samples in order.
 pub(crate) fn group_norm_backward<T: FloatElement>(
     x: &[T],
     dy: &[T],
@@ -137,87 +200,103 @@ pub(crate) fn group_norm_backward<T: FloatElement>(
     rstd: &[T],
     s: &GroupNormSpec,
 ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    group_norm_backward_with(Isa::detect(), x, dy, gamma, mean, rstd, s)
+}
+
+/// [`group_norm_backward`] with the given instruction set (the tests compare them).
+fn group_norm_backward_with<T: FloatElement>(
+    isa: Isa,
+    x: &[T],
+    dy: &[T],
+    gamma: Option<&[T]>,
+    mean: &[T],
+    rstd: &[T],
+    s: &GroupNormSpec,
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
     const OP: &str = "group_norm_backward";
-    let (c, cpg, size) = (s.channels(), s.channels_per_group, s.group_size() as f64);
-    let gamma_of = |ch: usize| gamma.map_or(1.0, |g| g[ch].to_f64());
-    // Per statistic: the coefficients of d_x = r * gamma * dy + k_x * (x - mean) + k_0.
-    let mut k_x = try_vec(OP, s.stat_count(), T::zero())?;
-    let mut k_0 = try_vec(OP, s.stat_count(), T::zero())?;
-    let coefficients = |a: f64, b: f64, r: f64| (to_t::<T>(-r * r * r * b / size), to_t::<T>(-r * a / size));
-    if s.spatial == 1 {
-        k_x.par_iter_mut().zip(k_0.par_iter_mut()).enumerate().with_min_len(min_tasks(cpg)).for_each(
-            |(t, (kx, k0))| {
-                let g = t % s.groups;
-                let mu = mean[t].to_f64();
-                let (xs, ds) = (&x[t * cpg..(t + 1) * cpg], &dy[t * cpg..(t + 1) * cpg]);
-                let a = lane_sum(ds, |j, d| d.to_f64() * gamma_of(g * cpg + j));
-                let b = lane_sum(ds, |j, d| d.to_f64() * gamma_of(g * cpg + j) * (xs[j].to_f64() - mu));
-                (*kx, *k0) = coefficients(a, b, rstd[t].to_f64());
-            },
-        );
-    } else if !x.is_empty() {
-        // A task per sample: per-channel sums of dy and dy * (x - mean) over the positions,
-        // then per-group sums weighted by gamma, in a fixed order.
-        let slice = s.spatial * c;
-        let tasks = k_x.par_chunks_mut(s.groups).zip(k_0.par_chunks_mut(s.groups)).enumerate();
-        tasks.with_min_len(min_tasks(slice)).try_for_each(|(n, (kx, k0))| -> Result<()> {
-            let (xs, ds) = (&x[n * slice..(n + 1) * slice], &dy[n * slice..(n + 1) * slice]);
-            let group_mean: Vec<f64> = mean[n * s.groups..(n + 1) * s.groups].iter().map(|&m| m.to_f64()).collect();
-            let mut sum_dy = try_zeros::<f64>(OP, c)?;
-            let mut sum_dy_xc = try_zeros::<f64>(OP, c)?;
-            for (xr, dr) in xs.chunks_exact(c).zip(ds.chunks_exact(c)) {
-                let per_group = sum_dy.chunks_exact_mut(cpg).zip(sum_dy_xc.chunks_exact_mut(cpg));
-                for (((a, b), (xg, dg)), &mu) in
-                    per_group.zip(xr.chunks_exact(cpg).zip(dr.chunks_exact(cpg))).zip(&group_mean)
-                {
-                    for (((a, b), &v), &d) in a.iter_mut().zip(b.iter_mut()).zip(xg).zip(dg) {
-                        let d = d.to_f64();
-                        *a += d;
-                        *b += d * (v.to_f64() - mu);
-                    }
-                }
-            }
-            for (g, (kx, k0)) in kx.iter_mut().zip(k0.iter_mut()).enumerate() {
-                let channels = g * cpg..(g + 1) * cpg;
-                let a: f64 = channels.clone().map(|ch| sum_dy[ch] * gamma_of(ch)).sum();
-                let b: f64 = channels.map(|ch| sum_dy_xc[ch] * gamma_of(ch)).sum();
-                (*kx, *k0) = coefficients(a, b, rstd[n * s.groups + g].to_f64());
-            }
-            Ok(())
-        })?;
+    let (c, cpg, groups) = (s.channels(), s.channels_per_group, s.groups);
+    let rows = s.outer.saturating_mul(s.spatial);
+    let len = rows.saturating_mul(c);
+    check_lengths(
+        OP,
+        s,
+        &[
+            ("x", x.len(), len),
+            ("dy", dy.len(), len),
+            ("gamma", gamma.map_or(c, <[T]>::len), c),
+            ("mean", mean.len(), s.stat_count()),
+            ("rstd", rstd.len(), s.stat_count()),
+        ],
+    )?;
+    if x.is_empty() {
+        return Ok((Vec::new(), try_vec(OP, c, T::zero())?, try_vec(OP, c, T::zero())?));
     }
-    let rows = s.outer * s.spatial;
-    let blocks = rows.div_ceil(BLOCK_ROWS);
-    let mut dx = try_vec(OP, x.len(), T::zero())?;
-    let mut partials = try_zeros::<f64>(OP, blocks * 2 * c)?;
-    if !dx.is_empty() {
-        let min_blocks = min_tasks(BLOCK_ROWS * c);
-        dx.par_chunks_mut(BLOCK_ROWS * c)
-            .zip(partials.par_chunks_mut(2 * c))
-            .enumerate()
-            .with_min_len(min_blocks)
-            .for_each(|(block, (dx_block, partial))| {
-                let (d_beta, d_gamma) = partial.split_at_mut(c);
-                for (i, out) in dx_block.chunks_exact_mut(c).enumerate() {
-                    let row = block * BLOCK_ROWS + i;
-                    let n = row / s.spatial;
-                    let (xr, dr) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c]);
-                    for g in 0..s.groups {
-                        let t = n * s.groups + g;
-                        let (m, r, kx, k0) = (mean[t], rstd[t], k_x[t], k_0[t]);
-                        let (rf, mf) = (r.to_f64(), m.to_f64());
-                        for ch in g * cpg..(g + 1) * cpg {
-                            let (v, d) = (xr[ch], dr[ch]);
-                            let scale = gamma.map_or(r, |gm| r * gm[ch]);
-                            out[ch] = scale * d + kx * (v - m) + k0;
-                            let df = d.to_f64();
-                            d_beta[ch] += df;
-                            d_gamma[ch] += df * (v.to_f64() - mf) * rf;
+    let gamma = gamma_or_ones(OP, gamma, c)?;
+    let mut gamma_f64 = try_with_capacity::<f64>(OP, c)?;
+    gamma_f64.extend(gamma.iter().map(|&g| g.to_f64()));
+    let (gamma, gamma_f64) = (gamma.as_slice(), gamma_f64.as_slice());
+    let size = s.group_size() as f64;
+    // Per block (row layout) or per sample (NHWC): `[sum(dy), sum(dy * xhat)]` per channel.
+    let (dx, partials) = if s.spatial == 1 {
+        let mut partials = try_zeros::<f64>(OP, rows.div_ceil(BLOCK_ROWS) * 2 * c)?;
+        // SAFETY: the blocks cover `dx`, and `RowsBackward` writes all of its `dst`.
+        let dx = unsafe {
+            filled(OP, len, |dx| {
+                let inputs = x.par_chunks(BLOCK_ROWS * c).zip(dy.par_chunks(BLOCK_ROWS * c));
+                let stats = mean.par_chunks(BLOCK_ROWS * groups).zip(rstd.par_chunks(BLOCK_ROWS * groups));
+                let outputs = dx.par_chunks_mut(BLOCK_ROWS * c).zip(partials.par_chunks_mut(2 * c));
+                let blocks = inputs.zip(stats).zip(outputs).with_min_len(min_tasks(BLOCK_ROWS * c));
+                blocks.for_each(|(((x, dy), (mean, rstd)), (dst, partial))| {
+                    isa.run(RowsBackward { x, dy, gamma, gamma_f64, channels_per_group: cpg, mean, rstd, dst, partial })
+                });
+                Ok(())
+            })?
+        };
+        (dx, partials)
+    } else {
+        let slice = s.spatial * c;
+        let mut partials = try_zeros::<f64>(OP, s.outer * 2 * c)?;
+        // SAFETY: the samples cover `dx`, their chunks cover each sample, and `GradInput`
+        // writes all of its `dst`.
+        let dx = unsafe {
+            filled(OP, len, |dx| {
+                let inputs = x.par_chunks(slice).zip(dy.par_chunks(slice));
+                let stats = mean.par_chunks(groups).zip(rstd.par_chunks(groups));
+                let samples = inputs.zip(stats).zip(dx.par_chunks_mut(slice).zip(partials.par_chunks_mut(2 * c)));
+                samples.try_for_each(|(((xs, ds), (mean, rstd)), (dst, partial))| -> Result<()> {
+                    let mut mean_c = try_with_capacity::<f64>(OP, c)?;
+                    mean_c.extend(mean.iter().flat_map(|&m| std::iter::repeat_n(m.to_f64(), cpg)));
+                    let (sum_dy, sum_dy_xc) = partial.split_at_mut(c);
+                    isa.run(ChannelGradSums { x: xs, dy: ds, mean: &mean_c, sum_dy, sum_dy_xc });
+                    // d_x = (rstd * gamma) * dy + k_x * (x - mean) + k_0, per channel.
+                    let mut k_dy = try_with_capacity::<T>(OP, c)?;
+                    let mut k_x = try_with_capacity::<T>(OP, c)?;
+                    let mut k_0 = try_with_capacity::<T>(OP, c)?;
+                    let mut mean_t = try_with_capacity::<T>(OP, c)?;
+                    for (g, (&m, &r)) in mean.iter().zip(rstd).enumerate() {
+                        let channels = g * cpg..(g + 1) * cpg;
+                        let a: f64 = channels.clone().map(|ch| sum_dy[ch] * gamma_f64[ch]).sum();
+                        let b: f64 = channels.clone().map(|ch| sum_dy_xc[ch] * gamma_f64[ch]).sum();
+                        let rf = r.to_f64();
+                        k_x.extend(std::iter::repeat_n(T::from_f64(-rf * rf * rf * b / size), cpg));
+                        k_0.extend(std::iter::repeat_n(T::from_f64(-rf * a / size), cpg));
+                        k_dy.extend(gamma[channels.clone()].iter().map(|&gm| r * gm));
+                        mean_t.extend(std::iter::repeat_n(m, cpg));
+                        // The sample's share of d_gamma: sum(dy * (x - mean)) * rstd.
+                        for v in &mut sum_dy_xc[channels] {
+                            *v *= rf;
                         }
                     }
-                }
-            });
-    }
+                    let (mean, k_dy, k_x, k_0) = (mean_t.as_slice(), k_dy.as_slice(), k_x.as_slice(), k_0.as_slice());
+                    let chunk = chunk_rows(c) * c;
+                    let chunks = dst.par_chunks_mut(chunk).zip(xs.par_chunks(chunk).zip(ds.par_chunks(chunk)));
+                    chunks.for_each(|(dst, (x, dy))| isa.run(GradInput { x, dy, y: None, mean, k_dy, k_x, k_0, dst }));
+                    Ok(())
+                })
+            })?
+        };
+        (dx, partials)
+    };
     let mut d_gamma = try_vec(OP, c, T::zero())?;
     let mut d_beta = try_vec(OP, c, T::zero())?;
     for ch in 0..c {
@@ -226,8 +305,119 @@ pub(crate) fn group_norm_backward<T: FloatElement>(
             sum_beta += partial[ch];
             sum_gamma += partial[c + ch];
         }
-        d_beta[ch] = to_t(sum_beta);
-        d_gamma[ch] = to_t(sum_gamma);
+        d_beta[ch] = T::from_f64(sum_beta);
+        d_gamma[ch] = T::from_f64(sum_gamma);
     }
     Ok((dx, d_gamma, d_beta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bits of each vector, for exact comparisons; every NaN as one value (which NaN an
+    /// operation on two of them returns depends on the order of its operands, which the
+    /// compiler may swap for `+` and `*`).
+    fn bits<T: FloatElement>(vs: &[&[T]]) -> Vec<Vec<u64>> {
+        let canonical = |f: f64| if f.is_nan() { f64::NAN.to_bits() } else { f.to_bits() };
+        vs.iter().map(|v| v.iter().map(|&f| canonical(f.to_f64())).collect()).collect()
+    }
+
+    fn every_isa_gives_the_same_bits<T: FloatElement>() {
+        // (outer, spatial, groups, cpg): row layout with tails past every vector width and
+        // partial blocks, several groups per row, NHWC samples with chunked output passes.
+        let shapes =
+            [(1, 1, 1, 1), (3, 1, 1, 13), (BLOCK_ROWS + 5, 1, 3, 7), (2, 1, 1, 300), (3, 5, 2, 3), (2, 700, 4, 17)];
+        for (outer, spatial, groups, cpg) in shapes {
+            let s = GroupNormSpec { outer, spatial, groups, channels_per_group: cpg, epsilon: 1e-3 };
+            let (c, n) = (s.channels(), outer * spatial * s.channels());
+            let val = |i: usize, m: usize, k: usize| T::from_f64(((i * m) % k) as f64 * 0.013 - 1.7);
+            let mut x: Vec<T> = (0..n).map(|i| val(i, 7919, 1009)).collect();
+            let dy: Vec<T> = (0..n).map(|i| val(i, 104729, 997)).collect();
+            if n > 10 {
+                x[n - 2] = T::nan();
+            }
+            let gamma: Vec<T> = (0..c).map(|i| val(i, 3, 11)).collect();
+            let beta: Vec<T> = (0..c).map(|i| val(i, 5, 13)).collect();
+            for affine in [false, true] {
+                let (g, b) = if affine { (Some(gamma.as_slice()), Some(beta.as_slice())) } else { (None, None) };
+                let run = |isa: Isa| {
+                    let (y, mean, rstd) = group_norm_with(isa, &x, g, b, &s).unwrap();
+                    let (dx, dg, db) = group_norm_backward_with(isa, &x, &dy, g, &mean, &rstd, &s).unwrap();
+                    bits(&[&y, &mean, &rstd, &dx, &dg, &db])
+                };
+                let portable = run(Isa::Portable);
+                for isa in Isa::available() {
+                    assert!(run(isa) == portable, "{isa:?} differs from portable: {s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        every_isa_gives_the_same_bits::<f32>();
+        every_isa_gives_the_same_bits::<f64>();
+    }
+
+    /// Forward and backward against the formulas in f64, on the row and NHWC layouts.
+    #[test]
+    fn values_and_gradients_match_an_f64_reference() {
+        for (outer, spatial, groups, cpg) in [(BLOCK_ROWS + 3, 1, 2, 37), (3, 300, 4, 5)] {
+            let s = GroupNormSpec { outer, spatial, groups, channels_per_group: cpg, epsilon: 1e-3 };
+            let (c, n) = (s.channels(), outer * spatial * s.channels());
+            let x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1009) as f64 * 1e-3 + 3.0).collect();
+            let dy: Vec<f64> = (0..n).map(|i| ((i * 104729) % 997) as f64 * 1e-3 - 0.5).collect();
+            let gamma: Vec<f64> = (0..c).map(|i| 0.5 + (i % 7) as f64 * 0.25).collect();
+            let beta: Vec<f64> = (0..c).map(|i| (i % 5) as f64 * 0.1).collect();
+            let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let dyf: Vec<f32> = dy.iter().map(|&v| v as f32).collect();
+            let (gf, bf): (Vec<f32>, Vec<f32>) =
+                (gamma.iter().map(|&v| v as f32).collect(), beta.iter().map(|&v| v as f32).collect());
+            let (y, mean, rstd) = group_norm(&xf, Some(&gf), Some(&bf), &s).unwrap();
+            let (dx, dg, db) = group_norm_backward(&xf, &dyf, Some(&gf), &mean, &rstd, &s).unwrap();
+            // The reference, from the f32-rounded inputs.
+            let x: Vec<f64> = xf.iter().map(|&v| v as f64).collect();
+            let dy: Vec<f64> = dyf.iter().map(|&v| v as f64).collect();
+            let size = s.group_size() as f64;
+            let (mut want_dg, mut want_db) = (vec![0.0; c], vec![0.0; c]);
+            for o in 0..outer {
+                for g in 0..groups {
+                    let idx: Vec<(usize, usize)> = (0..spatial)
+                        .flat_map(|p| (0..cpg).map(move |j| ((o * spatial + p) * c + g * cpg + j, g * cpg + j)))
+                        .collect();
+                    let mu = idx.iter().map(|&(i, _)| x[i]).sum::<f64>() / size;
+                    let var = idx.iter().map(|&(i, _)| (x[i] - mu).powi(2)).sum::<f64>() / size;
+                    let r = 1.0 / (var + 1e-3).sqrt();
+                    let a: f64 = idx.iter().map(|&(i, ch)| dy[i] * gf[ch] as f64).sum();
+                    let b: f64 = idx.iter().map(|&(i, ch)| dy[i] * gf[ch] as f64 * (x[i] - mu)).sum();
+                    for &(i, ch) in &idx {
+                        let xhat = (x[i] - mu) * r;
+                        let want_y = xhat * gf[ch] as f64 + bf[ch] as f64;
+                        assert!((y[i] as f64 - want_y).abs() < 1e-5 * (1.0 + want_y.abs()), "y[{i}]");
+                        let want_dx = r * gf[ch] as f64 * dy[i] - r * a / size - (x[i] - mu) * r * r * r * b / size;
+                        assert!(
+                            (dx[i] as f64 - want_dx).abs() < 1e-4 * (1.0 + want_dx.abs()),
+                            "dx[{i}]: {} vs {want_dx}",
+                            dx[i]
+                        );
+                        want_db[ch] += dy[i];
+                        want_dg[ch] += dy[i] * xhat;
+                    }
+                }
+            }
+            for ch in 0..c {
+                assert!((db[ch] as f64 - want_db[ch]).abs() < 1e-5 * (1.0 + want_db[ch].abs()), "d_beta[{ch}]");
+                assert!((dg[ch] as f64 - want_dg[ch]).abs() < 1e-4 * (1.0 + want_dg[ch].abs()), "d_gamma[{ch}]");
+            }
+        }
+    }
+
+    #[test]
+    fn buffers_that_do_not_fit_the_spec_are_errors() {
+        let s = GroupNormSpec { outer: 2, spatial: 1, groups: 1, channels_per_group: 3, epsilon: 1e-3 };
+        assert!(group_norm(&[0.0f32; 5], None, None, &s).is_err());
+        assert!(group_norm(&[0.0f32; 6], Some(&[1.0; 2]), None, &s).is_err());
+        assert!(group_norm_backward(&[0.0f32; 6], &[0.0; 6], None, &[0.0; 1], &[1.0; 2], &s).is_err());
+    }
 }

@@ -12,6 +12,7 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod kernels;
 
 use crate::backend::GroupNormSpec;
 use crate::ops::output_guard::guarded;

@@ -14,7 +14,8 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
-mod rows;
+/// The batch-norm block kernels; group norm reuses its per-channel affine maps.
+pub(crate) mod rows;
 
 use crate::backend::{BatchNormEpilogue, BatchNormSpec};
 use crate::ops::output_guard::guarded;

@@ -64,7 +64,7 @@ impl<T: FloatElement> IsaKernel for BlockMoments<'_, T> {
 /// What the forward pass applies after `bn(x)`; `AddRelu` holds the residual rows that
 /// match the block's input rows.
 #[derive(Clone, Copy)]
-pub(super) enum Epilogue<'a, T> {
+pub(crate) enum Epilogue<'a, T> {
     Identity,
     Relu,
     AddRelu(&'a [T]),
@@ -72,13 +72,13 @@ pub(super) enum Epilogue<'a, T> {
 
 /// The forward output of a block: `y = (x - mean) * scale + shift`, then the epilogue
 /// (`relu(y)`, or `relu(residual + y)`: the order in which the unfused `Add` sums them).
-pub(super) struct Normalize<'a, T> {
-    pub(super) x: &'a [T],
-    pub(super) epilogue: Epilogue<'a, T>,
-    pub(super) mean: &'a [T],
-    pub(super) scale: &'a [T],
-    pub(super) shift: &'a [T],
-    pub(super) dst: &'a mut [MaybeUninit<T>],
+pub(crate) struct Normalize<'a, T> {
+    pub(crate) x: &'a [T],
+    pub(crate) epilogue: Epilogue<'a, T>,
+    pub(crate) mean: &'a [T],
+    pub(crate) scale: &'a [T],
+    pub(crate) shift: &'a [T],
+    pub(crate) dst: &'a mut [MaybeUninit<T>],
 }
 
 impl<T: FloatElement> IsaKernel for Normalize<'_, T> {
@@ -178,15 +178,15 @@ impl<T: FloatElement> IsaKernel for GradSums<'_, T> {
 /// `d_x` of a block: `k_dy * g + k_x * (x - mean) + k_0` per channel, where `g` is `dy`
 /// masked by `y > 0` when the ReLU's output `y` is given, else `dy` as it is (the plain
 /// output gradient, or the masked one that [`GradSums`] wrote).
-pub(super) struct GradInput<'a, T> {
-    pub(super) x: &'a [T],
-    pub(super) dy: &'a [T],
-    pub(super) y: Option<&'a [T]>,
-    pub(super) mean: &'a [T],
-    pub(super) k_dy: &'a [T],
-    pub(super) k_x: &'a [T],
-    pub(super) k_0: &'a [T],
-    pub(super) dst: &'a mut [MaybeUninit<T>],
+pub(crate) struct GradInput<'a, T> {
+    pub(crate) x: &'a [T],
+    pub(crate) dy: &'a [T],
+    pub(crate) y: Option<&'a [T]>,
+    pub(crate) mean: &'a [T],
+    pub(crate) k_dy: &'a [T],
+    pub(crate) k_x: &'a [T],
+    pub(crate) k_0: &'a [T],
+    pub(crate) dst: &'a mut [MaybeUninit<T>],
 }
 
 impl<T: FloatElement> IsaKernel for GradInput<'_, T> {
