@@ -110,7 +110,12 @@ pub(super) fn transform_image<V: Variant, T: FloatElement>(x: &[T], s: &Conv2dSp
 /// of [`transform_image`]. Pixels past the map (the last tiles' overhang, which
 /// [`untransform_image`] drops) read as zeros: no gradient flows from them.
 #[inline(always)]
-pub(super) fn transform_gradient_image<V: Variant, T: FloatElement>(dy: &[T], s: &Conv2dSpec, tiles: Tiles, m: &mut [T]) {
+pub(super) fn transform_gradient_image<V: Variant, T: FloatElement>(
+    dy: &[T],
+    s: &Conv2dSpec,
+    tiles: Tiles,
+    m: &mut [T],
+) {
     let co = s.out_channels;
     let mut d: Tile<T> = [[T::zero(); ROW]; super::transforms::MAX_ALPHA];
     let mut tile_out = m.chunks_exact_mut(tiles.positions * co);

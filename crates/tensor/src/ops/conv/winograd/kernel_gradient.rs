@@ -126,15 +126,16 @@ fn run<V: Variant, T: FloatElement + ZeroBits>(isa: Isa, x: &[T], dy: &[T], s: &
     dw.par_chunks_mut(9 * ci).enumerate().for_each(|(o, dst)| {
         for c in 0..ci {
             let at = |r: usize, col: usize| ((r * V::ALPHA + col) * co + o) * ci + c;
-            let u: [[f64; MAX_ALPHA]; MAX_ALPHA] = std::array::from_fn(|r| {
-                std::array::from_fn(|col| {
-                    if r < V::ALPHA && col < V::ALPHA {
-                        Element::to_f64(acc[at(r, col)])
-                    } else {
-                        0.0
-                    }
-                })
-            });
+            let u: [[f64; MAX_ALPHA]; MAX_ALPHA] =
+                std::array::from_fn(|r| {
+                    std::array::from_fn(|col| {
+                        if r < V::ALPHA && col < V::ALPHA {
+                            Element::to_f64(acc[at(r, col)])
+                        } else {
+                            0.0
+                        }
+                    })
+                });
             for (ky, row) in kernel_adjoint_tile::<V>(u).iter().enumerate() {
                 for (kx, &tap) in row.iter().enumerate() {
                     dst[(ky * 3 + kx) * ci + c] = T::from_f64(tap);
