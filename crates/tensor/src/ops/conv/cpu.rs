@@ -19,7 +19,8 @@
 //! column matrix. At stride 1 the input gradient runs as a convolution with the flipped
 //! kernel (see `backward_input_as_conv`). Dense 3x3 stride-1 convolutions in f32 run with
 //! Winograd's algorithm instead where `winograd::select` picks it (forward, and so the
-//! flipped input gradient); the kernel gradient stays im2col + GEMM.
+//! flipped input gradient), and their kernel gradient where
+//! `winograd::select_kernel_gradient` picks it.
 //!
 //! A grouped convolution (`groups` > 1) runs these products once per group: the group's
 //! input channels gathered by im2col (`K = kh * kw * c_in / groups`), its block of kernel
@@ -620,6 +621,9 @@ pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[
     }
     if patch_cpu::applies(s) {
         return patch_cpu::conv2d_backward_filter(x, dy, s);
+    }
+    if let Some(tiling) = winograd::select_kernel_gradient::<T>(s) {
+        return winograd::conv2d_backward_filter(x, dy, s, tiling);
     }
     backward_filter_im2col(x, dy, s)
 }

@@ -24,7 +24,7 @@ use crate::{FloatElement, Result};
 use rayon::prelude::*;
 
 /// Whether the shared route applies: an ungrouped convolution that both products run
-/// through im2col + GEMM, in chunks of the same images. Winograd's forward, the tiling
+/// through im2col + GEMM, in chunks of the same images. Winograd's forward and kernel gradient, the tiling
 /// case (`patch_cpu`, its own chunks) and the pointwise case (no gather) keep their kernels.
 fn applies<T: FloatElement>(s: &Conv2dSpec) -> bool {
     let pointwise = s.kernel_h == 1
@@ -37,6 +37,7 @@ fn applies<T: FloatElement>(s: &Conv2dSpec) -> bool {
         && !pointwise
         && !patch_cpu::applies(s)
         && winograd::select::<T>(s).is_none()
+        && winograd::select_kernel_gradient::<T>(s).is_none()
         && Geometry::new(s).chunk_images == Geometry::for_kernel_gradient(s).0.chunk_images
 }
 

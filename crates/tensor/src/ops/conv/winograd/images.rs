@@ -1,7 +1,9 @@
 //! The per-image steps of a Winograd convolution: the kernel transform, the input
 //! transform of an image's tiles, and the output transform back into its pixels.
 
-use super::transforms::{block, block_mut, input_tile, kernel_tile, output_tile, Lane, Tile, Variant, LANES, ROW};
+use super::transforms::{
+    block, block_mut, gradient_tile, input_tile, kernel_tile, output_tile, Lane, Tile, Variant, LANES, ROW,
+};
 use super::Tiles;
 use crate::backend::Conv2dSpec;
 use crate::utilities::alloc::{try_zeros, ZeroBits};
@@ -96,6 +98,50 @@ pub(super) fn transform_image<V: Variant, T: FloatElement>(x: &[T], s: &Conv2dSp
                 for (r, row) in d.iter().enumerate().take(V::ALPHA) {
                     for col in 0..V::ALPHA {
                         store(&mut dst[(r * V::ALPHA + col) * ci + c0..][..width], &block(row, col));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The transformed output-gradient tiles of one image `dy` (`[out_h, out_w, c_out]`) into
+/// `m` (`[tile, position, c_out]`): `A dy A^T` per tile, the kernel gradient's counterpart
+/// of [`transform_image`]. Pixels past the map (the last tiles' overhang, which
+/// [`untransform_image`] drops) read as zeros: no gradient flows from them.
+#[inline(always)]
+pub(super) fn transform_gradient_image<V: Variant, T: FloatElement>(
+    dy: &[T],
+    s: &Conv2dSpec,
+    tiles: Tiles,
+    m: &mut [T],
+) {
+    let co = s.out_channels;
+    let mut d: Tile<T> = [[T::zero(); ROW]; super::transforms::MAX_ALPHA];
+    let mut tile_out = m.chunks_exact_mut(tiles.positions * co);
+    for ty in 0..tiles.rows {
+        for tx in 0..tiles.cols {
+            let dst = tile_out.next().expect("m holds one block per tile");
+            for c0 in (0..co).step_by(LANES) {
+                let width = LANES.min(co - c0);
+                // Only the top-left M x M blocks are read by the transform.
+                for (r, row) in d.iter_mut().enumerate().take(V::M) {
+                    let oy = ty * V::M + r;
+                    for col in 0..V::M {
+                        let ox = tx * V::M + col;
+                        let pixel = block_mut(row, col);
+                        if oy < s.out_h && ox < s.out_w {
+                            let at = (oy * s.out_w + ox) * co + c0;
+                            load(pixel, &dy[at..at + width]);
+                        } else {
+                            *pixel = [T::zero(); LANES];
+                        }
+                    }
+                }
+                gradient_tile::<V, T>(&mut d);
+                for (r, row) in d.iter().enumerate().take(V::ALPHA) {
+                    for col in 0..V::ALPHA {
+                        store(&mut dst[(r * V::ALPHA + col) * co + c0..][..width], &block(row, col));
                     }
                 }
             }

@@ -31,6 +31,24 @@ impl Isa {
         }
     }
 
+    /// [`images::transform_gradient_image`] compiled for this instruction set.
+    pub(super) fn transform_gradient_image<V: Variant, T: FloatElement>(
+        self,
+        dy: &[T],
+        s: &Conv2dSpec,
+        tiles: Tiles,
+        m: &mut [T],
+    ) {
+        match self {
+            // SAFETY (both): `detect` saw these features on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { simd::avx512::transform_gradient_image::<V, T>(dy, s, tiles, m) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { simd::avx2::transform_gradient_image::<V, T>(dy, s, tiles, m) },
+            Isa::Portable => images::transform_gradient_image::<V, T>(dy, s, tiles, m),
+        }
+    }
+
     /// [`images::untransform_image`] compiled for this instruction set.
     pub(super) fn untransform_image<V: Variant, T: FloatElement>(
         self,
@@ -69,6 +87,16 @@ mod simd {
                     v: &mut [T],
                 ) {
                     images::transform_image::<V, T>(x, s, tiles, v)
+                }
+
+                #[target_feature(enable = $features)]
+                pub(in super::super) fn transform_gradient_image<V: Variant, T: FloatElement>(
+                    dy: &[T],
+                    s: &Conv2dSpec,
+                    tiles: Tiles,
+                    m: &mut [T],
+                ) {
+                    images::transform_gradient_image::<V, T>(dy, s, tiles, m)
                 }
 
                 #[target_feature(enable = $features)]

@@ -15,12 +15,17 @@
 //! depends on the shape alone and no sum crosses threads, so the result is the same for
 //! every thread count.
 //!
+//! The kernel gradient runs the transposed algorithm (`kernel_gradient`): the same input
+//! transform, the output-gradient tiles through `A . A^T`, one GEMM per position summing
+//! over tiles, and `G^T . G` back to 3x3.
+//!
 //! Rounding: the transforms add and scale values before the products, so f32 results
 //! differ from direct convolution by more than one rounding (F4 more than F2);
 //! `docs/performance.md` has the measured errors. `select` only picks Winograd for f32.
 
 mod images;
 mod isa;
+mod kernel_gradient;
 mod transforms;
 
 #[cfg(test)]
@@ -34,6 +39,8 @@ use gemm::Parallelism;
 use isa::Isa;
 use rayon::prelude::*;
 use transforms::{Variant, F2, F4};
+
+pub(crate) use kernel_gradient::{conv2d_backward_filter, select_kernel_gradient};
 
 /// Elements of one chunk's transformed input and products together (2 MiB of f32): large
 /// enough that each GEMM has a hundred rows or more, small enough to stay in cache.

@@ -35,6 +35,12 @@ pub(super) trait Variant {
     fn output<T: FloatElement, const N: usize>(v: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA];
     /// `G g`: 3 kernel taps to `ALPHA` transformed ones (in f64, rounded once at the end).
     fn kernel(g: [f64; 3]) -> [f64; MAX_ALPHA];
+    /// `A y`, the transpose of [`Variant::output`]: `M` output-gradient values to `ALPHA`
+    /// (the kernel gradient's transform of `dy`; entries past `M` are not read).
+    fn output_adjoint<T: FloatElement, const N: usize>(y: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA];
+    /// `G^T u`, the transpose of [`Variant::kernel`]: `ALPHA` values to 3 kernel taps (the
+    /// kernel gradient's last step, in f64).
+    fn kernel_adjoint(u: [f64; MAX_ALPHA]) -> [f64; 3];
 }
 
 /// F(2x2,3x3): 16 products per 4 outputs (direct: 36).
@@ -74,6 +80,16 @@ impl Variant for F2 {
 
     fn kernel([g0, g1, g2]: [f64; 3]) -> [f64; MAX_ALPHA] {
         [g0, (g0 + g1 + g2) / 2.0, (g0 - g1 + g2) / 2.0, g2, 0.0, 0.0]
+    }
+
+    #[inline(always)]
+    fn output_adjoint<T: FloatElement, const N: usize>(y: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA] {
+        let [y0, y1, ..] = y;
+        [y0, lanes(|i| y0[i] + y1[i]), lanes(|i| y0[i] - y1[i]), lanes(|i| -y1[i]), y[4], y[5]]
+    }
+
+    fn kernel_adjoint([u0, u1, u2, u3, ..]: [f64; MAX_ALPHA]) -> [f64; 3] {
+        [u0 + (u1 + u2) / 2.0, (u1 - u2) / 2.0, (u1 + u2) / 2.0 + u3]
     }
 }
 
@@ -126,6 +142,33 @@ impl Variant for F4 {
             g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
             g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
             g2,
+        ]
+    }
+
+    #[inline(always)]
+    fn output_adjoint<T: FloatElement, const N: usize>(y: [[T; N]; MAX_ALPHA]) -> [[T; N]; MAX_ALPHA] {
+        let [y0, y1, y2, y3, ..] = y;
+        let (two, four) = (T::from_f64(2.0), T::from_f64(4.0));
+        // Rows 1-2 and 3-4 differ in the sign of their odd terms, as in `output`.
+        let even: [T; N] = lanes(|i| y0[i] + y2[i]);
+        let odd: [T; N] = lanes(|i| y1[i] + y3[i]);
+        let even4: [T; N] = lanes(|i| y0[i] + four * y2[i]);
+        let odd4: [T; N] = lanes(|i| two * (y1[i] + four * y3[i]));
+        [
+            y0,
+            lanes(|i| even[i] + odd[i]),
+            lanes(|i| even[i] - odd[i]),
+            lanes(|i| even4[i] + odd4[i]),
+            lanes(|i| even4[i] - odd4[i]),
+            y3,
+        ]
+    }
+
+    fn kernel_adjoint([u0, u1, u2, u3, u4, u5]: [f64; MAX_ALPHA]) -> [f64; 3] {
+        [
+            u0 / 4.0 - (u1 + u2) / 6.0 + (u3 + u4) / 24.0,
+            (u2 - u1) / 6.0 + (u3 - u4) / 12.0,
+            (u3 + u4 - u1 - u2) / 6.0 + u5,
         ]
     }
 }
@@ -205,6 +248,23 @@ pub(super) fn input_tile<V: Variant, T: FloatElement>(d: &mut Tile<T>) {
 pub(super) fn output_tile<V: Variant, T: FloatElement>(v: &mut Tile<T>) {
     *v = V::output::<T, ROW>(*v);
     each_row!(V::M, |r| along_row(&mut v[r], V::M, V::output::<T, LANES>));
+}
+
+/// `A y A^T` of one tile of output gradients, in place: `y` its `M x M` blocks in the
+/// top-left corner, then its `ALPHA x ALPHA` transformed blocks. The transpose of
+/// [`output_tile`]: rows first, then the blocks within each row.
+#[inline(always)]
+pub(super) fn gradient_tile<V: Variant, T: FloatElement>(y: &mut Tile<T>) {
+    *y = V::output_adjoint::<T, ROW>(*y);
+    each_row!(V::ALPHA, |r| along_row(&mut y[r], V::ALPHA, V::output_adjoint::<T, LANES>));
+}
+
+/// `G^T u G` of one `ALPHA x ALPHA` tile `u[row][col]`, in f64: the 3x3 kernel gradient
+/// it stands for (the transpose of [`kernel_tile`]).
+pub(super) fn kernel_adjoint_tile<V: Variant>(u: [[f64; MAX_ALPHA]; MAX_ALPHA]) -> [[f64; 3]; 3] {
+    let rows: [[f64; 3]; MAX_ALPHA] = std::array::from_fn(|r| V::kernel_adjoint(u[r]));
+    let columns: [[f64; 3]; 3] = std::array::from_fn(|kx| V::kernel_adjoint(std::array::from_fn(|r| rows[r][kx])));
+    std::array::from_fn(|ky| std::array::from_fn(|kx| columns[kx][ky]))
 }
 
 /// `G g G^T` of one 3x3 kernel `g[row][col]`, in f64: `ALPHA x ALPHA`.
