@@ -8,15 +8,19 @@
 //! shuffles, per multiply-add, and the forward pass ran 20% behind PyTorch. Here each
 //! block is one register of 8 channels, chosen by hand:
 //!
-//! - forward: a block's 9 taps, its bias and 4 accumulators (4 pixels) fill 14 of the 16
-//!   registers; the input is read as the multiply-add's memory operand.
+//! - forward (maps up to 16 wide, [`forward_applies`]): a block's 9 taps, its bias and 4
+//!   accumulators (4 pixels) fill 14 of the 16 registers; the input is read as the
+//!   multiply-add's memory operand.
 //! - kernel gradient: a block's 9 tap sums stay in registers over all the rows of a chunk
 //!   (9 independent chains), where the generic code loaded and stored 3 of them per row and
 //!   kernel row.
 //!
 //! Every sum adds the same terms in the same order as the generic paths (forward: the bias,
 //! then kernel row by row, column by column; kernel gradient: each tap over the chunk's rows,
-//! then columns, in ascending order), so the results are the same bits, on every path.
+//! then columns, in ascending order), so the results are the same bits as on AVX-512. One
+//! exception: with a tail of 8 channels past the last 16-channel block (24, 40, ...
+//! channels), the generic kernel gradient sums the tail in 4 interleaved partials, and its
+//! bits there differ from these (which still depend on the shape only).
 
 use super::Depthwise;
 use crate::backend::Conv2dSpec;
@@ -56,10 +60,23 @@ pub(super) fn applies<T: 'static>(isa: Isa, d: &Depthwise<'_, T>) -> bool {
         && s.out_w.is_multiple_of(GROUP)
 }
 
+/// Whether [`forward_rows`] computes this op: [`applies`], on maps at most [`FORWARD_WIDTH`]
+/// wide.
+pub(super) fn forward_applies<T: 'static>(isa: Isa, d: &Depthwise<'_, T>) -> bool {
+    applies(isa, d) && d.s.out_w <= FORWARD_WIDTH
+}
+
+/// The widest map the forward rows here run. Their groups are 4 independent chains (one
+/// register per pixel), against the generic rows' 8 (two per pixel): on 32-wide rows,
+/// where the generic rows compile well, they were 30% slower (1 thread), and on 16- to
+/// 4-wide rows, where the generic rows do not, 15-55% faster.
+const FORWARD_WIDTH: usize = 16;
+
 /// `s` as f32 values, where `T` is f32 (checked by [`applies`]'s caller).
 pub(super) fn f32s<T: 'static>(s: &[T]) -> Option<&[f32]> {
     // SAFETY: `T` is `f32` (same type id), so the slice is one of f32.
-    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
 }
 
 /// [`f32s`] for a mutable slice.

@@ -215,7 +215,7 @@ fn forward_with<T: FloatElement + ZeroBits>(
     };
     let row_len = s.out_w * s.out_channels;
     let band = band_rows(s.out_h, row_len * std::mem::size_of::<T>());
-    let intrinsics = avx2_f32::applies(isa, &d);
+    let intrinsics = avx2_f32::forward_applies(isa, &d);
     let fill = |task: usize, dst: &mut [std::mem::MaybeUninit<T>]| {
         #[cfg(target_arch = "x86_64")]
         if intrinsics {

@@ -267,8 +267,10 @@ fn ordered_filter<T: FloatElement>(s: &Conv2dSpec, x: &[T], dy: &[T], fma: bool)
     // the order the kernels add them.
     each_tap(s, |[b, oy, ox, ci, o, ky, kx, iy, ix]| {
         let run = &mut runs[(b * s.out_h + oy) / per_chunk][o * taps + ky * s.kernel_w + kx];
-        let (u, g) =
-            (x[((b * s.in_h + iy) * s.in_w + ix) * s.in_channels + ci], dy[((b * s.out_h + oy) * s.out_w + ox) * co + o]);
+        let (u, g) = (
+            x[((b * s.in_h + iy) * s.in_w + ix) * s.in_channels + ci],
+            dy[((b * s.out_h + oy) * s.out_w + ox) * co + o],
+        );
         *run = if fma { u.mul_add(g, *run) } else { *run + u * g };
     });
     let mut total = vec![T::zero(); taps * co];
