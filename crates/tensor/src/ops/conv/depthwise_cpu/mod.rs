@@ -20,11 +20,14 @@
 //!   pass over `dy` with the kernel flipped in space instead, which is faster; a 3x3
 //!   kernel at stride 2 reads `dy` through a fixed stencil per input-column parity
 //!   ([`backward_input_s2`]).
+//! - f32 on AVX2 at MobileNet's stride-1 3x3 shapes: forward rows and kernel gradient
+//!   written with intrinsics ([`avx2_f32`]), the same sums in the same order.
 //! - kernel gradient ([`backward_filter`]): the output rows are cut into [`FILTER_CHUNKS`]
 //!   fixed runs (the cut depends on the shape only); each run sums into its own buffer,
 //!   and the buffers are added in run order, so the result does not depend on the thread
 //!   count or on rayon's scheduling.
 
+mod avx2_f32;
 mod backward_filter;
 mod backward_input;
 mod backward_input_s2;
@@ -212,8 +215,19 @@ fn forward_with<T: FloatElement + ZeroBits>(
     };
     let row_len = s.out_w * s.out_channels;
     let band = band_rows(s.out_h, row_len * std::mem::size_of::<T>());
-    let fill =
-        |task: usize, dst: &mut [std::mem::MaybeUninit<T>]| dispatch!(isa, forward_rows(&d, x, bias, task * band, dst));
+    let intrinsics = avx2_f32::forward_applies(isa, &d);
+    let fill = |task: usize, dst: &mut [std::mem::MaybeUninit<T>]| {
+        #[cfg(target_arch = "x86_64")]
+        if intrinsics {
+            if let (Some(x), Some(k), Some(b), Some(dst)) =
+                (avx2_f32::f32s(x), avx2_f32::f32s(d.taps_kernel), avx2_f32::f32s(bias), avx2_f32::f32_slots(dst))
+            {
+                // SAFETY: `applies` saw `isa` be AVX2, which `Isa::detect_fused` saw with FMA.
+                return unsafe { avx2_f32::forward_rows(s, x, k, b, task * band, dst) };
+            }
+        }
+        dispatch!(isa, forward_rows(&d, x, bias, task * band, dst))
+    };
     // SAFETY: `forward_rows` writes every element of its band.
     unsafe { output::par_filled(OP, s.batch * s.out_h * row_len, band * row_len, fill) }
 }
@@ -283,11 +297,23 @@ fn backward_filter_with<T: FloatElement + ZeroBits>(isa: Isa, x: &[T], dy: &[T],
     let rows = s.batch * s.out_h;
     let per_chunk = rows.div_ceil(FILTER_CHUNKS).max(1);
     let chunks = rows.div_ceil(per_chunk);
+    let intrinsics = avx2_f32::applies(isa, &d);
     let partials: Vec<Result<Vec<T>>> = (0..chunks)
         .into_par_iter()
         .map(|chunk| {
             let mut acc = try_zeros(OP, taps * co)?;
-            for row in chunk * per_chunk..((chunk + 1) * per_chunk).min(rows) {
+            let run = chunk * per_chunk..((chunk + 1) * per_chunk).min(rows);
+            #[cfg(target_arch = "x86_64")]
+            if intrinsics {
+                if let (Some(x), Some(dy), Some(sums)) =
+                    (avx2_f32::f32s(x), avx2_f32::f32s(dy), avx2_f32::f32s_mut(&mut acc[..]))
+                {
+                    // SAFETY: `applies` saw `isa` be AVX2, which `Isa::detect_fused` saw with FMA.
+                    unsafe { avx2_f32::filter_rows(s, x, dy, run, sums) };
+                    return Ok(acc);
+                }
+            }
+            for row in run {
                 dispatch!(isa, backward_filter_row(&d, x, dy, row, &mut acc));
             }
             Ok(acc)

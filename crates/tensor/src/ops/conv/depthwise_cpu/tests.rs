@@ -253,3 +253,65 @@ fn every_forward_path_sums_in_the_same_order() {
         }
     }
 }
+
+/// The kernel gradient of `s` summed as every 3x3 path over full channel blocks must: the
+/// output rows cut into the fixed runs of [`FILTER_CHUNKS`], each tap summed per run over
+/// its rows, then columns, in ascending order (fused or not), and the runs' sums added in
+/// run order.
+fn ordered_filter<T: FloatElement>(s: &Conv2dSpec, x: &[T], dy: &[T], fma: bool) -> Vec<T> {
+    let (taps, co) = (s.kernel_h * s.kernel_w, s.out_channels);
+    let rows = s.batch * s.out_h;
+    let per_chunk = rows.div_ceil(FILTER_CHUNKS).max(1);
+    let mut runs = vec![vec![T::zero(); taps * co]; rows.div_ceil(per_chunk)];
+    // `each_tap` walks rows, then columns, in ascending order: each tap's terms come in
+    // the order the kernels add them.
+    each_tap(s, |[b, oy, ox, ci, o, ky, kx, iy, ix]| {
+        let run = &mut runs[(b * s.out_h + oy) / per_chunk][o * taps + ky * s.kernel_w + kx];
+        let (u, g) = (
+            x[((b * s.in_h + iy) * s.in_w + ix) * s.in_channels + ci],
+            dy[((b * s.out_h + oy) * s.out_w + ox) * co + o],
+        );
+        *run = if fma { u.mul_add(g, *run) } else { *run + u * g };
+    });
+    let mut total = vec![T::zero(); taps * co];
+    for run in &runs {
+        for (t, &r) in total.iter_mut().zip(run) {
+            *t = *t + r;
+        }
+    }
+    total
+}
+
+/// The kernel gradient gives the ordered sums' bits exactly, in f64 and f32, on every
+/// instruction set, for 3x3 kernels over full channel blocks: the generic rows and the f32
+/// AVX2 intrinsics (MobileNet's stride-1 shapes) add the same terms in the same order.
+#[test]
+fn every_kernel_gradient_path_sums_in_the_same_order() {
+    let cases: &[Case] = &[
+        (2, 8, 8, 128, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (2, 16, 16, 64, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (3, 4, 4, 256, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (1, 12, 12, 48, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (1, 2, 8, 32, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (40, 8, 8, 16, 1, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (2, 8, 8, 16, 1, 3, 3, 1, 1, [0, 0, 0, 0]),
+        (2, 16, 16, 64, 1, 3, 3, 2, 1, [0, 1, 0, 1]),
+    ];
+    for (n, case) in cases.iter().enumerate() {
+        let s = spec(case);
+        let x = values(s.batch * s.in_h * s.in_w * s.in_channels, 1 + n as u64);
+        let dy = values(s.batch * s.out_h * s.out_w * s.out_channels, 300 + n as u64);
+        let (x32, dy32) = (f32s(&x), f32s(&dy));
+        for isa in Isa::available_fused() {
+            let fma = isa != Isa::Portable;
+            let got = backward_filter_with(isa, &x, &dy, &s).unwrap();
+            let want = ordered_filter(&s, &x, &dy, fma);
+            let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same && got.len() == want.len(), "f64 kernel gradient, case {case:?}, {isa:?}");
+            let got = backward_filter_with(isa, &x32, &dy32, &s).unwrap();
+            let want = ordered_filter(&s, &x32, &dy32, fma);
+            let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same && got.len() == want.len(), "f32 kernel gradient, case {case:?}, {isa:?}");
+        }
+    }
+}
