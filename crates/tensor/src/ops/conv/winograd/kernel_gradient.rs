@@ -25,11 +25,11 @@
 
 use super::isa::Isa;
 use super::transforms::{kernel_adjoint_tile, Variant, F2, F4, MAX_ALPHA};
-use super::{applies, Tiles, Tiling};
+use super::{applies, select, Tiles, Tiling};
 use crate::backend::Conv2dSpec;
 use crate::ops::conv::cpu::{ensure_len, gemm_into, MatRef};
 use crate::utilities::alloc::{try_zeros, ZeroBits};
-use crate::{DType, Element, FloatElement, Result};
+use crate::{Element, FloatElement, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -39,25 +39,12 @@ use rayon::prelude::*;
 const CHUNK_BUDGET: usize = 1 << 21;
 
 /// The variant to compute the kernel gradient of `s` with in element type `T`, or `None`
-/// for im2col + GEMM: f64 keeps the exact direct sums (the gradient checks rely on them),
-/// few channels make the GEMMs too thin to pay for the transforms, and small maps waste
-/// most of a tile.
+/// for im2col + GEMM: the forward pass's choice ([`select`]), which the measurements on the
+/// seed's shapes at batch 64 (`tests::seed_kernel_gradient_timings`, docs/performance.md)
+/// confirmed: F4 at 15x15 and 8x8 (1.3-2x faster than im2col), F2 at 4x4 (F4's single tile
+/// per image gives GEMMs of 64 rows), im2col at 2x2 (F2 1.7x, F4 4x slower) and in f64.
 pub(crate) fn select_kernel_gradient<T: FloatElement>(s: &Conv2dSpec) -> Option<Tiling> {
-    if T::DTYPE != DType::F32 || !applies(s) || s.in_channels < 16 || s.out_channels < 16 {
-        return None;
-    }
-    // Measured on the seed's shapes at batch 64 (`tests::seed_kernel_gradient_timings`,
-    // docs/performance.md): the forward's choice holds. F4 at 15x15 and 8x8 (1.3-2x faster
-    // than im2col), F2 at 4x4 (F4's single tile per image gives GEMMs of 64 rows), im2col
-    // at 2x2 (F2 1.7x, F4 4x slower).
-    let side = s.out_h.min(s.out_w);
-    if side >= 8 {
-        Some(Tiling::F4)
-    } else if side >= 3 {
-        Some(Tiling::F2)
-    } else {
-        None
-    }
+    select::<T>(s)
 }
 
 /// The kernel gradient `[c_out, 3, 3, c_in]` of the convolution `s` of `x`
