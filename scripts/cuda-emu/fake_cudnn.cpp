@@ -280,38 +280,31 @@ template <class F> void taps(const Tensor& x, const Filter& w, const Conv& cv, c
 size_t nhwc(const Tensor& t, int n, int h, int w) { return (((size_t)n * t.h + h) * t.w + w) * t.c; }
 size_t krsc(const Filter& f, int k, int r, int s) { return (((size_t)k * f.r + r) * f.s + s) * f.c; }
 
-// `t`'s elements as operands (widened; TF32-rounded under tensor-op math), NHWC order.
-template <class T> std::vector<double> image_operands(const Tensor& t, const T* p, bool tf) {
-    std::vector<double> out(count(t));
+// Visits every element of an image tensor (a filter): f(index in NHWC (KRSC) order, index
+// in the descriptor's layout).
+template <class F> void each_element(const Tensor& t, F f) {
     for (int n = 0; n < t.n; ++n)
         for (int c = 0; c < t.c; ++c)
             for (int h = 0; h < t.h; ++h)
-                for (int w = 0; w < t.w; ++w) out[nhwc(t, n, h, w) + c] = operand(p[at(t, n, c, h, w)], tf);
-    return out;
+                for (int w = 0; w < t.w; ++w) f(nhwc(t, n, h, w) + c, at(t, n, c, h, w));
 }
-template <class T> std::vector<double> filter_operands(const Filter& f, const T* p, bool tf) {
-    std::vector<double> out(count(f));
-    for (int k = 0; k < f.k; ++k)
-        for (int c = 0; c < f.c; ++c)
-            for (int r = 0; r < f.r; ++r)
-                for (int s = 0; s < f.s; ++s) out[krsc(f, k, r, s) + c] = operand(p[at(f, k, c, r, s)], tf);
+template <class F> void each_element(const Filter& t, F f) {
+    for (int k = 0; k < t.k; ++k)
+        for (int c = 0; c < t.c; ++c)
+            for (int r = 0; r < t.r; ++r)
+                for (int s = 0; s < t.s; ++s) f(krsc(t, k, r, s) + c, at(t, k, c, r, s));
+}
+
+// `t`'s elements as operands (widened; TF32-rounded under tensor-op math), NHWC (KRSC) order.
+template <class D, class T> std::vector<double> operands(const D& t, const T* p, bool tf) {
+    std::vector<double> out(count(t));
+    each_element(t, [&](size_t fixed, size_t own) { out[fixed] = operand(p[own], tf); });
     return out;
 }
 // NHWC (KRSC) values back into the descriptor's layout.
-std::vector<double> image_layout(const Tensor& t, const std::vector<double>& v) {
+template <class D> std::vector<double> own_layout(const D& t, const std::vector<double>& v) {
     std::vector<double> out(v.size());
-    for (int n = 0; n < t.n; ++n)
-        for (int c = 0; c < t.c; ++c)
-            for (int h = 0; h < t.h; ++h)
-                for (int w = 0; w < t.w; ++w) out[at(t, n, c, h, w)] = v[nhwc(t, n, h, w) + c];
-    return out;
-}
-std::vector<double> filter_layout(const Filter& f, const std::vector<double>& v) {
-    std::vector<double> out(v.size());
-    for (int k = 0; k < f.k; ++k)
-        for (int c = 0; c < f.c; ++c)
-            for (int r = 0; r < f.r; ++r)
-                for (int s = 0; s < f.s; ++s) out[at(f, k, c, r, s)] = v[krsc(f, k, r, s) + c];
+    each_element(t, [&](size_t fixed, size_t own) { out[own] = v[fixed]; });
     return out;
 }
 
@@ -329,7 +322,7 @@ template <class T> void blend(T* out, const std::vector<double>& acc, const void
 template <class T>
 std::vector<double> convolve(const Tensor& x, const T* xp, const Filter& w, const T* wp, const Conv& cv, const Tensor& y) {
     bool tf = tensor_math(cv, x);
-    std::vector<double> xs = image_operands(x, xp, tf), ws = filter_operands(w, wp, tf), acc(count(y), 0.0);
+    std::vector<double> xs = operands(x, xp, tf), ws = operands(w, wp, tf), acc(count(y), 0.0);
     taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
         const double* pixel = &xs[nhwc(x, n, ih, iw)];
         double* out = &acc[nhwc(y, n, oh, ow)];
@@ -341,7 +334,7 @@ std::vector<double> convolve(const Tensor& x, const T* xp, const Filter& w, cons
             out[k] += sum;
         }
     });
-    return image_layout(y, acc);
+    return own_layout(y, acc);
 }
 
 template <class T>
@@ -354,7 +347,7 @@ template <class T>
 void backward_data(const Tensor& x, T* dxp, const Filter& w, const T* wp, const Conv& cv, const Tensor& y, const T* dyp,
                    const void* alpha, const void* beta) {
     bool tf = tensor_math(cv, x);
-    std::vector<double> dys = image_operands(y, dyp, tf), ws = filter_operands(w, wp, tf), acc(count(x), 0.0);
+    std::vector<double> dys = operands(y, dyp, tf), ws = operands(w, wp, tf), acc(count(x), 0.0);
     taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
         const double* g = &dys[nhwc(y, n, oh, ow)];
         double* pixel = &acc[nhwc(x, n, ih, iw)];
@@ -365,14 +358,14 @@ void backward_data(const Tensor& x, T* dxp, const Filter& w, const T* wp, const 
             for (int c = 0; c < w.c; ++c) a[c] += gk * b[c];
         }
     });
-    blend<T>(dxp, image_layout(x, acc), alpha, beta);
+    blend<T>(dxp, own_layout(x, acc), alpha, beta);
 }
 
 template <class T>
 void backward_filter(const Tensor& x, const T* xp, const Filter& w, T* dwp, const Conv& cv, const Tensor& y, const T* dyp,
                      const void* alpha, const void* beta) {
     bool tf = tensor_math(cv, x);
-    std::vector<double> xs = image_operands(x, xp, tf), dys = image_operands(y, dyp, tf), acc(count(w), 0.0);
+    std::vector<double> xs = operands(x, xp, tf), dys = operands(y, dyp, tf), acc(count(w), 0.0);
     taps(x, w, cv, y, [&](int n, int oh, int ow, int ih, int iw, int r, int s) {
         const double* g = &dys[nhwc(y, n, oh, ow)];
         const double* pixel = &xs[nhwc(x, n, ih, iw)];
@@ -383,7 +376,7 @@ void backward_filter(const Tensor& x, const T* xp, const Filter& w, T* dwp, cons
             for (int c = 0; c < w.c; ++c) a[c] += gk * b[c];
         }
     });
-    blend<T>(dwp, filter_layout(w, acc), alpha, beta);
+    blend<T>(dwp, own_layout(w, acc), alpha, beta);
 }
 
 enum : int { ACT_RELU = 1, ACT_IDENTITY = 5, NOT_PROPAGATE_NAN = 0, PROPAGATE_NAN = 1 };
