@@ -70,6 +70,9 @@ pub(crate) fn guarded<T: OpOutputs>(
     kernel: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     check_outputs(op, outputs, dtype, device)?;
+    if device.is_cpu() {
+        crate::utilities::enter_pool_on_main_thread();
+    }
     let out = kernel().map_err(|err| match err {
         Error::OutOfMemory { device, op: kernel_op, requested, detail } => Error::OutOfMemory {
             device,
