@@ -215,6 +215,7 @@ fn forward_with<T: FloatElement + ZeroBits>(
     };
     let row_len = s.out_w * s.out_channels;
     let band = band_rows(s.out_h, row_len * std::mem::size_of::<T>());
+    #[cfg(target_arch = "x86_64")]
     let intrinsics = avx2_f32::forward_applies(isa, &d);
     let fill = |task: usize, dst: &mut [std::mem::MaybeUninit<T>]| {
         #[cfg(target_arch = "x86_64")]
@@ -297,6 +298,7 @@ fn backward_filter_with<T: FloatElement + ZeroBits>(isa: Isa, x: &[T], dy: &[T],
     let rows = s.batch * s.out_h;
     let per_chunk = rows.div_ceil(FILTER_CHUNKS).max(1);
     let chunks = rows.div_ceil(per_chunk);
+    #[cfg(target_arch = "x86_64")]
     let intrinsics = avx2_f32::applies(isa, &d);
     let partials: Vec<Result<Vec<T>>> = (0..chunks)
         .into_par_iter()
