@@ -1,11 +1,8 @@
 //! The inner loops of the group/layer-norm CPU kernels (cpu.rs) as [`IsaKernel`]s,
 //! compiled for AVX-512, AVX2 and any CPU and chosen at run time (the default x86-64
 //! target has only SSE2). Sums are in f64 with `LANES` interleaved accumulators or one
-//! accumulator per channel, except in the row layout's backward pass, whose sums take short
-//! runs in `T` (16 interleaved lanes along a row, 8 rows per channel) and add those in f64:
-//! f32 vector arithmetic at twice the width, with no f32 sum longer than a row's lane
-//! (`cols / 16` values) or 8 rows. Every association is fixed, and the wider instruction
-//! sets run it as vector adds. Outputs are written once each, never zeroed first. No fused multiply-adds,
+//! accumulator per channel: a fixed association, which the wider instruction sets run as
+//! vector adds. Outputs are written once each, never zeroed first. No fused multiply-adds,
 //! so every version gives the same bits.
 //!
 //! Two layouts: rows whose groups are contiguous runs (`spatial == 1`: layer norm, and
@@ -37,42 +34,32 @@ fn lane_sum<T: FloatElement>(values: &[T], f: impl Fn(T) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail_sum
 }
 
-/// Interleaved accumulators (in `T`) of the backward pass's two row sums: a lane holds
-/// `cols / 16` products at most, and the lanes are added in f64.
-const DOT_LANES: usize = 16;
-
-/// Rows whose `d_gamma`/`d_beta` terms a block sums per channel in `T` before adding the
-/// sums to its f64 partial (a fixed association: the rows `SUB_ROWS * k ..` of a block).
-const SUB_ROWS: usize = 8;
-
-/// `sum(f(x, dy, gamma))` over a group's run: the terms in `T`, summed in `DOT_LANES`
-/// interleaved `T` accumulators, which are added up in lane order in f64 with the tail's
-/// f64 sum. One sum per loop: two sums in one loop are vectorised across the pair (two
-/// lanes wide) instead of across the lanes.
+/// `sum(f(x, dy * gamma))` over a group's run in f64 (`gamma` given in f64): `LANES`
+/// accumulators over the full chunks, added up in lane order, plus the tail's sum.
+/// One sum per loop: two sums in one loop are vectorised across the pair (two lanes
+/// wide) instead of across the lanes.
 #[inline(always)]
-fn row_sum<T: FloatElement>(x: &[T], dy: &[T], gamma: &[T], f: impl Fn(T, T, T) -> T) -> f64 {
-    let mut acc = [T::zero(); DOT_LANES];
-    let head = x.len() - x.len() % DOT_LANES;
-    let chunks = x[..head]
-        .chunks_exact(DOT_LANES)
-        .zip(dy[..head].chunks_exact(DOT_LANES))
-        .zip(gamma[..head].chunks_exact(DOT_LANES));
+fn grad_sum<T: FloatElement>(x: &[T], dy: &[T], gamma: &[f64], f: impl Fn(T, f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let head = x.len() - x.len() % LANES;
+    let chunks =
+        x[..head].chunks_exact(LANES).zip(dy[..head].chunks_exact(LANES)).zip(gamma[..head].chunks_exact(LANES));
     for ((xc, dc), gc) in chunks {
         for (a, ((&v, &d), &g)) in acc.iter_mut().zip(xc.iter().zip(dc).zip(gc)) {
-            *a = *a + f(v, d, g);
+            *a += f(v, d.to_f64() * g);
         }
     }
     let tail = x[head..].iter().zip(&dy[head..]).zip(&gamma[head..]);
-    let tail_sum: f64 = tail.map(|((&v, &d), &g)| f(v, d, g).to_f64()).sum();
-    acc.iter().map(|&v| v.to_f64()).sum::<f64>() + tail_sum
+    let tail_sum: f64 = tail.map(|((&v, &d), &g)| f(v, d.to_f64() * g)).sum();
+    acc.iter().sum::<f64>() + tail_sum
 }
 
-/// `(sum(dy * gamma), sum(dy * gamma * (x - m)))` over a group's run ([`row_sum`]), the
-/// second pass reading the run from L1.
+/// `(sum(dy * gamma), sum(dy * gamma * (x - mu)))` over a group's run ([`grad_sum`]; the
+/// second pass reads the run from L1).
 #[inline(always)]
-fn grad_dots<T: FloatElement>(x: &[T], dy: &[T], gamma: &[T], m: T) -> (f64, f64) {
-    let a = row_sum(x, dy, gamma, |_, d, g| d * g);
-    let b = row_sum(x, dy, gamma, |v, d, g| d * g * (v - m));
+fn grad_dots<T: FloatElement>(x: &[T], dy: &[T], gamma: &[f64], mu: f64) -> (f64, f64) {
+    let a = grad_sum(x, dy, gamma, |_, w| w);
+    let b = grad_sum(x, dy, gamma, |v, w| w * (v.to_f64() - mu));
     (a, b)
 }
 
@@ -122,21 +109,20 @@ impl<T: FloatElement> IsaKernel for RowsForward<'_, T> {
 }
 
 /// The backward pass over a block of rows laid out as for [`RowsForward`]: per group
-/// `a = sum(dy * gamma)` and `b = sum(dy * gamma * (x - mean))` ([`grad_dots`]), then
+/// `a = sum(dy * gamma)` and `b = sum(dy * gamma * (x - mean))`, then
 /// `d_x = (rstd * gamma) * dy + k_x * (x - mean) + k_0` with `k_x = -rstd^3 * b / M` and
 /// `k_0 = -rstd * a / M` (`M` values per group) into `dst`, and the block's parameter
 /// gradients, from zero: `partial[..c] = sum(dy)`, `partial[c..] = sum(dy * (x - mean) *
-/// rstd)` over its rows, summed per channel in `T` over `SUB_ROWS` rows at a time (in
-/// `scratch`, `2 * c` values) and those sums in f64.
+/// rstd)` over its rows.
 pub(super) struct RowsBackward<'a, T> {
     pub(super) x: &'a [T],
     pub(super) dy: &'a [T],
     pub(super) gamma: &'a [T],
+    pub(super) gamma_f64: &'a [f64],
     pub(super) channels_per_group: usize,
     pub(super) mean: &'a [T],
     pub(super) rstd: &'a [T],
     pub(super) dst: &'a mut [MaybeUninit<T>],
-    pub(super) scratch: &'a mut [T],
     pub(super) partial: &'a mut [f64],
 }
 
@@ -149,38 +135,26 @@ impl<T: FloatElement> IsaKernel for RowsBackward<'_, T> {
         let size = cpg as f64;
         let groups = c / cpg;
         self.partial.fill(0.0);
-        self.scratch.fill(T::zero());
-        let (sum_beta, sum_gamma) = self.scratch.split_at_mut(c);
-        let row_count = self.x.len() / c;
+        let (d_beta, d_gamma) = self.partial.split_at_mut(c);
         let rows = self.x.chunks_exact(c).zip(self.dy.chunks_exact(c)).zip(self.dst.chunks_exact_mut(c));
         let row_stats = self.mean.chunks_exact(groups).zip(self.rstd.chunks_exact(groups));
-        for (i, (((xr, dr), outr), (ms, rs))) in rows.zip(row_stats).enumerate() {
+        for (((xr, dr), outr), (ms, rs)) in rows.zip(row_stats) {
             let runs = xr.chunks_exact(cpg).zip(dr.chunks_exact(cpg)).zip(outr.chunks_exact_mut(cpg));
-            let sums = sum_beta.chunks_exact_mut(cpg).zip(sum_gamma.chunks_exact_mut(cpg));
-            for ((((xs, ds), out), gs), ((sb, sg), (&m, &r))) in
-                runs.zip(self.gamma.chunks_exact(cpg)).zip(sums.zip(ms.iter().zip(rs)))
+            let params = self.gamma.chunks_exact(cpg).zip(self.gamma_f64.chunks_exact(cpg));
+            let sums = d_beta.chunks_exact_mut(cpg).zip(d_gamma.chunks_exact_mut(cpg));
+            for ((((xs, ds), out), (gs, gfs)), ((sb, sg), (&m, &r))) in
+                runs.zip(params).zip(sums.zip(ms.iter().zip(rs)))
             {
-                let (a, b) = grad_dots(xs, ds, gs, m);
-                let rf = r.to_f64();
+                let (mf, rf) = (m.to_f64(), r.to_f64());
+                let (a, b) = grad_dots(xs, ds, gfs, mf);
                 let k_x = T::from_f64(-rf * rf * rf * b / size);
                 let k_0 = T::from_f64(-rf * a / size);
                 let values = out.iter_mut().zip(xs.iter().zip(ds)).zip(gs);
                 for (((o, (&v, &d)), &g), (sb, sg)) in values.zip(sb.iter_mut().zip(sg.iter_mut())) {
-                    let xc = v - m;
-                    o.write((r * g) * d + k_x * xc + k_0);
-                    *sb = *sb + d;
-                    *sg = *sg + d * (xc * r);
-                }
-            }
-            if (i + 1) % SUB_ROWS == 0 || i + 1 == row_count {
-                let (d_beta, d_gamma) = self.partial.split_at_mut(c);
-                for (p, s) in d_beta.iter_mut().zip(sum_beta.iter_mut()) {
-                    *p += (*s).to_f64();
-                    *s = T::zero();
-                }
-                for (p, s) in d_gamma.iter_mut().zip(sum_gamma.iter_mut()) {
-                    *p += (*s).to_f64();
-                    *s = T::zero();
+                    o.write((r * g) * d + k_x * (v - m) + k_0);
+                    let df = d.to_f64();
+                    *sb += df;
+                    *sg += df * (v.to_f64() - mf) * rf;
                 }
             }
         }
