@@ -168,12 +168,45 @@ fn group_norm_bits() -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Forward and all three gradients of f32 layer norms of `[rows, cols]` (many 256-row
+/// blocks and a partial one, rows past the 16-row sub-blocks of the parameter sums, row
+/// lengths with and without a tail past 16 lanes), as bits.
+fn layer_norm_bits() -> Vec<Vec<u32>> {
+    let mut out = Vec::new();
+    for (rows, cols) in [(1000, 96), (517, 37), (40, 520)] {
+        let len = rows * cols;
+        let x = t32(smooth(len, 0.5).iter().map(|&v| v as f32).collect(), &[rows, cols]);
+        let gamma = t32((0..cols).map(|i| 1.0 + i as f32 * 0.03).collect(), &[cols]);
+        let beta = t32(vec![0.25; cols], &[cols]);
+        let dy = t32((0..len).map(|i| ((i as f32) * 0.377).cos()).collect(), &[rows, cols]);
+        let tape = GradientTape::new();
+        for t in [&x, &gamma, &beta] {
+            tape.watch(t);
+        }
+        let y = tape.record(|| x.layer_norm(1, Some(&gamma), Some(&beta), 1e-3)).unwrap();
+        let grads = tape.gradient_with_output_gradient(&y, &[&x, &gamma, &beta], &dy).unwrap();
+        out.extend(
+            std::iter::once(y)
+                .chain(grads.into_iter().map(Option::unwrap))
+                .map(|t| t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>()),
+        );
+    }
+    out
+}
+
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
-    let on = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(group_norm_bits);
+    let on = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| (group_norm_bits(), layer_norm_bits()))
+    };
     let one = on(1);
-    assert_eq!(one, on(3));
-    assert_eq!(one, on(8));
+    assert!(one == on(2), "2 threads differ from 1");
+    assert!(one == on(3), "3 threads differ from 1");
+    assert!(one == on(8), "8 threads differ from 1");
 }
 
 #[test]

@@ -34,25 +34,33 @@ fn lane_sum<T: FloatElement>(values: &[T], f: impl Fn(T) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail_sum
 }
 
-/// `(sum(dy * gamma), sum(dy * gamma * (x - mu)))` over a group's run, in f64 with
-/// `LANES` accumulators each (one pass for both).
+/// `sum(f(x, dy * gamma))` over a group's run in f64 (`gamma` given in f64): `LANES`
+/// accumulators over the full chunks, added up in lane order, plus the tail's sum.
+/// One sum per loop: two sums in one loop are vectorised across the pair (two lanes
+/// wide) instead of across the lanes.
 #[inline(always)]
-fn grad_dots<T: FloatElement>(x: &[T], dy: &[T], gamma: &[f64], mu: f64) -> (f64, f64) {
-    let (mut acc_a, mut acc_b) = ([0.0f64; LANES], [0.0f64; LANES]);
+fn grad_sum<T: FloatElement>(x: &[T], dy: &[T], gamma: &[f64], f: impl Fn(T, f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
     let head = x.len() - x.len() % LANES;
     let chunks =
         x[..head].chunks_exact(LANES).zip(dy[..head].chunks_exact(LANES)).zip(gamma[..head].chunks_exact(LANES));
     for ((xc, dc), gc) in chunks {
-        for ((a, b), ((&v, &d), &g)) in acc_a.iter_mut().zip(acc_b.iter_mut()).zip(xc.iter().zip(dc).zip(gc)) {
-            let w = d.to_f64() * g;
-            *a += w;
-            *b += w * (v.to_f64() - mu);
+        for (a, ((&v, &d), &g)) in acc.iter_mut().zip(xc.iter().zip(dc).zip(gc)) {
+            *a += f(v, d.to_f64() * g);
         }
     }
-    let tail = || x[head..].iter().zip(&dy[head..]).zip(&gamma[head..]).map(|((&v, &d), &g)| (v, d.to_f64() * g));
-    let tail_a: f64 = tail().map(|(_, w)| w).sum();
-    let tail_b: f64 = tail().map(|(v, w)| w * (v.to_f64() - mu)).sum();
-    (acc_a.iter().sum::<f64>() + tail_a, acc_b.iter().sum::<f64>() + tail_b)
+    let tail = x[head..].iter().zip(&dy[head..]).zip(&gamma[head..]);
+    let tail_sum: f64 = tail.map(|((&v, &d), &g)| f(v, d.to_f64() * g)).sum();
+    acc.iter().sum::<f64>() + tail_sum
+}
+
+/// `(sum(dy * gamma), sum(dy * gamma * (x - mu)))` over a group's run ([`grad_sum`]; the
+/// second pass reads the run from L1).
+#[inline(always)]
+fn grad_dots<T: FloatElement>(x: &[T], dy: &[T], gamma: &[f64], mu: f64) -> (f64, f64) {
+    let a = grad_sum(x, dy, gamma, |_, w| w);
+    let b = grad_sum(x, dy, gamma, |v, w| w * (v.to_f64() - mu));
+    (a, b)
 }
 
 /// The forward pass over a block of rows of `gamma.len()` channels in groups of
