@@ -1,7 +1,8 @@
 //! The convolution's three products give the same bits in 1-, 2- and 3-thread pools, on
 //! shapes that take each CPU path: a single chunk with a split GEMM, many chunks (the
 //! kernel gradient's batch sum cut into runs), groups, the direct depthwise kernels,
-//! Winograd (F4 and F2), and windows that tile the input (kernel == stride).
+//! Winograd (F4 and F2; chunk by chunk and whole chunks per thread), windows that tile the
+//! input (kernel == stride) and tiny maps (one GEMM per output pixel and tap).
 
 use rand::{rngs::StdRng, SeedableRng};
 use tapegrad_tensor::{Conv2dParams, DType, Device, GradientTape, Padding, Tensor};
@@ -84,6 +85,21 @@ fn winograd_f4_several_chunks() {
     // 15x15 outputs with 32 channels in f32: Winograd F(4x4,3x3), tiles overhanging the
     // map, the batch cut into chunks; the input gradient is Winograd too.
     check("winograd F4", [40, 15, 15, 32], [32, 3, 3, 32], 1, 1);
+}
+
+#[test]
+fn winograd_f4_whole_chunks_per_thread() {
+    // 7 chunks of 6 or 7 images: at 2 and 3 threads each thread runs whole chunks (at
+    // least two chunks per thread), at 1 thread each step of a chunk runs in parallel.
+    check("winograd F4, whole chunks per thread", [48, 15, 15, 64], [64, 3, 3, 64], 1, 1);
+}
+
+#[test]
+fn tiny_maps_one_gemm_per_tap() {
+    // 2x2 outputs, a batch of 16 or more: one GEMM per output pixel and kernel tap, at
+    // stride 1 and from a 4x4 input at stride 2.
+    check("2x2 map", [20, 2, 2, 48], [72, 3, 3, 48], 1, 1);
+    check("2x2 map from 4x4 at stride 2", [20, 4, 4, 40], [56, 3, 3, 40], 1, 2);
 }
 
 #[test]

@@ -30,7 +30,7 @@
 //! The input gradient of a strided or padded 1x1 convolution writes its output in one
 //! pass instead of zero-fill then col2im (`strided_pointwise_cpu.rs`).
 
-use super::{depthwise_cpu, patch_cpu, strided_pointwise_cpu, winograd};
+use super::{depthwise_cpu, patch_cpu, small_map_cpu, strided_pointwise_cpu, winograd};
 use crate::backend::{Conv2dSpec, ConvActivation};
 use crate::utilities::alloc::{host_oom, try_zeros, ZeroBits};
 use crate::utilities::PAR_MIN_LEN;
@@ -77,7 +77,7 @@ impl<'a, T> MatRef<'a, T> {
         MatRef { data, row_stride: 1, col_stride: stored_cols }
     }
 
-    fn covers(&self, rows: usize, cols: usize) -> bool {
+    pub(super) fn covers(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
     }
 }
@@ -415,6 +415,9 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
     if patch_cpu::applies(s) {
         return patch_cpu::conv2d(x, kernel, bias, s);
     }
+    if small_map_cpu::applies(s) {
+        return small_map_cpu::conv2d(x, kernel, bias, s);
+    }
     if let Some(tiling) = winograd::select::<T>(s) {
         return winograd::conv2d(x, kernel, bias, s, tiling);
     }
@@ -513,20 +516,31 @@ fn backward_input_as_conv<T: FloatElement>(s: &Conv2dSpec) -> Option<Conv2dSpec>
     }
 }
 
-/// `[c_out, kh, kw, c_in]` -> `[c_in, kh, kw, c_out]`, flipped along kh and kw.
+/// `[c_out, kh, kw, c_in]` -> `[c_in, kh, kw, c_out]`, flipped along kh and kw. In
+/// parallel over blocks of [`FLIP_BLOCK`] input channels, each reading its run of every
+/// kernel row: a 256-channel 3x3 kernel flipped on one thread, channel by channel, was a
+/// tenth of its Winograd input gradient and did not shrink with threads.
 fn flip_kernel<T: FloatElement + ZeroBits>(kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
-    let (kh, kw, ci, co) = (s.kernel_h, s.kernel_w, s.in_channels, s.out_channels);
+    const FLIP_BLOCK: usize = 16;
+    let (taps, ci, co) = (s.kernel_h * s.kernel_w, s.in_channels, s.out_channels);
     let mut out = try_zeros("conv2d_backward_input", kernel.len())?;
-    for o in 0..co {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let src = &kernel[((o * kh + ky) * kw + kx) * ci..][..ci];
-                for (c, &v) in src.iter().enumerate() {
-                    out[((c * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)) * co + o] = v;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    out.par_chunks_mut(FLIP_BLOCK * taps * co).enumerate().for_each(|(block, dst)| {
+        let c0 = block * FLIP_BLOCK;
+        let channels = dst.len() / (taps * co);
+        for o in 0..co {
+            for tap in 0..taps {
+                let src = &kernel[(o * taps + tap) * ci + c0..][..channels];
+                // Tap (ky, kx) lands at (kh-1-ky, kw-1-kx): tap index taps-1-tap.
+                let flipped = taps - 1 - tap;
+                for (j, &v) in src.iter().enumerate() {
+                    dst[(j * taps + flipped) * co + o] = v;
                 }
             }
         }
-    }
+    });
     Ok(out)
 }
 
@@ -560,6 +574,9 @@ pub(crate) fn conv2d_backward_input_bias<T: FloatElement + ZeroBits>(
     }
     if strided_pointwise_cpu::applies(s) {
         return strided_pointwise_cpu::backward_input(dy, kernel, bias, s);
+    }
+    if small_map_cpu::applies(s) {
+        return small_map_cpu::backward_input(dy, kernel, bias, s);
     }
     if let Some(transposed) = backward_input_as_conv::<T>(s) {
         return conv2d(dy, &flip_kernel(kernel, s)?, bias, &transposed);
@@ -622,6 +639,9 @@ pub(crate) fn conv2d_backward_filter<T: FloatElement + ZeroBits>(x: &[T], dy: &[
     if patch_cpu::applies(s) {
         return patch_cpu::conv2d_backward_filter(x, dy, s);
     }
+    if small_map_cpu::applies(s) {
+        return small_map_cpu::backward_filter(x, dy, s);
+    }
     if let Some(tiling) = winograd::select_kernel_gradient::<T>(s) {
         return winograd::conv2d_backward_filter(x, dy, s, tiling);
     }
@@ -664,4 +684,49 @@ pub(super) fn backward_filter_im2col<T: FloatElement + ZeroBits>(x: &[T], dy: &[
         add_assign(&mut total, &p?);
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flip_kernel;
+    use crate::backend::Conv2dSpec;
+
+    /// The blocked parallel flip against its definition, with channel counts that leave a
+    /// partial block and a non-square kernel.
+    #[test]
+    fn flip_kernel_swaps_channels_and_reverses_taps() {
+        let (co, kh, kw, ci) = (5, 2, 3, 37);
+        let s = Conv2dSpec {
+            batch: 1,
+            in_h: 4,
+            in_w: 4,
+            in_channels: ci,
+            out_channels: co,
+            groups: 1,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: 1,
+            stride_w: 1,
+            dilation_h: 1,
+            dilation_w: 1,
+            pad_top: 0,
+            pad_bottom: 0,
+            pad_left: 0,
+            pad_right: 0,
+            out_h: 3,
+            out_w: 2,
+        };
+        let kernel: Vec<f64> = (0..co * kh * kw * ci).map(|i| i as f64).collect();
+        let flipped = flip_kernel(&kernel, &s).unwrap();
+        for o in 0..co {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for c in 0..ci {
+                        let want = kernel[((o * kh + ky) * kw + kx) * ci + c];
+                        assert_eq!(flipped[((c * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)) * co + o], want);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -17,6 +17,7 @@ mod depthwise_cpu;
 mod padding;
 mod patch_cpu;
 pub(crate) mod shared_columns_cpu;
+mod small_map_cpu;
 mod strided_pointwise_cpu;
 mod transpose;
 mod winograd;

@@ -17,7 +17,7 @@
 //! chunk) the caller runs the two apart.
 
 use super::cpu::{add_assign, ensure_len, gemm_into, im2col, is_depthwise, Geometry, MatRef};
-use super::{patch_cpu, winograd};
+use super::{patch_cpu, small_map_cpu, winograd};
 use crate::backend::Conv2dSpec;
 use crate::utilities::alloc::{try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 /// Whether the shared route applies: an ungrouped convolution that both products run
 /// through im2col + GEMM, in chunks of the same images. Winograd's forward and kernel gradient, the tiling
-/// case (`patch_cpu`, its own chunks) and the pointwise case (no gather) keep their kernels.
+/// case (`patch_cpu`, its own chunks), the tiny maps (`small_map_cpu`: no columns) and the pointwise case (no gather) keep their kernels.
 fn applies<T: FloatElement>(s: &Conv2dSpec) -> bool {
     let pointwise = s.kernel_h == 1
         && s.kernel_w == 1
@@ -36,6 +36,7 @@ fn applies<T: FloatElement>(s: &Conv2dSpec) -> bool {
         && !is_depthwise(s)
         && !pointwise
         && !patch_cpu::applies(s)
+        && !small_map_cpu::applies(s)
         && winograd::select::<T>(s).is_none()
         && winograd::select_kernel_gradient::<T>(s).is_none()
         && Geometry::new(s).chunk_images == Geometry::for_kernel_gradient(s).0.chunk_images

@@ -9,11 +9,12 @@
 //! for direct convolution, for the price of the two data transforms (see `transforms`).
 //!
 //! The batch is cut into chunks of whole images whose transformed input and products stay
-//! within [`CHUNK_BUDGET`] elements, allocated once per call (fallibly). Within a chunk
+//! within [`CHUNK_BUDGET`] elements, allocated once per call (fallibly). Where there are
+//! at least two chunks per thread, each thread runs whole chunks; otherwise within a chunk
 //! each step runs in parallel: the input transform over images, the GEMMs over tile
-//! positions (each single-threaded), the output transform over images. The chunking
-//! depends on the shape alone and no sum crosses threads, so the result is the same for
-//! every thread count.
+//! positions (each single-threaded), the output transform over images. No sum crosses
+//! threads or depends on a chunk's size, so the result is the same for every thread
+//! count.
 //!
 //! The kernel gradient runs the transposed algorithm (`kernel_gradient`): the same input
 //! transform, the output-gradient tiles through `A . A^T`, one GEMM per position summing
@@ -131,6 +132,15 @@ impl Tiles {
 /// The convolution under variant `V`, chunk by chunk: input transform, one GEMM per tile
 /// position, output transform. A chunk is at least one image, so an image larger than
 /// the budget gets a workspace of its own size and a serial transform.
+///
+/// Where the batch makes at least two chunks per thread, each thread runs whole chunks,
+/// all three steps on its own workspace, and the batch is cut into a multiple of the
+/// thread count of chunks of equal size (to an image); otherwise the chunks run one after another, each step in parallel. A chunk's
+/// size only sets the row count of its GEMMs, and `gemm` sums each output along its inner
+/// dimension in an order set by that dimension alone, so both ways give the same bits.
+/// Why: at 2 threads the seed's 15x15 64-channel layers (10 chunks of at most 7 images,
+/// 36 GEMMs of 112 rows each) spent a third of their time at the three barriers of each
+/// chunk and in the last thread's share of 7 images.
 fn run<V: Variant, T: FloatElement + ZeroBits>(
     isa: Isa,
     x: &[T],
@@ -149,30 +159,99 @@ fn run<V: Variant, T: FloatElement + ZeroBits>(
     let u = images::transform_kernel::<V, T>(kernel, s)?;
     let per_image = tiles.positions * tiles.per_image() * (ci + co);
     let chunk_images = (CHUNK_BUDGET / per_image).clamp(1, s.batch);
+    let chunks = s.batch.div_ceil(chunk_images);
+    let threads = rayon::current_num_threads();
+    let chunk = Chunk { isa, x, u: &u, bias, s, tiles };
+    if threads > 1 && chunks >= 2 * threads {
+        // A multiple of the thread count of chunks, their sizes differing by one image at
+        // most, so that every thread gets the same work (5 chunks on 2 threads would
+        // leave one thread 3 to the other's 2).
+        let chunks = chunks.next_multiple_of(threads).min(s.batch);
+        let (small, extra) = (s.batch / chunks, s.batch % chunks);
+        let mut pieces = Vec::with_capacity(chunks);
+        let mut rest = &mut out[..];
+        let mut first = 0;
+        for c in 0..chunks {
+            let images = small + usize::from(c < extra);
+            let (piece, tail) = rest.split_at_mut(images * out_image);
+            pieces.push((first, piece));
+            (rest, first) = (tail, first + images);
+        }
+        pieces.into_par_iter().try_for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(v, m), (first, dst)| chunk.run_serial::<V>(first, dst, v, m),
+        )?;
+        return Ok(out);
+    }
     let (mut v, mut m) = (Vec::new(), Vec::new());
-    let chunk_tiles = chunk_images * tiles.per_image();
-    ensure_len(OP, &mut v, chunk_tiles * tiles.positions * ci)?;
-    ensure_len(OP, &mut m, chunk_tiles * tiles.positions * co)?;
-    for (chunk, dst) in out.chunks_mut(chunk_images * out_image).enumerate() {
-        let first = chunk * chunk_images;
-        let images = dst.len() / out_image;
-        let n = images * tiles.per_image();
+    for (c, dst) in out.chunks_mut(chunk_images * out_image).enumerate() {
+        chunk.run_parallel::<V>(c * chunk_images, dst, &mut v, &mut m)?;
+    }
+    Ok(out)
+}
+
+/// What every chunk of one [`run`] shares.
+struct Chunk<'a, T> {
+    isa: Isa,
+    x: &'a [T],
+    /// The transformed kernel, position-major: `[position, c_in, c_out]`.
+    u: &'a [T],
+    bias: Option<&'a [T]>,
+    s: &'a Conv2dSpec,
+    tiles: Tiles,
+}
+
+impl<T: FloatElement + ZeroBits> Chunk<'_, T> {
+    /// The images from `first` that `dst` holds, each step in parallel.
+    fn run_parallel<V: Variant>(&self, first: usize, dst: &mut [T], v: &mut Vec<T>, m: &mut Vec<T>) -> Result<()> {
+        let (s, tiles, isa) = (self.s, self.tiles, self.isa);
+        let (ci, co) = (s.in_channels, s.out_channels);
+        let out_image = s.out_h * s.out_w * co;
+        let n = dst.len() / out_image * tiles.per_image();
+        ensure_len("conv2d", v, n * tiles.positions * ci)?;
+        ensure_len("conv2d", m, n * tiles.positions * co)?;
         // Transformed input, tile-major: [tile, position, c_in].
         let v = &mut v[..n * tiles.positions * ci];
         v.par_chunks_mut(tiles.per_image() * tiles.positions * ci)
             .enumerate()
-            .for_each(|(b, v)| isa.transform_image::<V, T>(&x[(first + b) * s.in_h * s.in_w * ci..], s, tiles, v));
+            .for_each(|(b, v)| isa.transform_image::<V, T>(&self.x[(first + b) * s.in_h * s.in_w * ci..], s, tiles, v));
         // Products, position-major: [position, tile, c_out]; one GEMM per position.
         let m = &mut m[..n * tiles.positions * co];
-        m.par_chunks_mut(n * co).enumerate().for_each(|(p, dst)| {
-            let lhs = MatRef { data: &v[p * ci..], row_stride: tiles.positions * ci, col_stride: 1 };
-            let rhs = MatRef { data: &u[p * co..], row_stride: tiles.positions * co, col_stride: 1 };
-            gemm_into(dst, co, (n, co, ci), lhs, rhs, false, Parallelism::None);
-        });
+        m.par_chunks_mut(n * co).enumerate().for_each(|(p, dst)| self.product(p, n, v, dst));
         let m = &*m;
         dst.par_chunks_mut(out_image)
             .enumerate()
-            .for_each(|(b, dst)| isa.untransform_image::<V, T>(m, (b, n), bias, s, tiles, dst));
+            .for_each(|(b, dst)| isa.untransform_image::<V, T>(m, (b, n), self.bias, s, tiles, dst));
+        Ok(())
     }
-    Ok(out)
+
+    /// The images from `first` that `dst` holds, on the calling thread.
+    fn run_serial<V: Variant>(&self, first: usize, dst: &mut [T], v: &mut Vec<T>, m: &mut Vec<T>) -> Result<()> {
+        let (s, tiles, isa) = (self.s, self.tiles, self.isa);
+        let (ci, co) = (s.in_channels, s.out_channels);
+        let out_image = s.out_h * s.out_w * co;
+        let n = dst.len() / out_image * tiles.per_image();
+        ensure_len("conv2d", v, n * tiles.positions * ci)?;
+        ensure_len("conv2d", m, n * tiles.positions * co)?;
+        let v = &mut v[..n * tiles.positions * ci];
+        for (b, v) in v.chunks_mut(tiles.per_image() * tiles.positions * ci).enumerate() {
+            isa.transform_image::<V, T>(&self.x[(first + b) * s.in_h * s.in_w * ci..], s, tiles, v);
+        }
+        let m = &mut m[..n * tiles.positions * co];
+        for (p, dst) in m.chunks_mut(n * co).enumerate() {
+            self.product(p, n, v, dst);
+        }
+        for (b, dst) in dst.chunks_mut(out_image).enumerate() {
+            isa.untransform_image::<V, T>(m, (b, n), self.bias, s, tiles, dst);
+        }
+        Ok(())
+    }
+
+    /// Position `p`'s GEMM over the chunk's `n` tiles: `dst [n, c_out] = v_p @ u_p`.
+    fn product(&self, p: usize, n: usize, v: &[T], dst: &mut [T]) {
+        let (ci, co, positions) = (self.s.in_channels, self.s.out_channels, self.tiles.positions);
+        let lhs = MatRef { data: &v[p * ci..], row_stride: positions * ci, col_stride: 1 };
+        let rhs = MatRef { data: &self.u[p * co..], row_stride: positions * co, col_stride: 1 };
+        gemm_into(dst, co, (n, co, ci), lhs, rhs, false, Parallelism::None);
+    }
 }
