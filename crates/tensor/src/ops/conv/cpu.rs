@@ -98,17 +98,37 @@ pub(crate) fn gemm_into<T: FloatElement>(
         "gemm_into: destination out of bounds"
     );
     assert!(lhs.covers(m, k) && rhs.covers(k, n), "gemm_into: operands out of bounds");
+    // SAFETY: the assertion above keeps every element the strides address inside the
+    // slices; `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_row_stride, (m, n, k), lhs, rhs, accumulate, parallelism) }
+}
+
+/// [`gemm_into`] through a pointer: `dst [m, n]` (rows `dst_row_stride` apart) `= lhs @ rhs`,
+/// or `+=` when `accumulate`.
+///
+/// # Safety
+/// Every element of `dst` the strides address must be valid for writes, inside one
+/// allocation, overlap neither operand, and be accessed by no other thread meanwhile; the
+/// operands must cover `[m, k]` and `[k, n]`.
+pub(super) unsafe fn gemm_raw<T: FloatElement>(
+    dst: *mut T,
+    dst_row_stride: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
     if m * n == 0 {
         return;
     }
-    // SAFETY: the assertion above keeps every element the strides address inside the
-    // slices; `dst` is borrowed mutably, so it aliases neither operand.
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_row_stride as isize,
             accumulate,

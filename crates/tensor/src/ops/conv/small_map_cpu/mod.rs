@@ -23,10 +23,11 @@
 #[cfg(test)]
 mod tests;
 
-use super::cpu::{taps, MatRef};
+use super::cpu::{gemm_raw, taps, MatRef};
 use crate::backend::Conv2dSpec;
 use crate::utilities::alloc::{try_zeros, ZeroBits};
 use crate::{FloatElement, Result};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Output pixels of one image, at most (2x2 maps and smaller).
@@ -127,39 +128,17 @@ impl<T: FloatElement> Disjoint<T> {
         lhs: MatRef<'_, T>,
         rhs: MatRef<'_, T>,
     ) {
-        assert!(
-            m == 0 || n == 0 || offset + (m - 1) * row_stride + n <= self.1,
-            "small_map_cpu: destination out of bounds"
-        );
-        assert!(lhs.covers(m, k) && rhs.covers(k, n), "small_map_cpu: operands out of bounds");
         if m * n == 0 {
             return;
         }
+        assert!(
+            row_stride >= n && offset + (m - 1) * row_stride + n <= self.1,
+            "small_map_cpu: destination out of bounds"
+        );
+        assert!(lhs.covers(m, k) && rhs.covers(k, n), "small_map_cpu: operands out of bounds");
         // SAFETY: the assertions keep every element the strides address inside the buffers;
         // the caller guarantees no other thread touches the written ones.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                self.0.add(offset),
-                1,
-                row_stride as isize,
-                true,
-                lhs.data.as_ptr(),
-                lhs.col_stride as isize,
-                lhs.row_stride as isize,
-                rhs.data.as_ptr(),
-                rhs.col_stride as isize,
-                rhs.row_stride as isize,
-                T::one(),
-                T::one(),
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        unsafe { gemm_raw(self.0.add(offset), row_stride, (m, n, k), lhs, rhs, true, Parallelism::None) }
     }
 }
 

@@ -205,19 +205,12 @@ impl<T: FloatElement + ZeroBits> Chunk<'_, T> {
     /// The images from `first` that `dst` holds, each step in parallel.
     fn run_parallel<V: Variant>(&self, first: usize, dst: &mut [T], v: &mut Vec<T>, m: &mut Vec<T>) -> Result<()> {
         let (s, tiles, isa) = (self.s, self.tiles, self.isa);
-        let (ci, co) = (s.in_channels, s.out_channels);
-        let out_image = s.out_h * s.out_w * co;
-        let n = dst.len() / out_image * tiles.per_image();
-        ensure_len("conv2d", v, n * tiles.positions * ci)?;
-        ensure_len("conv2d", m, n * tiles.positions * co)?;
-        // Transformed input, tile-major: [tile, position, c_in].
-        let v = &mut v[..n * tiles.positions * ci];
+        let (n, out_image, v, m) = self.workspaces(dst.len(), v, m)?;
+        let ci = s.in_channels;
         v.par_chunks_mut(tiles.per_image() * tiles.positions * ci)
             .enumerate()
             .for_each(|(b, v)| isa.transform_image::<V, T>(&self.x[(first + b) * s.in_h * s.in_w * ci..], s, tiles, v));
-        // Products, position-major: [position, tile, c_out]; one GEMM per position.
-        let m = &mut m[..n * tiles.positions * co];
-        m.par_chunks_mut(n * co).enumerate().for_each(|(p, dst)| self.product(p, n, v, dst));
+        m.par_chunks_mut(n * s.out_channels).enumerate().for_each(|(p, dst)| self.product(p, n, v, dst));
         let m = &*m;
         dst.par_chunks_mut(out_image)
             .enumerate()
@@ -228,23 +221,36 @@ impl<T: FloatElement + ZeroBits> Chunk<'_, T> {
     /// The images from `first` that `dst` holds, on the calling thread.
     fn run_serial<V: Variant>(&self, first: usize, dst: &mut [T], v: &mut Vec<T>, m: &mut Vec<T>) -> Result<()> {
         let (s, tiles, isa) = (self.s, self.tiles, self.isa);
-        let (ci, co) = (s.in_channels, s.out_channels);
-        let out_image = s.out_h * s.out_w * co;
-        let n = dst.len() / out_image * tiles.per_image();
-        ensure_len("conv2d", v, n * tiles.positions * ci)?;
-        ensure_len("conv2d", m, n * tiles.positions * co)?;
-        let v = &mut v[..n * tiles.positions * ci];
+        let (n, out_image, v, m) = self.workspaces(dst.len(), v, m)?;
+        let ci = s.in_channels;
         for (b, v) in v.chunks_mut(tiles.per_image() * tiles.positions * ci).enumerate() {
             isa.transform_image::<V, T>(&self.x[(first + b) * s.in_h * s.in_w * ci..], s, tiles, v);
         }
-        let m = &mut m[..n * tiles.positions * co];
-        for (p, dst) in m.chunks_mut(n * co).enumerate() {
+        for (p, dst) in m.chunks_mut(n * s.out_channels).enumerate() {
             self.product(p, n, v, dst);
         }
         for (b, dst) in dst.chunks_mut(out_image).enumerate() {
             isa.untransform_image::<V, T>(m, (b, n), self.bias, s, tiles, dst);
         }
         Ok(())
+    }
+
+    /// For an output chunk of `dst_len` elements: its tile count `n`, the elements of one
+    /// output image, and the chunk's transformed input (tile-major: `[tile, position,
+    /// c_in]`) and products (position-major: `[position, tile, c_out]`, one GEMM per
+    /// position) within the workspaces `v` and `m`, grown as needed.
+    fn workspaces<'w>(
+        &self,
+        dst_len: usize,
+        v: &'w mut Vec<T>,
+        m: &'w mut Vec<T>,
+    ) -> Result<(usize, usize, &'w mut [T], &'w mut [T])> {
+        let (s, positions) = (self.s, self.tiles.positions);
+        let out_image = s.out_h * s.out_w * s.out_channels;
+        let n = dst_len / out_image * self.tiles.per_image();
+        ensure_len("conv2d", v, n * positions * s.in_channels)?;
+        ensure_len("conv2d", m, n * positions * s.out_channels)?;
+        Ok((n, out_image, &mut v[..n * positions * s.in_channels], &mut m[..n * positions * s.out_channels]))
     }
 
     /// Position `p`'s GEMM over the chunk's `n` tiles: `dst [n, c_out] = v_p @ u_p`.
