@@ -540,7 +540,7 @@ fn backward_input_as_conv<T: FloatElement>(s: &Conv2dSpec) -> Option<Conv2dSpec>
 /// parallel over blocks of [`FLIP_BLOCK`] input channels, each reading its run of every
 /// kernel row: a 256-channel 3x3 kernel flipped on one thread, channel by channel, was a
 /// tenth of its Winograd input gradient and did not shrink with threads.
-fn flip_kernel<T: FloatElement + ZeroBits>(kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+pub(super) fn flip_kernel<T: FloatElement + ZeroBits>(kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     const FLIP_BLOCK: usize = 16;
     let (taps, ci, co) = (s.kernel_h * s.kernel_w, s.in_channels, s.out_channels);
     let mut out = try_zeros("conv2d_backward_input", kernel.len())?;
@@ -599,6 +599,10 @@ pub(crate) fn conv2d_backward_input_bias<T: FloatElement + ZeroBits>(
         return small_map_cpu::backward_input(dy, kernel, bias, s);
     }
     if let Some(transposed) = backward_input_as_conv::<T>(s) {
+        if let Some(tiling) = winograd::select::<T>(&transposed) {
+            // Winograd reads the kernel flipped while it transforms it: no flipped copy.
+            return winograd::conv2d_backward_input(dy, kernel, bias, &transposed, tiling);
+        }
         return conv2d(dy, &flip_kernel(kernel, s)?, bias, &transposed);
     }
     backward_input_col2im(dy, kernel, bias, s)

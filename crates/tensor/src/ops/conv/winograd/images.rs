@@ -4,7 +4,7 @@
 use super::transforms::{
     block, block_mut, gradient_tile, input_tile, kernel_tile, output_tile, Lane, Tile, Variant, LANES, ROW,
 };
-use super::Tiles;
+use super::{KernelLayout, Tiles};
 use crate::backend::Conv2dSpec;
 use crate::utilities::alloc::{try_zeros, ZeroBits};
 use crate::{Element, FloatElement, Result};
@@ -15,13 +15,26 @@ use rayon::prelude::*;
 /// `positions * c_out` apart. Computed in f64 and rounded once; in parallel over input
 /// channels, each writing its own contiguous block in output-channel order (the deep
 /// layers' kernels hold millions of taps).
-pub(super) fn transform_kernel<V: Variant, T: FloatElement + ZeroBits>(kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
+///
+/// `kernel` is in `layout`: this convolution's own `[c_out, 3, 3, c_in]`, or the kernel of
+/// the convolution whose input gradient this one is, read flipped in place.
+pub(super) fn transform_kernel<V: Variant, T: FloatElement + ZeroBits>(
+    kernel: &[T],
+    s: &Conv2dSpec,
+    layout: KernelLayout,
+) -> Result<Vec<T>> {
     let (ci, co) = (s.in_channels, s.out_channels);
     let positions = V::ALPHA * V::ALPHA;
     let mut u = try_zeros("conv2d", positions * ci * co)?;
     u.par_chunks_mut(positions * co).enumerate().for_each(|(c, dst)| {
         for o in 0..co {
-            let tap = |ky: usize, kx: usize| Element::to_f64(kernel[((o * 3 + ky) * 3 + kx) * ci + c]);
+            let tap = |ky: usize, kx: usize| {
+                Element::to_f64(match layout {
+                    KernelLayout::Own => kernel[((o * 3 + ky) * 3 + kx) * ci + c],
+                    // `[c_in, 3, 3, c_out]` of this convolution, taps reversed.
+                    KernelLayout::FlippedForward => kernel[((c * 3 + 2 - ky) * 3 + 2 - kx) * co + o],
+                })
+            };
             let t = kernel_tile::<V>(std::array::from_fn(|ky| std::array::from_fn(|kx| tap(ky, kx))));
             for (r, row) in t.iter().enumerate().take(V::ALPHA) {
                 for (col, &value) in row.iter().enumerate().take(V::ALPHA) {

@@ -81,6 +81,17 @@ pub(crate) fn select<T: FloatElement>(s: &Conv2dSpec) -> Option<Tiling> {
     }
 }
 
+/// How the kernel given to [`run`] is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KernelLayout {
+    /// The convolution's own kernel, `[c_out, 3, 3, c_in]`.
+    Own,
+    /// The kernel of the convolution whose input gradient this one is: `[c_in, 3, 3,
+    /// c_out]` of this one, taps reversed. The kernel transform reads it flipped in place,
+    /// so no flipped copy is made.
+    FlippedForward,
+}
+
 /// The forward convolution `[batch, out_h, out_w, c_out]` computed with `tiling`; `s`
 /// must be one `applies` accepts.
 pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
@@ -90,22 +101,36 @@ pub(crate) fn conv2d<T: FloatElement + ZeroBits>(
     s: &Conv2dSpec,
     tiling: Tiling,
 ) -> Result<Vec<T>> {
-    conv2d_with(Isa::detect(), x, kernel, bias, s, tiling)
+    conv2d_with(Isa::detect(), x, kernel, KernelLayout::Own, bias, s, tiling)
 }
 
-/// [`conv2d`] with its transforms compiled for `isa`.
+/// The input gradient of a stride-1 convolution with kernel `kernel`, as the convolution
+/// `flipped` (its `backward_input_geometry`) of `dy`, computed with `tiling`: the same
+/// bits as [`conv2d`] with the flipped kernel.
+pub(crate) fn conv2d_backward_input<T: FloatElement + ZeroBits>(
+    dy: &[T],
+    kernel: &[T],
+    bias: Option<&[T]>,
+    flipped: &Conv2dSpec,
+    tiling: Tiling,
+) -> Result<Vec<T>> {
+    conv2d_with(Isa::detect(), dy, kernel, KernelLayout::FlippedForward, bias, flipped, tiling)
+}
+
+/// [`conv2d`] with its transforms compiled for `isa` and its kernel in `layout`.
 fn conv2d_with<T: FloatElement + ZeroBits>(
     isa: Isa,
     x: &[T],
     kernel: &[T],
+    layout: KernelLayout,
     bias: Option<&[T]>,
     s: &Conv2dSpec,
     tiling: Tiling,
 ) -> Result<Vec<T>> {
     assert!(applies(s), "winograd::conv2d: not a 3x3 stride-1 dense convolution");
     match tiling {
-        Tiling::F2 => run::<F2, T>(isa, x, kernel, bias, s),
-        Tiling::F4 => run::<F4, T>(isa, x, kernel, bias, s),
+        Tiling::F2 => run::<F2, T>(isa, x, (kernel, layout), bias, s),
+        Tiling::F4 => run::<F4, T>(isa, x, (kernel, layout), bias, s),
     }
 }
 
@@ -144,7 +169,7 @@ impl Tiles {
 fn run<V: Variant, T: FloatElement + ZeroBits>(
     isa: Isa,
     x: &[T],
-    kernel: &[T],
+    (kernel, layout): (&[T], KernelLayout),
     bias: Option<&[T]>,
     s: &Conv2dSpec,
 ) -> Result<Vec<T>> {
@@ -156,7 +181,7 @@ fn run<V: Variant, T: FloatElement + ZeroBits>(
         return Ok(out);
     }
     let tiles = Tiles::new::<V>(s);
-    let u = images::transform_kernel::<V, T>(kernel, s)?;
+    let u = images::transform_kernel::<V, T>(kernel, s, layout)?;
     let per_image = tiles.positions * tiles.per_image() * (ci + co);
     let chunk_images = (CHUNK_BUDGET / per_image).clamp(1, s.batch);
     let chunks = s.batch.div_ceil(chunk_images);

@@ -1,7 +1,9 @@
 //! Both Winograd variants (forward and kernel gradient) against plain-loop direct sums in f64.
 
 use super::kernel_gradient::backward_filter_with;
-use super::{conv2d, conv2d_backward_filter, conv2d_with, isa::Isa, select, select_kernel_gradient, Tiling};
+use super::{
+    conv2d, conv2d_backward_filter, conv2d_with, isa::Isa, select, select_kernel_gradient, KernelLayout, Tiling,
+};
 use crate::backend::Conv2dSpec;
 use crate::{Element, FloatElement};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -176,12 +178,31 @@ fn every_instruction_set_gives_the_same_bits() {
     let k: Vec<f32> = random(s.out_channels * 9 * s.in_channels, &mut rng).iter().map(|&v| v as f32).collect();
     let bias: Vec<f32> = random(s.out_channels, &mut rng).iter().map(|&v| v as f32).collect();
     for tiling in [Tiling::F2, Tiling::F4] {
-        let portable = conv2d_with(Isa::Portable, &x, &k, Some(&bias), &s, tiling).unwrap();
+        let portable = conv2d_with(Isa::Portable, &x, &k, KernelLayout::Own, Some(&bias), &s, tiling).unwrap();
         for isa in Isa::available() {
-            let got = conv2d_with(isa, &x, &k, Some(&bias), &s, tiling).unwrap();
+            let got = conv2d_with(isa, &x, &k, KernelLayout::Own, Some(&bias), &s, tiling).unwrap();
             let same = got.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{tiling:?}: {isa:?} differs from the portable build");
         }
+    }
+}
+
+#[test]
+fn input_gradient_reads_the_kernel_flipped_in_place() {
+    // The convolution behind the input gradient of `s`, its kernel flipped in a copy or read
+    // flipped by the kernel transform: the same bits.
+    let s = spec(3, (10, 9), (37, 21), [1, 1, 1, 1]);
+    let flipped = crate::ops::conv::cpu::backward_input_geometry(&s).unwrap();
+    let mut rng = StdRng::seed_from_u64(6);
+    let f32s = |v: Vec<f64>| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let dy = f32s(random(s.batch * s.out_h * s.out_w * s.out_channels, &mut rng));
+    let k = f32s(random(s.out_channels * 9 * s.in_channels, &mut rng));
+    let copy = crate::ops::conv::cpu::flip_kernel(&k, &s).unwrap();
+    for tiling in [Tiling::F2, Tiling::F4] {
+        let want = conv2d(&dy, &copy, None, &flipped, tiling).unwrap();
+        let got = super::conv2d_backward_input(&dy, &k, None, &flipped, tiling).unwrap();
+        let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same && got.len() == want.len(), "{tiling:?}: reading the kernel flipped changed the result");
     }
 }
 
