@@ -101,6 +101,13 @@ fn tap_runs(s: &Conv2dSpec, oy: usize, ox: usize) -> Vec<TapRun> {
     runs
 }
 
+/// The tap through which output coordinate `o` reads input coordinate `i` along one axis
+/// (`i = o * stride - pad + tap * dilation`), if any.
+fn tap_reading(i: usize, o: usize, stride: usize, pad: usize, dilation: usize, taps: usize) -> Option<usize> {
+    let offset = (i + pad).checked_sub(o * stride)?;
+    (offset % dilation == 0 && offset / dilation < taps).then_some(offset / dilation)
+}
+
 /// A buffer that parallel tasks write through at disjoint elements.
 #[derive(Clone, Copy)]
 struct Disjoint<T>(*mut T, usize);
@@ -193,23 +200,19 @@ pub(super) fn backward_input<T: FloatElement + ZeroBits>(
     let (ci, co, pixels) = (s.in_channels, s.out_channels, s.out_h * s.out_w);
     let (in_pixels, patch) = (s.in_h * s.in_w, s.kernel_h * s.kernel_w * ci);
     let mut dx = start_from("conv2d_backward_input", s.batch * in_pixels * ci, bias)?;
-    // Which taps of which output pixels read each input pixel, in output-pixel order.
-    let mut readers: Vec<Vec<(usize, usize)>> = vec![Vec::new(); in_pixels];
-    for p in 0..pixels {
-        for run in tap_runs(s, p / s.out_w, p % s.out_w) {
-            for j in 0..run.len {
-                let (ix, kx) = (run.ix0 + j, run.kx0 + j);
-                readers[run.iy * s.in_w + ix].push((p, run.ky * s.kernel_w + kx));
-            }
-        }
-    }
     let width = block_width(ci, in_pixels);
     let blocks = ci.div_ceil(width);
     let dst = Disjoint::new(&mut dx);
     (0..in_pixels * blocks).into_par_iter().for_each(|task| {
         let (q, c0) = (task / blocks, task % blocks * width);
         let cols = width.min(ci - c0);
-        for &(p, tap) in &readers[q] {
+        let (iy, ix) = (q / s.in_w, q % s.in_w);
+        // The output pixels whose window reads input pixel q, in order, each through one tap.
+        for p in 0..pixels {
+            let (oy, ox) = (p / s.out_w, p % s.out_w);
+            let Some(ky) = tap_reading(iy, oy, s.stride_h, s.pad_top, s.dilation_h, s.kernel_h) else { continue };
+            let Some(kx) = tap_reading(ix, ox, s.stride_w, s.pad_left, s.dilation_w, s.kernel_w) else { continue };
+            let tap = ky * s.kernel_w + kx;
             // dy at output pixel p of every image, `[batch, c_out]`, and the tap's kernel
             // slice for input channels `c0..`, `[c_out, cols]`.
             let lhs = MatRef { data: &dy[p * co..], row_stride: pixels * co, col_stride: 1 };
