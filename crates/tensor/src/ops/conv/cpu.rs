@@ -536,10 +536,10 @@ fn backward_input_as_conv<T: FloatElement>(s: &Conv2dSpec) -> Option<Conv2dSpec>
     }
 }
 
-/// `[c_out, kh, kw, c_in]` -> `[c_in, kh, kw, c_out]`, flipped along kh and kw. In
-/// parallel over blocks of [`FLIP_BLOCK`] input channels, each reading its run of every
-/// kernel row: a 256-channel 3x3 kernel flipped on one thread, channel by channel, was a
-/// tenth of its Winograd input gradient and did not shrink with threads.
+/// `[c_out, kh, kw, c_in]` -> `[c_in, kh, kw, c_out]`, flipped along kh and kw, for the
+/// im2col route of the input gradient (Winograd reads the kernel flipped in place). In
+/// parallel over blocks of `FLIP_BLOCK` input channels, each reading its run of every
+/// kernel row: the flip used to run on one thread and did not shrink with threads.
 pub(super) fn flip_kernel<T: FloatElement + ZeroBits>(kernel: &[T], s: &Conv2dSpec) -> Result<Vec<T>> {
     const FLIP_BLOCK: usize = 16;
     let (taps, ci, co) = (s.kernel_h * s.kernel_w, s.in_channels, s.out_channels);
